@@ -1,0 +1,430 @@
+use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hmac::Mac;
+use http::HeaderMap;
+use subtle::ConstantTimeEq;
+
+use super::secret::{start_message, HmacSha256};
+use super::timestamp::{check_freshness, parse_timestamp};
+use super::{
+    decode_signature, Clock, ConfigError, Secret, SystemClock, VerifyError, SIGNATURE_HEADER,
+    TIMESTAMP_HEADER,
+};
+
+/// OpenMail's replay window: deliveries more than 300 s from now, either way, are refused.
+pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+
+/// Checks OpenMail signatures against one or more secrets.
+///
+/// Cheap to clone: the keyed secrets and the clock sit behind `Arc`s.
+///
+/// # Secret rotation
+///
+/// Rotating a secret in OpenMail invalidates the old one at once, and OpenMail never signs
+/// with two secrets. A receiver whose own configuration lags can list both; the check
+/// reports which one matched ([`Verified::secret_index`]), so the application sees when the
+/// old one stops being used. The secret that matched last is tried first, so during a
+/// rotation each delivery still costs one MAC in the common case.
+#[derive(Clone)]
+pub struct Verifier {
+    ring: Arc<SecretRing>,
+    tolerance: u64,
+    clock: Arc<dyn Clock>,
+}
+
+struct SecretRing {
+    secrets: Box<[Secret]>,
+    last_matched: AtomicUsize,
+}
+
+impl Verifier {
+    /// A verifier for one secret, with the default tolerance and the system clock.
+    pub fn new(secret: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
+        Self::with_secrets([secret])
+    }
+
+    /// A verifier that accepts any of `secrets`, tried in order. Indices in
+    /// [`Verified::secret_index`] refer to this order.
+    pub fn with_secrets<I>(secrets: I) -> Result<Self, ConfigError>
+    where
+        I: IntoIterator,
+        I::Item: AsRef<[u8]>,
+    {
+        let secrets = secrets
+            .into_iter()
+            .map(Secret::new)
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::from_keyed(secrets)
+    }
+
+    /// A verifier over secrets that are already keyed.
+    pub fn from_keyed(secrets: impl IntoIterator<Item = Secret>) -> Result<Self, ConfigError> {
+        let secrets: Box<[Secret]> = secrets.into_iter().collect();
+        if secrets.is_empty() {
+            return Err(ConfigError::NoSecrets);
+        }
+        Ok(Self {
+            ring: Arc::new(SecretRing {
+                secrets,
+                last_matched: AtomicUsize::new(0),
+            }),
+            tolerance: DEFAULT_TOLERANCE.as_secs(),
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// How far `X-Timestamp` may be from now, in either direction. Whole seconds count;
+    /// the boundary itself is accepted. Defaults to [`DEFAULT_TOLERANCE`].
+    pub fn tolerance(mut self, tolerance: Duration) -> Self {
+        self.tolerance = tolerance.as_secs();
+        self
+    }
+
+    /// Where "now" comes from. Defaults to [`SystemClock`].
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The configured tolerance.
+    pub fn configured_tolerance(&self) -> Duration {
+        Duration::from_secs(self.tolerance)
+    }
+
+    /// How many secrets are accepted.
+    pub fn secret_count(&self) -> usize {
+        self.ring.secrets.len()
+    }
+
+    /// The current time according to the configured clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    /// Verifies one delivery from the raw `X-Timestamp` and `X-Signature` values and the
+    /// body exactly as received.
+    ///
+    /// Checks run cheapest first: the timestamp's form, the signature's form, the replay
+    /// window, and only then the MAC, compared in constant time.
+    pub fn verify(
+        &self,
+        timestamp: impl AsRef<[u8]>,
+        signature: impl AsRef<[u8]>,
+        body: &[u8],
+    ) -> Result<Verified, VerifyError> {
+        let timestamp = timestamp.as_ref();
+        let mut check = self.start(timestamp, signature.as_ref())?;
+        check.update(body);
+        check.finish(timestamp, body)
+    }
+
+    /// Verifies one delivery from its headers and body. A missing or repeated
+    /// `X-Timestamp` or `X-Signature` is an error.
+    pub fn verify_headers(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+    ) -> Result<Verified, VerifyError> {
+        let (timestamp, signature) = signed_headers(headers)?;
+        self.verify(timestamp, signature, body)
+    }
+
+    /// Checks everything that does not need the body and returns a MAC state, keyed and
+    /// fed with the timestamp, ready to take the body as it streams in.
+    pub(crate) fn start(
+        &self,
+        timestamp: &[u8],
+        signature: &[u8],
+    ) -> Result<StreamingCheck, VerifyError> {
+        let parsed = parse_timestamp(timestamp)?;
+        let expected = decode_signature(signature)?;
+        check_freshness(parsed, self.clock.now(), self.tolerance)?;
+        let preferred = self.ring.last_matched.load(Ordering::Relaxed);
+        let (first, secret) = match self.ring.secrets.get(preferred) {
+            Some(secret) => (preferred, secret),
+            // `from_keyed` refuses an empty list, so the fallback always finds one.
+            None => match self.ring.secrets.first() {
+                Some(secret) => (0, secret),
+                None => return Err(VerifyError::SignatureMismatch),
+            },
+        };
+        let mut mac = secret.mac();
+        start_message(&mut mac, timestamp);
+        Ok(StreamingCheck {
+            mac,
+            expected,
+            timestamp: parsed,
+            first,
+            ring: Arc::clone(&self.ring),
+        })
+    }
+}
+
+impl fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Verifier")
+            .field("secrets", &self.ring.secrets.len())
+            .field("tolerance", &self.configured_tolerance())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads `X-Timestamp` and `X-Signature`, each of which must appear exactly once.
+pub(crate) fn signed_headers(headers: &HeaderMap) -> Result<(&[u8], &[u8]), VerifyError> {
+    Ok((
+        single_header(headers, TIMESTAMP_HEADER)?,
+        single_header(headers, SIGNATURE_HEADER)?,
+    ))
+}
+
+fn single_header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a [u8], VerifyError> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next().ok_or(VerifyError::MissingHeader { name })?;
+    if values.next().is_some() {
+        return Err(VerifyError::DuplicateHeader { name });
+    }
+    Ok(first.as_bytes())
+}
+
+/// A verification in progress: the header checks passed and the MAC is being fed.
+pub(crate) struct StreamingCheck {
+    mac: HmacSha256,
+    expected: [u8; 32],
+    timestamp: i64,
+    first: usize,
+    ring: Arc<SecretRing>,
+}
+
+impl StreamingCheck {
+    /// Feeds the next piece of the body.
+    pub(crate) fn update(&mut self, chunk: &[u8]) {
+        self.mac.update(chunk);
+    }
+
+    /// Compares the streamed MAC with the signature. When it does not match and several
+    /// secrets are configured, the others are tried over `timestamp` and `body`, which must
+    /// be the same bytes that were streamed.
+    pub(crate) fn finish(self, timestamp: &[u8], body: &[u8]) -> Result<Verified, VerifyError> {
+        let Self {
+            mac,
+            expected,
+            timestamp: parsed,
+            first,
+            ring,
+        } = self;
+        let verified = |secret_index| Verified {
+            timestamp: parsed,
+            secret_index,
+        };
+        if matches(mac, &expected) {
+            return Ok(verified(first));
+        }
+        let others = ring
+            .secrets
+            .iter()
+            .enumerate()
+            .filter(|(index, _)| *index != first);
+        for (index, secret) in others {
+            let mut mac = secret.mac();
+            start_message(&mut mac, timestamp);
+            mac.update(body);
+            if matches(mac, &expected) {
+                ring.last_matched.store(index, Ordering::Relaxed);
+                return Ok(verified(index));
+            }
+        }
+        Err(VerifyError::SignatureMismatch)
+    }
+}
+
+fn matches(mac: HmacSha256, expected: &[u8; 32]) -> bool {
+    mac.finalize()
+        .into_bytes()
+        .as_slice()
+        .ct_eq(expected)
+        .into()
+}
+
+/// What a successful check established.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Verified {
+    timestamp: i64,
+    secret_index: usize,
+}
+
+impl Verified {
+    /// `X-Timestamp`, in Unix seconds.
+    pub fn timestamp(&self) -> i64 {
+        self.timestamp
+    }
+
+    /// The index of the secret that matched, in the order the secrets were configured.
+    pub fn secret_index(&self) -> usize {
+        self.secret_index
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sign;
+
+    const NOW: i64 = 1_790_000_000;
+    const BODY: &[u8] = br#"{"event":"message.received","event_id":"evt_1"}"#;
+
+    fn verifier() -> Verifier {
+        Verifier::new("whsec_test").unwrap().clock(|| NOW)
+    }
+
+    #[test]
+    fn a_genuine_delivery_verifies() {
+        let signature = sign("whsec_test", "1790000000", BODY);
+        let verified = verifier().verify("1790000000", &signature, BODY).unwrap();
+        assert_eq!(verified.timestamp(), NOW);
+        assert_eq!(verified.secret_index(), 0);
+    }
+
+    #[test]
+    fn uppercase_hex_verifies() {
+        let signature = sign("whsec_test", "1790000000", BODY).to_ascii_uppercase();
+        assert!(verifier().verify("1790000000", &signature, BODY).is_ok());
+    }
+
+    #[test]
+    fn the_timestamp_is_signed_exactly_as_received() {
+        let signature = sign("whsec_test", "01790000000", BODY);
+        assert!(verifier().verify("01790000000", &signature, BODY).is_ok());
+        assert_eq!(
+            verifier().verify("1790000000", &signature, BODY),
+            Err(VerifyError::SignatureMismatch)
+        );
+    }
+
+    #[test]
+    fn error_table() {
+        let good = sign("whsec_test", "1790000000", BODY);
+        let stale = sign("whsec_test", "1789999699", BODY);
+        let cases: Vec<(&str, &str, &[u8], VerifyError)> = vec![
+            ("1790000000", &good, b"{}", VerifyError::SignatureMismatch),
+            ("1790000001", &good, BODY, VerifyError::SignatureMismatch),
+            ("abc", &good, BODY, VerifyError::TimestampMalformed),
+            ("", &good, BODY, VerifyError::TimestampMalformed),
+            (
+                "99999999999999999999",
+                &good,
+                BODY,
+                VerifyError::TimestampOutOfRange,
+            ),
+            (
+                "1789999699",
+                &stale,
+                BODY,
+                VerifyError::TimestampOutsideTolerance {
+                    offset: 301,
+                    tolerance: 300,
+                },
+            ),
+            (
+                "1790000000",
+                &good[..63],
+                BODY,
+                VerifyError::SignatureMalformed {
+                    length: 63,
+                    invalid_at: None,
+                },
+            ),
+        ];
+        for (timestamp, signature, body, expected) in cases {
+            assert_eq!(
+                verifier().verify(timestamp, signature, body),
+                Err(expected),
+                "{timestamp} {signature}"
+            );
+        }
+    }
+
+    #[test]
+    fn rotation_reports_which_secret_matched() {
+        let verifier = Verifier::with_secrets(["whsec_new", "whsec_old"])
+            .unwrap()
+            .clock(|| NOW);
+        let old = sign("whsec_old", "1790000000", BODY);
+        let new = sign("whsec_new", "1790000000", BODY);
+        let other = sign("whsec_other", "1790000000", BODY);
+        assert_eq!(
+            verifier
+                .verify("1790000000", &old, BODY)
+                .unwrap()
+                .secret_index(),
+            1
+        );
+        // The old secret is now tried first; the new one must still be found.
+        assert_eq!(
+            verifier
+                .verify("1790000000", &new, BODY)
+                .unwrap()
+                .secret_index(),
+            0
+        );
+        assert_eq!(
+            verifier
+                .verify("1790000000", &old, BODY)
+                .unwrap()
+                .secret_index(),
+            1
+        );
+        assert_eq!(
+            verifier.verify("1790000000", &other, BODY),
+            Err(VerifyError::SignatureMismatch)
+        );
+    }
+
+    #[test]
+    fn no_secrets_and_empty_secrets_are_configuration_errors() {
+        assert_eq!(
+            Verifier::with_secrets(Vec::<String>::new()).unwrap_err(),
+            ConfigError::NoSecrets
+        );
+        assert_eq!(
+            Verifier::with_secrets(["whsec_ok", ""]).unwrap_err(),
+            ConfigError::EmptySecret
+        );
+    }
+
+    #[test]
+    fn headers_must_be_present_once() {
+        let signature = sign("whsec_test", "1790000000", BODY);
+        let mut headers = HeaderMap::new();
+        assert_eq!(
+            verifier().verify_headers(&headers, BODY),
+            Err(VerifyError::MissingHeader {
+                name: TIMESTAMP_HEADER
+            })
+        );
+        headers.insert(TIMESTAMP_HEADER, "1790000000".parse().unwrap());
+        assert_eq!(
+            verifier().verify_headers(&headers, BODY),
+            Err(VerifyError::MissingHeader {
+                name: SIGNATURE_HEADER
+            })
+        );
+        headers.insert(SIGNATURE_HEADER, signature.parse().unwrap());
+        assert!(verifier().verify_headers(&headers, BODY).is_ok());
+        headers.append(SIGNATURE_HEADER, signature.parse().unwrap());
+        assert_eq!(
+            verifier().verify_headers(&headers, BODY),
+            Err(VerifyError::DuplicateHeader {
+                name: SIGNATURE_HEADER
+            })
+        );
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let shown = format!("{:?}", Verifier::new("whsec_hidden_value").unwrap());
+        assert!(!shown.contains("hidden_value"), "{shown}");
+    }
+}
