@@ -222,6 +222,7 @@ impl<S> Reading<S> {
             check,
             buffer,
             inner,
+            config,
             ..
         } = self;
         let body = buffer.into_bytes();
@@ -230,14 +231,14 @@ impl<S> Reading<S> {
             .get(TIMESTAMP_HEADER)
             .map_or(&b""[..], |value| value.as_bytes());
         let verified = check.finish(timestamp, &body).map_err(Rejection::Verify)?;
-        let event = Event::parse(body.clone()).map_err(Rejection::NotAnEvent)?;
+        if config.parse_events {
+            let event = Event::parse(body.clone()).map_err(Rejection::NotAnEvent)?;
+            parts.extensions.insert(Arc::new(event));
+        }
         let event_id_header = parts.headers.get(EVENT_ID_HEADER).cloned();
-        parts.extensions.insert(Delivery::new(
-            verified,
-            event_id_header,
-            body.clone(),
-            event,
-        ));
+        parts
+            .extensions
+            .insert(Delivery::new(verified, event_id_header, body.clone()));
         Ok((inner, Request::from_parts(parts, VerifiedBody::new(body))))
     }
 }

@@ -44,6 +44,7 @@ pub struct VerifyOpenMailLayer {
 pub(crate) struct Config {
     pub(crate) verifier: Verifier,
     pub(crate) body_limit: usize,
+    pub(crate) parse_events: bool,
     pub(crate) on_rejection: Option<RejectionHook>,
     pub(crate) respond: Option<RejectionResponder>,
 }
@@ -70,6 +71,7 @@ impl VerifyOpenMailLayer {
             config: Arc::new(Config {
                 verifier,
                 body_limit: DEFAULT_BODY_LIMIT,
+                parse_events: true,
                 on_rejection: None,
                 respond: None,
             }),
@@ -81,6 +83,16 @@ impl VerifyOpenMailLayer {
     /// frame that crosses the limit.
     pub fn body_limit(self, limit: usize) -> Self {
         self.map_config(|config| config.body_limit = limit)
+    }
+
+    /// Whether to parse the verified body into an [`Event`](crate::Event), on by default.
+    ///
+    /// When on, a verified body that is not a JSON object with a string `event` is refused
+    /// with `400`, and the inner service finds an `Arc<Event>` in the request extensions.
+    /// Turn it off to parse the body yourself (for example into your own types); the
+    /// [`Delivery`](super::Delivery) extension and the body are there either way.
+    pub fn parse_events(self, parse: bool) -> Self {
+        self.map_config(|config| config.parse_events = parse)
     }
 
     /// How far `X-Timestamp` may be from now; see [`Verifier::tolerance`].
@@ -155,6 +167,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("verifier", &self.verifier)
             .field("body_limit", &self.body_limit)
+            .field("parse_events", &self.parse_events)
             .field("on_rejection", &self.on_rejection.is_some())
             .field("rejection_response", &self.respond.is_some())
             .finish()
