@@ -11,6 +11,7 @@ use pin_project_lite::pin_project;
 use tower::Service;
 
 use super::buffer::BodyBuffer;
+use super::deadline::BodyDeadline;
 use super::{BoxError, Config, Delivery, Rejection, ResponseBody, VerifiedBody};
 use crate::protocol::{StreamingCheck, EVENT_ID_HEADER, TIMESTAMP_HEADER};
 use crate::Event;
@@ -62,6 +63,7 @@ struct Reading<S> {
     expected: Option<usize>,
     inner: S,
     config: Arc<Config>,
+    deadline: BodyDeadline,
 }
 
 impl<B, S> ResponseFuture<B, S>
@@ -99,6 +101,7 @@ where
                     received: 0,
                     expected,
                     inner,
+                    deadline: BodyDeadline::start(&config),
                     config,
                 }),
             },
@@ -126,7 +129,16 @@ where
                     }
                 }
                 StateProj::Reading { body, reading } => {
-                    let frame = ready!(body.poll_frame(cx));
+                    // Checked before the body, so a client that keeps a trickle of bytes
+                    // coming is cut off too, not only one that stalls.
+                    let timeout = reading
+                        .as_mut()
+                        .and_then(|reading| reading.deadline.poll_elapsed(cx));
+                    let frame = match timeout {
+                        Some(rejection) => Some(Err(rejection)),
+                        None => ready!(body.poll_frame(cx))
+                            .map(|frame| frame.map_err(|error| Rejection::BodyRead(error.into()))),
+                    };
                     let Some(current) = reading.as_mut() else {
                         state.set(State::Done);
                         continue;
@@ -140,7 +152,7 @@ where
                             // Trailers are not part of the signed body.
                             Err(_) => Ok(None),
                         },
-                        Some(Err(error)) => Err(Rejection::BodyRead(error.into())),
+                        Some(Err(rejection)) => Err(rejection),
                         None => Ok(reading.take()),
                     };
                     match outcome {

@@ -47,6 +47,8 @@ pub(crate) struct Config {
     pub(crate) parse_events: bool,
     pub(crate) on_rejection: Option<RejectionHook>,
     pub(crate) respond: Option<RejectionResponder>,
+    #[cfg(feature = "tokio")]
+    pub(crate) body_deadline: Option<Duration>,
 }
 
 impl VerifyOpenMailLayer {
@@ -74,6 +76,8 @@ impl VerifyOpenMailLayer {
                 parse_events: true,
                 on_rejection: None,
                 respond: None,
+                #[cfg(feature = "tokio")]
+                body_deadline: None,
             }),
         }
     }
@@ -93,6 +97,32 @@ impl VerifyOpenMailLayer {
     /// [`Delivery`](super::Delivery) extension and the body are there either way.
     pub fn parse_events(self, parse: bool) -> Self {
         self.map_config(|config| config.parse_events = parse)
+    }
+
+    /// How long the whole body may take to arrive, counted from the moment the request's
+    /// headers reach the layer. When it runs out the layer stops reading and answers
+    /// `408 Request Timeout` ([`Rejection::BodyTimeout`]), which frees the memory the upload
+    /// held and, with a concurrency limit around the layer, its slot.
+    ///
+    /// It is a deadline for the whole body, not an idle timeout between frames, so a client
+    /// that trickles one byte at a time (a slowloris) cannot stretch it. OpenMail expects an
+    /// answer within 15 seconds; 10 seconds leaves room for the handler. See the
+    /// [module docs](super#bounded-resources) for the sizing.
+    ///
+    /// The timer is Tokio's: the layer must run inside a Tokio runtime with its time driver
+    /// enabled (as `#[tokio::main]` and `axum::serve` do). Outside any Tokio runtime the
+    /// deadline is not armed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use openmail_webhooks::VerifyOpenMailLayer;
+    ///
+    /// let layer = VerifyOpenMailLayer::new("whsec_test")?.body_deadline(Duration::from_secs(10));
+    /// # Ok::<(), openmail_webhooks::ConfigError>(())
+    /// ```
+    #[cfg(feature = "tokio")]
+    pub fn body_deadline(self, deadline: Duration) -> Self {
+        self.map_config(|config| config.body_deadline = Some(deadline))
     }
 
     /// How far `X-Timestamp` may be from now; see [`Verifier::tolerance`].
@@ -164,12 +194,15 @@ impl fmt::Debug for VerifyOpenMailLayer {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
+        let mut debug = f.debug_struct("Config");
+        debug
             .field("verifier", &self.verifier)
             .field("body_limit", &self.body_limit)
             .field("parse_events", &self.parse_events)
             .field("on_rejection", &self.on_rejection.is_some())
-            .field("rejection_response", &self.respond.is_some())
-            .finish()
+            .field("rejection_response", &self.respond.is_some());
+        #[cfg(feature = "tokio")]
+        debug.field("body_deadline", &self.body_deadline);
+        debug.finish()
     }
 }

@@ -1,5 +1,6 @@
 use std::error::Error as StdError;
 use std::fmt;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -33,16 +34,24 @@ pub enum Rejection {
     /// The body stream failed before it ended: the client went away, or the connection
     /// broke.
     BodyRead(BoxError),
+    /// The body did not arrive within the deadline set with
+    /// `VerifyOpenMailLayer::body_deadline` (`tokio` feature): a stalled or deliberately
+    /// slow upload.
+    BodyTimeout {
+        /// The configured deadline.
+        deadline: Duration,
+    },
     /// The body verified but is not an OpenMail event.
     NotAnEvent(NotAnEvent),
 }
 
 impl Rejection {
-    /// The status the default response uses: `413` for an oversized body, `400` for every
-    /// other rejection.
+    /// The status the default response uses: `413` for an oversized body, `408` for a body
+    /// that missed its deadline, `400` for every other rejection.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::Verify(_) | Self::BodyRead(_) | Self::NotAnEvent(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -53,6 +62,7 @@ impl Rejection {
             Self::Verify(error) => error.client_message(),
             Self::PayloadTooLarge { .. } => "payload too large",
             Self::BodyRead(_) => "request body could not be read",
+            Self::BodyTimeout { .. } => "request body timed out",
             Self::NotAnEvent(_) => "body is not an OpenMail event",
         }
     }
@@ -99,6 +109,12 @@ impl fmt::Display for Rejection {
                  raise `body_limit` if genuine deliveries are this large"
             ),
             Self::BodyRead(error) => write!(f, "the request body failed while streaming: {error}"),
+            Self::BodyTimeout { deadline } => write!(
+                f,
+                "the body did not arrive within the {} ms deadline; a stalled or very slow \
+                 client, or raise `body_deadline` if genuine deliveries are this slow",
+                deadline.as_millis()
+            ),
             Self::NotAnEvent(error) => error.fmt(f),
         }
     }
@@ -110,7 +126,7 @@ impl StdError for Rejection {
             Self::Verify(error) => Some(error),
             Self::BodyRead(error) => Some(&**error),
             Self::NotAnEvent(error) => Some(error),
-            Self::PayloadTooLarge { .. } => None,
+            Self::PayloadTooLarge { .. } | Self::BodyTimeout { .. } => None,
         }
     }
 }
