@@ -1,4 +1,4 @@
-//! Verify OpenMail webhooks in any tower-based HTTP server.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 #![warn(missing_docs)]
