@@ -16,6 +16,7 @@
 pub mod event;
 pub mod layer;
 pub mod protocol;
+pub mod tenant;
 
 pub use event::Event;
 pub use layer::{Delivery, Rejection, VerifyOpenMail, VerifyOpenMailLayer};
