@@ -432,3 +432,68 @@ async fn forged_heads_are_still_refused_before_the_body_is_read() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(polls.load(Ordering::SeqCst), 0);
 }
+
+#[path = "../examples/tenants_sqlite.rs"]
+#[allow(dead_code)]
+mod tenants_sqlite;
+
+#[tokio::test]
+async fn secrets_in_a_real_database_over_real_http() {
+    use support::{client, post, signed_headers, unix_now};
+
+    let connection = rusqlite::Connection::open_in_memory().unwrap();
+    tenants_sqlite::create_schema(&connection).unwrap();
+    tenants_sqlite::add_secret(&connection, "inb_alice", "whsec_alice", 1).unwrap();
+    tenants_sqlite::add_secret(&connection, "inb_bob", "whsec_bob_old", 1).unwrap();
+    tenants_sqlite::add_secret(&connection, "inb_bob", "whsec_bob_new", 2).unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = tenants_sqlite::app(connection);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let client = client();
+    let now = unix_now();
+    let cases = [
+        ("whsec_alice", "inb_alice", StatusCode::OK, "ok: inbox inb_alice\n"),
+        ("whsec_bob_new", "inb_bob", StatusCode::OK, "ok: inbox inb_bob\n"),
+        ("whsec_bob_old", "inb_bob", StatusCode::OK, "ok: inbox inb_bob\n"),
+        ("whsec_alice", "inb_bob", StatusCode::BAD_REQUEST, "signature mismatch"),
+        ("whsec_bob_new", "inb_alice", StatusCode::BAD_REQUEST, "signature mismatch"),
+        ("whsec_carol", "inb_carol", StatusCode::BAD_REQUEST, "no secret for this inbox"),
+    ];
+    for (secret, inbox, status, text) in cases {
+        let body = message(inbox);
+        let (got, answer) = post(&client, addr, "/webhooks", &signed_headers(secret, now, &body), body).await;
+        assert_eq!((got, answer.as_str()), (status, text), "{secret} for {inbox}");
+    }
+}
+
+#[tokio::test]
+async fn url_routed_tenants_behind_an_axum_path_route_over_real_http() {
+    use axum::{routing, Router};
+    use support::{client, post, signed_headers, unix_now};
+
+    let layer = VerifyOpenMailLayer::with_resolver(two_inboxes().route_by_path());
+    let app = Router::new()
+        .route("/webhooks/{inbox_id}", routing::post(|| async { "ok" }))
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let client = client();
+    let now = unix_now();
+    let cases = [
+        ("/webhooks/inb_a", "whsec_a", "inb_a", StatusCode::OK),
+        ("/webhooks/inb_b", "whsec_b", "inb_b", StatusCode::OK),
+        ("/webhooks/inb_a", "whsec_a", "inb_b", StatusCode::BAD_REQUEST),
+        ("/webhooks/inb_b", "whsec_a", "inb_a", StatusCode::BAD_REQUEST),
+        ("/webhooks/inb_z", "whsec_a", "inb_z", StatusCode::BAD_REQUEST),
+    ];
+    for (path, secret, inbox, status) in cases {
+        let body = message(inbox);
+        let (got, _) = post(&client, addr, path, &signed_headers(secret, now, &body), body).await;
+        assert_eq!(got, status, "{path} {secret} {inbox}");
+    }
+}
