@@ -16,6 +16,9 @@
 pub mod event;
 pub mod layer;
 pub mod protocol;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
 
 pub use event::Event;
 pub use layer::{Delivery, Rejection, VerifyOpenMail, VerifyOpenMailLayer};
