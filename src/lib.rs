@@ -1,4 +1,4 @@
-//! Verify OpenMail webhooks in any tower-based HTTP server.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_auto_cfg))]
 #![warn(missing_docs)]
@@ -16,6 +16,7 @@
 pub mod event;
 pub mod layer;
 pub mod protocol;
+pub mod tenant;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
