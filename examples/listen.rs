@@ -4,7 +4,7 @@
 //! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3000 cargo run --example listen
 //! ```
 //!
-//! Point a tunnel at it (`ngrok http 3000`, `cloudflared tunnel --url http://localhost:3000`)
+//! Point a tunnel at it (`ngrok http 127.0.0.1:3000`, `cloudflared tunnel --url http://127.0.0.1:3000`)
 //! and press "Test webhook" in the OpenMail dashboard, or send it deliveries with the `send`
 //! example. For production, start from the `receiver` example instead.
 //!
@@ -339,7 +339,7 @@ async fn main() -> ExitCode {
     let port = listener.local_addr().map_or(port, |addr| addr.port());
     eprintln!(
         "listen: verifying deliveries on http://127.0.0.1:{port} (any path)\n\
-         listen: expose it with a tunnel, such as `ngrok http {port}`, and set the webhook URL \
+         listen: expose it with a tunnel, such as `ngrok http 127.0.0.1:{port}`, and set the webhook URL \
          to the tunnel's https address"
     );
     let report = |block: String| {
