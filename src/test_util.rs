@@ -14,8 +14,9 @@
 //! | [`without_header`](TestDelivery::without_header) | a genuine delivery missing one header | `400` when it is a signed header |
 //!
 //! The requests carry a `String` body, which any tower service that accepts an
-//! [`http_body::Body`] takes as is, an axum `Router` included. Anything else (an extra
-//! header, another path) is a change to the returned request.
+//! [`http_body::Body`] takes as is, an axum `Router` included. OpenMail bodies are JSON, so
+//! UTF-8; for a body of arbitrary bytes, sign it with [`sign`] directly.
+//! Anything else (an extra header, another method) is a change to the returned request.
 //!
 //! This module is behind the `test-util` feature so that production builds carry none of
 //! it. Turn it on for tests only:
