@@ -6,9 +6,15 @@
 //!
 //! Contract (other tools and tests rely on it):
 //!
-//! - `OPENMAIL_WEBHOOK_SECRET` is required; without it the receiver refuses to start, with a
-//!   message on stderr and exit code 2. `PORT` defaults to 3000. It listens on `127.0.0.1`
-//!   only; put a reverse proxy or a tunnel in front of it.
+//! - `OPENMAIL_WEBHOOK_SECRET` is the account webhook's secret. Without it, and without
+//!   `OPENMAIL_INBOX_SECRETS`, the receiver refuses to start, with a message on stderr and
+//!   exit code 2. `PORT` defaults to 3000. It listens on `127.0.0.1` only; put a reverse
+//!   proxy or a tunnel in front of it.
+//! - `OPENMAIL_INBOX_SECRETS="inb_a:secret_a,inb_b:secret_b"` configures per-inbox secrets
+//!   (an inbox listed twice is rotating). Each delivery is then checked against the secrets
+//!   of the inbox its body names, and `OPENMAIL_WEBHOOK_SECRET` becomes optional: when set,
+//!   it is the account fallback (pod events, and inboxes with no secret of their own).
+//!   One inbox's secret never authenticates another inbox's events.
 //! - `POST /webhooks` verifies the delivery. A verified event gets `200` with a JSON body
 //!   `{"ok":true,"event":"<type>","event_id":"<id or null>"}`.
 //! - Each handled event prints exactly one line to stdout:
@@ -22,6 +28,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use axum::{routing::post, Extension, Json, Router};
+use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::{Event, VerifyOpenMailLayer};
 use serde_json::{json, Value};
 
@@ -47,12 +54,27 @@ async fn handle(Extension(event): Extension<Arc<Event>>) -> Json<Value> {
 
 /// Reads the configuration from the environment, or says what is missing.
 fn layer_from_env() -> Result<VerifyOpenMailLayer, String> {
-    let secret = std::env::var("OPENMAIL_WEBHOOK_SECRET").map_err(|_| {
-        "OPENMAIL_WEBHOOK_SECRET is not set; copy the webhook secret from the OpenMail \
-         dashboard (it starts with whsec_)"
-            .to_owned()
-    })?;
-    VerifyOpenMailLayer::new(secret).map_err(|error| format!("OPENMAIL_WEBHOOK_SECRET: {error}"))
+    let account = std::env::var("OPENMAIL_WEBHOOK_SECRET").ok();
+    let inboxes = std::env::var("OPENMAIL_INBOX_SECRETS").ok();
+    match (account, inboxes) {
+        (None, None) => Err("OPENMAIL_WEBHOOK_SECRET is not set; copy the webhook secret from \
+             the OpenMail dashboard (it starts with whsec_), or set OPENMAIL_INBOX_SECRETS to \
+             inb_a:secret_a,inb_b:secret_b for per-inbox webhooks"
+            .to_owned()),
+        (Some(secret), None) => VerifyOpenMailLayer::new(secret)
+            .map_err(|error| format!("OPENMAIL_WEBHOOK_SECRET: {error}")),
+        (account, Some(list)) => {
+            let mut secrets = InboxSecrets::parse(&list)
+                .map_err(|error| format!("OPENMAIL_INBOX_SECRETS: {error}"))?;
+            if let Some(account) = account {
+                secrets = secrets
+                    .account([account])
+                    .map_err(|error| format!("OPENMAIL_WEBHOOK_SECRET: {error}"))?;
+            }
+            eprintln!("receiver: per-inbox secrets for {} inboxes", secrets.inbox_count());
+            Ok(VerifyOpenMailLayer::with_resolver(secrets))
+        }
+    }
 }
 
 fn port_from_env() -> Result<u16, String> {

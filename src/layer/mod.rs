@@ -104,7 +104,7 @@ pub use layer::{VerifyOpenMailLayer, DEFAULT_BODY_LIMIT};
 pub use rejection::{BoxError, Rejection};
 pub use service::VerifyOpenMail;
 
-pub(crate) use layer::Config;
+pub(crate) use layer::{Config, SecretSource};
 
 #[cfg(doc)]
 use crate::VerifyError;

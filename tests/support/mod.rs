@@ -182,3 +182,29 @@ pub fn unix_now() -> i64 {
 
 /// A body type that never fails, for services that answer with a fixed string.
 pub type Never = Infallible;
+
+/// Writes a request head that declares `length` body bytes, sends none of them, and returns
+/// the answer's status. A server that refuses on the head alone answers at once.
+pub async fn send_head_only(
+    addr: SocketAddr,
+    headers: &[(&str, String)],
+    length: usize,
+) -> StatusCode {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut head =
+        format!("POST /webhooks HTTP/1.1\r\nhost: {addr}\r\ncontent-length: {length}\r\n");
+    for (name, value) in headers.iter().filter(|(name, _)| *name != "content-length") {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 256];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("the server answers without waiting for the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&answer[..read]);
+    text.split(' ').nth(1).unwrap().parse().unwrap()
+}
