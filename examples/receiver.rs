@@ -1,7 +1,7 @@
 //! A production-shaped OpenMail webhook receiver on axum. Copy it and replace `handle`.
 //!
 //! ```text
-//! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3000 cargo run --example receiver
+//! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3000 cargo run --features tokio --example receiver
 //! ```
 //!
 //! Contract (other tools and tests rely on it):
@@ -22,20 +22,42 @@
 //!   Nothing else goes to stdout; rejections and diagnostics go to stderr.
 //! - A rejected delivery gets `400` (or `413` when too large) with a short plain-text
 //!   reason; the precise reason is printed to stderr.
+//! - Resources are bounded: at most [`CONCURRENCY_LIMIT`] deliveries are read and verified
+//!   at once (more wait, unread), and a body that has not fully arrived [`BODY_DEADLINE`]
+//!   after its headers gets `408`. With the default 4 MiB body limit the layer holds at most
+//!   64 × 4 MiB = 256 MiB of bodies, however many clients stall or flood it.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::{routing::post, Extension, Json, Router};
 use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::{Event, VerifyOpenMailLayer};
 use serde_json::{json, Value};
+use tower::limit::GlobalConcurrencyLimitLayer;
 
-/// The receiver's routes, behind the verification layer.
+/// How many deliveries are read and verified at once. OpenMail sends one event per request
+/// and spreads its retries over minutes, so this is generous; it caps the memory held by
+/// bodies at this many times the body limit.
+pub const CONCURRENCY_LIMIT: usize = 64;
+
+/// How long a body may take to arrive after its headers. OpenMail wants an answer within
+/// 15 seconds, so a genuine delivery never needs longer; a stalled upload is cut off here.
+pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The receiver's routes, behind the verification layer, a body deadline and a concurrency
+/// limit.
 pub fn app(layer: VerifyOpenMailLayer) -> Router {
-    let layer = layer.on_rejection(|rejection| eprintln!("rejected: {rejection}"));
-    Router::new().route("/webhooks", post(handle)).layer(layer)
+    let layer = layer
+        .body_deadline(BODY_DEADLINE)
+        .on_rejection(|rejection| eprintln!("rejected: {rejection}"));
+    Router::new()
+        .route("/webhooks", post(handle))
+        .layer(layer)
+        // Outermost: requests beyond the limit wait before the layer reads a byte of them.
+        .layer(GlobalConcurrencyLimitLayer::new(CONCURRENCY_LIMIT))
 }
 
 async fn handle(Extension(event): Extension<Arc<Event>>) -> Json<Value> {
@@ -57,10 +79,12 @@ fn layer_from_env() -> Result<VerifyOpenMailLayer, String> {
     let account = std::env::var("OPENMAIL_WEBHOOK_SECRET").ok();
     let inboxes = std::env::var("OPENMAIL_INBOX_SECRETS").ok();
     match (account, inboxes) {
-        (None, None) => Err("OPENMAIL_WEBHOOK_SECRET is not set; copy the webhook secret from \
+        (None, None) => Err(
+            "OPENMAIL_WEBHOOK_SECRET is not set; copy the webhook secret from \
              the OpenMail dashboard (it starts with whsec_), or set OPENMAIL_INBOX_SECRETS to \
              inb_a:secret_a,inb_b:secret_b for per-inbox webhooks"
-            .to_owned()),
+                .to_owned(),
+        ),
         (Some(secret), None) => VerifyOpenMailLayer::new(secret)
             .map_err(|error| format!("OPENMAIL_WEBHOOK_SECRET: {error}")),
         (account, Some(list)) => {
@@ -71,7 +95,10 @@ fn layer_from_env() -> Result<VerifyOpenMailLayer, String> {
                     .account([account])
                     .map_err(|error| format!("OPENMAIL_WEBHOOK_SECRET: {error}"))?;
             }
-            eprintln!("receiver: per-inbox secrets for {} inboxes", secrets.inbox_count());
+            eprintln!(
+                "receiver: per-inbox secrets for {} inboxes",
+                secrets.inbox_count()
+            );
             Ok(VerifyOpenMailLayer::with_resolver(secrets))
         }
     }
