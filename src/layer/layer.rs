@@ -139,6 +139,7 @@ impl VerifyOpenMailLayer {
     /// # Ok::<(), openmail_webhooks::ConfigError>(())
     /// ```
     #[cfg(feature = "tokio")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn body_deadline(self, deadline: Duration) -> Self {
         self.map_config(|config| config.body_deadline = Some(deadline))
     }
