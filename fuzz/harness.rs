@@ -288,7 +288,7 @@ impl Body for Script {
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.hint.clone()
+        self.hint
     }
 }
 
@@ -396,10 +396,7 @@ pub fn drive_layer(data: &[u8]) {
     };
 
     let mut request = Request::post("/webhooks")
-        .body(Script {
-            steps,
-            hint: hint.clone(),
-        })
+        .body(Script { steps, hint })
         .unwrap();
     *request.headers_mut() = headers.clone();
 
@@ -460,7 +457,7 @@ pub fn drive_layer(data: &[u8]) {
         .and_then(|value| value.parse::<u64>().ok());
     let limit_u64 = limit as u64;
     let within_limit = body.len() <= limit
-        && declared.map_or(true, |declared| declared <= limit_u64)
+        && declared.is_none_or(|declared| declared <= limit_u64)
         && hint.lower() <= limit_u64;
     let single = |name: &str| {
         let mut values = headers.get_all(name).iter();

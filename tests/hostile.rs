@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -112,11 +112,9 @@ fn vm_hwm() -> String {
 const MIB: usize = 1024 * 1024;
 
 /// One test at a time: the heap counters are process-wide.
-fn serial() -> MutexGuard<'static, ()> {
-    static SERIAL: Mutex<()> = Mutex::new(());
-    SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
 }
 
 // ---------------------------------------------------------------------------------------
@@ -279,7 +277,7 @@ async fn answered(stream: &mut TcpStream) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sixty_four_stalled_uploads_do_not_delay_a_genuine_delivery() {
-    let _serial = serial();
+    let _serial = serial().await;
     // A deadline far beyond the test, so the stalled uploads stay stalled throughout.
     let layer = VerifyOpenMailLayer::new(SECRET)
         .unwrap()
@@ -317,7 +315,7 @@ async fn sixty_four_stalled_uploads_do_not_delay_a_genuine_delivery() {
 
 #[tokio::test]
 async fn aborted_uploads_are_refused_and_the_server_carries_on() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (addr, seen) = start(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
     let body = event_body("evt_aborted");
     for _ in 0..32 {
@@ -352,7 +350,7 @@ async fn aborted_uploads_are_refused_and_the_server_carries_on() {
 
 #[tokio::test]
 async fn a_content_length_longer_than_the_body_is_refused() {
-    let _serial = serial();
+    let _serial = serial().await;
     let layer = VerifyOpenMailLayer::new(SECRET)
         .unwrap()
         .body_deadline(Duration::from_millis(500));
@@ -388,7 +386,7 @@ async fn a_content_length_longer_than_the_body_is_refused() {
 
 #[tokio::test]
 async fn a_content_length_shorter_than_the_body_verifies_only_what_it_declares() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (addr, seen) = start(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
     let body = event_body("evt_long");
     let extra = b"EXTRA BYTES THAT ARE NOT A REQUEST\r\n\r\n";
@@ -423,7 +421,7 @@ async fn a_content_length_shorter_than_the_body_verifies_only_what_it_declares()
 
 #[tokio::test]
 async fn a_chunked_body_over_the_limit_is_a_413_however_long_it_goes_on() {
-    let _serial = serial();
+    let _serial = serial().await;
     let limit = 64 * 1024;
     let layer = VerifyOpenMailLayer::new(SECRET).unwrap().body_limit(limit);
     let (addr, seen) = start(layer).await;
@@ -462,7 +460,7 @@ async fn a_chunked_body_over_the_limit_is_a_413_however_long_it_goes_on() {
 
 #[tokio::test]
 async fn header_values_with_non_ascii_bytes_are_refused_or_ignored_never_a_5xx() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (addr, seen) = start(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
     let body = event_body("evt_bytes");
     let length = body.len().to_string();
@@ -474,7 +472,8 @@ async fn header_values_with_non_ascii_bytes_are_refused_or_ignored_never_a_5xx()
     let mut non_ascii_timestamp = timestamp.clone().into_bytes();
     non_ascii_timestamp.push(0xe9);
 
-    let cases: Vec<(Vec<(&str, &[u8])>, u16, &str)> = vec![
+    type Headers<'a> = Vec<(&'a str, &'a [u8])>;
+    let cases: Vec<(Headers, u16, &str)> = vec![
         (
             vec![
                 ("x-timestamp", &non_ascii_timestamp),
@@ -521,7 +520,7 @@ async fn header_values_with_non_ascii_bytes_are_refused_or_ignored_never_a_5xx()
 
 #[tokio::test]
 async fn a_four_kib_signature_header_is_malformed() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (addr, seen) = start(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
     let body = event_body("evt_big_header");
     let timestamp = unix_now().to_string();
@@ -547,7 +546,7 @@ async fn a_four_kib_signature_header_is_malformed() {
 /// of them, or both, are genuine.
 #[tokio::test]
 async fn two_signature_headers_are_refused_as_ambiguous() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (addr, seen) = start(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
     let body = event_body("evt_twice");
     let length = body.len().to_string();
@@ -591,7 +590,7 @@ async fn two_signature_headers_are_refused_as_ambiguous() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_deliveries_over_sixteen_connections_all_verify() {
-    let _serial = serial();
+    let _serial = serial().await;
     let (addr, seen) = start(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
     let mut connections = Vec::new();
     for connection in 0..16 {
@@ -658,7 +657,7 @@ async fn unreachable_handler(
 
 #[tokio::test]
 async fn the_body_deadline_answers_408_for_a_stalled_body() {
-    let _serial = serial();
+    let _serial = serial().await;
     let body = event_body("evt_stall");
     let request = {
         let (parts, _) = support::signed(SECRET, unix_now(), &body).into_parts();
@@ -696,7 +695,7 @@ async fn the_body_deadline_answers_408_for_a_stalled_body() {
 
 #[tokio::test]
 async fn a_body_within_the_deadline_verifies() {
-    let _serial = serial();
+    let _serial = serial().await;
     let body = event_body("evt_in_time");
     let request = support::signed(SECRET, unix_now(), &body);
     let layer = VerifyOpenMailLayer::new(SECRET)
@@ -713,7 +712,7 @@ async fn a_body_within_the_deadline_verifies() {
 /// A trickle of bytes does not reset the deadline: it covers the whole body.
 #[tokio::test]
 async fn a_slowloris_trickle_gets_408_over_real_http() {
-    let _serial = serial();
+    let _serial = serial().await;
     let layer = VerifyOpenMailLayer::new(SECRET)
         .unwrap()
         .body_deadline(Duration::from_millis(600));
@@ -744,7 +743,7 @@ async fn a_slowloris_trickle_gets_408_over_real_http() {
 /// layer has its own deadline.
 #[tokio::test]
 async fn tower_https_body_deadline_composes_but_answers_400() {
-    let _serial = serial();
+    let _serial = serial().await;
     let body = event_body("evt_tower_http");
     let request = {
         let (parts, _) = support::signed(SECRET, unix_now(), &body).into_parts();
@@ -826,7 +825,7 @@ async fn forged(addr: SocketAddr, body: Arc<Vec<u8>>) -> Option<(u16, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_receiver_survives_a_slowloris_and_a_forged_flood_with_bounded_memory() {
-    let _serial = serial();
+    let _serial = serial().await;
     const LIMIT: usize = MIB;
     const SLOWLORIS: usize = 96;
     const FLOOD: usize = 192;
