@@ -1,3 +1,5 @@
+//! Event parsing on arbitrary bytes: it never panics, and what it accepts has the `event`
+//! it reports.
 #![no_main]
 
 #[path = "../harness.rs"]

@@ -1,3 +1,5 @@
+//! The core check on arbitrary secrets, timestamp, signature, body, clock and tolerance:
+//! it never panics and accepts exactly when the signature is `sign(...)` of those inputs.
 #![no_main]
 
 #[path = "../harness.rs"]
