@@ -114,11 +114,7 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub to: Option<String>,
     /// The copied recipients, one mailbox per entry; empty when there are none.
-    #[serde(
-        default,
-        deserialize_with = "null_as_empty",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub cc: Vec<String>,
     /// The subject line.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -127,11 +123,7 @@ pub struct Message {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub body_text: Option<String>,
     /// The attachments, in order; empty when there are none.
-    #[serde(
-        default,
-        deserialize_with = "null_as_empty",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, deserialize_with = "null_as_empty")]
     pub attachments: Vec<Attachment>,
     /// When OpenMail received the email.
     #[serde(skip_serializing_if = "Option::is_none")]

@@ -205,26 +205,31 @@ impl Event {
     /// Parses a verified body. Fails only when the body is not a JSON object with a string
     /// `event` field.
     pub fn parse(body: Bytes) -> Result<Self, NotAnEvent> {
-        match wire::read(&body, Pass::Typed) {
-            Ok(wire) => Ok(Self::typed(wire, body)),
-            Err(failure) => {
-                let envelope =
-                    wire::read(&body, Pass::Envelope).map_err(|envelope| NotAnEvent {
-                        detail: envelope.error.to_string(),
-                    })?;
-                let known = envelope.kind.is_some();
-                let envelope = Self::envelope(envelope, body);
-                Ok(if known {
-                    Self::Malformed(MalformedEvent {
-                        envelope,
-                        field: failure.field,
-                        error: failure.error.to_string(),
-                    })
-                } else {
-                    Self::Unknown(UnknownEvent { envelope })
-                })
+        let failure = match wire::read(&body, Pass::Typed(None)) {
+            Ok(wire) => return Ok(Self::typed(wire, body)),
+            Err(failure) => failure,
+        };
+        let envelope = wire::read(&body, Pass::Envelope).map_err(|failure| NotAnEvent {
+            detail: failure.error.to_string(),
+        })?;
+        let Some(kind) = envelope.kind else {
+            return Ok(Self::Unknown(UnknownEvent {
+                envelope: Self::envelope(envelope, body),
+            }));
+        };
+        let failure = if failure.before_event {
+            match wire::read(&body, Pass::Typed(Some(kind))) {
+                Ok(wire) => return Ok(Self::typed(wire, body)),
+                Err(failure) => failure,
             }
-        }
+        } else {
+            failure
+        };
+        Ok(Self::Malformed(MalformedEvent {
+            envelope: Self::envelope(envelope, body),
+            field: failure.field,
+            error: failure.error.to_string(),
+        }))
     }
 
     fn typed(mut wire: Wire, body: Bytes) -> Self {

@@ -9,7 +9,10 @@
 //! When the first pass fails, the second ([`Pass::Envelope`]) reads only `event`, and
 //! `event_id`, `inbox_id` and `occurred_at` when they are usable. It fails only when the
 //! body is not a JSON object with a single string `event`: that is the one case
-//! [`Event::parse`](super::Event::parse) rejects.
+//! [`Event::parse`](super::Event::parse) rejects. If the first pass failed before it saw
+//! `event`, in a field the type may not even have, a third pass reads the body again
+//! knowing the type. So the outcome never depends on the order of the keys, which a
+//! re-serialised event does not keep.
 //!
 //! Both passes avoid serde's buffering attributes (`tag`, `untagged`, `flatten`), which
 //! would copy the whole body into an intermediate tree first.
@@ -62,34 +65,49 @@ pub(super) struct Wire {
     pub(super) reason: Option<Reason>,
 }
 
-/// Why the typed pass failed.
+/// Why a pass failed.
 pub(super) struct Failure {
     pub(super) error: serde_json::Error,
+    /// The top-level field being read, if any.
     pub(super) field: Option<&'static str>,
+    /// Whether the pass had not yet seen `event`, and so was reading every documented
+    /// field: the failure may be in a field that the event's type does not even have.
+    pub(super) before_event: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Pass {
-    /// Every field of the event's type, strictly.
-    Typed,
+    /// The fields of the event's type, strictly. With `None`, the type is learnt from
+    /// `event`, and fields before it are read as if they all belonged.
+    Typed(Option<Kind>),
     /// Only the envelope, leniently.
     Envelope,
 }
 
 /// Runs one pass over `body`.
 pub(super) fn read(body: &[u8], pass: Pass) -> Result<Wire, Failure> {
-    let mut failed_field = None;
+    let mut progress = Progress {
+        field: None,
+        before_event: false,
+    };
     let mut deserializer = serde_json::Deserializer::from_slice(body);
     let result = deserializer
         .deserialize_map(WireVisitor {
             pass,
-            failed_field: &mut failed_field,
+            progress: &mut progress,
         })
         .and_then(|wire| deserializer.end().map(|()| wire));
     result.map_err(|error| Failure {
         error,
-        field: failed_field,
+        field: progress.field,
+        before_event: progress.before_event,
     })
+}
+
+/// Where the visitor is, for the error report: a serde error cannot carry it.
+struct Progress {
+    field: Option<&'static str>,
+    before_event: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -185,7 +203,7 @@ impl Shape {
 
 struct WireVisitor<'a> {
     pass: Pass,
-    failed_field: &'a mut Option<&'static str>,
+    progress: &'a mut Progress,
 }
 
 impl<'de> Visitor<'de> for WireVisitor<'_> {
@@ -199,12 +217,14 @@ impl<'de> Visitor<'de> for WireVisitor<'_> {
         let mut wire = Wire::default();
         let mut seen_event = false;
         let mut shape = match self.pass {
-            Pass::Typed => Shape::Pending,
+            Pass::Typed(None) => Shape::Pending,
+            Pass::Typed(kind) => Shape::of(kind),
             Pass::Envelope => Shape::Envelope,
         };
-        let failed_field = self.failed_field;
+        let progress = self.progress;
         while let Some(field) = map.next_key::<Field>()? {
-            *failed_field = (field != Field::Other).then(|| field.name());
+            progress.field = (field != Field::Other).then(|| field.name());
+            progress.before_event = matches!(shape, Shape::Pending);
             if field == Field::Event {
                 if seen_event {
                     return Err(de::Error::duplicate_field("event"));
@@ -212,7 +232,7 @@ impl<'de> Visitor<'de> for WireVisitor<'_> {
                 wire.event = map.next_value()?;
                 wire.kind = Kind::of(&wire.event);
                 seen_event = true;
-                if self.pass == Pass::Typed {
+                if self.pass != Pass::Envelope {
                     shape = Shape::of(wire.kind);
                 }
             } else {
@@ -224,7 +244,8 @@ impl<'de> Visitor<'de> for WireVisitor<'_> {
                     Treatment::Strict => strict(&mut map, field, &mut wire)?,
                 }
             }
-            *failed_field = None;
+            progress.field = None;
+            progress.before_event = false;
         }
         if !seen_event {
             return Err(de::Error::missing_field("event"));
