@@ -330,6 +330,40 @@ fn unknown_types_arrive_intact() {
 }
 
 #[test]
+fn unusable_envelope_fields_are_dropped_not_fatal() {
+    let unknown = json!({"event": "domain.verified", "event_id": 5, "inbox_id": ["x"],
+                         "occurred_at": "yesterday"});
+    let event = Event::parse(Bytes::from(unknown.to_string())).unwrap();
+    assert!(matches!(event, Event::Unknown(_)), "{event:?}");
+    assert_eq!(
+        (event.event_id(), event.inbox_id(), event.occurred_at()),
+        (None, None, None)
+    );
+
+    let malformed = json!({"event": "inbox.suspended", "event_id": {"id": "evt_1"},
+                           "inbox_id": "inb_1", "occurred_at": "2024-03-21T10:05:00Z"});
+    let event = Event::parse(Bytes::from(malformed.to_string())).unwrap();
+    let Event::Malformed(malformed) = &event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(malformed.field(), Some("event_id"));
+    assert_eq!(event.event_id(), None);
+    assert_eq!(event.inbox_id(), Some("inb_1"));
+    assert!(event.occurred_at().is_some());
+}
+
+#[test]
+fn debug_shows_the_body_by_length() {
+    let event = parse("message_received");
+    let debug = format!("{event:?}");
+    assert!(
+        debug.contains(&format!("<{} bytes>", event.raw().len())),
+        "{debug}"
+    );
+    assert_eq!(debug.matches("Invoice #2847").count(), 1, "{debug}");
+}
+
+#[test]
 fn superseded_draft_with_reputation_object_still_arrives() {
     let event = parse("draft_inbox_suspended_reputation");
     let Event::InboxSuspended(payload) = &event else {

@@ -31,9 +31,8 @@
 //! | anything else, such as the dashboard's test event | [`Event::Unknown`] | [`UnknownEvent`]: the type and the raw JSON |
 //! | a documented type whose fields don't fit | [`Event::Malformed`] | [`MalformedEvent`]: the raw JSON and what didn't fit |
 //!
-//! Times are [`Timestamp`]s: validated RFC 3339 that keep their original text (the
-//! [`time`](self::Timestamp) docs say why there is no date-time dependency). Addresses
-//! split into a [`Mailbox`] on demand.
+//! Times are [`Timestamp`]s: validated RFC 3339 that keep their original text; its docs
+//! say why there is no date-time dependency. Addresses split into a [`Mailbox`] on demand.
 //!
 //! # A verified delivery is never lost
 //!
@@ -49,10 +48,14 @@
 //! # Cost
 //!
 //! The body is parsed once, in one serde pass over a flat private struct that reads only
-//! the fields of the event's type; a second, envelope-only pass runs only when the first
-//! fails. That is cheaper than parsing the same bytes into a `serde_json::Value` (the
-//! `events` benchmark measures both). The [`Delivery`](crate::Delivery) holding the event
-//! is one `Arc`, so axum's `Extension`, which clones on every extraction, copies nothing.
+//! the fields of the event's type and skips the rest; a second, envelope-only pass runs
+//! only when the first fails. That costs less than parsing the same bytes into a
+//! `serde_json::Value`, which allocates every key and every map: about two thirds of it on
+//! the documented example. On a body made mostly of long attachment text both spend
+//! nearly all their time validating and unescaping the same strings, and the typed parse
+//! is only a few percent cheaper. The `events` benchmark measures both. The
+//! [`Delivery`](crate::Delivery) holding the event is one `Arc`, so axum's `Extension`,
+//! which clones on every extraction, copies nothing.
 //!
 //! # Equality and serialisation
 //!
