@@ -57,10 +57,12 @@ fn layer_from_env() -> Result<VerifyOpenMailLayer, String> {
     let account = std::env::var("OPENMAIL_WEBHOOK_SECRET").ok();
     let inboxes = std::env::var("OPENMAIL_INBOX_SECRETS").ok();
     match (account, inboxes) {
-        (None, None) => Err("OPENMAIL_WEBHOOK_SECRET is not set; copy the webhook secret from \
+        (None, None) => Err(
+            "OPENMAIL_WEBHOOK_SECRET is not set; copy the webhook secret from \
              the OpenMail dashboard (it starts with whsec_), or set OPENMAIL_INBOX_SECRETS to \
              inb_a:secret_a,inb_b:secret_b for per-inbox webhooks"
-            .to_owned()),
+                .to_owned(),
+        ),
         (Some(secret), None) => VerifyOpenMailLayer::new(secret)
             .map_err(|error| format!("OPENMAIL_WEBHOOK_SECRET: {error}")),
         (account, Some(list)) => {
@@ -71,7 +73,10 @@ fn layer_from_env() -> Result<VerifyOpenMailLayer, String> {
                     .account([account])
                     .map_err(|error| format!("OPENMAIL_WEBHOOK_SECRET: {error}"))?;
             }
-            eprintln!("receiver: per-inbox secrets for {} inboxes", secrets.inbox_count());
+            eprintln!(
+                "receiver: per-inbox secrets for {} inboxes",
+                secrets.inbox_count()
+            );
             Ok(VerifyOpenMailLayer::with_resolver(secrets))
         }
     }

@@ -19,7 +19,9 @@
 use std::sync::{Arc, Mutex};
 
 use axum::{routing::post, Extension, Router};
-use openmail_webhooks::tenant::{CachedResolver, ResolveFuture, SecretResolver, TenantRequest, TenantSecrets};
+use openmail_webhooks::tenant::{
+    CachedResolver, ResolveFuture, SecretResolver, TenantRequest, TenantSecrets,
+};
 use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer};
 use rusqlite::Connection;
 
@@ -38,7 +40,10 @@ impl SqliteSecrets {
     }
 
     fn secrets_of(&self, inbox_id: &str) -> rusqlite::Result<Vec<String>> {
-        let connection = self.connection.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let connection = self
+            .connection
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut statement = connection.prepare_cached(
             "SELECT secret FROM inbox_secrets WHERE inbox_id = ?1 ORDER BY created_at DESC",
         )?;
@@ -52,25 +57,26 @@ impl SecretResolver for SqliteSecrets {
         let this = self.clone();
         let inbox = request.inbox_id().map(str::to_owned);
         Box::pin(async move {
-            let found = tokio::task::spawn_blocking(move || -> rusqlite::Result<Option<TenantSecrets>> {
-                let own = match &inbox {
-                    Some(inbox) => this.secrets_of(inbox)?,
-                    None => Vec::new(),
-                };
-                let account = this.secrets_of("*")?;
-                let own = match inbox {
-                    Some(inbox) if !own.is_empty() => TenantSecrets::inbox(inbox, own).ok(),
-                    _ => None,
-                };
-                let account = (!account.is_empty())
-                    .then(|| TenantSecrets::account(account).ok())
-                    .flatten();
-                Ok(match (own, account) {
-                    (Some(own), Some(account)) => Some(own.and(account)),
-                    (own, account) => own.or(account),
+            let found =
+                tokio::task::spawn_blocking(move || -> rusqlite::Result<Option<TenantSecrets>> {
+                    let own = match &inbox {
+                        Some(inbox) => this.secrets_of(inbox)?,
+                        None => Vec::new(),
+                    };
+                    let account = this.secrets_of("*")?;
+                    let own = match inbox {
+                        Some(inbox) if !own.is_empty() => TenantSecrets::inbox(inbox, own).ok(),
+                        _ => None,
+                    };
+                    let account = (!account.is_empty())
+                        .then(|| TenantSecrets::account(account).ok())
+                        .flatten();
+                    Ok(match (own, account) {
+                        (Some(own), Some(account)) => Some(own.and(account)),
+                        (own, account) => own.or(account),
+                    })
                 })
-            })
-            .await??;
+                .await??;
             Ok(found)
         })
     }
@@ -89,7 +95,12 @@ pub fn create_schema(connection: &Connection) -> rusqlite::Result<()> {
 }
 
 /// Adds one secret for `inbox_id` (`*` for the account webhook).
-pub fn add_secret(connection: &Connection, inbox_id: &str, secret: &str, created_at: i64) -> rusqlite::Result<()> {
+pub fn add_secret(
+    connection: &Connection,
+    inbox_id: &str,
+    secret: &str,
+    created_at: i64,
+) -> rusqlite::Result<()> {
     connection
         .execute(
             "INSERT INTO inbox_secrets (inbox_id, secret, created_at) VALUES (?1, ?2, ?3)",
@@ -98,8 +109,14 @@ pub fn add_secret(connection: &Connection, inbox_id: &str, secret: &str, created
         .map(|_| ())
 }
 
-async fn handle(Extension(event): Extension<Arc<Event>>, Extension(delivery): Extension<Delivery>) -> String {
-    let scope = delivery.scope().map(ToString::to_string).unwrap_or_default();
+async fn handle(
+    Extension(event): Extension<Arc<Event>>,
+    Extension(delivery): Extension<Delivery>,
+) -> String {
+    let scope = delivery
+        .scope()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     println!(
         "handled {} {} verified with a secret of {scope}",
         event.event_type(),
@@ -111,7 +128,8 @@ async fn handle(Extension(event): Extension<Arc<Event>>, Extension(delivery): Ex
 /// The webhook route, resolving secrets from `connection`'s database.
 pub fn app(connection: Connection) -> Router {
     let resolver = CachedResolver::new(SqliteSecrets::new(connection));
-    let layer = VerifyOpenMailLayer::with_resolver(resolver).on_rejection(|rejection| eprintln!("rejected: {rejection}"));
+    let layer = VerifyOpenMailLayer::with_resolver(resolver)
+        .on_rejection(|rejection| eprintln!("rejected: {rejection}"));
     Router::new().route("/webhooks", post(handle)).layer(layer)
 }
 

@@ -455,17 +455,58 @@ async fn secrets_in_a_real_database_over_real_http() {
     let client = client();
     let now = unix_now();
     let cases = [
-        ("whsec_alice", "inb_alice", StatusCode::OK, "ok: inbox inb_alice\n"),
-        ("whsec_bob_new", "inb_bob", StatusCode::OK, "ok: inbox inb_bob\n"),
-        ("whsec_bob_old", "inb_bob", StatusCode::OK, "ok: inbox inb_bob\n"),
-        ("whsec_alice", "inb_bob", StatusCode::BAD_REQUEST, "signature mismatch"),
-        ("whsec_bob_new", "inb_alice", StatusCode::BAD_REQUEST, "signature mismatch"),
-        ("whsec_carol", "inb_carol", StatusCode::BAD_REQUEST, "no secret for this inbox"),
+        (
+            "whsec_alice",
+            "inb_alice",
+            StatusCode::OK,
+            "ok: inbox inb_alice\n",
+        ),
+        (
+            "whsec_bob_new",
+            "inb_bob",
+            StatusCode::OK,
+            "ok: inbox inb_bob\n",
+        ),
+        (
+            "whsec_bob_old",
+            "inb_bob",
+            StatusCode::OK,
+            "ok: inbox inb_bob\n",
+        ),
+        (
+            "whsec_alice",
+            "inb_bob",
+            StatusCode::BAD_REQUEST,
+            "signature mismatch",
+        ),
+        (
+            "whsec_bob_new",
+            "inb_alice",
+            StatusCode::BAD_REQUEST,
+            "signature mismatch",
+        ),
+        (
+            "whsec_carol",
+            "inb_carol",
+            StatusCode::BAD_REQUEST,
+            "no secret for this inbox",
+        ),
     ];
     for (secret, inbox, status, text) in cases {
         let body = message(inbox);
-        let (got, answer) = post(&client, addr, "/webhooks", &signed_headers(secret, now, &body), body).await;
-        assert_eq!((got, answer.as_str()), (status, text), "{secret} for {inbox}");
+        let (got, answer) = post(
+            &client,
+            addr,
+            "/webhooks",
+            &signed_headers(secret, now, &body),
+            body,
+        )
+        .await;
+        assert_eq!(
+            (got, answer.as_str()),
+            (status, text),
+            "{secret} for {inbox}"
+        );
     }
 }
 
@@ -487,13 +528,35 @@ async fn url_routed_tenants_behind_an_axum_path_route_over_real_http() {
     let cases = [
         ("/webhooks/inb_a", "whsec_a", "inb_a", StatusCode::OK),
         ("/webhooks/inb_b", "whsec_b", "inb_b", StatusCode::OK),
-        ("/webhooks/inb_a", "whsec_a", "inb_b", StatusCode::BAD_REQUEST),
-        ("/webhooks/inb_b", "whsec_a", "inb_a", StatusCode::BAD_REQUEST),
-        ("/webhooks/inb_z", "whsec_a", "inb_z", StatusCode::BAD_REQUEST),
+        (
+            "/webhooks/inb_a",
+            "whsec_a",
+            "inb_b",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/webhooks/inb_b",
+            "whsec_a",
+            "inb_a",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/webhooks/inb_z",
+            "whsec_a",
+            "inb_z",
+            StatusCode::BAD_REQUEST,
+        ),
     ];
     for (path, secret, inbox, status) in cases {
         let body = message(inbox);
-        let (got, _) = post(&client, addr, path, &signed_headers(secret, now, &body), body).await;
+        let (got, _) = post(
+            &client,
+            addr,
+            path,
+            &signed_headers(secret, now, &body),
+            body,
+        )
+        .await;
         assert_eq!(got, status, "{path} {secret} {inbox}");
     }
 }
