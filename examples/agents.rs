@@ -33,7 +33,7 @@ use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Extension, Router};
 use openmail_webhooks::event::{Lifecycle, MessageReceived};
-use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer};
+use openmail_webhooks::{Event, VerifyOpenMailLayer};
 use tokio::sync::{mpsc, watch};
 
 /// How many recent event ids to remember for deduplication. OpenMail retries for about
@@ -218,16 +218,15 @@ async fn work(
 
 async fn receive(
     State(directory): State<Directory>,
-    Extension(delivery): Extension<Delivery>,
+    Extension(event): Extension<Arc<Event>>,
 ) -> StatusCode {
-    let event = delivery.event();
     let mut agents = directory.lock();
     if let Some(event_id) = event.event_id() {
         if !agents.first_time(event_id) {
             return StatusCode::OK;
         }
     }
-    match event {
+    match &*event {
         Event::MessageReceived(received) => agents.message(received),
         Event::InboxSuspended(lifecycle) => agents.inbox(lifecycle, true),
         Event::InboxReactivated(lifecycle) => agents.inbox(lifecycle, false),

@@ -2,6 +2,7 @@
 //! and the event as a handler behind the layer receives it over real HTTP.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -771,9 +772,13 @@ proptest! {
 // Over HTTP: the layer parses, the handler receives the typed variant.
 
 /// What the handler saw, as one line the test can compare.
-async fn summarise(Extension(delivery): Extension<Delivery>) -> String {
-    let event = delivery.event();
-    let detail = match event {
+async fn summarise(
+    Extension(event): Extension<Arc<Event>>,
+    Extension(delivery): Extension<Delivery>,
+) -> String {
+    // The event is parsed from exactly the bytes that verified.
+    assert_eq!(event.raw(), delivery.body());
+    let detail = match &*event {
         Event::MessageReceived(received) => format!(
             "message from={} to={} attachments={}",
             received

@@ -1,15 +1,17 @@
 //! OpenMail events, parsed once after verification.
 //!
 //! The layer parses every verified body into an [`Event`] and puts it in the request
-//! extensions inside a [`Delivery`](crate::Delivery), next to the verified bytes. A
-//! handler takes it in one line, `Extension(delivery): Extension<Delivery>`, and matches:
+//! extensions as an `Arc<Event>`, next to the [`Delivery`](crate::Delivery) that holds
+//! the verified bytes. A handler takes it in one line,
+//! `Extension(event): Extension<Arc<Event>>`, and matches:
 //!
 //! ```
+//! use std::sync::Arc;
 //! use axum::Extension;
-//! use openmail_webhooks::{Delivery, Event};
+//! use openmail_webhooks::Event;
 //!
-//! async fn handle(Extension(delivery): Extension<Delivery>) -> &'static str {
-//!     match delivery.event() {
+//! async fn handle(Extension(event): Extension<Arc<Event>>) -> &'static str {
+//!     match &*event {
 //!         Event::MessageReceived(received) => {
 //!             let from = received.message.sender();
 //!             println!("mail for {:?} from {:?}", received.inbox_id, from.map(|f| f.address()));
@@ -53,9 +55,9 @@
 //! `serde_json::Value`, which allocates every key and every map: about two thirds of it on
 //! the documented example. On a body made mostly of long attachment text both spend
 //! nearly all their time validating and unescaping the same strings, and the typed parse
-//! is only a few percent cheaper. The `events` benchmark measures both. The
-//! [`Delivery`](crate::Delivery) holding the event is one `Arc`, so axum's `Extension`,
-//! which clones on every extraction, copies nothing.
+//! is only a few percent cheaper. The `events` benchmark measures both. The event sits
+//! behind an `Arc`, so axum's `Extension`, which clones on every extraction, copies
+//! nothing.
 //!
 //! # Equality and serialisation
 //!
@@ -66,10 +68,11 @@
 //!
 //! # Why there is no `axum` feature
 //!
-//! A `FromRequestParts` impl would save writing `Extension(delivery): Extension<Delivery>`
+//! A `FromRequestParts` impl would save writing `Extension(event): Extension<Arc<Event>>`,
 //! and would put axum, with its own release cycle, into this crate's dependency tree for
-//! every user who enables it. Since the extension already works in axum and in any other
-//! tower stack (`request.extensions().get::<Delivery>()`), the crate does not add it.
+//! every user who enables it. The extension is already one line in axum and works the same
+//! in any other tower stack (`request.extensions().get::<Arc<Event>>()`), so the crate does
+//! not add it.
 
 /// A string code with documented values and an `Unknown` fallback that keeps any other
 /// value, so a new code on OpenMail's side never fails a delivery.

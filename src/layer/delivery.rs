@@ -4,20 +4,30 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::{Event, Verified};
+use crate::tenant::SecretScope;
+use crate::Verified;
 
-/// A verified delivery, as the layer puts it in the request extensions.
+/// What the layer verified, as it puts it in the request extensions: the body's bytes and
+/// the signature metadata. The parsed event is a separate extension, an `Arc<Event>`.
 ///
 /// Cloning is one reference-count increment, so axum's `Extension<Delivery>`, which clones
 /// on every extraction, costs nothing worth counting.
 ///
 /// ```
+/// use std::sync::Arc;
 /// use axum::Extension;
-/// use openmail_webhooks::Delivery;
+/// use openmail_webhooks::{Delivery, Event};
 ///
-/// async fn handle(Extension(delivery): Extension<Delivery>) {
-///     let event = delivery.event();
-///     println!("{} signed at {}", event.event_type(), delivery.timestamp());
+/// async fn handle(
+///     Extension(event): Extension<Arc<Event>>,
+///     Extension(delivery): Extension<Delivery>,
+/// ) {
+///     println!(
+///         "{} signed at {} with secret #{}",
+///         event.event_type(),
+///         delivery.timestamp(),
+///         delivery.secret_index(),
+///     );
 /// }
 /// ```
 #[derive(Clone)]
@@ -27,31 +37,26 @@ pub struct Delivery {
 
 struct Inner {
     verified: Verified,
+    scope: Option<SecretScope>,
     event_id_header: Option<HeaderValue>,
     body: Bytes,
-    event: Event,
 }
 
 impl Delivery {
     pub(crate) fn new(
         verified: Verified,
+        scope: Option<SecretScope>,
         event_id_header: Option<HeaderValue>,
         body: Bytes,
-        event: Event,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 verified,
+                scope,
                 event_id_header,
                 body,
-                event,
             }),
         }
-    }
-
-    /// The parsed event.
-    pub fn event(&self) -> &Event {
-        &self.inner.event
     }
 
     /// The verified body, byte for byte as received.
@@ -69,6 +74,12 @@ impl Delivery {
         self.inner.verified.secret_index()
     }
 
+    /// With per-tenant secrets, the scope of the secret that matched: the inbox, pod or
+    /// account it belongs to. `None` with static secrets.
+    pub fn scope(&self) -> Option<&SecretScope> {
+        self.inner.scope.as_ref()
+    }
+
     /// What the signature check established.
     pub fn verified(&self) -> Verified {
         self.inner.verified
@@ -77,7 +88,7 @@ impl Delivery {
     /// The `X-Event-Id` header, if present and visible ASCII.
     ///
     /// It is **not** signed: anyone replaying a captured delivery can change it. Use the
-    /// body's `event_id` ([`Event::event_id`]) for anything that matters, such as
+    /// body's `event_id` ([`Event::event_id`](crate::Event::event_id)) for anything that matters, such as
     /// deduplication.
     pub fn event_id_header(&self) -> Option<&str> {
         self.inner
@@ -90,10 +101,9 @@ impl Delivery {
 impl fmt::Debug for Delivery {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Delivery")
-            .field("event_type", &self.inner.event.event_type())
-            .field("event_id", &self.inner.event.event_id())
             .field("timestamp", &self.timestamp())
             .field("secret_index", &self.secret_index())
+            .field("scope", &self.scope())
             .field("event_id_header", &self.event_id_header())
             .field("body_len", &self.inner.body.len())
             .finish()

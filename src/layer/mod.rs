@@ -3,8 +3,9 @@
 //! The layer reads and checks `X-Timestamp` and `X-Signature` first, so a forged or stale
 //! delivery is refused before a byte of its body is read. It then streams the body into the
 //! MAC under a size limit, buffering it once. Only then does it drive the inner service's
-//! readiness and call it, with the verified bytes as the body and a [`Delivery`] in the
-//! request extensions.
+//! readiness and call it, with the verified bytes as the body and two values in the
+//! request extensions: the parsed event as an `Arc<`[`Event`](crate::Event)`>`, and the
+//! [`Delivery`] (the verified bytes and the signature metadata).
 //!
 //! | outcome | status |
 //! |---|---|
@@ -19,11 +20,12 @@
 //! is on.
 //!
 //! ```
+//! use std::sync::Arc;
 //! use axum::{routing::post, Extension, Router};
-//! use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer};
+//! use openmail_webhooks::{Event, VerifyOpenMailLayer};
 //!
-//! async fn handle(Extension(delivery): Extension<Delivery>) -> &'static str {
-//!     println!("{} {:?}", delivery.event().event_type(), delivery.event().event_id());
+//! async fn handle(Extension(event): Extension<Arc<Event>>) -> &'static str {
+//!     println!("{} {:?}", event.event_type(), event.event_id());
 //!     "ok"
 //! }
 //!
@@ -49,4 +51,4 @@ pub use layer::{VerifyOpenMailLayer, DEFAULT_BODY_LIMIT};
 pub use rejection::{BoxError, Rejection};
 pub use service::VerifyOpenMail;
 
-pub(crate) use layer::Config;
+pub(crate) use layer::{Config, SecretSource};
