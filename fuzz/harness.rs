@@ -213,18 +213,14 @@ pub fn parse_event(data: &[u8]) {
         // leniently, and the `event` field must still be the string the event reports.
         let text = String::from_utf8_lossy(data);
         match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(serde_json::Value::Array(fields)) => {
-                // A derived `Deserialize` also reads a struct from an array of its fields in
-                // order, so `["message.received", ...]` is taken as an event too.
+            Ok(value) => {
+                // Only an object is an event: an array of fields in order is not.
+                assert!(value.is_object(), "accepted a non-object: {value}");
                 assert_eq!(
-                    fields.first().and_then(serde_json::Value::as_str),
+                    value.get("event").and_then(serde_json::Value::as_str),
                     Some(event.event_type()),
                 );
             }
-            Ok(value) => assert_eq!(
-                value.get("event").and_then(serde_json::Value::as_str),
-                Some(event.event_type()),
-            ),
             Err(error) => {
                 let error = error.to_string();
                 assert!(
