@@ -334,6 +334,14 @@ pub fn drive_layer(data: &[u8]) {
     let limit = usize::from(input.u16() % 2048);
     let parse_events = flags & 1 != 0;
     let signed = flags & 2 != 0;
+    // With the `tokio` feature: a body deadline that never fires, or one already over,
+    // which may cut the body off at any frame.
+    let deadline = match flags >> 5 {
+        _ if !cfg!(feature = "tokio") => None,
+        0b001 | 0b101 => Some(Duration::from_secs(3600)),
+        0b011 | 0b111 => Some(Duration::ZERO),
+        _ => None,
+    };
     let offset = i64::from(input.u16() as i16);
 
     let mut headers = HeaderMap::new();
@@ -410,6 +418,11 @@ pub fn drive_layer(data: &[u8]) {
         .clock(|| LAYER_NOW)
         .body_limit(limit)
         .parse_events(parse_events);
+    #[cfg(feature = "tokio")]
+    let layer = match deadline {
+        Some(deadline) => layer.body_deadline(deadline),
+        None => layer,
+    };
     let called = Arc::new(AtomicBool::new(false));
     let seen = Arc::clone(&called);
     let expected_body = body.clone();
@@ -448,6 +461,14 @@ pub fn drive_layer(data: &[u8]) {
     assert!(!status.is_server_error(), "{status}");
     let accepted = status == StatusCode::OK;
     assert_eq!(accepted, called.load(Ordering::SeqCst));
+    if status == StatusCode::REQUEST_TIMEOUT {
+        assert_eq!(
+            deadline,
+            Some(Duration::ZERO),
+            "408 without a deadline that could fire"
+        );
+        return;
+    }
     if !accepted {
         assert!(
             status == StatusCode::BAD_REQUEST || status == StatusCode::PAYLOAD_TOO_LARGE,
