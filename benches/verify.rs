@@ -10,7 +10,9 @@
 //!   `ServiceExt::oneshot` with a trivial inner service, the body in one frame or in 16 KiB
 //!   frames as hyper delivers it, with and without the event parse;
 //! - `by_hand`, `by_hand_parse`: the documentation's recipe ported literally;
-//! - `svix`: `svix::webhooks::Webhook::verify`, a different scheme doing the same job.
+//! - `svix`: `svix::webhooks::Webhook::verify`, a different scheme doing the same job;
+//! - `harness`: the same request through `oneshot` to the trivial service without the
+//!   layer, which is the part of every `layer/…` figure that any server pays anyway.
 //!
 //! The `refusal` group times what a forged 1 MiB stale request and an over-limit
 //! `Content-Length` cost, and proves neither body is ever polled.
@@ -138,6 +140,20 @@ fn verification(c: &mut Criterion) {
                     )
                     .is_ok()
             })
+        });
+
+        // The harness alone: the same request through `oneshot` to a trivial service that
+        // drops it, with no layer. What the layer adds is `layer - harness`.
+        let bare = tower::service_fn(|request: Request<Frames>| async move {
+            black_box(&request);
+            Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new()))
+        });
+        group.bench_function("harness", |b| {
+            b.iter_batched(
+                || signed_request(&timestamp, &signature, size, Frames::one(&body)),
+                |request| complete(bare.oneshot(request)),
+                BatchSize::SmallInput,
+            )
         });
 
         for parse in [false, true] {
