@@ -14,11 +14,11 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hmac::{KeyInit, Mac};
 use openmail_webhooks::{sign, Verifier};
-use support::{label, now_timestamp, payload, SECRET, SIZES};
+use support::{label, now_timestamp, payload, ThreadCpuTime, SECRET, SIZES};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 
-fn backends(c: &mut Criterion) {
+fn backends(c: &mut Criterion<ThreadCpuTime>) {
     let sha2_keyed = HmacSha256::new_from_slice(SECRET.as_bytes()).expect("any key length");
     let ring_key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, SECRET.as_bytes());
     let verifier = Verifier::new(SECRET).expect("a valid secret");
@@ -84,6 +84,7 @@ fn backends(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
+        .with_measurement(ThreadCpuTime)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_millis(1500))
         .sample_size(30);

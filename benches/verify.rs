@@ -17,6 +17,9 @@
 //! The `refusal` group times what a forged 1 MiB stale request and an over-limit
 //! `Content-Length` cost, and proves neither body is ever polled.
 //!
+//! Times are the benchmark thread's CPU time (see `support::ThreadCpuTime`), so other
+//! processes on a shared machine disturb them less.
+//!
 //! `cargo bench --bench verify`; `python3 benches/report.py` tabulates the ratios.
 
 mod support;
@@ -34,7 +37,9 @@ use http_body_util::Empty;
 use openmail_webhooks::layer::VerifiedBody;
 use openmail_webhooks::{sign, Verifier, VerifyOpenMailLayer};
 use std::hint::black_box;
-use support::{complete, label, now_timestamp, payload, Frames, FRAME, SECRET, SIZES};
+use support::{
+    complete, label, now_timestamp, payload, Frames, ThreadCpuTime, FRAME, SECRET, SIZES,
+};
 use tower::{Layer, Service, ServiceExt};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -102,7 +107,7 @@ fn signed_request(
         .expect("a valid request")
 }
 
-fn verification(c: &mut Criterion) {
+fn verification(c: &mut Criterion<ThreadCpuTime>) {
     let verifier = Verifier::new(SECRET).expect("a valid secret");
     let keyed = HmacSha256::new_from_slice(SECRET.as_bytes()).expect("any key length");
     let svix = svix::webhooks::Webhook::from_bytes(SECRET.as_bytes().to_vec()).expect("a key");
@@ -217,7 +222,7 @@ fn verification(c: &mut Criterion) {
 
 /// A forged, stale 1 MiB delivery and an over-limit `Content-Length` are refused from the
 /// head alone. Every body counts its polls; the count must stay at zero.
-fn refusal(c: &mut Criterion) {
+fn refusal(c: &mut Criterion<ThreadCpuTime>) {
     let service = VerifyOpenMailLayer::new(SECRET)
         .expect("a valid secret")
         .layer(trivial_inner());
@@ -286,6 +291,7 @@ fn refusal(c: &mut Criterion) {
 criterion_group! {
     name = benches;
     config = Criterion::default()
+        .with_measurement(ThreadCpuTime)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_millis(1500))
         .sample_size(30);

@@ -190,3 +190,91 @@ pub fn complete<F: std::future::Future>(future: F) -> F::Output {
         Poll::Pending => panic!("the future did not complete in one poll"),
     }
 }
+
+/// Criterion measurement by the benchmark thread's CPU time rather than wall-clock time.
+///
+/// On a shared machine another process can take the CPU in the middle of a sample; wall
+/// time counts that, the thread's CPU time does not. Everything measured here runs on the
+/// benchmark thread (the layer completes in one poll, with no runtime), so nothing is
+/// missed. Values are nanoseconds, as with criterion's wall clock.
+pub struct ThreadCpuTime;
+
+impl criterion::measurement::Measurement for ThreadCpuTime {
+    type Intermediate = cpu_time::ThreadTime;
+    type Value = std::time::Duration;
+
+    fn start(&self) -> Self::Intermediate {
+        cpu_time::ThreadTime::now()
+    }
+
+    fn end(&self, start: Self::Intermediate) -> Self::Value {
+        start.elapsed()
+    }
+
+    fn add(&self, v1: &Self::Value, v2: &Self::Value) -> Self::Value {
+        *v1 + *v2
+    }
+
+    fn zero(&self) -> Self::Value {
+        std::time::Duration::ZERO
+    }
+
+    fn to_f64(&self, value: &Self::Value) -> f64 {
+        value.as_nanos() as f64
+    }
+
+    fn formatter(&self) -> &dyn criterion::measurement::ValueFormatter {
+        &Nanoseconds
+    }
+}
+
+/// Formats nanoseconds and byte throughputs the way criterion's wall clock does.
+struct Nanoseconds;
+
+impl criterion::measurement::ValueFormatter for Nanoseconds {
+    fn scale_values(&self, typical: f64, values: &mut [f64]) -> &'static str {
+        let (factor, unit) = if typical < 1e3 {
+            (1.0, "ns")
+        } else if typical < 1e6 {
+            (1e-3, "µs")
+        } else if typical < 1e9 {
+            (1e-6, "ms")
+        } else {
+            (1e-9, "s")
+        };
+        values.iter_mut().for_each(|value| *value *= factor);
+        unit
+    }
+
+    fn scale_throughputs(
+        &self,
+        typical: f64,
+        throughput: &criterion::Throughput,
+        values: &mut [f64],
+    ) -> &'static str {
+        use criterion::Throughput;
+        let (units, divisor, unit) = match *throughput {
+            Throughput::Bytes(bytes) | Throughput::BytesDecimal(bytes) => {
+                let per_second = bytes as f64 * 1e9 / typical;
+                let (divisor, unit) = if per_second < 1024.0 * 1024.0 * 1024.0 {
+                    (1024.0 * 1024.0, "MiB/s")
+                } else {
+                    (1024.0 * 1024.0 * 1024.0, "GiB/s")
+                };
+                (bytes as f64, divisor, unit)
+            }
+            Throughput::Bits(bits) => (bits as f64, 1e6, "Mbit/s"),
+            Throughput::Elements(elements) | Throughput::ElementsAndBytes { elements, .. } => {
+                (elements as f64, 1e6, "Melem/s")
+            }
+        };
+        values
+            .iter_mut()
+            .for_each(|value| *value = units * 1e9 / *value / divisor);
+        unit
+    }
+
+    fn scale_for_machines(&self, _values: &mut [f64]) -> &'static str {
+        "ns"
+    }
+}
