@@ -110,8 +110,8 @@ def verify_report(results):
                              f"{duration(harness)}")
             rows.append((f"{name}, no parse, within 1 µs of the limit at 1 KiB",
                          measured, verdict(gap <= 1000)))
-    for function, name in [("core", "core check"), (layers[0][0], "layer, no parse"),
-                           (layers[2][0], "layer + parse")]:
+    for function, name in [("core", "core check"), (layers[0][0], "layer, 1 frame, no parse"),
+                           (layers[1][0], "layer, 16 KiB frames, no parse")]:
         ratios = {s: t(s, "svix") / t(s, function)
                   for s in SIZES[1:] if t(s, "svix") and t(s, function)}
         if ratios:
@@ -121,6 +121,12 @@ def verify_report(results):
                          verdict(ratios[worst] >= 5)))
     for row in rows:
         print("| " + " | ".join(row) + " |")
+    ratios = {s: t(s, "svix") / t(s, layers[2][0])
+              for s in SIZES[1:] if t(s, "svix") and t(s, layers[2][0])}
+    if ratios:
+        worst = min(ratios, key=ratios.get)
+        print(f"\n(Not a target: svix does not parse, but the layer with the typed parse is "
+              f"still {ratios[worst]:.2f} × svix at its lowest, at {worst}.)")
 
     refusals = [(f, v) for (g, f), v in results.items() if g == "refusal"]
     if refusals:
