@@ -7,9 +7,10 @@
 # - ring is built from a copy of its source with the SHA-extension flag never set, so it
 #   picks the AVX (Intel) or SSSE3 assembly it uses on such a CPU.
 #
-# The build goes to its own target directory and leaves the normal one alone. Criterion's
-# results land in target/no-sha-ni/criterion; `python3 benches/report.py --backend` reads
-# them. Pass extra arguments to cargo bench after `--`, e.g. `-- --features ring`.
+# The build goes to its own target directory and leaves the normal one alone. The bench
+# runs RUNS times (default 3), into target/no-sha-ni/criterion-N, and the script ends with
+# the table from `python3 benches/report.py --backend --best`, which keeps each function's
+# fastest sample across the runs. Extra arguments for cargo bench go after `--`.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -37,7 +38,14 @@ fi
 extra=()
 if [ "${1:-}" = "--" ]; then shift; extra=("$@"); fi
 
-CARGO_TARGET_DIR="$target" \
-RUSTFLAGS="${RUSTFLAGS:-} --cfg sha2_backend=\"soft\"" \
-    cargo bench --bench backend \
-        --config "patch.crates-io.ring.path=\"$patched\"" "${extra[@]}"
+# On a shared machine one run can be disturbed for seconds at a time. Several runs, each in
+# its own criterion directory, let the report take every function's least disturbed sample.
+runs=${RUNS:-3}
+for run in $(seq "$runs"); do
+    CRITERION_HOME="$target/criterion-$run" \
+    CARGO_TARGET_DIR="$target" \
+    RUSTFLAGS="${RUSTFLAGS:-} --cfg sha2_backend=\"soft\"" \
+        cargo bench --bench backend \
+            --config "patch.crates-io.ring.path=\"$patched\"" "${extra[@]}"
+done
+python3 benches/report.py --backend --best "$target"/criterion-*
