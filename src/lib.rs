@@ -13,10 +13,12 @@
     )
 )]
 
+pub mod dedup;
 pub mod event;
 pub mod layer;
 pub mod protocol;
 
+pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
 pub use event::Event;
 pub use layer::{Delivery, Rejection, VerifyOpenMail, VerifyOpenMailLayer};
 pub use protocol::{
