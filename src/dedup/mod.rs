@@ -87,7 +87,7 @@
 //!
 //! # Stores
 //!
-//! - [`MemoryStore`], the default: one process, bounded, about 20 MiB at its default
+//! - [`MemoryStore`], the default: one process, bounded, about 21 MiB at its default
 //!   capacity of 100,000 events.
 #![cfg_attr(
     feature = "redis",
