@@ -62,11 +62,6 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Its port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// Kills it now, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
