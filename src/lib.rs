@@ -1,6 +1,6 @@
-//! Verify OpenMail webhooks in any tower-based HTTP server.
+#![doc = include_str!("../README.md")]
 #![forbid(unsafe_code)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![cfg_attr(
     not(test),
@@ -17,6 +17,10 @@ pub mod dedup;
 pub mod event;
 pub mod layer;
 pub mod protocol;
+pub mod tenant;
+#[cfg(feature = "test-util")]
+#[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
+pub mod test_util;
 
 pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
 pub use event::Event;

@@ -12,6 +12,7 @@ use serde::Deserialize;
 pub struct Event {
     event_type: String,
     event_id: Option<String>,
+    inbox_id: Option<String>,
     raw: Bytes,
 }
 
@@ -24,6 +25,8 @@ impl Event {
             event: String,
             #[serde(default)]
             event_id: Option<serde_json::Value>,
+            #[serde(default)]
+            inbox_id: Option<serde_json::Value>,
         }
         let envelope: Envelope = serde_json::from_slice(&body).map_err(|error| NotAnEvent {
             detail: error.to_string(),
@@ -31,6 +34,10 @@ impl Event {
         Ok(Self {
             event_type: envelope.event,
             event_id: match envelope.event_id {
+                Some(serde_json::Value::String(id)) => Some(id),
+                _ => None,
+            },
+            inbox_id: match envelope.inbox_id {
                 Some(serde_json::Value::String(id)) => Some(id),
                 _ => None,
             },
@@ -46,6 +53,11 @@ impl Event {
     /// The body's `event_id`, which the signature covers.
     pub fn event_id(&self) -> Option<&str> {
         self.event_id.as_deref()
+    }
+
+    /// The inbox the event is about; absent on pod events.
+    pub fn inbox_id(&self) -> Option<&str> {
+        self.inbox_id.as_deref()
     }
 
     /// The verified body.

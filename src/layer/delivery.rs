@@ -4,6 +4,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::HeaderValue;
 
+use crate::tenant::SecretScope;
 use crate::Verified;
 
 /// What the layer verified, as it puts it in the request extensions: the body's bytes and
@@ -36,6 +37,7 @@ pub struct Delivery {
 
 struct Inner {
     verified: Verified,
+    scope: Option<SecretScope>,
     event_id_header: Option<HeaderValue>,
     body: Bytes,
 }
@@ -43,12 +45,14 @@ struct Inner {
 impl Delivery {
     pub(crate) fn new(
         verified: Verified,
+        scope: Option<SecretScope>,
         event_id_header: Option<HeaderValue>,
         body: Bytes,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 verified,
+                scope,
                 event_id_header,
                 body,
             }),
@@ -68,6 +72,12 @@ impl Delivery {
     /// The index of the secret that matched, in configuration order.
     pub fn secret_index(&self) -> usize {
         self.inner.verified.secret_index()
+    }
+
+    /// With per-tenant secrets, the scope of the secret that matched: the inbox, pod or
+    /// account it belongs to. `None` with static secrets.
+    pub fn scope(&self) -> Option<&SecretScope> {
+        self.inner.scope.as_ref()
     }
 
     /// What the signature check established.
@@ -93,6 +103,7 @@ impl fmt::Debug for Delivery {
         f.debug_struct("Delivery")
             .field("timestamp", &self.timestamp())
             .field("secret_index", &self.secret_index())
+            .field("scope", &self.scope())
             .field("event_id_header", &self.event_id_header())
             .field("body_len", &self.inner.body.len())
             .finish()

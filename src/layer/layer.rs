@@ -7,6 +7,8 @@ use http::Response;
 use tower_layer::Layer;
 
 use super::{Rejection, VerifyOpenMail};
+use crate::protocol::{Freshness, SecretRing};
+use crate::tenant::SecretResolver;
 use crate::{Clock, ConfigError, Verifier};
 
 /// The default body limit: 4 MiB.
@@ -42,7 +44,8 @@ pub struct VerifyOpenMailLayer {
 
 #[derive(Clone)]
 pub(crate) struct Config {
-    pub(crate) verifier: Verifier,
+    pub(crate) freshness: Freshness,
+    pub(crate) secrets: SecretSource,
     pub(crate) body_limit: usize,
     pub(crate) parse_events: bool,
     pub(crate) on_rejection: Option<RejectionHook>,
@@ -67,9 +70,24 @@ impl VerifyOpenMailLayer {
 
     /// A layer around an existing [`Verifier`].
     pub fn from_verifier(verifier: Verifier) -> Self {
+        let (ring, freshness) = verifier.into_parts();
+        Self::from_source(SecretSource::Static(ring), freshness)
+    }
+
+    /// A layer that looks up each delivery's secrets with `resolver`: per-inbox secrets for
+    /// multi-tenant platforms. See the [`tenant`](crate::tenant) module.
+    pub fn with_resolver(resolver: impl SecretResolver) -> Self {
+        Self::from_source(
+            SecretSource::Resolver(Arc::new(resolver)),
+            Freshness::default(),
+        )
+    }
+
+    fn from_source(secrets: SecretSource, freshness: Freshness) -> Self {
         Self {
             config: Arc::new(Config {
-                verifier,
+                freshness,
+                secrets,
                 body_limit: DEFAULT_BODY_LIMIT,
                 parse_events: true,
                 on_rejection: None,
@@ -97,12 +115,12 @@ impl VerifyOpenMailLayer {
 
     /// How far `X-Timestamp` may be from now; see [`Verifier::tolerance`].
     pub fn tolerance(self, tolerance: Duration) -> Self {
-        self.map_config(|config| config.verifier = config.verifier.clone().tolerance(tolerance))
+        self.map_config(|config| config.freshness.tolerance(tolerance))
     }
 
     /// Where "now" comes from; see [`Verifier::clock`].
     pub fn clock(self, clock: impl Clock) -> Self {
-        self.map_config(|config| config.verifier = config.verifier.clone().clock(clock))
+        self.map_config(|config| config.freshness.clock(clock))
     }
 
     /// Calls `hook` with every rejection and its precise reason, for logs and metrics. The
@@ -162,10 +180,28 @@ impl fmt::Debug for VerifyOpenMailLayer {
     }
 }
 
+/// Where the secrets come from.
+#[derive(Clone)]
+pub(crate) enum SecretSource {
+    /// A fixed list, keyed once: the MAC runs while the body streams in.
+    Static(Arc<SecretRing>),
+    /// Looked up per delivery, after the body is read.
+    Resolver(Arc<dyn SecretResolver>),
+}
+
+impl fmt::Debug for SecretSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Static(ring) => write!(f, "Static({} secrets)", ring.len()),
+            Self::Resolver(_) => f.write_str("Resolver"),
+        }
+    }
+}
+
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
-            .field("verifier", &self.verifier)
+            .field("secrets", &self.secrets)
             .field("body_limit", &self.body_limit)
             .field("parse_events", &self.parse_events)
             .field("on_rejection", &self.on_rejection.is_some())

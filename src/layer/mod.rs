@@ -51,4 +51,4 @@ pub use layer::{VerifyOpenMailLayer, DEFAULT_BODY_LIMIT};
 pub use rejection::{BoxError, Rejection};
 pub use service::VerifyOpenMail;
 
-pub(crate) use layer::Config;
+pub(crate) use layer::{Config, SecretSource};

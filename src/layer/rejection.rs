@@ -5,6 +5,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
 use crate::event::NotAnEvent;
+use crate::tenant::SecretScope;
 use crate::VerifyError;
 
 /// A boxed error, as body streams and services report them.
@@ -35,15 +36,44 @@ pub enum Rejection {
     BodyRead(BoxError),
     /// The body verified but is not an OpenMail event.
     NotAnEvent(NotAnEvent),
+    /// Per-tenant secrets: the body's top-level `inbox_id` or `pod_id` is not a single
+    /// string, so the tenant it claims cannot be told.
+    TenantClaim(String),
+    /// Per-tenant secrets: no secret is known for the tenant the delivery names.
+    UnknownTenant {
+        /// The body's claimed `inbox_id`.
+        inbox_id: Option<String>,
+        /// The body's claimed `pod_id`.
+        pod_id: Option<String>,
+    },
+    /// Per-tenant secrets: the signature verified under a secret whose scope does not cover
+    /// the inbox or pod the body names.
+    TenantMismatch {
+        /// The scope of the secret that matched.
+        scope: SecretScope,
+        /// The body's claimed `inbox_id`.
+        inbox_id: Option<String>,
+        /// The body's claimed `pod_id`.
+        pod_id: Option<String>,
+    },
+    /// Per-tenant secrets: the resolver failed, for example because the database is down.
+    /// Answered with `503` so that OpenMail retries.
+    SecretLookup(BoxError),
 }
 
 impl Rejection {
-    /// The status the default response uses: `413` for an oversized body, `400` for every
-    /// other rejection.
+    /// The status the default response uses: `413` for an oversized body, `503` when a
+    /// tenant's secret lookup failed (so OpenMail retries), `400` for every other rejection.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            Self::Verify(_) | Self::BodyRead(_) | Self::NotAnEvent(_) => StatusCode::BAD_REQUEST,
+            Self::SecretLookup(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Verify(_)
+            | Self::BodyRead(_)
+            | Self::NotAnEvent(_)
+            | Self::TenantClaim(_)
+            | Self::UnknownTenant { .. }
+            | Self::TenantMismatch { .. } => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -54,6 +84,11 @@ impl Rejection {
             Self::PayloadTooLarge { .. } => "payload too large",
             Self::BodyRead(_) => "request body could not be read",
             Self::NotAnEvent(_) => "body is not an OpenMail event",
+            Self::TenantClaim(_) => "unreadable inbox_id or pod_id",
+            Self::UnknownTenant { .. } => "no secret for this inbox",
+            // The same answer as any other forgery: the client learns nothing about tenants.
+            Self::TenantMismatch { .. } => "signature mismatch",
+            Self::SecretLookup(_) => "secret lookup failed, retry later",
         }
     }
 
@@ -65,6 +100,8 @@ impl Rejection {
         }
     }
 
+    /// The status the default response uses: `413` for an oversized body, `503` when the
+    /// secret lookup failed, `400` for every other rejection.
     /// The default response: [`status`](Self::status) with the
     /// [`client_message`](Self::client_message) as `text/plain`.
     pub fn default_response(&self) -> Response<Bytes> {
@@ -100,6 +137,33 @@ impl fmt::Display for Rejection {
             ),
             Self::BodyRead(error) => write!(f, "the request body failed while streaming: {error}"),
             Self::NotAnEvent(error) => error.fmt(f),
+            Self::TenantClaim(error) => write!(
+                f,
+                "the body's top-level inbox_id or pod_id is not a single string, so its tenant \
+                 cannot be told: {error}"
+            ),
+            Self::UnknownTenant { inbox_id, pod_id } => write!(
+                f,
+                "no secret is known for inbox {} (pod {}); add it to the resolver, or configure \
+                 an account fallback",
+                inbox_id.as_deref().unwrap_or("-"),
+                pod_id.as_deref().unwrap_or("-"),
+            ),
+            Self::TenantMismatch {
+                scope,
+                inbox_id,
+                pod_id,
+            } => write!(
+                f,
+                "the signature verified under a secret of {scope}, but the body names inbox {} \
+                 (pod {}); one tenant's secret cannot authenticate another tenant's events",
+                inbox_id.as_deref().unwrap_or("-"),
+                pod_id.as_deref().unwrap_or("-"),
+            ),
+            Self::SecretLookup(error) => write!(
+                f,
+                "looking up the tenant's secret failed: {error}; answered 503 so OpenMail retries"
+            ),
         }
     }
 }
@@ -110,7 +174,11 @@ impl StdError for Rejection {
             Self::Verify(error) => Some(error),
             Self::BodyRead(error) => Some(&**error),
             Self::NotAnEvent(error) => Some(error),
-            Self::PayloadTooLarge { .. } => None,
+            Self::SecretLookup(error) => Some(&**error),
+            Self::PayloadTooLarge { .. }
+            | Self::TenantClaim(_)
+            | Self::UnknownTenant { .. }
+            | Self::TenantMismatch { .. } => None,
         }
     }
 }

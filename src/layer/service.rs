@@ -6,9 +6,11 @@ use http::{header, Request, Response};
 use http_body::Body;
 use tower::Service;
 
+use super::future::BodyCheck;
 use super::future::ResponseFuture;
+use super::SecretSource;
 use super::{BoxError, Config, Rejection, VerifiedBody, VerifyOpenMailLayer};
-use crate::protocol::{signed_headers, StreamingCheck};
+use crate::protocol::signed_headers;
 use crate::ConfigError;
 
 /// The service built by [`VerifyOpenMailLayer`].
@@ -75,9 +77,11 @@ where
 /// Everything that needs only the request head, so that forgeries and oversized bodies are
 /// refused before a byte of the body is read: the signed headers' presence and form, the
 /// replay window, then the declared size.
-fn check_head<B: Body>(config: &Config, request: &Request<B>) -> Result<StreamingCheck, Rejection> {
-    let check = signed_headers(request.headers())
-        .and_then(|(timestamp, signature)| config.verifier.start(timestamp, signature))
+fn check_head<B: Body>(config: &Config, request: &Request<B>) -> Result<BodyCheck, Rejection> {
+    let (timestamp, signature) = signed_headers(request.headers()).map_err(Rejection::Verify)?;
+    let head = config
+        .freshness
+        .check_head(timestamp, signature)
         .map_err(Rejection::Verify)?;
     let limit = u64::try_from(config.body_limit).unwrap_or(u64::MAX);
     let declared = request
@@ -87,12 +91,23 @@ fn check_head<B: Body>(config: &Config, request: &Request<B>) -> Result<Streamin
         .and_then(|value| value.parse::<u64>().ok());
     // hyper reports the declared length as the body's size hint; other bodies may know it too.
     let at_least = request.body().size_hint().lower();
-    match declared.into_iter().chain([at_least]).max() {
-        Some(length) if length > limit => Err(Rejection::PayloadTooLarge {
+    if let Some(length) = declared
+        .into_iter()
+        .chain([at_least])
+        .max()
+        .filter(|length| *length > limit)
+    {
+        return Err(Rejection::PayloadTooLarge {
             limit: config.body_limit,
             declared: Some(length),
-        }),
-        _ => Ok(check),
+        });
+    }
+    match &config.secrets {
+        SecretSource::Static(ring) => ring
+            .start(head, timestamp)
+            .map(BodyCheck::Streaming)
+            .map_err(Rejection::Verify),
+        SecretSource::Resolver(resolver) => Ok(BodyCheck::Resolved(head, Arc::clone(resolver))),
     }
 }
 

@@ -120,6 +120,14 @@ pub enum ConfigError {
     EmptySecret,
     /// No secret was given.
     NoSecrets,
+    /// A list of per-inbox secrets such as `inb_a:secret_a,inb_b:secret_b` has an entry
+    /// that cannot be read.
+    InvalidSecretList {
+        /// The 1-based position of the entry.
+        entry: usize,
+        /// What is wrong with it.
+        problem: &'static str,
+    },
 }
 
 impl fmt::Display for ConfigError {
@@ -129,6 +137,11 @@ impl fmt::Display for ConfigError {
                 "the webhook secret is empty; copy it from the OpenMail dashboard or API",
             ),
             Self::NoSecrets => f.write_str("no webhook secret was configured"),
+            Self::InvalidSecretList { entry, problem } => write!(
+                f,
+                "entry {entry} of the secret list cannot be read: {problem}; \
+                 expected inbox_id:secret entries separated by commas"
+            ),
         }
     }
 }

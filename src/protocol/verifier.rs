@@ -31,13 +31,121 @@ pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 #[derive(Clone)]
 pub struct Verifier {
     ring: Arc<SecretRing>,
+    freshness: Freshness,
+}
+
+/// A fixed list of secrets, and which of them matched last.
+pub(crate) struct SecretRing {
+    secrets: Box<[Secret]>,
+    last_matched: AtomicUsize,
+}
+
+/// The replay window: the tolerance and the clock it is measured against.
+#[derive(Clone)]
+pub(crate) struct Freshness {
     tolerance: u64,
     clock: Arc<dyn Clock>,
 }
 
-struct SecretRing {
-    secrets: Box<[Secret]>,
-    last_matched: AtomicUsize,
+impl Default for Freshness {
+    fn default() -> Self {
+        Self {
+            tolerance: DEFAULT_TOLERANCE.as_secs(),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+impl Freshness {
+    pub(crate) fn tolerance(&mut self, tolerance: Duration) {
+        self.tolerance = tolerance.as_secs();
+    }
+
+    pub(crate) fn clock(&mut self, clock: impl Clock) {
+        self.clock = Arc::new(clock);
+    }
+
+    /// Everything that needs no secret and no body: the timestamp's form, the signature's
+    /// form, then the replay window.
+    pub(crate) fn check_head(
+        &self,
+        timestamp: &[u8],
+        signature: &[u8],
+    ) -> Result<SignedHead, VerifyError> {
+        let parsed = parse_timestamp(timestamp)?;
+        let expected = decode_signature(signature)?;
+        check_freshness(parsed, self.clock.now(), self.tolerance)?;
+        Ok(SignedHead {
+            timestamp: parsed,
+            expected,
+        })
+    }
+}
+
+/// What the request head claims: a fresh timestamp and the MAC it was signed with.
+#[derive(Clone, Copy)]
+pub(crate) struct SignedHead {
+    timestamp: i64,
+    expected: [u8; 32],
+}
+
+impl SignedHead {
+    /// Tries `secrets` in order over the whole message and returns the index of the first
+    /// that matches.
+    pub(crate) fn find_match<'a>(
+        &self,
+        secrets: impl IntoIterator<Item = &'a Secret>,
+        timestamp: &[u8],
+        body: &[u8],
+    ) -> Option<usize> {
+        secrets.into_iter().position(|secret| {
+            let mut mac = secret.mac();
+            start_message(&mut mac, timestamp);
+            mac.update(body);
+            matches(mac, &self.expected)
+        })
+    }
+
+    /// The verified result once secret `secret_index` matched.
+    pub(crate) fn verified(&self, secret_index: usize) -> Verified {
+        Verified {
+            timestamp: self.timestamp,
+            secret_index,
+        }
+    }
+}
+
+impl SecretRing {
+    /// How many secrets there are.
+    pub(crate) fn len(&self) -> usize {
+        self.secrets.len()
+    }
+
+    /// Keys a MAC with the secret most likely to match and feeds it the timestamp, ready
+    /// to take the body as it streams in.
+    pub(crate) fn start(
+        self: &Arc<Self>,
+        head: SignedHead,
+        timestamp: &[u8],
+    ) -> Result<StreamingCheck, VerifyError> {
+        let preferred = self.last_matched.load(Ordering::Relaxed);
+        let (first, secret) = match self.secrets.get(preferred) {
+            Some(secret) => (preferred, secret),
+            // `from_keyed` refuses an empty list, so the fallback always finds one.
+            None => match self.secrets.first() {
+                Some(secret) => (0, secret),
+                None => return Err(VerifyError::SignatureMismatch),
+            },
+        };
+        let mut mac = secret.mac();
+        start_message(&mut mac, timestamp);
+        Ok(StreamingCheck {
+            mac,
+            head,
+            first,
+            ring: Arc::clone(self),
+        })
+    }
 }
 
 impl Verifier {
@@ -71,27 +179,26 @@ impl Verifier {
                 secrets,
                 last_matched: AtomicUsize::new(0),
             }),
-            tolerance: DEFAULT_TOLERANCE.as_secs(),
-            clock: Arc::new(SystemClock),
+            freshness: Freshness::default(),
         })
     }
 
     /// How far `X-Timestamp` may be from now, in either direction. Whole seconds count;
     /// the boundary itself is accepted. Defaults to [`DEFAULT_TOLERANCE`].
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
-        self.tolerance = tolerance.as_secs();
+        self.freshness.tolerance(tolerance);
         self
     }
 
     /// Where "now" comes from. Defaults to [`SystemClock`].
     pub fn clock(mut self, clock: impl Clock) -> Self {
-        self.clock = Arc::new(clock);
+        self.freshness.clock(clock);
         self
     }
 
     /// The configured tolerance.
     pub fn configured_tolerance(&self) -> Duration {
-        Duration::from_secs(self.tolerance)
+        Duration::from_secs(self.freshness.tolerance)
     }
 
     /// How many secrets are accepted.
@@ -101,7 +208,7 @@ impl Verifier {
 
     /// The current time according to the configured clock.
     pub fn now(&self) -> i64 {
-        self.clock.now()
+        self.freshness.clock.now()
     }
 
     /// Verifies one delivery from the raw `X-Timestamp` and `X-Signature` values and the
@@ -139,27 +246,13 @@ impl Verifier {
         timestamp: &[u8],
         signature: &[u8],
     ) -> Result<StreamingCheck, VerifyError> {
-        let parsed = parse_timestamp(timestamp)?;
-        let expected = decode_signature(signature)?;
-        check_freshness(parsed, self.clock.now(), self.tolerance)?;
-        let preferred = self.ring.last_matched.load(Ordering::Relaxed);
-        let (first, secret) = match self.ring.secrets.get(preferred) {
-            Some(secret) => (preferred, secret),
-            // `from_keyed` refuses an empty list, so the fallback always finds one.
-            None => match self.ring.secrets.first() {
-                Some(secret) => (0, secret),
-                None => return Err(VerifyError::SignatureMismatch),
-            },
-        };
-        let mut mac = secret.mac();
-        start_message(&mut mac, timestamp);
-        Ok(StreamingCheck {
-            mac,
-            expected,
-            timestamp: parsed,
-            first,
-            ring: Arc::clone(&self.ring),
-        })
+        let head = self.freshness.check_head(timestamp, signature)?;
+        self.ring.start(head, timestamp)
+    }
+
+    /// The parts the layer keeps: the secrets and the replay window.
+    pub(crate) fn into_parts(self) -> (Arc<SecretRing>, Freshness) {
+        (self.ring, self.freshness)
     }
 }
 
@@ -192,8 +285,7 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a [
 /// A verification in progress: the header checks passed and the MAC is being fed.
 pub(crate) struct StreamingCheck {
     mac: HmacSha256,
-    expected: [u8; 32],
-    timestamp: i64,
+    head: SignedHead,
     first: usize,
     ring: Arc<SecretRing>,
 }
@@ -210,17 +302,12 @@ impl StreamingCheck {
     pub(crate) fn finish(self, timestamp: &[u8], body: &[u8]) -> Result<Verified, VerifyError> {
         let Self {
             mac,
-            expected,
-            timestamp: parsed,
+            head,
             first,
             ring,
         } = self;
-        let verified = |secret_index| Verified {
-            timestamp: parsed,
-            secret_index,
-        };
-        if matches(mac, &expected) {
-            return Ok(verified(first));
+        if matches(mac, &head.expected) {
+            return Ok(head.verified(first));
         }
         let others = ring
             .secrets
@@ -228,12 +315,9 @@ impl StreamingCheck {
             .enumerate()
             .filter(|(index, _)| *index != first);
         for (index, secret) in others {
-            let mut mac = secret.mac();
-            start_message(&mut mac, timestamp);
-            mac.update(body);
-            if matches(mac, &expected) {
+            if head.find_match([secret], timestamp, body).is_some() {
                 ring.last_matched.store(index, Ordering::Relaxed);
-                return Ok(verified(index));
+                return Ok(head.verified(index));
             }
         }
         Err(VerifyError::SignatureMismatch)

@@ -1,0 +1,125 @@
+//! What choosing the secret per delivery costs, on top of the verification itself: a static
+//! secret, a map of 1,000 inboxes, and an async resolver behind the cache (hits) and without
+//! it. Every request is a genuine 1 KiB `message.received` delivery through the whole layer.
+//!
+//! `cargo bench --bench tenants`
+
+use std::convert::Infallible;
+use std::hint::black_box;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use http::{Request, Response};
+use http_body_util::Full;
+use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::tenant::{
+    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, TenantRequest, TenantSecrets,
+};
+use openmail_webhooks::{sign, VerifyOpenMailLayer};
+use tower::{Layer, Service, ServiceExt};
+
+const NOW: i64 = 1_790_000_000;
+
+/// A valid `message.received` body of exactly 1 KiB.
+fn body(inbox: &str) -> Bytes {
+    let frame = |padding: &str| {
+        format!(
+            r#"{{"event":"message.received","event_id":"evt_1","inbox_id":"{inbox}","message":{{"body_text":"{padding}"}}}}"#
+        )
+    };
+    let padding = "x".repeat(1024usize.saturating_sub(frame("").len()));
+    Bytes::from(frame(&padding))
+}
+
+fn request(secret: &str, body: &Bytes) -> Request<Full<Bytes>> {
+    Request::post("/webhooks")
+        .header("x-timestamp", NOW.to_string())
+        .header("x-signature", sign(secret, NOW.to_string(), body))
+        .header("content-length", body.len())
+        .body(Full::new(body.clone()))
+        .unwrap()
+}
+
+async fn ok(_: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+    Ok(Response::new(Full::default()))
+}
+
+/// Stands in for a database: the answer is computed, after one trip through the scheduler.
+struct AsyncLookup;
+
+impl SecretResolver for AsyncLookup {
+    fn resolve(&self, request: &TenantRequest<'_>) -> ResolveFuture {
+        let inbox = request.inbox_id().map(str::to_owned);
+        Box::pin(async move {
+            tokio::task::yield_now().await;
+            match inbox {
+                Some(inbox) => Ok(Some(TenantSecrets::inbox(
+                    inbox.clone(),
+                    [format!("whsec_{inbox}")],
+                )?)),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+fn tenants(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
+    // Parsing is off: this measures the secret choice, not the event model.
+    let mut map = InboxSecrets::new();
+    for index in 0..1_000 {
+        map = map
+            .inbox(format!("inb_{index}"), [format!("whsec_inb_{index}")])
+            .unwrap();
+    }
+    let body = body("inb_500");
+    let layers = [
+        (
+            "static secret",
+            VerifyOpenMailLayer::new("whsec_inb_500").unwrap(),
+        ),
+        (
+            "map of 1,000 inboxes",
+            VerifyOpenMailLayer::with_resolver(map),
+        ),
+        (
+            "async resolver, cached",
+            VerifyOpenMailLayer::with_resolver(CachedResolver::new(AsyncLookup)),
+        ),
+        (
+            "async resolver, uncached",
+            VerifyOpenMailLayer::with_resolver(AsyncLookup),
+        ),
+    ];
+    let mut group = c.benchmark_group("secret choice per 1 KiB delivery");
+    group.measurement_time(Duration::from_secs(3));
+    for (name, layer) in layers {
+        let service = layer
+            .clock(|| NOW)
+            .parse_events(false)
+            .layer(tower::service_fn(ok));
+        // Warm the cache and check the setup before measuring.
+        let status = runtime
+            .block_on(service.clone().oneshot(request("whsec_inb_500", &body)))
+            .unwrap()
+            .status();
+        assert!(status.is_success(), "{name}: {status}");
+        group.bench_function(name, |b| {
+            b.iter_batched(
+                || request("whsec_inb_500", &body),
+                |request| {
+                    let mut service = service.clone();
+                    runtime.block_on(async move { black_box(service.call(request).await.unwrap()) })
+                },
+                BatchSize::SmallInput,
+            )
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tenants);
+criterion_main!(benches);

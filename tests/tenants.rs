@@ -1,0 +1,562 @@
+//! Per-inbox secrets: tenant isolation, URL- and body-routed tenants, pod events, unknown
+//! tenants, failing and slow resolvers, rotation for one inbox, and the cache.
+
+mod support;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::tenant::{
+    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, SecretScope, TenantRequest,
+    TenantSecrets,
+};
+use openmail_webhooks::{Delivery, Rejection, VerifyOpenMailLayer};
+use support::{read, Frames, NOW};
+use tower::{Layer, ServiceExt};
+
+fn message(inbox: &str) -> Vec<u8> {
+    format!(r#"{{"event":"message.received","event_id":"evt_{inbox}","inbox_id":"{inbox}"}}"#)
+        .into_bytes()
+}
+
+fn pod_event(pod: &str) -> Vec<u8> {
+    format!(r#"{{"event":"pod.suspended","event_id":"evt_{pod}","inbox_id":null,"inbox_address":null,"pod_id":"{pod}","reason":"abuse"}}"#)
+        .into_bytes()
+}
+
+fn delivery(path: &str, secret: &str, body: &[u8]) -> Request<Frames> {
+    let (parts, body_frames) = support::signed(secret, NOW, body).into_parts();
+    let mut request = Request::from_parts(parts, body_frames);
+    *request.uri_mut() = path.parse().unwrap();
+    request
+}
+
+/// Answers with the scope and secret index the layer reported.
+async fn whoami(request: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let delivery = request.extensions().get::<Delivery>().unwrap();
+    let scope = match delivery.scope() {
+        Some(SecretScope::Inbox(inbox)) => format!("inbox:{inbox}"),
+        Some(SecretScope::Pod(pod)) => format!("pod:{pod}"),
+        Some(SecretScope::Account) => "account".to_owned(),
+        Some(other) => format!("{other:?}"),
+        None => "static".to_owned(),
+    };
+    Ok(Response::new(Full::new(Bytes::from(format!(
+        "{scope}#{}",
+        delivery.secret_index()
+    )))))
+}
+
+struct Recorded {
+    layer: VerifyOpenMailLayer,
+    reasons: Arc<Mutex<Vec<String>>>,
+}
+
+fn layer(resolver: impl SecretResolver) -> Recorded {
+    let reasons = Arc::new(Mutex::new(Vec::new()));
+    let layer = VerifyOpenMailLayer::with_resolver(resolver)
+        .clock(|| NOW)
+        .on_rejection({
+            let reasons = Arc::clone(&reasons);
+            move |rejection: &Rejection| reasons.lock().unwrap().push(rejection.to_string())
+        });
+    Recorded { layer, reasons }
+}
+
+async fn send(layer: &VerifyOpenMailLayer, request: Request<Frames>) -> (StatusCode, String) {
+    read(
+        layer
+            .layer(tower::service_fn(whoami))
+            .oneshot(request)
+            .await
+            .unwrap(),
+    )
+    .await
+}
+
+fn two_inboxes() -> InboxSecrets {
+    InboxSecrets::new()
+        .inbox("inb_a", ["whsec_a"])
+        .unwrap()
+        .inbox("inb_b", ["whsec_b"])
+        .unwrap()
+}
+
+#[tokio::test]
+async fn body_routed_tenants_on_one_url() {
+    let recorded = layer(two_inboxes());
+    let cases = [
+        ("whsec_a", "inb_a", StatusCode::OK, "inbox:inb_a#0"),
+        ("whsec_b", "inb_b", StatusCode::OK, "inbox:inb_b#0"),
+        (
+            "whsec_wrong",
+            "inb_a",
+            StatusCode::BAD_REQUEST,
+            "signature mismatch",
+        ),
+    ];
+    for (secret, inbox, status, text) in cases {
+        let (got, body) = send(
+            &recorded.layer,
+            delivery("/webhooks", secret, &message(inbox)),
+        )
+        .await;
+        assert_eq!((got, body.as_str()), (status, text), "{secret} {inbox}");
+    }
+}
+
+#[tokio::test]
+async fn isolation_one_inbox_secret_never_authenticates_another_inbox() {
+    // Body-routed: the claim picks inbox b's secrets, so inbox a's signature cannot match.
+    let recorded = layer(two_inboxes());
+    for (secret, inbox) in [("whsec_a", "inb_b"), ("whsec_b", "inb_a")] {
+        let (status, _) = send(
+            &recorded.layer,
+            delivery("/webhooks", secret, &message(inbox)),
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::BAD_REQUEST,
+            "{secret} signing for {inbox}"
+        );
+    }
+
+    // URL-routed: the path picks inbox a's secrets and a's signature matches, but the body
+    // names inbox b. That is the attack isolation exists for.
+    let recorded = layer(two_inboxes().route_by_path());
+    for (path, secret, inbox) in [
+        ("/webhooks/inb_a", "whsec_a", "inb_b"),
+        ("/webhooks/inb_b", "whsec_b", "inb_a"),
+    ] {
+        let (status, text) = send(&recorded.layer, delivery(path, secret, &message(inbox))).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (StatusCode::BAD_REQUEST, "signature mismatch")
+        );
+    }
+    let reasons = recorded.reasons.lock().unwrap();
+    assert!(
+        reasons[0].starts_with(
+            "the signature verified under a secret of inbox inb_a, but the body names inbox inb_b"
+        ),
+        "{reasons:?}"
+    );
+}
+
+#[tokio::test]
+async fn url_routed_tenants() {
+    let recorded = layer(two_inboxes().route_by_path());
+    let (status, text) = send(
+        &recorded.layer,
+        delivery("/webhooks/inb_a", "whsec_a", &message("inb_a")),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "inbox:inb_a#0"));
+    let (status, _) = send(
+        &recorded.layer,
+        delivery("/webhooks/inb_b/", "whsec_b", &message("inb_b")),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "a trailing slash still names the inbox"
+    );
+    let (status, _) = send(
+        &recorded.layer,
+        delivery("/webhooks/inb_c", "whsec_a", &message("inb_c")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn pod_events_resolve_through_the_account_or_a_pod_secret() {
+    let without_fallback = layer(two_inboxes());
+    let (status, text) = send(
+        &without_fallback.layer,
+        delivery("/webhooks", "whsec_account", &pod_event("pod_1")),
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::BAD_REQUEST, "no secret for this inbox")
+    );
+
+    let with_account = layer(two_inboxes().account(["whsec_account"]).unwrap());
+    let (status, text) = send(
+        &with_account.layer,
+        delivery("/webhooks", "whsec_account", &pod_event("pod_1")),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "account#0"));
+
+    let with_pod = layer(two_inboxes().pod("pod_1", ["whsec_pod"]).unwrap());
+    let (status, text) = send(
+        &with_pod.layer,
+        delivery("/webhooks", "whsec_pod", &pod_event("pod_1")),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "pod:pod_1#0"));
+    // A pod's secret covers only that pod's events, never an inbox's.
+    let (status, _) = send(
+        &with_pod.layer,
+        delivery("/webhooks", "whsec_pod", &pod_event("pod_2")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // An inbox's secret does not authenticate pod events.
+    let (status, _) = send(
+        &with_pod.layer,
+        delivery("/webhooks", "whsec_a", &pod_event("pod_1")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn unknown_inbox_with_and_without_the_account_fallback() {
+    let strict = layer(two_inboxes());
+    let (status, text) = send(
+        &strict.layer,
+        delivery("/webhooks", "whsec_account", &message("inb_new")),
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::BAD_REQUEST, "no secret for this inbox")
+    );
+    assert!(strict.reasons.lock().unwrap()[0].starts_with("no secret is known for inbox inb_new"));
+
+    let fallback = layer(two_inboxes().account(["whsec_account"]).unwrap());
+    let (status, text) = send(
+        &fallback.layer,
+        delivery("/webhooks", "whsec_account", &message("inb_new")),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "account#0"));
+    // A known inbox accepts its own secret first, and the account's as a second choice.
+    let (_, text) = send(
+        &fallback.layer,
+        delivery("/webhooks", "whsec_account", &message("inb_a")),
+    )
+    .await;
+    assert_eq!(text, "account#1");
+}
+
+#[tokio::test]
+async fn rotation_for_one_inbox_leaves_the_others_alone() {
+    let recorded = layer(
+        two_inboxes()
+            .inbox("inb_a", ["whsec_a_new", "whsec_a"])
+            .unwrap(),
+    );
+    let (_, new) = send(
+        &recorded.layer,
+        delivery("/webhooks", "whsec_a_new", &message("inb_a")),
+    )
+    .await;
+    let (_, old) = send(
+        &recorded.layer,
+        delivery("/webhooks", "whsec_a", &message("inb_a")),
+    )
+    .await;
+    let (_, b) = send(
+        &recorded.layer,
+        delivery("/webhooks", "whsec_b", &message("inb_b")),
+    )
+    .await;
+    let (status, _) = send(
+        &recorded.layer,
+        delivery("/webhooks", "whsec_a_new", &message("inb_b")),
+    )
+    .await;
+    assert_eq!(
+        (new.as_str(), old.as_str(), b.as_str()),
+        ("inbox:inb_a#0", "inbox:inb_a#1", "inbox:inb_b#0")
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// A resolver with a script: errors for `inb_down`, sleeps for `inb_slow`, counts calls.
+#[derive(Clone, Default)]
+struct Scripted {
+    calls: Arc<AtomicUsize>,
+}
+
+impl SecretResolver for Scripted {
+    fn resolve(&self, request: &TenantRequest<'_>) -> ResolveFuture {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let inbox = request.inbox_id().map(str::to_owned);
+        Box::pin(async move {
+            match inbox.as_deref() {
+                Some("inb_down") => Err("database unreachable".into()),
+                Some("inb_slow") => {
+                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    Ok(Some(TenantSecrets::inbox("inb_slow", ["whsec_slow"])?))
+                }
+                Some("inb_missing") => Ok(None),
+                Some(inbox) => Ok(Some(TenantSecrets::inbox(
+                    inbox,
+                    [format!("whsec_{inbox}")],
+                )?)),
+                None => Ok(None),
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_failing_resolver_is_a_503_so_openmail_retries() {
+    let recorded = layer(Scripted::default());
+    let (status, text) = send(
+        &recorded.layer,
+        delivery("/webhooks", "whsec_inb_down", &message("inb_down")),
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "secret lookup failed, retry later"
+        )
+    );
+    assert!(recorded.reasons.lock().unwrap()[0].contains("database unreachable"));
+}
+
+#[tokio::test]
+async fn a_slow_resolver_does_not_block_other_requests() {
+    let recorded = layer(Scripted::default());
+    let service = recorded.layer.layer(tower::service_fn(whoami));
+    let slow = tokio::spawn(service.clone().oneshot(delivery(
+        "/webhooks",
+        "whsec_slow",
+        &message("inb_slow"),
+    )));
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let fast = tokio::time::timeout(
+        Duration::from_secs(1),
+        service.oneshot(delivery(
+            "/webhooks",
+            "whsec_inb_fast",
+            &message("inb_fast"),
+        )),
+    )
+    .await
+    .expect("another tenant's delivery must not wait for a slow lookup")
+    .unwrap();
+    assert_eq!(fast.status(), StatusCode::OK);
+    assert!(!slow.is_finished());
+    assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_cache_keeps_answers_but_never_errors() {
+    let scripted = Scripted::default();
+    let calls = Arc::clone(&scripted.calls);
+    let cached = CachedResolver::new(scripted)
+        .ttl(Duration::from_millis(300))
+        .negative_ttl(Duration::from_millis(300))
+        .capacity(2);
+    let recorded = layer(cached);
+    let send_for = |inbox: &'static str| {
+        let layer = recorded.layer.clone();
+        async move {
+            send(
+                &layer,
+                delivery("/webhooks", &format!("whsec_{inbox}"), &message(inbox)),
+            )
+            .await
+            .0
+        }
+    };
+    assert_eq!(send_for("inb_a").await, StatusCode::OK);
+    assert_eq!(send_for("inb_a").await, StatusCode::OK);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the second delivery is served from the cache"
+    );
+    assert_eq!(send_for("inb_missing").await, StatusCode::BAD_REQUEST);
+    assert_eq!(send_for("inb_missing").await, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "an unknown tenant is cached too"
+    );
+    assert_eq!(send_for("inb_down").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(send_for("inb_down").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        4,
+        "errors are asked again every time"
+    );
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(send_for("inb_a").await, StatusCode::OK);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        5,
+        "expired entries are looked up again"
+    );
+}
+
+#[tokio::test]
+async fn an_ambiguous_claim_is_refused() {
+    let recorded = layer(two_inboxes().account(["whsec_account"]).unwrap());
+    let body =
+        br#"{"event":"message.received","event_id":"evt_1","inbox_id":"inb_a","inbox_id":"inb_b"}"#;
+    let (status, text) = send(
+        &recorded.layer,
+        delivery("/webhooks", "whsec_account", body),
+    )
+    .await;
+    assert_eq!(
+        (status, text.as_str()),
+        (StatusCode::BAD_REQUEST, "unreadable inbox_id or pod_id")
+    );
+}
+
+#[tokio::test]
+async fn forged_heads_are_still_refused_before_the_body_is_read() {
+    let recorded = layer(Scripted::default());
+    let request = support::signed("whsec_inb_a", NOW - 1_000, &message("inb_a"));
+    let polls = request.body().polls();
+    let (status, _) = send(&recorded.layer, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(polls.load(Ordering::SeqCst), 0);
+}
+
+#[path = "../examples/tenants_sqlite.rs"]
+#[allow(dead_code)]
+mod tenants_sqlite;
+
+#[tokio::test]
+async fn secrets_in_a_real_database_over_real_http() {
+    use support::{client, post, signed_headers, unix_now};
+
+    let connection = rusqlite::Connection::open_in_memory().unwrap();
+    tenants_sqlite::create_schema(&connection).unwrap();
+    tenants_sqlite::add_secret(&connection, "inb_alice", "whsec_alice", 1).unwrap();
+    tenants_sqlite::add_secret(&connection, "inb_bob", "whsec_bob_old", 1).unwrap();
+    tenants_sqlite::add_secret(&connection, "inb_bob", "whsec_bob_new", 2).unwrap();
+
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = tenants_sqlite::app(connection);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let client = client();
+    let now = unix_now();
+    let cases = [
+        (
+            "whsec_alice",
+            "inb_alice",
+            StatusCode::OK,
+            "ok: inbox inb_alice\n",
+        ),
+        (
+            "whsec_bob_new",
+            "inb_bob",
+            StatusCode::OK,
+            "ok: inbox inb_bob\n",
+        ),
+        (
+            "whsec_bob_old",
+            "inb_bob",
+            StatusCode::OK,
+            "ok: inbox inb_bob\n",
+        ),
+        (
+            "whsec_alice",
+            "inb_bob",
+            StatusCode::BAD_REQUEST,
+            "signature mismatch",
+        ),
+        (
+            "whsec_bob_new",
+            "inb_alice",
+            StatusCode::BAD_REQUEST,
+            "signature mismatch",
+        ),
+        (
+            "whsec_carol",
+            "inb_carol",
+            StatusCode::BAD_REQUEST,
+            "no secret for this inbox",
+        ),
+    ];
+    for (secret, inbox, status, text) in cases {
+        let body = message(inbox);
+        let (got, answer) = post(
+            &client,
+            addr,
+            "/webhooks",
+            &signed_headers(secret, now, &body),
+            body,
+        )
+        .await;
+        assert_eq!(
+            (got, answer.as_str()),
+            (status, text),
+            "{secret} for {inbox}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn url_routed_tenants_behind_an_axum_path_route_over_real_http() {
+    use axum::{routing, Router};
+    use support::{client, post, signed_headers, unix_now};
+
+    let layer = VerifyOpenMailLayer::with_resolver(two_inboxes().route_by_path());
+    let app = Router::new()
+        .route("/webhooks/{inbox_id}", routing::post(|| async { "ok" }))
+        .layer(layer);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+
+    let client = client();
+    let now = unix_now();
+    let cases = [
+        ("/webhooks/inb_a", "whsec_a", "inb_a", StatusCode::OK),
+        ("/webhooks/inb_b", "whsec_b", "inb_b", StatusCode::OK),
+        (
+            "/webhooks/inb_a",
+            "whsec_a",
+            "inb_b",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/webhooks/inb_b",
+            "whsec_a",
+            "inb_a",
+            StatusCode::BAD_REQUEST,
+        ),
+        (
+            "/webhooks/inb_z",
+            "whsec_a",
+            "inb_z",
+            StatusCode::BAD_REQUEST,
+        ),
+    ];
+    for (path, secret, inbox, status) in cases {
+        let body = message(inbox);
+        let (got, _) = post(
+            &client,
+            addr,
+            path,
+            &signed_headers(secret, now, &body),
+            body,
+        )
+        .await;
+        assert_eq!(got, status, "{path} {secret} {inbox}");
+    }
+}
