@@ -107,6 +107,7 @@ mod future;
 mod layer;
 mod memory;
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 mod redis;
 mod service;
 mod store;
@@ -119,6 +120,7 @@ pub use layer::{
 };
 pub use memory::{MemoryStore, DEFAULT_CAPACITY};
 #[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;
 pub use service::Deduplicate;
 pub use store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
