@@ -229,6 +229,18 @@ pub struct Replica {
     task: JoinHandle<()>,
 }
 
+impl Replica {
+    /// Serves `app` on an ephemeral loopback port until dropped.
+    pub async fn serve(app: Router) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Self { address, task }
+    }
+}
+
 impl Drop for Replica {
     fn drop(&mut self) {
         self.task.abort();
@@ -274,12 +286,7 @@ impl ReplicaConfig {
                 timeout,
             ));
         }
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
-        Replica { address, task }
+        Replica::serve(app).await
     }
 }
 
