@@ -190,3 +190,53 @@ async fn a_store_full_of_reservations_fails_closed_by_default_and_open_on_reques
         );
     }
 }
+
+#[cfg(feature = "tracing")]
+#[tokio::test(flavor = "current_thread")]
+async fn decisions_go_to_tracing() {
+    use std::io::Write;
+    use std::sync::Mutex;
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+    impl Write for Captured {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(bytes);
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let _guard = tracing_subscriber::fmt()
+        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish()
+        .set_default();
+
+    let app = Router::new()
+        .route("/webhooks", post(|| async { "ok" }))
+        .layer(DeduplicateLayer::in_memory())
+        .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
+    for _ in 0..2 {
+        app.clone()
+            .oneshot(delivery(&event_body("evt_traced"), None))
+            .await
+            .unwrap();
+    }
+    let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for expected in [
+        "DEBUG openmail_webhooks::dedup",
+        "evt_traced: first delivery, reserved",
+        "evt_traced: processed, marked done",
+        "INFO openmail_webhooks::dedup",
+        "evt_traced: duplicate of a processed event",
+    ] {
+        assert!(output.contains(expected), "{expected:?} not in {output}");
+    }
+}

@@ -103,7 +103,6 @@
 mod body;
 mod decision;
 mod future;
-#[allow(clippy::module_inception)]
 mod layer;
 mod memory;
 #[cfg(feature = "redis")]

@@ -58,18 +58,19 @@ return 0
 /// runtime (or when the runtime is shutting down), the reservation stays until its lease
 /// expires.
 ///
-/// **The client** is the [`redis`](https://docs.rs/redis) crate's `ConnectionManager`:
-/// the reference Rust client, maintained alongside Redis itself, and its manager is what
-/// this store needs and no more. It multiplexes every replica's concurrent commands over
-/// one connection, so there is no pool to size (a pool such as `deadpool-redis` or
-/// `bb8-redis` adds nothing for three short commands per request); it reconnects in the
-/// background after a failure, and it bounds both connecting and each command with a
-/// timeout, which keeps a dead Redis from holding a webhook past OpenMail's 15 s. Clients
-/// with their own runtime and feature set (`fred`) bring far more than a
-/// three-command store uses. [`connect`](Self::connect) sets a 1 s connection timeout,
-/// a 1 s response timeout and two reconnection retries (see
-/// [`connection_config`](Self::connection_config)), so that with Redis down a delivery
-/// fails in a few seconds rather than near OpenMail's timeout.
+/// **The client** is the [`redis`](https://docs.rs/redis) crate's `ConnectionManager`.
+/// `redis` is the most used Rust client for Redis, released often and tracking the
+/// server's features, and its manager is what this store needs and no more: it
+/// multiplexes every concurrent command over one connection, so there is no pool to size
+/// (a pool such as `deadpool-redis` or `bb8-redis` adds nothing for two or three short
+/// commands per request); it reconnects in the background after a failure; and it bounds
+/// both connecting and each command with a timeout, which keeps a dead Redis from holding
+/// a webhook past OpenMail's 15 s. A client with its own runtime and a much larger
+/// surface (`fred`) brings far more than a three-command store uses.
+/// [`connect`](Self::connect) sets a 1 s connection timeout, a 1 s response timeout and
+/// two reconnection retries (see [`connection_config`](Self::connection_config)), so that
+/// with Redis down a delivery fails within a few seconds rather than near OpenMail's
+/// timeout. The `redis` feature needs Rust 1.88, the client's minimum.
 ///
 /// ```no_run
 /// use openmail_webhooks::dedup::{DeduplicateLayer, RedisStore};
