@@ -1,0 +1,145 @@
+//! The events the typed model does not cover, kept whole.
+//!
+//! A verified delivery is never dropped for its shape. An event type the crate does not
+//! know (the dashboard's test event, or one OpenMail adds later) becomes an
+//! [`UnknownEvent`]; a known type whose fields do not fit the documented shape becomes a
+//! [`MalformedEvent`] that says what did not fit. Both keep the verified bytes, and both
+//! pick out the envelope (`event_id`, `inbox_id`, `occurred_at`) when those fields are
+//! usable, so deduplication and routing still work.
+
+use bytes::Bytes;
+use serde::de::DeserializeOwned;
+
+use super::{RawJson, Timestamp};
+
+/// An event of a type the crate does not model, such as the dashboard's test event.
+///
+/// Equality compares the type and the JSON content, not its formatting.
+///
+/// ```
+/// use bytes::Bytes;
+/// use openmail_webhooks::Event;
+///
+/// let body = Bytes::from_static(br#"{"event":"setup.test","inbox_id":"inb_92ma","ok":true}"#);
+/// let Event::Unknown(unknown) = Event::parse(body)? else { unreachable!() };
+/// assert_eq!(unknown.event_type(), "setup.test");
+/// assert_eq!(unknown.json()?["ok"], true);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct UnknownEvent {
+    pub(super) envelope: Envelope,
+}
+
+/// A known event type whose fields do not fit the typed model: a number where a string
+/// belongs, a malformed timestamp, a missing `event_id`.
+///
+/// The delivery verified, so it is OpenMail's: log [`error`](Self::error) and decide from
+/// [`json`](Self::json) or [`raw`](Self::raw). Answering with an error status would only
+/// make OpenMail send the same bytes again.
+///
+/// Equality compares the type and the JSON content, not its formatting nor where in it the
+/// error was found.
+#[derive(Debug, Clone)]
+pub struct MalformedEvent {
+    pub(super) envelope: Envelope,
+    pub(super) field: Option<&'static str>,
+    pub(super) error: String,
+}
+
+/// What the fallbacks keep: the type, the usable envelope fields, the bytes.
+#[derive(Debug, Clone)]
+pub(super) struct Envelope {
+    pub(super) event_type: String,
+    pub(super) event_id: Option<String>,
+    pub(super) inbox_id: Option<String>,
+    pub(super) occurred_at: Option<Timestamp>,
+    pub(super) raw: RawJson,
+}
+
+impl Envelope {
+    fn json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        serde_json::from_slice(&self.raw.0)
+    }
+
+    /// Same type, same JSON value.
+    fn same_content(&self, other: &Self) -> bool {
+        self.event_type == other.event_type
+            && (self.raw.0 == other.raw.0
+                || matches!((self.json(), other.json()), (Ok(a), Ok(b)) if a == b))
+    }
+}
+
+macro_rules! envelope_accessors {
+    () => {
+        /// The `event` field.
+        pub fn event_type(&self) -> &str {
+            &self.envelope.event_type
+        }
+
+        /// The `event_id` field, when it is a string.
+        pub fn event_id(&self) -> Option<&str> {
+            self.envelope.event_id.as_deref()
+        }
+
+        /// The top-level `inbox_id` field, when it is a string.
+        pub fn inbox_id(&self) -> Option<&str> {
+            self.envelope.inbox_id.as_deref()
+        }
+
+        /// The `occurred_at` field, when it is a valid RFC 3339 timestamp.
+        pub fn occurred_at(&self) -> Option<&Timestamp> {
+            self.envelope.occurred_at.as_ref()
+        }
+
+        /// The verified body, byte for byte.
+        pub fn raw(&self) -> &Bytes {
+            &self.envelope.raw.0
+        }
+
+        /// The body as a JSON value, parsed now.
+        ///
+        /// It cannot fail on a body that came from [`Event::parse`](super::Event::parse),
+        /// which has already checked that it is JSON.
+        pub fn json(&self) -> Result<serde_json::Value, serde_json::Error> {
+            self.envelope.json()
+        }
+
+        /// The body as the application's own type, parsed now: the way to handle an event
+        /// type before this crate models it.
+        pub fn deserialize<T: DeserializeOwned>(&self) -> Result<T, serde_json::Error> {
+            serde_json::from_slice(&self.envelope.raw.0)
+        }
+    };
+}
+
+impl UnknownEvent {
+    envelope_accessors!();
+}
+
+impl MalformedEvent {
+    envelope_accessors!();
+
+    /// What did not fit, as serde reported it, with the line and column in the body.
+    pub fn error(&self) -> &str {
+        &self.error
+    }
+
+    /// The top-level field that did not fit (such as `message`, `occurred_at` or
+    /// `event_id`), when the error was in one.
+    pub fn field(&self) -> Option<&str> {
+        self.field
+    }
+}
+
+impl PartialEq for UnknownEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.envelope.same_content(&other.envelope)
+    }
+}
+
+impl PartialEq for MalformedEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.envelope.same_content(&other.envelope)
+    }
+}

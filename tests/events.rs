@@ -1,0 +1,888 @@
+//! The typed event model: every documented shape, the never-lose cases, the round trip,
+//! and the event as a handler behind the layer receives it over real HTTP.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::routing::post;
+use axum::{Extension, Router};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use openmail_webhooks::event::{
+    Attachment, ExtractionMethod, Lifecycle, Mailbox, MessageReceived, Reason, Timestamp,
+};
+use openmail_webhooks::{sign, Delivery, Event, VerifyOpenMailLayer};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+
+const FIXTURES: &[&str] = &[
+    "message_received",
+    "message_received_pretty",
+    "message_received_cc_display_name_retry",
+    "message_received_failed_extraction",
+    "message_received_legacy",
+    "inbox_suspended",
+    "inbox_reactivated",
+    "pod_suspended",
+    "pod_reactivated",
+    "unknown_setup_test",
+    "unknown_future_type",
+    "draft_inbox_suspended_reputation",
+    "malformed_number_for_string",
+    "malformed_timestamp",
+    "malformed_missing_event_id",
+];
+
+fn fixture(name: &str) -> Bytes {
+    let path = format!(
+        "{}/tests/fixtures/events/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    Bytes::from(std::fs::read(&path).unwrap_or_else(|error| panic!("{path}: {error}")))
+}
+
+fn parse(name: &str) -> Event {
+    Event::parse(fixture(name)).unwrap_or_else(|error| panic!("{name}: {error}"))
+}
+
+fn message_received(name: &str) -> MessageReceived {
+    match parse(name) {
+        Event::MessageReceived(received) => received,
+        other => panic!("{name}: expected message.received, got {other:?}"),
+    }
+}
+
+fn timestamp(text: &str) -> Timestamp {
+    Timestamp::parse(text).unwrap()
+}
+
+fn names<'a>(mailboxes: impl Iterator<Item = Mailbox<'a>>) -> Vec<(Option<String>, String)> {
+    mailboxes
+        .map(|mailbox| {
+            (
+                mailbox.name().map(str::to_owned),
+                mailbox.address().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn documented_example() {
+    let event = parse("message_received");
+    assert_eq!(event.event_type(), "message.received");
+    assert_eq!(event.event_id(), Some("evt_abc123"));
+    assert_eq!(event.inbox_id(), Some("inb_92ma"));
+    assert_eq!(
+        event.occurred_at(),
+        Some(&timestamp("2024-03-21T10:05:00Z"))
+    );
+    assert_eq!(event.raw(), &fixture("message_received"));
+
+    let received = event.as_message_received().unwrap();
+    assert_eq!(
+        received.delivered_at.as_ref().unwrap().unix_seconds(),
+        1_711_015_501
+    );
+    assert_eq!(received.attempt, Some(1));
+    assert_eq!(received.thread_id.as_deref(), Some("thr_xyz"));
+    assert_eq!(received.external_id, None);
+
+    let message = &received.message;
+    assert_eq!(message.id.as_deref(), Some("msg_4c8d5e6f"));
+    assert_eq!(
+        message.rfc_message_id.as_deref(),
+        Some("<original@message.id>")
+    );
+    let sender = message.sender().unwrap();
+    assert_eq!(sender.name(), Some("Ada Lovelace"));
+    assert_eq!(sender.address(), "ada@example.com");
+    let to: Vec<_> = message.to_mailboxes().map(|m| m.address()).collect();
+    assert_eq!(to, ["inbox@openmail.sh"]);
+    assert_eq!(message.cc, ["carol@example.com"]);
+    assert_eq!(message.subject.as_deref(), Some("Email subject"));
+    assert_eq!(message.body_text.as_deref(), Some("Plain text body"));
+    assert_eq!(
+        message.received_at.as_ref().map(Timestamp::as_str),
+        Some("2024-03-21T10:05:00.000Z")
+    );
+
+    let [attachment] = message.attachments.as_slice() else {
+        panic!("one attachment expected: {:?}", message.attachments)
+    };
+    assert_eq!(attachment.filename.as_deref(), Some("document.pdf"));
+    assert_eq!(attachment.content_type.as_deref(), Some("application/pdf"));
+    assert_eq!(attachment.size_bytes, Some(12_345));
+    assert_eq!(
+        attachment.url.as_deref(),
+        Some("https://api.openmail.sh/v1/attachments/msg_4c8d5e6f/document.pdf")
+    );
+    assert_eq!(attachment.parsed_text.as_deref(), Some("Invoice #2847"));
+    assert_eq!(attachment.extraction_method, Some(ExtractionMethod::Pdf));
+    assert!(attachment.text_extracted());
+}
+
+#[test]
+fn pretty_and_compact_are_the_same_event() {
+    let compact = parse("message_received");
+    let pretty = parse("message_received_pretty");
+    assert_eq!(compact, pretty);
+    assert_ne!(compact.raw(), pretty.raw());
+    assert_eq!(pretty.raw(), &fixture("message_received_pretty"));
+}
+
+#[test]
+fn cc_display_names_and_second_attempt() {
+    let received = message_received("message_received_cc_display_name_retry");
+    assert_eq!(received.attempt, Some(2));
+    assert_eq!(received.event_id, "evt_cc7788");
+    let message = &received.message;
+
+    let sender = message.sender().unwrap();
+    assert_eq!(sender.name(), Some("Lovelace, Ada"));
+    assert_eq!(sender.address(), "ada@example.com");
+
+    let some = |name: &str, address: &str| (Some(name.to_owned()), address.to_owned());
+    assert_eq!(
+        names(message.to_mailboxes()),
+        [
+            (None, "inbox@openmail.sh".to_owned()),
+            some("Bob Stone", "bob@example.com"),
+            some("Smith, Jane", "jane@example.com"),
+        ]
+    );
+    assert_eq!(
+        names(message.cc_mailboxes()),
+        [
+            (None, "carol@example.com".to_owned()),
+            some("Dan Brown", "dan@example.com"),
+            some("O'Neil, Erin", "erin@example.com"),
+        ]
+    );
+    assert_eq!(
+        message.subject.as_deref(),
+        Some("Re: Q3 numbers — “final” ✅")
+    );
+    assert_eq!(
+        message.body_text.as_deref(),
+        Some("Hi,\n\nsee below.\n\n> quoted line\n")
+    );
+    assert!(message.attachments.is_empty());
+}
+
+#[test]
+fn failed_extraction_has_no_text() {
+    let received = message_received("message_received_failed_extraction");
+    let summary: Vec<(&str, bool, Option<&ExtractionMethod>)> = received
+        .message
+        .attachments
+        .iter()
+        .map(|attachment: &Attachment| {
+            (
+                attachment.filename.as_deref().unwrap(),
+                attachment.text_extracted(),
+                attachment.extraction_method.as_ref(),
+            )
+        })
+        .collect();
+    let keynote = ExtractionMethod::Unknown("keynote_beta".to_owned());
+    assert_eq!(
+        summary,
+        [
+            ("photo.heic", false, Some(&ExtractionMethod::Unsupported)),
+            ("scan.pdf", false, Some(&ExtractionMethod::SkippedTooLarge)),
+            ("broken.pdf", false, Some(&ExtractionMethod::PdfError)),
+            ("notes.txt", true, Some(&ExtractionMethod::Text)),
+            ("slides.key", false, Some(&keynote)),
+        ]
+    );
+    assert_eq!(keynote.as_str(), "keynote_beta");
+}
+
+#[test]
+fn legacy_payload_with_external_id_and_extra_fields() {
+    let received = message_received("message_received_legacy");
+    assert_eq!(received.external_id.as_deref(), Some("user_abc123"));
+    assert_eq!(received.inbox_id.as_deref(), Some("inb_old1"));
+    let sender = received.message.sender().unwrap();
+    assert_eq!(
+        (sender.name(), sender.address()),
+        (None, "sender@example.com")
+    );
+    assert!(received.message.cc.is_empty());
+    let [attachment] = received.message.attachments.as_slice() else {
+        panic!("one attachment expected")
+    };
+    assert_eq!(attachment.parsed_text, None);
+    assert_eq!(attachment.extraction_method, None);
+    assert!(!attachment.text_extracted());
+    // `category`, `auto_replyable`, `verdict` and `spam_score` are not modelled, and stay
+    // in the raw body.
+    let raw: Value = serde_json::from_slice(received.raw()).unwrap();
+    assert_eq!(raw["message"]["spam_score"], 0.4);
+}
+
+fn lifecycle(event: &Event) -> &Lifecycle {
+    event
+        .as_lifecycle()
+        .unwrap_or_else(|| panic!("expected a lifecycle event, got {event:?}"))
+}
+
+#[test]
+fn lifecycle_events_with_their_nulls() {
+    let suspended = parse("inbox_suspended");
+    assert!(matches!(suspended, Event::InboxSuspended(_)));
+    let payload = lifecycle(&suspended);
+    assert_eq!(payload.event_id, "evt_def456");
+    assert_eq!(payload.inbox_id.as_deref(), Some("inb_92ma"));
+    assert_eq!(
+        payload.inbox_address.as_deref(),
+        Some("agent@yourdomain.com")
+    );
+    assert_eq!(payload.pod_id.as_deref(), Some("pod_abc"));
+    assert_eq!(payload.reason, Some(Reason::HighBounceRate));
+    assert_eq!(
+        payload.occurred_at.as_ref().unwrap().unix_seconds(),
+        1_711_015_500
+    );
+
+    let reactivated = parse("inbox_reactivated");
+    assert!(matches!(reactivated, Event::InboxReactivated(_)));
+    assert_eq!(reactivated.inbox_id(), Some("inb_92ma"));
+    assert_eq!(lifecycle(&reactivated).reason, None);
+
+    let pod_suspended = parse("pod_suspended");
+    assert!(matches!(pod_suspended, Event::PodSuspended(_)));
+    assert_eq!(pod_suspended.event_type(), "pod.suspended");
+    assert_eq!(pod_suspended.inbox_id(), None);
+    let payload = lifecycle(&pod_suspended);
+    assert_eq!(payload.inbox_address, None);
+    assert_eq!(payload.pod_id.as_deref(), Some("pod_abc"));
+    assert_eq!(payload.reason, Some(Reason::PodDegraded));
+
+    let pod_reactivated = parse("pod_reactivated");
+    assert!(matches!(pod_reactivated, Event::PodReactivated(_)));
+    assert_eq!(pod_reactivated.event_id(), Some("evt_pod002"));
+    assert_eq!(lifecycle(&pod_reactivated).reason, None);
+    assert_eq!(lifecycle(&pod_reactivated).inbox_id, None);
+}
+
+#[test]
+fn reason_codes() {
+    for (code, reason) in [
+        ("high_bounce_rate", Reason::HighBounceRate),
+        ("high_complaint_rate", Reason::HighComplaintRate),
+        ("abuse", Reason::Abuse),
+        ("pod_degraded", Reason::PodDegraded),
+        ("manual_review", Reason::ManualReview),
+        ("other", Reason::Other),
+        ("spam_trap_hit", Reason::Unknown("spam_trap_hit".to_owned())),
+    ] {
+        let body = json!({
+            "event": "inbox.suspended", "event_id": "evt_1", "reason": code,
+        });
+        let event = Event::parse(Bytes::from(body.to_string())).unwrap();
+        assert_eq!(lifecycle(&event).reason.as_ref(), Some(&reason), "{code}");
+        assert_eq!(reason.as_str(), code);
+    }
+}
+
+#[test]
+fn unknown_types_arrive_intact() {
+    let setup = parse("unknown_setup_test");
+    let Event::Unknown(unknown) = &setup else {
+        panic!("expected Unknown, got {setup:?}")
+    };
+    assert_eq!(unknown.event_type(), "setup.test");
+    assert_eq!(setup.event_id(), None);
+    assert_eq!(setup.inbox_id(), Some("inb_92ma"));
+    assert_eq!(setup.occurred_at(), None);
+    assert_eq!(setup.raw(), &fixture("unknown_setup_test"));
+    assert_eq!(
+        unknown.json().unwrap()["message"],
+        "This is a test webhook from OpenMail"
+    );
+
+    // A future type whose fields clash with documented ones (`attempt` as a string) is
+    // still unknown, not malformed, and keeps its envelope.
+    let future = parse("unknown_future_type");
+    let Event::Unknown(unknown) = &future else {
+        panic!("expected Unknown, got {future:?}")
+    };
+    assert_eq!(future.event_type(), "message.bounced");
+    assert_eq!(future.event_id(), Some("evt_fut001"));
+    assert_eq!(
+        future.occurred_at(),
+        Some(&timestamp("2024-03-22T09:00:00Z"))
+    );
+
+    #[derive(serde::Deserialize)]
+    struct Bounced {
+        bounce: Bounce,
+    }
+    #[derive(serde::Deserialize)]
+    struct Bounce {
+        recipient: String,
+    }
+    let bounced: Bounced = unknown.deserialize().unwrap();
+    assert_eq!(bounced.bounce.recipient, "gone@example.com");
+}
+
+#[test]
+fn unusable_envelope_fields_are_dropped_not_fatal() {
+    let unknown = json!({"event": "domain.verified", "event_id": 5, "inbox_id": ["x"],
+                         "occurred_at": "yesterday"});
+    let event = Event::parse(Bytes::from(unknown.to_string())).unwrap();
+    assert!(matches!(event, Event::Unknown(_)), "{event:?}");
+    assert_eq!(
+        (event.event_id(), event.inbox_id(), event.occurred_at()),
+        (None, None, None)
+    );
+
+    let malformed = json!({"event": "inbox.suspended", "event_id": {"id": "evt_1"},
+                           "inbox_id": "inb_1", "occurred_at": "2024-03-21T10:05:00Z"});
+    let event = Event::parse(Bytes::from(malformed.to_string())).unwrap();
+    let Event::Malformed(malformed) = &event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(malformed.field(), Some("event_id"));
+    assert_eq!(event.event_id(), None);
+    assert_eq!(event.inbox_id(), Some("inb_1"));
+    assert!(event.occurred_at().is_some());
+}
+
+#[test]
+fn debug_shows_the_body_by_length() {
+    let event = parse("message_received");
+    let debug = format!("{event:?}");
+    assert!(
+        debug.contains(&format!("<{} bytes>", event.raw().len())),
+        "{debug}"
+    );
+    assert_eq!(debug.matches("Invoice #2847").count(), 1, "{debug}");
+}
+
+#[test]
+fn superseded_draft_with_reputation_object_still_arrives() {
+    let event = parse("draft_inbox_suspended_reputation");
+    let Event::InboxSuspended(payload) = &event else {
+        panic!("expected inbox.suspended, got {event:?}")
+    };
+    assert_eq!(payload.event_id, "evt_draft01");
+    assert_eq!(payload.inbox_id.as_deref(), Some("inb_92ma"));
+    assert_eq!(payload.reason, None);
+    let raw: Value = serde_json::from_slice(event.raw()).unwrap();
+    assert_eq!(
+        raw["reputation"]["reason"],
+        "bounce_rate_7d_above_threshold"
+    );
+}
+
+#[test]
+fn number_where_a_string_belongs_is_malformed_not_lost() {
+    let event = parse("malformed_number_for_string");
+    let Event::Malformed(malformed) = &event else {
+        panic!("expected Malformed, got {event:?}")
+    };
+    assert_eq!(event.event_type(), "message.received");
+    assert_eq!(event.event_id(), Some("evt_bad01"));
+    assert_eq!(event.inbox_id(), Some("inb_92ma"));
+    assert_eq!(
+        event.occurred_at(),
+        Some(&timestamp("2024-03-21T10:05:00Z"))
+    );
+    assert_eq!(malformed.field(), Some("message"));
+    assert!(
+        malformed.error().contains("invalid type: integer `42`"),
+        "{}",
+        malformed.error()
+    );
+    assert!(
+        malformed.error().contains("column"),
+        "{}",
+        malformed.error()
+    );
+    assert_eq!(event.raw(), &fixture("malformed_number_for_string"));
+    assert_eq!(malformed.json().unwrap()["message"]["from"], 42);
+}
+
+#[test]
+fn malformed_timestamp_is_malformed_not_lost() {
+    let event = parse("malformed_timestamp");
+    let Event::Malformed(malformed) = &event else {
+        panic!("expected Malformed, got {event:?}")
+    };
+    assert_eq!(malformed.field(), Some("occurred_at"));
+    assert!(
+        malformed.error().contains("`2024-03-21 10:05:00`"),
+        "{}",
+        malformed.error()
+    );
+    assert!(
+        malformed.error().contains("RFC 3339"),
+        "{}",
+        malformed.error()
+    );
+    assert_eq!(event.event_id(), Some("evt_bad02"));
+    assert_eq!(event.occurred_at(), None);
+    assert_eq!(event.inbox_id(), Some("inb_92ma"));
+}
+
+#[test]
+fn missing_event_id_is_malformed_not_lost() {
+    let event = parse("malformed_missing_event_id");
+    let Event::Malformed(malformed) = &event else {
+        panic!("expected Malformed, got {event:?}")
+    };
+    assert_eq!(malformed.field(), Some("event_id"));
+    assert!(
+        malformed.error().contains("event_id"),
+        "{}",
+        malformed.error()
+    );
+    assert_eq!(event.event_id(), None);
+    assert_eq!(event.inbox_id(), Some("inb_92ma"));
+
+    let null_id = json!({"event": "pod.reactivated", "event_id": null, "pod_id": "pod_abc"});
+    let event = Event::parse(Bytes::from(null_id.to_string())).unwrap();
+    assert!(matches!(event, Event::Malformed(_)), "{event:?}");
+}
+
+#[test]
+fn more_shapes_that_do_not_fit() {
+    for (body, field) in [
+        (
+            json!({"event": "message.received", "event_id": "e", "attempt": -1}),
+            "attempt",
+        ),
+        (
+            json!({"event": "message.received", "event_id": "e", "attempt": "2"}),
+            "attempt",
+        ),
+        (
+            json!({"event": "message.received", "event_id": 7}),
+            "event_id",
+        ),
+        (
+            json!({"event": "message.received", "event_id": "e", "message": "hi"}),
+            "message",
+        ),
+        (
+            json!({"event": "message.received", "event_id": "e", "message": {"cc": "a@b.c"}}),
+            "message",
+        ),
+        (
+            json!({"event": "message.received", "event_id": "e",
+                   "message": {"attachments": [{"sizeBytes": "12kB"}]}}),
+            "message",
+        ),
+        (
+            json!({"event": "inbox.suspended", "event_id": "e", "reason": 3}),
+            "reason",
+        ),
+        (
+            json!({"event": "pod.suspended", "event_id": "e", "occurred_at": 1_711_015_500}),
+            "occurred_at",
+        ),
+    ] {
+        let event = Event::parse(Bytes::from(body.to_string())).unwrap();
+        let Event::Malformed(malformed) = &event else {
+            panic!("{body}: expected Malformed, got {event:?}")
+        };
+        assert_eq!(
+            malformed.field(),
+            Some(field),
+            "{body}: {}",
+            malformed.error()
+        );
+    }
+}
+
+#[test]
+fn tolerant_of_nulls_absences_and_unknown_fields() {
+    let body = json!({
+        "event": "message.received",
+        "event_id": "evt_min",
+        "inbox_id": null,
+        "message": {"cc": null, "attachments": null, "verdict": {"spam": true}, "from": null},
+        "brand_new_field": [1, 2, 3],
+    });
+    let received = match Event::parse(Bytes::from(body.to_string())).unwrap() {
+        Event::MessageReceived(received) => received,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(received.inbox_id, None);
+    assert!(received.message.cc.is_empty());
+    assert!(received.message.attachments.is_empty());
+    assert_eq!(received.message.sender(), None);
+    assert_eq!(received.message.to_mailboxes().count(), 0);
+
+    let bare = Event::parse(Bytes::from_static(
+        br#"{"event":"message.received","event_id":"evt_bare"}"#,
+    ))
+    .unwrap();
+    assert_eq!(
+        bare.as_message_received().unwrap().message,
+        Default::default()
+    );
+}
+
+#[test]
+fn key_order_does_not_change_the_outcome() {
+    // `reason` is a lifecycle field; on message.received it is ignored, whether it comes
+    // before or after `event`.
+    let first =
+        r#"{"event":"message.received","event_id":"e","reason":{"x":1},"inbox_id":"inb_1"}"#;
+    let later =
+        r#"{"reason":{"x":1},"inbox_id":"inb_1","event_id":"e","event":"message.received"}"#;
+    let first = Event::parse(Bytes::from_static(first.as_bytes())).unwrap();
+    let later = Event::parse(Bytes::from_static(later.as_bytes())).unwrap();
+    assert!(matches!(first, Event::MessageReceived(_)), "{first:?}");
+    assert_eq!(first, later);
+    assert_eq!(later.inbox_id(), Some("inb_1"));
+
+    // A field that does not fit is found wherever `event` is.
+    let late_bad = r#"{"attempt":"x","event_id":"e","event":"message.received"}"#;
+    let event = Event::parse(Bytes::from_static(late_bad.as_bytes())).unwrap();
+    let Event::Malformed(malformed) = &event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(malformed.field(), Some("attempt"));
+}
+
+#[test]
+fn only_non_events_are_rejected() {
+    for body in [
+        &b""[..],
+        b"   ",
+        b"not json",
+        b"null",
+        b"42",
+        b"\"message.received\"",
+        b"[]",
+        br#"["message.received","evt_1"]"#,
+        br#"{}"#,
+        br#"{"event_id":"evt_1"}"#,
+        br#"{"event":42}"#,
+        br#"{"event":null}"#,
+        br#"{"event":{"type":"message.received"}}"#,
+        br#"{"event":"message.received","event":"pod.suspended"}"#,
+        br#"{"event":"message.received"} trailing"#,
+        br#"{"event":"message.received","#,
+        b"{\"event\":\"message.received\",\"event_id\":\"\xff\"}",
+    ] {
+        let error =
+            Event::parse(Bytes::copy_from_slice(body)).expect_err(&String::from_utf8_lossy(body));
+        assert!(
+            error
+                .to_string()
+                .starts_with("the verified body is not a JSON object with a string `event` field"),
+            "{error}"
+        );
+    }
+}
+
+#[test]
+fn round_trip_every_fixture() {
+    for name in FIXTURES {
+        let event = parse(name);
+        let serialized = serde_json::to_vec(&event).unwrap();
+        let again = Event::parse(Bytes::from(serialized.clone()))
+            .unwrap_or_else(|error| panic!("{name}: {error}"));
+        assert_eq!(event, again, "{name}");
+        assert_eq!(
+            std::mem::discriminant(&event),
+            std::mem::discriminant(&again)
+        );
+        assert_eq!(event.event_id(), again.event_id(), "{name}");
+        assert_eq!(event.inbox_id(), again.inbox_id(), "{name}");
+        // Timestamps keep their text, not just their instant.
+        assert_eq!(
+            event.occurred_at().map(Timestamp::as_str),
+            again.occurred_at().map(Timestamp::as_str),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn serialising_documented_shapes_loses_nothing() {
+    for name in [
+        "message_received",
+        "message_received_cc_display_name_retry",
+        "message_received_failed_extraction",
+        "inbox_suspended",
+        "inbox_reactivated",
+        "pod_suspended",
+        "pod_reactivated",
+        "unknown_setup_test",
+        "malformed_timestamp",
+    ] {
+        let original: Value = serde_json::from_slice(&fixture(name)).unwrap();
+        let serialized = serde_json::to_value(parse(name)).unwrap();
+        assert_eq!(serialized, original, "{name}");
+    }
+}
+
+#[test]
+fn equality_is_by_content() {
+    let a = parse("inbox_suspended");
+    let mut changed: Value = serde_json::from_slice(&fixture("inbox_suspended")).unwrap();
+    changed["reason"] = json!("abuse");
+    let b = Event::parse(Bytes::from(changed.to_string())).unwrap();
+    assert_ne!(a, b);
+
+    let unknown_a = parse("unknown_setup_test");
+    let mut changed: Value = serde_json::from_slice(&fixture("unknown_setup_test")).unwrap();
+    changed["sent_at"] = json!(1_790_000_001);
+    let unknown_b = Event::parse(Bytes::from(changed.to_string())).unwrap();
+    assert_ne!(unknown_a, unknown_b);
+    assert_eq!(unknown_a, unknown_a.clone());
+}
+
+/// Any JSON value, a few levels deep.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u32>().prop_map(Value::from),
+        "[ -~]{0,12}".prop_map(Value::from),
+        Just(json!("2024-03-21T10:05:00.000Z")),
+        Just(json!("high_bounce_rate")),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(key(), inner, 0..5)
+                .prop_map(|map| Value::Object(map.into_iter().collect())),
+        ]
+    })
+}
+
+/// Mostly documented keys, so the typed paths are exercised.
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "event_id",
+            "occurred_at",
+            "delivered_at",
+            "attempt",
+            "inbox_id",
+            "thread_id",
+            "external_id",
+            "message",
+            "inbox_address",
+            "pod_id",
+            "reason",
+            "from",
+            "to",
+            "cc",
+            "attachments",
+            "parsedText",
+            "sizeBytes",
+            "extractionMethod",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z_]{1,8}",
+    ]
+}
+
+fn event_type() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "message.received",
+            "inbox.suspended",
+            "inbox.reactivated",
+            "pod.suspended",
+            "pod.reactivated",
+        ])
+        .prop_map(str::to_owned),
+        "[a-z.]{0,16}",
+    ]
+}
+
+proptest! {
+    #[test]
+    fn any_object_with_a_string_event_is_an_event(
+        event in event_type(),
+        fields in prop::collection::btree_map(key(), json_value(), 0..8),
+        message in prop::option::of(prop::collection::btree_map(key(), json_value(), 0..6)),
+    ) {
+        let mut object: serde_json::Map<String, Value> = fields.into_iter().collect();
+        if let Some(message) = message {
+            object.insert("message".to_owned(), Value::Object(message.into_iter().collect()));
+        }
+        object.insert("event".to_owned(), Value::String(event.clone()));
+        let body = Bytes::from(Value::Object(object).to_string());
+
+        let parsed = Event::parse(body.clone()).unwrap();
+        prop_assert_eq!(parsed.event_type(), event.as_str());
+        prop_assert_eq!(parsed.raw(), &body);
+        let again = Event::parse(Bytes::from(serde_json::to_vec(&parsed).unwrap())).unwrap();
+        prop_assert_eq!(&parsed, &again);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+        let _ = Event::parse(Bytes::from(body));
+    }
+
+    #[test]
+    fn arbitrary_addresses_never_panic(text in "\\PC{0,64}") {
+        let _ = Mailbox::parse(&text);
+        let _ = openmail_webhooks::event::Mailboxes::new(&text).count();
+    }
+
+    #[test]
+    fn timestamps_agree_with_a_day_counting_reference(
+        year in 0_i64..=9999,
+        month in 1_u32..=12,
+        day in 1_u32..=28,
+        hour in 0_u32..24,
+        minute in 0_u32..60,
+        second in 0_u32..60,
+        offset in -1439_i64..=1439,
+    ) {
+        let sign = if offset < 0 { '-' } else { '+' };
+        let text = format!(
+            "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}{sign}{:02}:{:02}",
+            offset.abs() / 60,
+            offset.abs() % 60
+        );
+        let parsed = Timestamp::parse(&text).unwrap();
+        // Count days one year and one month at a time: slow, but a different method.
+        let leap = |y: i64| y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+        let mut days = 0_i64;
+        if year >= 1970 {
+            for y in 1970..year { days += if leap(y) { 366 } else { 365 }; }
+        } else {
+            for y in year..1970 { days -= if leap(y) { 366 } else { 365 }; }
+        }
+        let lengths = [31, if leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+        days += lengths[..(month as usize - 1)].iter().sum::<i64>() + i64::from(day) - 1;
+        let expected = days * 86_400 + i64::from(hour * 3600 + minute * 60 + second) - offset * 60;
+        prop_assert_eq!(parsed.unix_seconds(), expected, "{}", text);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Over HTTP: the layer parses, the handler receives the typed variant.
+
+/// What the handler saw, as one line the test can compare.
+async fn summarise(
+    Extension(event): Extension<Arc<Event>>,
+    Extension(delivery): Extension<Delivery>,
+) -> String {
+    // The event is parsed from exactly the bytes that verified.
+    assert_eq!(event.raw(), delivery.body());
+    let detail = match &*event {
+        Event::MessageReceived(received) => format!(
+            "message from={} to={} attachments={}",
+            received
+                .message
+                .sender()
+                .map_or("-", |sender| sender.address()),
+            received.message.to_mailboxes().count(),
+            received.message.attachments.len()
+        ),
+        Event::InboxSuspended(lifecycle) | Event::PodSuspended(lifecycle) => format!(
+            "suspended reason={}",
+            lifecycle.reason.as_ref().map_or("-", Reason::as_str)
+        ),
+        Event::InboxReactivated(_) | Event::PodReactivated(_) => "reactivated".to_owned(),
+        Event::Unknown(unknown) => format!("unknown bytes={}", unknown.raw().len()),
+        Event::Malformed(malformed) => format!("malformed field={:?}", malformed.field()),
+        other => format!("unexpected {other:?}"),
+    };
+    format!(
+        "{} id={} inbox={} {detail}",
+        event.event_type(),
+        event.event_id().unwrap_or("-"),
+        event.inbox_id().unwrap_or("-")
+    )
+}
+
+const SECRET: &str = "whsec_test";
+const NOW: i64 = 1_790_000_000;
+
+async fn serve() -> SocketAddr {
+    let app = Router::new()
+        .route("/webhooks", post(summarise))
+        .layer(VerifyOpenMailLayer::new(SECRET).unwrap().clock(|| NOW));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    address
+}
+
+async fn post_signed(address: SocketAddr, body: Bytes) -> (u16, String) {
+    let timestamp = NOW.to_string();
+    let request = http::Request::post(format!("http://{address}/webhooks"))
+        .header("content-type", "application/json")
+        .header("x-timestamp", &timestamp)
+        .header("x-signature", sign(SECRET, &timestamp, &body))
+        .header("x-event-id", "evt_header")
+        .body(Full::new(body))
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build_http();
+    let response = client.request(request).await.unwrap();
+    let status = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8(body.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn handlers_receive_typed_events_over_http() {
+    let address = serve().await;
+    for (name, expected) in [
+        (
+            "message_received",
+            "message.received id=evt_abc123 inbox=inb_92ma message from=ada@example.com to=1 attachments=1",
+        ),
+        (
+            "message_received_pretty",
+            "message.received id=evt_abc123 inbox=inb_92ma message from=ada@example.com to=1 attachments=1",
+        ),
+        (
+            "message_received_cc_display_name_retry",
+            "message.received id=evt_cc7788 inbox=inb_92ma message from=ada@example.com to=3 attachments=0",
+        ),
+        (
+            "inbox_suspended",
+            "inbox.suspended id=evt_def456 inbox=inb_92ma suspended reason=high_bounce_rate",
+        ),
+        ("inbox_reactivated", "inbox.reactivated id=evt_def457 inbox=inb_92ma reactivated"),
+        ("pod_suspended", "pod.suspended id=evt_pod001 inbox=- suspended reason=pod_degraded"),
+        ("pod_reactivated", "pod.reactivated id=evt_pod002 inbox=- reactivated"),
+        (
+            "draft_inbox_suspended_reputation",
+            "inbox.suspended id=evt_draft01 inbox=inb_92ma suspended reason=-",
+        ),
+        (
+            "unknown_setup_test",
+            &format!(
+                "setup.test id=- inbox=inb_92ma unknown bytes={}",
+                fixture("unknown_setup_test").len()
+            ),
+        ),
+        (
+            "malformed_timestamp",
+            "message.received id=evt_bad02 inbox=inb_92ma malformed field=Some(\"occurred_at\")",
+        ),
+        (
+            "malformed_missing_event_id",
+            "message.received id=- inbox=inb_92ma malformed field=Some(\"event_id\")",
+        ),
+    ] {
+        let (status, summary) = post_signed(address, fixture(name)).await;
+        assert_eq!(status, 200, "{name}: {summary}");
+        assert_eq!(summary, expected, "{name}");
+    }
+
+    // A verified body that is not an event never reaches the handler.
+    let (status, _) = post_signed(address, Bytes::from_static(b"[1,2]")).await;
+    assert_eq!(status, 400);
+}
