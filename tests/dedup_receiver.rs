@@ -77,7 +77,7 @@ async fn two_receivers_sharing_redis_handle_each_event_once() {
                 .deliver_until_settled(
                     &receivers[delivery % 2],
                     &event_body("evt_shared"),
-                    50,
+                    250,
                     Duration::from_millis(20),
                 )
                 .await

@@ -444,8 +444,8 @@ pub mod behaviours {
     /// over still marks the event done.
     pub async fn store_expiry(backend: &impl Backend) {
         let store = backend.store().await;
-        let short = Duration::from_millis(150);
-        let wait = Duration::from_millis(400);
+        let short = Duration::from_millis(500);
+        let wait = Duration::from_millis(700);
 
         let crashed = Reservation::new("evt_expiry");
         assert_eq!(
@@ -539,7 +539,7 @@ pub mod behaviours {
                         .deliver_until_settled(
                             replica,
                             &event_body(&event_id),
-                            50,
+                            250,
                             Duration::from_millis(20),
                         )
                         .await;
@@ -633,7 +633,7 @@ pub mod behaviours {
         // A store that releases asynchronously may need a moment; the lease (60 s) is far
         // longer than this loop, so success here means the release happened.
         let answer = sender
-            .deliver_until_settled(&replica, &body, 50, Duration::from_millis(20))
+            .deliver_until_settled(&replica, &body, 250, Duration::from_millis(20))
             .await;
         assert!(answer.processed(), "{answer:?}");
         assert_eq!(handler.processed("evt_dropped"), 1);
@@ -642,8 +642,16 @@ pub mod behaviours {
     /// A reservation left by a crashed holder blocks deliveries (409, Retry-After) until
     /// its lease expires; then a retry is processed.
     pub async fn a_crashed_holders_lease_expires_and_a_retry_is_processed(backend: &impl Backend) {
+        let handler = Handler::succeeding();
+        let log = DecisionLog::default();
+        let replica = ReplicaConfig::new(backend.store().await, &handler, &log)
+            .start()
+            .await;
+        let sender = Sender::default();
+        let body = event_body("evt_crashed");
+
         let crashed = backend.store().await;
-        let lease = Duration::from_millis(500);
+        let lease = Duration::from_secs(1);
         assert_eq!(
             crashed
                 .reserve(Reservation::new("evt_crashed"), lease)
@@ -652,14 +660,6 @@ pub mod behaviours {
             ReserveOutcome::Reserved
         );
         drop(crashed); // the holder is gone without completing or releasing
-
-        let handler = Handler::succeeding();
-        let log = DecisionLog::default();
-        let replica = ReplicaConfig::new(backend.store().await, &handler, &log)
-            .start()
-            .await;
-        let sender = Sender::default();
-        let body = event_body("evt_crashed");
 
         let blocked = sender.deliver(&replica, &body).await;
         assert_eq!(blocked.status, StatusCode::CONFLICT);
@@ -701,9 +701,13 @@ pub mod behaviours {
             let (sender, body) = (sender.clone(), body.clone());
             tokio::spawn(async move { sender.deliver(&long, &body).await })
         };
-        while handler.attempts("evt_slow") < 2 {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while handler.attempts("evt_slow") < 2 {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the second delivery never reached the handler");
         gates[0].notify_one();
         assert!(first.await.unwrap().processed());
         assert_eq!(
