@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3000 cargo run --features tokio --example receiver
+//! OPENMAIL_WEBHOOK_SECRET=whsec_... REDIS_URL=redis://127.0.0.1:6379/ \
+//!     cargo run --example receiver --features tokio,redis
 //! ```
 //!
 //! Contract (other tools and tests rely on it):
@@ -22,6 +24,17 @@
 //!   Nothing else goes to stdout; rejections and diagnostics go to stderr.
 //! - A rejected delivery gets `400` (or `413` when too large) with a short plain-text
 //!   reason; the precise reason is printed to stderr.
+//! - Deduplication is on, keyed on the signed body's `event_id`: an event is handled (and
+//!   its stdout line printed) once, however often OpenMail delivers it. A duplicate of a
+//!   handled event gets `200` with `{"ok":true,"duplicate":true,"event_id":"<id>"}`; one
+//!   that arrives while the first is still being handled gets `409` with `Retry-After`.
+//!   Neither is handled, so neither prints a stdout line. Decisions other than the
+//!   ordinary first delivery are printed to stderr.
+//! - The deduplication state is in memory unless `REDIS_URL` (`redis://host:port/`) is
+//!   set, which shares it between every receiver pointing at that Redis (several
+//!   replicas behind a load balancer); that needs `--features redis`. While Redis is
+//!   unreachable, deliveries get `503` and OpenMail retries them later; a malformed
+//!   `REDIS_URL` stops the receiver from starting (exit code 2).
 //! - Resources are bounded: at most [`CONCURRENCY_LIMIT`] deliveries are read and verified
 //!   at once (more wait, unread), and a body that has not fully arrived [`BODY_DEADLINE`]
 //!   after its headers gets `408`. With the default 4 MiB body limit the layer holds at most
@@ -33,6 +46,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::{routing::post, Extension, Json, Router};
+use bytes::Bytes;
+use http::{header, HeaderValue, Response};
+use openmail_webhooks::dedup::{Decision, DedupStore, DeduplicateLayer, MemoryStore};
 use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::{Event, VerifyOpenMailLayer};
 use serde_json::{json, Value};
@@ -47,16 +63,37 @@ pub const CONCURRENCY_LIMIT: usize = 64;
 /// 15 seconds, so a genuine delivery never needs longer; a stalled upload is cut off here.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
-/// The receiver's routes, behind the verification layer, a body deadline and a concurrency
-/// limit.
+/// The receiver's routes, behind the verification layer, deduplicated in memory.
 pub fn app(layer: VerifyOpenMailLayer) -> Router {
+    app_with_store(layer, Arc::new(MemoryStore::new()))
+}
+
+/// The receiver's routes, behind a concurrency limit and the verification layer with a body
+/// deadline, deduplicated in `store`.
+pub fn app_with_store(layer: VerifyOpenMailLayer, store: Arc<dyn DedupStore>) -> Router {
     let layer = layer
         .body_deadline(BODY_DEADLINE)
         .on_rejection(|rejection| eprintln!("rejected: {rejection}"));
+    let dedup = DeduplicateLayer::from_shared(store)
+        .on_decision(|decision| match decision {
+            Decision::First { .. } | Decision::Completed { .. } => {}
+            _ => eprintln!("dedup: {decision}"),
+        })
+        .duplicate_response(|event_id| {
+            let body = json!({ "ok": true, "duplicate": true, "event_id": event_id });
+            let mut response = Response::new(Bytes::from(body.to_string()));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        });
+    // The layer added last runs first: limit, verify, then deduplicate, then handle.
+    // Requests beyond the limit wait before the verification reads a byte of them.
     Router::new()
         .route("/webhooks", post(handle))
+        .layer(dedup)
         .layer(layer)
-        // Outermost: requests beyond the limit wait before the layer reads a byte of them.
         .layer(GlobalConcurrencyLimitLayer::new(CONCURRENCY_LIMIT))
 }
 
@@ -104,6 +141,41 @@ fn layer_from_env() -> Result<VerifyOpenMailLayer, String> {
     }
 }
 
+/// The deduplication store: Redis when `REDIS_URL` is set, memory otherwise.
+async fn store_from_env() -> Result<Arc<dyn DedupStore>, String> {
+    let Ok(url) = std::env::var("REDIS_URL") else {
+        eprintln!("receiver: deduplicating in memory (set REDIS_URL to share it between replicas)");
+        return Ok(Arc::new(MemoryStore::new()));
+    };
+    redis_store(&url).await
+}
+
+#[cfg(feature = "redis")]
+async fn redis_store(url: &str) -> Result<Arc<dyn DedupStore>, String> {
+    use openmail_webhooks::dedup::RedisStore;
+    match RedisStore::connect(url).await {
+        Ok(store) => {
+            eprintln!("receiver: deduplicating in Redis");
+            Ok(Arc::new(store))
+        }
+        // Reachable later is as good: deliveries get 503 until then, and OpenMail retries.
+        Err(error) => {
+            let store = RedisStore::connect_lazy(url).map_err(|_| {
+                "REDIS_URL is not a Redis URL; expected redis://[:password@]host:port/".to_owned()
+            })?;
+            eprintln!("receiver: Redis is not reachable yet ({error}); answering 503 until it is");
+            Ok(Arc::new(store))
+        }
+    }
+}
+
+#[cfg(not(feature = "redis"))]
+async fn redis_store(_url: &str) -> Result<Arc<dyn DedupStore>, String> {
+    Err("REDIS_URL is set, but this build has no Redis support; \
+         run with `--features redis`, or unset REDIS_URL to deduplicate in memory"
+        .to_owned())
+}
+
 fn port_from_env() -> Result<u16, String> {
     match std::env::var("PORT") {
         Err(_) => Ok(3000),
@@ -122,6 +194,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let store = match store_from_env().await {
+        Ok(store) => store,
+        Err(message) => {
+            eprintln!("receiver: {message}");
+            return ExitCode::from(2);
+        }
+    };
     let listener =
         match tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
             Ok(listener) => listener,
@@ -133,7 +212,7 @@ async fn main() -> ExitCode {
     if let Ok(addr) = listener.local_addr() {
         eprintln!("receiver: listening on http://{addr}/webhooks");
     }
-    match axum::serve(listener, app(layer)).await {
+    match axum::serve(listener, app_with_store(layer, store)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("receiver: {error}");

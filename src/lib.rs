@@ -13,6 +13,7 @@
     )
 )]
 
+pub mod dedup;
 pub mod event;
 pub mod layer;
 pub mod protocol;
@@ -21,6 +22,7 @@ pub mod tenant;
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
 
+pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
 pub use event::Event;
 pub use layer::{Delivery, Rejection, VerifyOpenMail, VerifyOpenMailLayer};
 pub use protocol::{

@@ -108,6 +108,7 @@ fn hostile_requests() -> Vec<Request<Frames>> {
 
 #[test]
 fn debug_output_never_shows_a_secret() {
+    logs();
     let secret = Secret::new(SECRETS[0]).unwrap();
     let verifier = Verifier::with_secrets(SECRETS).unwrap();
     let layer = layer();
@@ -138,6 +139,7 @@ fn debug_output_never_shows_a_secret() {
 #[cfg(feature = "test-util")]
 #[test]
 fn test_deliveries_never_show_their_secret() {
+    logs();
     let delivery = openmail_webhooks::test_util::TestDelivery::new(
         SECRETS[0],
         r#"{"event":"message.received","event_id":"evt_1"}"#,
@@ -147,6 +149,7 @@ fn test_deliveries_never_show_their_secret() {
 
 #[tokio::test]
 async fn rejections_never_show_a_secret_to_the_client_or_the_application() {
+    logs();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let hook = Arc::clone(&seen);
     let layer = layer().on_rejection(move |rejection: &Rejection| {
@@ -176,11 +179,35 @@ async fn rejections_never_show_a_secret_to_the_client_or_the_application() {
 }
 
 /// A `Write` that appends to a shared buffer, for the subscriber.
-#[cfg(feature = "tracing")]
 #[derive(Clone, Default)]
 struct Captured(Arc<Mutex<Vec<u8>>>);
 
-#[cfg(feature = "tracing")]
+/// Everything logged by any test in this file, at every level.
+///
+/// The subscriber is the global default, installed by whichever test starts first, before
+/// it does anything else: `tracing` caches whether each log statement is wanted the first
+/// time it runs, and a subscriber scoped to one thread can miss statements that another
+/// test's thread ran first.
+fn logs() -> &'static Captured {
+    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let captured = Captured::default();
+        #[cfg(feature = "tracing")]
+        {
+            use tracing_subscriber::util::SubscriberInitExt;
+            let writer = captured.clone();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish()
+                .try_init()
+                .expect("the only global subscriber of this test binary");
+        }
+        captured
+    })
+}
+
 impl std::io::Write for Captured {
     fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
         self.0.lock().unwrap().extend_from_slice(bytes);
@@ -195,16 +222,7 @@ impl std::io::Write for Captured {
 #[cfg(feature = "tracing")]
 #[tokio::test(flavor = "current_thread")]
 async fn tracing_logs_never_show_a_secret() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    // Everything, at every level, on this thread for the length of the test.
-    use tracing_subscriber::util::SubscriberInitExt;
-    let _guard = tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .finish()
-        .set_default();
+    let captured = logs();
 
     for request in hostile_requests() {
         let service = layer().layer(tower::service_fn(ok));

@@ -1,0 +1,124 @@
+//! Benchmark fixture for `benches/http.sh`: the two axum servers the receiver example is
+//! compared with. Not an example to copy.
+//!
+//! ```text
+//! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3001 cargo run --release --example bench_baseline -- unverified
+//! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3002 cargo run --release --example bench_baseline -- by-hand
+//! ```
+//!
+//! - `unverified`: `POST /webhooks` reads the body and answers, verifying nothing. It is the
+//!   ceiling: no verifier can beat it.
+//! - `by-hand`: the documentation's recipe, as users write it without this crate: build
+//!   the message with `format!`, key a fresh HMAC, hex-encode it, compare the strings,
+//!   check the replay window, parse the body into `serde_json::Value`.
+//!
+//! Both answer a delivery exactly as the receiver example does (one line on stdout, `200`
+//! with `{"ok":true,"event":…,"event_id":…}`), so that the only difference left is how the
+//! delivery is checked and parsed.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::{body::Bytes, routing::post, Json, Router};
+use hmac::{KeyInit, Mac};
+use serde_json::{json, Value};
+
+type HmacSha256 = hmac::Hmac<sha2::Sha256>;
+
+async fn unverified(body: Bytes) -> Json<Value> {
+    // Read, not parsed: this route trusts and inspects nothing.
+    let _ = body.len();
+    println!("handled - - inbox=-");
+    Json(json!({ "ok": true, "event": null, "event_id": null }))
+}
+
+async fn by_hand(State(secret): State<Arc<String>>, headers: HeaderMap, body: Bytes) -> Response {
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
+    let (Some(timestamp), Some(signature)) = (header("x-timestamp"), header("x-signature")) else {
+        return (StatusCode::BAD_REQUEST, "missing headers").into_response();
+    };
+    let Ok(body) = std::str::from_utf8(&body) else {
+        return (StatusCode::BAD_REQUEST, "body is not UTF-8").into_response();
+    };
+    let message = format!("{timestamp}.{body}");
+    let Ok(mut mac) = HmacSha256::new_from_slice(secret.as_bytes()) else {
+        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    };
+    mac.update(message.as_bytes());
+    let expected = hex::encode(mac.finalize().into_bytes());
+    if expected != signature {
+        return (StatusCode::BAD_REQUEST, "invalid signature").into_response();
+    }
+    let Ok(sent) = timestamp.parse::<i64>() else {
+        return (StatusCode::BAD_REQUEST, "invalid timestamp").into_response();
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_secs() as i64);
+    if (now - sent).abs() > 300 {
+        return (StatusCode::BAD_REQUEST, "stale timestamp").into_response();
+    }
+    let Ok(event) = serde_json::from_str::<Value>(body) else {
+        return (StatusCode::BAD_REQUEST, "invalid JSON").into_response();
+    };
+    println!(
+        "handled {} {} inbox={}",
+        event["event"].as_str().unwrap_or("-"),
+        event["event_id"].as_str().unwrap_or("-"),
+        event["inbox_id"].as_str().unwrap_or("-"),
+    );
+    Json(json!({
+        "ok": true,
+        "event": event["event"],
+        "event_id": event["event_id"],
+    }))
+    .into_response()
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let secret = std::env::var("OPENMAIL_WEBHOOK_SECRET").unwrap_or_default();
+    let port: u16 = match std::env::var("PORT").map(|port| port.parse()) {
+        Err(_) => 3000,
+        Ok(Ok(port)) => port,
+        Ok(Err(_)) => {
+            eprintln!("bench_baseline: PORT must be a number from 0 to 65535");
+            return ExitCode::from(2);
+        }
+    };
+    let app = match mode.as_str() {
+        "unverified" => Router::new().route("/webhooks", post(unverified)),
+        "by-hand" if !secret.is_empty() => Router::new()
+            .route("/webhooks", post(by_hand))
+            .with_state(Arc::new(secret)),
+        _ => {
+            eprintln!(
+                "usage: bench_baseline unverified|by-hand \
+                 (by-hand needs OPENMAIL_WEBHOOK_SECRET)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    let listener =
+        match tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("bench_baseline: cannot listen on 127.0.0.1:{port}: {error}");
+                return ExitCode::FAILURE;
+            }
+        };
+    eprintln!("bench_baseline: {mode} on http://127.0.0.1:{port}/webhooks");
+    match axum::serve(listener, app).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("bench_baseline: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,383 @@
+//! What one request costs in heap, counted by a global allocator rather than read off the
+//! code:
+//!
+//! - a body that arrives in one frame is never copied;
+//! - a body that arrives in several frames is copied exactly once, into one allocation of
+//!   its final size, whether or not its length was declared;
+//! - the heap a request adds at its peak is at most the body's size plus a small constant.
+//!
+//! The allocator counts only the thread that asked, and a lock serialises the tests, so the
+//! figures are exact however the test harness schedules them. Requests run to completion
+//! in one poll on the test thread: the bodies are ready and the inner service is trivial.
+
+#[path = "../benches/support/mod.rs"]
+mod support;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicIsize, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Empty;
+use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::{sign, Delivery, VerifyOpenMailLayer};
+use support::{complete, now_timestamp, payload, Frames, FRAME, SECRET};
+use tower::{Layer, ServiceExt};
+
+/// What the layer may add beyond the body itself: the request extensions, the `Delivery`,
+/// the parsed event, the response.
+const SMALL_CONSTANT: usize = 2 * 1024;
+
+/// A body without a declared length cannot be reserved up front, so its frames are kept
+/// in a list (one `Bytes` handle, 32 bytes, per frame) and joined once at the end. The list
+/// grows by doubling, so it allocates at most twice its final size. Under the default 4 MiB
+/// limit and hyper's 16 KiB frames that is at most 256 handles.
+fn frame_list(framing: Framing, size: usize) -> usize {
+    match framing {
+        Framing::FramesWithoutLength => {
+            2 * size.div_ceil(FRAME).next_power_of_two() * std::mem::size_of::<Bytes>()
+        }
+        Framing::One | Framing::Frames => 0,
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// Forwards to the system allocator and, on threads that turned tracking on, counts.
+struct Counting;
+
+thread_local! {
+    // Const-initialised and without a destructor, so reading it never allocates.
+    static TRACKING: Cell<bool> = const { Cell::new(false) };
+}
+
+static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
+static ALLOCATED_BYTES: AtomicUsize = AtomicUsize::new(0);
+static LARGEST: AtomicUsize = AtomicUsize::new(0);
+static LARGE: AtomicUsize = AtomicUsize::new(0);
+static LARGE_THRESHOLD: AtomicUsize = AtomicUsize::new(usize::MAX);
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+static PEAK: AtomicIsize = AtomicIsize::new(0);
+
+fn tracking() -> bool {
+    TRACKING.try_with(Cell::get).unwrap_or(false)
+}
+
+fn record_allocation(size: usize, grows_live_by: isize) {
+    ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+    ALLOCATED_BYTES.fetch_add(size, Ordering::Relaxed);
+    LARGEST.fetch_max(size, Ordering::Relaxed);
+    if size >= LARGE_THRESHOLD.load(Ordering::Relaxed) {
+        LARGE.fetch_add(1, Ordering::Relaxed);
+    }
+    let live = LIVE.fetch_add(grows_live_by, Ordering::Relaxed) + grows_live_by;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
+fn record_free(size: usize) {
+    LIVE.fetch_sub(size as isize, Ordering::Relaxed);
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
+// bookkeeping around it touches only atomics and a const thread-local, and never allocates.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as received; the caller upholds `alloc`'s contract.
+        let pointer = unsafe { System.alloc(layout) };
+        if !pointer.is_null() && tracking() {
+            record_allocation(layout.size(), layout.size() as isize);
+        }
+        pointer
+    }
+
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded as received; the caller upholds `alloc_zeroed`'s contract.
+        let pointer = unsafe { System.alloc_zeroed(layout) };
+        if !pointer.is_null() && tracking() {
+            record_allocation(layout.size(), layout.size() as isize);
+        }
+        pointer
+    }
+
+    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
+        if tracking() {
+            record_free(layout.size());
+        }
+        // SAFETY: forwarded as received; the caller upholds `dealloc`'s contract.
+        unsafe { System.dealloc(pointer, layout) }
+    }
+
+    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded as received; the caller upholds `realloc`'s contract.
+        let moved = unsafe { System.realloc(pointer, layout, new_size) };
+        if !moved.is_null() && tracking() {
+            // A reallocation may copy everything it holds, so it counts as an allocation
+            // of the new size.
+            record_allocation(new_size, new_size as isize - layout.size() as isize);
+        }
+        moved
+    }
+}
+
+/// What one request did to the heap on this thread.
+#[derive(Debug)]
+struct HeapUse {
+    allocations: usize,
+    allocated_bytes: usize,
+    largest: usize,
+    /// Allocations of at least the threshold passed to [`measure`].
+    large: usize,
+    /// The most the live heap rose above where it started.
+    peak: usize,
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn measure<T>(large_threshold: usize, work: impl FnOnce() -> T) -> (T, HeapUse) {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    ALLOCATIONS.store(0, Ordering::Relaxed);
+    ALLOCATED_BYTES.store(0, Ordering::Relaxed);
+    LARGEST.store(0, Ordering::Relaxed);
+    LARGE.store(0, Ordering::Relaxed);
+    LARGE_THRESHOLD.store(large_threshold, Ordering::Relaxed);
+    LIVE.store(0, Ordering::Relaxed);
+    PEAK.store(0, Ordering::Relaxed);
+    TRACKING.with(|tracking| tracking.set(true));
+    let output = work();
+    TRACKING.with(|tracking| tracking.set(false));
+    let used = HeapUse {
+        allocations: ALLOCATIONS.load(Ordering::Relaxed),
+        allocated_bytes: ALLOCATED_BYTES.load(Ordering::Relaxed),
+        largest: LARGEST.load(Ordering::Relaxed),
+        large: LARGE.load(Ordering::Relaxed),
+        peak: PEAK.load(Ordering::Relaxed).max(0) as usize,
+    };
+    (output, used)
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Framing {
+    One,
+    Frames,
+    FramesWithoutLength,
+}
+
+struct Delivered {
+    status: StatusCode,
+    /// Where the body the inner service received starts, and where the `Delivery`'s does.
+    body_at: usize,
+    delivery_body_at: usize,
+}
+
+/// Sends one genuine delivery through the layer; the inner service records where the body
+/// it received lives. Everything but the request's trip through the layer is built before
+/// measuring.
+fn deliver(body: &Bytes, framing: Framing, parse: bool) -> (Delivered, HeapUse) {
+    let timestamp = now_timestamp();
+    let signature = sign(SECRET, &timestamp, body);
+    let body_at = Arc::new(AtomicUsize::new(0));
+    let delivery_body_at = Arc::new(AtomicUsize::new(0));
+    let inner = {
+        let body_at = Arc::clone(&body_at);
+        let delivery_body_at = Arc::clone(&delivery_body_at);
+        tower::service_fn(move |request: Request<VerifiedBody>| {
+            if let Some(delivery) = request.extensions().get::<Delivery>() {
+                delivery_body_at.store(delivery.body().as_ptr() as usize, Ordering::Relaxed);
+            }
+            let bytes = request.into_body().into_bytes();
+            body_at.store(bytes.as_ptr() as usize, Ordering::Relaxed);
+            std::future::ready(Ok::<_, Infallible>(Response::new(Empty::<Bytes>::new())))
+        })
+    };
+    let service = VerifyOpenMailLayer::new(SECRET)
+        .expect("a valid secret")
+        .parse_events(parse)
+        .layer(inner);
+    let frames = match framing {
+        Framing::One => Frames::one(body),
+        Framing::Frames => Frames::split(body, FRAME),
+        Framing::FramesWithoutLength => Frames::split(body, FRAME).without_length(),
+    };
+    let mut request = Request::post("/webhooks")
+        .header("content-type", "application/json")
+        .header("x-timestamp", timestamp.as_str())
+        .header("x-signature", signature.as_str())
+        .header("x-event-id", "evt_7f3a9c21d4")
+        .body(frames)
+        .expect("a valid request");
+    if !matches!(framing, Framing::FramesWithoutLength) {
+        request
+            .headers_mut()
+            .insert("content-length", body.len().into());
+    }
+    let (status, used) = measure(body.len() / 2, || {
+        complete(service.oneshot(request))
+            .expect("infallible")
+            .status()
+    });
+    let delivered = Delivered {
+        status,
+        body_at: body_at.load(Ordering::Relaxed),
+        delivery_body_at: delivery_body_at.load(Ordering::Relaxed),
+    };
+    (delivered, used)
+}
+
+const SIZES: [usize; 4] = [1024, 64 * 1024, 1024 * 1024, 4 * 1024 * 1024];
+const FRAMINGS: [Framing; 3] = [Framing::One, Framing::Frames, Framing::FramesWithoutLength];
+
+/// The body's bytes reach the inner service and the `Delivery` where they arrived: one
+/// frame is handed on as it is, several are joined into one buffer that both share. This
+/// holds with and without the event parse.
+#[test]
+fn the_body_is_handed_on_without_a_further_copy() {
+    for size in SIZES {
+        let body = Bytes::from(payload(size));
+        for framing in FRAMINGS {
+            for parse in [false, true] {
+                let (delivered, used) = deliver(&body, framing, parse);
+                let context = format!("{size} B, {framing:?}, parse {parse}: {used:?}");
+                assert_eq!(delivered.status, StatusCode::OK, "{context}");
+                assert_eq!(delivered.delivery_body_at, delivered.body_at, "{context}");
+                let one_frame = matches!(framing, Framing::One) || size <= FRAME;
+                assert_eq!(
+                    delivered.body_at == body.as_ptr() as usize,
+                    one_frame,
+                    "{context}"
+                );
+            }
+        }
+    }
+}
+
+/// The layer's own handling of the body, without the event parse.
+#[test]
+fn a_single_frame_body_is_never_copied() {
+    for size in SIZES {
+        let body = Bytes::from(payload(size));
+        let (delivered, used) = deliver(&body, Framing::One, false);
+        let context = format!("{size} B: {used:?}");
+        assert_eq!(delivered.status, StatusCode::OK, "{context}");
+        assert_eq!(delivered.body_at, body.as_ptr() as usize, "{context}");
+        assert_eq!(used.large, 0, "{context}");
+        assert!(used.allocated_bytes <= SMALL_CONSTANT, "{context}");
+    }
+}
+
+#[test]
+fn a_multi_frame_body_is_copied_exactly_once() {
+    for size in SIZES.into_iter().filter(|size| *size > FRAME) {
+        let body = Bytes::from(payload(size));
+        for framing in [Framing::Frames, Framing::FramesWithoutLength] {
+            let (delivered, used) = deliver(&body, framing, false);
+            let context = format!("{size} B, {framing:?}: {used:?}");
+            assert_eq!(delivered.status, StatusCode::OK, "{context}");
+            // Exactly one allocation as large as half the body, of exactly the body's
+            // size: one copy, never grown.
+            assert_eq!(used.large, 1, "{context}");
+            assert_eq!(used.largest, size, "{context}");
+            assert!(
+                used.allocated_bytes <= size + SMALL_CONSTANT + frame_list(framing, size),
+                "{context}"
+            );
+        }
+    }
+}
+
+/// The heap one request adds at its peak, beyond the copy a multi-frame body needs.
+fn peak_over_the_copy(size: usize, framing: Framing, used: &HeapUse) -> usize {
+    let copied = if matches!(framing, Framing::One) || size <= FRAME {
+        0
+    } else {
+        size
+    };
+    used.peak.saturating_sub(copied)
+}
+
+#[test]
+fn peak_heap_per_request_is_the_body_plus_a_small_constant() {
+    for size in SIZES {
+        let body = Bytes::from(payload(size));
+        for framing in FRAMINGS {
+            let (delivered, used) = deliver(&body, framing, false);
+            let context = format!("{size} B, {framing:?}: {used:?}");
+            assert_eq!(delivered.status, StatusCode::OK, "{context}");
+            let bound = size + SMALL_CONSTANT + frame_list(framing, size);
+            assert!(used.peak <= bound, "{context}");
+            eprintln!(
+                "{size:>8} B  {:<19}  copies {}  peak {:>5} B over the copy  {:>2} allocations",
+                format!("{framing:?}"),
+                used.large,
+                peak_over_the_copy(size, framing, &used),
+                used.allocations,
+            );
+        }
+    }
+}
+
+/// With the event parse on, the typed `Event` owns its strings: `body_text` and each
+/// attachment's extracted text are copied out of the body, through serde_json's scratch
+/// buffer when they hold escapes. So a request's peak holds the body about three times (for
+/// the realistic payloads here, most of whose bytes are `body_text`). This asserts the bound
+/// that holds today, so that it cannot grow unnoticed; the target itself is the ignored
+/// test below.
+#[test]
+fn with_parsing_the_event_adds_at_most_its_strings_and_their_scratch() {
+    for size in SIZES {
+        let body = Bytes::from(payload(size));
+        for framing in FRAMINGS {
+            let (delivered, used) = deliver(&body, framing, true);
+            let context = format!("{size} B, {framing:?}, parse: {used:?}");
+            assert_eq!(delivered.status, StatusCode::OK, "{context}");
+            // serde_json's scratch buffer grows by doubling, so it may briefly hold up to
+            // twice the text it unescapes while the owned copy is made.
+            let bound = 3 * size + 4 * SMALL_CONSTANT + frame_list(framing, size);
+            assert!(
+                peak_over_the_copy(size, framing, &used) <= bound,
+                "{context}"
+            );
+            eprintln!(
+                "{size:>8} B  {:<19}  parse  peak {:>8} B over the copy ({:.2} × the body)  \
+                 {:>2} allocations",
+                format!("{framing:?}"),
+                peak_over_the_copy(size, framing, &used),
+                peak_over_the_copy(size, framing, &used) as f64 / size as f64,
+                used.allocations,
+            );
+        }
+    }
+}
+
+/// The target with the event parse on. It fails while the typed event owns copies of its
+/// strings; it passes once the event borrows them from the verified `Bytes`.
+#[test]
+#[ignore = "missed: the typed Event copies body_text and attachment text out of the body"]
+fn with_parsing_peak_heap_is_still_the_body_plus_a_small_constant() {
+    for size in SIZES {
+        let body = Bytes::from(payload(size));
+        for framing in FRAMINGS {
+            let (_, used) = deliver(&body, framing, true);
+            let context = format!("{size} B, {framing:?}, parse: {used:?}");
+            let bound = size + SMALL_CONSTANT + frame_list(framing, size);
+            assert!(used.peak <= bound, "{context}");
+        }
+    }
+}
+
+/// The counter must see what it claims to: a copy of a large buffer is one large
+/// allocation of its size, and the live heap's peak includes it.
+#[test]
+fn the_counter_sees_a_copy() {
+    let body = Bytes::from(payload(64 * 1024));
+    let (copy, used) = measure(body.len() / 2, || body.to_vec());
+    assert_eq!(copy.len(), body.len());
+    assert_eq!(used.large, 1, "{used:?}");
+    assert_eq!(used.largest, body.len(), "{used:?}");
+    assert!(used.peak >= body.len(), "{used:?}");
+}
