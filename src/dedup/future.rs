@@ -182,7 +182,7 @@ where
                     let response = response.take();
                     state.set(State::Done);
                     if let Some(response) = response {
-                        return Poll::Ready(Ok(response.map(ResponseBody::answer)));
+                        return Poll::Ready(Ok(response.map(ResponseBody::short)));
                     }
                 }
                 StateProj::Reserving { future, pending } => {

@@ -100,7 +100,6 @@
 //! - Your own database, through [`DedupStore`], whose docs show how to mark the event done
 //!   in the same transaction as the handler's writes (the transactional inbox).
 
-mod body;
 mod decision;
 mod future;
 mod layer;
@@ -111,7 +110,7 @@ mod redis;
 mod service;
 mod store;
 
-pub use body::ResponseBody;
+pub use crate::layer::ResponseBody;
 pub use decision::{Decision, ReleaseReason, StoreStep, Unkeyed};
 pub use future::ResponseFuture;
 pub use layer::{

@@ -55,7 +55,9 @@ impl Body for VerifiedBody {
 }
 
 pin_project! {
-    /// The response body: the inner service's, or the layer's own short rejection.
+    /// The response body: the inner service's, or a short answer of the crate's own (a
+    /// rejection from [`VerifyOpenMail`](super::VerifyOpenMail), or a duplicate's answer
+    /// from [`Deduplicate`](crate::dedup::Deduplicate)).
     pub struct ResponseBody<B> {
         #[pin]
         kind: Kind<B>,
@@ -69,7 +71,7 @@ pin_project! {
             #[pin]
             body: B,
         },
-        Rejection {
+        Short {
             message: Option<Bytes>,
         },
     }
@@ -82,9 +84,9 @@ impl<B> ResponseBody<B> {
         }
     }
 
-    pub(crate) fn rejection(message: Bytes) -> Self {
+    pub(crate) fn short(message: Bytes) -> Self {
         Self {
-            kind: Kind::Rejection {
+            kind: Kind::Short {
                 message: (!message.is_empty()).then_some(message),
             },
         }
@@ -110,7 +112,7 @@ where
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Rejection { message } => {
+            KindProj::Short { message } => {
                 Poll::Ready(message.take().map(|message| Ok(Frame::data(message))))
             }
         }
@@ -119,14 +121,14 @@ where
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Rejection { message } => message.is_none(),
+            Kind::Short { message } => message.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Rejection { message } => {
+            Kind::Short { message } => {
                 let length = message.as_ref().map_or(0, Bytes::len);
                 SizeHint::with_exact(u64::try_from(length).unwrap_or(u64::MAX))
             }
@@ -138,7 +140,7 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kind = match &self.kind {
             Kind::Inner { .. } => "Inner",
-            Kind::Rejection { .. } => "Rejection",
+            Kind::Short { .. } => "Short",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }

@@ -429,5 +429,5 @@ fn reject<B>(config: &Config, rejection: Rejection) -> Response<ResponseBody<B>>
         Some(respond) => respond(&rejection),
         None => rejection.default_response(),
     };
-    response.map(ResponseBody::rejection)
+    response.map(ResponseBody::short)
 }
