@@ -15,6 +15,13 @@
 //! | the body stream failed | `400` |
 //! | the body missed its deadline (`body_deadline`, with the `tokio` feature) | `408` |
 //! | `Content-Length`, or the bytes streamed so far, over the limit | `413` |
+//! | per-inbox secrets: no secret for the tenant, or the matching secret is another tenant's | `400` |
+//! | per-inbox secrets: the resolver failed | `503` |
+//!
+//! With per-inbox secrets ([`VerifyOpenMailLayer::with_resolver`]) the secret is known only
+//! once the body has been read, so the MAC runs over the buffered bytes instead of while
+//! they stream in; the head is still checked first. See the [`tenant`](crate::tenant)
+//! module.
 //!
 //! `X-Timestamp` and `X-Signature` must each appear exactly once. A request that carries
 //! either twice is refused as ambiguous (`400`, [`VerifyError::DuplicateHeader`]) rather
