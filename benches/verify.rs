@@ -34,7 +34,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use hmac::{KeyInit, Mac};
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{sign, Verifier, VerifyOpenMailLayer};
 use std::hint::black_box;
 use support::{

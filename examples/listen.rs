@@ -143,7 +143,7 @@ async fn watch(State(report): State<Report>, request: Request, next: Next) -> Re
 
 fn verified_block(line: &str, arrived: i64, accepted: &Accepted, headers: &HeaderMap) -> String {
     let delivery = &accepted.delivery;
-    let age = arrived.saturating_sub(delivery.timestamp());
+    let age = arrived.saturating_sub(delivery.timestamp().unwrap_or(arrived));
     let age = match age {
         0 => "signed this second".to_owned(),
         age if age > 0 => format!("signed {age} s ago"),
@@ -167,8 +167,8 @@ fn verified_block(line: &str, arrived: i64, accepted: &Accepted, headers: &Heade
     };
     block.push_str(&format!(
         "   secret #{}  X-Timestamp {} ({age})  {} bytes\n",
-        delivery.secret_index(),
-        delivery.timestamp(),
+        delivery.secret_index().unwrap_or(0),
+        delivery.timestamp().unwrap_or(arrived),
         delivery.body().len(),
     ));
     let body_id = accepted.event.as_ref().and_then(|event| event.event_id());

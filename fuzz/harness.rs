@@ -21,7 +21,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{sign, Delivery, Event, Verifier, VerifyOpenMailLayer};
 use tower::{Layer, ServiceExt};
 
@@ -334,10 +334,9 @@ pub fn drive_layer(data: &[u8]) {
     let limit = usize::from(input.u16() % 2048);
     let parse_events = flags & 1 != 0;
     let signed = flags & 2 != 0;
-    // With the `tokio` feature: a body deadline that never fires, or one already over,
-    // which may cut the body off at any frame.
+    // A body deadline that never fires, or one already over, which may cut the body off at
+    // any frame.
     let deadline = match flags >> 5 {
-        _ if !cfg!(feature = "tokio") => None,
         0b001 | 0b101 => Some(Duration::from_secs(3600)),
         0b011 | 0b111 => Some(Duration::ZERO),
         _ => None,
@@ -418,7 +417,6 @@ pub fn drive_layer(data: &[u8]) {
         .clock(|| LAYER_NOW)
         .body_limit(limit)
         .parse_events(parse_events);
-    #[cfg(feature = "tokio")]
     let layer = match deadline {
         Some(deadline) => layer.body_deadline(deadline),
         None => layer,

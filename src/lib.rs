@@ -13,9 +13,12 @@
     )
 )]
 
+pub mod body;
 pub mod dedup;
+mod delivery;
 pub mod event;
 pub mod layer;
+mod log_safe;
 pub mod protocol;
 pub mod tenant;
 #[cfg(feature = "test-util")]
@@ -23,8 +26,10 @@ pub mod tenant;
 pub mod test_util;
 
 pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
+pub use delivery::{Channel, Delivery};
 pub use event::Event;
-pub use layer::{Delivery, Rejection, VerifyOpenMail, VerifyOpenMailLayer};
+pub use layer::{Rejection, VerifyOpenMail, VerifyOpenMailLayer};
+pub use log_safe::{LogSafe, LOG_SAFE_MAX_CHARS};
 pub use protocol::{
     sign, Clock, ConfigError, Secret, SystemClock, Verified, Verifier, VerifyError,
 };

@@ -25,7 +25,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{sign, Delivery, Event, Rejection, VerifyOpenMailLayer};
 use support::{unix_now, Frames, Step, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

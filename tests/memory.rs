@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{sign, Delivery, VerifyOpenMailLayer};
 use support::{complete, now_timestamp, payload, Frames, FRAME, SECRET};
 use tower::{Layer, ServiceExt};

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{sign, Verifier, VerifyError, VerifyOpenMailLayer};
 use proptest::prelude::*;
 use support::{read, Frames, Step};

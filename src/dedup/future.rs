@@ -10,9 +10,9 @@ use tower::Service;
 
 use super::layer::Config;
 use super::{
-    Decision, ReleaseReason, Reservation, ReserveOutcome, ResponseBody, StoreFailure, StoreFuture,
-    StoreStep,
+    Decision, ReleaseReason, Reservation, ReserveOutcome, StoreFailure, StoreFuture, StoreStep,
 };
+use crate::body::ResponseBody;
 
 pin_project! {
     /// The response future of [`Deduplicate`](super::Deduplicate).

@@ -110,7 +110,6 @@ mod redis;
 mod service;
 mod store;
 
-pub use crate::layer::ResponseBody;
 pub use decision::{Decision, ReleaseReason, StoreStep, Unkeyed};
 pub use future::ResponseFuture;
 pub use layer::{

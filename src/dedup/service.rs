@@ -7,7 +7,8 @@ use tower::Service;
 
 use super::future::ResponseFuture;
 use super::layer::Config;
-use super::{Decision, DedupStore, DeduplicateLayer, Reservation, ResponseBody, Unkeyed};
+use super::{Decision, DedupStore, DeduplicateLayer, Reservation, Unkeyed};
+use crate::body::ResponseBody;
 use crate::Event;
 
 /// The service built by [`DeduplicateLayer`].

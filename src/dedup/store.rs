@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::layer::BoxError;
+use tower::BoxError;
 
 /// The future a [`DedupStore`] returns: boxed, `Send` and `'static`.
 ///

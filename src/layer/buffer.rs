@@ -1,85 +1,141 @@
 use bytes::{Bytes, BytesMut};
 
-/// Collects the body's frames with as few copies as the frames allow.
+use super::budget::Lease;
+
+/// The smallest buffer allocated for a body that arrives in several frames.
+const MIN_JOINED: usize = 8 * 1024;
+
+/// Collects a body's frames into memory the budget has leased.
 ///
-/// A body that arrives in one frame is kept as that frame: no copy at all. A body that
-/// arrives in several is copied exactly once, into one allocation of the final size: at the
-/// second frame when its length is known in advance (`Content-Length`), otherwise at the end.
+/// A body that arrives in one frame is kept as that frame: no copy at all. From the second
+/// frame on, frames are copied into one buffer as they arrive and let go at once, so what
+/// is held is the bytes received (at most twice that while the buffer doubles, or the
+/// declared `Content-Length`), never one allocation per frame: a body of 1-byte chunks
+/// costs what its bytes cost.
+#[derive(Debug)]
+pub(crate) struct BodyBuffer {
+    data: Data,
+    lease: Lease,
+    limit: usize,
+}
+
 #[derive(Debug, Default)]
-pub(crate) enum BodyBuffer {
+enum Data {
     #[default]
     Empty,
     One(Bytes),
-    Reserved(BytesMut),
-    Chunks {
-        chunks: Vec<Bytes>,
-        length: usize,
-    },
+    Joined(BytesMut),
 }
 
+/// The budget could not lease what the body needs.
+#[derive(Debug)]
+pub(crate) struct OverBudget;
+
 impl BodyBuffer {
-    /// Appends one frame. `expected` is the body's exact length if known; it never exceeds
-    /// the body limit, since a larger one is refused before reading.
-    pub(crate) fn push(&mut self, chunk: Bytes, expected: Option<usize>) {
-        if chunk.is_empty() {
-            return;
-        }
-        match std::mem::take(self) {
-            Self::Empty => *self = Self::One(chunk),
-            Self::One(first) => {
-                let length = first.len().saturating_add(chunk.len());
-                *self = match expected {
-                    Some(expected) if expected >= length => {
-                        let mut reserved = BytesMut::with_capacity(expected);
-                        reserved.extend_from_slice(&first);
-                        reserved.extend_from_slice(&chunk);
-                        Self::Reserved(reserved)
-                    }
-                    _ => Self::Chunks {
-                        chunks: vec![first, chunk],
-                        length,
-                    },
-                };
-            }
-            Self::Reserved(mut reserved) => {
-                reserved.extend_from_slice(&chunk);
-                *self = Self::Reserved(reserved);
-            }
-            Self::Chunks { mut chunks, length } => {
-                let length = length.saturating_add(chunk.len());
-                chunks.push(chunk);
-                *self = Self::Chunks { chunks, length };
-            }
+    /// A buffer whose lease already covers what the head declared. `limit` is the body
+    /// limit; the buffer never grows past it.
+    pub(crate) fn new(lease: Lease, limit: usize) -> Self {
+        Self {
+            data: Data::Empty,
+            lease,
+            limit,
         }
     }
 
-    /// The whole body as one contiguous `Bytes`.
-    pub(crate) fn into_bytes(self) -> Bytes {
-        match self {
-            Self::Empty => Bytes::new(),
-            Self::One(bytes) => bytes,
-            Self::Reserved(reserved) => reserved.freeze(),
-            Self::Chunks { chunks, length } => {
-                let mut joined = BytesMut::with_capacity(length);
-                for chunk in chunks {
-                    joined.extend_from_slice(&chunk);
+    /// Appends one frame. `expected` is the body's declared length, already within the
+    /// limit and leased.
+    pub(crate) fn push(&mut self, chunk: Bytes, expected: Option<usize>) -> Result<(), OverBudget> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match std::mem::take(&mut self.data) {
+            Data::Empty => {
+                if !self.lease.grow_to(chunk.len()) {
+                    return Err(OverBudget);
                 }
-                joined.freeze()
+                self.data = Data::One(chunk);
+            }
+            Data::One(first) => {
+                let needed = first.len().saturating_add(chunk.len());
+                let capacity = match expected {
+                    Some(expected) if expected >= needed => expected,
+                    _ => needed
+                        .saturating_mul(2)
+                        .max(MIN_JOINED)
+                        .min(self.limit.max(needed)),
+                };
+                if !self.lease.grow_to(capacity) {
+                    self.data = Data::One(first);
+                    return Err(OverBudget);
+                }
+                let mut joined = BytesMut::with_capacity(capacity);
+                joined.extend_from_slice(&first);
+                joined.extend_from_slice(&chunk);
+                self.lease_capacity(&joined)?;
+                self.data = Data::Joined(joined);
+            }
+            Data::Joined(mut joined) => {
+                let needed = joined.len().saturating_add(chunk.len());
+                if needed > joined.capacity() {
+                    let capacity = needed
+                        .max(joined.capacity().saturating_mul(2))
+                        .min(self.limit.max(needed));
+                    if !self.lease.grow_to(capacity) {
+                        self.data = Data::Joined(joined);
+                        return Err(OverBudget);
+                    }
+                    let mut grown = BytesMut::with_capacity(capacity);
+                    grown.extend_from_slice(&joined);
+                    joined = grown;
+                }
+                joined.extend_from_slice(&chunk);
+                self.lease_capacity(&joined)?;
+                self.data = Data::Joined(joined);
             }
         }
+        Ok(())
+    }
+
+    /// Makes sure the lease covers what the allocation really holds.
+    fn lease_capacity(&mut self, joined: &BytesMut) -> Result<(), OverBudget> {
+        if self.lease.grow_to(joined.capacity()) {
+            Ok(())
+        } else {
+            Err(OverBudget)
+        }
+    }
+
+    /// The whole body as one contiguous `Bytes`, and the lease that still covers it until
+    /// the request is verified.
+    pub(crate) fn finish(self) -> (Bytes, Lease) {
+        let bytes = match self.data {
+            Data::Empty => Bytes::new(),
+            Data::One(bytes) => bytes,
+            Data::Joined(joined) => joined.freeze(),
+        };
+        (bytes, self.lease)
+    }
+
+    /// The budget's size, for messages.
+    pub(crate) fn budget_limit(&self) -> usize {
+        self.lease.budget_limit()
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::budget::Budget;
     use super::*;
 
     fn collect(chunks: &[&[u8]], expected: Option<usize>) -> Bytes {
-        let mut buffer = BodyBuffer::default();
+        let budget = Budget::new(1 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), 1 << 20);
         for chunk in chunks {
-            buffer.push(Bytes::copy_from_slice(chunk), expected);
+            buffer
+                .push(Bytes::copy_from_slice(chunk), expected)
+                .unwrap();
         }
-        buffer.into_bytes()
+        buffer.finish().0
     }
 
     #[test]
@@ -94,8 +150,42 @@ mod tests {
     #[test]
     fn a_single_frame_is_not_copied() {
         let frame = Bytes::from_static(b"one frame");
-        let mut buffer = BodyBuffer::default();
-        buffer.push(frame.clone(), Some(frame.len()));
-        assert_eq!(buffer.into_bytes().as_ptr(), frame.as_ptr());
+        let budget = Budget::new(1024);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), 1024);
+        buffer.push(frame.clone(), Some(frame.len())).unwrap();
+        assert_eq!(buffer.finish().0.as_ptr(), frame.as_ptr());
+    }
+
+    #[test]
+    fn tiny_frames_hold_about_what_they_carry_and_the_lease_counts_it() {
+        let budget = Budget::new(1 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), 1 << 20);
+        for _ in 0..100_000 {
+            buffer.push(Bytes::from_static(b"x"), None).unwrap();
+        }
+        let held = budget.held();
+        assert!((100_000..=200_000).contains(&held), "{held}");
+        let (body, lease) = buffer.finish();
+        assert_eq!(body.len(), 100_000);
+        drop((body, lease));
+        assert_eq!(budget.held(), 0);
+    }
+
+    #[test]
+    fn a_body_over_the_budget_is_refused_and_nothing_stays_leased() {
+        let budget = Budget::new(16 * 1024);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), 1 << 20);
+        let chunk = Bytes::from(vec![b'x'; 4096]);
+        let mut refused = false;
+        for _ in 0..10 {
+            if buffer.push(chunk.clone(), None).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
+        assert!(budget.held() <= 16 * 1024);
+        drop(buffer);
+        assert_eq!(budget.held(), 0);
     }
 }

@@ -94,21 +94,18 @@
 //! # Ok::<(), openmail_webhooks::ConfigError>(())
 //! ```
 
-mod body;
+mod budget;
 mod buffer;
 mod deadline;
-mod delivery;
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;
 mod rejection;
 mod service;
 
-pub use body::{ResponseBody, VerifiedBody};
-pub use delivery::Delivery;
 pub use future::ResponseFuture;
 pub use layer::{VerifyOpenMailLayer, DEFAULT_BODY_LIMIT};
-pub use rejection::{BoxError, Rejection};
+pub use rejection::{Rejection, RETRY_AFTER_SECS};
 pub use service::VerifyOpenMail;
 
 pub(crate) use layer::{Config, SecretSource};

@@ -4,12 +4,14 @@ use std::task::{Context, Poll};
 
 use http::{header, Request, Response};
 use http_body::Body;
-use tower::Service;
+use tower::{BoxError, Service};
 
-use super::future::BodyCheck;
-use super::future::ResponseFuture;
+use super::budget::Lease;
+use super::buffer::BodyBuffer;
+use super::future::{BodyCheck, ReadingStart, ResponseFuture};
 use super::SecretSource;
-use super::{BoxError, Config, Rejection, VerifiedBody, VerifyOpenMailLayer};
+use super::{Config, Rejection, VerifyOpenMailLayer};
+use crate::body::{ResponseBody, VerifiedBody};
 use crate::protocol::signed_headers;
 use crate::ConfigError;
 
@@ -52,9 +54,9 @@ where
     ReqBody: Body,
     ReqBody::Error: Into<BoxError>,
 {
-    type Response = Response<super::ResponseBody<ResBody>>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<ReqBody, S>;
+    type Future = ResponseFuture<S, ReqBody>;
 
     /// Always ready. The inner service's readiness is driven only after the body has been
     /// read and verified, inside the response future, so a slow or forged upload never
@@ -66,9 +68,18 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let config = Arc::clone(&self.config);
         match check_head(&config, &request) {
-            // The clone is the service whose readiness the future drives, and the one it
-            // calls; `self.inner` itself is never polled.
-            Ok(check) => ResponseFuture::reading(request, check, self.inner.clone(), config),
+            Ok((check, buffer, expected)) => ResponseFuture::reading(
+                request,
+                ReadingStart {
+                    check,
+                    buffer,
+                    expected,
+                    // The clone is the service whose readiness the future drives, and the
+                    // one it calls; `self.inner` itself is never polled.
+                    inner: self.inner.clone(),
+                    config,
+                },
+            ),
             Err(rejection) => ResponseFuture::rejected(rejection, config),
         }
     }
@@ -76,8 +87,11 @@ where
 
 /// Everything that needs only the request head, so that forgeries and oversized bodies are
 /// refused before a byte of the body is read: the signed headers' presence and form, the
-/// replay window, then the declared size.
-fn check_head<B: Body>(config: &Config, request: &Request<B>) -> Result<BodyCheck, Rejection> {
+/// replay window, then the declared size, which is leased from the memory budget at once.
+fn check_head<B: Body>(
+    config: &Config,
+    request: &Request<B>,
+) -> Result<(BodyCheck, BodyBuffer, Option<usize>), Rejection> {
     let (timestamp, signature) = signed_headers(request.headers()).map_err(Rejection::Verify)?;
     let head = config
         .freshness
@@ -91,24 +105,35 @@ fn check_head<B: Body>(config: &Config, request: &Request<B>) -> Result<BodyChec
         .and_then(|value| value.parse::<u64>().ok());
     // hyper reports the declared length as the body's size hint; other bodies may know it too.
     let at_least = request.body().size_hint().lower();
-    if let Some(length) = declared
-        .into_iter()
-        .chain([at_least])
-        .max()
-        .filter(|length| *length > limit)
-    {
+    let length = declared.into_iter().chain([at_least]).max().unwrap_or(0);
+    if length > limit {
         return Err(Rejection::PayloadTooLarge {
             limit: config.body_limit,
             declared: Some(length),
         });
     }
-    match &config.secrets {
+    let check = match &config.secrets {
         SecretSource::Static(ring) => ring
             .start(head, timestamp)
             .map(BodyCheck::Streaming)
-            .map_err(Rejection::Verify),
-        SecretSource::Resolver(resolver) => Ok(BodyCheck::Resolved(head, Arc::clone(resolver))),
+            .map_err(Rejection::Verify)?,
+        SecretSource::Resolver(resolver) => BodyCheck::Resolved(head, Arc::clone(resolver)),
+    };
+    // Within the limit, so it fits a usize.
+    let length = usize::try_from(length).unwrap_or(config.body_limit);
+    let mut lease = Lease::new(&config.budget);
+    if !lease.grow_to(length) {
+        return Err(Rejection::OverBudget {
+            budget: config.budget.limit(),
+        });
     }
+    let expected = request
+        .body()
+        .size_hint()
+        .exact()
+        .and_then(|exact| usize::try_from(exact).ok())
+        .or(declared.and_then(|declared| usize::try_from(declared).ok()));
+    Ok((check, BodyBuffer::new(lease, config.body_limit), expected))
 }
 
 impl<S: fmt::Debug> fmt::Debug for VerifyOpenMail<S> {

@@ -106,6 +106,19 @@ impl SignedHead {
         })
     }
 
+    /// Runs one MAC over the message with a key no one holds, and discards it: the work a
+    /// wrong signature costs, for answers that must not be told apart from one by timing.
+    pub(crate) fn burn_mac(&self, timestamp: &[u8], body: &[u8]) {
+        static UNUSED: std::sync::OnceLock<Secret> = std::sync::OnceLock::new();
+        let secret = UNUSED.get_or_init(|| {
+            // A fixed key: its value does not matter, only that a MAC is computed.
+            Secret::from_mac(super::secret::keyed_mac(
+                b"openmail-webhooks: no such tenant",
+            ))
+        });
+        let _ = std::hint::black_box(self.find_match([secret], timestamp, body));
+    }
+
     /// The verified result once secret `secret_index` matched.
     pub(crate) fn verified(&self, secret_index: usize) -> Verified {
         Verified {
@@ -174,13 +187,33 @@ impl Verifier {
         if secrets.is_empty() {
             return Err(ConfigError::NoSecrets);
         }
-        Ok(Self {
+        Ok(Self::from_ring(secrets))
+    }
+
+    /// A verifier whose own list is empty, so that its `verify` refuses everything: the
+    /// replay window alone, for tenant checks.
+    pub(crate) fn without_secrets() -> Self {
+        Self::from_ring(Box::new([]))
+    }
+
+    fn from_ring(secrets: Box<[Secret]>) -> Self {
+        Self {
             ring: Arc::new(SecretRing {
                 secrets,
                 last_matched: AtomicUsize::new(0),
             }),
             freshness: Freshness::default(),
-        })
+        }
+    }
+
+    /// The header checks alone: the timestamp's and the signature's form, then the replay
+    /// window.
+    pub(crate) fn check_head(
+        &self,
+        timestamp: &[u8],
+        signature: &[u8],
+    ) -> Result<SignedHead, VerifyError> {
+        self.freshness.check_head(timestamp, signature)
     }
 
     /// How far `X-Timestamp` may be from now, in either direction. Whole seconds count;
