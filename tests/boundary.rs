@@ -252,12 +252,24 @@ async fn hundreds_of_trickling_uploads_do_not_delay_genuine_deliveries() {
     for trickler in tricklers {
         cut_off.push(trickler.await.unwrap());
     }
-    let slowest = latencies.iter().max().unwrap();
+    latencies.sort();
+    quiet.sort();
+    let (median, slowest) = (
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+    );
+    let quiet_median = quiet[quiet.len() / 2];
     eprintln!(
-        "genuine latencies: slowest {slowest:?}; tricklers cut off: {:?}",
+        "genuine latencies under attack: median {median:?}, slowest {slowest:?} \
+         (without: median {quiet_median:?}); tricklers cut off by {:?}",
         cut_off.iter().flatten().map(|(_, at)| *at).max()
     );
-    assert!(*slowest < Duration::from_millis(750), "{latencies:?}");
+    // Loose: a few hundred milliseconds over the quiet median, never the 10 s deadline.
+    assert!(
+        median < quiet_median + Duration::from_millis(300),
+        "{latencies:?}"
+    );
+    assert!(slowest < Duration::from_millis(2000), "{latencies:?}");
     // The minimum rate cut every trickler off after its grace period, long before the 10 s
     // deadline, and none got a 5xx.
     for answer in &cut_off {
