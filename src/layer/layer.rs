@@ -70,7 +70,7 @@ impl VerifyOpenMailLayer {
     }
 
     /// A layer that accepts any of `secrets`, for a rotation in progress. The matching
-    /// secret's index is reported in [`Delivery::secret_index`](super::Delivery::secret_index).
+    /// secret's index is reported in [`Delivery::secret_index`](crate::Delivery::secret_index).
     pub fn with_secrets<I>(secrets: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator,
@@ -152,7 +152,7 @@ impl VerifyOpenMailLayer {
     /// When on, a verified body that is not a JSON object with a string `event` is refused
     /// with `400`, and the inner service finds an `Arc<Event>` in the request extensions.
     /// Turn it off to parse the body yourself (for example into your own types); the
-    /// [`Delivery`](super::Delivery) extension and the body are there either way.
+    /// [`Delivery`](crate::Delivery) extension and the body are there either way.
     pub fn parse_events(self, parse: bool) -> Self {
         self.map_config(|config| config.parse_events = parse)
     }
