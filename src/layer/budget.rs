@@ -1,10 +1,12 @@
 //! The memory budget shared by every body the layer is buffering.
 //!
 //! Requests are not memory: a budget counted in bytes is. Each request leases what its
-//! buffer actually holds (a declared `Content-Length` up front, a chunked body as its
-//! buffer grows) and returns it when it ends, however it ends. Bodies past
-//! [`LARGE_BODY`] may together hold at most half the budget, so uploads declaring large
-//! bodies can never crowd out the small deliveries OpenMail sends most.
+//! buffer actually holds, as it grows with the bytes received, and returns it when it
+//! ends, however it ends. A declared `Content-Length` is checked against what is free
+//! before the body is read ([`Budget::admits`]), so a body that cannot fit is refused at
+//! once, but it reserves nothing: a head that sends no body holds no memory. Bodies past
+//! [`LARGE_BODY`] may together hold at most half the budget, so large uploads can never
+//! crowd out the small deliveries OpenMail sends most.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,6 +41,15 @@ impl Budget {
 
     fn large_limit(&self) -> usize {
         self.limit / 2
+    }
+
+    /// Whether a body of `length` bytes would fit in what is free now. Nothing is taken.
+    pub(crate) fn admits(&self, length: usize) -> bool {
+        let free = |counter: &AtomicUsize, limit: usize| {
+            limit.saturating_sub(counter.load(Ordering::Relaxed))
+        };
+        length <= free(&self.held, self.limit)
+            && length.saturating_sub(LARGE_BODY) <= free(&self.large_held, self.large_limit())
     }
 }
 

@@ -9,9 +9,11 @@ const MIN_JOINED: usize = 8 * 1024;
 ///
 /// A body that arrives in one frame is kept as that frame: no copy at all. From the second
 /// frame on, frames are copied into one buffer as they arrive and let go at once, so what
-/// is held is the bytes received (at most twice that while the buffer doubles, or the
-/// declared `Content-Length`), never one allocation per frame: a body of 1-byte chunks
-/// costs what its bytes cost.
+/// is held is about the bytes received, never one allocation per frame: a body of 1-byte
+/// chunks costs what its bytes cost. The buffer holds at most twice the bytes received (or
+/// 8 KiB), growing by doubling up to the declared length, so that a client must send the
+/// bytes it makes the receiver hold: a declared length alone holds nothing. A body of up
+/// to 8 KiB is copied once; a larger one about twice, as its buffer doubles.
 #[derive(Debug)]
 pub(crate) struct BodyBuffer {
     data: Data,
@@ -32,7 +34,7 @@ enum Data {
 pub(crate) struct OverBudget;
 
 impl BodyBuffer {
-    /// A buffer whose lease already covers what the head declared. `limit` is the body
+    /// A buffer for one body, leasing from the budget as it grows. `limit` is the body
     /// limit; the buffer never grows past it.
     pub(crate) fn new(lease: Lease, limit: usize) -> Self {
         Self {
@@ -43,7 +45,7 @@ impl BodyBuffer {
     }
 
     /// Appends one frame. `expected` is the body's declared length, already within the
-    /// limit and leased.
+    /// limit.
     pub(crate) fn push(&mut self, chunk: Bytes, expected: Option<usize>) -> Result<(), OverBudget> {
         if chunk.is_empty() {
             return Ok(());
@@ -57,13 +59,10 @@ impl BodyBuffer {
             }
             Data::One(first) => {
                 let needed = first.len().saturating_add(chunk.len());
-                let capacity = match expected {
-                    Some(expected) if expected >= needed => expected,
-                    _ => needed
-                        .saturating_mul(2)
-                        .max(MIN_JOINED)
-                        .min(self.limit.max(needed)),
-                };
+                let capacity = needed
+                    .saturating_mul(2)
+                    .max(MIN_JOINED)
+                    .min(expected.unwrap_or(self.limit).max(needed));
                 if !self.lease.grow_to(capacity) {
                     self.data = Data::One(first);
                     return Err(OverBudget);
@@ -79,7 +78,7 @@ impl BodyBuffer {
                 if needed > joined.capacity() {
                     let capacity = needed
                         .max(joined.capacity().saturating_mul(2))
-                        .min(self.limit.max(needed));
+                        .min(expected.unwrap_or(self.limit).max(needed));
                     if !self.lease.grow_to(capacity) {
                         self.data = Data::Joined(joined);
                         return Err(OverBudget);
@@ -154,6 +153,24 @@ mod tests {
         let mut buffer = BodyBuffer::new(Lease::new(&budget), 1024);
         buffer.push(frame.clone(), Some(frame.len())).unwrap();
         assert_eq!(buffer.finish().0.as_ptr(), frame.as_ptr());
+    }
+
+    #[test]
+    fn a_declared_length_holds_nothing_until_bytes_arrive() {
+        let budget = Budget::new(16 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), 8 << 20);
+        buffer
+            .push(Bytes::from_static(b"{"), Some(4 << 20))
+            .unwrap();
+        buffer
+            .push(Bytes::from_static(b"\""), Some(4 << 20))
+            .unwrap();
+        assert_eq!(budget.held(), MIN_JOINED);
+        // A small declared body gets its whole buffer at once: one copy.
+        let mut small = BodyBuffer::new(Lease::new(&budget), 8 << 20);
+        small.push(Bytes::from_static(b"ab"), Some(1000)).unwrap();
+        small.push(Bytes::from_static(b"cd"), Some(1000)).unwrap();
+        assert_eq!(budget.held(), MIN_JOINED + 1000);
     }
 
     #[test]

@@ -87,7 +87,8 @@ where
 
 /// Everything that needs only the request head, so that forgeries and oversized bodies are
 /// refused before a byte of the body is read: the signed headers' presence and form, the
-/// replay window, then the declared size, which is leased from the memory budget at once.
+/// replay window, then the declared size, against the limit and what the memory budget has
+/// free.
 fn check_head<B: Body>(
     config: &Config,
     request: &Request<B>,
@@ -119,14 +120,15 @@ fn check_head<B: Body>(
             .map_err(Rejection::Verify)?,
         SecretSource::Resolver(resolver) => BodyCheck::Resolved(head, Arc::clone(resolver)),
     };
-    // Within the limit, so it fits a usize.
+    // Within the limit, so it fits a usize. A body that could not fit now is refused
+    // before it is read; one that can reserves nothing until its bytes arrive.
     let length = usize::try_from(length).unwrap_or(config.body_limit);
-    let mut lease = Lease::new(&config.budget);
-    if !lease.grow_to(length) {
+    if !config.budget.admits(length) {
         return Err(Rejection::OverBudget {
             budget: config.budget.limit(),
         });
     }
+    let lease = Lease::new(&config.budget);
     let expected = request
         .body()
         .size_hint()
