@@ -41,7 +41,7 @@ pub use claim::{Claim, ClaimError, MAX_CLAIMED_ID_LEN};
 pub use error::{ConfigError, VerifyError};
 pub use secret::Secret;
 pub use signature::sign;
-pub use tenant::{SecretScope, TenantSecrets, TenantVerified};
+pub use tenant::{SecretScope, TenantSecrets, TenantVerified, REFUSAL_MACS};
 pub use timestamp::{Clock, SystemClock};
 pub use verifier::{Verified, Verifier, DEFAULT_TOLERANCE};
 

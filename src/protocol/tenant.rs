@@ -7,6 +7,13 @@
 
 use std::fmt;
 
+/// How many MACs every refused tenant delivery costs, whatever the tenant: a refusal that
+/// tried fewer secrets computes the rest with a key no one holds. An unknown inbox, an
+/// inbox with its own secret and the account's fallback, and one rotating its secret are
+/// then refused in the same time. A tenant with more secrets than this takes longer to
+/// refuse, which tells an attacker only that some inbox has many secrets.
+pub const REFUSAL_MACS: usize = 4;
+
 use super::verifier::SignedHead;
 use super::{Claim, ConfigError, Secret, Verified, Verifier, VerifyError};
 use crate::LogSafe;
@@ -127,15 +134,18 @@ impl TenantSecrets {
         claim: &Claim,
     ) -> Result<TenantVerified, VerifyError> {
         let secrets = self.entries.iter().map(|(_, secret)| secret);
-        let index = head
-            .find_match(secrets, timestamp, body)
-            .ok_or(VerifyError::SignatureMismatch)?;
+        let Some(index) = head.find_match(secrets, timestamp, body) else {
+            head.burn_macs(REFUSAL_MACS.saturating_sub(self.len()), timestamp, body);
+            return Err(VerifyError::SignatureMismatch);
+        };
         let scope = self
             .entries
             .get(index)
             .map(|(scope, _)| scope)
             .ok_or(VerifyError::SignatureMismatch)?;
         if !scope.covers(claim.inbox_id()) {
+            let tried = index.saturating_add(1);
+            head.burn_macs(REFUSAL_MACS.saturating_sub(tried), timestamp, body);
             return Err(VerifyError::TenantMismatch {
                 scope: scope.clone(),
                 inbox_id: claim.inbox_id().map(str::to_owned),

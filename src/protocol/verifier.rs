@@ -106,9 +106,9 @@ impl SignedHead {
         })
     }
 
-    /// Runs one MAC over the message with a key no one holds, and discards it: the work a
-    /// wrong signature costs, for answers that must not be told apart from one by timing.
-    pub(crate) fn burn_mac(&self, timestamp: &[u8], body: &[u8]) {
+    /// Runs `count` MACs over the message with a key no one holds, and discards them: the
+    /// work wrong signatures cost, for refusals that must not be told apart by timing.
+    pub(crate) fn burn_macs(&self, count: usize, timestamp: &[u8], body: &[u8]) {
         static UNUSED: std::sync::OnceLock<Secret> = std::sync::OnceLock::new();
         let secret = UNUSED.get_or_init(|| {
             // A fixed key: its value does not matter, only that a MAC is computed.
@@ -116,7 +116,9 @@ impl SignedHead {
                 b"openmail-webhooks: no such tenant",
             ))
         });
-        let _ = std::hint::black_box(self.find_match([secret], timestamp, body));
+        for _ in 0..count {
+            let _ = std::hint::black_box(self.find_match([secret], timestamp, body));
+        }
     }
 
     /// The verified result once secret `secret_index` matched.
