@@ -24,7 +24,11 @@ use crate::protocol::TenantSecrets;
 /// - **Lookups in flight are bounded** (default 64, across all tenants). A miss beyond
 ///   that is answered at once with an error, which the layer turns into `503` with
 ///   `Retry-After`, so a flood of forged deliveries naming random inboxes costs at most
-///   that many concurrent lookups, and OpenMail retries the genuine ones it crowds out.
+///   that many concurrent lookups. Tenants never seen to verify may use only half of
+///   them: the other half is kept for tenants that delivered genuinely before (the last
+///   `capacity` of them, remembered past their cache entries), so such a flood cannot lock
+///   real tenants out. A tenant that has never delivered competes with the flood, and
+///   OpenMail retries what gets `503`.
 /// - **At most `capacity` tenants** (default 10,000) are kept; when full, the entry closest
 ///   to expiring goes, in O(log n). A claimed `inbox_id` is at most
 ///   [`MAX_CLAIMED_ID_LEN`](crate::protocol::MAX_CLAIMED_ID_LEN) bytes, so the cache's
@@ -72,6 +76,9 @@ struct State {
     /// Every entry's expiry, for evicting the soonest in O(log n).
     expiry: BTreeMap<(Instant, u64), Tenant>,
     flights: HashMap<Tenant, Arc<Flight>>,
+    /// Tenants seen to verify, with when they last did, and that order for eviction.
+    trusted: HashMap<Tenant, (Instant, u64)>,
+    trusted_order: BTreeMap<(Instant, u64), Tenant>,
     next_seq: u64,
 }
 
@@ -164,16 +171,25 @@ impl<R: SecretResolver> CachedResolver<R> {
         self.cache.lock().flights.len()
     }
 
-    /// Joins the tenant's running lookup, or starts one if the bound allows.
+    /// Joins the tenant's running lookup, or starts one if the bound allows: all of it for
+    /// tenants seen to verify, half of it for the others.
     fn join_or_start(&self, state: &mut State, tenant: &Tenant) -> ResolveFuture {
         let flight = match state.flights.get(tenant) {
             Some(flight) => Arc::clone(flight),
             None => {
-                if state.flights.len() >= self.cache.policy.max_lookups {
-                    let limit = self.cache.policy.max_lookups;
+                let limit = self.cache.policy.max_lookups;
+                let trusted = state.trusted.contains_key(tenant);
+                let busy = if trusted {
+                    state.flights.len() >= limit
+                } else {
+                    let untrusted = state.flights.values().filter(|f| !f.trusted).count();
+                    state.flights.len() >= limit || untrusted >= limit.div_ceil(2)
+                };
+                if busy {
                     return Box::pin(ready(Err(Box::new(LookupsBusy { limit }) as BoxError)));
                 }
                 let flight = Arc::new(Flight {
+                    trusted,
                     tenant: tenant.clone(),
                     cache: Arc::clone(&self.cache),
                     state: Mutex::new(FlightState::Running(self.inner.lookup(tenant))),
@@ -255,6 +271,28 @@ impl<R: SecretResolver> SecretResolver for CachedResolver<R> {
         self.join_or_start(&mut state, tenant)
     }
 
+    fn verified(&self, tenant: &Tenant) {
+        let capacity = self.cache.policy.capacity;
+        if capacity == 0 {
+            return;
+        }
+        let mut state = self.cache.lock();
+        let seq = state.next_seq;
+        state.next_seq = seq.wrapping_add(1);
+        let key = (Instant::now(), seq);
+        if let Some(previous) = state.trusted.insert(tenant.clone(), key) {
+            state.trusted_order.remove(&previous);
+        }
+        state.trusted_order.insert(key, tenant.clone());
+        while state.trusted.len() > capacity {
+            let Some((_, oldest)) = state.trusted_order.pop_first() else {
+                break;
+            };
+            state.trusted.remove(&oldest);
+        }
+        self.inner.verified(tenant);
+    }
+
     fn refresh(&self, tenant: &Tenant) -> Option<ResolveFuture> {
         let mut state = self.cache.lock();
         let entry = state.entries.get(tenant)?;
@@ -321,6 +359,9 @@ impl std::error::Error for SharedLookupError {
 /// One tenant's lookup, polled by whichever waiting request is polled, so that no request
 /// depends on another staying alive.
 struct Flight {
+    /// Whether the tenant had verified before: its lookup counts against the whole bound
+    /// rather than the half for strangers.
+    trusted: bool,
     tenant: Tenant,
     cache: Arc<Cache>,
     state: Mutex<FlightState>,
@@ -538,10 +579,13 @@ mod tests {
     async fn lookups_in_flight_are_bounded_and_abandoned_ones_free_their_slot() {
         let (resolver, lookups, _gate) = counting(true);
         let resolver = resolver.max_lookups_in_flight(3);
+        for i in 0..3 {
+            resolver.verified(&inbox(&format!("inb_{i}")));
+        }
         let held: Vec<_> = (0..3)
             .map(|i| resolver.lookup(&inbox(&format!("inb_{i}"))))
             .collect();
-        let refused = resolver.lookup(&inbox("inb_x")).await;
+        let refused = resolver.lookup(&inbox("inb_0x")).await;
         let error = refused.expect_err("over the bound");
         assert!(error.to_string().contains("already running"), "{error}");
         assert_eq!(lookups.load(Ordering::SeqCst), 3);
@@ -550,6 +594,23 @@ mod tests {
         let again = resolver.lookup(&inbox("inb_y"));
         assert_eq!(resolver.lookups_in_flight(), 1);
         drop(again);
+    }
+
+    #[tokio::test]
+    async fn strangers_get_half_the_lookups_and_tenants_seen_to_verify_the_rest() {
+        let (resolver, _lookups, _gate) = counting(true);
+        let resolver = resolver.max_lookups_in_flight(4);
+        resolver.verified(&inbox("inb_real"));
+        let strangers: Vec<_> = (0..2)
+            .map(|i| resolver.lookup(&inbox(&format!("inb_random_{i}"))))
+            .collect();
+        assert!(
+            resolver.lookup(&inbox("inb_random_x")).await.is_err(),
+            "strangers are held to half the bound"
+        );
+        let real = resolver.lookup(&inbox("inb_real"));
+        assert_eq!(resolver.lookups_in_flight(), 3);
+        drop((strangers, real));
     }
 
     #[tokio::test]

@@ -94,6 +94,15 @@ pub trait SecretResolver: Send + Sync + 'static {
         let _ = tenant;
         None
     }
+
+    /// Called after a delivery for `tenant` verified under the secrets this resolver
+    /// returned. Only genuine deliveries reach it, so it is a trustworthy signal that the
+    /// tenant is real: [`CachedResolver`](super::CachedResolver) keeps lookup capacity for
+    /// such tenants that a flood naming random inboxes cannot take. The default does
+    /// nothing.
+    fn verified(&self, tenant: &Tenant) {
+        let _ = tenant;
+    }
 }
 
 impl<R: SecretResolver + ?Sized> SecretResolver for Arc<R> {
@@ -107,6 +116,10 @@ impl<R: SecretResolver + ?Sized> SecretResolver for Arc<R> {
 
     fn refresh(&self, tenant: &Tenant) -> Option<ResolveFuture> {
         (**self).refresh(tenant)
+    }
+
+    fn verified(&self, tenant: &Tenant) {
+        (**self).verified(tenant)
     }
 }
 
