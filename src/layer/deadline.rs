@@ -78,9 +78,11 @@ impl Deadline {
         self.due = self.pace.due(self.start, received);
     }
 
-    /// The body is complete: from here on only the overall deadline applies.
+    /// The body is complete. What follows (the secret lookup) gets a deadline of its own,
+    /// as long as the body's, counted from now: a body that arrived slowly but in time
+    /// must not leave its lookup no time, and turn into a `503` of its own making.
     pub(crate) fn body_done(&mut self) {
-        self.due = self.start.checked_add(self.pace.deadline);
+        self.due = Instant::now().checked_add(self.pace.deadline);
     }
 
     /// The configured overall deadline, for messages.

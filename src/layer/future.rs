@@ -20,7 +20,7 @@ use super::{Config, Rejection};
 use crate::body::{ResponseBody, VerifiedBody};
 use crate::protocol::{
     Claim, SecretScope, SignedHead, StreamingCheck, Verified, VerifyError, EVENT_ID_HEADER,
-    MAX_CLAIMED_ID_LEN, TIMESTAMP_HEADER,
+    MAX_CLAIMED_ID_LEN, REFUSAL_MACS, TIMESTAMP_HEADER,
 };
 use crate::tenant::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
 use crate::{Delivery, Event};
@@ -341,7 +341,7 @@ impl<S> Reading<S> {
                 let claim = match Claim::read(&body) {
                     Ok(claim) => claim,
                     Err(error) => {
-                        head.burn_mac(timestamp_of(&parts), &body);
+                        head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
                         return Err((
                             Rejection::Verify(VerifyError::ClaimUnreadable(error)),
                             config,
@@ -350,7 +350,7 @@ impl<S> Reading<S> {
                 };
                 let tenant = resolver.route(&TenantRequest::new(&parts, claim.inbox_id()));
                 if matches!(&tenant, Tenant::Inbox(inbox) if inbox.len() > MAX_CLAIMED_ID_LEN) {
-                    head.burn_mac(timestamp_of(&parts), &body);
+                    head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
                     return Err((Rejection::UnknownTenant { tenant }, config));
                 }
                 let lookup = resolver.lookup(&tenant);
@@ -387,7 +387,8 @@ impl<S> Read<S> {
             Ok(Some(secrets)) => secrets,
             Ok(None) => {
                 // The same work as a wrong signature, so timing does not tell them apart.
-                self.head.burn_mac(timestamp_of(&self.parts), &self.body);
+                self.head
+                    .burn_macs(REFUSAL_MACS, timestamp_of(&self.parts), &self.body);
                 return Err((
                     Rejection::UnknownTenant {
                         tenant: self.tenant,
@@ -404,6 +405,7 @@ impl<S> Read<S> {
             &self.claim,
         ) {
             Ok(verified) => {
+                self.resolver.verified(&self.tenant);
                 let (verified, scope) = verified.into_parts();
                 let Self {
                     parts,

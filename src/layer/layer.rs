@@ -158,8 +158,8 @@ impl VerifyOpenMailLayer {
     }
 
     /// The longest the whole body may take to arrive, counted from the moment the request
-    /// reaches the layer; 10 s unless set. With per-inbox secrets it also bounds the secret
-    /// lookup. A body that misses it is answered `408 Request Timeout`
+    /// reaches the layer; 10 s unless set. With per-inbox secrets the secret lookup gets as
+    /// long again, counted from the end of the body. A body that misses it is answered `408 Request Timeout`
     /// ([`Rejection::BodyTimeout`]); a lookup that misses it `503` with `Retry-After`
     /// ([`Rejection::LookupTimeout`]). Either way the memory the request held is freed.
     ///

@@ -74,7 +74,8 @@
 //!   [`body_deadline`](VerifyOpenMailLayer::body_deadline) (10 s), and, after a 2 s grace,
 //!   at the [`min_body_rate`](VerifyOpenMailLayer::min_body_rate) (64 KiB/s), so a stalled
 //!   or trickling upload of a 4 KiB body is cut off after about 2 s (`408`). The deadline
-//!   also covers the secret lookup of per-inbox secrets (`503`). It needs no async runtime.
+//!   bounds the secret lookup of per-inbox secrets too, counted again from the end of the
+//!   body (`503`). It needs no async runtime.
 //! - **Work:** the head is checked before the body is read, one MAC runs per secret, the
 //!   parse runs only on verified bodies, and per-inbox lookups are bounded by
 //!   [`CachedResolver`](crate::tenant::CachedResolver).
