@@ -43,7 +43,9 @@
 //!   [`CONNECTION_LIMIT`] connections are served at once; HTTP/1.1 heads must arrive within
 //!   [`HEADER_READ_TIMEOUT`], and HTTP/2 (also over cleartext, h2c) gets small flow-control
 //!   windows, so a connection holds at most [`H2_CONNECTION_WINDOW`] of unread body outside
-//!   the layer. Idle connections are the job of the reverse proxy in front.
+//!   the layer. When every connection slot is taken, the connection idle longest is
+//!   closed to make room, and one idle for [`IDLE_TIMEOUT`] is closed anyway, so sockets
+//!   that send nothing cannot hold the slots deliveries need.
 //! - Every value from a delivery printed to stdout or stderr is escaped and cut short
 //!   (`openmail_webhooks::LogSafe`), so a hostile `event_id` cannot forge a line of this
 //!   contract.
@@ -124,8 +126,15 @@ pub fn app_with_store(layer: VerifyOpenMailLayer, store: Arc<dyn DedupStore>) ->
 
 /// Serves `app` on `listener` until the listener fails, with the connection limit, the
 /// HTTP/1.1 head timeout and the HTTP/2 windows above.
+///
+/// Connections are what the layer cannot bound, so the server does: when every one of the
+/// [`CONNECTION_LIMIT`] slots is taken, the connection that has had no request in flight
+/// for longest is closed to make room, and any connection idle for [`IDLE_TIMEOUT`] is
+/// closed. Sockets that send nothing (or half an HTTP/2 preface) therefore cannot hold
+/// the slots that deliveries need.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTION_LIMIT));
+    let connections = Arc::new(Connections::default());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -143,6 +152,9 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::R
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     loop {
+        if permits.available_permits() == 0 {
+            connections.close_longest_idle();
+        }
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             return Ok(());
         };
@@ -156,15 +168,158 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::R
             }
             Err(error) => return Err(error),
         };
-        let service = TowerToHyperService::new(app.clone());
+        let (id, connection) = connections.open();
+        let service = TowerToHyperService::new(Tracked {
+            app: app.clone(),
+            connection: Arc::clone(&connection),
+        });
         let builder = Arc::clone(&builder);
+        let connections = Arc::clone(&connections);
         tokio::spawn(async move {
-            // Errors here are a client's broken connection: nothing to report.
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(serving);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    // Errors here are a client's broken connection: nothing to report.
+                    _ = &mut serving => break,
+                    () = connection.closing.notified() => break,
+                    _ = tick.tick() => {
+                        if connection.idle_for() >= IDLE_TIMEOUT {
+                            break;
+                        }
+                    }
+                }
+            }
+            connections.close(id);
             drop(permit);
         });
+    }
+}
+
+/// How long a connection may stay open with no request in flight.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The connections being served, to find the one idle longest when the slots run out.
+#[derive(Default)]
+struct Connections {
+    open: std::sync::Mutex<std::collections::HashMap<u64, Arc<Connection>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// One connection: its requests in flight, since when it has had none, and a way to close
+/// it.
+struct Connection {
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<std::time::Instant>,
+    closing: tokio::sync::Notify,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<Connection>>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn open(&self) -> (u64, Arc<Connection>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let connection = Arc::new(Connection {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(std::time::Instant::now()),
+            closing: tokio::sync::Notify::new(),
+        });
+        self.lock().insert(id, Arc::clone(&connection));
+        (id, connection)
+    }
+
+    fn close(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Closes the connection that has had no request in flight for longest, if any.
+    fn close_longest_idle(&self) {
+        let open = self.lock();
+        let idlest = open
+            .values()
+            .filter(|connection| connection.idle_for() > Duration::ZERO)
+            .max_by_key(|connection| connection.idle_for());
+        if let Some(connection) = idlest {
+            connection.closing.notify_one();
+        }
+    }
+}
+
+impl Connection {
+    /// How long the connection has had no request in flight; zero while it has one.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        since.elapsed().max(Duration::from_nanos(1))
+    }
+}
+
+/// Counts a connection's requests in flight, until each one's response is ready or it is
+/// dropped.
+struct InFlight(Arc<Connection>);
+
+impl InFlight {
+    fn start(connection: &Arc<Connection>) -> Self {
+        connection
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(Arc::clone(connection))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The app, counting each connection's requests in flight.
+#[derive(Clone)]
+struct Tracked {
+    app: Router,
+    connection: Arc<Connection>,
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for Tracked {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // A Router is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let in_flight = InFlight::start(&self.connection);
+        let response = tower::Service::call(&mut self.app, request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(in_flight);
+            response
+        })
     }
 }
 
