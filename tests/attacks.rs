@@ -520,7 +520,6 @@ async fn breach_a_random_inbox_flood_locks_uncached_tenants_out() {
 /// the receiver prints it to stderr with `eprintln!("dedup: {decision}")`, writing a line
 /// of its own choosing (and 64 KiB more on the same "line") into the operator's logs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "breach: fails until the fix; see the module docs"]
 async fn breach_a_tenant_writes_raw_lines_through_dedup_decisions() {
     let _serial = serial().await;
     let shown = Arc::new(Mutex::new(Vec::<String>::new()));
