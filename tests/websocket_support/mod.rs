@@ -35,6 +35,7 @@
 #[cfg(feature = "websocket")]
 pub mod harness;
 pub mod tls;
+pub mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
