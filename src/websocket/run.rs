@@ -439,6 +439,7 @@ where
                 });
                 if let Some(resumed) = resumed {
                     session.good = true;
+                    self.tracker.replayed();
                     if let Some(from) = resumed {
                         self.report(Status::Resumed { from });
                     }

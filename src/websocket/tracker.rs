@@ -53,6 +53,9 @@ pub(crate) struct Tracker {
     jobs: HashMap<Key, Job>,
     position: Option<Arc<str>>,
     next_anonymous: u64,
+    /// Whether the connection since the last reconnect was subscribed, so that its replay
+    /// had the chance to claim the orphans.
+    replayed: bool,
 }
 
 impl Tracker {
@@ -145,15 +148,24 @@ impl Tracker {
         moved
     }
 
+    /// Records that the current connection was subscribed: its replay has come or is
+    /// coming, so the orphans it did not claim can go at the next reconnect.
+    pub(crate) fn replayed(&mut self) {
+        self.replayed = true;
+    }
+
     /// Starts over for a new connection, which replays from the position: the slots are
     /// dropped (the replay brings them again, in order), their jobs kept as orphans so
-    /// that the replay is recognised, and the orphans of the connection before are
-    /// forgotten. Returns how many events not handled lie beyond what a replay brings:
+    /// that the replay is recognised, and the orphans of the last subscribed connection
+    /// before are forgotten (a connection that never got `subscribed` had no replay, so
+    /// the orphans wait for the next one). Returns how many events not handled lie beyond what a replay brings:
     /// those past the first [`REPLAY_LIMIT`], or all of them when there is no position
     /// to replay from (the very first events failed).
     pub(crate) fn reconnect(&mut self) -> usize {
-        self.jobs
-            .retain(|_, job| job.slots > 0 || job.state == State::Running);
+        if std::mem::take(&mut self.replayed) {
+            self.jobs
+                .retain(|_, job| job.slots > 0 || job.state == State::Running);
+        }
         let replayed = if self.position.is_some() {
             REPLAY_LIMIT
         } else {
@@ -278,6 +290,13 @@ mod tests {
         tracker.finish(&done, true);
         tracker.reconnect();
         assert_eq!(tracker.jobs(), 1, "evt_1 kept for the replay");
+        tracker.reconnect();
+        assert_eq!(
+            tracker.jobs(),
+            1,
+            "no subscription, no replay yet: still kept"
+        );
+        tracker.replayed();
         tracker.reconnect();
         assert_eq!(tracker.jobs(), 0, "the replay did not bring it: forgotten");
         // A failed orphan is forgotten at once: its replay runs it again.
