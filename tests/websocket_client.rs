@@ -898,3 +898,88 @@ async fn the_client_serves_an_axum_router_on_a_spawned_task() {
     assert_send(&future);
     drop(future);
 }
+
+/// A store whose `load` fails a few times first, as a database still starting would.
+struct Flaky {
+    failures_left: std::sync::Mutex<u32>,
+}
+
+impl openmail_webhooks::websocket::ResumeStore for Flaky {
+    fn load(&self) -> openmail_webhooks::websocket::ResumeFuture<Option<String>> {
+        let mut left = self.failures_left.lock().unwrap();
+        let result = if *left > 0 {
+            *left -= 1;
+            Err("the database is starting".into())
+        } else {
+            Ok(None)
+        };
+        Box::pin(async move { result })
+    }
+
+    fn save(&self, _event_id: &str) -> openmail_webhooks::websocket::ResumeFuture<()> {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+#[tokio::test]
+async fn a_resume_store_that_cannot_load_is_retried_before_connecting() {
+    let server = TestServer::start().await;
+    let statuses = Statuses::default();
+    let client = Running::spawn(
+        fast_client(&server, &statuses).resume_store(Flaky {
+            failures_left: std::sync::Mutex::new(2),
+        }),
+        App::succeeding().router(),
+    );
+    statuses.wait("subscribed", 1, is_subscribed).await;
+    let reasons = statuses.picked(reconnect_reason);
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(reasons
+        .iter()
+        .all(|reason| matches!(reason, WebSocketError::ResumeStore { .. })));
+    assert!(statuses.all()[1]
+        .to_string()
+        .contains("the database is starting"));
+    assert_eq!(
+        server.handshakes().len(),
+        1,
+        "no connection before the position"
+    );
+    client.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn stopping_waits_for_the_grace_then_leaves_unfinished_events_for_the_next_run() {
+    let server = TestServer::start().await;
+    let statuses = Statuses::default();
+    let gate = Arc::new(Notify::new());
+    let app = {
+        let gate = Arc::clone(&gate);
+        App::new(move |event_id, _| match event_id {
+            "evt_stuck" => Action::Wait(Arc::clone(&gate)),
+            _ => Action::Ok,
+        })
+    };
+    let resume = MemoryResume::new();
+    let client = Running::spawn(
+        fast_client(&server, &statuses)
+            .resume_store(resume.clone())
+            .shutdown_grace(Duration::from_millis(300)),
+        app.router(),
+    );
+    server.wait_subscribed(1).await;
+    server.push_event("evt_1", "inb_a");
+    server.push_event("evt_stuck", "inb_a");
+    server.push_event("evt_3", "inb_a");
+    statuses.wait("evt_3", 1, handled("evt_3")).await;
+    app.wait_calls("evt_stuck called", 3).await;
+    let started = std::time::Instant::now();
+    client.stop().await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(statuses.count(handled("evt_stuck")), 0);
+    assert_eq!(resume.position().as_deref(), Some("evt_1"));
+}
