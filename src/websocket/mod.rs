@@ -40,6 +40,9 @@
 //!
 //! `examples/both_channels.rs` is the complete version.
 //!
+//! The service's response body type must be `'static` (it is for axum and hyper bodies):
+//! each event is handled on a task of its own.
+//!
 //! # Exactly once, across channels and replicas
 //!
 //! OpenMail can deliver an event more than once: while no WebSocket is connected it falls
