@@ -1,31 +1,22 @@
-//! The local-development tools against independent and real receivers: the `send` example
-//! against a python3 receiver written from the documented formula (tests/python_receiver.py)
-//! and against the `listen` example over real HTTP, and the `test_util` requests against
-//! both the python receiver and the layer.
+//! The local-development tools against independent and real receivers: `openmail-webhooks
+//! send`, run as the installed binary, against a python3 receiver written from the
+//! documented formula (tests/python_receiver.py); and the `test_util` samples and requests
+//! against both the python receiver and the layer.
+#![cfg(feature = "test-util")]
 
 mod support;
-
-#[path = "../examples/send.rs"]
-#[allow(dead_code)]
-mod send;
-
-#[path = "../examples/listen.rs"]
-#[allow(dead_code)]
-mod listen;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{StatusCode, Uri};
+use http::{Request, StatusCode};
 use http_body_util::Full;
-use openmail_webhooks::VerifyOpenMailLayer;
+use openmail_webhooks::test_util::Sample;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::{unix_now, SECRET};
-use tokio::net::TcpListener;
+use support::SECRET;
 
 /// tests/python_receiver.py, running on a free loopback port until dropped.
 struct PythonReceiver {
@@ -69,451 +60,376 @@ impl Drop for PythonReceiver {
     }
 }
 
-fn options(args: &[&str]) -> send::Options {
-    match send::parse_args(args.iter().map(|arg| arg.to_string())).unwrap() {
-        send::Command::Send(options) => options,
-        send::Command::Help => panic!("{args:?} asked for help"),
-    }
-}
-
-async fn send_with(args: &[&str], secret: &str) -> (Vec<send::Outcome>, String) {
-    let mut out = Vec::new();
-    let outcomes = send::run(&options(args), secret, &mut out).await.unwrap();
-    (outcomes, String::from_utf8(out).unwrap())
-}
-
-fn json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|error| {
-        panic!("{error}: {:?}", String::from_utf8_lossy(bytes));
-    })
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("{error}: {text:?}"))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-#[tokio::test]
-async fn python_accepts_every_built_in_sample() {
-    let python = PythonReceiver::start(SECRET);
-    for event_type in send::EVENT_TYPES {
-        let (outcomes, printed) = send_with(&["--event", event_type, &python.url()], SECRET).await;
-        let [outcome] = &outcomes[..] else {
-            panic!("one delivery expected: {outcomes:?}")
-        };
-        assert_eq!(outcome.status, StatusCode::OK, "{event_type}: {printed}");
-        let report = json(&outcome.response);
-        let sent = json(&outcome.sent);
-        assert_eq!(report["event"], event_type);
-        assert_eq!(sent["event"], event_type);
-        assert_eq!(report["content_type"], "application/json");
-        assert_eq!(report["x_event_id"], sent["event_id"], "{event_type}");
-        assert_eq!(report["event_id"], sent["event_id"]);
-        assert_eq!(report["body_sha256"], sha256_hex(&outcome.sent));
-        assert!(
-            printed.contains("< 200 OK"),
-            "the status is printed: {printed}"
-        );
+/// Sends `request` to a real server at `addr`.
+async fn over_http(addr: SocketAddr, request: Request<String>) -> (StatusCode, Value) {
+    let (mut parts, body) = request.into_parts();
+    parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
+    let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
+    let (status, body) = support::read(support::client().request(request).await.unwrap()).await;
+    (status, json(&body))
+}
+
+#[cfg(feature = "cli")]
+mod send {
+    use super::*;
+
+    /// One run of `openmail-webhooks send`.
+    struct Run {
+        code: i32,
+        stdout: String,
+        stderr: String,
     }
-}
 
-#[tokio::test]
-async fn the_message_received_sample_has_the_documented_shape() {
-    let python = PythonReceiver::start(SECRET);
-    let (outcomes, _) = send_with(
-        &[
-            "--event-id",
-            "evt_shape",
-            "--inbox-id",
-            "inb_shape",
-            &python.url(),
-        ],
-        SECRET,
-    )
-    .await;
-    let sent = json(&outcomes[0].sent);
-    assert_eq!(sent["event"], "message.received");
-    assert_eq!(sent["event_id"], "evt_shape");
-    assert_eq!(sent["inbox_id"], "inb_shape");
-    assert_eq!(sent["attempt"], 1);
-    let attachment = &sent["message"]["attachments"][0];
-    for key in [
-        "filename",
-        "contentType",
-        "sizeBytes",
-        "url",
-        "parsedText",
-        "extractionMethod",
-    ] {
-        assert!(!attachment[key].is_null(), "attachment key {key}");
+    /// One request as `send` printed it: the summary line, the status line, and the answer.
+    #[derive(Debug)]
+    struct Exchange {
+        summary: String,
+        status: String,
+        answer: String,
     }
-    assert!(sent["message"]["cc"].is_array());
-    // `delivered_at` is the moment of sending, as OpenMail writes times.
-    let delivered_at = send::rfc3339(outcomes[0].timestamp);
-    assert_eq!(sent["delivered_at"], delivered_at.as_str());
-    assert_eq!(json(&outcomes[0].response)["x_event_id"], "evt_shape");
-}
 
-#[test]
-fn rfc3339_matches_python_datetime() {
-    // python3: datetime.fromtimestamp(t, timezone.utc)
-    for (unix, expected) in [
-        (1_790_000_000, "2026-09-21T14:13:20.000Z"),
-        (951_782_400, "2000-02-29T00:00:00.000Z"),
-        (-31_536_000, "1969-01-01T00:00:00.000Z"),
-        (0, "1970-01-01T00:00:00.000Z"),
-    ] {
-        assert_eq!(send::rfc3339(unix), expected);
-    }
-}
-
-#[tokio::test]
-async fn a_file_is_sent_byte_for_byte() {
-    let python = PythonReceiver::start(SECRET);
-    // Spacing, key order, escapes and non-ASCII that a re-serialiser would change.
-    let body = "{ \"event\" : \"message.received\",\n  \"event_id\":\"evt_file\", \
-                \"subject\":\"caf\\u00e9 – ☕\", \"n\": 1.50 }\n";
-    let path = std::env::temp_dir().join(format!("openmail-send-{}.json", std::process::id()));
-    std::fs::write(&path, body).unwrap();
-    let (outcomes, printed) = send_with(&[&python.url(), path.to_str().unwrap()], SECRET).await;
-    std::fs::remove_file(&path).unwrap();
-    assert_eq!(outcomes[0].status, StatusCode::OK, "{printed}");
-    assert_eq!(outcomes[0].sent, body.as_bytes());
-    let report = json(&outcomes[0].response);
-    assert_eq!(report["body_sha256"], sha256_hex(body.as_bytes()));
-    assert_eq!(report["x_event_id"], "evt_file");
-}
-
-#[tokio::test]
-async fn a_file_without_event_id_gets_a_fresh_x_event_id() {
-    let python = PythonReceiver::start(SECRET);
-    let path = std::env::temp_dir().join(format!("openmail-send-noid-{}.json", std::process::id()));
-    std::fs::write(&path, r#"{"event":"setup.test"}"#).unwrap();
-    let (outcomes, printed) = send_with(
-        &["--times", "2", &python.url(), path.to_str().unwrap()],
-        SECRET,
-    )
-    .await;
-    std::fs::remove_file(&path).unwrap();
-    assert!(printed.contains("FILE has no string event_id"), "{printed}");
-    let first = json(&outcomes[0].response);
-    let second = json(&outcomes[1].response);
-    assert!(first["x_event_id"]
-        .as_str()
-        .unwrap()
-        .starts_with("evt_local_"));
-    assert_eq!(first["x_event_id"], second["x_event_id"]);
-}
-
-#[tokio::test]
-async fn retries_repeat_the_event_with_fresh_signatures_and_attempts() {
-    let python = PythonReceiver::start(SECRET);
-    let (outcomes, _) = send_with(
-        &[
-            "--times",
-            "3",
-            "--attempt",
-            "2",
-            "--event-id",
-            "evt_retry",
-            &python.url(),
-        ],
-        SECRET,
-    )
-    .await;
-    let reports: Vec<Value> = outcomes.iter().map(|o| json(&o.response)).collect();
-    assert_eq!(reports.len(), 3);
-    for (index, report) in reports.iter().enumerate() {
-        assert_eq!(report["ok"], true);
-        assert_eq!(report["event_id"], "evt_retry");
-        assert_eq!(report["x_event_id"], "evt_retry");
-        assert_eq!(report["attempt"], index as u64 + 2);
-        // The receiver saw the same event_id once more each time: what deduplication keys on.
-        assert_eq!(report["times_seen"], index as u64 + 1);
-    }
-    let signatures: std::collections::HashSet<_> = reports
-        .iter()
-        .map(|report| report["x_signature"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(signatures.len(), 3, "each attempt is signed afresh");
-}
-
-#[tokio::test]
-async fn python_refuses_tampered_stale_and_wrongly_signed_deliveries() {
-    let python = PythonReceiver::start(SECRET);
-    let url: Uri = python.url().parse().unwrap();
-    let client = send::client();
-    let body = Bytes::from_static(br#"{"event":"message.received","event_id":"evt_t"}"#);
-
-    let genuine = send::signed_request(&url, SECRET, unix_now(), "evt_t", body.clone()).unwrap();
-    assert_eq!(
-        send::post(&client, genuine).await.unwrap().0,
-        StatusCode::OK
-    );
-
-    let mut tampered =
-        send::signed_request(&url, SECRET, unix_now(), "evt_t", body.clone()).unwrap();
-    *tampered.body_mut() = Full::new(Bytes::from_static(
-        br#"{"event":"message.received","event_id":"evt_T"}"#,
-    ));
-    let (status, answer) = send::post(&client, tampered).await.unwrap();
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(json(&answer)["reason"], "signature mismatch");
-
-    let (outcomes, _) = send_with(&[&python.url()], "whsec_not_the_one").await;
-    assert_eq!(outcomes[0].status, StatusCode::BAD_REQUEST);
-    assert_eq!(json(&outcomes[0].response)["reason"], "signature mismatch");
-
-    let (outcomes, printed) = send_with(&["--skew", "-400", &python.url()], SECRET).await;
-    assert_eq!(outcomes[0].status, StatusCode::BAD_REQUEST);
-    assert_eq!(json(&outcomes[0].response)["reason"], "stale");
-    assert!(printed.contains("skewed -400 s"), "{printed}");
-}
-
-#[tokio::test]
-async fn the_exit_code_follows_the_answers() {
-    let python = PythonReceiver::start(SECRET);
-    let url = python.url();
-    let run = |args: Vec<&str>, secret: Option<&str>| {
-        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
-        let secret = secret.map(str::to_owned);
-        async move {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let code = send::cli(args, secret, &mut out, &mut err).await;
-            (
-                code,
-                String::from_utf8(out).unwrap(),
-                String::from_utf8(err).unwrap(),
-            )
+    impl Run {
+        fn exchanges(&self) -> Vec<Exchange> {
+            let mut exchanges: Vec<Exchange> = Vec::new();
+            for line in self.stdout.lines() {
+                if line.starts_with("> POST ") {
+                    exchanges.push(Exchange {
+                        summary: line.to_owned(),
+                        status: String::new(),
+                        answer: String::new(),
+                    });
+                } else if let Some(exchange) = exchanges.last_mut() {
+                    match line.strip_prefix("< ") {
+                        Some(status) if exchange.status.is_empty() => {
+                            exchange.status = status.to_owned()
+                        }
+                        _ => exchange.answer.push_str(line),
+                    }
+                }
+            }
+            exchanges
         }
-    };
 
-    assert_eq!(run(vec![&url], Some(SECRET)).await.0, 0);
-    assert_eq!(run(vec![&url], Some("whsec_wrong")).await.0, 1);
-    assert_eq!(run(vec!["--skew", "400", &url], Some(SECRET)).await.0, 1);
+        /// The python receiver's reports, one per delivery.
+        fn reports(&self) -> Vec<Value> {
+            self.exchanges()
+                .iter()
+                .map(|exchange| json(&exchange.answer))
+                .collect()
+        }
+    }
 
-    let (code, _, err) = run(vec![&url], None).await;
-    assert_eq!(code, 2);
-    assert!(err.contains("OPENMAIL_WEBHOOK_SECRET is not set"), "{err}");
+    fn send(args: &[&str], secret: Option<&str>) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"));
+        command.arg("send").args(args);
+        command.env_remove("OPENMAIL_WEBHOOK_SECRET");
+        if let Some(secret) = secret {
+            command.env("OPENMAIL_WEBHOOK_SECRET", secret);
+        }
+        let output = command.output().unwrap();
+        Run {
+            code: output.status.code().unwrap(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
 
-    let (code, _, err) = run(vec![], Some(SECRET)).await;
-    assert_eq!(code, 2);
-    assert!(err.contains("URL is missing"), "{err}");
+    #[test]
+    fn python_accepts_every_sample_and_it_is_the_test_util_one() {
+        let python = PythonReceiver::start(SECRET);
+        for event_type in Sample::EVENT_TYPES {
+            let run = send(&["--event", event_type, &python.url()], Some(SECRET));
+            assert_eq!(run.code, 0, "{event_type}: {}{}", run.stdout, run.stderr);
+            let exchanges = run.exchanges();
+            let [exchange] = &exchanges[..] else {
+                panic!("one delivery expected: {}", run.stdout)
+            };
+            assert_eq!(exchange.status, "200 OK", "the status is printed");
+            let report = json(&exchange.answer);
+            assert_eq!(report["event"], event_type);
+            assert_eq!(report["content_type"], "application/json");
+            let event_id = report["event_id"].as_str().unwrap();
+            assert!(event_id.starts_with("evt_local_"), "{event_id}");
+            assert_eq!(report["x_event_id"], event_id);
+            assert!(
+                exchange
+                    .summary
+                    .contains(&format!("X-Event-Id {event_id},")),
+                "{}",
+                exchange.summary
+            );
+            // Byte for byte the sample users' tests get, at the second it was signed.
+            let timestamp: i64 = report["x_timestamp"].as_str().unwrap().parse().unwrap();
+            let expected = Sample::of_type(event_type)
+                .unwrap()
+                .event_id(event_id)
+                .at(timestamp)
+                .to_json();
+            assert_eq!(report["body"], expected.as_str());
+            assert_eq!(report["body_sha256"], sha256_hex(expected.as_bytes()));
+        }
+    }
 
-    let (code, out, _) = run(vec!["--help"], None).await;
-    assert_eq!(code, 0);
-    assert!(out.starts_with("usage: send"));
-
-    // Nothing listens on the port python had once it is gone.
-    drop(python);
-    let (code, _, err) = run(vec![&url], Some(SECRET)).await;
-    assert_eq!(code, 1);
-    assert!(err.contains("cannot reach"), "{err}");
-}
-
-#[test]
-fn usage_errors_say_what_is_wrong() {
-    let error = |args: &[&str]| {
-        send::parse_args(args.iter().map(|arg| arg.to_string()))
-            .err()
-            .unwrap_or_else(|| panic!("{args:?} should be refused"))
-    };
-    let url = "http://127.0.0.1:3000/webhooks";
-    assert!(error(&["--event", "message.sent", url]).contains("unknown event type"));
-    assert!(error(&["--event", "inbox.suspended", url, "body.json"]).contains("byte for byte"));
-    assert!(error(&["--attempt", "2", url, "body.json"]).contains("byte for byte"));
-    assert!(
-        error(&["--event", "inbox.suspended", "--attempt", "2", url])
-            .contains("carries no attempt")
-    );
-    assert!(error(&["--event", "pod.suspended", "--inbox-id", "inb_1", url]).contains("inbox_id"));
-    assert!(error(&["--times", "0", url]).contains("whole number from 1"));
-    assert!(error(&["--skew", "soon", url]).contains("whole seconds"));
-    assert!(error(&["--bogus", url]).contains("unknown option --bogus"));
-    assert!(error(&["https://abc.ngrok.app/webhooks"]).contains("plain HTTP"));
-    assert!(error(&["127.0.0.1:3000"]).contains("http://"));
-    assert!(error(&[url, "a.json", "b.json"]).contains("unexpected argument"));
-
-    let parsed = options(&["--times=3", "--skew", "-5", "--event=pod.reactivated", url]);
-    assert_eq!(parsed.times, 3);
-    assert_eq!(parsed.skew, -5);
-    assert!(matches!(
-        parsed.body,
-        send::BodySource::Sample(ref sample) if sample.event_type == "pod.reactivated"
-    ));
-}
-
-/// The `listen` example on 127.0.0.1:0, and the blocks it prints.
-async fn start_listener(layer: VerifyOpenMailLayer) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let printed = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&printed);
-    let app = listen::app(layer, move |block| sink.lock().unwrap().push(block));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/webhooks"), printed)
-}
-
-fn last(printed: &Mutex<Vec<String>>) -> String {
-    printed.lock().unwrap().last().cloned().unwrap_or_default()
-}
-
-#[tokio::test]
-async fn listen_verifies_and_pretty_prints_what_send_sends() {
-    let (url, printed) = start_listener(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
-    for event_type in send::EVENT_TYPES {
-        let (outcomes, _) = send_with(
-            &["--event", event_type, "--event-id", "evt_listen", &url],
-            SECRET,
-        )
-        .await;
-        assert_eq!(outcomes[0].status, StatusCode::OK, "{event_type}");
-        let answer = json(&outcomes[0].response);
-        assert_eq!(answer["event"], event_type);
-        assert_eq!(answer["event_id"], "evt_listen");
-
-        let block = last(&printed);
-        assert!(
-            block.contains(&format!("POST /webhooks  VERIFIED {event_type}")),
-            "{block}"
+    #[test]
+    fn the_options_shape_the_sample() {
+        let python = PythonReceiver::start(SECRET);
+        let run = send(
+            &[
+                "--event-id",
+                "evt_shape",
+                "--inbox-id",
+                "inb_shape",
+                "--attempt",
+                "4",
+                &python.url(),
+            ],
+            Some(SECRET),
         );
-        assert!(block.contains("event_id evt_listen"), "{block}");
-        assert!(block.contains("x-event-id: evt_listen"), "{block}");
-        assert!(block.contains("secret #0"), "{block}");
-        // Pretty-printed, keys in the order they were sent.
-        assert!(
-            block.contains(&format!(
-                "body:\n   {{\n     \"event\": \"{event_type}\",\n     \"event_id\": \"evt_listen\","
-            )),
-            "{block}"
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let report = &run.reports()[0];
+        let sent = json(report["body"].as_str().unwrap());
+        assert_eq!(sent["event"], "message.received");
+        assert_eq!(sent["event_id"], "evt_shape");
+        assert_eq!(sent["inbox_id"], "inb_shape");
+        assert_eq!(sent["attempt"], 4);
+        assert_eq!(report["x_event_id"], "evt_shape");
+        let attachment = &sent["message"]["attachments"][0];
+        assert_eq!(attachment["contentType"], "application/pdf");
+
+        let run = send(
+            &[
+                "--event",
+                "inbox.suspended",
+                "--inbox-id",
+                "inb_s",
+                &python.url(),
+            ],
+            Some(SECRET),
         );
+        let sent = json(run.reports()[0]["body"].as_str().unwrap());
+        assert_eq!(sent["inbox_id"], "inb_s");
+        assert_eq!(sent["reason"], "high_bounce_rate");
+    }
+
+    #[test]
+    fn a_file_is_sent_byte_for_byte() {
+        let python = PythonReceiver::start(SECRET);
+        // Spacing, key order, escapes and non-ASCII that a re-serialiser would change.
+        let body = "{ \"event\" : \"message.received\",\n  \"event_id\":\"evt_file\", \
+                    \"subject\":\"caf\\u00e9 – ☕\", \"n\": 1.50 }\n";
+        let path = std::env::temp_dir().join(format!("openmail-send-{}.json", std::process::id()));
+        std::fs::write(&path, body).unwrap();
+        let run = send(&[&python.url(), path.to_str().unwrap()], Some(SECRET));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let report = &run.reports()[0];
+        assert_eq!(report["body_sha256"], sha256_hex(body.as_bytes()));
+        assert_eq!(report["body"], body);
+        assert_eq!(report["x_event_id"], "evt_file");
+    }
+
+    #[test]
+    fn a_file_sent_again_gets_a_fresh_signature_and_keeps_its_fresh_x_event_id() {
+        let python = PythonReceiver::start(SECRET);
+        let path =
+            std::env::temp_dir().join(format!("openmail-send-noid-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"event":"setup.test"}"#).unwrap();
+        let run = send(
+            &["--times", "3", &python.url(), path.to_str().unwrap()],
+            Some(SECRET),
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stdout.contains("FILE has no string event_id"),
+            "{}",
+            run.stdout
+        );
+        let reports = run.reports();
+        assert_eq!(reports.len(), 3);
+        let first = reports[0]["x_event_id"].as_str().unwrap();
+        assert!(first.starts_with("evt_local_"), "{first}");
+        let mut signatures = std::collections::HashSet::new();
+        for report in &reports {
+            assert_eq!(report["x_event_id"], first);
+            signatures.insert(report["x_signature"].as_str().unwrap().to_owned());
+        }
+        // The same bytes three times: only a new X-Timestamp can make each signature new.
+        assert_eq!(signatures.len(), 3, "{}", run.stdout);
+    }
+
+    #[test]
+    fn retries_repeat_the_event_with_fresh_signatures_and_attempts() {
+        let python = PythonReceiver::start(SECRET);
+        let run = send(
+            &[
+                "--times",
+                "3",
+                "--attempt",
+                "2",
+                "--event-id",
+                "evt_retry",
+                &python.url(),
+            ],
+            Some(SECRET),
+        );
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let reports = run.reports();
+        assert_eq!(reports.len(), 3);
+        for (index, report) in reports.iter().enumerate() {
+            assert_eq!(report["ok"], true);
+            assert_eq!(report["event_id"], "evt_retry");
+            assert_eq!(report["x_event_id"], "evt_retry");
+            assert_eq!(report["attempt"], index as u64 + 2);
+            // The receiver saw the same event_id once more each time: what deduplication
+            // keys on.
+            assert_eq!(report["times_seen"], index as u64 + 1);
+        }
+        let signatures: std::collections::HashSet<_> = reports
+            .iter()
+            .map(|report| report["x_signature"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(signatures.len(), 3, "each attempt is signed afresh");
+        for (index, exchange) in run.exchanges().iter().enumerate() {
+            assert!(
+                exchange
+                    .summary
+                    .contains(&format!("delivery {} of 3", index + 1)),
+                "{}",
+                exchange.summary
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn python_refuses_tampered_stale_and_wrongly_signed_deliveries() {
+        let python = PythonReceiver::start(SECRET);
+        // The independent receiver must be able to say no, or its yes proves nothing.
+        let body = br#"{"event":"message.received","event_id":"evt_t"}"#;
+        let headers = support::signed_headers(SECRET, support::unix_now(), body);
+        let client = support::client();
+        let (status, _) =
+            support::post(&client, python.addr, "/webhooks", &headers, &body[..]).await;
+        assert_eq!(status, StatusCode::OK);
+        let tampered = br#"{"event":"message.received","event_id":"evt_T"}"#;
+        let (status, answer) =
+            support::post(&client, python.addr, "/webhooks", &headers, &tampered[..]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json(&answer)["reason"], "signature mismatch");
+
+        let run = send(&[&python.url()], Some("whsec_not_the_one"));
+        assert_eq!(run.code, 1);
+        let exchanges = run.exchanges();
+        assert_eq!(exchanges[0].status, "400 Bad Request");
+        assert_eq!(json(&exchanges[0].answer)["reason"], "signature mismatch");
+
+        let run = send(&["--skew", "-400", &python.url()], Some(SECRET));
+        assert_eq!(run.code, 1);
+        assert_eq!(run.reports()[0]["reason"], "stale");
+        assert!(run.stdout.contains("skewed -400 s"), "{}", run.stdout);
+    }
+
+    #[test]
+    fn the_exit_code_follows_the_answers() {
+        let python = PythonReceiver::start(SECRET);
+        let url = python.url();
+
+        assert_eq!(send(&[&url], Some(SECRET)).code, 0);
+        assert_eq!(send(&[&url], Some("whsec_wrong")).code, 1);
+        assert_eq!(send(&["--skew", "400", &url], Some(SECRET)).code, 1);
+
+        let run = send(&[&url], None);
+        assert_eq!(run.code, 2);
+        assert!(
+            run.stderr.contains("OPENMAIL_WEBHOOK_SECRET is not set"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty());
+
+        let run = send(&[], Some(SECRET));
+        assert_eq!(run.code, 2);
+        assert!(
+            run.stderr.contains("send: URL is missing"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("usage: send [OPTIONS] URL [FILE]"));
+
+        let run = send(&["--bogus", &url], Some(SECRET));
+        assert_eq!(run.code, 2);
+        assert!(
+            run.stderr.contains("unknown option --bogus"),
+            "{}",
+            run.stderr
+        );
+
+        let run = send(&["--help"], None);
+        assert_eq!(run.code, 0);
+        assert!(run.stdout.starts_with("usage: send [OPTIONS] URL [FILE]\n"));
+        for option in [
+            "--event TYPE",
+            "--event-id ID",
+            "--inbox-id ID",
+            "--attempt N",
+            "--times N",
+            "--skew SECONDS",
+            "-h, --help",
+        ] {
+            assert!(run.stdout.contains(option), "{option}");
+        }
+
+        // Nothing listens on the port python had once it is gone.
+        drop(python);
+        let run = send(&[&url], Some(SECRET));
+        assert_eq!(run.code, 1);
+        assert!(run.stderr.contains("cannot reach"), "{}", run.stderr);
+    }
+
+    #[test]
+    fn the_tool_names_its_commands() {
+        let tool = || Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"));
+        let help = tool().arg("--help").output().unwrap();
+        assert!(help.status.success());
+        let help = String::from_utf8(help.stdout).unwrap();
+        assert!(help.contains("send "), "{help}");
+        let none = tool().output().unwrap();
+        assert_eq!(none.status.code(), Some(2));
+        let unknown = tool().arg("tunnel\x1b[2J").output().unwrap();
+        assert_eq!(unknown.status.code(), Some(2));
+        let stderr = String::from_utf8(unknown.stderr).unwrap();
+        assert!(
+            stderr.contains(r#"unknown command "tunnel\u{1b}[2J""#),
+            "{stderr}"
+        );
+        let version = tool().arg("--version").output().unwrap();
         assert_eq!(
-            block.contains("not a documented type"),
-            event_type == "setup.test",
-            "{block}"
+            String::from_utf8(version.stdout).unwrap(),
+            format!("openmail-webhooks {}\n", env!("CARGO_PKG_VERSION"))
         );
     }
-    assert_eq!(printed.lock().unwrap().len(), send::EVENT_TYPES.len());
 }
 
-#[tokio::test]
-async fn listen_prints_the_precise_reason_for_each_rejection() {
-    let (url, printed) = start_listener(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
-
-    let (outcomes, _) = send_with(&["--skew", "-412", &url], SECRET).await;
-    assert_eq!(outcomes[0].status, StatusCode::BAD_REQUEST);
-    let block = last(&printed);
-    assert!(block.contains("REJECTED 400"), "{block}");
-    // The clock may tick between signing and checking.
-    assert!(
-        block.contains("X-Timestamp is 412 s old (tolerance 300 s)")
-            || block.contains("X-Timestamp is 413 s old (tolerance 300 s)"),
-        "{block}"
-    );
-
-    let (_, _) = send_with(&["--skew", "400", &url], SECRET).await;
-    let block = last(&printed);
-    assert!(
-        block.contains("s in the future (tolerance 300 s)"),
-        "{block}"
-    );
-
-    let (outcomes, _) = send_with(&[&url], "whsec_not_the_one").await;
-    assert_eq!(outcomes[0].status, StatusCode::BAD_REQUEST);
-    let block = last(&printed);
-    assert!(
-        block.contains("X-Signature matches none of the configured secrets"),
-        "{block}"
-    );
-    // The body is shown exactly as it arrived, not pretty-printed.
-    let sent = String::from_utf8(outcomes[0].sent.to_vec()).unwrap();
-    assert!(
-        block.contains(&format!("as received):\n   {sent}")),
-        "{block}"
-    );
-
-    let client = send::client();
-    let request = http::Request::post(url.as_str())
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap();
-    assert_eq!(
-        send::post(&client, request).await.unwrap().0,
-        StatusCode::BAD_REQUEST
-    );
-    let block = last(&printed);
-    assert!(
-        block.contains("the x-timestamp header is missing"),
-        "{block}"
-    );
-}
-
-#[tokio::test]
-async fn listen_shows_a_mismatched_x_event_id_and_hides_credentials() {
-    let (url, printed) = start_listener(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
-    let body = Bytes::from_static(br#"{"event":"message.received","event_id":"evt_body"}"#);
-    let mut request = send::signed_request(
-        &url.parse().unwrap(),
-        SECRET,
-        unix_now(),
-        "evt_header",
-        body,
-    )
-    .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", "Bearer do-not-print".parse().unwrap());
-    let (status, _) = send::post(&send::client(), request).await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    let block = last(&printed);
-    assert!(
-        block.contains("X-Event-Id evt_header differs from the body's event_id evt_body"),
-        "{block}"
-    );
-    assert!(!block.contains("do-not-print"), "{block}");
-    assert!(block.contains("authorization: (hidden)"), "{block}");
-}
-
-#[test]
-fn pretty_json_keeps_order_strings_and_empty_containers() {
-    let raw = r#"{"z":1,"a":{"s":"x, {y}: \"q\"","e":{},"l":[ ]},"n":[1,2]}"#;
-    let expected = r#"{
-  "z": 1,
-  "a": {
-    "s": "x, {y}: \"q\"",
-    "e": {},
-    "l": []
-  },
-  "n": [
-    1,
-    2
-  ]
-}"#;
-    assert_eq!(listen::pretty_json(raw), expected);
-    let reparsed: Value = serde_json::from_str(&listen::pretty_json(raw)).unwrap();
-    assert_eq!(reparsed, serde_json::from_str::<Value>(raw).unwrap());
-}
-
-#[cfg(feature = "test-util")]
 mod test_util {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
-    use axum::{routing::post, Router};
-    use http::Request;
+    use axum::{routing::post, Extension, Router};
     use openmail_webhooks::test_util::TestDelivery;
-    use openmail_webhooks::{Rejection, VerifyError};
+    use openmail_webhooks::{Event, Rejection, VerifyError, VerifyOpenMailLayer};
     use tower::ServiceExt;
 
     use super::*;
 
     const BODY: &str = r#"{"event":"message.received","event_id":"evt_tu","inbox_id":"inb_1"}"#;
-
-    /// Sends a `test_util` request to a real server at `addr`.
-    async fn over_http(addr: SocketAddr, request: Request<String>) -> (StatusCode, Value) {
-        let (mut parts, body) = request.into_parts();
-        parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
-        let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
-        let (status, body) = send::post(&send::client(), request).await.unwrap();
-        (status, json(&body))
-    }
 
     #[tokio::test]
     async fn python_accepts_test_util_requests_and_refuses_its_forgeries() {
@@ -535,6 +451,65 @@ mod test_util {
             let (status, report) = over_http(python.addr, forgery).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{report}");
             assert_eq!(report["reason"], reason);
+        }
+    }
+
+    #[tokio::test]
+    async fn python_accepts_every_sample_delivered() {
+        let python = PythonReceiver::start(SECRET);
+        for event_type in Sample::EVENT_TYPES {
+            let sample = Sample::of_type(event_type).unwrap().event_id("evt_s");
+            let delivery = sample.deliver(SECRET);
+            let (status, report) = over_http(python.addr, delivery.request()).await;
+            assert_eq!(status, StatusCode::OK, "{report}");
+            assert_eq!(report["event"], event_type);
+            assert_eq!(report["x_event_id"], "evt_s");
+            assert_eq!(report["body"], delivery.body());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sample_reaches_the_handler_as_the_typed_event_it_names() {
+        const NOW: i64 = 1_790_000_000;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = {
+            let seen = Arc::clone(&seen);
+            let layer = VerifyOpenMailLayer::new(SECRET).unwrap().clock(|| NOW);
+            Router::new()
+                .route(
+                    "/webhooks",
+                    post(move |Extension(event): Extension<Arc<Event>>| async move {
+                        seen.lock().unwrap().push(event);
+                    }),
+                )
+                .layer(layer)
+        };
+        for (sample, inbox) in [
+            (Sample::message_received().inbox_id("inb_x"), Some("inb_x")),
+            (Sample::inbox_suspended().inbox_id("inb_y"), Some("inb_y")),
+            (Sample::inbox_reactivated(), Some("inb_92ma")),
+            (Sample::pod_suspended(), None),
+            (Sample::pod_reactivated(), None),
+            (Sample::setup_test(), Some("inb_92ma")),
+        ] {
+            let request = sample.event_id("evt_h").at(NOW).deliver(SECRET).request();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let event = seen.lock().unwrap().pop().unwrap();
+            assert_eq!(event.event_id(), Some("evt_h"));
+            assert_eq!(event.inbox_id(), inbox);
+            match &*event {
+                Event::MessageReceived(received) => {
+                    assert_eq!(received.message.attachments.len(), 1)
+                }
+                Event::InboxSuspended(lifecycle) => {
+                    assert_eq!(
+                        lifecycle.reason.as_ref().unwrap().as_str(),
+                        "high_bounce_rate"
+                    )
+                }
+                _ => {}
+            }
         }
     }
 
@@ -622,20 +597,5 @@ mod test_util {
         let edge = TestDelivery::new(SECRET, BODY).timestamp(NOW - 300);
         let response = app.clone().oneshot(edge.request()).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-    }
-
-    #[tokio::test]
-    async fn a_test_util_request_reaches_the_listen_example_over_http() {
-        let (url, printed) = start_listener(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
-        let addr: SocketAddr = url
-            .trim_start_matches("http://")
-            .trim_end_matches("/webhooks")
-            .parse()
-            .unwrap();
-        let delivery = TestDelivery::new(SECRET, BODY).uri(Uri::from_static("/hooks/inb_1"));
-        let (status, answer) = over_http(addr, delivery.request()).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(answer["event_id"], "evt_tu");
-        assert!(last(&printed).contains("POST /hooks/inb_1  VERIFIED message.received"));
     }
 }
