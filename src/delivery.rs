@@ -96,7 +96,7 @@ impl Delivery {
     }
 
     /// An event that arrived over the account's WebSocket.
-    #[allow(dead_code)] // for the WebSocket dispatcher
+    #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     pub(crate) fn websocket(body: Bytes, event: Option<Arc<Event>>) -> Self {
         Self::new(
             Channel::WebSocket,

@@ -24,6 +24,9 @@ pub mod tenant;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
+#[cfg(feature = "websocket")]
+#[cfg_attr(docsrs, doc(cfg(feature = "websocket")))]
+pub mod websocket;
 
 pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
 pub use delivery::{Channel, Delivery};
