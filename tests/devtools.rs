@@ -1,10 +1,19 @@
 //! The local-development tools against independent and real receivers: `openmail-webhooks
 //! send`, run as the installed binary, against a python3 receiver written from the
-//! documented formula (tests/python_receiver.py); and the `test_util` samples and requests
+//! documented formula (tests/python_receiver.py); `openmail-webhooks listen` against the
+//! test OpenMail WebSocket server (tests/websocket_support), forwarding to the receiver
+//! example and to the python receiver on loopback; and the `test_util` samples and requests
 //! against both the python receiver and the layer.
 #![cfg(feature = "test-util")]
 
 mod support;
+#[cfg(feature = "cli")]
+mod websocket_support;
+
+#[cfg(feature = "cli")]
+#[path = "../examples/receiver.rs"]
+#[allow(dead_code)]
+mod receiver;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -48,6 +57,7 @@ impl PythonReceiver {
         }
     }
 
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     fn url(&self) -> String {
         format!("http://{}/webhooks", self.addr)
     }
@@ -597,5 +607,614 @@ mod test_util {
         let edge = TestDelivery::new(SECRET, BODY).timestamp(NOW - 300);
         let response = app.clone().oneshot(edge.request()).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
+    }
+}
+
+/// `openmail-webhooks listen` against the test OpenMail WebSocket server, forwarding to real
+/// receivers on loopback.
+#[cfg(feature = "cli")]
+mod listen {
+    use std::collections::HashMap;
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::extract::Request as AxumRequest;
+    use axum::middleware::{from_fn, Next};
+    use axum::routing::post;
+    use axum::{Extension, Router};
+    use openmail_webhooks::{Event, VerifyOpenMailLayer};
+    use tokio::sync::mpsc;
+
+    use super::websocket_support::{TestServer, API_KEY};
+    use super::*;
+
+    /// A running `listen`, its output read line by line as it comes.
+    struct Listen {
+        child: Child,
+        stdout: mpsc::UnboundedReceiver<String>,
+        stdout_seen: Vec<String>,
+        stderr: Arc<Mutex<String>>,
+    }
+
+    impl Listen {
+        fn spawn(args: &[&str], ws_url: &str, api_key: &str) -> Self {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"))
+                .arg("listen")
+                .args(args)
+                .env("OPENMAIL_API_KEY", api_key)
+                .env("OPENMAIL_WS_URL", ws_url)
+                .env("OPENMAIL_WEBHOOK_SECRET", SECRET)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (lines, stdout) = mpsc::unbounded_channel();
+            let out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if lines.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let sink = Arc::clone(&stderr);
+            let mut err = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                let mut buffer = [0; 4096];
+                while let Ok(read @ 1..) = err.read(&mut buffer) {
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buffer[..read]));
+                }
+            });
+            Self {
+                child,
+                stdout,
+                stdout_seen: Vec::new(),
+                stderr,
+            }
+        }
+
+        fn stderr(&self) -> String {
+            self.stderr.lock().unwrap().clone()
+        }
+
+        /// The next stdout line.
+        async fn line(&mut self) -> String {
+            match tokio::time::timeout(Duration::from_secs(20), self.stdout.recv()).await {
+                Ok(Some(line)) => {
+                    self.stdout_seen.push(line.clone());
+                    line
+                }
+                _ => panic!(
+                    "no stdout line; so far {:?}\nstderr:\n{}",
+                    self.stdout_seen,
+                    self.stderr()
+                ),
+            }
+        }
+
+        /// Reads stdout until `count` lines start with `prefix`; returns every line read.
+        async fn lines_until(&mut self, prefix: &str, count: usize) -> Vec<String> {
+            let mut read = Vec::new();
+            while read
+                .iter()
+                .filter(|line: &&String| line.starts_with(prefix))
+                .count()
+                < count
+            {
+                read.push(self.line().await);
+            }
+            read
+        }
+
+        /// SIGINT, as Ctrl-C sends it, and the exit code.
+        async fn interrupt(mut self) -> (i32, String) {
+            let pid = self.child.id().to_string();
+            let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+            assert!(status.success());
+            for _ in 0..500 {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return (status.code().unwrap_or(-1), self.stderr());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("listen did not stop on SIGINT:\n{}", self.stderr());
+        }
+
+        async fn exit_code(mut self) -> (i32, String) {
+            for _ in 0..1000 {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return (status.code().unwrap_or(-1), self.stderr());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("listen did not exit:\n{}", self.stderr());
+        }
+    }
+
+    impl Drop for Listen {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Every request a receiver got, by `X-Event-Id`.
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    /// Serves `app` on a loopback port, counting each request's `X-Event-Id` before the
+    /// app sees it. Returns its `/webhooks` URL.
+    async fn serve(app: Router) -> (String, Seen) {
+        serve_slowly(app, &[]).await
+    }
+
+    /// Like [`serve`], and answers the events in `slow` only after 4 s.
+    async fn serve_slowly(app: Router, slow: &[String]) -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let counter = Arc::clone(&seen);
+        let slow: Arc<[String]> = slow.into();
+        let app = app.layer(from_fn(move |request: AxumRequest, next: Next| {
+            let counter = Arc::clone(&counter);
+            let slow = Arc::clone(&slow);
+            async move {
+                let id = request
+                    .headers()
+                    .get("x-event-id")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned();
+                counter.lock().unwrap().push(id.clone());
+                if slow.contains(&id) {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                }
+                next.run(request).await
+            }
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}/webhooks"), seen)
+    }
+
+    fn counts(seen: &Seen) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for id in seen.lock().unwrap().iter() {
+            *counts.entry(id.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    fn message(event_id: &str) -> String {
+        Sample::message_received().event_id(event_id).to_json()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listen_prints_one_escaped_line_per_event_and_stops_on_ctrl_c() {
+        let server = TestServer::start().await;
+        let mut listen = Listen::spawn(&[], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        server.push(
+            &Sample::message_received()
+                .event_id("evt_a")
+                .inbox_id("inb_1")
+                .to_json(),
+        );
+        server.push(&Sample::inbox_suspended().event_id("evt_b").to_json());
+        server.push(&Sample::pod_suspended().event_id("evt_c").to_json());
+        // A hostile id cannot forge a second line or move the cursor.
+        server.push(
+            &Sample::setup_test()
+                .event_id("evt_d\nmessage.received evt_forged\u{1b}[2J")
+                .to_json(),
+        );
+        assert_eq!(listen.line().await, "message.received evt_a inbox=inb_1");
+        assert_eq!(listen.line().await, "inbox.suspended evt_b inbox=inb_92ma");
+        assert_eq!(listen.line().await, "pod.suspended evt_c inbox=-");
+        assert_eq!(
+            listen.line().await,
+            r"setup.test evt_d\nmessage.received evt_forged\u{1b}[2J inbox=inb_92ma"
+        );
+        assert!(
+            !listen.stderr().contains(API_KEY),
+            "the key is never printed"
+        );
+        let (code, stderr) = listen.interrupt().await;
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stderr.contains("listen: stopped"), "{stderr}");
+        assert!(stderr.contains(&server.url()), "{stderr}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inbox_and_event_filters_narrow_the_subscription() {
+        let server = TestServer::start().await;
+        let mut listen = Listen::spawn(
+            &["--inbox-id", "inb_1", "--event=message.received"],
+            &server.url(),
+            API_KEY,
+        );
+        server.wait_subscribed(1).await;
+        let subscribe = &server.client_messages_of("subscribe")[0];
+        assert_eq!(subscribe["inbox_ids"], serde_json::json!(["inb_1"]));
+        assert_eq!(
+            subscribe["event_types"],
+            serde_json::json!(["message.received"])
+        );
+        server.push(
+            &Sample::message_received()
+                .event_id("evt_other")
+                .inbox_id("inb_2")
+                .to_json(),
+        );
+        server.push(
+            &Sample::inbox_suspended()
+                .event_id("evt_type")
+                .inbox_id("inb_1")
+                .to_json(),
+        );
+        server.push(
+            &Sample::message_received()
+                .event_id("evt_mine")
+                .inbox_id("inb_1")
+                .to_json(),
+        );
+        assert_eq!(listen.line().await, "message.received evt_mine inbox=inb_1");
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_prints_each_event_byte_for_byte_on_one_line() {
+        let server = TestServer::start().await;
+        let mut listen = Listen::spawn(&["--json"], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        let events = [
+            Sample::message_received().event_id("evt_j1").to_json(),
+            Sample::pod_reactivated().event_id("evt_j2").to_json(),
+        ];
+        for event in &events {
+            server.push(event);
+        }
+        for event in &events {
+            assert_eq!(&listen.line().await, event);
+        }
+        // Not compact, as OpenMail never sends it: still one line, with the same meaning.
+        let spread = "{\n  \"event\": \"setup.test\",\n  \"event_id\": \"evt_j3\"\n}";
+        server.push(spread);
+        let line = listen.line().await;
+        assert_eq!(json(&line), json(spread));
+        assert_eq!(listen.interrupt().await.0, 0);
+
+        // A printed line is a FILE that `send` delivers byte for byte.
+        let python = PythonReceiver::start(SECRET);
+        let path =
+            std::env::temp_dir().join(format!("openmail-listen-{}.json", std::process::id()));
+        std::fs::write(&path, &events[0]).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"))
+            .args(["send", &python.url(), path.to_str().unwrap()])
+            .env("OPENMAIL_WEBHOOK_SECRET", SECRET)
+            .output()
+            .unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(output.status.success());
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let report = json(stdout.lines().nth(2).unwrap());
+        assert_eq!(report["body"], events[0].as_str());
+        assert_eq!(report["x_event_id"], "evt_j1");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_key_exits_with_2_and_says_so() {
+        let server = TestServer::start().await;
+        let listen = Listen::spawn(&[], &server.url(), "om_wrong_key");
+        let (code, stderr) = listen.exit_code().await;
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("4001"), "{stderr}");
+        assert!(stderr.contains("OPENMAIL_API_KEY"), "{stderr}");
+        assert!(!stderr.contains("om_wrong_key"), "{stderr}");
+    }
+
+    #[test]
+    fn missing_variables_and_bad_options_exit_with_2() {
+        let run = |args: &[&str], vars: &[(&str, &str)]| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"));
+            command.arg("listen").args(args);
+            for name in [
+                "OPENMAIL_API_KEY",
+                "OPENMAIL_WS_URL",
+                "OPENMAIL_WEBHOOK_SECRET",
+            ] {
+                command.env_remove(name);
+            }
+            command.envs(vars.iter().copied());
+            let output = command.output().unwrap();
+            (
+                output.status.code().unwrap(),
+                String::from_utf8(output.stderr).unwrap(),
+            )
+        };
+        let (code, stderr) = run(&[], &[]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("OPENMAIL_API_KEY is not set"), "{stderr}");
+
+        let key = [("OPENMAIL_API_KEY", API_KEY)];
+        let (code, stderr) = run(&["--forward-to", "http://127.0.0.1:9/webhooks"], &key);
+        assert_eq!(code, 2);
+        assert!(
+            stderr.contains("OPENMAIL_WEBHOOK_SECRET is not set"),
+            "{stderr}"
+        );
+
+        let (code, stderr) = run(&["--forward-to", "https://x.example/webhooks"], &key);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("plain HTTP"), "{stderr}");
+
+        let insecure = [
+            ("OPENMAIL_API_KEY", API_KEY),
+            ("OPENMAIL_WS_URL", "ws://example.com/v1/ws"),
+        ];
+        let (code, stderr) = run(&[], &insecure);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("loopback"), "{stderr}");
+
+        let (code, stderr) = run(&["--bogus"], &key);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("usage: listen"), "{stderr}");
+    }
+
+    /// The receiver example's router, as a developer runs it, unchanged.
+    async fn receiver() -> (String, Seen) {
+        slow_receiver(&[]).await
+    }
+
+    /// The receiver example's router, slow to answer the events in `slow`.
+    async fn slow_receiver(slow: &[String]) -> (String, Seen) {
+        let layer = VerifyOpenMailLayer::new(SECRET).unwrap();
+        serve_slowly(super::receiver::app(layer), slow).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forwarded_events_reach_the_receiver_example_signed_as_webhooks() {
+        let server = TestServer::start().await;
+        let (url, seen) = receiver().await;
+        let mut listen = Listen::spawn(&["--forward-to", &url], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        for event_type in Sample::EVENT_TYPES {
+            let event = Sample::of_type(event_type)
+                .unwrap()
+                .event_id(format!("evt_{event_type}"));
+            server.push(&event.to_json());
+        }
+        let lines = listen.lines_until("forwarded ", 6).await;
+        for event_type in Sample::EVENT_TYPES {
+            let id = format!("evt_{event_type}");
+            assert!(
+                lines.contains(&format!("forwarded {id} 200 OK")),
+                "{lines:?}"
+            );
+            assert!(
+                lines
+                    .iter()
+                    .any(|line| line.starts_with(&format!("{event_type} {id} "))),
+                "{lines:?}"
+            );
+        }
+        assert_eq!(seen.lock().unwrap().len(), 6);
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn python_accepts_what_listen_forwards_byte_for_byte() {
+        let server = TestServer::start().await;
+        let python = PythonReceiver::start(SECRET);
+        // Stands between listen and python, to see python's report.
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let app = {
+            let reports = Arc::clone(&reports);
+            let python = python.addr;
+            Router::new().route(
+                "/webhooks",
+                post(move |request: AxumRequest| {
+                    let reports = Arc::clone(&reports);
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                        let headers: Vec<(&str, String)> =
+                            ["content-type", "x-timestamp", "x-signature", "x-event-id"]
+                                .into_iter()
+                                .filter_map(|name| {
+                                    let value = parts.headers.get(name)?.to_str().ok()?;
+                                    Some((name, value.to_owned()))
+                                })
+                                .collect();
+                        let (status, report) =
+                            support::post(&support::client(), python, "/webhooks", &headers, body)
+                                .await;
+                        reports.lock().unwrap().push(json(&report));
+                        status
+                    }
+                }),
+            )
+        };
+        let (url, _) = serve(app).await;
+        let mut listen = Listen::spawn(&["--forward-to", &url], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        let event = Sample::message_received().event_id("evt_py").to_json();
+        server.push(&event);
+        let lines = listen.lines_until("forwarded ", 1).await;
+        assert!(
+            lines.contains(&"forwarded evt_py 200 OK".to_owned()),
+            "{lines:?}"
+        );
+        let report = reports.lock().unwrap()[0].clone();
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["body"], event.as_str());
+        assert_eq!(report["body_sha256"], sha256_hex(event.as_bytes()));
+        assert_eq!(report["x_event_id"], "evt_py");
+        assert_eq!(report["content_type"], "application/json");
+        let age = support::unix_now()
+            - report["x_timestamp"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap();
+        assert!((0..=5).contains(&age), "a fresh X-Timestamp: {age} s old");
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_event_is_retried_then_reported_without_holding_up_the_next() {
+        let server = TestServer::start().await;
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let app = {
+            let handled = Arc::clone(&handled);
+            let layer = VerifyOpenMailLayer::new(SECRET).unwrap();
+            Router::new()
+                .route(
+                    "/webhooks",
+                    post(move |Extension(event): Extension<Arc<Event>>| {
+                        let handled = Arc::clone(&handled);
+                        async move {
+                            let id = event.event_id().unwrap_or("-").to_owned();
+                            handled.lock().unwrap().push(id.clone());
+                            if id == "evt_bad" {
+                                http::StatusCode::INTERNAL_SERVER_ERROR
+                            } else {
+                                http::StatusCode::OK
+                            }
+                        }
+                    }),
+                )
+                .layer(layer)
+        };
+        let (url, _) = serve(app).await;
+        let mut listen = Listen::spawn(&["--forward-to", &url], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        server.push(&message("evt_bad"));
+        server.push(&message("evt_good"));
+        let lines = listen.lines_until("failed ", 1).await;
+        let good = lines
+            .iter()
+            .position(|line| line == "forwarded evt_good 200 OK")
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        let failed = lines
+            .iter()
+            .position(|line| line.starts_with("failed evt_bad 500 Internal Server Error after "))
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        assert!(good < failed, "the next event was not held up: {lines:?}");
+        // Every attempt was verified by the layer (signed afresh) and reached the handler.
+        let attempts = handled
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|id| *id == "evt_bad")
+            .count();
+        assert!(attempts > 1, "retried: {attempts}");
+        assert!(
+            lines[failed].ends_with(&format!("after {attempts} attempts")),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|line| line.starts_with("message.received evt_bad "))
+                .count(),
+            1,
+            "the event's line is printed once, however often it is retried: {lines:?}"
+        );
+        let stderr = listen.stderr();
+        assert!(
+            stderr.contains("answered 500 Internal Server Error to evt_bad"),
+            "{stderr}"
+        );
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_1001_close_mid_stream_nothing_is_lost_and_nothing_forwarded_twice() {
+        let server = TestServer::start().await;
+        let ids: Vec<String> = (1..=12).map(|n| format!("evt_{n:02}")).collect();
+        // Events 6 to 8 are still being forwarded when the server closes the connection.
+        let (url, seen) = slow_receiver(&ids[5..8]).await;
+        let mut listen = Listen::spawn(&["--forward-to", &url], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+
+        for id in &ids[..5] {
+            server.push(&message(id));
+        }
+        let mut lines = listen.lines_until("forwarded ", 5).await;
+        // Three more go out live, and the server shuts down while they are forwarded; two
+        // more occur while no connection is there to receive them. The replay brings them
+        // all again, the three in flight included.
+        for id in &ids[5..8] {
+            server.push(&message(id));
+        }
+        for id in &ids[8..10] {
+            server.store_only(&message(id));
+        }
+        server.close_all(1001, "going away");
+        server
+            .wait_until("a second subscribe", Duration::from_secs(20), |server| {
+                server.client_messages_of("subscribe").len() >= 2
+            })
+            .await;
+        server.wait_subscribed(1).await;
+        for id in &ids[10..] {
+            server.push(&message(id));
+        }
+        let forwarded_before = lines
+            .iter()
+            .filter(|line| line.starts_with("forwarded "))
+            .count();
+        lines.extend(
+            listen
+                .lines_until("forwarded ", 12 - forwarded_before)
+                .await,
+        );
+
+        // Nothing lost, nothing twice: at the receiver, and in what listen printed.
+        let counts = counts(&seen);
+        for id in &ids {
+            assert_eq!(
+                counts.get(id),
+                Some(&1),
+                "{id} reached the receiver once: {counts:?}"
+            );
+            let forwarded = format!("forwarded {id} 200 OK");
+            assert_eq!(
+                lines.iter().filter(|line| **line == forwarded).count(),
+                1,
+                "{lines:?}"
+            );
+        }
+        assert_eq!(counts.len(), ids.len(), "{counts:?}");
+        assert!(
+            !lines.iter().any(|line| line.starts_with("failed ")),
+            "{lines:?}"
+        );
+
+        // It resumed after an event it had forwarded.
+        let subscribes = server.client_messages_of("subscribe");
+        let resumed_from = subscribes[1]["last_event_id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            resumed_from, ids[4],
+            "the last event forwarded before the close"
+        );
+        // So the replay brought the three in flight again, and they were not forwarded
+        // twice for it.
+        let second = server.handshakes().last().unwrap().connection;
+        let replayed = server.sent_to(second);
+        assert_eq!(replayed[..5], ids[5..10], "{replayed:?}");
+        let stderr = listen.stderr();
+        assert!(stderr.contains("1001"), "the close is reported: {stderr}");
+        assert!(
+            stderr.contains(&format!("resumed after event {resumed_from}")),
+            "{stderr}"
+        );
+        assert_eq!(listen.interrupt().await.0, 0);
     }
 }

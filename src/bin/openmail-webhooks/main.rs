@@ -2,10 +2,18 @@
 //!
 //! ```text
 //! cargo install openmail-webhooks --features cli
+//! OPENMAIL_API_KEY=om_... openmail-webhooks listen --forward-to http://127.0.0.1:3000/webhooks
 //! openmail-webhooks send [OPTIONS] URL [FILE]
 //! ```
 //!
+//! - `listen` prints OpenMail's events as they happen, received over the account's
+//!   WebSocket, and with `--forward-to` POSTs each one to a receiver on this machine, signed
+//!   as OpenMail signs webhooks: real events, no public URL, no tunnel.
 //! - `send` POSTs a signed delivery to a receiver on this machine, the way OpenMail does.
+//!
+//! The printing receiver that `examples/listen.rs` was is gone, deliberately: with
+//! `listen --forward-to`, real events reach the developer's own receiver, whose
+//! verification layer reports a rejection's precise reason through `on_rejection`.
 //!
 //! Each subcommand's module says what it prints and how it exits.
 #![forbid(unsafe_code)]
@@ -21,6 +29,7 @@
 )]
 
 mod http;
+mod listen;
 mod send;
 
 use std::io::Write;
@@ -33,6 +42,9 @@ usage: openmail-webhooks COMMAND [OPTIONS]
 The developer tool for OpenMail events.
 
 commands:
+  listen   print OpenMail's events as they happen, over the account's
+           WebSocket, and forward them to a receiver on this machine,
+           signed as webhooks (`openmail-webhooks listen --help`)
   send     POST a signed delivery to a receiver on this machine, the way
            OpenMail does (`openmail-webhooks send --help`)
 
@@ -51,6 +63,15 @@ async fn main() -> ExitCode {
             send::main(
                 args,
                 std::env::var("OPENMAIL_WEBHOOK_SECRET").ok(),
+                &mut out,
+                &mut err,
+            )
+            .await
+        }
+        Some("listen") => {
+            listen::main(
+                args,
+                listen::Environment::from_process(),
                 &mut out,
                 &mut err,
             )

@@ -323,14 +323,16 @@ fn body_at(
     }
 }
 
-/// A response body as text for a terminal: lines and tabs kept, other control characters
-/// (terminal escapes) written as escapes, and cut short past [`RESPONSE_SHOWN`] bytes.
+/// A response body as text for a terminal: line ends and tabs kept, other control
+/// characters (terminal escapes, a lone carriage return) written as escapes, and cut short past [`RESPONSE_SHOWN`] bytes.
 fn printable(response: &[u8]) -> String {
     let shown = response.get(..RESPONSE_SHOWN).unwrap_or(response);
     let text = String::from_utf8_lossy(shown);
     let mut printed = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() && c != '\n' && c != '\t' {
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        let line_end = c == '\r' && chars.peek() == Some(&'\n');
+        if c.is_control() && c != '\n' && c != '\t' && !line_end {
             printed.extend(c.escape_unicode());
         } else {
             printed.push(c);
@@ -453,6 +455,7 @@ mod tests {
     fn responses_are_printed_without_terminal_escapes() {
         assert_eq!(printable(b"{\"ok\":true}\n"), "{\"ok\":true}\n");
         assert_eq!(printable(b"a\x1b[2Jb\tc"), "a\\u{1b}[2Jb\tc");
+        assert_eq!(printable(b"a\r\nb\rc"), "a\r\nb\\u{d}c");
         let huge = vec![b'x'; RESPONSE_SHOWN + 10];
         assert!(printable(&huge).ends_with("…(+10 bytes)"));
     }
