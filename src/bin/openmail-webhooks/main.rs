@@ -11,9 +11,9 @@
 //!   as OpenMail signs webhooks: real events, no public URL, no tunnel.
 //! - `send` POSTs a signed delivery to a receiver on this machine, the way OpenMail does.
 //!
-//! The printing receiver that `examples/listen.rs` was is gone, deliberately: with
-//! `listen --forward-to`, real events reach the developer's own receiver, whose
-//! verification layer reports a rejection's precise reason through `on_rejection`.
+//! There is no printing receiver of its own: with `listen --forward-to`, real events reach
+//! the developer's own receiver, whose verification layer reports a rejection's precise
+//! reason through `on_rejection`.
 //!
 //! Each subcommand's module says what it prints and how it exits.
 #![forbid(unsafe_code)]
