@@ -148,14 +148,21 @@ impl Tracker {
     /// Starts over for a new connection, which replays from the position: the slots are
     /// dropped (the replay brings them again, in order), their jobs kept as orphans so
     /// that the replay is recognised, and the orphans of the connection before are
-    /// forgotten. Returns how many events not handled lie beyond what a replay brings.
+    /// forgotten. Returns how many events not handled lie beyond what a replay brings:
+    /// those past the first [`REPLAY_LIMIT`], or all of them when there is no position
+    /// to replay from (the very first events failed).
     pub(crate) fn reconnect(&mut self) -> usize {
         self.jobs
             .retain(|_, job| job.slots > 0 || job.state == State::Running);
+        let replayed = if self.position.is_some() {
+            REPLAY_LIMIT
+        } else {
+            0
+        };
         let beyond = self
             .slots
             .iter()
-            .skip(REPLAY_LIMIT)
+            .skip(replayed)
             .filter(|key| {
                 self.jobs
                     .get(*key)
@@ -298,5 +305,15 @@ mod tests {
         tracker.finish(&keys[REPLAY_LIMIT + 3], false);
         assert_eq!(tracker.advance(), None);
         assert_eq!(tracker.reconnect(), 2);
+    }
+
+    #[test]
+    fn without_a_position_nothing_is_replayed() {
+        let mut tracker = Tracker::new(None);
+        let failed = dispatch(&mut tracker, "evt_1");
+        let done = dispatch(&mut tracker, "evt_2");
+        tracker.finish(&failed, false);
+        tracker.finish(&done, true);
+        assert_eq!(tracker.reconnect(), 1);
     }
 }

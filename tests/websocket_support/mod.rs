@@ -32,7 +32,10 @@
 // Each test binary uses its own subset of these helpers.
 #![allow(dead_code)]
 
+#[cfg(feature = "websocket")]
+pub mod harness;
 pub mod tls;
+pub mod webhook;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -75,6 +78,8 @@ pub struct ServerOptions {
     pub owned_inboxes: Option<Vec<String>>,
     /// Answer `subscribe` (with `subscribed` and the replay). Off, the server stays silent.
     pub answer_subscribe: bool,
+    /// Answer the app-level `ping` with `pong`. Off, the server stays silent.
+    pub answer_ping: bool,
     /// Serve TLS with this configuration.
     pub tls: Option<Arc<rustls::ServerConfig>>,
 }
@@ -91,6 +96,7 @@ impl Default for ServerOptions {
             replay_limit: 100,
             owned_inboxes: None,
             answer_subscribe: true,
+            answer_ping: true,
             tls: None,
         }
     }
@@ -215,6 +221,7 @@ struct Connection {
 struct State {
     valid_keys: HashSet<String>,
     answer_subscribe: bool,
+    answer_ping: bool,
     history: Vec<Stored>,
     connections: HashMap<u64, Connection>,
     next_connection: u64,
@@ -261,6 +268,7 @@ impl TestServer {
         let state = State {
             valid_keys: options.api_keys.iter().cloned().collect(),
             answer_subscribe: options.answer_subscribe,
+            answer_ping: options.answer_ping,
             ..State::default()
         };
         let shared = Arc::new(Shared {
@@ -384,6 +392,11 @@ impl TestServer {
     /// Whether `subscribe` is answered from now on.
     pub fn answer_subscribe(&self, answer: bool) {
         self.shared.update(|state| state.answer_subscribe = answer);
+    }
+
+    /// Whether the app-level `ping` is answered from now on.
+    pub fn answer_ping(&self, answer: bool) {
+        self.shared.update(|state| state.answer_ping = answer);
     }
 
     /// Open connections.
@@ -752,7 +765,10 @@ fn client_message(shared: &Shared, connection: u64, message: Message) -> Vec<Mes
             }
         };
         match object.get("type").and_then(Value::as_str) {
-            Some("ping") => vec![Message::text(json!({"type": "pong"}).to_string())],
+            Some("ping") if state.answer_ping => {
+                vec![Message::text(json!({"type": "pong"}).to_string())]
+            }
+            Some("ping") => Vec::new(),
             Some("subscribe") => {
                 let (Ok(inboxes), Ok(types)) = (list("inbox_ids"), list("event_types")) else {
                     return vec![error_message(
