@@ -1217,4 +1217,62 @@ mod listen {
         );
         assert_eq!(listen.interrupt().await.0, 0);
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_a_resume_file_a_restarted_listen_gets_what_it_missed() {
+        let server = TestServer::start().await;
+        let (url, seen) = receiver().await;
+        let file =
+            std::env::temp_dir().join(format!("openmail-listen-resume-{}", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let args = [
+            "--forward-to",
+            &url,
+            "--resume-file",
+            file.to_str().unwrap(),
+        ];
+
+        let mut listen = Listen::spawn(&args, &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        for id in ["evt_r1", "evt_r2", "evt_r3"] {
+            server.push(&message(id));
+        }
+        listen.lines_until("forwarded ", 3).await;
+        assert_eq!(listen.interrupt().await.0, 0);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "evt_r3\n");
+
+        // Two events occur while listen is stopped.
+        server.store_only(&message("evt_r4"));
+        server.store_only(&message("evt_r5"));
+        let mut listen = Listen::spawn(&args, &server.url(), API_KEY);
+        let lines = listen.lines_until("forwarded ", 2).await;
+        assert!(
+            lines.contains(&"forwarded evt_r4 200 OK".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"forwarded evt_r5 200 OK".to_owned()),
+            "{lines:?}"
+        );
+        let subscribes = server.client_messages_of("subscribe");
+        assert_eq!(subscribes.last().unwrap()["last_event_id"], "evt_r3");
+        assert!(listen.stderr().contains("resumed after event evt_r3"));
+        assert_eq!(listen.interrupt().await.0, 0);
+        std::fs::remove_file(&file).unwrap();
+
+        let counts = counts(&seen);
+        assert_eq!(counts.len(), 5, "{counts:?}");
+        assert!(counts.values().all(|count| *count == 1), "{counts:?}");
+
+        // A resume file that cannot be read stops listen before it connects.
+        let directory = std::env::temp_dir();
+        let listen = Listen::spawn(
+            &["--resume-file", directory.to_str().unwrap()],
+            &server.url(),
+            API_KEY,
+        );
+        let (code, stderr) = listen.exit_code().await;
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("cannot read the resume file"), "{stderr}");
+    }
 }

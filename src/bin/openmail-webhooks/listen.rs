@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! OPENMAIL_API_KEY=om_... openmail-webhooks listen [--inbox-id ID].. [--event TYPE].. \
-//!     [--json] [--forward-to URL]
+//!     [--json] [--forward-to URL] [--resume-file PATH]
 //! ```
 //!
 //! - `OPENMAIL_API_KEY` is required; `OPENMAIL_WS_URL` overrides the WebSocket URL.
@@ -18,6 +18,9 @@
 //!   `failed <event_id> <status or error> after <n> attempts`. The WebSocket client retries
 //!   a non-`2xx` with backoff, without holding up the events behind it, and resumes after
 //!   the last event forwarded when the connection comes back.
+//! - The resume position (the last event handled in order) is kept in memory, for
+//!   reconnections, or with `--resume-file PATH` in a file, so that a restarted `listen`
+//!   also gets the events that occurred while it was stopped (OpenMail replays up to 100).
 //! - Connections, reconnections, replays and failures are reported on stderr.
 //! - Exit status: `0` after Ctrl-C (or SIGTERM); `2` for a usage error, a missing variable,
 //!   or a key OpenMail refuses (close code `4001`); `1` for any other error that stops it.
@@ -26,6 +29,7 @@ use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io::Write;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -40,6 +44,7 @@ use openmail_webhooks::websocket::{
 use openmail_webhooks::{Clock, Delivery, LogSafe, SystemClock};
 
 use crate::http::{client, parse_url, post, signed_request, HttpClient};
+use crate::resume::FileResume;
 
 /// The help text, also printed after a usage error.
 pub const USAGE: &str = "\
@@ -60,6 +65,10 @@ options:
                      OPENMAIL_WEBHOOK_SECRET as OpenMail signs webhooks, and
                      print the receiver's answer; a non-2xx is retried with
                      backoff, without holding up later events
+  --resume-file PATH keep the resume position (the last event handled) in
+                     PATH, so that a restarted listen gets the events it
+                     missed while stopped, up to 100 (default: in memory, for
+                     reconnections only)
   -h, --help         print this help
 
 Each event prints one line on stdout; with --forward-to, each outcome one more:
@@ -78,6 +87,7 @@ struct Options {
     forward_to: Option<Uri>,
     inbox_ids: Vec<String>,
     event_types: Vec<String>,
+    resume_file: Option<PathBuf>,
 }
 
 /// Parses the arguments that follow `listen`. `None` asks for the help.
@@ -88,6 +98,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         forward_to: None,
         inbox_ids: Vec::new(),
         event_types: Vec::new(),
+        resume_file: None,
     };
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -107,6 +118,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
             }
             "--inbox-id" => options.inbox_ids.push(value("an inbox id")?),
             "--event" => options.event_types.push(value("an event type")?),
+            "--resume-file" => options.resume_file = Some(PathBuf::from(value("a path")?)),
             "--json" => return Err("--json takes no value".to_owned()),
             option if option.starts_with('-') => {
                 return Err(format!("unknown option {}", LogSafe::new(option)))
@@ -430,13 +442,22 @@ pub async fn main(
         }),
     };
     let url = environment.url.unwrap_or_else(|| DEFAULT_URL.to_owned());
-    let client = match WebSocketClient::new(api_key).and_then(|client| client.url(&url)) {
+    let mut client = match WebSocketClient::new(api_key).and_then(|client| client.url(&url)) {
         Ok(client) => client,
         Err(error) => {
             let _ = writeln!(err, "listen: {error}");
             return 2;
         }
     };
+    if let Some(path) = options.resume_file {
+        match FileResume::open(path) {
+            Ok(store) => client = client.resume_store(store),
+            Err(message) => {
+                let _ = writeln!(err, "listen: {message}");
+                return 2;
+            }
+        }
+    }
     let _ = writeln!(
         err,
         "listen: connecting to {}{}; Ctrl-C stops",
@@ -497,6 +518,7 @@ mod tests {
                 forward_to: None,
                 inbox_ids: Vec::new(),
                 event_types: Vec::new(),
+                resume_file: None,
             })
         );
         let options = parse(&["--inbox-id", "inb_a", "--inbox-id=inb_b", "--event", "x"])

@@ -30,6 +30,7 @@
 
 mod http;
 mod listen;
+mod resume;
 mod send;
 
 use std::io::Write;
