@@ -95,8 +95,8 @@ pub fn inner(store: Arc<dyn DedupStore>, lines: Lines) -> Router {
             Decision::First { .. } | Decision::Completed { .. } => {}
             _ => eprintln!("dedup: {decision}"),
         })
-        .duplicate_response(|event_id| {
-            let body = json!({ "ok": true, "duplicate": true, "event_id": event_id });
+        .duplicate_response(|key| {
+            let body = json!({ "ok": true, "duplicate": true, "event_id": key.event_id() });
             let mut response = Response::new(Bytes::from(body.to_string()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,

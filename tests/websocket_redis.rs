@@ -10,6 +10,7 @@
 mod websocket_support;
 
 #[path = "dedup_support/redis_server.rs"]
+#[allow(dead_code)] // shared with the deduplication tests, which pause and resume it
 mod redis_server;
 
 use std::sync::Arc;
