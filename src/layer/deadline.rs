@@ -163,35 +163,34 @@ struct Timer {
     changed: Condvar,
 }
 
-#[derive(Default)]
 struct TimerState {
     entries: BTreeMap<(Instant, u64), Waker>,
     next_id: u64,
 }
 
-static TIMER: OnceLock<Option<Timer>> = OnceLock::new();
+static TIMER: Timer = Timer {
+    state: Mutex::new(TimerState {
+        entries: BTreeMap::new(),
+        next_id: 0,
+    }),
+    changed: Condvar::new(),
+};
+
+/// Whether the timer's thread is running; started on first use.
+static STARTED: OnceLock<bool> = OnceLock::new();
 
 impl Timer {
-    /// The timer, started on first use. `None` if the thread could not be started; then
-    /// deadlines are still checked whenever a request is polled, but a request that is
-    /// never woken otherwise is not cut off.
+    /// The timer, its thread started on first use. `None` if the thread could not be
+    /// started; then deadlines are still checked whenever a request is polled, but a
+    /// request that is never woken otherwise is not cut off.
     fn get() -> Option<&'static Timer> {
-        TIMER
-            .get_or_init(|| {
-                std::thread::Builder::new()
-                    .name("openmail-webhooks-deadlines".into())
-                    .spawn(|| {
-                        if let Some(Some(timer)) = TIMER.get() {
-                            timer.run();
-                        }
-                    })
-                    .ok()
-                    .map(|_| Timer {
-                        state: Mutex::default(),
-                        changed: Condvar::new(),
-                    })
-            })
-            .as_ref()
+        let running = *STARTED.get_or_init(|| {
+            std::thread::Builder::new()
+                .name("openmail-webhooks-deadlines".into())
+                .spawn(|| TIMER.run())
+                .is_ok()
+        });
+        running.then_some(&TIMER)
     }
 
     fn lock(&self) -> MutexGuard<'_, TimerState> {
