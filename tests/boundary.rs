@@ -231,9 +231,10 @@ async fn hundreds_of_trickling_uploads_do_not_delay_genuine_deliveries() {
                         break;
                     }
                 }
-                read_response(&mut stream)
-                    .await
-                    .map(|(status, ..)| (status, started.elapsed()))
+                // The answer, or `None` when the server's close reset the connection
+                // before it could be read (it closes with the trickled bytes unread).
+                let status = read_response(&mut stream).await.map(|(status, ..)| status);
+                Some((status, started.elapsed()))
             })
         })
         .collect();
@@ -272,11 +273,17 @@ async fn hundreds_of_trickling_uploads_do_not_delay_genuine_deliveries() {
     assert!(slowest < Duration::from_millis(2000), "{latencies:?}");
     // The minimum rate cut every trickler off after its grace period, long before the 10 s
     // deadline, and none got a 5xx.
-    for answer in &cut_off {
-        let (status, at) = answer.expect("every trickler is answered");
-        assert_eq!(status, 408);
+    let mut answered = 0;
+    for ended in &cut_off {
+        let (status, at) = ended.expect("every trickler connected");
+        assert!(matches!(status, None | Some(408)), "{status:?}");
+        answered += usize::from(status.is_some());
         assert!(at < Duration::from_secs(6), "{at:?}");
     }
+    assert!(
+        answered > TRICKLERS / 2,
+        "only {answered} tricklers read their 408"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

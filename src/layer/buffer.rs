@@ -2,23 +2,25 @@ use bytes::{Bytes, BytesMut};
 
 use super::budget::Lease;
 
-/// The smallest buffer allocated for a body that arrives in several frames.
-const MIN_JOINED: usize = 8 * 1024;
+/// Frames shorter than this are copied into a shared chunk as they arrive, rather than
+/// kept: each kept frame costs a `Bytes` and pins the buffer it was read into.
+const SMALL_FRAME: usize = 4 * 1024;
 
-/// Collects a body's frames into memory the budget has leased.
+/// The size of the chunks small frames are copied into.
+const CHUNK: usize = 16 * 1024;
+
+/// Collects a body's frames in memory the budget has leased, and joins them once.
 ///
-/// A body that arrives in one frame is kept as that frame: no copy at all. From the second
-/// frame on, frames are copied into one buffer as they arrive and let go at once, so what
-/// is held is about the bytes received, never one allocation per frame: a body of 1-byte
-/// chunks costs what its bytes cost. The buffer holds at most twice the bytes received (or
-/// 8 KiB), growing by doubling up to the declared length, so that a client must send the
-/// bytes it makes the receiver hold: a declared length alone holds nothing. A body of up
-/// to 8 KiB is copied once; a larger one about twice, as its buffer doubles.
+/// A body that arrives in one frame is kept as that frame: no copy at all. A body that
+/// arrives in several is kept as its frames until it ends, then copied once into one
+/// allocation of exactly its size. Frames shorter than 4 KiB are copied into 16 KiB chunks
+/// as they arrive and let go at once, so a body of 1-byte chunks costs what its bytes cost,
+/// not one allocation per frame. What is held while reading is about the bytes received:
+/// a declared `Content-Length` alone holds nothing.
 #[derive(Debug)]
 pub(crate) struct BodyBuffer {
     data: Data,
     lease: Lease,
-    limit: usize,
 }
 
 #[derive(Debug, Default)]
@@ -26,7 +28,11 @@ enum Data {
     #[default]
     Empty,
     One(Bytes),
-    Joined(BytesMut),
+    Many {
+        frames: Vec<Bytes>,
+        chunk: BytesMut,
+        length: usize,
+    },
 }
 
 /// The budget could not lease what the body needs.
@@ -34,70 +40,58 @@ enum Data {
 pub(crate) struct OverBudget;
 
 impl BodyBuffer {
-    /// A buffer for one body, leasing from the budget as it grows. `limit` is the body
-    /// limit; the buffer never grows past it.
-    pub(crate) fn new(lease: Lease, limit: usize) -> Self {
+    /// A buffer for one body, leasing from the budget as it grows.
+    pub(crate) fn new(lease: Lease) -> Self {
         Self {
             data: Data::Empty,
             lease,
-            limit,
         }
     }
 
-    /// Appends one frame. `expected` is the body's declared length, already within the
-    /// limit.
-    pub(crate) fn push(&mut self, chunk: Bytes, expected: Option<usize>) -> Result<(), OverBudget> {
+    /// Appends one frame.
+    pub(crate) fn push(&mut self, chunk: Bytes) -> Result<(), OverBudget> {
         if chunk.is_empty() {
             return Ok(());
         }
-        match std::mem::take(&mut self.data) {
+        let (mut frames, mut small, mut length) = match std::mem::take(&mut self.data) {
             Data::Empty => {
                 if !self.lease.grow_to(chunk.len()) {
                     return Err(OverBudget);
                 }
                 self.data = Data::One(chunk);
+                return Ok(());
             }
             Data::One(first) => {
-                let needed = first.len().saturating_add(chunk.len());
-                let capacity = needed
-                    .saturating_mul(2)
-                    .max(MIN_JOINED)
-                    .min(expected.unwrap_or(self.limit).max(needed));
-                if !self.lease.grow_to(capacity) {
-                    self.data = Data::One(first);
-                    return Err(OverBudget);
-                }
-                let mut joined = BytesMut::with_capacity(capacity);
-                joined.extend_from_slice(&first);
-                joined.extend_from_slice(&chunk);
-                self.lease_capacity(&joined)?;
-                self.data = Data::Joined(joined);
+                let mut frames = Vec::new();
+                let mut small = BytesMut::new();
+                let length = first.len();
+                keep(&mut frames, &mut small, first);
+                (frames, small, length)
             }
-            Data::Joined(mut joined) => {
-                let needed = joined.len().saturating_add(chunk.len());
-                if needed > joined.capacity() {
-                    let capacity = needed
-                        .max(joined.capacity().saturating_mul(2))
-                        .min(expected.unwrap_or(self.limit).max(needed));
-                    if !self.lease.grow_to(capacity) {
-                        self.data = Data::Joined(joined);
-                        return Err(OverBudget);
-                    }
-                    let mut grown = BytesMut::with_capacity(capacity);
-                    grown.extend_from_slice(&joined);
-                    joined = grown;
-                }
-                joined.extend_from_slice(&chunk);
-                self.lease_capacity(&joined)?;
-                self.data = Data::Joined(joined);
-            }
-        }
-        Ok(())
-    }
-
-    /// Makes sure the lease covers what the allocation really holds.
-    fn lease_capacity(&mut self, joined: &BytesMut) -> Result<(), OverBudget> {
-        if self.lease.grow_to(joined.capacity()) {
+            Data::Many {
+                frames,
+                chunk,
+                length,
+            } => (frames, chunk, length),
+        };
+        length = length.saturating_add(chunk.len());
+        keep(&mut frames, &mut small, chunk);
+        // Every byte is in a kept frame or in the open chunk; the chunk counts whole.
+        let held = length
+            .saturating_sub(small.len())
+            .saturating_add(small.capacity())
+            .saturating_add(
+                frames
+                    .capacity()
+                    .saturating_mul(std::mem::size_of::<Bytes>()),
+            );
+        let fits = self.lease.grow_to(held);
+        self.data = Data::Many {
+            frames,
+            chunk: small,
+            length,
+        };
+        if fits {
             Ok(())
         } else {
             Err(OverBudget)
@@ -110,7 +104,18 @@ impl BodyBuffer {
         let bytes = match self.data {
             Data::Empty => Bytes::new(),
             Data::One(bytes) => bytes,
-            Data::Joined(joined) => joined.freeze(),
+            Data::Many {
+                frames,
+                chunk,
+                length,
+            } => {
+                let mut joined = BytesMut::with_capacity(length);
+                for frame in frames {
+                    joined.extend_from_slice(&frame);
+                }
+                joined.extend_from_slice(&chunk);
+                joined.freeze()
+            }
         };
         (bytes, self.lease)
     }
@@ -121,67 +126,84 @@ impl BodyBuffer {
     }
 }
 
+/// Keeps one frame: a large one as it is, a small one copied into the current chunk.
+fn keep(frames: &mut Vec<Bytes>, small: &mut BytesMut, frame: Bytes) {
+    if frame.len() >= SMALL_FRAME {
+        if !small.is_empty() {
+            frames.push(small.split().freeze());
+        }
+        frames.push(frame);
+        return;
+    }
+    if small.capacity().saturating_sub(small.len()) < frame.len() {
+        if !small.is_empty() {
+            frames.push(small.split().freeze());
+        }
+        *small = BytesMut::with_capacity(CHUNK);
+    }
+    small.extend_from_slice(&frame);
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::budget::Budget;
     use super::*;
 
-    fn collect(chunks: &[&[u8]], expected: Option<usize>) -> Bytes {
+    fn collect(chunks: &[&[u8]]) -> Bytes {
         let budget = Budget::new(1 << 20);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget), 1 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget));
         for chunk in chunks {
-            buffer
-                .push(Bytes::copy_from_slice(chunk), expected)
-                .unwrap();
+            buffer.push(Bytes::copy_from_slice(chunk)).unwrap();
         }
         buffer.finish().0
     }
 
     #[test]
-    fn frames_join_in_order_whatever_the_length_hint() {
-        let chunks: &[&[u8]] = &[b"ab", b"", b"cde", b"f"];
-        for expected in [None, Some(6), Some(100), Some(3)] {
-            assert_eq!(collect(chunks, expected), Bytes::from_static(b"abcdef"));
-        }
-        assert_eq!(collect(&[], None), Bytes::new());
+    fn frames_join_in_order_whatever_their_sizes() {
+        let big = vec![b'b'; SMALL_FRAME];
+        let chunks: &[&[u8]] = &[b"ab", b"", b"cde", &big, b"f", &big, b"g"];
+        let expected: Vec<u8> = chunks.concat();
+        assert_eq!(collect(chunks), Bytes::from(expected));
+        assert_eq!(collect(&[]), Bytes::new());
     }
 
     #[test]
     fn a_single_frame_is_not_copied() {
         let frame = Bytes::from_static(b"one frame");
         let budget = Budget::new(1024);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget), 1024);
-        buffer.push(frame.clone(), Some(frame.len())).unwrap();
+        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        buffer.push(frame.clone()).unwrap();
         assert_eq!(buffer.finish().0.as_ptr(), frame.as_ptr());
     }
 
     #[test]
-    fn a_declared_length_holds_nothing_until_bytes_arrive() {
-        let budget = Budget::new(16 << 20);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget), 8 << 20);
-        buffer
-            .push(Bytes::from_static(b"{"), Some(4 << 20))
-            .unwrap();
-        buffer
-            .push(Bytes::from_static(b"\""), Some(4 << 20))
-            .unwrap();
-        assert_eq!(budget.held(), MIN_JOINED);
-        // A small declared body gets its whole buffer at once: one copy.
-        let mut small = BodyBuffer::new(Lease::new(&budget), 8 << 20);
-        small.push(Bytes::from_static(b"ab"), Some(1000)).unwrap();
-        small.push(Bytes::from_static(b"cd"), Some(1000)).unwrap();
-        assert_eq!(budget.held(), MIN_JOINED + 1000);
+    fn large_frames_are_kept_as_they_are_until_the_end() {
+        let budget = Budget::new(1 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        let frame = Bytes::from(vec![b'x'; 64 * 1024]);
+        for _ in 0..4 {
+            buffer.push(frame.clone()).unwrap();
+        }
+        let Data::Many { frames, .. } = &buffer.data else {
+            panic!("several frames");
+        };
+        assert!(frames.iter().all(|kept| kept.as_ptr() == frame.as_ptr()));
+        let held = budget.held();
+        assert!(
+            (4 * 64 * 1024..4 * 64 * 1024 + 1024).contains(&held),
+            "{held}"
+        );
     }
 
     #[test]
     fn tiny_frames_hold_about_what_they_carry_and_the_lease_counts_it() {
         let budget = Budget::new(1 << 20);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget), 1 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget));
         for _ in 0..100_000 {
-            buffer.push(Bytes::from_static(b"x"), None).unwrap();
+            buffer.push(Bytes::from_static(b"x")).unwrap();
         }
         let held = budget.held();
-        assert!((100_000..=200_000).contains(&held), "{held}");
+        assert!((100_000..=100_000 + CHUNK + 1024).contains(&held), "{held}");
         let (body, lease) = buffer.finish();
         assert_eq!(body.len(), 100_000);
         drop((body, lease));
@@ -191,11 +213,11 @@ mod tests {
     #[test]
     fn a_body_over_the_budget_is_refused_and_nothing_stays_leased() {
         let budget = Budget::new(16 * 1024);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget), 1 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget));
         let chunk = Bytes::from(vec![b'x'; 4096]);
         let mut refused = false;
         for _ in 0..10 {
-            if buffer.push(chunk.clone(), None).is_err() {
+            if buffer.push(chunk.clone()).is_err() {
                 refused = true;
                 break;
             }

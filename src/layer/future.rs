@@ -16,11 +16,11 @@ use tower::{BoxError, Service};
 
 use super::buffer::BodyBuffer;
 use super::deadline::Deadline;
-use super::{Config, Rejection};
+use super::{Config, Rejection, SecretSource};
 use crate::body::{ResponseBody, VerifiedBody};
 use crate::protocol::{
-    Claim, SecretScope, SignedHead, StreamingCheck, Verified, VerifyError, EVENT_ID_HEADER,
-    MAX_CLAIMED_ID_LEN, REFUSAL_MACS, TIMESTAMP_HEADER,
+    Claim, SecretScope, SignedHead, Verified, VerifyError, EVENT_ID_HEADER, MAX_CLAIMED_ID_LEN,
+    REFUSAL_MACS, TIMESTAMP_HEADER,
 };
 use crate::tenant::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
 use crate::{Delivery, Event};
@@ -68,21 +68,12 @@ pin_project! {
     }
 }
 
-/// How the body will be checked, decided from the head.
-pub(crate) enum BodyCheck {
-    /// Static secrets: the MAC is fed as the body streams in.
-    Streaming(StreamingCheck),
-    /// Per-tenant secrets: known only once the body's claim has been read.
-    Resolved(SignedHead, Arc<dyn SecretResolver>),
-}
-
 /// What the reading stage owns besides the body stream.
 pub(crate) struct Reading<S> {
     parts: Parts,
-    check: BodyCheck,
+    head: SignedHead,
     buffer: BodyBuffer,
     received: usize,
-    expected: Option<usize>,
     inner: S,
     config: Arc<Config>,
     deadline: Deadline,
@@ -129,9 +120,8 @@ where
     {
         let (parts, body) = request.into_parts();
         let ReadingStart {
-            check,
+            head,
             buffer,
-            expected,
             inner,
             config,
         } = reading;
@@ -140,10 +130,9 @@ where
                 body,
                 reading: Reading {
                     parts,
-                    check,
+                    head,
                     buffer,
                     received: 0,
-                    expected,
                     inner,
                     deadline: Deadline::start(config.pace),
                     config,
@@ -155,9 +144,8 @@ where
 
 /// What the service decided from the head, for the reading stage.
 pub(crate) struct ReadingStart<S> {
-    pub(crate) check: BodyCheck,
+    pub(crate) head: SignedHead,
     pub(crate) buffer: BodyBuffer,
-    pub(crate) expected: Option<usize>,
     pub(crate) inner: S,
     pub(crate) config: Arc<Config>,
 }
@@ -277,8 +265,7 @@ impl<S> Reading<S> {
         }
     }
 
-    /// Takes one data frame: checks the limit and the pace, feeds the MAC if it streams,
-    /// keeps the bytes.
+    /// Takes one data frame: checks the limit and the pace, keeps the bytes.
     fn take(&mut self, chunk: Bytes) -> Result<(), Rejection> {
         let Some(received) = self
             .received
@@ -291,10 +278,7 @@ impl<S> Reading<S> {
             });
         };
         self.received = received;
-        if let BodyCheck::Streaming(check) = &mut self.check {
-            check.update(&chunk);
-        }
-        if self.buffer.push(chunk, self.expected).is_err() {
+        if self.buffer.push(chunk).is_err() {
             return Err(Rejection::OverBudget {
                 budget: self.buffer.budget_limit(),
             });
@@ -307,12 +291,13 @@ impl<S> Reading<S> {
         Ok(())
     }
 
-    /// The body has ended. With static secrets the MAC is complete: compare it and build
-    /// the inner request. With a resolver, read the claim, route it and start the lookup.
+    /// The body has ended: one verification path for every source of secrets. With static
+    /// secrets, check the MAC over the buffered body and build the inner request; with a
+    /// resolver, read the claim, route it and start the lookup.
     fn finish(self) -> Result<Next<S>, Refusal> {
         let Self {
             parts,
-            check,
+            head,
             buffer,
             inner,
             config,
@@ -321,57 +306,58 @@ impl<S> Reading<S> {
         } = self;
         let (body, lease) = buffer.finish();
         deadline.body_done();
-        match check {
-            BodyCheck::Streaming(check) => match check.finish(timestamp_of(&parts), &body) {
-                Ok(verified) => {
-                    drop(lease);
-                    accept(
-                        parts,
-                        verified,
-                        SecretScope::Account,
-                        body,
-                        None,
-                        inner,
-                        config,
-                    )
-                }
-                Err(error) => Err((Rejection::Verify(error), config)),
-            },
-            BodyCheck::Resolved(head, resolver) => {
-                let claim = match Claim::read(&body) {
-                    Ok(claim) => claim,
-                    Err(error) => {
-                        head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
-                        return Err((
-                            Rejection::Verify(VerifyError::ClaimUnreadable(error)),
+        let resolver = match &config.secrets {
+            SecretSource::Static(ring) => {
+                return match ring.check(&head, timestamp_of(&parts), &body) {
+                    Ok(verified) => {
+                        drop(lease);
+                        accept(
+                            parts,
+                            verified,
+                            SecretScope::Account,
+                            body,
+                            None,
+                            inner,
                             config,
-                        ));
+                        )
                     }
+                    Err(error) => Err((Rejection::Verify(error), config)),
                 };
-                let tenant = resolver.route(&TenantRequest::new(&parts, claim.inbox_id()));
-                if matches!(&tenant, Tenant::Inbox(inbox) if inbox.len() > MAX_CLAIMED_ID_LEN) {
-                    head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
-                    return Err((Rejection::UnknownTenant { tenant }, config));
-                }
-                let lookup = resolver.lookup(&tenant);
-                Ok(Next::Resolve(
-                    lookup,
-                    Read {
-                        parts,
-                        head,
-                        body,
-                        claim,
-                        tenant,
-                        resolver,
-                        refreshed: false,
-                        inner,
-                        config,
-                        deadline,
-                        _lease: lease,
-                    },
-                ))
             }
+            SecretSource::Resolver(resolver) => Arc::clone(resolver),
+        };
+        let claim = match Claim::read(&body) {
+            Ok(claim) => claim,
+            Err(error) => {
+                head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
+                return Err((
+                    Rejection::Verify(VerifyError::ClaimUnreadable(error)),
+                    config,
+                ));
+            }
+        };
+        let tenant = resolver.route(&TenantRequest::new(&parts, claim.inbox_id()));
+        if matches!(&tenant, Tenant::Inbox(inbox) if inbox.len() > MAX_CLAIMED_ID_LEN) {
+            head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
+            return Err((Rejection::UnknownTenant { tenant }, config));
         }
+        let lookup = resolver.lookup(&tenant);
+        Ok(Next::Resolve(
+            lookup,
+            Read {
+                parts,
+                head,
+                body,
+                claim,
+                tenant,
+                resolver,
+                refreshed: false,
+                inner,
+                config,
+                deadline,
+                _lease: lease,
+            },
+        ))
     }
 }
 

@@ -125,13 +125,15 @@ impl VerifyOpenMailLayer {
     /// The most memory the bodies being read may hold together, in bytes: 64 MiB, or
     /// eight bodies at the limit if that is more, unless set.
     ///
-    /// Each body leases what its buffer holds: its declared `Content-Length` up front, or,
-    /// for a chunked body, its buffer as it grows (never more than twice the bytes
-    /// received). Bodies over 64 KiB may together hold at most half the budget, so uploads
-    /// declaring large bodies cannot crowd out the small deliveries OpenMail sends most. A
-    /// body that does not fit is answered `503` with `Retry-After`
-    /// ([`Rejection::OverBudget`]), so OpenMail retries. Keep it at least twice the
-    /// [`body_limit`](Self::body_limit), or a body at the limit never fits.
+    /// Each body leases what it holds as its bytes arrive: about the bytes received (frames
+    /// under 4 KiB are gathered into 16 KiB chunks), whatever the framing. A declared
+    /// `Content-Length` that does not fit in what is free is refused before the body is
+    /// read, but reserves nothing, so heads that never send their bodies hold no memory.
+    /// Bodies over 64 KiB may together hold at most half the budget, so large uploads
+    /// cannot crowd out the small deliveries OpenMail sends most. A body that does not fit
+    /// is answered `503` with `Retry-After` ([`Rejection::OverBudget`]), so OpenMail
+    /// retries. Keep it at least twice the [`body_limit`](Self::body_limit), or a body at
+    /// the limit never fits.
     ///
     /// The budget is shared by every service this layer builds, and by its clones.
     pub fn memory_budget(self, bytes: usize) -> Self {
@@ -268,7 +270,7 @@ impl fmt::Debug for VerifyOpenMailLayer {
 /// Where the secrets come from.
 #[derive(Clone)]
 pub(crate) enum SecretSource {
-    /// A fixed list, keyed once: the MAC runs while the body streams in.
+    /// A fixed list, keyed once.
     Static(Arc<SecretRing>),
     /// Looked up per delivery, after the body is read.
     Resolver(Arc<dyn SecretResolver>),

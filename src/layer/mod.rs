@@ -1,9 +1,10 @@
 //! The tower middleware: [`VerifyOpenMailLayer`] and the types around it.
 //!
 //! The layer reads and checks `X-Timestamp` and `X-Signature` first, so a forged or stale
-//! delivery is refused before a byte of its body is read. It then streams the body into the
-//! MAC under a size limit, a deadline and a memory budget, buffering it once. Only then does
-//! it drive the inner service's readiness and call it, with the verified bytes as the body
+//! delivery is refused before a byte of its body is read. It then reads the body under a
+//! size limit, a deadline and a memory budget, buffering it once, and checks the MAC over
+//! the buffered bytes: one path, whether the secrets are fixed or looked up per inbox. Only
+//! then does it drive the inner service's readiness and call it, with the verified bytes as the body
 //! ([`VerifiedBody`](crate::body::VerifiedBody)) and two values in the request extensions:
 //! the parsed event as an `Arc<`[`Event`](crate::Event)`>`, and the
 //! [`Delivery`](crate::Delivery) (the verified bytes, the signature metadata and the
@@ -26,10 +27,9 @@
 //! dependency (the secret store) is down or slow, or the memory budget is full: a state of
 //! the receiver, which OpenMail's retry resolves.
 //!
-//! With per-inbox secrets ([`VerifyOpenMailLayer::with_resolver`]) the secret is known only
-//! once the body has been read, so the MAC runs over the buffered bytes instead of while
-//! they stream in; the head is still checked first. See the [`tenant`](crate::tenant)
-//! module.
+//! With per-inbox secrets ([`VerifyOpenMailLayer::with_resolver`]) the secret is looked up
+//! once the body has been read and its claimed inbox is known; the head is still checked
+//! first. See the [`tenant`](crate::tenant) module.
 //!
 //! `X-Timestamp` and `X-Signature` must each appear exactly once. A request that carries
 //! either twice is refused as ambiguous (`400`, [`VerifyError::DuplicateHeader`]) rather
@@ -63,13 +63,15 @@
 //! such requests can hold is bounded in bytes and seconds, not in requests:
 //!
 //! - **Memory:** the bodies being read share a
-//!   [`memory_budget`](VerifyOpenMailLayer::memory_budget) (64 MiB by default). A declared
-//!   `Content-Length` is leased in full before the body is read; a chunked body leases its
-//!   buffer as it grows, and frames are copied into that buffer as they arrive, so a body of
-//!   1-byte chunks holds about what its bytes weigh (at most twice, while the buffer
-//!   doubles), not one allocation per frame. Bodies over 64 KiB share half the budget, so
-//!   large uploads cannot crowd out OpenMail's small deliveries. When the budget is full the
-//!   answer is `503` with `Retry-After`.
+//!   [`memory_budget`](VerifyOpenMailLayer::memory_budget) (64 MiB by default). Each body
+//!   leases about the bytes it has received, whatever the framing: frames under 4 KiB are
+//!   gathered into 16 KiB chunks as they arrive, so a body of 1-byte chunks holds what its
+//!   bytes weigh, not one allocation per frame. A multi-frame body is joined once, into one
+//!   allocation of its size. A declared `Content-Length` that cannot fit in what is free is
+//!   refused before the body is read, but reserves nothing: a head that never sends its
+//!   body holds no memory. Bodies over 64 KiB share half the budget, so large uploads
+//!   cannot crowd out OpenMail's small deliveries. When the budget is full the answer is
+//!   `503` with `Retry-After`.
 //! - **Time:** a body must arrive within the
 //!   [`body_deadline`](VerifyOpenMailLayer::body_deadline) (10 s), and, after a 2 s grace,
 //!   at the [`min_body_rate`](VerifyOpenMailLayer::min_body_rate) (64 KiB/s), so a stalled

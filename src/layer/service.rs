@@ -8,11 +8,10 @@ use tower::{BoxError, Service};
 
 use super::budget::Lease;
 use super::buffer::BodyBuffer;
-use super::future::{BodyCheck, ReadingStart, ResponseFuture};
-use super::SecretSource;
+use super::future::{ReadingStart, ResponseFuture};
 use super::{Config, Rejection, VerifyOpenMailLayer};
 use crate::body::{ResponseBody, VerifiedBody};
-use crate::protocol::signed_headers;
+use crate::protocol::{signed_headers, SignedHead};
 use crate::ConfigError;
 
 /// The service built by [`VerifyOpenMailLayer`].
@@ -68,12 +67,11 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let config = Arc::clone(&self.config);
         match check_head(&config, &request) {
-            Ok((check, buffer, expected)) => ResponseFuture::reading(
+            Ok((head, buffer)) => ResponseFuture::reading(
                 request,
                 ReadingStart {
-                    check,
+                    head,
                     buffer,
-                    expected,
                     // The clone is the service whose readiness the future drives, and the
                     // one it calls; `self.inner` itself is never polled.
                     inner: self.inner.clone(),
@@ -92,7 +90,7 @@ where
 fn check_head<B: Body>(
     config: &Config,
     request: &Request<B>,
-) -> Result<(BodyCheck, BodyBuffer, Option<usize>), Rejection> {
+) -> Result<(SignedHead, BodyBuffer), Rejection> {
     let (timestamp, signature) = signed_headers(request.headers()).map_err(Rejection::Verify)?;
     let head = config
         .freshness
@@ -113,13 +111,6 @@ fn check_head<B: Body>(
             declared: Some(length),
         });
     }
-    let check = match &config.secrets {
-        SecretSource::Static(ring) => ring
-            .start(head, timestamp)
-            .map(BodyCheck::Streaming)
-            .map_err(Rejection::Verify)?,
-        SecretSource::Resolver(resolver) => BodyCheck::Resolved(head, Arc::clone(resolver)),
-    };
     // Within the limit, so it fits a usize. A body that could not fit now is refused
     // before it is read; one that can reserves nothing until its bytes arrive.
     let length = usize::try_from(length).unwrap_or(config.body_limit);
@@ -129,13 +120,7 @@ fn check_head<B: Body>(
         });
     }
     let lease = Lease::new(&config.budget);
-    let expected = request
-        .body()
-        .size_hint()
-        .exact()
-        .and_then(|exact| usize::try_from(exact).ok())
-        .or(declared.and_then(|declared| usize::try_from(declared).ok()));
-    Ok((check, BodyBuffer::new(lease, config.body_limit), expected))
+    Ok((head, BodyBuffer::new(lease)))
 }
 
 impl<S: fmt::Debug> fmt::Debug for VerifyOpenMail<S> {

@@ -46,7 +46,7 @@ pub use timestamp::{Clock, SystemClock};
 pub use verifier::{Verified, Verifier, DEFAULT_TOLERANCE};
 
 pub(crate) use signature::decode_signature;
-pub(crate) use verifier::{signed_headers, Freshness, SecretRing, SignedHead, StreamingCheck};
+pub(crate) use verifier::{signed_headers, Freshness, SecretRing, SignedHead};
 
 /// The header that carries the delivery time, in Unix seconds.
 pub const TIMESTAMP_HEADER: &str = "x-timestamp";
