@@ -36,3 +36,20 @@ pub use log_safe::{LogSafe, LOG_SAFE_MAX_CHARS};
 pub use protocol::{
     sign, Clock, ConfigError, Secret, SystemClock, Verified, Verifier, VerifyError,
 };
+
+// The guides in docs/ are read on the repository, next to the README; their code blocks
+// compile and run as doctests too.
+#[cfg(doctest)]
+mod guides {
+    #[doc = include_str!("../docs/verification.md")]
+    struct Verification;
+    #[doc = include_str!("../docs/events.md")]
+    struct Events;
+    #[doc = include_str!("../docs/deduplication.md")]
+    struct Deduplication;
+    #[doc = include_str!("../docs/tenants.md")]
+    struct Tenants;
+    #[cfg(feature = "test-util")]
+    #[doc = include_str!("../docs/developing.md")]
+    struct Developing;
+}
