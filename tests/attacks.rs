@@ -13,13 +13,14 @@
 //! Every loop is bounded in count and time, and the tests run one at a time ([`serial`])
 //! so the heap measurement and the timings see only the attack they measure.
 
+#[path = "heap/mod.rs"]
+mod heap;
 mod support;
 
 #[path = "../examples/receiver.rs"]
 #[allow(dead_code)]
 mod receiver;
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,71 +41,7 @@ use tokio::net::{TcpListener, TcpStream};
 // ---------------------------------------------------------------------------------------
 // Heap measurement: the pattern of tests/hostile.rs.
 
-struct Counting;
-
-static LIVE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn grew(by: usize) {
-    let live = LIVE.fetch_add(by, Ordering::Relaxed) + by;
-    PEAK.fetch_max(live, Ordering::Relaxed);
-}
-
-// SAFETY: every method forwards to `System` with the caller's arguments unchanged; the
-// counters are plain atomics and never affect what is allocated.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        let pointer = unsafe { System.alloc(layout) };
-        if !pointer.is_null() {
-            grew(layout.size());
-        }
-        pointer
-    }
-
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        let pointer = unsafe { System.alloc_zeroed(layout) };
-        if !pointer.is_null() {
-            grew(layout.size());
-        }
-        pointer
-    }
-
-    unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(pointer, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-    }
-
-    unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        let moved = unsafe { System.realloc(pointer, layout, new_size) };
-        if !moved.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
-            grew(new_size);
-        }
-        moved
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
-
-fn reset_peak() -> usize {
-    let live = LIVE.load(Ordering::Relaxed);
-    PEAK.store(live, Ordering::Relaxed);
-    live
-}
-
-fn peak() -> usize {
-    PEAK.load(Ordering::Relaxed)
-}
-
-const KIB: usize = 1024;
-const MIB: usize = 1024 * 1024;
-
-/// One test at a time: the heap counters and the timings are process-wide.
-async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
-    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-    SERIAL.lock().await
-}
+use heap::{live, peak, reset_peak, serial, KIB, MIB};
 
 // ---------------------------------------------------------------------------------------
 // Servers and raw HTTP/1.1.
@@ -854,7 +791,7 @@ async fn held_h2_rapid_reset_flood_leaves_genuine_deliveries_answered() {
     // Once the attack is over, what it made the server hold is freed: no state per reset
     // stream is kept.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let left = LIVE.load(Ordering::Relaxed).saturating_sub(baseline);
+    let left = live().saturating_sub(baseline);
     eprintln!(
         "heap live after the attack: +{:.1} MiB",
         left as f64 / MIB as f64
