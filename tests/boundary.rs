@@ -443,13 +443,15 @@ async fn a_random_inbox_flood_costs_bounded_lookups() {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(50)).await;
-    // A genuine delivery for a cached tenant is not held up by the flood.
+    // A genuine delivery for a cached tenant is not held up by the flood: it waits its turn
+    // among 400 connections on the machine's cores (loose, for a busy machine), never for
+    // a lookup.
     let sent = Instant::now();
     let body = event("evt_during_flood", "inb_1");
     let answer = exchange(addr, &genuine("/webhooks", "whsec_inb_1", &body)).await;
     assert_eq!(answer.map(|(status, ..)| status), Some(200));
     assert!(
-        sent.elapsed() < Duration::from_millis(750),
+        sent.elapsed() < Duration::from_secs(2),
         "{:?}",
         sent.elapsed()
     );
