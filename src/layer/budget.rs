@@ -63,6 +63,9 @@ fn take(counter: &AtomicUsize, amount: usize, limit: usize) -> bool {
 }
 
 fn give_back(counter: &AtomicUsize, amount: usize) {
+    if amount == 0 {
+        return;
+    }
     // Never more than was taken, so this cannot wrap; saturate all the same.
     let _ = counter.fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
         Some(held.saturating_sub(amount))
