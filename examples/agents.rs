@@ -144,7 +144,8 @@ impl Agents {
         if let Some(pod_id) = lifecycle.pod_id() {
             agent.pod_id = Some(pod_id.to_owned());
         }
-        let reason = lifecycle.reason().map_or("-", |reason| reason.as_str());
+        let reason = lifecycle.reason();
+        let reason = reason.as_ref().map_or("-", |reason| reason.as_str());
         println!(
             "inbox {} {} (reason {})",
             shown(inbox_id),
@@ -202,7 +203,6 @@ impl Agents {
                 .unwrap_or_default(),
             attachments_with_text: message
                 .attachments()
-                .iter()
                 .filter(|attachment| attachment.text_extracted())
                 .count(),
         };

@@ -77,10 +77,7 @@ fn documented_example() {
     assert_eq!(event.event_type(), "message.received");
     assert_eq!(event.event_id(), Some("evt_abc123"));
     assert_eq!(event.inbox_id(), Some("inb_92ma"));
-    assert_eq!(
-        event.occurred_at(),
-        Some(&timestamp("2024-03-21T10:05:00Z"))
-    );
+    assert_eq!(event.occurred_at(), Some(timestamp("2024-03-21T10:05:00Z")));
     assert_eq!(event.raw(), &fixture("message_received"));
 
     let received = event.as_message_received().unwrap();
@@ -104,11 +101,12 @@ fn documented_example() {
     assert_eq!(message.subject(), Some("Email subject"));
     assert_eq!(message.body_text().as_deref(), Some("Plain text body"));
     assert_eq!(
-        message.received_at().map(Timestamp::as_str),
+        message.received_at().as_ref().map(Timestamp::as_str),
         Some("2024-03-21T10:05:00.000Z")
     );
 
-    let [attachment] = message.attachments() else {
+    let attachments: Vec<Attachment> = message.attachments().collect();
+    let [attachment] = attachments.as_slice() else {
         panic!("one attachment expected: {:?}", message.attachments())
     };
     assert_eq!(attachment.filename(), Some("document.pdf"));
@@ -119,7 +117,7 @@ fn documented_example() {
         Some("https://api.openmail.sh/v1/attachments/msg_4c8d5e6f/document.pdf")
     );
     assert_eq!(attachment.parsed_text().as_deref(), Some("Invoice #2847"));
-    assert_eq!(attachment.extraction_method(), Some(&ExtractionMethod::Pdf));
+    assert_eq!(attachment.extraction_method(), Some(ExtractionMethod::Pdf));
     assert!(attachment.text_extracted());
 }
 
@@ -171,11 +169,10 @@ fn cc_display_names_and_second_attempt() {
 #[test]
 fn failed_extraction_has_no_text() {
     let received = message_received("message_received_failed_extraction");
-    let summary: Vec<(&str, bool, Option<&ExtractionMethod>)> = received
+    let summary: Vec<(&str, bool, Option<ExtractionMethod>)> = received
         .message
         .attachments()
-        .iter()
-        .map(|attachment: &Attachment| {
+        .map(|attachment: Attachment| {
             (
                 attachment.filename().unwrap(),
                 attachment.text_extracted(),
@@ -187,11 +184,11 @@ fn failed_extraction_has_no_text() {
     assert_eq!(
         summary,
         [
-            ("photo.heic", false, Some(&ExtractionMethod::Unsupported)),
-            ("scan.pdf", false, Some(&ExtractionMethod::SkippedTooLarge)),
-            ("broken.pdf", false, Some(&ExtractionMethod::PdfError)),
-            ("notes.txt", true, Some(&ExtractionMethod::Text)),
-            ("slides.key", false, Some(&keynote)),
+            ("photo.heic", false, Some(ExtractionMethod::Unsupported)),
+            ("scan.pdf", false, Some(ExtractionMethod::SkippedTooLarge)),
+            ("broken.pdf", false, Some(ExtractionMethod::PdfError)),
+            ("notes.txt", true, Some(ExtractionMethod::Text)),
+            ("slides.key", false, Some(keynote.clone())),
         ]
     );
     assert_eq!(keynote.as_str(), "keynote_beta");
@@ -208,7 +205,8 @@ fn legacy_payload_with_external_id_and_extra_fields() {
         (None, "sender@example.com")
     );
     assert!(received.message.cc().len() == 0);
-    let [attachment] = received.message.attachments() else {
+    let attachments: Vec<Attachment> = received.message.attachments().collect();
+    let [attachment] = attachments.as_slice() else {
         panic!("one attachment expected")
     };
     assert_eq!(attachment.parsed_text(), None);
@@ -235,7 +233,7 @@ fn lifecycle_events_with_their_nulls() {
     assert_eq!(payload.inbox_id(), Some("inb_92ma"));
     assert_eq!(payload.inbox_address(), Some("agent@yourdomain.com"));
     assert_eq!(payload.pod_id(), Some("pod_abc"));
-    assert_eq!(payload.reason(), Some(&Reason::HighBounceRate));
+    assert_eq!(payload.reason(), Some(Reason::HighBounceRate));
     assert_eq!(payload.occurred_at().unwrap().unix_seconds(), 1_711_015_500);
 
     let reactivated = parse("inbox_reactivated");
@@ -250,7 +248,7 @@ fn lifecycle_events_with_their_nulls() {
     let payload = lifecycle(&pod_suspended);
     assert_eq!(payload.inbox_address(), None);
     assert_eq!(payload.pod_id(), Some("pod_abc"));
-    assert_eq!(payload.reason(), Some(&Reason::PodDegraded));
+    assert_eq!(payload.reason(), Some(Reason::PodDegraded));
 
     let pod_reactivated = parse("pod_reactivated");
     assert!(matches!(pod_reactivated, Event::PodReactivated(_)));
@@ -274,7 +272,7 @@ fn reason_codes() {
             "event": "inbox.suspended", "event_id": "evt_1", "reason": code,
         });
         let event = Event::parse(Bytes::from(body.to_string())).unwrap();
-        assert_eq!(lifecycle(&event).reason(), Some(&reason), "{code}");
+        assert_eq!(lifecycle(&event).reason().as_ref(), Some(&reason), "{code}");
         assert_eq!(reason.as_str(), code);
     }
 }
@@ -305,7 +303,7 @@ fn unknown_types_arrive_intact() {
     assert_eq!(future.event_id(), Some("evt_fut001"));
     assert_eq!(
         future.occurred_at(),
-        Some(&timestamp("2024-03-22T09:00:00Z"))
+        Some(timestamp("2024-03-22T09:00:00Z"))
     );
 
     #[derive(serde::Deserialize)]
@@ -379,10 +377,7 @@ fn number_where_a_string_belongs_is_malformed_not_lost() {
     assert_eq!(event.event_type(), "message.received");
     assert_eq!(event.event_id(), Some("evt_bad01"));
     assert_eq!(event.inbox_id(), Some("inb_92ma"));
-    assert_eq!(
-        event.occurred_at(),
-        Some(&timestamp("2024-03-21T10:05:00Z"))
-    );
+    assert_eq!(event.occurred_at(), Some(timestamp("2024-03-21T10:05:00Z")));
     assert_eq!(malformed.field(), Some("message"));
     assert!(
         malformed.error().contains("invalid type: integer `42`"),
@@ -590,8 +585,8 @@ fn round_trip_every_fixture() {
         assert_eq!(event.inbox_id(), again.inbox_id(), "{name}");
         // Timestamps keep their text, not just their instant.
         assert_eq!(
-            event.occurred_at().map(Timestamp::as_str),
-            again.occurred_at().map(Timestamp::as_str),
+            event.occurred_at().as_ref().map(Timestamp::as_str),
+            again.occurred_at().as_ref().map(Timestamp::as_str),
             "{name}"
         );
     }
@@ -671,7 +666,8 @@ fn escaped_fields_decode() {
         body_text,
         "Hi,\n\nthe numbers are attached.\r\n\tTotal: €1,280.00\n> quoted \"line\" with a back\\slash\n\nAda 😀\n"
     );
-    let [report, notes] = message.attachments() else {
+    let attachments: Vec<Attachment> = message.attachments().collect();
+    let [report, notes] = attachments.as_slice() else {
         panic!("two attachments expected")
     };
     assert_eq!(
@@ -1056,7 +1052,7 @@ async fn summarise(
         ),
         Event::InboxSuspended(lifecycle) | Event::PodSuspended(lifecycle) => format!(
             "suspended reason={}",
-            lifecycle.reason().map_or("-", Reason::as_str)
+            lifecycle.reason().as_ref().map_or("-", Reason::as_str)
         ),
         Event::InboxReactivated(_) | Event::PodReactivated(_) => "reactivated".to_owned(),
         Event::Unknown(unknown) => format!("unknown bytes={}", unknown.raw().len()),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
 use super::json::Short;
-use super::message::get;
+use super::time::Stamp;
 use super::{RawJson, Timestamp};
 
 /// An event of a type the crate does not model, such as the dashboard's test event.
@@ -57,7 +57,9 @@ pub(super) struct Envelope {
     pub(super) event_type: Short,
     pub(super) event_id: Option<Short>,
     pub(super) inbox_id: Option<Short>,
-    pub(super) occurred_at: Option<Timestamp>,
+    pub(super) occurred_at: Option<Stamp>,
+    /// The short fields that held escapes, decoded.
+    pub(super) decoded: String,
     pub(super) raw: RawJson,
 }
 
@@ -65,9 +67,9 @@ impl fmt::Debug for Envelope {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Envelope")
             .field("event_type", &self.event_type())
-            .field("event_id", &get(&self.event_id, &self.raw.0))
-            .field("inbox_id", &get(&self.inbox_id, &self.raw.0))
-            .field("occurred_at", &self.occurred_at)
+            .field("event_id", &self.short(self.event_id))
+            .field("inbox_id", &self.short(self.inbox_id))
+            .field("occurred_at", &self.occurred_at())
             .field("raw", &self.raw)
             .finish()
     }
@@ -79,7 +81,16 @@ impl Envelope {
     }
 
     fn event_type(&self) -> &str {
-        self.event_type.get(&self.raw.0)
+        self.event_type.get(&self.raw.0, &self.decoded)
+    }
+
+    fn short(&self, field: Option<Short>) -> Option<&str> {
+        field.map(|short| short.get(&self.raw.0, &self.decoded))
+    }
+
+    fn occurred_at(&self) -> Option<Timestamp> {
+        self.occurred_at
+            .map(|stamp| stamp.timestamp(&self.raw.0, &self.decoded))
     }
 
     /// Same type, same JSON value.
@@ -99,18 +110,18 @@ macro_rules! envelope_accessors {
 
         /// The `event_id` field, when it is a string.
         pub fn event_id(&self) -> Option<&str> {
-            get(&self.envelope.event_id, &self.envelope.raw.0)
+            self.envelope.short(self.envelope.event_id)
         }
 
         /// The top-level `inbox_id` field, when it is a string.
         pub fn inbox_id(&self) -> Option<&str> {
-            get(&self.envelope.inbox_id, &self.envelope.raw.0)
+            self.envelope.short(self.envelope.inbox_id)
         }
 
         /// The `occurred_at` field, when it appears once and is a valid RFC 3339
         /// timestamp.
-        pub fn occurred_at(&self) -> Option<&Timestamp> {
-            self.envelope.occurred_at.as_ref()
+        pub fn occurred_at(&self) -> Option<Timestamp> {
+            self.envelope.occurred_at()
         }
 
         /// The verified body, byte for byte.

@@ -15,31 +15,66 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::num::NonZeroU64;
 
 /// The deepest nesting of arrays and objects accepted, the top-level object included:
 /// serde_json's recursion limit, so that a body this reader accepts always parses into a
 /// `serde_json::Value`.
 pub(super) const MAX_DEPTH: u32 = 127;
 
-/// A JSON string in the body: the bytes between its quotes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Span {
-    start: usize,
-    end: usize,
-    escaped: bool,
-}
+/// The largest body the reader indexes: 2 GiB, so that a span fits one word.
+pub(super) const MAX_BODY: usize = (1 << 31) - 1;
+
+/// Where a string is, packed in one word: two 31-bit offsets and a flag. Small and `Copy`,
+/// so that indexing a field is one store and moving an index is cheap.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) struct Span(NonZeroU64);
+
+const OFFSET: u64 = (1 << 31) - 1;
+const PRESENT: u64 = 1 << 62;
+const FLAG: u64 = 1 << 63;
 
 impl Span {
+    /// No text at all.
+    pub(super) const EMPTY: Self = match NonZeroU64::new(PRESENT) {
+        Some(word) => Self(word),
+        None => Self(NonZeroU64::MIN),
+    };
+
+    /// Offsets must be at most [`MAX_BODY`]; the reader refuses longer bodies.
+    #[inline]
+    fn new(start: usize, end: usize, flag: bool) -> Self {
+        // Both offsets are below 2^31 (the reader refuses longer bodies), so they don't
+        // overlap.
+        let word = start as u64 | (end as u64) << 31 | PRESENT | u64::from(flag) << 63;
+        Self(NonZeroU64::new(word).unwrap_or(NonZeroU64::MIN))
+    }
+
+    #[inline]
+    fn start(self) -> usize {
+        (self.0.get() & OFFSET) as usize
+    }
+
+    #[inline]
+    fn end(self) -> usize {
+        (self.0.get() >> 31 & OFFSET) as usize
+    }
+
+    #[inline]
+    fn flag(self) -> bool {
+        self.0.get() & FLAG != 0
+    }
+
     /// The bytes between the quotes, escapes undecoded.
     #[inline]
-    pub(super) fn raw<'a>(&self, body: &'a [u8]) -> &'a [u8] {
-        body.get(self.start..self.end).unwrap_or_default()
+    pub(super) fn raw(self, body: &[u8]) -> &[u8] {
+        body.get(self.start()..self.end()).unwrap_or_default()
     }
 
     /// Whether the text holds escapes, so that decoding it copies.
     #[inline]
-    pub(super) fn escaped(&self) -> bool {
-        self.escaped
+    pub(super) fn escaped(self) -> bool {
+        self.flag()
     }
 
     /// The text, borrowed from the body unless it holds escapes.
@@ -47,9 +82,9 @@ impl Span {
     /// The reader has checked the body, so the text is UTF-8 and every escape decodes; were
     /// it not (a span used with the wrong body), the result would be empty or hold U+FFFD,
     /// never a panic.
-    pub(super) fn decode<'a>(&self, body: &'a [u8]) -> Cow<'a, str> {
+    pub(super) fn decode(self, body: &[u8]) -> Cow<'_, str> {
         let text = std::str::from_utf8(self.raw(body)).unwrap_or_default();
-        if self.escaped {
+        if self.escaped() {
             Cow::Owned(unescape(text))
         } else {
             Cow::Borrowed(text)
@@ -58,36 +93,53 @@ impl Span {
 
     /// Offset of the first byte after the closing quote.
     #[inline]
-    pub(super) fn after(&self) -> usize {
-        self.end.saturating_add(1)
+    pub(super) fn after(self) -> usize {
+        self.end().saturating_add(1)
     }
 }
 
-/// A short string field (an id, an address, a subject), decoded as it is read: a span of
-/// the body when the JSON holds no escapes, so that reading it copies nothing, else its
-/// decoded copy.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) enum Short {
-    At(Span),
-    Decoded(Box<str>),
+impl fmt::Debug for Span {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}..{}", self.start(), self.end())?;
+        if self.flag() {
+            f.write_str("*")?;
+        }
+        Ok(())
+    }
 }
+
+/// A short string field (an id, an address, a subject), decoded as it is read. Where the
+/// JSON holds no escapes it is a span of the body, so reading it copies nothing; otherwise
+/// its decoded text is appended to a string kept next to the body (`decoded`), and it is
+/// a span of that.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Short(Span);
 
 impl Short {
     #[inline]
-    pub(super) fn new(span: Span, body: &[u8]) -> Self {
-        if span.escaped {
-            Self::Decoded(span.decode(body).into())
-        } else {
-            Self::At(span)
+    pub(super) fn new(span: Span, body: &[u8], decoded: &mut String) -> Self {
+        if !span.escaped() {
+            return Self(span);
         }
+        Self::decode(span, body, decoded)
     }
 
-    /// The text; `body` must be the body the span was read from.
+    #[cold]
+    fn decode(span: Span, body: &[u8], decoded: &mut String) -> Self {
+        let start = decoded.len();
+        decoded.push_str(&span.decode(body));
+        Self(Span::new(start, decoded.len(), true))
+    }
+
+    /// The text, from the body and the decoded strings it was read with.
     #[inline]
-    pub(super) fn get<'a>(&'a self, body: &'a [u8]) -> &'a str {
-        match self {
-            Self::At(span) => std::str::from_utf8(span.raw(body)).unwrap_or_default(),
-            Self::Decoded(text) => text,
+    pub(super) fn get<'a>(self, body: &'a [u8], decoded: &'a str) -> &'a str {
+        if self.0.flag() {
+            decoded
+                .get(self.0.start()..self.0.end())
+                .unwrap_or_default()
+        } else {
+            std::str::from_utf8(self.0.raw(body)).unwrap_or_default()
         }
     }
 }
@@ -327,6 +379,10 @@ impl<'a> Reader<'a> {
 
     #[inline]
     fn skip_whitespace(&mut self) {
+        // Every whitespace byte is at most a space: one comparison settles compact JSON.
+        if matches!(self.rest.first(), Some(byte) if *byte > b' ') {
+            return;
+        }
         while let [b' ' | b'\n' | b'\r' | b'\t', rest @ ..] = self.rest {
             self.rest = rest;
         }
@@ -502,6 +558,7 @@ impl<'a> Reader<'a> {
     /// backslash, a control character or a byte of a multi-byte character, which it checks
     /// as UTF-8 right there. Outside strings JSON is ASCII, so this is where the whole body
     /// is checked as UTF-8.
+    #[inline]
     pub(super) fn string(&mut self) -> Result<Span, Syntax> {
         self.advance();
         let start = self.at();
@@ -513,11 +570,7 @@ impl<'a> Reader<'a> {
                 [b'"', rest @ ..] => {
                     let end = self.at();
                     self.rest = rest;
-                    return Ok(Span {
-                        start,
-                        end,
-                        escaped,
-                    });
+                    return Ok(Span::new(start, end, escaped));
                 }
                 [b'\\', rest @ ..] => {
                     escaped = true;

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use serde::{Serialize, Serializer};
 
 use super::json::Short;
-use super::message::get;
+use super::time::Stamp;
 use super::{RawJson, Timestamp};
 
 /// The payload shared by the four lifecycle events.
@@ -24,43 +24,50 @@ use super::{RawJson, Timestamp};
 #[non_exhaustive]
 pub struct Lifecycle {
     pub(super) event_id: Short,
-    pub(super) occurred_at: Option<Timestamp>,
+    pub(super) occurred_at: Option<Stamp>,
     pub(super) inbox_id: Option<Short>,
     pub(super) inbox_address: Option<Short>,
     pub(super) pod_id: Option<Short>,
-    pub(super) reason: Option<Reason>,
+    pub(super) reason: Option<Short>,
+    /// The short fields that held escapes, decoded.
+    pub(super) decoded: String,
     pub(super) raw: RawJson,
 }
 
 impl Lifecycle {
+    fn short(&self, field: Option<Short>) -> Option<&str> {
+        field.map(|short| short.get(&self.raw.0, &self.decoded))
+    }
+
     /// The event's id, stable across retries: deduplicate on it.
     pub fn event_id(&self) -> &str {
-        self.event_id.get(&self.raw.0)
+        self.event_id.get(&self.raw.0, &self.decoded)
     }
 
     /// When the suspension or reactivation happened.
-    pub fn occurred_at(&self) -> Option<&Timestamp> {
-        self.occurred_at.as_ref()
+    pub fn occurred_at(&self) -> Option<Timestamp> {
+        self.occurred_at
+            .map(|stamp| stamp.timestamp(&self.raw.0, &self.decoded))
     }
 
     /// The inbox concerned; `None` on `pod.*` events.
     pub fn inbox_id(&self) -> Option<&str> {
-        get(&self.inbox_id, &self.raw.0)
+        self.short(self.inbox_id)
     }
 
     /// The inbox's address, such as `agent@yourdomain.com`; `None` on `pod.*` events.
     pub fn inbox_address(&self) -> Option<&str> {
-        get(&self.inbox_address, &self.raw.0)
+        self.short(self.inbox_address)
     }
 
     /// The pod concerned, or the pod the inbox belongs to, if any.
     pub fn pod_id(&self) -> Option<&str> {
-        get(&self.pod_id, &self.raw.0)
+        self.short(self.pod_id)
     }
 
     /// Why sending was blocked; `None` on `*.reactivated` events.
-    pub fn reason(&self) -> Option<&Reason> {
-        self.reason.as_ref()
+    pub fn reason(&self) -> Option<Reason> {
+        self.short(self.reason).map(Reason::from)
     }
 
     /// The verified body, byte for byte.
@@ -76,7 +83,7 @@ impl PartialEq for Lifecycle {
             && self.inbox_id() == other.inbox_id()
             && self.inbox_address() == other.inbox_address()
             && self.pod_id() == other.pod_id()
-            && self.reason == other.reason
+            && self.reason() == other.reason()
     }
 }
 
@@ -84,11 +91,11 @@ impl fmt::Debug for Lifecycle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Lifecycle")
             .field("event_id", &self.event_id())
-            .field("occurred_at", &self.occurred_at)
+            .field("occurred_at", &self.occurred_at())
             .field("inbox_id", &self.inbox_id())
             .field("inbox_address", &self.inbox_address())
             .field("pod_id", &self.pod_id())
-            .field("reason", &self.reason)
+            .field("reason", &self.reason())
             .field("raw", &self.raw)
             .finish()
     }
@@ -102,20 +109,20 @@ impl Serialize for Lifecycle {
         #[serde(rename = "Lifecycle")]
         struct Wire<'a> {
             event_id: &'a str,
-            occurred_at: Option<&'a Timestamp>,
+            occurred_at: Option<Timestamp>,
             inbox_id: Option<&'a str>,
             inbox_address: Option<&'a str>,
             pod_id: Option<&'a str>,
-            reason: Option<&'a Reason>,
+            reason: Option<&'a str>,
         }
 
         Wire {
             event_id: self.event_id(),
-            occurred_at: self.occurred_at.as_ref(),
+            occurred_at: self.occurred_at(),
             inbox_id: self.inbox_id(),
             inbox_address: self.inbox_address(),
             pod_id: self.pod_id(),
-            reason: self.reason.as_ref(),
+            reason: self.short(self.reason),
         }
         .serialize(serializer)
     }

@@ -28,6 +28,7 @@ use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 
 use super::json::{Short, Span};
+use super::time::Stamp;
 use super::{Length, Mailbox, Mailboxes, Timestamp};
 
 /// The `message.received` event.
@@ -38,30 +39,40 @@ use super::{Length, Mailbox, Mailboxes, Timestamp};
 #[non_exhaustive]
 pub struct MessageReceived {
     pub(super) event_id: Short,
-    pub(super) occurred_at: Option<Timestamp>,
-    pub(super) delivered_at: Option<Timestamp>,
+    pub(super) occurred_at: Option<Stamp>,
+    pub(super) delivered_at: Option<Stamp>,
     pub(super) attempt: Option<u32>,
     pub(super) inbox_id: Option<Short>,
     pub(super) thread_id: Option<Short>,
     pub(super) external_id: Option<Short>,
+    /// The top-level short fields that held escapes, decoded.
+    pub(super) decoded: String,
     /// The email. An absent or `null` `message` reads as an empty one.
     pub message: Message,
 }
 
 impl MessageReceived {
+    fn short(&self, field: Option<Short>) -> Option<&str> {
+        field.map(|short| short.get(&self.message.body, &self.decoded))
+    }
+
+    fn stamp(&self, field: Option<Stamp>) -> Option<Timestamp> {
+        field.map(|stamp| stamp.timestamp(&self.message.body, &self.decoded))
+    }
+
     /// The event's id, stable across retries: deduplicate on it.
     pub fn event_id(&self) -> &str {
-        self.event_id.get(&self.message.body)
+        self.event_id.get(&self.message.body, &self.decoded)
     }
 
     /// When the email arrived; use it to order events, which may arrive out of order.
-    pub fn occurred_at(&self) -> Option<&Timestamp> {
-        self.occurred_at.as_ref()
+    pub fn occurred_at(&self) -> Option<Timestamp> {
+        self.stamp(self.occurred_at)
     }
 
     /// When this delivery attempt was sent.
-    pub fn delivered_at(&self) -> Option<&Timestamp> {
-        self.delivered_at.as_ref()
+    pub fn delivered_at(&self) -> Option<Timestamp> {
+        self.stamp(self.delivered_at)
     }
 
     /// Which delivery attempt this is, from 1.
@@ -71,17 +82,17 @@ impl MessageReceived {
 
     /// The inbox that received the email: route to the inbox's agent on it.
     pub fn inbox_id(&self) -> Option<&str> {
-        get(&self.inbox_id, &self.message.body)
+        self.short(self.inbox_id)
     }
 
     /// The conversation thread, for the API's thread and reply calls.
     pub fn thread_id(&self) -> Option<&str> {
-        get(&self.thread_id, &self.message.body)
+        self.short(self.thread_id)
     }
 
     /// The inbox's external id, in older payloads only.
     pub fn external_id(&self) -> Option<&str> {
-        get(&self.external_id, &self.message.body)
+        self.short(self.external_id)
     }
 
     /// The verified body, byte for byte.
@@ -108,8 +119,8 @@ impl fmt::Debug for MessageReceived {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MessageReceived")
             .field("event_id", &self.event_id())
-            .field("occurred_at", &self.occurred_at)
-            .field("delivered_at", &self.delivered_at)
+            .field("occurred_at", &self.occurred_at())
+            .field("delivered_at", &self.delivered_at())
             .field("attempt", &self.attempt)
             .field("inbox_id", &self.inbox_id())
             .field("thread_id", &self.thread_id())
@@ -128,9 +139,9 @@ impl Serialize for MessageReceived {
         struct Wire<'a> {
             event_id: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
-            occurred_at: Option<&'a Timestamp>,
+            occurred_at: Option<Timestamp>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            delivered_at: Option<&'a Timestamp>,
+            delivered_at: Option<Timestamp>,
             #[serde(skip_serializing_if = "Option::is_none")]
             attempt: Option<u32>,
             #[serde(skip_serializing_if = "Option::is_none")]
@@ -144,8 +155,8 @@ impl Serialize for MessageReceived {
 
         Wire {
             event_id: self.event_id(),
-            occurred_at: self.occurred_at.as_ref(),
-            delivered_at: self.delivered_at.as_ref(),
+            occurred_at: self.occurred_at(),
+            delivered_at: self.delivered_at(),
             attempt: self.attempt,
             inbox_id: self.inbox_id(),
             thread_id: self.thread_id(),
@@ -179,13 +190,15 @@ impl Serialize for MessageReceived {
 /// let to: Vec<_> = message.to_mailboxes().map(|to| to.address()).collect();
 /// assert_eq!(to, ["inbox@openmail.sh", "jane@example.com"]);
 /// assert_eq!(message.body_text().as_deref(), Some("Hi,\n\nthe invoice is attached."));
-/// assert!(!message.attachments()[0].text_extracted());
+/// assert!(!message.attachments().get(0).unwrap().text_extracted());
 /// # Ok::<(), openmail_webhooks::event::NotAnEvent>(())
 /// ```
 #[derive(Clone, Default)]
 #[non_exhaustive]
 pub struct Message {
     pub(super) body: Bytes,
+    /// The short fields that held escapes, decoded.
+    pub(super) decoded: String,
     pub(super) id: Option<Short>,
     pub(super) rfc_message_id: Option<Short>,
     pub(super) from: Option<Short>,
@@ -193,40 +206,46 @@ pub struct Message {
     pub(super) cc: Vec<Short>,
     pub(super) subject: Option<Short>,
     pub(super) body_text: Option<Span>,
-    pub(super) attachments: Vec<Attachment>,
-    pub(super) received_at: Option<Timestamp>,
+    pub(super) attachments: Vec<AttachmentIndex>,
+    pub(super) received_at: Option<Stamp>,
 }
 
 impl Message {
+    fn short(&self, field: Option<Short>) -> Option<&str> {
+        field.map(|short| short.get(&self.body, &self.decoded))
+    }
+
     /// OpenMail's id for the message, such as `msg_4c8d5e6f`.
     pub fn id(&self) -> Option<&str> {
-        get(&self.id, &self.body)
+        self.short(self.id)
     }
 
     /// The `Message-ID` header, angle brackets included.
     pub fn rfc_message_id(&self) -> Option<&str> {
-        get(&self.rfc_message_id, &self.body)
+        self.short(self.rfc_message_id)
     }
 
     /// The sender, `Name <address>` or a bare address; see [`sender`](Self::sender).
     pub fn from(&self) -> Option<&str> {
-        get(&self.from, &self.body)
+        self.short(self.from)
     }
 
     /// The recipients as one comma-separated string; see
     /// [`to_mailboxes`](Self::to_mailboxes).
     pub fn to(&self) -> Option<&str> {
-        get(&self.to, &self.body)
+        self.short(self.to)
     }
 
     /// The copied recipients, one mailbox per entry; empty when there are none.
     pub fn cc(&self) -> impl ExactSizeIterator<Item = &str> + DoubleEndedIterator + '_ {
-        self.cc.iter().map(|entry| entry.get(&self.body))
+        self.cc
+            .iter()
+            .map(|entry| entry.get(&self.body, &self.decoded))
     }
 
     /// The subject line.
     pub fn subject(&self) -> Option<&str> {
-        get(&self.subject, &self.body)
+        self.short(self.subject)
     }
 
     /// The plain-text body (OpenMail sends no HTML body), decoded now: borrowed from the
@@ -236,13 +255,17 @@ impl Message {
     }
 
     /// The attachments, in order; empty when there are none.
-    pub fn attachments(&self) -> &[Attachment] {
-        &self.attachments
+    pub fn attachments(&self) -> Attachments<'_> {
+        Attachments {
+            message: self,
+            indices: self.attachments.iter(),
+        }
     }
 
     /// When OpenMail received the email.
-    pub fn received_at(&self) -> Option<&Timestamp> {
-        self.received_at.as_ref()
+    pub fn received_at(&self) -> Option<Timestamp> {
+        self.received_at
+            .map(|stamp| stamp.timestamp(&self.body, &self.decoded))
     }
 
     /// The sender's address and display name, split out of `from`.
@@ -270,7 +293,7 @@ impl PartialEq for Message {
             && self.cc().eq(other.cc())
             && self.subject() == other.subject()
             && self.body_text() == other.body_text()
-            && self.attachments == other.attachments
+            && self.attachments().eq(other.attachments())
             && self.received_at == other.received_at
     }
 }
@@ -287,8 +310,8 @@ impl fmt::Debug for Message {
             .field("cc", &self.cc().collect::<Vec<_>>())
             .field("subject", &self.subject())
             .field("body_text", &self.body_text())
-            .field("attachments", &self.attachments)
-            .field("received_at", &self.received_at)
+            .field("attachments", &self.attachments().collect::<Vec<_>>())
+            .field("received_at", &self.received_at())
             .finish()
     }
 }
@@ -311,12 +334,24 @@ impl Serialize for Message {
             subject: Option<&'a str>,
             #[serde(skip_serializing_if = "Option::is_none")]
             body_text: Option<Cow<'a, str>>,
-            attachments: &'a [Attachment],
+            attachments: AttachmentList<'a>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            received_at: Option<&'a Timestamp>,
+            received_at: Option<Timestamp>,
         }
 
         struct Cc<'a>(&'a Message);
+
+        struct AttachmentList<'a>(&'a Message);
+
+        impl Serialize for AttachmentList<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut seq = serializer.serialize_seq(Some(self.0.attachments.len()))?;
+                for attachment in self.0.attachments() {
+                    seq.serialize_element(&attachment)?;
+                }
+                seq.end()
+            }
+        }
 
         impl Serialize for Cc<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -336,58 +371,131 @@ impl Serialize for Message {
             cc: Cc(self),
             subject: self.subject(),
             body_text: self.body_text(),
-            attachments: &self.attachments,
-            received_at: self.received_at.as_ref(),
+            attachments: AttachmentList(self),
+            received_at: self.received_at(),
         }
         .serialize(serializer)
     }
 }
 
-/// One attachment. Its keys are camelCase on the wire.
-#[derive(Clone, Default)]
-#[non_exhaustive]
-pub struct Attachment {
-    pub(super) body: Bytes,
+/// Where one attachment's fields are; its short fields that held escapes are decoded into
+/// the message's `decoded`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct AttachmentIndex {
     pub(super) filename: Option<Short>,
     pub(super) content_type: Option<Short>,
     pub(super) size_bytes: Option<u64>,
     pub(super) url: Option<Short>,
     pub(super) parsed_text: Option<Span>,
-    pub(super) extraction_method: Option<ExtractionMethod>,
+    pub(super) extraction_method: Option<Short>,
 }
 
-impl Attachment {
+/// The attachments of a [`Message`], in order: see [`Message::attachments`].
+#[derive(Clone)]
+pub struct Attachments<'a> {
+    message: &'a Message,
+    indices: std::slice::Iter<'a, AttachmentIndex>,
+}
+
+impl<'a> Attachments<'a> {
+    /// Whether there are none left.
+    pub fn is_empty(&self) -> bool {
+        self.indices.len() == 0
+    }
+
+    /// The attachment `index` places further on, if there is one, without moving on.
+    pub fn get(&self, index: usize) -> Option<Attachment<'a>> {
+        let message = self.message;
+        self.indices
+            .as_slice()
+            .get(index)
+            .map(|index| Attachment { message, index })
+    }
+}
+
+impl<'a> Iterator for Attachments<'a> {
+    type Item = Attachment<'a>;
+
+    fn next(&mut self) -> Option<Attachment<'a>> {
+        let message = self.message;
+        self.indices
+            .next()
+            .map(|index| Attachment { message, index })
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.indices.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for Attachments<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let message = self.message;
+        self.indices
+            .next_back()
+            .map(|index| Attachment { message, index })
+    }
+}
+
+impl ExactSizeIterator for Attachments<'_> {}
+
+impl std::iter::FusedIterator for Attachments<'_> {}
+
+impl fmt::Debug for Attachments<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.clone()).finish()
+    }
+}
+
+/// One attachment, read out of its message. Its keys are camelCase on the wire.
+///
+/// It borrows the [`Message`]: the message holds the verified body, and the attachment
+/// only says where its fields are in it, so that listing attachments copies nothing.
+#[derive(Clone, Copy)]
+pub struct Attachment<'a> {
+    message: &'a Message,
+    index: &'a AttachmentIndex,
+}
+
+impl<'a> Attachment<'a> {
+    fn short(&self, field: Option<Short>) -> Option<&'a str> {
+        let message = self.message;
+        field.map(|short| short.get(&message.body, &message.decoded))
+    }
+
     /// The file name, as the sender gave it.
-    pub fn filename(&self) -> Option<&str> {
-        get(&self.filename, &self.body)
+    pub fn filename(&self) -> Option<&'a str> {
+        self.short(self.index.filename)
     }
 
     /// The MIME type, such as `application/pdf`.
-    pub fn content_type(&self) -> Option<&str> {
-        get(&self.content_type, &self.body)
+    pub fn content_type(&self) -> Option<&'a str> {
+        self.short(self.index.content_type)
     }
 
     /// The size in bytes.
     pub fn size_bytes(&self) -> Option<u64> {
-        self.size_bytes
+        self.index.size_bytes
     }
 
     /// Where to download it. It needs the API key and redirects to a signed URL that
     /// expires after 15 minutes: fetch it promptly.
-    pub fn url(&self) -> Option<&str> {
-        get(&self.url, &self.body)
+    pub fn url(&self) -> Option<&'a str> {
+        self.short(self.index.url)
     }
 
     /// The extracted text, at most 50,000 characters; `None` when extraction failed, was
     /// skipped or is unsupported. Decoded now: borrowed from the verified body when the
     /// JSON holds no escapes, else a new `String`.
-    pub fn parsed_text(&self) -> Option<Cow<'_, str>> {
-        self.parsed_text.map(|text| text.decode(&self.body))
+    pub fn parsed_text(&self) -> Option<Cow<'a, str>> {
+        let body = &self.message.body;
+        self.index.parsed_text.map(|text| text.decode(body))
     }
 
     /// How the text was extracted, or why it was not.
-    pub fn extraction_method(&self) -> Option<&ExtractionMethod> {
-        self.extraction_method.as_ref()
+    pub fn extraction_method(&self) -> Option<ExtractionMethod> {
+        self.short(self.index.extraction_method)
+            .map(ExtractionMethod::from)
     }
 
     /// Whether OpenMail extracted text from the attachment: `parsedText` is present (it may
@@ -397,37 +505,37 @@ impl Attachment {
     /// [`extraction_method`](Self::extraction_method), whose set of values is open: a
     /// method this crate does not know could mean success or failure.
     pub fn text_extracted(&self) -> bool {
-        self.parsed_text.is_some()
+        self.index.parsed_text.is_some()
     }
 }
 
-impl PartialEq for Attachment {
+impl PartialEq for Attachment<'_> {
     fn eq(&self, other: &Self) -> bool {
         self.filename() == other.filename()
             && self.content_type() == other.content_type()
-            && self.size_bytes == other.size_bytes
+            && self.size_bytes() == other.size_bytes()
             && self.url() == other.url()
             && self.parsed_text() == other.parsed_text()
-            && self.extraction_method == other.extraction_method
+            && self.extraction_method() == other.extraction_method()
     }
 }
 
-impl Eq for Attachment {}
+impl Eq for Attachment<'_> {}
 
-impl fmt::Debug for Attachment {
+impl fmt::Debug for Attachment<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Attachment")
             .field("filename", &self.filename())
             .field("content_type", &self.content_type())
-            .field("size_bytes", &self.size_bytes)
+            .field("size_bytes", &self.size_bytes())
             .field("url", &self.url())
             .field("parsed_text", &self.parsed_text())
-            .field("extraction_method", &self.extraction_method)
+            .field("extraction_method", &self.extraction_method())
             .finish()
     }
 }
 
-impl Serialize for Attachment {
+impl Serialize for Attachment<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         #[serde(rename = "Attachment", rename_all = "camelCase")]
@@ -443,16 +551,16 @@ impl Serialize for Attachment {
             #[serde(skip_serializing_if = "Option::is_none")]
             parsed_text: Option<Cow<'a, str>>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            extraction_method: Option<&'a ExtractionMethod>,
+            extraction_method: Option<&'a str>,
         }
 
         Wire {
             filename: self.filename(),
             content_type: self.content_type(),
-            size_bytes: self.size_bytes,
+            size_bytes: self.size_bytes(),
             url: self.url(),
             parsed_text: self.parsed_text(),
-            extraction_method: self.extraction_method.as_ref(),
+            extraction_method: self.short(self.index.extraction_method),
         }
         .serialize(serializer)
     }
@@ -481,9 +589,4 @@ string_enum! {
         /// `skipped_too_large`: the file was too large to extract; there is no text.
         SkippedTooLarge => "skipped_too_large",
     }
-}
-
-/// A short optional field's text.
-pub(super) fn get<'a>(field: &'a Option<Short>, body: &'a [u8]) -> Option<&'a str> {
-    field.as_ref().map(|short| short.get(body))
 }

@@ -28,6 +28,8 @@ use std::time::{Duration, SystemTime};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde::{Serialize, Serializer};
 
+use super::json::Short;
+
 /// A validated RFC 3339 timestamp that remembers how it was written.
 ///
 /// Equality, ordering and hashing go by the instant: `2024-03-21T10:05:00Z` and
@@ -97,17 +99,19 @@ impl Timestamp {
         Self::parse_bytes(text.as_bytes())
     }
 
-    /// Parses the bytes of a timestamp; they are ASCII if it is one.
-    #[inline]
-    pub(super) fn parse_bytes(text: &[u8]) -> Result<Self, TimestampError> {
-        let fields = Fields::read(text)?;
-        let (seconds, nanos) = fields.instant();
-        Ok(Self {
+    fn parse_bytes(text: &[u8]) -> Result<Self, TimestampError> {
+        let instant = Instant::read(text)?;
+        Ok(Self::at(text, instant))
+    }
+
+    /// The timestamp of already-validated `text` at `instant`.
+    pub(super) fn at(text: &[u8], instant: Instant) -> Self {
+        Self {
             text: Text::new(text),
-            seconds,
-            nanos,
-            offset_minutes: fields.offset_minutes,
-        })
+            seconds: instant.seconds,
+            nanos: instant.nanos,
+            offset_minutes: instant.offset_minutes,
+        }
     }
 
     /// The text exactly as it was received.
@@ -231,6 +235,50 @@ pub(super) fn invalid<E: de::Error>(text: &str, error: TimestampError) -> E {
     E::custom(format_args!("`{shown}{ellipsis}`: {error}"))
 }
 
+/// What a timestamp means, without its text: what an event keeps of one, next to where
+/// the text is in the body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Instant {
+    seconds: i64,
+    nanos: u32,
+    offset_minutes: i16,
+}
+
+impl Instant {
+    /// Validates the text of a timestamp and reads its instant.
+    #[inline]
+    pub(super) fn read(text: &[u8]) -> Result<Self, TimestampError> {
+        let fields = Fields::read(text)?;
+        let (seconds, nanos) = fields.instant();
+        Ok(Self {
+            seconds,
+            nanos,
+            offset_minutes: fields.offset_minutes,
+        })
+    }
+}
+
+/// A timestamp as an event keeps it: where its text is, and its instant. The
+/// [`Timestamp`], with a copy of the text, is made when it is asked for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stamp {
+    pub(super) text: Short,
+    pub(super) instant: Instant,
+}
+
+impl Stamp {
+    pub(super) fn timestamp(self, body: &[u8], decoded: &str) -> Timestamp {
+        Timestamp::at(self.text.get(body, decoded).as_bytes(), self.instant)
+    }
+}
+
+impl PartialEq for Stamp {
+    /// By the instant, as [`Timestamp`]s compare.
+    fn eq(&self, other: &Self) -> bool {
+        (self.instant.seconds, self.instant.nanos) == (other.instant.seconds, other.instant.nanos)
+    }
+}
+
 /// Why a string is not an RFC 3339 timestamp.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -285,22 +333,28 @@ impl Fields {
     /// finds the first mistake from the left. Both check the ranges in the same order, so
     /// they report the same error.
     #[inline]
+    // Each value is at most four digits: far inside `u32`.
+    #[allow(clippy::arithmetic_side_effects)]
     fn read(bytes: &[u8]) -> Result<Self, TimestampError> {
-        let [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T' | b't', h1, h2, b':', i1, i2, b':', s1, s2, rest @ ..] =
-            bytes
+        let Some((head, rest)) = bytes.split_first_chunk::<19>() else {
+            return Self::read_slowly(bytes);
+        };
+        let [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T' | b't', h1, h2, b':', i1, i2, b':', s1, s2] =
+            *head
         else {
             return Self::read_slowly(bytes);
         };
-        let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = (
-            number(&[*y1, *y2, *y3, *y4]),
-            number(&[*m1, *m2]),
-            number(&[*d1, *d2]),
-            number(&[*h1, *h2]),
-            number(&[*i1, *i2]),
-            number(&[*s1, *s2]),
-        ) else {
+        let digits = [y1, y2, y3, y4, m1, m2, d1, d2, h1, h2, i1, i2, s1, s2];
+        if !digits.iter().all(u8::is_ascii_digit) {
             return Self::read_slowly(bytes);
-        };
+        }
+        let value = |tens: u8, ones: u8| u32::from(tens - b'0') * 10 + u32::from(ones - b'0');
+        let (year, month, day) = (
+            value(y1, y2) * 100 + value(y3, y4),
+            value(m1, m2),
+            value(d1, d2),
+        );
+        let (hour, minute, second) = (value(h1, h2), value(i1, i2), value(s1, s2));
         let month = range("month", month, 1, 12)?;
         let day = range("day", day, 1, days_in_month(year, month))?;
         let hour = range("hour", hour, 0, 23)?;
@@ -396,21 +450,6 @@ fn days_in_month(year: u32, month: u32) -> u32 {
 
 fn is_leap(year: u32) -> bool {
     year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
-}
-
-/// The value of up to four ASCII digits.
-// At most four digits: the value stays below 10_000.
-#[allow(clippy::arithmetic_side_effects)]
-#[inline]
-fn number(digits: &[u8]) -> Option<u32> {
-    let mut value = 0;
-    for &digit in digits {
-        if !digit.is_ascii_digit() {
-            return None;
-        }
-        value = value * 10 + u32::from(digit - b'0');
-    }
-    Some(value)
 }
 
 #[inline]

@@ -36,11 +36,11 @@ use bytes::Bytes;
 use serde::de::{Error as _, Unexpected};
 
 use super::fallback::Envelope;
-use super::json::{line_column, Code, Reader, Short, Span, Syntax};
-use super::time::invalid;
+use super::json::{line_column, Code, Reader, Short, Span, Syntax, MAX_BODY};
+use super::message::AttachmentIndex;
+use super::time::{invalid, Instant, Stamp};
 use super::{
-    Attachment, Event, Lifecycle, MalformedEvent, Message, MessageReceived, NotAnEvent, RawJson,
-    Reason, Timestamp, UnknownEvent,
+    Event, Lifecycle, MalformedEvent, Message, MessageReceived, NotAnEvent, RawJson, UnknownEvent,
 };
 
 /// The documented event types.
@@ -54,6 +54,7 @@ enum Kind {
 }
 
 impl Kind {
+    #[inline(always)]
     fn of(event_type: &[u8]) -> Option<Self> {
         Some(match event_type {
             b"message.received" => Self::MessageReceived,
@@ -143,8 +144,8 @@ struct Top {
     event: Option<Span>,
     kind: Option<Kind>,
     event_id: Option<Short>,
-    occurred_at: Option<Timestamp>,
-    delivered_at: Option<Timestamp>,
+    occurred_at: Option<Stamp>,
+    delivered_at: Option<Stamp>,
     attempt: Option<u32>,
     inbox_id: Option<Short>,
     thread_id: Option<Short>,
@@ -152,11 +153,21 @@ struct Top {
     message: Option<Message>,
     inbox_address: Option<Short>,
     pod_id: Option<Short>,
-    reason: Option<Reason>,
+    reason: Option<Short>,
+    /// The top-level short fields that held escapes, decoded.
+    decoded: String,
 }
 
 /// Parses a verified body; see [`Event::parse`].
 pub(super) fn parse(body: Bytes) -> Result<Event, NotAnEvent> {
+    if body.len() > MAX_BODY {
+        return Err(NotAnEvent {
+            detail: format!(
+                "{} bytes is more than the {MAX_BODY} an event can index",
+                body.len()
+            ),
+        });
+    }
     let mut top = Top::default();
     if let Err(syntax) = read(&body, &mut top) {
         let (line, column) = line_column(&body, syntax.at);
@@ -191,13 +202,18 @@ fn read(body: &Bytes, top: &mut Top) -> Result<(), Syntax> {
 }
 
 /// Looks a key up, decoding it first only if it holds escapes.
-#[inline]
-fn lookup<T>(key: Span, body: &[u8], of: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
+#[inline(always)]
+fn lookup<T>(key: Span, body: &[u8], of: fn(&[u8]) -> Option<T>) -> Option<T> {
     if key.escaped() {
-        of(key.decode(body).as_bytes())
+        lookup_decoded(key, body, of)
     } else {
         of(key.raw(body))
     }
+}
+
+#[cold]
+fn lookup_decoded<T>(key: Span, body: &[u8], of: fn(&[u8]) -> Option<T>) -> Option<T> {
+    of(key.decode(body).as_bytes())
 }
 
 impl Top {
@@ -222,30 +238,58 @@ impl Top {
                 self.kind = lookup(event, body, Kind::of);
                 self.event = Some(event);
             }
-            TopField::EventId => short(reader, &mut self.event_id, &mut misfit)?,
-            TopField::InboxId => short(reader, &mut self.inbox_id, &mut misfit)?,
-            TopField::PodId => short(reader, &mut self.pod_id, &mut misfit)?,
-            TopField::OccurredAt => timestamp(reader, &mut self.occurred_at, &mut misfit)?,
-            TopField::DeliveredAt => timestamp(reader, &mut self.delivered_at, &mut misfit)?,
+            TopField::EventId => short(reader, &mut self.event_id, &mut self.decoded, &mut misfit)?,
+            TopField::InboxId => short(reader, &mut self.inbox_id, &mut self.decoded, &mut misfit)?,
+            TopField::PodId => short(reader, &mut self.pod_id, &mut self.decoded, &mut misfit)?,
+            TopField::OccurredAt => {
+                timestamp(
+                    reader,
+                    &mut self.occurred_at,
+                    &mut self.decoded,
+                    &mut misfit,
+                )?;
+            }
+            TopField::DeliveredAt => {
+                timestamp(
+                    reader,
+                    &mut self.delivered_at,
+                    &mut self.decoded,
+                    &mut misfit,
+                )?;
+            }
             TopField::Attempt => {
                 let mut attempt = None;
                 unsigned(reader, u32::MAX.into(), "u32", &mut attempt, &mut misfit)?;
                 self.attempt = attempt.and_then(|attempt| u32::try_from(attempt).ok());
             }
-            TopField::ThreadId => short(reader, &mut self.thread_id, &mut misfit)?,
-            TopField::ExternalId => short(reader, &mut self.external_id, &mut misfit)?,
-            TopField::InboxAddress => short(reader, &mut self.inbox_address, &mut misfit)?,
-            TopField::Reason => code(reader, &mut self.reason, &mut misfit)?,
+            TopField::ThreadId => {
+                short(reader, &mut self.thread_id, &mut self.decoded, &mut misfit)?;
+            }
+            TopField::ExternalId => {
+                short(
+                    reader,
+                    &mut self.external_id,
+                    &mut self.decoded,
+                    &mut misfit,
+                )?;
+            }
+            TopField::InboxAddress => {
+                short(
+                    reader,
+                    &mut self.inbox_address,
+                    &mut self.decoded,
+                    &mut misfit,
+                )?;
+            }
+            TopField::Reason => code(reader, &mut self.reason, &mut self.decoded, &mut misfit)?,
             // Another type's message is only checked, not indexed.
             TopField::Message
                 if self.event.is_none() || self.kind == Some(Kind::MessageReceived) =>
             {
                 match reader.peek() {
                     Some(b'{') => {
-                        let message = self.message.insert(Message {
-                            body: body.clone(),
-                            ..Message::default()
-                        });
+                        // The body goes in when the event is built: a move, not a clone.
+                        let message = self.message.insert(Message::default());
                         read_message(reader, message, body, &mut misfit)?;
                     }
                     Some(b'n') => reader.literal(b"null")?,
@@ -295,12 +339,13 @@ impl Top {
 fn short(
     reader: &mut Reader<'_>,
     into: &mut Option<Short>,
+    decoded: &mut String,
     misfit: &mut Option<Misfit>,
 ) -> Result<(), Syntax> {
     match reader.peek() {
         Some(b'"') => {
             let span = reader.string()?;
-            *into = Some(Short::new(span, reader.body()));
+            *into = Some(Short::new(span, reader.body(), decoded));
         }
         Some(b'n') => reader.literal(b"null")?,
         _ => report(misfit, unexpected(reader, "a string")?),
@@ -326,19 +371,25 @@ fn text(
 #[inline]
 fn timestamp(
     reader: &mut Reader<'_>,
-    into: &mut Option<Timestamp>,
+    into: &mut Option<Stamp>,
+    decoded: &mut String,
     misfit: &mut Option<Misfit>,
 ) -> Result<(), Syntax> {
     match reader.peek() {
         Some(b'"') => {
             let span = reader.string()?;
-            let parsed = if span.escaped() {
-                Timestamp::parse(&span.decode(reader.body()))
+            let instant = if span.escaped() {
+                Instant::read(span.decode(reader.body()).as_bytes())
             } else {
-                Timestamp::parse_bytes(span.raw(reader.body()))
+                Instant::read(span.raw(reader.body()))
             };
-            match parsed {
-                Ok(timestamp) => *into = Some(timestamp),
+            match instant {
+                Ok(instant) => {
+                    *into = Some(Stamp {
+                        text: Short::new(span, reader.body(), decoded),
+                        instant,
+                    });
+                }
                 Err(error) => report(
                     misfit,
                     Misfit {
@@ -355,15 +406,17 @@ fn timestamp(
     Ok(())
 }
 
-fn code<T: for<'t> From<&'t str>>(
+/// A code (a reason, an extraction method): any string, turned into its enum when read.
+fn code(
     reader: &mut Reader<'_>,
-    into: &mut Option<T>,
+    into: &mut Option<Short>,
+    decoded: &mut String,
     misfit: &mut Option<Misfit>,
 ) -> Result<(), Syntax> {
     match reader.peek() {
         Some(b'"') => {
             let span = reader.string()?;
-            *into = Some(T::from(&span.decode(reader.body())));
+            *into = Some(Short::new(span, reader.body(), decoded));
         }
         Some(b'n') => reader.literal(b"null")?,
         _ => report(misfit, unexpected(reader, "a string code")?),
@@ -505,14 +558,19 @@ fn read_message(
             *misfit = Some(Misfit::duplicate(field.name(), key));
             return Ok(());
         }
+        let decoded = &mut message.decoded;
         match field {
-            MessageField::Id => short(reader, &mut message.id, misfit),
-            MessageField::RfcMessageId => short(reader, &mut message.rfc_message_id, misfit),
-            MessageField::From => short(reader, &mut message.from, misfit),
-            MessageField::To => short(reader, &mut message.to, misfit),
-            MessageField::Subject => short(reader, &mut message.subject, misfit),
+            MessageField::Id => short(reader, &mut message.id, decoded, misfit),
+            MessageField::RfcMessageId => {
+                short(reader, &mut message.rfc_message_id, decoded, misfit)
+            }
+            MessageField::From => short(reader, &mut message.from, decoded, misfit),
+            MessageField::To => short(reader, &mut message.to, decoded, misfit),
+            MessageField::Subject => short(reader, &mut message.subject, decoded, misfit),
             MessageField::BodyText => text(reader, &mut message.body_text, misfit),
-            MessageField::ReceivedAt => timestamp(reader, &mut message.received_at, misfit),
+            MessageField::ReceivedAt => {
+                timestamp(reader, &mut message.received_at, decoded, misfit)
+            }
             MessageField::Cc => match reader.peek() {
                 Some(b'[') => reader.array(|reader| {
                     if misfit.is_some() {
@@ -520,7 +578,7 @@ fn read_message(
                     }
                     if reader.peek() == Some(b'"') {
                         let span = reader.string()?;
-                        message.cc.push(Short::new(span, body));
+                        message.cc.push(Short::new(span, body, decoded));
                     } else {
                         *misfit = Some(unexpected(reader, "a string")?);
                     }
@@ -541,14 +599,10 @@ fn read_message(
                         *misfit = Some(unexpected(reader, "struct Attachment")?);
                         return Ok(());
                     }
-                    message.attachments.push(Attachment {
-                        body: body.clone(),
-                        ..Attachment::default()
-                    });
-                    match message.attachments.last_mut() {
-                        Some(attachment) => read_attachment(reader, attachment, body, misfit),
-                        None => reader.skip(),
-                    }
+                    let mut attachment = AttachmentIndex::default();
+                    read_attachment(reader, &mut attachment, &mut message.decoded, body, misfit)?;
+                    message.attachments.push(attachment);
+                    Ok(())
                 }),
                 Some(b'n') => reader.literal(b"null"),
                 _ => {
@@ -562,7 +616,8 @@ fn read_message(
 
 fn read_attachment(
     reader: &mut Reader<'_>,
-    attachment: &mut Attachment,
+    attachment: &mut AttachmentIndex,
+    decoded: &mut String,
     body: &Bytes,
     misfit: &mut Option<Misfit>,
 ) -> Result<(), Syntax> {
@@ -580,15 +635,17 @@ fn read_attachment(
             return Ok(());
         }
         match field {
-            AttachmentField::Filename => short(reader, &mut attachment.filename, misfit),
-            AttachmentField::ContentType => short(reader, &mut attachment.content_type, misfit),
+            AttachmentField::Filename => short(reader, &mut attachment.filename, decoded, misfit),
+            AttachmentField::ContentType => {
+                short(reader, &mut attachment.content_type, decoded, misfit)
+            }
             AttachmentField::SizeBytes => {
                 unsigned(reader, u64::MAX, "u64", &mut attachment.size_bytes, misfit)
             }
-            AttachmentField::Url => short(reader, &mut attachment.url, misfit),
+            AttachmentField::Url => short(reader, &mut attachment.url, decoded, misfit),
             AttachmentField::ParsedText => text(reader, &mut attachment.parsed_text, misfit),
             AttachmentField::ExtractionMethod => {
-                code(reader, &mut attachment.extraction_method, misfit)
+                code(reader, &mut attachment.extraction_method, decoded, misfit)
             }
         }
     })
@@ -608,7 +665,7 @@ macro_rules! fields {
         }
 
         impl $name {
-            #[inline]
+            #[inline(always)]
             fn of(name: &[u8]) -> Option<Self> {
                 match name.len() {
                     $($length => match name {
@@ -692,17 +749,18 @@ fn assemble(top: &mut Top, body: Bytes) -> Event {
     match kind {
         Kind::MessageReceived => Event::MessageReceived(MessageReceived {
             event_id,
-            occurred_at: top.occurred_at.take(),
-            delivered_at: top.delivered_at.take(),
+            occurred_at: top.occurred_at,
+            delivered_at: top.delivered_at,
             attempt: top.attempt,
-            inbox_id: top.inbox_id.take(),
-            thread_id: top.thread_id.take(),
-            external_id: top.external_id.take(),
+            inbox_id: top.inbox_id,
+            thread_id: top.thread_id,
+            external_id: top.external_id,
+            decoded: std::mem::take(&mut top.decoded),
             // The message holds the body for the whole event.
-            message: top.message.take().unwrap_or(Message {
+            message: Message {
                 body,
-                ..Message::default()
-            }),
+                ..top.message.take().unwrap_or_default()
+            },
         }),
         Kind::InboxSuspended => Event::InboxSuspended(lifecycle(top, event_id, body)),
         Kind::InboxReactivated => Event::InboxReactivated(lifecycle(top, event_id, body)),
@@ -714,11 +772,12 @@ fn assemble(top: &mut Top, body: Bytes) -> Event {
 fn lifecycle(top: &mut Top, event_id: Short, body: Bytes) -> Lifecycle {
     Lifecycle {
         event_id,
-        occurred_at: top.occurred_at.take(),
-        inbox_id: top.inbox_id.take(),
-        inbox_address: top.inbox_address.take(),
-        pod_id: top.pod_id.take(),
-        reason: top.reason.take(),
+        occurred_at: top.occurred_at,
+        inbox_id: top.inbox_id,
+        inbox_address: top.inbox_address,
+        pod_id: top.pod_id,
+        reason: top.reason,
+        decoded: std::mem::take(&mut top.decoded),
         raw: RawJson(body),
     }
 }
@@ -733,15 +792,16 @@ fn malformed(top: &mut Top, body: Bytes, field: &'static str, error: String) -> 
 
 /// The envelope of an event the model does not type: the usable fields, leniently.
 fn envelope_of(top: &mut Top, body: Bytes) -> Envelope {
-    let event_type = match top.event {
-        Some(span) => Short::new(span, &body),
-        None => Short::Decoded(Box::default()),
-    };
+    // `read` refuses a body without `event`, so it is there; were it not, the type would
+    // read as the empty string.
+    let event = top.event.unwrap_or(Span::EMPTY);
+    let event_type = Short::new(event, &body, &mut top.decoded);
     Envelope {
         event_type,
-        event_id: top.event_id.take(),
-        inbox_id: top.inbox_id.take(),
-        occurred_at: top.occurred_at.take(),
+        event_id: top.event_id,
+        inbox_id: top.inbox_id,
+        occurred_at: top.occurred_at,
+        decoded: std::mem::take(&mut top.decoded),
         raw: RawJson(body),
     }
 }
