@@ -90,7 +90,7 @@ impl Envelope {
 
     fn occurred_at(&self) -> Option<Timestamp> {
         self.occurred_at
-            .map(|stamp| stamp.timestamp(&self.raw.0, &self.decoded))
+            .and_then(|stamp| stamp.timestamp(&self.raw.0, &self.decoded))
     }
 
     /// Same type, same JSON value.

@@ -115,6 +115,13 @@ impl fmt::Debug for Span {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Short(Span);
 
+impl Default for Short {
+    /// The empty string.
+    fn default() -> Self {
+        Self(Span::EMPTY)
+    }
+}
+
 impl Short {
     #[inline]
     pub(super) fn new(span: Span, body: &[u8], decoded: &mut String) -> Self {

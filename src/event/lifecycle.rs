@@ -47,7 +47,7 @@ impl Lifecycle {
     /// When the suspension or reactivation happened.
     pub fn occurred_at(&self) -> Option<Timestamp> {
         self.occurred_at
-            .map(|stamp| stamp.timestamp(&self.raw.0, &self.decoded))
+            .and_then(|stamp| stamp.timestamp(&self.raw.0, &self.decoded))
     }
 
     /// The inbox concerned; `None` on `pod.*` events.
@@ -79,7 +79,7 @@ impl Lifecycle {
 impl PartialEq for Lifecycle {
     fn eq(&self, other: &Self) -> bool {
         self.event_id() == other.event_id()
-            && self.occurred_at == other.occurred_at
+            && self.occurred_at() == other.occurred_at()
             && self.inbox_id() == other.inbox_id()
             && self.inbox_address() == other.inbox_address()
             && self.pod_id() == other.pod_id()

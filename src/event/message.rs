@@ -57,7 +57,7 @@ impl MessageReceived {
     }
 
     fn stamp(&self, field: Option<Stamp>) -> Option<Timestamp> {
-        field.map(|stamp| stamp.timestamp(&self.message.body, &self.decoded))
+        field.and_then(|stamp| stamp.timestamp(&self.message.body, &self.decoded))
     }
 
     /// The event's id, stable across retries: deduplicate on it.
@@ -105,8 +105,8 @@ impl MessageReceived {
 impl PartialEq for MessageReceived {
     fn eq(&self, other: &Self) -> bool {
         self.event_id() == other.event_id()
-            && self.occurred_at == other.occurred_at
-            && self.delivered_at == other.delivered_at
+            && self.occurred_at() == other.occurred_at()
+            && self.delivered_at() == other.delivered_at()
             && self.attempt == other.attempt
             && self.inbox_id() == other.inbox_id()
             && self.thread_id() == other.thread_id()
@@ -203,10 +203,10 @@ pub struct Message {
     pub(super) rfc_message_id: Option<Short>,
     pub(super) from: Option<Short>,
     pub(super) to: Option<Short>,
-    pub(super) cc: Vec<Short>,
+    pub(super) cc: Few<Short, 2>,
     pub(super) subject: Option<Short>,
     pub(super) body_text: Option<Span>,
-    pub(super) attachments: Vec<AttachmentIndex>,
+    pub(super) attachments: Few<AttachmentIndex, 1>,
     pub(super) received_at: Option<Stamp>,
 }
 
@@ -238,9 +238,11 @@ impl Message {
 
     /// The copied recipients, one mailbox per entry; empty when there are none.
     pub fn cc(&self) -> impl ExactSizeIterator<Item = &str> + DoubleEndedIterator + '_ {
-        self.cc
-            .iter()
-            .map(|entry| entry.get(&self.body, &self.decoded))
+        (0..self.cc.len()).map(|index| {
+            self.cc
+                .get(index)
+                .map_or("", |entry| entry.get(&self.body, &self.decoded))
+        })
     }
 
     /// The subject line.
@@ -258,14 +260,14 @@ impl Message {
     pub fn attachments(&self) -> Attachments<'_> {
         Attachments {
             message: self,
-            indices: self.attachments.iter(),
+            indices: 0..self.attachments.len(),
         }
     }
 
     /// When OpenMail received the email.
     pub fn received_at(&self) -> Option<Timestamp> {
         self.received_at
-            .map(|stamp| stamp.timestamp(&self.body, &self.decoded))
+            .and_then(|stamp| stamp.timestamp(&self.body, &self.decoded))
     }
 
     /// The sender's address and display name, split out of `from`.
@@ -294,7 +296,7 @@ impl PartialEq for Message {
             && self.subject() == other.subject()
             && self.body_text() == other.body_text()
             && self.attachments().eq(other.attachments())
-            && self.received_at == other.received_at
+            && self.received_at() == other.received_at()
     }
 }
 
@@ -355,7 +357,7 @@ impl Serialize for Message {
 
         impl Serialize for Cc<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut seq = serializer.serialize_seq(Some(self.0.cc.len()))?;
+                let mut seq = serializer.serialize_seq(Some(self.0.cc().len()))?;
                 for entry in self.0.cc() {
                     seq.serialize_element(entry)?;
                 }
@@ -378,6 +380,49 @@ impl Serialize for Message {
     }
 }
 
+/// A list that keeps its first `N` entries inline: most messages copy one or two
+/// recipients and carry one attachment, which then cost no allocation.
+#[derive(Debug, Clone)]
+pub(super) struct Few<T, const N: usize> {
+    inline: [T; N],
+    len: usize,
+    spill: Vec<T>,
+}
+
+impl<T: Copy + Default, const N: usize> Default for Few<T, N> {
+    fn default() -> Self {
+        Self {
+            inline: [T::default(); N],
+            len: 0,
+            spill: Vec::new(),
+        }
+    }
+}
+
+impl<T: Copy, const N: usize> Few<T, N> {
+    pub(super) fn push(&mut self, value: T) {
+        match self.inline.get_mut(self.len) {
+            Some(slot) => *slot = value,
+            None => self.spill.push(value),
+        }
+        self.len = self.len.saturating_add(1);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    pub(super) fn get(&self, index: usize) -> Option<&T> {
+        if index >= self.len {
+            return None;
+        }
+        match index.checked_sub(N) {
+            None => self.inline.get(index),
+            Some(spilt) => self.spill.get(spilt),
+        }
+    }
+}
+
 /// Where one attachment's fields are; its short fields that held escapes are decoded into
 /// the message's `decoded`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -394,21 +439,29 @@ pub(super) struct AttachmentIndex {
 #[derive(Clone)]
 pub struct Attachments<'a> {
     message: &'a Message,
-    indices: std::slice::Iter<'a, AttachmentIndex>,
+    indices: std::ops::Range<usize>,
 }
 
 impl<'a> Attachments<'a> {
     /// Whether there are none left.
     pub fn is_empty(&self) -> bool {
-        self.indices.len() == 0
+        self.indices.is_empty()
     }
 
     /// The attachment `index` places further on, if there is one, without moving on.
     pub fn get(&self, index: usize) -> Option<Attachment<'a>> {
+        let at = self.indices.start.checked_add(index)?;
+        if at >= self.indices.end {
+            return None;
+        }
+        self.at(at)
+    }
+
+    fn at(&self, at: usize) -> Option<Attachment<'a>> {
         let message = self.message;
-        self.indices
-            .as_slice()
-            .get(index)
+        message
+            .attachments
+            .get(at)
             .map(|index| Attachment { message, index })
     }
 }
@@ -417,10 +470,8 @@ impl<'a> Iterator for Attachments<'a> {
     type Item = Attachment<'a>;
 
     fn next(&mut self) -> Option<Attachment<'a>> {
-        let message = self.message;
-        self.indices
-            .next()
-            .map(|index| Attachment { message, index })
+        let at = self.indices.next()?;
+        self.at(at)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
@@ -430,10 +481,8 @@ impl<'a> Iterator for Attachments<'a> {
 
 impl DoubleEndedIterator for Attachments<'_> {
     fn next_back(&mut self) -> Option<Self::Item> {
-        let message = self.message;
-        self.indices
-            .next_back()
-            .map(|index| Attachment { message, index })
+        let at = self.indices.next_back()?;
+        self.at(at)
     }
 }
 

@@ -38,7 +38,7 @@ use serde::de::{Error as _, Unexpected};
 use super::fallback::Envelope;
 use super::json::{line_column, Code, Reader, Short, Span, Syntax, MAX_BODY};
 use super::message::AttachmentIndex;
-use super::time::{invalid, Instant, Stamp};
+use super::time::{invalid, Stamp};
 use super::{
     Event, Lifecycle, MalformedEvent, Message, MessageReceived, NotAnEvent, RawJson, UnknownEvent,
 };
@@ -378,18 +378,13 @@ fn timestamp(
     match reader.peek() {
         Some(b'"') => {
             let span = reader.string()?;
-            let instant = if span.escaped() {
-                Instant::read(span.decode(reader.body()).as_bytes())
+            let valid = if span.escaped() {
+                Stamp::validate(span.decode(reader.body()).as_bytes())
             } else {
-                Instant::read(span.raw(reader.body()))
+                Stamp::validate(span.raw(reader.body()))
             };
-            match instant {
-                Ok(instant) => {
-                    *into = Some(Stamp {
-                        text: Short::new(span, reader.body(), decoded),
-                        instant,
-                    });
-                }
+            match valid {
+                Ok(()) => *into = Some(Stamp(Short::new(span, reader.body(), decoded))),
                 Err(error) => report(
                     misfit,
                     Misfit {
