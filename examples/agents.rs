@@ -22,6 +22,9 @@
 //!
 //! Delivery is at least once, so the handler drops an `event_id` it has already seen.
 //!
+//! Every value printed here came from a request, so it is printed through [`shown`]:
+//! escaped and cut short, so that a crafted id cannot forge or flood a log line.
+//!
 //! Environment: `OPENMAIL_WEBHOOK_SECRET` (required), `PORT` (default 3000) and `HOST`
 //! (default `0.0.0.0`).
 
@@ -65,7 +68,24 @@ struct Agent {
 struct Job {
     from: String,
     subject: String,
+    /// The first line of the body: the text is decoded here, once, because the agent
+    /// reads it. A handler that doesn't read `body_text` never pays for decoding it.
+    first_line: String,
     attachments_with_text: usize,
+}
+
+/// A value from a request, made safe to print: control characters escaped, at most 120
+/// characters.
+fn shown(text: &str) -> String {
+    let mut shown: String = text
+        .chars()
+        .take(120)
+        .flat_map(char::escape_debug)
+        .collect();
+    if text.chars().nth(120).is_some() {
+        shown.push('…');
+    }
+    shown
 }
 
 impl Directory {
@@ -112,47 +132,51 @@ impl Agents {
     }
 
     fn inbox(&mut self, lifecycle: &Lifecycle, suspended: bool) {
-        let Some(inbox_id) = &lifecycle.inbox_id else {
-            eprintln!("inbox event {} without inbox_id", lifecycle.event_id);
+        let Some(inbox_id) = lifecycle.inbox_id() else {
+            eprintln!(
+                "inbox event {} without inbox_id",
+                shown(lifecycle.event_id())
+            );
             return;
         };
         let agent = self.agent(inbox_id);
         agent.inbox_suspended = suspended;
-        if lifecycle.pod_id.is_some() {
-            agent.pod_id.clone_from(&lifecycle.pod_id);
+        if let Some(pod_id) = lifecycle.pod_id() {
+            agent.pod_id = Some(pod_id.to_owned());
         }
-        let reason = lifecycle
-            .reason
-            .as_ref()
-            .map_or("-", |reason| reason.as_str());
+        let reason = lifecycle.reason();
+        let reason = reason.as_ref().map_or("-", |reason| reason.as_str());
         println!(
-            "inbox {inbox_id} {} (reason {reason})",
+            "inbox {} {} (reason {})",
+            shown(inbox_id),
             if suspended {
                 "suspended"
             } else {
                 "reactivated"
-            }
+            },
+            shown(reason),
         );
         self.update_running();
     }
 
     fn pod(&mut self, lifecycle: &Lifecycle, suspended: bool) {
-        let Some(pod_id) = &lifecycle.pod_id else {
-            eprintln!("pod event {} without pod_id", lifecycle.event_id);
+        let Some(pod_id) = lifecycle.pod_id() else {
+            eprintln!("pod event {} without pod_id", shown(lifecycle.event_id()));
             return;
         };
         if suspended {
-            self.suspended_pods.insert(pod_id.clone());
+            self.suspended_pods.insert(pod_id.to_owned());
         } else {
             self.suspended_pods.remove(pod_id);
         }
         let members = self
             .by_inbox
             .values()
-            .filter(|agent| agent.pod_id.as_ref() == Some(pod_id))
+            .filter(|agent| agent.pod_id.as_deref() == Some(pod_id))
             .count();
         println!(
-            "pod {pod_id} {} ({members} known agents)",
+            "pod {} {} ({members} known agents)",
+            shown(pod_id),
             if suspended {
                 "suspended"
             } else {
@@ -163,8 +187,8 @@ impl Agents {
     }
 
     fn message(&mut self, received: &MessageReceived) {
-        let Some(inbox_id) = &received.inbox_id else {
-            eprintln!("message {} without inbox_id", received.event_id);
+        let Some(inbox_id) = received.inbox_id() else {
+            eprintln!("message {} without inbox_id", shown(received.event_id()));
             return;
         };
         let message = &received.message;
@@ -172,10 +196,13 @@ impl Agents {
             from: message
                 .sender()
                 .map_or_else(|| "unknown sender".to_owned(), |from| from.to_string()),
-            subject: message.subject.clone().unwrap_or_default(),
+            subject: message.subject().unwrap_or_default().to_owned(),
+            first_line: message
+                .body_text()
+                .and_then(|text| text.lines().next().map(str::to_owned))
+                .unwrap_or_default(),
             attachments_with_text: message
-                .attachments
-                .iter()
+                .attachments()
                 .filter(|attachment| attachment.text_extracted())
                 .count(),
         };
@@ -210,8 +237,12 @@ async fn work(
             return;
         }
         println!(
-            "[{inbox_id}] answering {} about {:?} ({} attachments with text)",
-            job.from, job.subject, job.attachments_with_text
+            "[{}] answering {} about \"{}\": \"{}\" ({} attachments with text)",
+            shown(&inbox_id),
+            shown(&job.from),
+            shown(&job.subject),
+            shown(&job.first_line),
+            job.attachments_with_text
         );
     }
 }
@@ -233,12 +264,12 @@ async fn receive(
         Event::PodSuspended(lifecycle) => agents.pod(lifecycle, true),
         Event::PodReactivated(lifecycle) => agents.pod(lifecycle, false),
         Event::Malformed(malformed) => eprintln!(
-            "{} {:?} did not fit: {}",
-            malformed.event_type(),
-            malformed.event_id(),
-            malformed.error()
+            "{} {} did not fit: {}",
+            shown(malformed.event_type()),
+            shown(malformed.event_id().unwrap_or("-")),
+            shown(malformed.error())
         ),
-        other => println!("ignoring {} event", other.event_type()),
+        other => println!("ignoring {} event", shown(other.event_type())),
     }
     StatusCode::OK
 }

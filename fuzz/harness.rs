@@ -202,39 +202,90 @@ pub fn check_core(data: &[u8]) {
     }
 }
 
-/// Event parsing on arbitrary bytes: it must never panic, and whatever it accepts is JSON
-/// whose `event` is the string the event reports.
-pub fn parse_event(data: &[u8]) {
-    let parsed = Event::parse(Bytes::copy_from_slice(data));
-    if let Ok(event) = parsed {
-        // serde_json skips the fields an event does not model without validating them, so
-        // an accepted body may hold invalid UTF-8, a lone surrogate escape or a number out
-        // of `f64`'s range there, or nest deeper than `Value`'s limit of 128. Read it
-        // leniently, and the `event` field must still be the string the event reports.
-        let text = String::from_utf8_lossy(data);
-        match serde_json::from_str::<serde_json::Value>(&text) {
-            Ok(value) => {
-                // Only an object is an event: an array of fields in order is not.
-                assert!(value.is_object(), "accepted a non-object: {value}");
-                assert_eq!(
-                    value.get("event").and_then(serde_json::Value::as_str),
-                    Some(event.event_type()),
-                );
+/// The top-level keys of a JSON object, decoded, in order: read with serde_json, not the
+/// crate, to check its duplicate rule.
+struct TopKeys(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for TopKeys {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Keys;
+
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = TopKeys;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object")
             }
-            Err(error) => {
-                let error = error.to_string();
-                assert!(
-                    error.contains("recursion limit")
-                        || error.contains("surrogate")
-                        || error.contains("hex escape")
-                        || error.contains("number out of range"),
-                    "an accepted event is not JSON: {error}"
-                );
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<TopKeys, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((key, _)) = map.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(key);
+                }
+                Ok(TopKeys(keys))
             }
         }
-        let _ = format!("{event:?}");
-    } else if let Err(error) = parsed {
-        let _ = format!("{error} {error:?}");
+
+        deserializer.deserialize_map(Keys)
+    }
+}
+
+/// Whether `data` is an OpenMail event by the crate's documented rule, decided with
+/// serde_json alone: a JSON object as `serde_json::Value` reads it, with a string `event`,
+/// and `event`, `event_id`, `inbox_id` and `pod_id` each at most once.
+pub fn reference_is_event(data: &[u8]) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(data).ok()?;
+    let event = value.as_object()?.get("event")?.as_str()?.to_owned();
+    let TopKeys(keys) = serde_json::from_slice(data).ok()?;
+    for envelope in ["event", "event_id", "inbox_id", "pod_id"] {
+        if keys.iter().filter(|key| *key == envelope).count() > 1 {
+            return None;
+        }
+    }
+    Some(event)
+}
+
+/// Event parsing on arbitrary bytes: it must never panic, and it accepts exactly what the
+/// reference says is an event. An accepted event's JSON reads back (`json()` does not fail),
+/// and serialising it gives an event equal to it. An unknown or malformed event is written
+/// from its `serde_json::Value`, so that holds for it when its numbers survive
+/// serde_json's own write and read (a 150-digit integer may come back a different `f64`).
+pub fn parse_event(data: &[u8]) {
+    let parsed = Event::parse(Bytes::copy_from_slice(data));
+    let reference = reference_is_event(data);
+    match (&parsed, &reference) {
+        (Ok(event), Some(event_type)) => {
+            assert_eq!(event.event_type(), event_type);
+            match event {
+                Event::Unknown(unknown) => {
+                    assert!(unknown.json().is_ok());
+                }
+                Event::Malformed(malformed) => {
+                    assert!(malformed.json().is_ok());
+                    assert!(!malformed.error().is_empty());
+                }
+                _ => {}
+            }
+            let serialized = serde_json::to_vec(event).expect("an accepted event serialises");
+            let again = Event::parse(Bytes::from(serialized.clone())).expect("and parses again");
+            assert_eq!(again.event_type(), event.event_type());
+            let value = |bytes: &[u8]| serde_json::from_slice::<serde_json::Value>(bytes).ok();
+            let fallback = matches!(event, Event::Unknown(_) | Event::Malformed(_));
+            if !fallback || value(&serialized) == value(data) {
+                assert_eq!(event, &again);
+            }
+            let _ = format!("{event:?}");
+        }
+        (Err(error), None) => {
+            let _ = format!("{error} {error:?}");
+        }
+        (parsed, reference) => panic!(
+            "the parse says {:?}, the reference says {reference:?}",
+            parsed.as_ref().map(Event::event_type)
+        ),
     }
 }
 

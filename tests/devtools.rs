@@ -510,13 +510,10 @@ mod test_util {
             assert_eq!(event.inbox_id(), inbox);
             match &*event {
                 Event::MessageReceived(received) => {
-                    assert_eq!(received.message.attachments.len(), 1)
+                    assert_eq!(received.message.attachments().len(), 1)
                 }
                 Event::InboxSuspended(lifecycle) => {
-                    assert_eq!(
-                        lifecycle.reason.as_ref().unwrap().as_str(),
-                        "high_bounce_rate"
-                    )
+                    assert_eq!(lifecycle.reason().unwrap().as_str(), "high_bounce_rate")
                 }
                 _ => {}
             }

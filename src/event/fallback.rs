@@ -7,9 +7,13 @@
 //! pick out the envelope (`event_id`, `inbox_id`, `occurred_at`) when those fields are
 //! usable, so deduplication and routing still work.
 
+use std::fmt;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 
+use super::json::Short;
+use super::time::Stamp;
 use super::{RawJson, Timestamp};
 
 /// An event of a type the crate does not model, such as the dashboard's test event.
@@ -48,13 +52,27 @@ pub struct MalformedEvent {
 }
 
 /// What the fallbacks keep: the type, the usable envelope fields, the bytes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(super) struct Envelope {
-    pub(super) event_type: String,
-    pub(super) event_id: Option<String>,
-    pub(super) inbox_id: Option<String>,
-    pub(super) occurred_at: Option<Timestamp>,
+    pub(super) event_type: Short,
+    pub(super) event_id: Option<Short>,
+    pub(super) inbox_id: Option<Short>,
+    pub(super) occurred_at: Option<Stamp>,
+    /// The short fields that held escapes, decoded.
+    pub(super) decoded: String,
     pub(super) raw: RawJson,
+}
+
+impl fmt::Debug for Envelope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Envelope")
+            .field("event_type", &self.event_type())
+            .field("event_id", &self.short(self.event_id))
+            .field("inbox_id", &self.short(self.inbox_id))
+            .field("occurred_at", &self.occurred_at())
+            .field("raw", &self.raw)
+            .finish()
+    }
 }
 
 impl Envelope {
@@ -62,9 +80,22 @@ impl Envelope {
         serde_json::from_slice(&self.raw.0)
     }
 
+    fn event_type(&self) -> &str {
+        self.event_type.get(&self.raw.0, &self.decoded)
+    }
+
+    fn short(&self, field: Option<Short>) -> Option<&str> {
+        field.map(|short| short.get(&self.raw.0, &self.decoded))
+    }
+
+    fn occurred_at(&self) -> Option<Timestamp> {
+        self.occurred_at
+            .and_then(|stamp| stamp.timestamp(&self.raw.0, &self.decoded))
+    }
+
     /// Same type, same JSON value.
     fn same_content(&self, other: &Self) -> bool {
-        self.event_type == other.event_type
+        self.event_type() == other.event_type()
             && (self.raw.0 == other.raw.0
                 || matches!((self.json(), other.json()), (Ok(a), Ok(b)) if a == b))
     }
@@ -74,22 +105,23 @@ macro_rules! envelope_accessors {
     () => {
         /// The `event` field.
         pub fn event_type(&self) -> &str {
-            &self.envelope.event_type
+            self.envelope.event_type()
         }
 
         /// The `event_id` field, when it is a string.
         pub fn event_id(&self) -> Option<&str> {
-            self.envelope.event_id.as_deref()
+            self.envelope.short(self.envelope.event_id)
         }
 
         /// The top-level `inbox_id` field, when it is a string.
         pub fn inbox_id(&self) -> Option<&str> {
-            self.envelope.inbox_id.as_deref()
+            self.envelope.short(self.envelope.inbox_id)
         }
 
-        /// The `occurred_at` field, when it is a valid RFC 3339 timestamp.
-        pub fn occurred_at(&self) -> Option<&Timestamp> {
-            self.envelope.occurred_at.as_ref()
+        /// The `occurred_at` field, when it appears once and is a valid RFC 3339
+        /// timestamp.
+        pub fn occurred_at(&self) -> Option<Timestamp> {
+            self.envelope.occurred_at()
         }
 
         /// The verified body, byte for byte.
@@ -99,8 +131,10 @@ macro_rules! envelope_accessors {
 
         /// The body as a JSON value, parsed now.
         ///
-        /// It cannot fail on a body that came from [`Event::parse`](super::Event::parse),
-        /// which has already checked that it is JSON.
+        /// It does not fail: [`Event::parse`](super::Event::parse) accepts only what
+        /// `serde_json` reads into a `Value` (UTF-8 throughout, escapes that decode,
+        /// numbers that fit an `f64`, at most 127 levels of nesting), in every field,
+        /// including those the model does not read.
         pub fn json(&self) -> Result<serde_json::Value, serde_json::Error> {
             self.envelope.json()
         }

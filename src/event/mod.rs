@@ -14,9 +14,12 @@
 //!     match &*event {
 //!         Event::MessageReceived(received) => {
 //!             let from = received.message.sender();
-//!             println!("mail for {:?} from {:?}", received.inbox_id, from.map(|f| f.address()));
+//!             println!("mail for {:?} from {:?}", received.inbox_id(), from.map(|f| f.address()));
+//!             if let Some(text) = received.message.body_text() {
+//!                 println!("{} lines", text.lines().count());
+//!             }
 //!         }
-//!         Event::InboxSuspended(lifecycle) => println!("pause {:?}", lifecycle.inbox_id),
+//!         Event::InboxSuspended(lifecycle) => println!("pause {:?}", lifecycle.inbox_id()),
 //!         Event::Malformed(malformed) => eprintln!("{}: {}", malformed.event_type(), malformed.error()),
 //!         other => println!("{} not handled", other.event_type()),
 //!     }
@@ -33,13 +36,21 @@
 //! | anything else, such as the dashboard's test event | [`Event::Unknown`] | [`UnknownEvent`]: the type and the raw JSON |
 //! | a documented type whose fields don't fit | [`Event::Malformed`] | [`MalformedEvent`]: the raw JSON and what didn't fit |
 //!
-//! Times are [`Timestamp`]s: validated RFC 3339 that keep their original text; its docs
-//! say why there is no date-time dependency. Addresses split into a [`Mailbox`] on demand.
+//! Fields are read through methods. Ids, addresses and the subject are `&str`; the two
+//! texts that can be large, [`Message::body_text`] and [`Attachment::parsed_text`], are
+//! a [`Cow<str>`](std::borrow::Cow) decoded when asked for (see [Cost](#cost)).
+//! Attachments are views into their [`Message`], listed by [`Message::attachments`].
+//! Times are [`Timestamp`]s, validated when the event is parsed and returned by value:
+//! RFC 3339 that keeps its original text; its docs say why there is no date-time
+//! dependency. Codes ([`Reason`], [`ExtractionMethod`]) are returned by value too.
+//! Addresses split into a [`Mailbox`] on demand.
 //!
 //! # A verified delivery is never lost
 //!
-//! [`Event::parse`] fails only when the body is not a JSON object with a string `event`
-//! field; the layer answers that with `400`. Everything else reaches the handler: every
+//! [`Event::parse`] fails only when the body is not an OpenMail event at all; the layer
+//! answers that with `400`. That is, when the body is not strict JSON, not an object, has
+//! no string `event` field, or names `event`, `event_id`, `inbox_id` or `pod_id` twice
+//! (see [Duplicate keys](#duplicate-keys)). Everything else reaches the handler: every
 //! field but `event` and `event_id` is optional, unknown fields are ignored, and a known
 //! type whose fields don't fit (a number where a string belongs, a malformed timestamp, a
 //! missing `event_id`) arrives as [`Event::Malformed`] with the bytes intact. The
@@ -47,24 +58,63 @@
 //! deduplication on [`event_id`](Event::event_id) and routing on
 //! [`inbox_id`](Event::inbox_id) work for all of them.
 //!
+//! # Strict JSON
+//!
+//! The parse checks the whole body, the fields the model reads and every other, as
+//! `serde_json` checks a body it reads into a `serde_json::Value`: UTF-8 throughout,
+//! escapes that decode (a `\u` surrogate must be half of a pair), numbers whose value
+//! fits an `f64` (`1e999` does not), no trailing commas or characters, and at most 127
+//! levels of nesting. So a body the parse accepts is one any JSON library reads the same
+//! way, and [`UnknownEvent::json`] and [`MalformedEvent::json`] do not fail on it.
+//!
+//! # Duplicate keys
+//!
+//! JSON parsers disagree on which of two equal keys counts (`serde_json` keeps the last,
+//! others the first), so the parse never picks one where it matters. Keys are compared
+//! after their escapes are decoded.
+//!
+//! - **`event`, `event_id`, `inbox_id` or `pod_id` twice at the top level**, whatever the
+//!   values (`null` included): the body is not an event, answered `400`. These name the
+//!   event's type, deduplicate it, route it and scope it to a tenant; the tenant claim
+//!   reader, which reads the body before its signature is checked, applies the same rule
+//!   to the fields it reads.
+//! - **Any other field the model reads for the event's type, twice** (`occurred_at`,
+//!   `attempt`, `message`, or `body_text` inside `message`, …): the event is
+//!   [`Malformed`](Event::Malformed), and its [`error`](MalformedEvent::error) says
+//!   `duplicate field`. For an unknown or malformed event, a duplicated `occurred_at` is
+//!   not used: [`Event::occurred_at`] is `None`.
+//! - **Fields the model does not read** may repeat. They stay in the raw body, where
+//!   `serde_json` (and so [`UnknownEvent::json`]) keeps the last.
+//!
 //! # Cost
 //!
-//! The body is parsed once, in one serde pass over a flat private struct that reads only
-//! the fields of the event's type and skips the rest; a second, envelope-only pass runs
-//! only when the first fails. That costs less than parsing the same bytes into a
-//! `serde_json::Value`, which allocates every key and every map: about two thirds of it on
-//! the documented example. On a body made mostly of long attachment text both spend
-//! nearly all their time validating and unescaping the same strings, and the typed parse
-//! is only a few percent cheaper. The `events` benchmark measures both. The event sits
-//! behind an `Arc`, so axum's `Extension`, which clones on every extraction, copies
-//! nothing.
+//! The parse reads the body once, front to back, skipping plain string bytes eight at a
+//! time as `serde_json`'s own skim does, and records where each field the model reads
+//! is: one word per field. Timestamps are checked and their instant computed; a short
+//! field is copied only when its JSON holds escapes. The large texts, `body_text` and each
+//! attachment's `parsedText`, stay where they are in the verified body, which the event
+//! holds once (one reference-counted handle, no copy). [`Message::body_text`] and
+//! [`Attachment::parsed_text`] decode the text when called, borrowing it when the JSON
+//! holds no escapes. Email text nearly always holds escaped newlines, so reading it
+//! copies it then, once per call; a handler that never reads it never pays for it.
+//!
+//! The `events` benchmark compares the parse with a `serde_json` skim (`IgnoredAny`) of
+//! the same bytes, which checks the syntax and builds nothing. On bodies made mostly of
+//! text the parse costs about 1.2 × the skim from 4 KiB up; on small bodies with many
+//! short fields, and on a body of thousands of attachments, up to about 1.9 ×.
+//! `tests/memory.rs` counts the heap: with the parse on, a request holds its body plus
+//! under 2 KiB. The event sits behind an `Arc`, so axum's `Extension`, which clones on
+//! every extraction, copies nothing.
 //!
 //! # Equality and serialisation
 //!
 //! [`Event`] serialises to OpenMail's wire shape (snake_case, camelCase attachment keys,
-//! timestamps as received); an unknown or malformed event serialises as its original JSON.
-//! Parsing that output again gives an equal [`Event`]: equality compares content, never
-//! the raw bytes' formatting.
+//! timestamps as received); an unknown or malformed event serialises as its original JSON,
+//! through a `serde_json::Value`. Parsing that output again gives an equal [`Event`]:
+//! equality compares content, never the raw bytes' formatting. One exception: a number in
+//! an unknown or malformed event that a `Value` cannot hold exactly (an integer past 64
+//! bits, a float with more digits than an `f64` keeps) may come back as a neighbouring
+//! `f64`, as it would through any `serde_json::Value`.
 //!
 //! # Why there is no `axum` feature
 //!
@@ -150,6 +200,7 @@ macro_rules! string_enum {
 
 mod address;
 mod fallback;
+mod json;
 mod lifecycle;
 mod message;
 mod time;
@@ -163,11 +214,8 @@ use serde::{Serialize, Serializer};
 pub use address::{Mailbox, Mailboxes};
 pub use fallback::{MalformedEvent, UnknownEvent};
 pub use lifecycle::{Lifecycle, Reason};
-pub use message::{Attachment, ExtractionMethod, Message, MessageReceived};
+pub use message::{Attachment, Attachments, ExtractionMethod, Message, MessageReceived};
 pub use time::{Timestamp, TimestampError};
-
-use fallback::Envelope;
-use wire::{Kind, Pass, Wire};
 
 /// A verified OpenMail event.
 ///
@@ -182,7 +230,7 @@ use wire::{Kind, Pass, Wire};
 /// assert_eq!(event.event_type(), "inbox.suspended");
 /// assert_eq!(event.inbox_id(), Some("inb_92ma"));
 /// let Event::InboxSuspended(suspended) = &event else { unreachable!() };
-/// assert_eq!(suspended.reason, Some(openmail_webhooks::event::Reason::HighBounceRate));
+/// assert_eq!(suspended.reason(), Some(openmail_webhooks::event::Reason::HighBounceRate));
 /// # Ok::<(), openmail_webhooks::event::NotAnEvent>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -208,93 +256,19 @@ pub enum Event {
 }
 
 impl Event {
-    /// Parses a verified body. Fails only when the body is not a JSON object with a string
-    /// `event` field.
+    /// Parses a verified body.
+    ///
+    /// The whole body is checked as strict JSON, as `serde_json` would read it into a
+    /// `Value`, in the fields the model reads and in all others: UTF-8 throughout, escapes
+    /// that decode, numbers that fit an `f64`, at most 127 levels of nesting. Fails when
+    /// it is not such JSON, not an object, has no string `event` field, or names `event`,
+    /// `event_id`, `inbox_id` or `pod_id` twice at the top level; and for a body over 2 GiB,
+    /// beyond what the index can address (the layer's default limit is 4 MiB).
+    ///
+    /// Short fields are decoded here; the large texts stay in the body until they are read
+    /// (see [`Message::body_text`]).
     pub fn parse(body: Bytes) -> Result<Self, NotAnEvent> {
-        let failure = match wire::read(&body, Pass::Typed(None)) {
-            Ok(wire) => return Ok(Self::typed(wire, body)),
-            Err(failure) => failure,
-        };
-        let envelope = wire::read(&body, Pass::Envelope).map_err(|failure| NotAnEvent {
-            detail: failure.error.to_string(),
-        })?;
-        let Some(kind) = envelope.kind else {
-            return Ok(Self::Unknown(UnknownEvent {
-                envelope: Self::envelope(envelope, body),
-            }));
-        };
-        let failure = if failure.before_event {
-            match wire::read(&body, Pass::Typed(Some(kind))) {
-                Ok(wire) => return Ok(Self::typed(wire, body)),
-                Err(failure) => failure,
-            }
-        } else {
-            failure
-        };
-        Ok(Self::Malformed(MalformedEvent {
-            envelope: Self::envelope(envelope, body),
-            field: failure.field,
-            error: failure.error.to_string(),
-        }))
-    }
-
-    fn typed(mut wire: Wire, body: Bytes) -> Self {
-        // Take the id only for a known type: an unknown one keeps it in its envelope.
-        let event_id = wire.kind.and_then(|_| wire.event_id.take());
-        let (Some(kind), Some(event_id)) = (wire.kind, event_id) else {
-            // Not a typed event after all: an unknown type, or no usable `event_id`.
-            let known = wire.kind.is_some();
-            let envelope = Self::envelope(wire, body);
-            return if known {
-                Self::Malformed(MalformedEvent {
-                    envelope,
-                    field: Some("event_id"),
-                    error: "missing field `event_id` (absent or null)".to_owned(),
-                })
-            } else {
-                Self::Unknown(UnknownEvent { envelope })
-            };
-        };
-        let raw = RawJson(body);
-        match kind {
-            Kind::MessageReceived => Self::MessageReceived(MessageReceived {
-                event_id,
-                occurred_at: wire.occurred_at,
-                delivered_at: wire.delivered_at,
-                attempt: wire.attempt,
-                inbox_id: wire.inbox_id,
-                thread_id: wire.thread_id,
-                external_id: wire.external_id,
-                message: wire.message.unwrap_or_default(),
-                raw,
-            }),
-            Kind::InboxSuspended => Self::InboxSuspended(Self::lifecycle(wire, event_id, raw)),
-            Kind::InboxReactivated => Self::InboxReactivated(Self::lifecycle(wire, event_id, raw)),
-            Kind::PodSuspended => Self::PodSuspended(Self::lifecycle(wire, event_id, raw)),
-            Kind::PodReactivated => Self::PodReactivated(Self::lifecycle(wire, event_id, raw)),
-        }
-    }
-
-    fn lifecycle(wire: Wire, event_id: String, raw: RawJson) -> Lifecycle {
-        Lifecycle {
-            event_id,
-            occurred_at: wire.occurred_at,
-            inbox_id: wire.inbox_id,
-            inbox_address: wire.inbox_address,
-            pod_id: wire.pod_id,
-            reason: wire.reason,
-            raw,
-        }
-    }
-
-    fn envelope(wire: Wire, body: Bytes) -> Envelope {
-        Envelope {
-            event_type: wire.event,
-            event_id: wire.event_id,
-            inbox_id: wire.inbox_id,
-            occurred_at: wire.occurred_at,
-            raw: RawJson(body),
-        }
+        wire::parse(body)
     }
 
     /// The `event` field, such as `message.received`.
@@ -316,11 +290,11 @@ impl Event {
     /// as the dashboard's test event.
     pub fn event_id(&self) -> Option<&str> {
         match self {
-            Self::MessageReceived(received) => Some(&received.event_id),
+            Self::MessageReceived(received) => Some(received.event_id()),
             Self::InboxSuspended(lifecycle)
             | Self::InboxReactivated(lifecycle)
             | Self::PodSuspended(lifecycle)
-            | Self::PodReactivated(lifecycle) => Some(&lifecycle.event_id),
+            | Self::PodReactivated(lifecycle) => Some(lifecycle.event_id()),
             Self::Unknown(unknown) => unknown.event_id(),
             Self::Malformed(malformed) => malformed.event_id(),
         }
@@ -331,24 +305,24 @@ impl Event {
     /// `None` on `pod.*` events, and when the body has no usable string `inbox_id`.
     pub fn inbox_id(&self) -> Option<&str> {
         match self {
-            Self::MessageReceived(received) => received.inbox_id.as_deref(),
+            Self::MessageReceived(received) => received.inbox_id(),
             Self::InboxSuspended(lifecycle)
             | Self::InboxReactivated(lifecycle)
             | Self::PodSuspended(lifecycle)
-            | Self::PodReactivated(lifecycle) => lifecycle.inbox_id.as_deref(),
+            | Self::PodReactivated(lifecycle) => lifecycle.inbox_id(),
             Self::Unknown(unknown) => unknown.inbox_id(),
             Self::Malformed(malformed) => malformed.inbox_id(),
         }
     }
 
     /// When the event happened; use it to order events, which may arrive out of order.
-    pub fn occurred_at(&self) -> Option<&Timestamp> {
+    pub fn occurred_at(&self) -> Option<Timestamp> {
         match self {
-            Self::MessageReceived(received) => received.occurred_at.as_ref(),
+            Self::MessageReceived(received) => received.occurred_at(),
             Self::InboxSuspended(lifecycle)
             | Self::InboxReactivated(lifecycle)
             | Self::PodSuspended(lifecycle)
-            | Self::PodReactivated(lifecycle) => lifecycle.occurred_at.as_ref(),
+            | Self::PodReactivated(lifecycle) => lifecycle.occurred_at(),
             Self::Unknown(unknown) => unknown.occurred_at(),
             Self::Malformed(malformed) => malformed.occurred_at(),
         }
@@ -423,6 +397,15 @@ impl Serialize for Event {
 struct RawJson(Bytes);
 
 impl fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        Length(&self.0).fmt(f)
+    }
+}
+
+/// Shows bytes in `Debug` by their length.
+struct Length<'a>(&'a Bytes);
+
+impl fmt::Debug for Length<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "<{} bytes>", self.0.len())
     }

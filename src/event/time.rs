@@ -28,6 +28,8 @@ use std::time::{Duration, SystemTime};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde::{Serialize, Serializer};
 
+use super::json::Short;
+
 /// A validated RFC 3339 timestamp that remembers how it was written.
 ///
 /// Equality, ordering and hashing go by the instant: `2024-03-21T10:05:00Z` and
@@ -48,37 +50,69 @@ use serde::{Serialize, Serializer};
 /// ```
 #[derive(Clone)]
 pub struct Timestamp {
-    text: String,
+    text: Text,
     seconds: i64,
     nanos: u32,
     offset_minutes: i16,
 }
 
+/// The text as received. Every timestamp OpenMail writes fits inline, so parsing one
+/// allocates nothing; a longer fraction goes to the heap.
+#[derive(Clone)]
+enum Text {
+    Inline { bytes: [u8; INLINE], len: u8 },
+    Long(Box<str>),
+}
+
+/// Room for `YYYY-MM-DDTHH:MM:SS.fffffffff+HH:MM` (35 bytes) and a little more.
+const INLINE: usize = 40;
+
+impl Text {
+    /// `text` must be ASCII: the grammar has checked it.
+    #[inline]
+    fn new(text: &[u8]) -> Self {
+        let mut bytes = [0; INLINE];
+        match (bytes.get_mut(..text.len()), u8::try_from(text.len())) {
+            (Some(inline), Ok(len)) => {
+                inline.copy_from_slice(text);
+                Self::Inline { bytes, len }
+            }
+            _ => Self::Long(String::from_utf8_lossy(text).into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied from a `&str` whole, so it is UTF-8.
+            Self::Inline { bytes, len } => {
+                std::str::from_utf8(bytes.get(..usize::from(*len)).unwrap_or_default())
+                    .unwrap_or_default()
+            }
+            Self::Long(text) => text,
+        }
+    }
+}
+
 impl Timestamp {
     /// Parses and validates an RFC 3339 timestamp.
     pub fn parse(text: &str) -> Result<Self, TimestampError> {
-        Self::parse_owned(text.to_owned())
+        Self::parse_bytes(text.as_bytes())
     }
 
-    /// Parses a string the caller already owns, without copying it.
-    pub(crate) fn parse_owned(text: String) -> Result<Self, TimestampError> {
-        let fields = Fields::read(text.as_bytes())?;
-        Ok(Self::from_fields(text, &fields))
-    }
-
-    fn from_fields(text: String, fields: &Fields) -> Self {
+    fn parse_bytes(text: &[u8]) -> Result<Self, TimestampError> {
+        let fields = Fields::read(text)?;
         let (seconds, nanos) = fields.instant();
-        Self {
+        Ok(Self {
+            text: Text::new(text),
             seconds,
             nanos,
             offset_minutes: fields.offset_minutes,
-            text,
-        }
+        })
     }
 
     /// The text exactly as it was received.
     pub fn as_str(&self) -> &str {
-        &self.text
+        self.text.as_str()
     }
 
     /// Whole seconds since 1970-01-01T00:00:00Z; negative before then.
@@ -140,13 +174,13 @@ impl Hash for Timestamp {
 
 impl fmt::Debug for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("Timestamp").field(&self.text).finish()
+        f.debug_tuple("Timestamp").field(&self.as_str()).finish()
     }
 }
 
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.text)
+        f.write_str(self.as_str())
     }
 }
 
@@ -160,7 +194,7 @@ impl FromStr for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.text)
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -178,13 +212,6 @@ impl<'de> Deserialize<'de> for Timestamp {
             fn visit_str<E: de::Error>(self, text: &str) -> Result<Timestamp, E> {
                 Timestamp::parse(text).map_err(|error| invalid(text, error))
             }
-
-            fn visit_string<E: de::Error>(self, text: String) -> Result<Timestamp, E> {
-                match Fields::read(text.as_bytes()) {
-                    Ok(fields) => Ok(Timestamp::from_fields(text, &fields)),
-                    Err(error) => Err(invalid(&text, error)),
-                }
-            }
         }
 
         deserializer.deserialize_str(TimestampVisitor)
@@ -192,11 +219,35 @@ impl<'de> Deserialize<'de> for Timestamp {
 }
 
 /// The serde error for a bad timestamp: quotes the start of the text, which is what a
-/// reader needs to see the mistake, without echoing an arbitrarily long string.
-fn invalid<E: de::Error>(text: &str, error: TimestampError) -> E {
-    let shown: String = text.chars().take(40).collect();
-    let ellipsis = if shown.len() < text.len() { "…" } else { "" };
+/// reader needs to see the mistake, escaped and without echoing an arbitrarily long
+/// string, since the reason may reach a log line.
+pub(super) fn invalid<E: de::Error>(text: &str, error: TimestampError) -> E {
+    let shown: String = text.chars().take(40).flat_map(char::escape_debug).collect();
+    let ellipsis = if text.chars().nth(40).is_some() {
+        "…"
+    } else {
+        ""
+    };
     E::custom(format_args!("`{shown}{ellipsis}`: {error}"))
+}
+
+/// A timestamp as an event keeps it: where its text is, already validated. The
+/// [`Timestamp`], with its instant and a copy of the text, is made when it is asked for.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Stamp(pub(super) Short);
+
+impl Stamp {
+    /// Checks that `text` is a timestamp, without computing its instant.
+    #[inline]
+    pub(super) fn validate(text: &[u8]) -> Result<(), TimestampError> {
+        Fields::read(text).map(drop)
+    }
+
+    /// The timestamp. `None` cannot happen for a stamp the parse made, which validated
+    /// the same text.
+    pub(super) fn timestamp(self, body: &[u8], decoded: &str) -> Option<Timestamp> {
+        Timestamp::parse(self.0.get(body, decoded)).ok()
+    }
 }
 
 /// Why a string is not an RFC 3339 timestamp.
@@ -248,18 +299,84 @@ struct Fields {
 }
 
 impl Fields {
+    /// Reads a timestamp. The common shape, `YYYY-MM-DDTHH:MM:SS` followed by anything,
+    /// is read in one step; any other text goes through [`Fields::read_slowly`], which
+    /// finds the first mistake from the left. Both check the ranges in the same order, so
+    /// they report the same error.
+    #[inline]
+    // Each value is at most four digits: far inside `u32`.
+    #[allow(clippy::arithmetic_side_effects)]
     fn read(bytes: &[u8]) -> Result<Self, TimestampError> {
+        let Some((head, rest)) = bytes.split_first_chunk::<19>() else {
+            return Self::read_slowly(bytes);
+        };
+        let [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T' | b't', h1, h2, b':', i1, i2, b':', s1, s2] =
+            *head
+        else {
+            return Self::read_slowly(bytes);
+        };
+        // The fourteen digits, checked eight lanes at a time: after subtracting '0' a digit
+        // lane is 0 to 9, and adding 0x76 sets its high bit only if it was not (a carry
+        // into the next lane starts at a lane already found wrong).
+        let low = u64::from_le_bytes([y1, y2, y3, y4, m1, m2, d1, d2]);
+        let high = u64::from_le_bytes([h1, h2, i1, i2, s1, s2, b'0', b'0']);
+        let zeros = u64::from_le_bytes([b'0'; 8]);
+        let wrong = |word: u64| {
+            let lanes = word.wrapping_sub(zeros);
+            (lanes.wrapping_add(0x7676_7676_7676_7676) | lanes) & 0x8080_8080_8080_8080
+        };
+        if wrong(low) | wrong(high) != 0 {
+            return Self::read_slowly(bytes);
+        }
+        let [y1, y2, y3, y4, m1, m2, d1, d2] = low.wrapping_sub(zeros).to_le_bytes().map(u32::from);
+        let [h1, h2, i1, i2, s1, s2, ..] = high.wrapping_sub(zeros).to_le_bytes().map(u32::from);
+        let (year, month, day) = (
+            y1 * 1000 + y2 * 100 + y3 * 10 + y4,
+            m1 * 10 + m2,
+            d1 * 10 + d2,
+        );
+        let (hour, minute, second) = (h1 * 10 + h2, i1 * 10 + i2, s1 * 10 + s2);
+        let month = range("month", month, 1, 12)?;
+        // Every month has 28 days; only a later day needs the calendar.
+        let day = if (1..=28).contains(&day) {
+            day
+        } else {
+            range("day", day, 1, days_in_month(year, month))?
+        };
+        let hour = range("hour", hour, 0, 23)?;
+        let minute = range("minute", minute, 0, 59)?;
+        let second = range("second", second, 0, 60)?;
+        let mut cursor = Cursor(rest);
+        let nanos = cursor.fraction()?;
+        let offset_minutes = cursor.offset()?;
+        if !cursor.0.is_empty() {
+            return Err(TimestampError::Syntax);
+        }
+        Ok(Self {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            nanos,
+            offset_minutes,
+        })
+    }
+
+    #[cold]
+    fn read_slowly(bytes: &[u8]) -> Result<Self, TimestampError> {
         let mut cursor = Cursor(bytes);
         let year = cursor.digits(4)?;
-        cursor.expect(b"-")?;
+        cursor.expect(b'-', b'-')?;
         let month = range("month", cursor.digits(2)?, 1, 12)?;
-        cursor.expect(b"-")?;
+        cursor.expect(b'-', b'-')?;
         let day = range("day", cursor.digits(2)?, 1, days_in_month(year, month))?;
-        cursor.expect(b"Tt")?;
+        cursor.expect(b'T', b't')?;
         let hour = range("hour", cursor.digits(2)?, 0, 23)?;
-        cursor.expect(b":")?;
+        cursor.expect(b':', b':')?;
         let minute = range("minute", cursor.digits(2)?, 0, 59)?;
-        cursor.expect(b":")?;
+        cursor.expect(b':', b':')?;
         let second = range("second", cursor.digits(2)?, 0, 60)?;
         let nanos = cursor.fraction()?;
         let offset_minutes = cursor.offset()?;
@@ -321,6 +438,7 @@ fn is_leap(year: u32) -> bool {
     year % 4 == 0 && (year % 100 != 0 || year % 400 == 0)
 }
 
+#[inline]
 fn range(field: &'static str, value: u32, low: u32, high: u32) -> Result<u32, TimestampError> {
     if (low..=high).contains(&value) {
         Ok(value)
@@ -333,6 +451,7 @@ fn range(field: &'static str, value: u32, low: u32, high: u32) -> Result<u32, Ti
 struct Cursor<'a>(&'a [u8]);
 
 impl Cursor<'_> {
+    #[inline]
     fn next_if(&mut self, accept: impl Fn(u8) -> bool) -> Option<u8> {
         let (&first, rest) = self.0.split_first()?;
         if accept(first) {
@@ -343,11 +462,14 @@ impl Cursor<'_> {
         }
     }
 
-    fn expect(&mut self, one_of: &[u8]) -> Result<u8, TimestampError> {
-        self.next_if(|byte| one_of.contains(&byte))
+    /// One byte, `one` or `other`.
+    #[inline]
+    fn expect(&mut self, one: u8, other: u8) -> Result<u8, TimestampError> {
+        self.next_if(|byte| byte == one || byte == other)
             .ok_or(TimestampError::Syntax)
     }
 
+    #[inline]
     fn digit(&mut self) -> Option<u32> {
         self.next_if(|byte| byte.is_ascii_digit())
             .map(|byte| u32::from(byte.wrapping_sub(b'0')))
@@ -356,6 +478,7 @@ impl Cursor<'_> {
     /// Exactly `count` (at most 4) ASCII digits.
     // At most four digits: the value stays below 10_000.
     #[allow(clippy::arithmetic_side_effects)]
+    #[inline]
     fn digits(&mut self, count: usize) -> Result<u32, TimestampError> {
         let mut value = 0;
         for _ in 0..count {
@@ -365,36 +488,53 @@ impl Cursor<'_> {
     }
 
     /// An optional `.` and one or more digits, as nanoseconds.
-    // `nanos` takes at most nine digits, so it stays below 1e9; `scale` only shrinks.
+    // `nanos` takes at most nine digits, so it stays below 1e9, and the scale is a power
+    // of ten from the table.
     #[allow(clippy::arithmetic_side_effects)]
+    #[inline]
     fn fraction(&mut self) -> Result<u32, TimestampError> {
+        const SCALE: [u32; 10] = [
+            1_000_000_000,
+            100_000_000,
+            10_000_000,
+            1_000_000,
+            100_000,
+            10_000,
+            1_000,
+            100,
+            10,
+            1,
+        ];
         if self.next_if(|byte| byte == b'.').is_none() {
             return Ok(0);
         }
         let mut nanos = 0;
-        let mut scale = 100_000_000;
         let mut count = 0_usize;
         while let Some(digit) = self.digit() {
-            nanos += digit * scale;
-            scale /= 10;
+            if count < 9 {
+                nanos = nanos * 10 + digit;
+            }
             count = count.saturating_add(1);
         }
         if count == 0 {
             return Err(TimestampError::Syntax);
         }
-        Ok(nanos)
+        Ok(nanos * SCALE.get(count.min(9)).copied().unwrap_or(1))
     }
 
     /// `Z`, or `+HH:MM` / `-HH:MM`, as minutes east of UTC.
     // Hours ≤ 23 and minutes ≤ 59 are checked first, so the result is within ±1439.
     #[allow(clippy::arithmetic_side_effects)]
+    #[inline]
     fn offset(&mut self) -> Result<i16, TimestampError> {
-        let sign = self.expect(b"Zz+-")?;
+        let sign = self
+            .next_if(|byte| matches!(byte, b'Z' | b'z' | b'+' | b'-'))
+            .ok_or(TimestampError::Syntax)?;
         if sign == b'Z' || sign == b'z' {
             return Ok(0);
         }
         let hours = range("offset hour", self.digits(2)?, 0, 23)?;
-        self.expect(b":")?;
+        self.expect(b':', b':')?;
         let minutes = range("offset minute", self.digits(2)?, 0, 59)?;
         let total = i16::try_from(hours * 60 + minutes).map_err(|_| TimestampError::Syntax)?;
         Ok(if sign == b'-' { -total } else { total })
@@ -458,6 +598,37 @@ mod tests {
     fn fraction_past_nanoseconds_is_truncated() {
         let timestamp = Timestamp::parse("2024-03-21T10:05:00.1234567891234Z").unwrap();
         assert_eq!(timestamp.subsec_nanos(), 123_456_789);
+    }
+
+    /// The one-step read of the common shape and the step-by-step read agree, error
+    /// included, on every single-byte change to a timestamp.
+    #[test]
+    fn the_quick_read_agrees_with_the_slow_one() {
+        let summary = |result: Result<Fields, TimestampError>| {
+            result.map(|fields| (fields.instant(), fields.offset_minutes))
+        };
+        for base in [
+            "2024-02-29T23:59:60.123456789+05:30",
+            "1999-12-31t00:00:00Z",
+            "2023-02-28T12:30:45.5-08:00",
+        ] {
+            for at in 0..base.len() {
+                for byte in b"0123459:-.+TtZz /a\xff"
+                    .iter()
+                    .copied()
+                    .chain([0x80, b'3'])
+                {
+                    let mut text = base.as_bytes().to_vec();
+                    text[at] = byte;
+                    assert_eq!(
+                        summary(Fields::read(&text)),
+                        summary(Fields::read_slowly(&text)),
+                        "{}",
+                        String::from_utf8_lossy(&text)
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,32 +1,51 @@
-//! The parse: one serde pass into a flat struct, a second pass only when the first fails.
+//! The parse: one strict pass over the body that checks all of it and indexes the fields
+//! the model reads.
 //!
-//! The first pass reads the body into [`Wire`], which holds every documented top-level
-//! field as an `Option`. Once it has seen `event` (OpenMail sends it first) it reads only
-//! that type's fields and skips the rest unparsed, so a stray field of another event type
-//! cannot spoil a good event, and an unknown type costs no more than a scan. Before `event`
-//! is known, it reads every documented field strictly.
+//! [`json::Reader`](super::json::Reader) checks every byte, in the fields the model reads
+//! and in those it does not. Along the way this module records each documented field:
+//! strings as spans of the body (decoded here only when short and escaped), numbers,
+//! timestamps and codes as values, and a value of the wrong shape as a [`Misfit`] that says
+//! what was wrong and where, worded as serde would word it.
 //!
-//! When the first pass fails, the second ([`Pass::Envelope`]) reads only `event`, and
-//! `event_id`, `inbox_id` and `occurred_at` when they are usable. It fails only when the
-//! body is not a JSON object with a single string `event`: that is the one case
-//! [`Event::parse`](super::Event::parse) rejects. If the first pass failed before it saw
-//! `event`, in a field the type may not even have, a third pass reads the body again
-//! knowing the type. So the outcome never depends on the order of the keys, which a
-//! re-serialised event does not keep.
+//! The event's type may come anywhere in the object, so every documented field is
+//! recorded whatever the type turns out to be. Once the object is read, the type decides
+//! which fields count: the first misfit among them, in the body's order, makes the event
+//! [`Malformed`](super::Event::Malformed); fields of other types are ignored. So the
+//! outcome never depends on the order of the keys, which a re-serialised event does not
+//! keep.
 //!
-//! Both passes avoid serde's buffering attributes (`tag`, `untagged`, `flatten`), which
-//! would copy the whole body into an intermediate tree first.
+//! # Duplicate keys
+//!
+//! JSON parsers disagree on which of two equal keys counts, so the parse never picks one
+//! where it matters:
+//!
+//! - `event`, `event_id`, `inbox_id` or `pod_id` twice at the top level, whatever the
+//!   values (`null` included): the body is not an event. These route the event, name its
+//!   tenant and deduplicate it; the tenant claim reader refuses the same duplicates.
+//! - Any other field the model reads for the event's type twice (such as `occurred_at`, or
+//!   `body_text` inside `message`): the event is malformed, with `duplicate field` as the
+//!   reason. For an unknown or malformed event, a duplicated `occurred_at` is not used.
+//! - Fields the model does not read may repeat; they stay in the raw body, where
+//!   `serde_json` keeps the last.
+//!
+//! Keys are compared after decoding their escapes, as `serde_json` compares them.
 
-use std::fmt;
+use std::borrow::Cow;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, Visitor};
-use serde::Deserialize;
+use bytes::Bytes;
+use serde::de::{Error as _, Unexpected};
 
-use super::{Message, Reason, Timestamp};
+use super::fallback::Envelope;
+use super::json::{line_column, Code, Reader, Short, Span, Syntax, MAX_BODY};
+use super::message::AttachmentIndex;
+use super::time::{invalid, Stamp};
+use super::{
+    Event, Lifecycle, MalformedEvent, Message, MessageReceived, NotAnEvent, RawJson, UnknownEvent,
+};
 
 /// The documented event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Kind {
+enum Kind {
     MessageReceived,
     InboxSuspended,
     InboxReactivated,
@@ -35,343 +54,749 @@ pub(super) enum Kind {
 }
 
 impl Kind {
-    pub(super) fn of(event_type: &str) -> Option<Self> {
+    #[inline(always)]
+    fn of(event_type: &[u8]) -> Option<Self> {
         Some(match event_type {
-            "message.received" => Self::MessageReceived,
-            "inbox.suspended" => Self::InboxSuspended,
-            "inbox.reactivated" => Self::InboxReactivated,
-            "pod.suspended" => Self::PodSuspended,
-            "pod.reactivated" => Self::PodReactivated,
+            b"message.received" => Self::MessageReceived,
+            b"inbox.suspended" => Self::InboxSuspended,
+            b"inbox.reactivated" => Self::InboxReactivated,
+            b"pod.suspended" => Self::PodSuspended,
+            b"pod.reactivated" => Self::PodReactivated,
             _ => return None,
         })
     }
-}
 
-/// Every documented top-level field.
-#[derive(Default)]
-pub(super) struct Wire {
-    pub(super) event: String,
-    pub(super) kind: Option<Kind>,
-    pub(super) event_id: Option<String>,
-    pub(super) occurred_at: Option<Timestamp>,
-    pub(super) delivered_at: Option<Timestamp>,
-    pub(super) attempt: Option<u32>,
-    pub(super) inbox_id: Option<String>,
-    pub(super) thread_id: Option<String>,
-    pub(super) external_id: Option<String>,
-    pub(super) message: Option<Message>,
-    pub(super) inbox_address: Option<String>,
-    pub(super) pod_id: Option<String>,
-    pub(super) reason: Option<Reason>,
-}
-
-/// Why a pass failed.
-pub(super) struct Failure {
-    pub(super) error: serde_json::Error,
-    /// The top-level field being read, if any.
-    pub(super) field: Option<&'static str>,
-    /// Whether the pass had not yet seen `event`, and so was reading every documented
-    /// field: the failure may be in a field that the event's type does not even have.
-    pub(super) before_event: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) enum Pass {
-    /// The fields of the event's type, strictly. With `None`, the type is learnt from
-    /// `event`, and fields before it are read as if they all belonged.
-    Typed(Option<Kind>),
-    /// Only the envelope, leniently.
-    Envelope,
-}
-
-/// Runs one pass over `body`.
-pub(super) fn read(body: &[u8], pass: Pass) -> Result<Wire, Failure> {
-    let mut progress = Progress {
-        field: None,
-        before_event: false,
-    };
-    let mut deserializer = serde_json::Deserializer::from_slice(body);
-    let result = deserializer
-        .deserialize_map(WireVisitor {
-            pass,
-            progress: &mut progress,
-        })
-        .and_then(|wire| deserializer.end().map(|()| wire));
-    result.map_err(|error| Failure {
-        error,
-        field: progress.field,
-        before_event: progress.before_event,
-    })
-}
-
-/// Where the visitor is, for the error report: a serde error cannot carry it.
-struct Progress {
-    field: Option<&'static str>,
-    before_event: bool,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(field_identifier, rename_all = "snake_case")]
-enum Field {
-    Event,
-    EventId,
-    OccurredAt,
-    DeliveredAt,
-    Attempt,
-    InboxId,
-    ThreadId,
-    ExternalId,
-    Message,
-    InboxAddress,
-    PodId,
-    Reason,
-    #[serde(other)]
-    Other,
-}
-
-impl Field {
-    fn name(self) -> &'static str {
+    /// The top-level fields the type reads, besides `event`.
+    fn shape(self) -> &'static [TopField] {
         match self {
-            Self::Event => "event",
-            Self::EventId => "event_id",
-            Self::OccurredAt => "occurred_at",
-            Self::DeliveredAt => "delivered_at",
-            Self::Attempt => "attempt",
-            Self::InboxId => "inbox_id",
-            Self::ThreadId => "thread_id",
-            Self::ExternalId => "external_id",
-            Self::Message => "message",
-            Self::InboxAddress => "inbox_address",
-            Self::PodId => "pod_id",
-            Self::Reason => "reason",
-            Self::Other => "",
+            Self::MessageReceived => &[
+                TopField::EventId,
+                TopField::OccurredAt,
+                TopField::DeliveredAt,
+                TopField::Attempt,
+                TopField::InboxId,
+                TopField::ThreadId,
+                TopField::ExternalId,
+                TopField::Message,
+            ],
+            _ => &[
+                TopField::EventId,
+                TopField::OccurredAt,
+                TopField::InboxId,
+                TopField::InboxAddress,
+                TopField::PodId,
+                TopField::Reason,
+            ],
         }
     }
 }
 
-/// Which fields the pass reads, given what it knows of the type so far.
-#[derive(Clone, Copy)]
-enum Shape {
-    /// `event` not seen yet: read every documented field.
-    Pending,
-    Message,
-    Lifecycle,
-    /// An unknown type, or the envelope pass.
-    Envelope,
+/// A value of the wrong shape for its field: what serde would have said, and the offset
+/// it would have said it at.
+struct Misfit {
+    message: String,
+    at: usize,
 }
 
-enum Treatment {
-    Strict,
-    Lenient,
-    Skip,
-}
-
-impl Shape {
-    fn of(kind: Option<Kind>) -> Self {
-        match kind {
-            Some(Kind::MessageReceived) => Self::Message,
-            Some(_) => Self::Lifecycle,
-            None => Self::Envelope,
+impl Misfit {
+    #[cold]
+    fn duplicate(name: &'static str, key: Span) -> Self {
+        Self {
+            message: serde_json::Error::duplicate_field(name).to_string(),
+            at: key.after(),
         }
     }
 
-    fn treatment(self, field: Field) -> Treatment {
-        use Field as F;
-        match (self, field) {
-            (_, F::Other) => Treatment::Skip,
-            (Self::Pending, _) => Treatment::Strict,
-            (
-                Self::Message,
-                F::EventId
-                | F::OccurredAt
-                | F::DeliveredAt
-                | F::Attempt
-                | F::InboxId
-                | F::ThreadId
-                | F::ExternalId
-                | F::Message,
-            )
-            | (
-                Self::Lifecycle,
-                F::EventId | F::OccurredAt | F::InboxId | F::InboxAddress | F::PodId | F::Reason,
-            ) => Treatment::Strict,
-            (Self::Envelope, F::EventId | F::InboxId | F::OccurredAt) => Treatment::Lenient,
-            _ => Treatment::Skip,
-        }
+    fn render(&self, body: &[u8]) -> String {
+        let (line, column) = line_column(body, self.at);
+        format!("{} at line {line} column {column}", self.message)
     }
 }
 
-struct WireVisitor<'a> {
-    pass: Pass,
-    progress: &'a mut Progress,
+/// Keeps the first misfit of what is being read.
+#[inline]
+fn report(misfit: &mut Option<Misfit>, found: Misfit) {
+    if misfit.is_none() {
+        *misfit = Some(found);
+    }
 }
 
-impl<'de> Visitor<'de> for WireVisitor<'_> {
-    type Value = Wire;
+/// Which of an object's fields (by number) it has shown so far.
+#[derive(Default)]
+struct Seen(u32);
 
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object with a string `event` field")
+impl Seen {
+    /// Records the field; true if it was already there.
+    #[inline]
+    fn again(&mut self, field: u32) -> bool {
+        let bit = 1_u32.wrapping_shl(field);
+        let again = self.0 & bit != 0;
+        self.0 |= bit;
+        again
     }
+}
 
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Wire, A::Error> {
-        let mut wire = Wire::default();
-        let mut seen_event = false;
-        let mut shape = match self.pass {
-            Pass::Typed(None) => Shape::Pending,
-            Pass::Typed(kind) => Shape::of(kind),
-            Pass::Envelope => Shape::Envelope,
+/// Every documented top-level field, and what did not fit, in the body's order.
+#[derive(Default)]
+struct Top {
+    seen: Seen,
+    misfits: Vec<(TopField, Misfit)>,
+    event: Option<Span>,
+    kind: Option<Kind>,
+    event_id: Option<Short>,
+    occurred_at: Option<Stamp>,
+    delivered_at: Option<Stamp>,
+    attempt: Option<u32>,
+    inbox_id: Option<Short>,
+    thread_id: Option<Short>,
+    external_id: Option<Short>,
+    message: Option<Message>,
+    inbox_address: Option<Short>,
+    pod_id: Option<Short>,
+    reason: Option<Short>,
+    /// The top-level short fields that held escapes, decoded.
+    decoded: String,
+}
+
+/// Parses a verified body; see [`Event::parse`].
+pub(super) fn parse(body: Bytes) -> Result<Event, NotAnEvent> {
+    if body.len() > MAX_BODY {
+        return Err(NotAnEvent {
+            detail: format!(
+                "{} bytes is more than the {MAX_BODY} an event can index",
+                body.len()
+            ),
+        });
+    }
+    let mut top = Top::default();
+    if let Err(syntax) = read(&body, &mut top) {
+        let (line, column) = line_column(&body, syntax.at);
+        return Err(NotAnEvent {
+            detail: format!(
+                "{} at line {line} column {}",
+                syntax.code,
+                column.saturating_add(1)
+            ),
+        });
+    }
+    Ok(assemble(&mut top, body))
+}
+
+fn read(body: &Bytes, top: &mut Top) -> Result<(), Syntax> {
+    let mut reader = Reader::new(body);
+    if reader.peek() != Some(b'{') {
+        reader.skip()?;
+        return Err(Syntax {
+            code: Code::NotAnObject,
+            at: 0,
+        });
+    }
+    reader.object(|reader, key| top.member(reader, key, body))?;
+    if top.event.is_none() {
+        return Err(Syntax {
+            code: Code::MissingEvent,
+            at: reader.at(),
+        });
+    }
+    reader.end()
+}
+
+/// Looks a key up, decoding it first only if it holds escapes.
+#[inline(always)]
+fn lookup<T>(key: Span, body: &[u8], of: fn(&[u8]) -> Option<T>) -> Option<T> {
+    if key.escaped() {
+        lookup_decoded(key, body, of)
+    } else {
+        of(key.raw(body))
+    }
+}
+
+#[cold]
+fn lookup_decoded<T>(key: Span, body: &[u8], of: fn(&[u8]) -> Option<T>) -> Option<T> {
+    of(key.decode(body).as_bytes())
+}
+
+impl Top {
+    fn member(&mut self, reader: &mut Reader<'_>, key: Span, body: &Bytes) -> Result<(), Syntax> {
+        let Some(field) = lookup(key, body, TopField::of) else {
+            return reader.skip();
         };
-        let progress = self.progress;
-        while let Some(field) = map.next_key::<Field>()? {
-            progress.field = (field != Field::Other).then(|| field.name());
-            progress.before_event = matches!(shape, Shape::Pending);
-            if field == Field::Event {
-                if seen_event {
-                    return Err(de::Error::duplicate_field("event"));
+        if self.seen.again(field as u32) {
+            return self.again(reader, field, key);
+        }
+        let mut misfit = None;
+        match field {
+            TopField::Event => {
+                if reader.peek() != Some(b'"') {
+                    reader.skip()?;
+                    return Err(Syntax {
+                        code: Code::EventNotAString,
+                        at: key.after(),
+                    });
                 }
-                wire.event = map.next_value()?;
-                wire.kind = Kind::of(&wire.event);
-                seen_event = true;
-                if self.pass != Pass::Envelope {
-                    shape = Shape::of(wire.kind);
-                }
-            } else {
-                match shape.treatment(field) {
-                    Treatment::Skip => {
-                        map.next_value::<IgnoredAny>()?;
+                let event = reader.string()?;
+                self.kind = lookup(event, body, Kind::of);
+                self.event = Some(event);
+            }
+            TopField::EventId => short(reader, &mut self.event_id, &mut self.decoded, &mut misfit)?,
+            TopField::InboxId => short(reader, &mut self.inbox_id, &mut self.decoded, &mut misfit)?,
+            TopField::PodId => short(reader, &mut self.pod_id, &mut self.decoded, &mut misfit)?,
+            TopField::OccurredAt => {
+                timestamp(
+                    reader,
+                    &mut self.occurred_at,
+                    &mut self.decoded,
+                    &mut misfit,
+                )?;
+            }
+            TopField::DeliveredAt => {
+                timestamp(
+                    reader,
+                    &mut self.delivered_at,
+                    &mut self.decoded,
+                    &mut misfit,
+                )?;
+            }
+            TopField::Attempt => {
+                let mut attempt = None;
+                unsigned(reader, u32::MAX.into(), "u32", &mut attempt, &mut misfit)?;
+                self.attempt = attempt.and_then(|attempt| u32::try_from(attempt).ok());
+            }
+            TopField::ThreadId => {
+                short(reader, &mut self.thread_id, &mut self.decoded, &mut misfit)?;
+            }
+            TopField::ExternalId => {
+                short(
+                    reader,
+                    &mut self.external_id,
+                    &mut self.decoded,
+                    &mut misfit,
+                )?;
+            }
+            TopField::InboxAddress => {
+                short(
+                    reader,
+                    &mut self.inbox_address,
+                    &mut self.decoded,
+                    &mut misfit,
+                )?;
+            }
+            TopField::Reason => code(reader, &mut self.reason, &mut self.decoded, &mut misfit)?,
+            // Another type's message is only checked, not indexed.
+            TopField::Message
+                if self.event.is_none() || self.kind == Some(Kind::MessageReceived) =>
+            {
+                match reader.peek() {
+                    Some(b'{') => {
+                        // The body goes in when the event is built: a move, not a clone.
+                        let message = self.message.insert(Message::default());
+                        read_message(reader, message, body, &mut misfit)?;
                     }
-                    Treatment::Lenient => lenient(&mut map, field, &mut wire)?,
-                    Treatment::Strict => strict(&mut map, field, &mut wire)?,
+                    Some(b'n') => reader.literal(b"null")?,
+                    _ => report(&mut misfit, unexpected(reader, "struct Message")?),
                 }
             }
-            progress.field = None;
-            progress.before_event = false;
+            TopField::Message => reader.skip()?,
         }
-        if !seen_event {
-            return Err(de::Error::missing_field("event"));
+        if let Some(misfit) = misfit {
+            self.misfits.push((field, misfit));
         }
-        Ok(wire)
-    }
-}
-
-/// Reads a field the event's type defines: it must fit, and appear once.
-fn strict<'de, A: MapAccess<'de>>(
-    map: &mut A,
-    field: Field,
-    wire: &mut Wire,
-) -> Result<(), A::Error> {
-    fn once<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
-        map: &mut A,
-        slot: &mut Option<T>,
-        name: &'static str,
-    ) -> Result<(), A::Error> {
-        if slot.is_some() {
-            return Err(de::Error::duplicate_field(name));
-        }
-        *slot = map.next_value()?;
         Ok(())
     }
-    let name = field.name();
-    match field {
-        Field::EventId => once(map, &mut wire.event_id, name),
-        Field::OccurredAt => once(map, &mut wire.occurred_at, name),
-        Field::DeliveredAt => once(map, &mut wire.delivered_at, name),
-        Field::Attempt => once(map, &mut wire.attempt, name),
-        Field::InboxId => once(map, &mut wire.inbox_id, name),
-        Field::ThreadId => once(map, &mut wire.thread_id, name),
-        Field::ExternalId => once(map, &mut wire.external_id, name),
-        Field::Message => once(map, &mut wire.message, name),
-        Field::InboxAddress => once(map, &mut wire.inbox_address, name),
-        Field::PodId => once(map, &mut wire.pod_id, name),
-        Field::Reason => once(map, &mut wire.reason, name),
-        Field::Event | Field::Other => map.next_value::<IgnoredAny>().map(|_| ()),
+
+    /// A field seen a second time: an envelope field refuses the body; any other is a
+    /// misfit and loses its value.
+    #[cold]
+    fn again(&mut self, reader: &mut Reader<'_>, field: TopField, key: Span) -> Result<(), Syntax> {
+        if matches!(
+            field,
+            TopField::Event | TopField::EventId | TopField::InboxId | TopField::PodId
+        ) {
+            return Err(Syntax {
+                code: Code::DuplicateField(field.name()),
+                at: key.after(),
+            });
+        }
+        reader.skip()?;
+        match field {
+            TopField::OccurredAt => self.occurred_at = None,
+            TopField::DeliveredAt => self.delivered_at = None,
+            TopField::Attempt => self.attempt = None,
+            TopField::ThreadId => self.thread_id = None,
+            TopField::ExternalId => self.external_id = None,
+            TopField::Message => self.message = None,
+            TopField::InboxAddress => self.inbox_address = None,
+            TopField::Reason => self.reason = None,
+            TopField::Event | TopField::EventId | TopField::InboxId | TopField::PodId => {}
+        }
+        self.misfits
+            .push((field, Misfit::duplicate(field.name(), key)));
+        Ok(())
     }
 }
 
-/// Reads an envelope field of an event that is not typed: kept when usable, else dropped.
-fn lenient<'de, A: MapAccess<'de>>(
-    map: &mut A,
-    field: Field,
-    wire: &mut Wire,
-) -> Result<(), A::Error> {
-    let LenientString(value) = map.next_value()?;
-    match field {
-        Field::EventId => wire.event_id = value.or(wire.event_id.take()),
-        Field::InboxId => wire.inbox_id = value.or(wire.inbox_id.take()),
-        Field::OccurredAt => {
-            if let Some(timestamp) = value.and_then(|text| Timestamp::parse_owned(text).ok()) {
-                wire.occurred_at = Some(timestamp);
-            }
+#[inline]
+fn short(
+    reader: &mut Reader<'_>,
+    into: &mut Option<Short>,
+    decoded: &mut String,
+    misfit: &mut Option<Misfit>,
+) -> Result<(), Syntax> {
+    match reader.peek() {
+        Some(b'"') => {
+            let span = reader.string()?;
+            *into = Some(Short::new(span, reader.body(), decoded));
         }
-        _ => {}
+        Some(b'n') => reader.literal(b"null")?,
+        _ => report(misfit, unexpected(reader, "a string")?),
     }
     Ok(())
 }
 
-/// Any JSON value: a string is kept, anything else is read through and dropped.
-struct LenientString(Option<String>);
+/// A text that may be large: only its span is kept.
+#[inline]
+fn text(
+    reader: &mut Reader<'_>,
+    into: &mut Option<Span>,
+    misfit: &mut Option<Misfit>,
+) -> Result<(), Syntax> {
+    match reader.peek() {
+        Some(b'"') => *into = Some(reader.string()?),
+        Some(b'n') => reader.literal(b"null")?,
+        _ => report(misfit, unexpected(reader, "a string")?),
+    }
+    Ok(())
+}
 
-impl<'de> Deserialize<'de> for LenientString {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LenientVisitor;
-
-        impl<'de> Visitor<'de> for LenientVisitor {
-            type Value = LenientString;
-
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("any JSON value")
-            }
-
-            fn visit_str<E: de::Error>(self, value: &str) -> Result<LenientString, E> {
-                Ok(LenientString(Some(value.to_owned())))
-            }
-
-            fn visit_string<E: de::Error>(self, value: String) -> Result<LenientString, E> {
-                Ok(LenientString(Some(value)))
-            }
-
-            fn visit_bool<E: de::Error>(self, _: bool) -> Result<LenientString, E> {
-                Ok(LenientString(None))
-            }
-
-            fn visit_i64<E: de::Error>(self, _: i64) -> Result<LenientString, E> {
-                Ok(LenientString(None))
-            }
-
-            fn visit_u64<E: de::Error>(self, _: u64) -> Result<LenientString, E> {
-                Ok(LenientString(None))
-            }
-
-            fn visit_f64<E: de::Error>(self, _: f64) -> Result<LenientString, E> {
-                Ok(LenientString(None))
-            }
-
-            fn visit_unit<E: de::Error>(self) -> Result<LenientString, E> {
-                Ok(LenientString(None))
-            }
-
-            fn visit_none<E: de::Error>(self) -> Result<LenientString, E> {
-                Ok(LenientString(None))
-            }
-
-            fn visit_some<D: Deserializer<'de>>(self, inner: D) -> Result<LenientString, D::Error> {
-                inner.deserialize_any(self)
-            }
-
-            fn visit_seq<A: de::SeqAccess<'de>>(
-                self,
-                mut seq: A,
-            ) -> Result<LenientString, A::Error> {
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(LenientString(None))
-            }
-
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<LenientString, A::Error> {
-                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                Ok(LenientString(None))
+#[inline]
+fn timestamp(
+    reader: &mut Reader<'_>,
+    into: &mut Option<Stamp>,
+    decoded: &mut String,
+    misfit: &mut Option<Misfit>,
+) -> Result<(), Syntax> {
+    match reader.peek() {
+        Some(b'"') => {
+            let span = reader.string()?;
+            let valid = if span.escaped() {
+                Stamp::validate(span.decode(reader.body()).as_bytes())
+            } else {
+                Stamp::validate(span.raw(reader.body()))
+            };
+            match valid {
+                Ok(()) => *into = Some(Stamp(Short::new(span, reader.body(), decoded))),
+                Err(error) => report(
+                    misfit,
+                    Misfit {
+                        message: invalid::<serde_json::Error>(&span.decode(reader.body()), error)
+                            .to_string(),
+                        at: reader.at(),
+                    },
+                ),
             }
         }
+        Some(b'n') => reader.literal(b"null")?,
+        _ => report(misfit, unexpected(reader, "an RFC 3339 timestamp string")?),
+    }
+    Ok(())
+}
 
-        deserializer.deserialize_any(LenientVisitor)
+/// A code (a reason, an extraction method): any string, turned into its enum when read.
+fn code(
+    reader: &mut Reader<'_>,
+    into: &mut Option<Short>,
+    decoded: &mut String,
+    misfit: &mut Option<Misfit>,
+) -> Result<(), Syntax> {
+    match reader.peek() {
+        Some(b'"') => {
+            let span = reader.string()?;
+            *into = Some(Short::new(span, reader.body(), decoded));
+        }
+        Some(b'n') => reader.literal(b"null")?,
+        _ => report(misfit, unexpected(reader, "a string code")?),
+    }
+    Ok(())
+}
+
+/// An unsigned integer up to `max`, checked as serde checks `expected` (`u32`, `u64`).
+fn unsigned(
+    reader: &mut Reader<'_>,
+    max: u64,
+    expected: &'static str,
+    into: &mut Option<u64>,
+    misfit: &mut Option<Misfit>,
+) -> Result<(), Syntax> {
+    match reader.peek() {
+        Some(b'-' | b'0'..=b'9') => {}
+        Some(b'n') => return reader.literal(b"null"),
+        _ => {
+            report(misfit, unexpected(reader, expected)?);
+            return Ok(());
+        }
+    }
+    let number = reader.number()?;
+    let message = match number.as_u64().map_or_else(|| classify(number.text), Ok) {
+        Ok(value) if value <= max => {
+            *into = Some(value);
+            return Ok(());
+        }
+        Ok(value) => serde_json::Error::invalid_value(Unexpected::Unsigned(value), &expected),
+        Err(Unexpected::Signed(value)) => {
+            serde_json::Error::invalid_value(Unexpected::Signed(value), &expected)
+        }
+        Err(unexpected) => serde_json::Error::invalid_type(unexpected, &expected),
+    };
+    report(
+        misfit,
+        Misfit {
+            message: message.to_string(),
+            at: reader.at(),
+        },
+    );
+    Ok(())
+}
+
+/// What serde_json makes of a number: a `u64`, or else how serde would describe it.
+#[cold]
+fn classify(text: &[u8]) -> Result<u64, Unexpected<'static>> {
+    match serde_json::from_slice::<serde_json::Number>(text) {
+        Ok(number) => match (number.as_u64(), number.as_i64(), number.as_f64()) {
+            (Some(value), _, _) => Ok(value),
+            (None, Some(value), _) => Err(Unexpected::Signed(value)),
+            (None, None, value) => Err(Unexpected::Float(value.unwrap_or_default())),
+        },
+        Err(_) => Err(Unexpected::Other("a number")),
+    }
+}
+
+/// Reads a value of the wrong shape and says what it is, as serde would.
+#[cold]
+fn unexpected(reader: &mut Reader<'_>, expected: &'static str) -> Result<Misfit, Syntax> {
+    let first = reader.peek();
+    let start = reader.at();
+    let unexpected = match first {
+        Some(b'"') => {
+            let span = reader.string()?;
+            let text = span.decode(reader.body());
+            let message =
+                serde_json::Error::invalid_type(Unexpected::Str(&shorten(&text)), &expected);
+            return Ok(Misfit {
+                message: message.to_string(),
+                at: reader.at(),
+            });
+        }
+        // serde reports a container where it starts, without reading it.
+        Some(b'[') => {
+            reader.skip()?;
+            return Ok(Misfit {
+                message: serde_json::Error::invalid_type(Unexpected::Seq, &expected).to_string(),
+                at: start,
+            });
+        }
+        Some(b'{') => {
+            reader.skip()?;
+            return Ok(Misfit {
+                message: serde_json::Error::invalid_type(Unexpected::Map, &expected).to_string(),
+                at: start,
+            });
+        }
+        Some(b't') => reader.literal(b"true").map(|()| Unexpected::Bool(true))?,
+        Some(b'f') => reader.literal(b"false").map(|()| Unexpected::Bool(false))?,
+        Some(b'n') => reader.literal(b"null").map(|()| Unexpected::Unit)?,
+        Some(b'-' | b'0'..=b'9') => {
+            let number = reader.number()?;
+            match number.as_u64().map_or_else(|| classify(number.text), Ok) {
+                Ok(value) => Unexpected::Unsigned(value),
+                Err(unexpected) => unexpected,
+            }
+        }
+        _ => {
+            reader.skip()?;
+            Unexpected::Other("a value")
+        }
+    };
+    Ok(Misfit {
+        message: serde_json::Error::invalid_type(unexpected, &expected).to_string(),
+        at: reader.at(),
+    })
+}
+
+/// At most 40 characters of a string quoted in an error: enough to see the mistake,
+/// without echoing an arbitrarily long value into a log line. serde escapes what it quotes.
+fn shorten(text: &str) -> Cow<'_, str> {
+    match text.char_indices().nth(40) {
+        Some((cut, _)) => Cow::Owned(format!("{}…", text.get(..cut).unwrap_or_default())),
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// Reads the object of `message` into `message`. The first misfit inside it (in a field,
+/// a `cc` entry or an attachment) is the message's; the rest is still checked, no longer
+/// indexed.
+fn read_message(
+    reader: &mut Reader<'_>,
+    message: &mut Message,
+    body: &Bytes,
+    misfit: &mut Option<Misfit>,
+) -> Result<(), Syntax> {
+    let mut seen = Seen::default();
+    reader.object(|reader, key| {
+        if misfit.is_some() {
+            return reader.skip();
+        }
+        let Some(field) = lookup(key, body, MessageField::of) else {
+            return reader.skip();
+        };
+        if seen.again(field as u32) {
+            reader.skip()?;
+            *misfit = Some(Misfit::duplicate(field.name(), key));
+            return Ok(());
+        }
+        let decoded = &mut message.decoded;
+        match field {
+            MessageField::Id => short(reader, &mut message.id, decoded, misfit),
+            MessageField::RfcMessageId => {
+                short(reader, &mut message.rfc_message_id, decoded, misfit)
+            }
+            MessageField::From => short(reader, &mut message.from, decoded, misfit),
+            MessageField::To => short(reader, &mut message.to, decoded, misfit),
+            MessageField::Subject => short(reader, &mut message.subject, decoded, misfit),
+            MessageField::BodyText => text(reader, &mut message.body_text, misfit),
+            MessageField::ReceivedAt => {
+                timestamp(reader, &mut message.received_at, decoded, misfit)
+            }
+            MessageField::Cc => match reader.peek() {
+                Some(b'[') => reader.array(|reader| {
+                    if misfit.is_some() {
+                        return reader.skip();
+                    }
+                    if reader.peek() == Some(b'"') {
+                        let span = reader.string()?;
+                        message.cc.push(Short::new(span, body, decoded));
+                    } else {
+                        *misfit = Some(unexpected(reader, "a string")?);
+                    }
+                    Ok(())
+                }),
+                Some(b'n') => reader.literal(b"null"),
+                _ => {
+                    *misfit = Some(unexpected(reader, "a sequence")?);
+                    Ok(())
+                }
+            },
+            MessageField::Attachments => match reader.peek() {
+                Some(b'[') => reader.array(|reader| {
+                    if misfit.is_some() {
+                        return reader.skip();
+                    }
+                    if reader.peek() != Some(b'{') {
+                        *misfit = Some(unexpected(reader, "struct Attachment")?);
+                        return Ok(());
+                    }
+                    let mut attachment = AttachmentIndex::default();
+                    read_attachment(reader, &mut attachment, &mut message.decoded, body, misfit)?;
+                    message.attachments.push(attachment);
+                    Ok(())
+                }),
+                Some(b'n') => reader.literal(b"null"),
+                _ => {
+                    *misfit = Some(unexpected(reader, "a sequence")?);
+                    Ok(())
+                }
+            },
+        }
+    })
+}
+
+fn read_attachment(
+    reader: &mut Reader<'_>,
+    attachment: &mut AttachmentIndex,
+    decoded: &mut String,
+    body: &Bytes,
+    misfit: &mut Option<Misfit>,
+) -> Result<(), Syntax> {
+    let mut seen = Seen::default();
+    reader.object(|reader, key| {
+        if misfit.is_some() {
+            return reader.skip();
+        }
+        let Some(field) = lookup(key, body, AttachmentField::of) else {
+            return reader.skip();
+        };
+        if seen.again(field as u32) {
+            reader.skip()?;
+            *misfit = Some(Misfit::duplicate(field.name(), key));
+            return Ok(());
+        }
+        match field {
+            AttachmentField::Filename => short(reader, &mut attachment.filename, decoded, misfit),
+            AttachmentField::ContentType => {
+                short(reader, &mut attachment.content_type, decoded, misfit)
+            }
+            AttachmentField::SizeBytes => {
+                unsigned(reader, u64::MAX, "u64", &mut attachment.size_bytes, misfit)
+            }
+            AttachmentField::Url => short(reader, &mut attachment.url, decoded, misfit),
+            AttachmentField::ParsedText => text(reader, &mut attachment.parsed_text, misfit),
+            AttachmentField::ExtractionMethod => {
+                code(reader, &mut attachment.extraction_method, decoded, misfit)
+            }
+        }
+    })
+}
+
+/// Declares an object's documented fields: the names on the wire, grouped by length so
+/// that a key is compared with at most the names of its own length.
+macro_rules! fields {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $($length:literal => { $($variant:ident => $text:literal,)* })* }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        enum $name {
+            $($($variant,)*)*
+        }
+
+        impl $name {
+            #[inline(always)]
+            fn of(name: &[u8]) -> Option<Self> {
+                match name.len() {
+                    $($length => match name {
+                        $($text => Some(Self::$variant),)*
+                        _ => None,
+                    },)*
+                    _ => None,
+                }
+            }
+
+            fn name(self) -> &'static str {
+                match self {
+                    $($(Self::$variant => match std::str::from_utf8($text) {
+                        Ok(text) => text,
+                        Err(_) => "",
+                    },)*)*
+                }
+            }
+        }
+    };
+}
+
+fields! {
+    /// The documented top-level fields.
+    TopField {
+        5 => { Event => b"event", }
+        6 => { PodId => b"pod_id", Reason => b"reason", }
+        7 => { Attempt => b"attempt", Message => b"message", }
+        8 => { EventId => b"event_id", InboxId => b"inbox_id", }
+        9 => { ThreadId => b"thread_id", }
+        11 => { OccurredAt => b"occurred_at", ExternalId => b"external_id", }
+        12 => { DeliveredAt => b"delivered_at", }
+        13 => { InboxAddress => b"inbox_address", }
+    }
+}
+
+fields! {
+    /// The fields of `message`.
+    MessageField {
+        2 => { Id => b"id", To => b"to", Cc => b"cc", }
+        4 => { From => b"from", }
+        7 => { Subject => b"subject", }
+        9 => { BodyText => b"body_text", }
+        11 => { Attachments => b"attachments", ReceivedAt => b"received_at", }
+        14 => { RfcMessageId => b"rfc_message_id", }
+    }
+}
+
+fields! {
+    /// The fields of an attachment, camelCase on the wire.
+    AttachmentField {
+        3 => { Url => b"url", }
+        8 => { Filename => b"filename", }
+        9 => { SizeBytes => b"sizeBytes", }
+        10 => { ParsedText => b"parsedText", }
+        11 => { ContentType => b"contentType", }
+        16 => { ExtractionMethod => b"extractionMethod", }
+    }
+}
+
+/// Builds the event once the whole body has been read.
+fn assemble(top: &mut Top, body: Bytes) -> Event {
+    let Some(kind) = top.kind else {
+        return Event::Unknown(UnknownEvent {
+            envelope: envelope_of(top, body),
+        });
+    };
+    let shape = kind.shape();
+    let first = top
+        .misfits
+        .iter()
+        .find(|(field, _)| shape.contains(field))
+        .map(|(field, misfit)| (field.name(), misfit.render(&body)));
+    if let Some((field, error)) = first {
+        return malformed(top, body, field, error);
+    }
+    let Some(event_id) = top.event_id.take() else {
+        let error = "missing field `event_id` (absent or null)".to_owned();
+        return malformed(top, body, "event_id", error);
+    };
+    match kind {
+        Kind::MessageReceived => Event::MessageReceived(MessageReceived {
+            event_id,
+            occurred_at: top.occurred_at,
+            delivered_at: top.delivered_at,
+            attempt: top.attempt,
+            inbox_id: top.inbox_id,
+            thread_id: top.thread_id,
+            external_id: top.external_id,
+            decoded: std::mem::take(&mut top.decoded),
+            // The message holds the body for the whole event.
+            message: Message {
+                body,
+                ..top.message.take().unwrap_or_default()
+            },
+        }),
+        Kind::InboxSuspended => Event::InboxSuspended(lifecycle(top, event_id, body)),
+        Kind::InboxReactivated => Event::InboxReactivated(lifecycle(top, event_id, body)),
+        Kind::PodSuspended => Event::PodSuspended(lifecycle(top, event_id, body)),
+        Kind::PodReactivated => Event::PodReactivated(lifecycle(top, event_id, body)),
+    }
+}
+
+fn lifecycle(top: &mut Top, event_id: Short, body: Bytes) -> Lifecycle {
+    Lifecycle {
+        event_id,
+        occurred_at: top.occurred_at,
+        inbox_id: top.inbox_id,
+        inbox_address: top.inbox_address,
+        pod_id: top.pod_id,
+        reason: top.reason,
+        decoded: std::mem::take(&mut top.decoded),
+        raw: RawJson(body),
+    }
+}
+
+fn malformed(top: &mut Top, body: Bytes, field: &'static str, error: String) -> Event {
+    Event::Malformed(MalformedEvent {
+        envelope: envelope_of(top, body),
+        field: Some(field),
+        error,
+    })
+}
+
+/// The envelope of an event the model does not type: the usable fields, leniently.
+fn envelope_of(top: &mut Top, body: Bytes) -> Envelope {
+    // `read` refuses a body without `event`, so it is there; were it not, the type would
+    // read as the empty string.
+    let event = top.event.unwrap_or(Span::EMPTY);
+    let event_type = Short::new(event, &body, &mut top.decoded);
+    Envelope {
+        event_type,
+        event_id: top.event_id,
+        inbox_id: top.inbox_id,
+        occurred_at: top.occurred_at,
+        decoded: std::mem::take(&mut top.decoded),
+        raw: RawJson(body),
     }
 }

@@ -401,7 +401,7 @@ mod tests {
         );
         let event = Event::parse(json.into()).unwrap();
         let received = event.as_message_received().unwrap();
-        assert_eq!(received.message.attachments.len(), 1);
+        assert_eq!(received.message.attachments().len(), 1);
     }
 
     #[test]
