@@ -134,7 +134,10 @@ impl Short {
     #[cold]
     fn decode(span: Span, body: &[u8], decoded: &mut String) -> Self {
         let start = decoded.len();
-        decoded.push_str(&span.decode(body));
+        unescape_into(
+            std::str::from_utf8(span.raw(body)).unwrap_or_default(),
+            decoded,
+        );
         Self(Span::new(start, decoded.len(), true))
     }
 
@@ -155,6 +158,12 @@ impl Short {
 #[cold]
 fn unescape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
+    unescape_into(text, &mut out);
+    out
+}
+
+/// Appends the decoded `text` to `out`.
+fn unescape_into(text: &str, out: &mut String) {
     let mut rest = text;
     while let Some(backslash) = rest.find('\\') {
         let (plain, escape) = rest.split_at(backslash);
@@ -182,7 +191,6 @@ fn unescape(text: &str) -> String {
         rest = chars.as_str();
     }
     out.push_str(rest);
-    out
 }
 
 /// Decodes the hex digits after `\u`, and a low surrogate's escape after a high one.

@@ -169,8 +169,8 @@ impl Serialize for MessageReceived {
 
 /// An inbound email.
 ///
-/// Its fields are read out of the verified body on demand; see the [module
-/// docs](self#reading-the-text) for what that costs.
+/// Its fields are read out of the verified body on demand; see the [event
+/// docs](crate::event#cost) for what that costs.
 ///
 /// ```
 /// use bytes::Bytes;
