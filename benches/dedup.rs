@@ -1,9 +1,11 @@
 //! The per-request cost of deduplication, by store, over a trivial inner service.
 //!
-//! Each request carries the verified `Arc<Event>` as `VerifyOpenMailLayer` leaves it, so
-//! these numbers add to the verification benchmarks'. `first` is a new event each time
-//! (reserve, call, mark done); `duplicate` is an event already done (one lookup, no call).
-//! The Redis cases start a `redis-server` from PATH on loopback and need `--features redis`:
+//! Deduplication keys on the `Delivery` that only the verification layer makes, so every
+//! case runs behind `VerifyOpenMailLayer` (a static secret, parsing off, a 100-byte body),
+//! and `dedup/none` is that verification alone: subtract it to get deduplication's own
+//! cost. `first` is a new event each time (reserve, call, mark done); `duplicate` is an
+//! event already done (one lookup, no call). The Redis cases start a `redis-server` from
+//! PATH on loopback and need `--features redis`:
 //!
 //! ```text
 //! cargo bench --bench dedup --features redis
@@ -13,36 +15,61 @@ use std::convert::Infallible;
 use std::hint::black_box;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Request, Response};
+use http_body_util::Full;
+use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer, MemoryStore};
-use openmail_webhooks::Event;
+use openmail_webhooks::{sign, VerifyOpenMailLayer};
 use tokio::runtime::Runtime;
 use tower::{service_fn, Layer, Service, ServiceExt};
 
 #[cfg(feature = "redis")]
 #[path = "../tests/dedup_support/redis_server.rs"]
+#[allow(dead_code)] // the benchmarks need only start and stop
 mod redis_server;
 
-fn request(event_id: &str) -> Request<()> {
-    let body = format!(r#"{{"event":"message.received","event_id":"{event_id}"}}"#);
-    let event = Event::parse(Bytes::from(body)).unwrap();
-    let mut request = Request::new(());
-    request.extensions_mut().insert(Arc::new(event));
-    request
+const SECRET: &str = "whsec_dedup_bench";
+
+/// A delivery of `event_id`, signed now.
+fn request(event_id: &str) -> Request<Full<Bytes>> {
+    let body =
+        format!(r#"{{"event":"message.received","event_id":"{event_id}","inbox_id":"inb_bench"}}"#);
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let signature = sign(SECRET, &timestamp, body.as_bytes());
+    Request::post("/webhooks")
+        .header("x-timestamp", timestamp)
+        .header("x-signature", signature)
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
 }
 
-fn inner(
-) -> impl Service<Request<()>, Response = Response<String>, Error = Infallible, Future = impl Send> + Clone
-{
-    service_fn(|_request: Request<()>| async { Ok::<_, Infallible>(Response::new(String::new())) })
+fn verify() -> VerifyOpenMailLayer {
+    VerifyOpenMailLayer::new(SECRET)
+        .unwrap()
+        .parse_events(false)
+}
+
+fn inner() -> impl Service<
+    Request<VerifiedBody>,
+    Response = Response<String>,
+    Error = Infallible,
+    Future = impl Send,
+> + Clone {
+    service_fn(|_request: Request<VerifiedBody>| async {
+        Ok::<_, Infallible>(Response::new(String::new()))
+    })
 }
 
 fn bench_store(c: &mut Criterion, runtime: &Runtime, name: &str, store: Arc<dyn DedupStore>) {
-    let service = DeduplicateLayer::from_shared(store).layer(inner());
+    let service = verify().layer(DeduplicateLayer::from_shared(store).layer(inner()));
     let mut group = c.benchmark_group("dedup");
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let run = format!("{:x}", std::process::id());
@@ -80,7 +107,7 @@ fn dedup(c: &mut Criterion) {
         .build()
         .unwrap();
 
-    let service = inner();
+    let service = verify().layer(inner());
     c.bench_function("dedup/none", |b| {
         b.iter_batched(
             || request("evt_baseline"),

@@ -12,9 +12,10 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{Request, Response};
 use http_body_util::Full;
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
+use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, TenantRequest, TenantSecrets,
+    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
 use openmail_webhooks::{sign, VerifyOpenMailLayer};
 use tower::{Layer, Service, ServiceExt};
@@ -49,16 +50,16 @@ async fn ok(_: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, Infallibl
 struct AsyncLookup;
 
 impl SecretResolver for AsyncLookup {
-    fn resolve(&self, request: &TenantRequest<'_>) -> ResolveFuture {
-        let inbox = request.inbox_id().map(str::to_owned);
+    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+        let tenant = tenant.clone();
         Box::pin(async move {
             tokio::task::yield_now().await;
-            match inbox {
-                Some(inbox) => Ok(Some(TenantSecrets::inbox(
+            match tenant {
+                Tenant::Inbox(inbox) => Ok(Some(TenantSecrets::inbox(
                     inbox.clone(),
                     [format!("whsec_{inbox}")],
                 )?)),
-                None => Ok(None),
+                _ => Ok(None),
             }
         })
     }

@@ -1,4 +1,4 @@
-//! Verification against the hardware limit, hand-written code and svix.
+//! Verification against the hardware limit and hand-written code.
 //!
 //! Every group is one body size; inside it, each function does the same job a different
 //! way, so ratios within a group compare like with like in one run:
@@ -10,7 +10,6 @@
 //!   `ServiceExt::oneshot` with a trivial inner service, the body in one frame or in 16 KiB
 //!   frames as hyper delivers it, with and without the event parse;
 //! - `by_hand`, `by_hand_parse`: the documentation's recipe ported literally;
-//! - `svix`: `svix::webhooks::Webhook::verify`, a different scheme doing the same job;
 //! - `harness`: the same request through `oneshot` to the trivial service without the
 //!   layer, which is the part of every `layer/…` figure that any server pays anyway.
 //!
@@ -20,7 +19,11 @@
 //! Times are the benchmark thread's CPU time (see `support::ThreadCpuTime`), so other
 //! processes on a shared machine disturb them less.
 //!
-//! `cargo bench --bench verify`; `python3 benches/report.py` tabulates the ratios.
+//! The comparison with svix needs OpenSSL, so it is a workspace of its own:
+//! `benches/compare/benches/svix.rs`, on the same bodies.
+//!
+//! `cargo bench --bench verify`; `python3 benches/report.py` tabulates the ratios and
+//! draws the chart.
 
 mod support;
 
@@ -34,7 +37,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use hmac::{KeyInit, Mac};
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{sign, Verifier, VerifyOpenMailLayer};
 use std::hint::black_box;
 use support::{
@@ -110,7 +113,6 @@ fn signed_request(
 fn verification(c: &mut Criterion<ThreadCpuTime>) {
     let verifier = Verifier::new(SECRET).expect("a valid secret");
     let keyed = HmacSha256::new_from_slice(SECRET.as_bytes()).expect("any key length");
-    let svix = svix::webhooks::Webhook::from_bytes(SECRET.as_bytes().to_vec()).expect("a key");
 
     for size in SIZES {
         let body = Bytes::from(payload(size));
@@ -203,18 +205,6 @@ fn verification(c: &mut Criterion<ThreadCpuTime>) {
                 })
             });
         }
-
-        let mut headers = http::HeaderMap::new();
-        let svix_signature = svix
-            .sign("msg_2Lh9yW1kq", timestamp.parse().expect("digits"), &body)
-            .expect("UTF-8 body");
-        headers.insert("svix-id", "msg_2Lh9yW1kq".parse().expect("ASCII"));
-        headers.insert("svix-timestamp", timestamp.parse().expect("ASCII"));
-        headers.insert("svix-signature", svix_signature.parse().expect("ASCII"));
-        assert!(svix.verify(&body, &headers).is_ok());
-        group.bench_function("svix", |b| {
-            b.iter(|| svix.verify(black_box(&body), black_box(&headers)).is_ok())
-        });
 
         group.finish();
     }

@@ -35,10 +35,20 @@
 //!   replicas behind a load balancer); that needs `--features redis`. While Redis is
 //!   unreachable, deliveries get `503` and OpenMail retries them later; a malformed
 //!   `REDIS_URL` stops the receiver from starting (exit code 2).
-//! - Resources are bounded: at most [`CONCURRENCY_LIMIT`] deliveries are read and verified
-//!   at once (more wait, unread), and a body that has not fully arrived [`BODY_DEADLINE`]
-//!   after its headers gets `408`. With the default 4 MiB body limit the layer holds at most
-//!   64 × 4 MiB = 256 MiB of bodies, however many clients stall or flood it.
+//! - Resources are bounded in bytes and seconds, not in requests (see `serve` and
+//!   `app_with_store` for the numbers, and SECURITY.md for the tests that hold them):
+//!   the bodies being read share a [`MEMORY_BUDGET`]; a body must arrive at 64 KiB/s after
+//!   a 2 s grace and within [`BODY_DEADLINE`], or it gets `408`; when the budget is full a
+//!   delivery gets `503` with `Retry-After` and OpenMail retries it. At most
+//!   [`CONNECTION_LIMIT`] connections are served at once; HTTP/1.1 heads must arrive within
+//!   [`HEADER_READ_TIMEOUT`], and HTTP/2 (also over cleartext, h2c) gets small flow-control
+//!   windows, so a connection holds at most [`H2_CONNECTION_WINDOW`] of unread body outside
+//!   the layer. When every connection slot is taken, the connection idle longest is
+//!   closed to make room, and one idle for [`IDLE_TIMEOUT`] is closed anyway, so sockets
+//!   that send nothing cannot hold the slots deliveries need.
+//! - Every value from a delivery printed to stdout or stderr is escaped and cut short
+//!   (`openmail_webhooks::LogSafe`), so a hostile `event_id` cannot forge a line of this
+//!   contract.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -48,39 +58,58 @@ use std::time::Duration;
 use axum::{routing::post, Extension, Json, Router};
 use bytes::Bytes;
 use http::{header, HeaderValue, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::dedup::{Decision, DedupStore, DeduplicateLayer, MemoryStore};
 use openmail_webhooks::tenant::InboxSecrets;
-use openmail_webhooks::{Event, VerifyOpenMailLayer};
+use openmail_webhooks::{Event, LogSafe, VerifyOpenMailLayer};
 use serde_json::{json, Value};
-use tower::limit::GlobalConcurrencyLimitLayer;
 
-/// How many deliveries are read and verified at once. OpenMail sends one event per request
-/// and spreads its retries over minutes, so this is generous; it caps the memory held by
-/// bodies at this many times the body limit.
-pub const CONCURRENCY_LIMIT: usize = 64;
-
-/// How long a body may take to arrive after its headers. OpenMail wants an answer within
-/// 15 seconds, so a genuine delivery never needs longer; a stalled upload is cut off here.
+/// How long a body may take to arrive after its headers, at most. OpenMail wants an answer
+/// within 15 seconds; the layer's minimum rate (64 KiB/s after 2 s) cuts slow bodies off
+/// much sooner.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The memory the bodies being read may hold together: 64 MiB. Bodies over 64 KiB share
+/// half of it, so large uploads never crowd out small deliveries.
+pub const MEMORY_BUDGET: usize = 64 * 1024 * 1024;
+
+/// How many connections are served at once; more wait, unaccepted, in the kernel's
+/// backlog. Sized for file descriptors, not for memory, which the budget bounds.
+pub const CONNECTION_LIMIT: usize = 1024;
+
+/// How long an HTTP/1.1 request head may take to arrive.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// HTTP/2 flow-control windows: how much of a stream's body, and of all of a connection's
+/// streams together, a client may send before the receiver reads it. Small, so unread data
+/// outside the layer is bounded per connection.
+pub const H2_STREAM_WINDOW: u32 = 64 * 1024;
+/// See [`H2_STREAM_WINDOW`].
+pub const H2_CONNECTION_WINDOW: u32 = 128 * 1024;
+/// Concurrent HTTP/2 streams per connection. OpenMail sends one delivery per request.
+pub const H2_MAX_STREAMS: u32 = 16;
 
 /// The receiver's routes, behind the verification layer, deduplicated in memory.
 pub fn app(layer: VerifyOpenMailLayer) -> Router {
     app_with_store(layer, Arc::new(MemoryStore::new()))
 }
 
-/// The receiver's routes, behind a concurrency limit and the verification layer with a body
-/// deadline, deduplicated in `store`.
+/// The receiver's routes, behind the verification layer with its deadline and memory
+/// budget, deduplicated in `store`.
 pub fn app_with_store(layer: VerifyOpenMailLayer, store: Arc<dyn DedupStore>) -> Router {
     let layer = layer
         .body_deadline(BODY_DEADLINE)
+        .memory_budget(MEMORY_BUDGET)
         .on_rejection(|rejection| eprintln!("rejected: {rejection}"));
     let dedup = DeduplicateLayer::from_shared(store)
         .on_decision(|decision| match decision {
             Decision::First { .. } | Decision::Completed { .. } => {}
             _ => eprintln!("dedup: {decision}"),
         })
-        .duplicate_response(|event_id| {
-            let body = json!({ "ok": true, "duplicate": true, "event_id": event_id });
+        .duplicate_response(|key| {
+            let body = json!({ "ok": true, "duplicate": true, "event_id": key.event_id() });
             let mut response = Response::new(Bytes::from(body.to_string()));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -88,21 +117,227 @@ pub fn app_with_store(layer: VerifyOpenMailLayer, store: Arc<dyn DedupStore>) ->
             );
             response
         });
-    // The layer added last runs first: limit, verify, then deduplicate, then handle.
-    // Requests beyond the limit wait before the verification reads a byte of them.
+    // The layer added last runs first: verify, then deduplicate, then handle.
     Router::new()
         .route("/webhooks", post(handle))
         .layer(dedup)
         .layer(layer)
-        .layer(GlobalConcurrencyLimitLayer::new(CONCURRENCY_LIMIT))
+}
+
+/// Serves `app` on `listener` until the listener fails, with the connection limit, the
+/// HTTP/1.1 head timeout and the HTTP/2 windows above.
+///
+/// Connections are what the layer cannot bound, so the server does: when every one of the
+/// [`CONNECTION_LIMIT`] slots is taken, the connection that has had no request in flight
+/// for longest is closed to make room, and any connection idle for [`IDLE_TIMEOUT`] is
+/// closed. Sockets that send nothing (or half an HTTP/2 preface) therefore cannot hold
+/// the slots that deliveries need.
+pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTION_LIMIT));
+    let connections = Arc::new(Connections::default());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_header_list_size(16 * 1024)
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(Duration::from_secs(10));
+    let builder = Arc::new(builder);
+    loop {
+        if permits.available_permits() == 0 {
+            connections.close_longest_idle();
+        }
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            return Ok(());
+        };
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            // Out of file descriptors or a connection reset before it was accepted: wait a
+            // moment and carry on rather than stop serving.
+            Err(error) if is_transient(&error) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
+        let (id, connection) = connections.open();
+        let service = TowerToHyperService::new(Tracked {
+            app: app.clone(),
+            connection: Arc::clone(&connection),
+        });
+        let builder = Arc::clone(&builder);
+        let connections = Arc::clone(&connections);
+        tokio::spawn(async move {
+            let serving = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+            tokio::pin!(serving);
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    // Errors here are a client's broken connection: nothing to report.
+                    _ = &mut serving => break,
+                    () = connection.closing.notified() => break,
+                    _ = tick.tick() => {
+                        if connection.idle_for() >= IDLE_TIMEOUT {
+                            break;
+                        }
+                    }
+                }
+            }
+            connections.close(id);
+            drop(permit);
+        });
+    }
+}
+
+/// How long a connection may stay open with no request in flight.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The connections being served, to find the one idle longest when the slots run out.
+#[derive(Default)]
+struct Connections {
+    open: std::sync::Mutex<std::collections::HashMap<u64, Arc<Connection>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+/// One connection: its requests in flight, since when it has had none, and a way to close
+/// it.
+struct Connection {
+    in_flight: std::sync::atomic::AtomicUsize,
+    idle_since: std::sync::Mutex<std::time::Instant>,
+    closing: tokio::sync::Notify,
+}
+
+impl Connections {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<u64, Arc<Connection>>> {
+        self.open
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn open(&self) -> (u64, Arc<Connection>) {
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let connection = Arc::new(Connection {
+            in_flight: std::sync::atomic::AtomicUsize::new(0),
+            idle_since: std::sync::Mutex::new(std::time::Instant::now()),
+            closing: tokio::sync::Notify::new(),
+        });
+        self.lock().insert(id, Arc::clone(&connection));
+        (id, connection)
+    }
+
+    fn close(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Closes the connection that has had no request in flight for longest, if any.
+    fn close_longest_idle(&self) {
+        let open = self.lock();
+        let idlest = open
+            .values()
+            .filter(|connection| connection.idle_for() > Duration::ZERO)
+            .max_by_key(|connection| connection.idle_for());
+        if let Some(connection) = idlest {
+            connection.closing.notify_one();
+        }
+    }
+}
+
+impl Connection {
+    /// How long the connection has had no request in flight; zero while it has one.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            return Duration::ZERO;
+        }
+        let since = *self
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        since.elapsed().max(Duration::from_nanos(1))
+    }
+}
+
+/// Counts a connection's requests in flight, until each one's response is ready or it is
+/// dropped.
+struct InFlight(Arc<Connection>);
+
+impl InFlight {
+    fn start(connection: &Arc<Connection>) -> Self {
+        connection
+            .in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        Self(Arc::clone(connection))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        *self
+            .0
+            .idle_since
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = std::time::Instant::now();
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
+/// The app, counting each connection's requests in flight.
+#[derive(Clone)]
+struct Tracked {
+    app: Router,
+    connection: Arc<Connection>,
+}
+
+impl tower::Service<http::Request<hyper::body::Incoming>> for Tracked {
+    type Response = axum::response::Response;
+    type Error = std::convert::Infallible;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        // A Router is always ready.
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
+        let in_flight = InFlight::start(&self.connection);
+        let response = tower::Service::call(&mut self.app, request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(in_flight);
+            response
+        })
+    }
+}
+
+fn is_transient(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted | ErrorKind::ConnectionReset | ErrorKind::Interrupted
+    ) || error.raw_os_error() == Some(24) // EMFILE
+        || error.raw_os_error() == Some(23) // ENFILE
 }
 
 async fn handle(Extension(event): Extension<Arc<Event>>) -> Json<Value> {
     println!(
         "handled {} {} inbox={}",
-        event.event_type(),
-        event.event_id().unwrap_or("-"),
-        event.inbox_id().unwrap_or("-"),
+        LogSafe::new(event.event_type()),
+        LogSafe::or_dash(event.event_id()),
+        LogSafe::or_dash(event.inbox_id()),
     );
     Json(json!({
         "ok": true,
@@ -126,7 +361,7 @@ fn layer_from_env() -> Result<VerifyOpenMailLayer, String> {
             .map_err(|error| format!("OPENMAIL_WEBHOOK_SECRET: {error}")),
         (account, Some(list)) => {
             let mut secrets = InboxSecrets::parse(&list)
-                .map_err(|error| format!("OPENMAIL_INBOX_SECRETS: {error}"))?;
+                .map_err(|error| format!("OPENMAIL_INBOX_SECRETS: {}", chain(&error)))?;
             if let Some(account) = account {
                 secrets = secrets
                     .account([account])
@@ -139,6 +374,18 @@ fn layer_from_env() -> Result<VerifyOpenMailLayer, String> {
             Ok(VerifyOpenMailLayer::with_resolver(secrets))
         }
     }
+}
+
+/// An error and its causes, one after the other.
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut shown = error.to_string();
+    let mut cause = error.source();
+    while let Some(error) = cause {
+        shown.push_str(": ");
+        shown.push_str(&error.to_string());
+        cause = error.source();
+    }
+    shown
 }
 
 /// The deduplication store: Redis when `REDIS_URL` is set, memory otherwise.
@@ -212,7 +459,7 @@ async fn main() -> ExitCode {
     if let Ok(addr) = listener.local_addr() {
         eprintln!("receiver: listening on http://{addr}/webhooks");
     }
-    match axum::serve(listener, app_with_store(layer, store)).await {
+    match serve(listener, app_with_store(layer, store)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("receiver: {error}");

@@ -19,10 +19,9 @@
 use std::sync::{Arc, Mutex};
 
 use axum::{routing::post, Extension, Router};
-use openmail_webhooks::tenant::{
-    CachedResolver, ResolveFuture, SecretResolver, TenantRequest, TenantSecrets,
-};
-use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer};
+use openmail_webhooks::protocol::TenantSecrets;
+use openmail_webhooks::tenant::{CachedResolver, ResolveFuture, SecretResolver, Tenant};
+use openmail_webhooks::{Delivery, Event, LogSafe, VerifyOpenMailLayer};
 use rusqlite::Connection;
 
 /// Resolves secrets with one query per lookup.
@@ -53,9 +52,12 @@ impl SqliteSecrets {
 }
 
 impl SecretResolver for SqliteSecrets {
-    fn resolve(&self, request: &TenantRequest<'_>) -> ResolveFuture {
+    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
         let this = self.clone();
-        let inbox = request.inbox_id().map(str::to_owned);
+        let inbox = match tenant {
+            Tenant::Inbox(inbox) => Some(inbox.clone()),
+            _ => None,
+        };
         Box::pin(async move {
             let found =
                 tokio::task::spawn_blocking(move || -> rusqlite::Result<Option<TenantSecrets>> {
@@ -113,14 +115,11 @@ async fn handle(
     Extension(event): Extension<Arc<Event>>,
     Extension(delivery): Extension<Delivery>,
 ) -> String {
-    let scope = delivery
-        .scope()
-        .map(ToString::to_string)
-        .unwrap_or_default();
+    let scope = delivery.scope().to_string();
     println!(
         "handled {} {} verified with a secret of {scope}",
-        event.event_type(),
-        event.event_id().unwrap_or("-"),
+        LogSafe::new(event.event_type()),
+        LogSafe::or_dash(event.event_id()),
     );
     format!("ok: {scope}\n")
 }

@@ -13,18 +13,43 @@
     )
 )]
 
+pub mod body;
 pub mod dedup;
+mod delivery;
 pub mod event;
 pub mod layer;
+mod log_safe;
 pub mod protocol;
 pub mod tenant;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
+#[cfg(feature = "websocket")]
+#[cfg_attr(docsrs, doc(cfg(feature = "websocket")))]
+pub mod websocket;
 
 pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
+pub use delivery::{Channel, Delivery};
 pub use event::Event;
-pub use layer::{Delivery, Rejection, VerifyOpenMail, VerifyOpenMailLayer};
+pub use layer::{Rejection, VerifyOpenMail, VerifyOpenMailLayer};
+pub use log_safe::{LogSafe, LOG_SAFE_MAX_CHARS};
 pub use protocol::{
     sign, Clock, ConfigError, Secret, SystemClock, Verified, Verifier, VerifyError,
 };
+
+// The guides in docs/ are read on the repository, next to the README; their code blocks
+// compile and run as doctests too.
+#[cfg(doctest)]
+mod guides {
+    #[doc = include_str!("../docs/verification.md")]
+    struct Verification;
+    #[doc = include_str!("../docs/events.md")]
+    struct Events;
+    #[doc = include_str!("../docs/deduplication.md")]
+    struct Deduplication;
+    #[doc = include_str!("../docs/tenants.md")]
+    struct Tenants;
+    #[cfg(feature = "test-util")]
+    #[doc = include_str!("../docs/developing.md")]
+    struct Developing;
+}

@@ -1,9 +1,22 @@
 //! Signed deliveries and forgeries for your own tests, with no network and no tunnel.
 //!
+//! [`Sample`] writes the event for you: a realistic body of every type OpenMail sends, with
+//! builders for the ids a test varies. One line gives a signed `message.received` for
+//! inbox X, or an `inbox.suspended` for a given reason:
+//!
+//! ```
+//! use openmail_webhooks::test_util::Sample;
+//!
+//! let delivery = Sample::message_received().inbox_id("inb_x").deliver("whsec_test");
+//! let suspended = Sample::inbox_suspended().reason("spam_complaints").deliver("whsec_test");
+//! # let _ = (delivery.request(), suspended.request());
+//! ```
+//!
 //! [`TestDelivery`] builds the `http::Request` OpenMail would send: the body byte for byte,
 //! `Content-Type: application/json`, a fresh `X-Timestamp`, its `X-Signature`, and an
-//! `X-Event-Id` equal to the body's `event_id`. It also builds the usual forgeries, so a test
-//! can show that the handler never sees them:
+//! `X-Event-Id` equal to the body's `event_id`. It takes a [`Sample`] or a body of your own
+//! ([`TestDelivery::new`]). It also builds the usual forgeries, so a test can show that the
+//! handler never sees them:
 //!
 //! | method | what arrives | the layer's verdict |
 //! |---|---|---|
@@ -31,7 +44,7 @@
 //! ```
 //! use std::sync::Arc;
 //! use axum::{http::StatusCode, routing::post, Extension, Router};
-//! use openmail_webhooks::test_util::TestDelivery;
+//! use openmail_webhooks::test_util::Sample;
 //! use openmail_webhooks::{Event, VerifyOpenMailLayer};
 //! use tower::ServiceExt; // for `oneshot`
 //!
@@ -45,17 +58,13 @@
 //! fn app() -> Router {
 //!     let layer = VerifyOpenMailLayer::new(SECRET)
 //!         .unwrap()
-//!         .clock(|| NOW); // or leave the system clock, and `TestDelivery` signs at "now"
+//!         .clock(|| NOW); // or leave the system clock, and drop `.at(NOW)` below
 //!     Router::new().route("/webhooks", post(handle)).layer(layer)
 //! }
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let delivery = TestDelivery::new(
-//!     SECRET,
-//!     r#"{"event":"message.received","event_id":"evt_1","inbox_id":"inb_1"}"#,
-//! )
-//! .timestamp(NOW);
+//! let delivery = Sample::message_received().inbox_id("inb_1").at(NOW).deliver(SECRET);
 //!
 //! // A genuine delivery reaches the handler.
 //! let response = app().oneshot(delivery.request()).await?;
@@ -77,7 +86,11 @@
 //! # }
 //! ```
 
+mod sample;
+
 use std::fmt;
+
+pub use sample::Sample;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Uri};
@@ -105,6 +118,9 @@ pub struct TestDelivery {
 impl TestDelivery {
     /// A delivery of `body`, signed with `secret` (exactly as OpenMail shows it, a `whsec_`
     /// prefix included) at the system clock's current time, to `/webhooks`.
+    ///
+    /// For a realistic body of any event type, start from a [`Sample`] instead:
+    /// `Sample::message_received().deliver(secret)`.
     pub fn new(secret: impl AsRef<[u8]>, body: impl Into<String>) -> Self {
         Self {
             secret: secret.as_ref().to_vec(),

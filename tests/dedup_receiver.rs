@@ -46,6 +46,14 @@ async fn the_receiver_handles_each_event_once_in_memory() {
     assert!(handled(&sender.deliver(&receiver, test_event).await));
 }
 
+/// Stands in for the Redis test below when the `redis` feature is off.
+#[cfg(not(feature = "redis"))]
+#[test]
+#[ignore = "needs the `redis` feature and redis-server on PATH: cargo test --features redis --test dedup_receiver"]
+fn two_receivers_sharing_redis_need_the_redis_feature() {
+    panic!("run with `--features redis`: cargo test --features redis --test dedup_receiver");
+}
+
 #[cfg(feature = "redis")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_receivers_sharing_redis_handle_each_event_once() {

@@ -1,31 +1,31 @@
-//! The local-development tools against independent and real receivers: the `send` example
-//! against a python3 receiver written from the documented formula (tests/python_receiver.py)
-//! and against the `listen` example over real HTTP, and the `test_util` requests against
-//! both the python receiver and the layer.
+//! The local-development tools against independent and real receivers: `openmail-webhooks
+//! send`, run as the installed binary, against a python3 receiver written from the
+//! documented formula (tests/python_receiver.py); `openmail-webhooks listen` against the
+//! test OpenMail WebSocket server (tests/websocket_support), forwarding to the receiver
+//! example and to the python receiver on loopback; and the `test_util` samples and requests
+//! against both the python receiver and the layer.
+#![cfg(feature = "test-util")]
 
 mod support;
+#[cfg(feature = "cli")]
+mod websocket_support;
 
-#[path = "../examples/send.rs"]
+#[cfg(feature = "cli")]
+#[path = "../examples/receiver.rs"]
 #[allow(dead_code)]
-mod send;
-
-#[path = "../examples/listen.rs"]
-#[allow(dead_code)]
-mod listen;
+mod receiver;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use http::{StatusCode, Uri};
+use http::{Request, StatusCode};
 use http_body_util::Full;
-use openmail_webhooks::VerifyOpenMailLayer;
+use openmail_webhooks::test_util::Sample;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::{unix_now, SECRET};
-use tokio::net::TcpListener;
+use support::SECRET;
 
 /// tests/python_receiver.py, running on a free loopback port until dropped.
 struct PythonReceiver {
@@ -57,6 +57,7 @@ impl PythonReceiver {
         }
     }
 
+    #[cfg_attr(not(feature = "cli"), allow(dead_code))]
     fn url(&self) -> String {
         format!("http://{}/webhooks", self.addr)
     }
@@ -69,451 +70,376 @@ impl Drop for PythonReceiver {
     }
 }
 
-fn options(args: &[&str]) -> send::Options {
-    match send::parse_args(args.iter().map(|arg| arg.to_string())).unwrap() {
-        send::Command::Send(options) => options,
-        send::Command::Help => panic!("{args:?} asked for help"),
-    }
-}
-
-async fn send_with(args: &[&str], secret: &str) -> (Vec<send::Outcome>, String) {
-    let mut out = Vec::new();
-    let outcomes = send::run(&options(args), secret, &mut out).await.unwrap();
-    (outcomes, String::from_utf8(out).unwrap())
-}
-
-fn json(bytes: &[u8]) -> Value {
-    serde_json::from_slice(bytes).unwrap_or_else(|error| {
-        panic!("{error}: {:?}", String::from_utf8_lossy(bytes));
-    })
+fn json(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|error| panic!("{error}: {text:?}"))
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-#[tokio::test]
-async fn python_accepts_every_built_in_sample() {
-    let python = PythonReceiver::start(SECRET);
-    for event_type in send::EVENT_TYPES {
-        let (outcomes, printed) = send_with(&["--event", event_type, &python.url()], SECRET).await;
-        let [outcome] = &outcomes[..] else {
-            panic!("one delivery expected: {outcomes:?}")
-        };
-        assert_eq!(outcome.status, StatusCode::OK, "{event_type}: {printed}");
-        let report = json(&outcome.response);
-        let sent = json(&outcome.sent);
-        assert_eq!(report["event"], event_type);
-        assert_eq!(sent["event"], event_type);
-        assert_eq!(report["content_type"], "application/json");
-        assert_eq!(report["x_event_id"], sent["event_id"], "{event_type}");
-        assert_eq!(report["event_id"], sent["event_id"]);
-        assert_eq!(report["body_sha256"], sha256_hex(&outcome.sent));
-        assert!(
-            printed.contains("< 200 OK"),
-            "the status is printed: {printed}"
-        );
+/// Sends `request` to a real server at `addr`.
+async fn over_http(addr: SocketAddr, request: Request<String>) -> (StatusCode, Value) {
+    let (mut parts, body) = request.into_parts();
+    parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
+    let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
+    let (status, body) = support::read(support::client().request(request).await.unwrap()).await;
+    (status, json(&body))
+}
+
+#[cfg(feature = "cli")]
+mod send {
+    use super::*;
+
+    /// One run of `openmail-webhooks send`.
+    struct Run {
+        code: i32,
+        stdout: String,
+        stderr: String,
     }
-}
 
-#[tokio::test]
-async fn the_message_received_sample_has_the_documented_shape() {
-    let python = PythonReceiver::start(SECRET);
-    let (outcomes, _) = send_with(
-        &[
-            "--event-id",
-            "evt_shape",
-            "--inbox-id",
-            "inb_shape",
-            &python.url(),
-        ],
-        SECRET,
-    )
-    .await;
-    let sent = json(&outcomes[0].sent);
-    assert_eq!(sent["event"], "message.received");
-    assert_eq!(sent["event_id"], "evt_shape");
-    assert_eq!(sent["inbox_id"], "inb_shape");
-    assert_eq!(sent["attempt"], 1);
-    let attachment = &sent["message"]["attachments"][0];
-    for key in [
-        "filename",
-        "contentType",
-        "sizeBytes",
-        "url",
-        "parsedText",
-        "extractionMethod",
-    ] {
-        assert!(!attachment[key].is_null(), "attachment key {key}");
+    /// One request as `send` printed it: the summary line, the status line, and the answer.
+    #[derive(Debug)]
+    struct Exchange {
+        summary: String,
+        status: String,
+        answer: String,
     }
-    assert!(sent["message"]["cc"].is_array());
-    // `delivered_at` is the moment of sending, as OpenMail writes times.
-    let delivered_at = send::rfc3339(outcomes[0].timestamp);
-    assert_eq!(sent["delivered_at"], delivered_at.as_str());
-    assert_eq!(json(&outcomes[0].response)["x_event_id"], "evt_shape");
-}
 
-#[test]
-fn rfc3339_matches_python_datetime() {
-    // python3: datetime.fromtimestamp(t, timezone.utc)
-    for (unix, expected) in [
-        (1_790_000_000, "2026-09-21T14:13:20.000Z"),
-        (951_782_400, "2000-02-29T00:00:00.000Z"),
-        (-31_536_000, "1969-01-01T00:00:00.000Z"),
-        (0, "1970-01-01T00:00:00.000Z"),
-    ] {
-        assert_eq!(send::rfc3339(unix), expected);
-    }
-}
-
-#[tokio::test]
-async fn a_file_is_sent_byte_for_byte() {
-    let python = PythonReceiver::start(SECRET);
-    // Spacing, key order, escapes and non-ASCII that a re-serialiser would change.
-    let body = "{ \"event\" : \"message.received\",\n  \"event_id\":\"evt_file\", \
-                \"subject\":\"caf\\u00e9 – ☕\", \"n\": 1.50 }\n";
-    let path = std::env::temp_dir().join(format!("openmail-send-{}.json", std::process::id()));
-    std::fs::write(&path, body).unwrap();
-    let (outcomes, printed) = send_with(&[&python.url(), path.to_str().unwrap()], SECRET).await;
-    std::fs::remove_file(&path).unwrap();
-    assert_eq!(outcomes[0].status, StatusCode::OK, "{printed}");
-    assert_eq!(outcomes[0].sent, body.as_bytes());
-    let report = json(&outcomes[0].response);
-    assert_eq!(report["body_sha256"], sha256_hex(body.as_bytes()));
-    assert_eq!(report["x_event_id"], "evt_file");
-}
-
-#[tokio::test]
-async fn a_file_without_event_id_gets_a_fresh_x_event_id() {
-    let python = PythonReceiver::start(SECRET);
-    let path = std::env::temp_dir().join(format!("openmail-send-noid-{}.json", std::process::id()));
-    std::fs::write(&path, r#"{"event":"setup.test"}"#).unwrap();
-    let (outcomes, printed) = send_with(
-        &["--times", "2", &python.url(), path.to_str().unwrap()],
-        SECRET,
-    )
-    .await;
-    std::fs::remove_file(&path).unwrap();
-    assert!(printed.contains("FILE has no string event_id"), "{printed}");
-    let first = json(&outcomes[0].response);
-    let second = json(&outcomes[1].response);
-    assert!(first["x_event_id"]
-        .as_str()
-        .unwrap()
-        .starts_with("evt_local_"));
-    assert_eq!(first["x_event_id"], second["x_event_id"]);
-}
-
-#[tokio::test]
-async fn retries_repeat_the_event_with_fresh_signatures_and_attempts() {
-    let python = PythonReceiver::start(SECRET);
-    let (outcomes, _) = send_with(
-        &[
-            "--times",
-            "3",
-            "--attempt",
-            "2",
-            "--event-id",
-            "evt_retry",
-            &python.url(),
-        ],
-        SECRET,
-    )
-    .await;
-    let reports: Vec<Value> = outcomes.iter().map(|o| json(&o.response)).collect();
-    assert_eq!(reports.len(), 3);
-    for (index, report) in reports.iter().enumerate() {
-        assert_eq!(report["ok"], true);
-        assert_eq!(report["event_id"], "evt_retry");
-        assert_eq!(report["x_event_id"], "evt_retry");
-        assert_eq!(report["attempt"], index as u64 + 2);
-        // The receiver saw the same event_id once more each time: what deduplication keys on.
-        assert_eq!(report["times_seen"], index as u64 + 1);
-    }
-    let signatures: std::collections::HashSet<_> = reports
-        .iter()
-        .map(|report| report["x_signature"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(signatures.len(), 3, "each attempt is signed afresh");
-}
-
-#[tokio::test]
-async fn python_refuses_tampered_stale_and_wrongly_signed_deliveries() {
-    let python = PythonReceiver::start(SECRET);
-    let url: Uri = python.url().parse().unwrap();
-    let client = send::client();
-    let body = Bytes::from_static(br#"{"event":"message.received","event_id":"evt_t"}"#);
-
-    let genuine = send::signed_request(&url, SECRET, unix_now(), "evt_t", body.clone()).unwrap();
-    assert_eq!(
-        send::post(&client, genuine).await.unwrap().0,
-        StatusCode::OK
-    );
-
-    let mut tampered =
-        send::signed_request(&url, SECRET, unix_now(), "evt_t", body.clone()).unwrap();
-    *tampered.body_mut() = Full::new(Bytes::from_static(
-        br#"{"event":"message.received","event_id":"evt_T"}"#,
-    ));
-    let (status, answer) = send::post(&client, tampered).await.unwrap();
-    assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(json(&answer)["reason"], "signature mismatch");
-
-    let (outcomes, _) = send_with(&[&python.url()], "whsec_not_the_one").await;
-    assert_eq!(outcomes[0].status, StatusCode::BAD_REQUEST);
-    assert_eq!(json(&outcomes[0].response)["reason"], "signature mismatch");
-
-    let (outcomes, printed) = send_with(&["--skew", "-400", &python.url()], SECRET).await;
-    assert_eq!(outcomes[0].status, StatusCode::BAD_REQUEST);
-    assert_eq!(json(&outcomes[0].response)["reason"], "stale");
-    assert!(printed.contains("skewed -400 s"), "{printed}");
-}
-
-#[tokio::test]
-async fn the_exit_code_follows_the_answers() {
-    let python = PythonReceiver::start(SECRET);
-    let url = python.url();
-    let run = |args: Vec<&str>, secret: Option<&str>| {
-        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
-        let secret = secret.map(str::to_owned);
-        async move {
-            let (mut out, mut err) = (Vec::new(), Vec::new());
-            let code = send::cli(args, secret, &mut out, &mut err).await;
-            (
-                code,
-                String::from_utf8(out).unwrap(),
-                String::from_utf8(err).unwrap(),
-            )
+    impl Run {
+        fn exchanges(&self) -> Vec<Exchange> {
+            let mut exchanges: Vec<Exchange> = Vec::new();
+            for line in self.stdout.lines() {
+                if line.starts_with("> POST ") {
+                    exchanges.push(Exchange {
+                        summary: line.to_owned(),
+                        status: String::new(),
+                        answer: String::new(),
+                    });
+                } else if let Some(exchange) = exchanges.last_mut() {
+                    match line.strip_prefix("< ") {
+                        Some(status) if exchange.status.is_empty() => {
+                            exchange.status = status.to_owned()
+                        }
+                        _ => exchange.answer.push_str(line),
+                    }
+                }
+            }
+            exchanges
         }
-    };
 
-    assert_eq!(run(vec![&url], Some(SECRET)).await.0, 0);
-    assert_eq!(run(vec![&url], Some("whsec_wrong")).await.0, 1);
-    assert_eq!(run(vec!["--skew", "400", &url], Some(SECRET)).await.0, 1);
+        /// The python receiver's reports, one per delivery.
+        fn reports(&self) -> Vec<Value> {
+            self.exchanges()
+                .iter()
+                .map(|exchange| json(&exchange.answer))
+                .collect()
+        }
+    }
 
-    let (code, _, err) = run(vec![&url], None).await;
-    assert_eq!(code, 2);
-    assert!(err.contains("OPENMAIL_WEBHOOK_SECRET is not set"), "{err}");
+    fn send(args: &[&str], secret: Option<&str>) -> Run {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"));
+        command.arg("send").args(args);
+        command.env_remove("OPENMAIL_WEBHOOK_SECRET");
+        if let Some(secret) = secret {
+            command.env("OPENMAIL_WEBHOOK_SECRET", secret);
+        }
+        let output = command.output().unwrap();
+        Run {
+            code: output.status.code().unwrap(),
+            stdout: String::from_utf8(output.stdout).unwrap(),
+            stderr: String::from_utf8(output.stderr).unwrap(),
+        }
+    }
 
-    let (code, _, err) = run(vec![], Some(SECRET)).await;
-    assert_eq!(code, 2);
-    assert!(err.contains("URL is missing"), "{err}");
+    #[test]
+    fn python_accepts_every_sample_and_it_is_the_test_util_one() {
+        let python = PythonReceiver::start(SECRET);
+        for event_type in Sample::EVENT_TYPES {
+            let run = send(&["--event", event_type, &python.url()], Some(SECRET));
+            assert_eq!(run.code, 0, "{event_type}: {}{}", run.stdout, run.stderr);
+            let exchanges = run.exchanges();
+            let [exchange] = &exchanges[..] else {
+                panic!("one delivery expected: {}", run.stdout)
+            };
+            assert_eq!(exchange.status, "200 OK", "the status is printed");
+            let report = json(&exchange.answer);
+            assert_eq!(report["event"], event_type);
+            assert_eq!(report["content_type"], "application/json");
+            let event_id = report["event_id"].as_str().unwrap();
+            assert!(event_id.starts_with("evt_local_"), "{event_id}");
+            assert_eq!(report["x_event_id"], event_id);
+            assert!(
+                exchange
+                    .summary
+                    .contains(&format!("X-Event-Id {event_id},")),
+                "{}",
+                exchange.summary
+            );
+            // Byte for byte the sample users' tests get, at the second it was signed.
+            let timestamp: i64 = report["x_timestamp"].as_str().unwrap().parse().unwrap();
+            let expected = Sample::of_type(event_type)
+                .unwrap()
+                .event_id(event_id)
+                .at(timestamp)
+                .to_json();
+            assert_eq!(report["body"], expected.as_str());
+            assert_eq!(report["body_sha256"], sha256_hex(expected.as_bytes()));
+        }
+    }
 
-    let (code, out, _) = run(vec!["--help"], None).await;
-    assert_eq!(code, 0);
-    assert!(out.starts_with("usage: send"));
-
-    // Nothing listens on the port python had once it is gone.
-    drop(python);
-    let (code, _, err) = run(vec![&url], Some(SECRET)).await;
-    assert_eq!(code, 1);
-    assert!(err.contains("cannot reach"), "{err}");
-}
-
-#[test]
-fn usage_errors_say_what_is_wrong() {
-    let error = |args: &[&str]| {
-        send::parse_args(args.iter().map(|arg| arg.to_string()))
-            .err()
-            .unwrap_or_else(|| panic!("{args:?} should be refused"))
-    };
-    let url = "http://127.0.0.1:3000/webhooks";
-    assert!(error(&["--event", "message.sent", url]).contains("unknown event type"));
-    assert!(error(&["--event", "inbox.suspended", url, "body.json"]).contains("byte for byte"));
-    assert!(error(&["--attempt", "2", url, "body.json"]).contains("byte for byte"));
-    assert!(
-        error(&["--event", "inbox.suspended", "--attempt", "2", url])
-            .contains("carries no attempt")
-    );
-    assert!(error(&["--event", "pod.suspended", "--inbox-id", "inb_1", url]).contains("inbox_id"));
-    assert!(error(&["--times", "0", url]).contains("whole number from 1"));
-    assert!(error(&["--skew", "soon", url]).contains("whole seconds"));
-    assert!(error(&["--bogus", url]).contains("unknown option --bogus"));
-    assert!(error(&["https://abc.ngrok.app/webhooks"]).contains("plain HTTP"));
-    assert!(error(&["127.0.0.1:3000"]).contains("http://"));
-    assert!(error(&[url, "a.json", "b.json"]).contains("unexpected argument"));
-
-    let parsed = options(&["--times=3", "--skew", "-5", "--event=pod.reactivated", url]);
-    assert_eq!(parsed.times, 3);
-    assert_eq!(parsed.skew, -5);
-    assert!(matches!(
-        parsed.body,
-        send::BodySource::Sample(ref sample) if sample.event_type == "pod.reactivated"
-    ));
-}
-
-/// The `listen` example on 127.0.0.1:0, and the blocks it prints.
-async fn start_listener(layer: VerifyOpenMailLayer) -> (String, Arc<Mutex<Vec<String>>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let printed = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&printed);
-    let app = listen::app(layer, move |block| sink.lock().unwrap().push(block));
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{addr}/webhooks"), printed)
-}
-
-fn last(printed: &Mutex<Vec<String>>) -> String {
-    printed.lock().unwrap().last().cloned().unwrap_or_default()
-}
-
-#[tokio::test]
-async fn listen_verifies_and_pretty_prints_what_send_sends() {
-    let (url, printed) = start_listener(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
-    for event_type in send::EVENT_TYPES {
-        let (outcomes, _) = send_with(
-            &["--event", event_type, "--event-id", "evt_listen", &url],
-            SECRET,
-        )
-        .await;
-        assert_eq!(outcomes[0].status, StatusCode::OK, "{event_type}");
-        let answer = json(&outcomes[0].response);
-        assert_eq!(answer["event"], event_type);
-        assert_eq!(answer["event_id"], "evt_listen");
-
-        let block = last(&printed);
-        assert!(
-            block.contains(&format!("POST /webhooks  VERIFIED {event_type}")),
-            "{block}"
+    #[test]
+    fn the_options_shape_the_sample() {
+        let python = PythonReceiver::start(SECRET);
+        let run = send(
+            &[
+                "--event-id",
+                "evt_shape",
+                "--inbox-id",
+                "inb_shape",
+                "--attempt",
+                "4",
+                &python.url(),
+            ],
+            Some(SECRET),
         );
-        assert!(block.contains("event_id evt_listen"), "{block}");
-        assert!(block.contains("x-event-id: evt_listen"), "{block}");
-        assert!(block.contains("secret #0"), "{block}");
-        // Pretty-printed, keys in the order they were sent.
-        assert!(
-            block.contains(&format!(
-                "body:\n   {{\n     \"event\": \"{event_type}\",\n     \"event_id\": \"evt_listen\","
-            )),
-            "{block}"
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let report = &run.reports()[0];
+        let sent = json(report["body"].as_str().unwrap());
+        assert_eq!(sent["event"], "message.received");
+        assert_eq!(sent["event_id"], "evt_shape");
+        assert_eq!(sent["inbox_id"], "inb_shape");
+        assert_eq!(sent["attempt"], 4);
+        assert_eq!(report["x_event_id"], "evt_shape");
+        let attachment = &sent["message"]["attachments"][0];
+        assert_eq!(attachment["contentType"], "application/pdf");
+
+        let run = send(
+            &[
+                "--event",
+                "inbox.suspended",
+                "--inbox-id",
+                "inb_s",
+                &python.url(),
+            ],
+            Some(SECRET),
         );
+        let sent = json(run.reports()[0]["body"].as_str().unwrap());
+        assert_eq!(sent["inbox_id"], "inb_s");
+        assert_eq!(sent["reason"], "high_bounce_rate");
+    }
+
+    #[test]
+    fn a_file_is_sent_byte_for_byte() {
+        let python = PythonReceiver::start(SECRET);
+        // Spacing, key order, escapes and non-ASCII that a re-serialiser would change.
+        let body = "{ \"event\" : \"message.received\",\n  \"event_id\":\"evt_file\", \
+                    \"subject\":\"caf\\u00e9 – ☕\", \"n\": 1.50 }\n";
+        let path = std::env::temp_dir().join(format!("openmail-send-{}.json", std::process::id()));
+        std::fs::write(&path, body).unwrap();
+        let run = send(&[&python.url(), path.to_str().unwrap()], Some(SECRET));
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let report = &run.reports()[0];
+        assert_eq!(report["body_sha256"], sha256_hex(body.as_bytes()));
+        assert_eq!(report["body"], body);
+        assert_eq!(report["x_event_id"], "evt_file");
+    }
+
+    #[test]
+    fn a_file_sent_again_gets_a_fresh_signature_and_keeps_its_fresh_x_event_id() {
+        let python = PythonReceiver::start(SECRET);
+        let path =
+            std::env::temp_dir().join(format!("openmail-send-noid-{}.json", std::process::id()));
+        std::fs::write(&path, r#"{"event":"setup.test"}"#).unwrap();
+        let run = send(
+            &["--times", "3", &python.url(), path.to_str().unwrap()],
+            Some(SECRET),
+        );
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert!(
+            run.stdout.contains("FILE has no string event_id"),
+            "{}",
+            run.stdout
+        );
+        let reports = run.reports();
+        assert_eq!(reports.len(), 3);
+        let first = reports[0]["x_event_id"].as_str().unwrap();
+        assert!(first.starts_with("evt_local_"), "{first}");
+        let mut signatures = std::collections::HashSet::new();
+        for report in &reports {
+            assert_eq!(report["x_event_id"], first);
+            signatures.insert(report["x_signature"].as_str().unwrap().to_owned());
+        }
+        // The same bytes three times: only a new X-Timestamp can make each signature new.
+        assert_eq!(signatures.len(), 3, "{}", run.stdout);
+    }
+
+    #[test]
+    fn retries_repeat_the_event_with_fresh_signatures_and_attempts() {
+        let python = PythonReceiver::start(SECRET);
+        let run = send(
+            &[
+                "--times",
+                "3",
+                "--attempt",
+                "2",
+                "--event-id",
+                "evt_retry",
+                &python.url(),
+            ],
+            Some(SECRET),
+        );
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let reports = run.reports();
+        assert_eq!(reports.len(), 3);
+        for (index, report) in reports.iter().enumerate() {
+            assert_eq!(report["ok"], true);
+            assert_eq!(report["event_id"], "evt_retry");
+            assert_eq!(report["x_event_id"], "evt_retry");
+            assert_eq!(report["attempt"], index as u64 + 2);
+            // The receiver saw the same event_id once more each time: what deduplication
+            // keys on.
+            assert_eq!(report["times_seen"], index as u64 + 1);
+        }
+        let signatures: std::collections::HashSet<_> = reports
+            .iter()
+            .map(|report| report["x_signature"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(signatures.len(), 3, "each attempt is signed afresh");
+        for (index, exchange) in run.exchanges().iter().enumerate() {
+            assert!(
+                exchange
+                    .summary
+                    .contains(&format!("delivery {} of 3", index + 1)),
+                "{}",
+                exchange.summary
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn python_refuses_tampered_stale_and_wrongly_signed_deliveries() {
+        let python = PythonReceiver::start(SECRET);
+        // The independent receiver must be able to say no, or its yes proves nothing.
+        let body = br#"{"event":"message.received","event_id":"evt_t"}"#;
+        let headers = support::signed_headers(SECRET, support::unix_now(), body);
+        let client = support::client();
+        let (status, _) =
+            support::post(&client, python.addr, "/webhooks", &headers, &body[..]).await;
+        assert_eq!(status, StatusCode::OK);
+        let tampered = br#"{"event":"message.received","event_id":"evt_T"}"#;
+        let (status, answer) =
+            support::post(&client, python.addr, "/webhooks", &headers, &tampered[..]).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(json(&answer)["reason"], "signature mismatch");
+
+        let run = send(&[&python.url()], Some("whsec_not_the_one"));
+        assert_eq!(run.code, 1);
+        let exchanges = run.exchanges();
+        assert_eq!(exchanges[0].status, "400 Bad Request");
+        assert_eq!(json(&exchanges[0].answer)["reason"], "signature mismatch");
+
+        let run = send(&["--skew", "-400", &python.url()], Some(SECRET));
+        assert_eq!(run.code, 1);
+        assert_eq!(run.reports()[0]["reason"], "stale");
+        assert!(run.stdout.contains("skewed -400 s"), "{}", run.stdout);
+    }
+
+    #[test]
+    fn the_exit_code_follows_the_answers() {
+        let python = PythonReceiver::start(SECRET);
+        let url = python.url();
+
+        assert_eq!(send(&[&url], Some(SECRET)).code, 0);
+        assert_eq!(send(&[&url], Some("whsec_wrong")).code, 1);
+        assert_eq!(send(&["--skew", "400", &url], Some(SECRET)).code, 1);
+
+        let run = send(&[&url], None);
+        assert_eq!(run.code, 2);
+        assert!(
+            run.stderr.contains("OPENMAIL_WEBHOOK_SECRET is not set"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stdout.is_empty());
+
+        let run = send(&[], Some(SECRET));
+        assert_eq!(run.code, 2);
+        assert!(
+            run.stderr.contains("send: URL is missing"),
+            "{}",
+            run.stderr
+        );
+        assert!(run.stderr.contains("usage: send [OPTIONS] URL [FILE]"));
+
+        let run = send(&["--bogus", &url], Some(SECRET));
+        assert_eq!(run.code, 2);
+        assert!(
+            run.stderr.contains("unknown option --bogus"),
+            "{}",
+            run.stderr
+        );
+
+        let run = send(&["--help"], None);
+        assert_eq!(run.code, 0);
+        assert!(run.stdout.starts_with("usage: send [OPTIONS] URL [FILE]\n"));
+        for option in [
+            "--event TYPE",
+            "--event-id ID",
+            "--inbox-id ID",
+            "--attempt N",
+            "--times N",
+            "--skew SECONDS",
+            "-h, --help",
+        ] {
+            assert!(run.stdout.contains(option), "{option}");
+        }
+
+        // Nothing listens on the port python had once it is gone.
+        drop(python);
+        let run = send(&[&url], Some(SECRET));
+        assert_eq!(run.code, 1);
+        assert!(run.stderr.contains("cannot reach"), "{}", run.stderr);
+    }
+
+    #[test]
+    fn the_tool_names_its_commands() {
+        let tool = || Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"));
+        let help = tool().arg("--help").output().unwrap();
+        assert!(help.status.success());
+        let help = String::from_utf8(help.stdout).unwrap();
+        assert!(help.contains("send "), "{help}");
+        let none = tool().output().unwrap();
+        assert_eq!(none.status.code(), Some(2));
+        let unknown = tool().arg("tunnel\x1b[2J").output().unwrap();
+        assert_eq!(unknown.status.code(), Some(2));
+        let stderr = String::from_utf8(unknown.stderr).unwrap();
+        assert!(
+            stderr.contains(r#"unknown command "tunnel\u{1b}[2J""#),
+            "{stderr}"
+        );
+        let version = tool().arg("--version").output().unwrap();
         assert_eq!(
-            block.contains("not a documented type"),
-            event_type == "setup.test",
-            "{block}"
+            String::from_utf8(version.stdout).unwrap(),
+            format!("openmail-webhooks {}\n", env!("CARGO_PKG_VERSION"))
         );
     }
-    assert_eq!(printed.lock().unwrap().len(), send::EVENT_TYPES.len());
 }
 
-#[tokio::test]
-async fn listen_prints_the_precise_reason_for_each_rejection() {
-    let (url, printed) = start_listener(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
-
-    let (outcomes, _) = send_with(&["--skew", "-412", &url], SECRET).await;
-    assert_eq!(outcomes[0].status, StatusCode::BAD_REQUEST);
-    let block = last(&printed);
-    assert!(block.contains("REJECTED 400"), "{block}");
-    // The clock may tick between signing and checking.
-    assert!(
-        block.contains("X-Timestamp is 412 s old (tolerance 300 s)")
-            || block.contains("X-Timestamp is 413 s old (tolerance 300 s)"),
-        "{block}"
-    );
-
-    let (_, _) = send_with(&["--skew", "400", &url], SECRET).await;
-    let block = last(&printed);
-    assert!(
-        block.contains("s in the future (tolerance 300 s)"),
-        "{block}"
-    );
-
-    let (outcomes, _) = send_with(&[&url], "whsec_not_the_one").await;
-    assert_eq!(outcomes[0].status, StatusCode::BAD_REQUEST);
-    let block = last(&printed);
-    assert!(
-        block.contains("X-Signature matches none of the configured secrets"),
-        "{block}"
-    );
-    // The body is shown exactly as it arrived, not pretty-printed.
-    let sent = String::from_utf8(outcomes[0].sent.to_vec()).unwrap();
-    assert!(
-        block.contains(&format!("as received):\n   {sent}")),
-        "{block}"
-    );
-
-    let client = send::client();
-    let request = http::Request::post(url.as_str())
-        .body(Full::new(Bytes::from_static(b"{}")))
-        .unwrap();
-    assert_eq!(
-        send::post(&client, request).await.unwrap().0,
-        StatusCode::BAD_REQUEST
-    );
-    let block = last(&printed);
-    assert!(
-        block.contains("the x-timestamp header is missing"),
-        "{block}"
-    );
-}
-
-#[tokio::test]
-async fn listen_shows_a_mismatched_x_event_id_and_hides_credentials() {
-    let (url, printed) = start_listener(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
-    let body = Bytes::from_static(br#"{"event":"message.received","event_id":"evt_body"}"#);
-    let mut request = send::signed_request(
-        &url.parse().unwrap(),
-        SECRET,
-        unix_now(),
-        "evt_header",
-        body,
-    )
-    .unwrap();
-    request
-        .headers_mut()
-        .insert("authorization", "Bearer do-not-print".parse().unwrap());
-    let (status, _) = send::post(&send::client(), request).await.unwrap();
-    assert_eq!(status, StatusCode::OK);
-    let block = last(&printed);
-    assert!(
-        block.contains("X-Event-Id evt_header differs from the body's event_id evt_body"),
-        "{block}"
-    );
-    assert!(!block.contains("do-not-print"), "{block}");
-    assert!(block.contains("authorization: (hidden)"), "{block}");
-}
-
-#[test]
-fn pretty_json_keeps_order_strings_and_empty_containers() {
-    let raw = r#"{"z":1,"a":{"s":"x, {y}: \"q\"","e":{},"l":[ ]},"n":[1,2]}"#;
-    let expected = r#"{
-  "z": 1,
-  "a": {
-    "s": "x, {y}: \"q\"",
-    "e": {},
-    "l": []
-  },
-  "n": [
-    1,
-    2
-  ]
-}"#;
-    assert_eq!(listen::pretty_json(raw), expected);
-    let reparsed: Value = serde_json::from_str(&listen::pretty_json(raw)).unwrap();
-    assert_eq!(reparsed, serde_json::from_str::<Value>(raw).unwrap());
-}
-
-#[cfg(feature = "test-util")]
 mod test_util {
     use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
-    use axum::{routing::post, Router};
-    use http::Request;
+    use axum::{routing::post, Extension, Router};
     use openmail_webhooks::test_util::TestDelivery;
-    use openmail_webhooks::{Rejection, VerifyError};
+    use openmail_webhooks::{Event, Rejection, VerifyError, VerifyOpenMailLayer};
     use tower::ServiceExt;
 
     use super::*;
 
     const BODY: &str = r#"{"event":"message.received","event_id":"evt_tu","inbox_id":"inb_1"}"#;
-
-    /// Sends a `test_util` request to a real server at `addr`.
-    async fn over_http(addr: SocketAddr, request: Request<String>) -> (StatusCode, Value) {
-        let (mut parts, body) = request.into_parts();
-        parts.uri = format!("http://{addr}{}", parts.uri).parse().unwrap();
-        let request = Request::from_parts(parts, Full::new(Bytes::from(body)));
-        let (status, body) = send::post(&send::client(), request).await.unwrap();
-        (status, json(&body))
-    }
 
     #[tokio::test]
     async fn python_accepts_test_util_requests_and_refuses_its_forgeries() {
@@ -535,6 +461,62 @@ mod test_util {
             let (status, report) = over_http(python.addr, forgery).await;
             assert_eq!(status, StatusCode::BAD_REQUEST, "{report}");
             assert_eq!(report["reason"], reason);
+        }
+    }
+
+    #[tokio::test]
+    async fn python_accepts_every_sample_delivered() {
+        let python = PythonReceiver::start(SECRET);
+        for event_type in Sample::EVENT_TYPES {
+            let sample = Sample::of_type(event_type).unwrap().event_id("evt_s");
+            let delivery = sample.deliver(SECRET);
+            let (status, report) = over_http(python.addr, delivery.request()).await;
+            assert_eq!(status, StatusCode::OK, "{report}");
+            assert_eq!(report["event"], event_type);
+            assert_eq!(report["x_event_id"], "evt_s");
+            assert_eq!(report["body"], delivery.body());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_sample_reaches_the_handler_as_the_typed_event_it_names() {
+        const NOW: i64 = 1_790_000_000;
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = {
+            let seen = Arc::clone(&seen);
+            let layer = VerifyOpenMailLayer::new(SECRET).unwrap().clock(|| NOW);
+            Router::new()
+                .route(
+                    "/webhooks",
+                    post(move |Extension(event): Extension<Arc<Event>>| async move {
+                        seen.lock().unwrap().push(event);
+                    }),
+                )
+                .layer(layer)
+        };
+        for (sample, inbox) in [
+            (Sample::message_received().inbox_id("inb_x"), Some("inb_x")),
+            (Sample::inbox_suspended().inbox_id("inb_y"), Some("inb_y")),
+            (Sample::inbox_reactivated(), Some("inb_92ma")),
+            (Sample::pod_suspended(), None),
+            (Sample::pod_reactivated(), None),
+            (Sample::setup_test(), Some("inb_92ma")),
+        ] {
+            let request = sample.event_id("evt_h").at(NOW).deliver(SECRET).request();
+            let response = app.clone().oneshot(request).await.unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            let event = seen.lock().unwrap().pop().unwrap();
+            assert_eq!(event.event_id(), Some("evt_h"));
+            assert_eq!(event.inbox_id(), inbox);
+            match &*event {
+                Event::MessageReceived(received) => {
+                    assert_eq!(received.message.attachments().len(), 1)
+                }
+                Event::InboxSuspended(lifecycle) => {
+                    assert_eq!(lifecycle.reason().unwrap().as_str(), "high_bounce_rate")
+                }
+                _ => {}
+            }
         }
     }
 
@@ -623,19 +605,671 @@ mod test_util {
         let response = app.clone().oneshot(edge.request()).await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
     }
+}
 
-    #[tokio::test]
-    async fn a_test_util_request_reaches_the_listen_example_over_http() {
-        let (url, printed) = start_listener(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
-        let addr: SocketAddr = url
-            .trim_start_matches("http://")
-            .trim_end_matches("/webhooks")
-            .parse()
+/// `openmail-webhooks listen` against the test OpenMail WebSocket server, forwarding to real
+/// receivers on loopback.
+#[cfg(feature = "cli")]
+mod listen {
+    use std::collections::HashMap;
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    use axum::extract::Request as AxumRequest;
+    use axum::middleware::{from_fn, Next};
+    use axum::routing::post;
+    use axum::{Extension, Router};
+    use openmail_webhooks::{Event, VerifyOpenMailLayer};
+    use tokio::sync::mpsc;
+
+    use super::websocket_support::{TestServer, API_KEY};
+    use super::*;
+
+    /// A running `listen`, its output read line by line as it comes.
+    struct Listen {
+        child: Child,
+        stdout: mpsc::UnboundedReceiver<String>,
+        stdout_seen: Vec<String>,
+        stderr: Arc<Mutex<String>>,
+    }
+
+    impl Listen {
+        fn spawn(args: &[&str], ws_url: &str, api_key: &str) -> Self {
+            let mut child = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"))
+                .arg("listen")
+                .args(args)
+                .env("OPENMAIL_API_KEY", api_key)
+                .env("OPENMAIL_WS_URL", ws_url)
+                .env("OPENMAIL_WEBHOOK_SECRET", SECRET)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let (lines, stdout) = mpsc::unbounded_channel();
+            let out = child.stdout.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines() {
+                    let Ok(line) = line else { break };
+                    if lines.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+            let stderr = Arc::new(Mutex::new(String::new()));
+            let sink = Arc::clone(&stderr);
+            let mut err = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                let mut buffer = [0; 4096];
+                while let Ok(read @ 1..) = err.read(&mut buffer) {
+                    sink.lock()
+                        .unwrap()
+                        .push_str(&String::from_utf8_lossy(&buffer[..read]));
+                }
+            });
+            Self {
+                child,
+                stdout,
+                stdout_seen: Vec::new(),
+                stderr,
+            }
+        }
+
+        fn stderr(&self) -> String {
+            self.stderr.lock().unwrap().clone()
+        }
+
+        /// The next stdout line.
+        async fn line(&mut self) -> String {
+            match tokio::time::timeout(Duration::from_secs(20), self.stdout.recv()).await {
+                Ok(Some(line)) => {
+                    self.stdout_seen.push(line.clone());
+                    line
+                }
+                _ => panic!(
+                    "no stdout line; so far {:?}\nstderr:\n{}",
+                    self.stdout_seen,
+                    self.stderr()
+                ),
+            }
+        }
+
+        /// Reads stdout until `count` lines start with `prefix`; returns every line read.
+        async fn lines_until(&mut self, prefix: &str, count: usize) -> Vec<String> {
+            let mut read = Vec::new();
+            while read
+                .iter()
+                .filter(|line: &&String| line.starts_with(prefix))
+                .count()
+                < count
+            {
+                read.push(self.line().await);
+            }
+            read
+        }
+
+        /// SIGINT, as Ctrl-C sends it, and the exit code.
+        async fn interrupt(mut self) -> (i32, String) {
+            let pid = self.child.id().to_string();
+            let status = Command::new("kill").args(["-INT", &pid]).status().unwrap();
+            assert!(status.success());
+            for _ in 0..500 {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return (status.code().unwrap_or(-1), self.stderr());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("listen did not stop on SIGINT:\n{}", self.stderr());
+        }
+
+        async fn exit_code(mut self) -> (i32, String) {
+            for _ in 0..1000 {
+                if let Some(status) = self.child.try_wait().unwrap() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    return (status.code().unwrap_or(-1), self.stderr());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            panic!("listen did not exit:\n{}", self.stderr());
+        }
+    }
+
+    impl Drop for Listen {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Every request a receiver got, by `X-Event-Id`.
+    type Seen = Arc<Mutex<Vec<String>>>;
+
+    /// Serves `app` on a loopback port, counting each request's `X-Event-Id` before the
+    /// app sees it. Returns its `/webhooks` URL.
+    async fn serve(app: Router) -> (String, Seen) {
+        serve_slowly(app, &[]).await
+    }
+
+    /// Like [`serve`], and answers the events in `slow` only after 4 s.
+    async fn serve_slowly(app: Router, slow: &[String]) -> (String, Seen) {
+        let seen: Seen = Arc::default();
+        let counter = Arc::clone(&seen);
+        let slow: Arc<[String]> = slow.into();
+        let app = app.layer(from_fn(move |request: AxumRequest, next: Next| {
+            let counter = Arc::clone(&counter);
+            let slow = Arc::clone(&slow);
+            async move {
+                let id = request
+                    .headers()
+                    .get("x-event-id")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("-")
+                    .to_owned();
+                counter.lock().unwrap().push(id.clone());
+                if slow.contains(&id) {
+                    tokio::time::sleep(Duration::from_secs(4)).await;
+                }
+                next.run(request).await
+            }
+        }));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}/webhooks"), seen)
+    }
+
+    fn counts(seen: &Seen) -> HashMap<String, usize> {
+        let mut counts = HashMap::new();
+        for id in seen.lock().unwrap().iter() {
+            *counts.entry(id.clone()).or_default() += 1;
+        }
+        counts
+    }
+
+    fn message(event_id: &str) -> String {
+        Sample::message_received().event_id(event_id).to_json()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn listen_prints_one_escaped_line_per_event_and_stops_on_ctrl_c() {
+        let server = TestServer::start().await;
+        let mut listen = Listen::spawn(&[], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        server.push(
+            &Sample::message_received()
+                .event_id("evt_a")
+                .inbox_id("inb_1")
+                .to_json(),
+        );
+        server.push(&Sample::inbox_suspended().event_id("evt_b").to_json());
+        server.push(&Sample::pod_suspended().event_id("evt_c").to_json());
+        // A hostile id cannot forge a second line or move the cursor.
+        server.push(
+            &Sample::setup_test()
+                .event_id("evt_d\nmessage.received evt_forged\u{1b}[2J")
+                .to_json(),
+        );
+        assert_eq!(listen.line().await, "message.received evt_a inbox=inb_1");
+        assert_eq!(listen.line().await, "inbox.suspended evt_b inbox=inb_92ma");
+        assert_eq!(listen.line().await, "pod.suspended evt_c inbox=-");
+        assert_eq!(
+            listen.line().await,
+            r"setup.test evt_d\nmessage.received evt_forged\u{1b}[2J inbox=inb_92ma"
+        );
+        assert!(
+            !listen.stderr().contains(API_KEY),
+            "the key is never printed"
+        );
+        let (code, stderr) = listen.interrupt().await;
+        assert_eq!(code, 0, "{stderr}");
+        assert!(stderr.contains("listen: stopped"), "{stderr}");
+        assert!(stderr.contains(&server.url()), "{stderr}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn inbox_and_event_filters_narrow_the_subscription() {
+        let server = TestServer::start().await;
+        let mut listen = Listen::spawn(
+            &["--inbox-id", "inb_1", "--event=message.received"],
+            &server.url(),
+            API_KEY,
+        );
+        server.wait_subscribed(1).await;
+        let subscribe = &server.client_messages_of("subscribe")[0];
+        assert_eq!(subscribe["inbox_ids"], serde_json::json!(["inb_1"]));
+        assert_eq!(
+            subscribe["event_types"],
+            serde_json::json!(["message.received"])
+        );
+        server.push(
+            &Sample::message_received()
+                .event_id("evt_other")
+                .inbox_id("inb_2")
+                .to_json(),
+        );
+        server.push(
+            &Sample::inbox_suspended()
+                .event_id("evt_type")
+                .inbox_id("inb_1")
+                .to_json(),
+        );
+        server.push(
+            &Sample::message_received()
+                .event_id("evt_mine")
+                .inbox_id("inb_1")
+                .to_json(),
+        );
+        assert_eq!(listen.line().await, "message.received evt_mine inbox=inb_1");
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn json_prints_each_event_byte_for_byte_on_one_line() {
+        let server = TestServer::start().await;
+        let mut listen = Listen::spawn(&["--json"], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        let events = [
+            Sample::message_received().event_id("evt_j1").to_json(),
+            Sample::pod_reactivated().event_id("evt_j2").to_json(),
+        ];
+        for event in &events {
+            server.push(event);
+        }
+        for event in &events {
+            assert_eq!(&listen.line().await, event);
+        }
+        // Not compact, as OpenMail never sends it: still one line, with the same meaning.
+        let spread = "{\n  \"event\": \"setup.test\",\n  \"event_id\": \"evt_j3\"\n}";
+        server.push(spread);
+        let line = listen.line().await;
+        assert_eq!(json(&line), json(spread));
+        assert_eq!(listen.interrupt().await.0, 0);
+
+        // A printed line is a FILE that `send` delivers byte for byte.
+        let python = PythonReceiver::start(SECRET);
+        let path =
+            std::env::temp_dir().join(format!("openmail-listen-{}.json", std::process::id()));
+        std::fs::write(&path, &events[0]).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"))
+            .args(["send", &python.url(), path.to_str().unwrap()])
+            .env("OPENMAIL_WEBHOOK_SECRET", SECRET)
+            .output()
             .unwrap();
-        let delivery = TestDelivery::new(SECRET, BODY).uri(Uri::from_static("/hooks/inb_1"));
-        let (status, answer) = over_http(addr, delivery.request()).await;
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(answer["event_id"], "evt_tu");
-        assert!(last(&printed).contains("POST /hooks/inb_1  VERIFIED message.received"));
+        std::fs::remove_file(&path).unwrap();
+        assert!(output.status.success());
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        let report = json(stdout.lines().nth(2).unwrap());
+        assert_eq!(report["body"], events[0].as_str());
+        assert_eq!(report["x_event_id"], "evt_j1");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_refused_key_exits_with_2_and_says_so() {
+        let server = TestServer::start().await;
+        let listen = Listen::spawn(&[], &server.url(), "om_wrong_key");
+        let (code, stderr) = listen.exit_code().await;
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("4001"), "{stderr}");
+        assert!(stderr.contains("OPENMAIL_API_KEY"), "{stderr}");
+        assert!(!stderr.contains("om_wrong_key"), "{stderr}");
+    }
+
+    #[test]
+    fn missing_variables_and_bad_options_exit_with_2() {
+        let run = |args: &[&str], vars: &[(&str, &str)]| {
+            let mut command = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"));
+            command.arg("listen").args(args);
+            for name in [
+                "OPENMAIL_API_KEY",
+                "OPENMAIL_WS_URL",
+                "OPENMAIL_WEBHOOK_SECRET",
+            ] {
+                command.env_remove(name);
+            }
+            command.envs(vars.iter().copied());
+            let output = command.output().unwrap();
+            (
+                output.status.code().unwrap(),
+                String::from_utf8(output.stderr).unwrap(),
+            )
+        };
+        let (code, stderr) = run(&[], &[]);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("OPENMAIL_API_KEY is not set"), "{stderr}");
+
+        let key = [("OPENMAIL_API_KEY", API_KEY)];
+        let (code, stderr) = run(&["--forward-to", "http://127.0.0.1:9/webhooks"], &key);
+        assert_eq!(code, 2);
+        assert!(
+            stderr.contains("OPENMAIL_WEBHOOK_SECRET is not set"),
+            "{stderr}"
+        );
+
+        let (code, stderr) = run(&["--forward-to", "https://x.example/webhooks"], &key);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("plain HTTP"), "{stderr}");
+
+        let insecure = [
+            ("OPENMAIL_API_KEY", API_KEY),
+            ("OPENMAIL_WS_URL", "ws://example.com/v1/ws"),
+        ];
+        let (code, stderr) = run(&[], &insecure);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("loopback"), "{stderr}");
+
+        let (code, stderr) = run(&["--bogus"], &key);
+        assert_eq!(code, 2);
+        assert!(stderr.contains("usage: listen"), "{stderr}");
+    }
+
+    /// The receiver example's router, as a developer runs it, unchanged.
+    async fn receiver() -> (String, Seen) {
+        slow_receiver(&[]).await
+    }
+
+    /// The receiver example's router, slow to answer the events in `slow`.
+    async fn slow_receiver(slow: &[String]) -> (String, Seen) {
+        let layer = VerifyOpenMailLayer::new(SECRET).unwrap();
+        serve_slowly(super::receiver::app(layer), slow).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn forwarded_events_reach_the_receiver_example_signed_as_webhooks() {
+        let server = TestServer::start().await;
+        let (url, seen) = receiver().await;
+        let mut listen = Listen::spawn(&["--forward-to", &url], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        for event_type in Sample::EVENT_TYPES {
+            let event = Sample::of_type(event_type)
+                .unwrap()
+                .event_id(format!("evt_{event_type}"));
+            server.push(&event.to_json());
+        }
+        let lines = listen.lines_until("forwarded ", 6).await;
+        for event_type in Sample::EVENT_TYPES {
+            let id = format!("evt_{event_type}");
+            assert!(
+                lines.contains(&format!("forwarded {id} 200 OK")),
+                "{lines:?}"
+            );
+            assert!(
+                lines
+                    .iter()
+                    .any(|line| line.starts_with(&format!("{event_type} {id} "))),
+                "{lines:?}"
+            );
+        }
+        assert_eq!(seen.lock().unwrap().len(), 6);
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn python_accepts_what_listen_forwards_byte_for_byte() {
+        let server = TestServer::start().await;
+        let python = PythonReceiver::start(SECRET);
+        // Stands between listen and python, to see python's report.
+        let reports = Arc::new(Mutex::new(Vec::new()));
+        let app = {
+            let reports = Arc::clone(&reports);
+            let python = python.addr;
+            Router::new().route(
+                "/webhooks",
+                post(move |request: AxumRequest| {
+                    let reports = Arc::clone(&reports);
+                    async move {
+                        let (parts, body) = request.into_parts();
+                        let body = axum::body::to_bytes(body, 1 << 20).await.unwrap();
+                        let headers: Vec<(&str, String)> =
+                            ["content-type", "x-timestamp", "x-signature", "x-event-id"]
+                                .into_iter()
+                                .filter_map(|name| {
+                                    let value = parts.headers.get(name)?.to_str().ok()?;
+                                    Some((name, value.to_owned()))
+                                })
+                                .collect();
+                        let (status, report) =
+                            support::post(&support::client(), python, "/webhooks", &headers, body)
+                                .await;
+                        reports.lock().unwrap().push(json(&report));
+                        status
+                    }
+                }),
+            )
+        };
+        let (url, _) = serve(app).await;
+        let mut listen = Listen::spawn(&["--forward-to", &url], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        let event = Sample::message_received().event_id("evt_py").to_json();
+        server.push(&event);
+        let lines = listen.lines_until("forwarded ", 1).await;
+        assert!(
+            lines.contains(&"forwarded evt_py 200 OK".to_owned()),
+            "{lines:?}"
+        );
+        let report = reports.lock().unwrap()[0].clone();
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["body"], event.as_str());
+        assert_eq!(report["body_sha256"], sha256_hex(event.as_bytes()));
+        assert_eq!(report["x_event_id"], "evt_py");
+        assert_eq!(report["content_type"], "application/json");
+        let age = support::unix_now()
+            - report["x_timestamp"]
+                .as_str()
+                .unwrap()
+                .parse::<i64>()
+                .unwrap();
+        assert!((0..=5).contains(&age), "a fresh X-Timestamp: {age} s old");
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_event_is_retried_then_reported_without_holding_up_the_next() {
+        let server = TestServer::start().await;
+        let handled = Arc::new(Mutex::new(Vec::new()));
+        let app = {
+            let handled = Arc::clone(&handled);
+            let layer = VerifyOpenMailLayer::new(SECRET).unwrap();
+            Router::new()
+                .route(
+                    "/webhooks",
+                    post(move |Extension(event): Extension<Arc<Event>>| {
+                        let handled = Arc::clone(&handled);
+                        async move {
+                            let id = event.event_id().unwrap_or("-").to_owned();
+                            handled.lock().unwrap().push(id.clone());
+                            if id == "evt_bad" {
+                                http::StatusCode::INTERNAL_SERVER_ERROR
+                            } else {
+                                http::StatusCode::OK
+                            }
+                        }
+                    }),
+                )
+                .layer(layer)
+        };
+        let (url, _) = serve(app).await;
+        let mut listen = Listen::spawn(&["--forward-to", &url], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        server.push(&message("evt_bad"));
+        server.push(&message("evt_good"));
+        let lines = listen.lines_until("failed ", 1).await;
+        let good = lines
+            .iter()
+            .position(|line| line == "forwarded evt_good 200 OK")
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        let failed = lines
+            .iter()
+            .position(|line| line.starts_with("failed evt_bad 500 Internal Server Error after "))
+            .unwrap_or_else(|| panic!("{lines:?}"));
+        assert!(good < failed, "the next event was not held up: {lines:?}");
+        // Every attempt was verified by the layer (signed afresh) and reached the handler.
+        let attempts = handled
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|id| *id == "evt_bad")
+            .count();
+        assert!(attempts > 1, "retried: {attempts}");
+        assert!(
+            lines[failed].ends_with(&format!("after {attempts} attempts")),
+            "{lines:?}"
+        );
+        assert_eq!(
+            lines
+                .iter()
+                .filter(|line| line.starts_with("message.received evt_bad "))
+                .count(),
+            1,
+            "the event's line is printed once, however often it is retried: {lines:?}"
+        );
+        let stderr = listen.stderr();
+        assert!(
+            stderr.contains("answered 500 Internal Server Error to evt_bad"),
+            "{stderr}"
+        );
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn after_a_1001_close_mid_stream_nothing_is_lost_and_nothing_forwarded_twice() {
+        let server = TestServer::start().await;
+        let ids: Vec<String> = (1..=12).map(|n| format!("evt_{n:02}")).collect();
+        // Events 6 to 8 are still being forwarded when the server closes the connection.
+        let (url, seen) = slow_receiver(&ids[5..8]).await;
+        let mut listen = Listen::spawn(&["--forward-to", &url], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+
+        for id in &ids[..5] {
+            server.push(&message(id));
+        }
+        let mut lines = listen.lines_until("forwarded ", 5).await;
+        // Three more go out live, and the server shuts down while they are forwarded; two
+        // more occur while no connection is there to receive them. The replay brings them
+        // all again, the three in flight included.
+        for id in &ids[5..8] {
+            server.push(&message(id));
+        }
+        for id in &ids[8..10] {
+            server.store_only(&message(id));
+        }
+        server.close_all(1001, "going away");
+        server
+            .wait_until("a second subscribe", Duration::from_secs(20), |server| {
+                server.client_messages_of("subscribe").len() >= 2
+            })
+            .await;
+        server.wait_subscribed(1).await;
+        for id in &ids[10..] {
+            server.push(&message(id));
+        }
+        let forwarded_before = lines
+            .iter()
+            .filter(|line| line.starts_with("forwarded "))
+            .count();
+        lines.extend(
+            listen
+                .lines_until("forwarded ", 12 - forwarded_before)
+                .await,
+        );
+
+        // Nothing lost, nothing twice: at the receiver, and in what listen printed.
+        let counts = counts(&seen);
+        for id in &ids {
+            assert_eq!(
+                counts.get(id),
+                Some(&1),
+                "{id} reached the receiver once: {counts:?}"
+            );
+            let forwarded = format!("forwarded {id} 200 OK");
+            assert_eq!(
+                lines.iter().filter(|line| **line == forwarded).count(),
+                1,
+                "{lines:?}"
+            );
+        }
+        assert_eq!(counts.len(), ids.len(), "{counts:?}");
+        assert!(
+            !lines.iter().any(|line| line.starts_with("failed ")),
+            "{lines:?}"
+        );
+
+        // It resumed after an event it had forwarded.
+        let subscribes = server.client_messages_of("subscribe");
+        let resumed_from = subscribes[1]["last_event_id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            resumed_from, ids[4],
+            "the last event forwarded before the close"
+        );
+        // So the replay brought the three in flight again, and they were not forwarded
+        // twice for it.
+        let second = server.handshakes().last().unwrap().connection;
+        let replayed = server.sent_to(second);
+        assert_eq!(replayed[..5], ids[5..10], "{replayed:?}");
+        let stderr = listen.stderr();
+        assert!(stderr.contains("1001"), "the close is reported: {stderr}");
+        assert!(
+            stderr.contains(&format!("resumed after event {resumed_from}")),
+            "{stderr}"
+        );
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn with_a_resume_file_a_restarted_listen_gets_what_it_missed() {
+        let server = TestServer::start().await;
+        let (url, seen) = receiver().await;
+        let file =
+            std::env::temp_dir().join(format!("openmail-listen-resume-{}", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        let args = [
+            "--forward-to",
+            &url,
+            "--resume-file",
+            file.to_str().unwrap(),
+        ];
+
+        let mut listen = Listen::spawn(&args, &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        for id in ["evt_r1", "evt_r2", "evt_r3"] {
+            server.push(&message(id));
+        }
+        listen.lines_until("forwarded ", 3).await;
+        assert_eq!(listen.interrupt().await.0, 0);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "evt_r3\n");
+
+        // Two events occur while listen is stopped.
+        server.store_only(&message("evt_r4"));
+        server.store_only(&message("evt_r5"));
+        let mut listen = Listen::spawn(&args, &server.url(), API_KEY);
+        let lines = listen.lines_until("forwarded ", 2).await;
+        assert!(
+            lines.contains(&"forwarded evt_r4 200 OK".to_owned()),
+            "{lines:?}"
+        );
+        assert!(
+            lines.contains(&"forwarded evt_r5 200 OK".to_owned()),
+            "{lines:?}"
+        );
+        let subscribes = server.client_messages_of("subscribe");
+        assert_eq!(subscribes.last().unwrap()["last_event_id"], "evt_r3");
+        assert!(listen.stderr().contains("resumed after event evt_r3"));
+        assert_eq!(listen.interrupt().await.0, 0);
+        std::fs::remove_file(&file).unwrap();
+
+        let counts = counts(&seen);
+        assert_eq!(counts.len(), 5, "{counts:?}");
+        assert!(counts.values().all(|count| *count == 1), "{counts:?}");
+
+        // A resume file that cannot be read stops listen before it connects.
+        let directory = std::env::temp_dir();
+        let listen = Listen::spawn(
+            &["--resume-file", directory.to_str().unwrap()],
+            &server.url(),
+            API_KEY,
+        );
+        let (code, stderr) = listen.exit_code().await;
+        assert_eq!(code, 2, "{stderr}");
+        assert!(stderr.contains("cannot read the resume file"), "{stderr}");
     }
 }

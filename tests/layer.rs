@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{Delivery, Event, Rejection, VerifyError, VerifyOpenMailLayer};
 use support::{read, signed, Frames, Step, BODY, NOW, SECRET};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
@@ -30,8 +30,8 @@ async fn echo(request: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, I
             );
             format!(
                 "ok ts={} secret={} header={:?} event={:?} id={:?} len={}",
-                delivery.timestamp(),
-                delivery.secret_index(),
+                delivery.timestamp().unwrap(),
+                delivery.secret_index().unwrap(),
                 delivery.event_id_header(),
                 event.as_ref().map(|event| event.event_type().to_owned()),
                 event
@@ -241,16 +241,24 @@ async fn a_body_that_fails_mid_stream_is_a_400() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let hook = {
         let seen = Arc::clone(&seen);
-        move |rejection: &Rejection| seen.lock().unwrap().push(rejection.to_string())
+        move |rejection: &Rejection| {
+            use std::error::Error as _;
+            let cause = rejection.source().map(ToString::to_string);
+            seen.lock().unwrap().push((rejection.to_string(), cause));
+        }
     };
     let (status, text) = send(layer().on_rejection(hook), Request::from_parts(parts, body)).await;
     assert_eq!(
         (status, text.as_str()),
         (StatusCode::BAD_REQUEST, "request body could not be read")
     );
+    // The cause is the error's source, not repeated in its Display.
     assert_eq!(
         seen.lock().unwrap().as_slice(),
-        ["the request body failed while streaming: connection reset"]
+        [(
+            "the request body failed while streaming".to_owned(),
+            Some("connection reset".to_owned())
+        )]
     );
 }
 

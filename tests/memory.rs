@@ -24,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{sign, Delivery, Event, VerifyOpenMailLayer};
 use support::{complete, now_timestamp, payload, Frames, FRAME, SECRET};
 use tower::{Layer, ServiceExt};
@@ -33,16 +33,18 @@ use tower::{Layer, ServiceExt};
 /// the parsed event, the response.
 const SMALL_CONSTANT: usize = 2 * 1024;
 
-/// A body without a declared length cannot be reserved up front, so its frames are kept
-/// in a list (one `Bytes` handle, 32 bytes, per frame) and joined once at the end. The list
-/// grows by doubling, so it allocates at most twice its final size. Under the default 4 MiB
-/// limit and hyper's 16 KiB frames that is at most 256 handles.
+/// A multi-frame body is kept as a list of its frames (one `Bytes` handle, 32 bytes, per
+/// frame of 4 KiB or more; smaller frames are copied into 16 KiB chunks) and joined once at
+/// the end. The list grows by doubling, so it allocates at most twice its final size. Under
+/// the default 4 MiB limit and hyper's 16 KiB frames that is at most 256 handles.
 fn frame_list(framing: Framing, size: usize) -> usize {
+    // A multi-frame body keeps its frames in a list until it is joined, whether or not its
+    // length was declared: a declared length alone reserves nothing.
     match framing {
-        Framing::FramesWithoutLength => {
+        Framing::Frames | Framing::FramesWithoutLength => {
             2 * size.div_ceil(FRAME).next_power_of_two() * std::mem::size_of::<Bytes>()
         }
-        Framing::One | Framing::Frames => 0,
+        Framing::One => 0,
     }
 }
 

@@ -71,6 +71,7 @@ class Handler(BaseHTTPRequestHandler):
                 "x_timestamp": timestamp,
                 "x_signature": signature,
                 "body_sha256": hashlib.sha256(body).hexdigest(),
+                "body": body.decode("utf-8", "replace"),
                 "event": event.get("event") if isinstance(event, dict) else None,
                 "event_id": event_id,
                 "attempt": event.get("attempt") if isinstance(event, dict) else None,

@@ -9,8 +9,9 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
-use openmail_webhooks::layer::VerifiedBody;
-use openmail_webhooks::tenant::{InboxSecrets, TenantSecrets};
+use openmail_webhooks::body::VerifiedBody;
+use openmail_webhooks::protocol::TenantSecrets;
+use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::{sign, Rejection, Secret, Verifier, VerifyOpenMailLayer};
 use support::{read, signed, Frames, Step, NOW};
 use tower::{Layer, ServiceExt};
@@ -116,7 +117,7 @@ fn debug_output_never_shows_a_secret() {
     let tenants = InboxSecrets::new()
         .inbox("inb_a", [SECRETS[0], SECRETS[2]])
         .unwrap()
-        .pod("pod_a", [SECRETS[1]])
+        .inbox("inb_b", [SECRETS[1]])
         .unwrap()
         .account([SECRETS[2]])
         .unwrap();

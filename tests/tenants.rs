@@ -1,5 +1,6 @@
-//! Per-inbox secrets: tenant isolation, URL- and body-routed tenants, pod events, unknown
-//! tenants, failing and slow resolvers, rotation for one inbox, and the cache.
+//! Per-inbox secrets: tenant isolation, URL- and body-routed tenants, pod events (account
+//! secrets only), unknown tenants answered like forgeries, failing and slow resolvers,
+//! rotation for one inbox, and the cache.
 
 mod support;
 
@@ -11,10 +12,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
-use openmail_webhooks::layer::VerifiedBody;
+use openmail_webhooks::body::VerifiedBody;
+use openmail_webhooks::protocol::{SecretScope, TenantSecrets};
 use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, SecretScope, TenantRequest,
-    TenantSecrets,
+    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
 use openmail_webhooks::{Delivery, Rejection, VerifyOpenMailLayer};
 use support::{read, Frames, NOW};
@@ -41,15 +42,13 @@ fn delivery(path: &str, secret: &str, body: &[u8]) -> Request<Frames> {
 async fn whoami(request: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, Infallible> {
     let delivery = request.extensions().get::<Delivery>().unwrap();
     let scope = match delivery.scope() {
-        Some(SecretScope::Inbox(inbox)) => format!("inbox:{inbox}"),
-        Some(SecretScope::Pod(pod)) => format!("pod:{pod}"),
-        Some(SecretScope::Account) => "account".to_owned(),
-        Some(other) => format!("{other:?}"),
-        None => "static".to_owned(),
+        SecretScope::Inbox(inbox) => format!("inbox:{inbox}"),
+        SecretScope::Account => "account".to_owned(),
+        other => format!("{other:?}"),
     };
     Ok(Response::new(Full::new(Bytes::from(format!(
         "{scope}#{}",
-        delivery.secret_index()
+        delivery.secret_index().unwrap()
     )))))
 }
 
@@ -64,7 +63,16 @@ fn layer(resolver: impl SecretResolver) -> Recorded {
         .clock(|| NOW)
         .on_rejection({
             let reasons = Arc::clone(&reasons);
-            move |rejection: &Rejection| reasons.lock().unwrap().push(rejection.to_string())
+            move |rejection: &Rejection| {
+                // The whole chain: the reason, then its causes.
+                let mut shown = rejection.to_string();
+                let mut cause = std::error::Error::source(rejection);
+                while let Some(error) = cause {
+                    shown.push_str(&format!(": {error}"));
+                    cause = error.source();
+                }
+                reasons.lock().unwrap().push(shown)
+            }
         });
     Recorded { layer, reasons }
 }
@@ -178,7 +186,7 @@ async fn url_routed_tenants() {
 }
 
 #[tokio::test]
-async fn pod_events_resolve_through_the_account_or_a_pod_secret() {
+async fn pod_events_verify_under_the_account_secret_only() {
     let without_fallback = layer(two_inboxes());
     let (status, text) = send(
         &without_fallback.layer,
@@ -187,7 +195,7 @@ async fn pod_events_resolve_through_the_account_or_a_pod_secret() {
     .await;
     assert_eq!(
         (status, text.as_str()),
-        (StatusCode::BAD_REQUEST, "no secret for this inbox")
+        (StatusCode::BAD_REQUEST, "signature mismatch")
     );
 
     let with_account = layer(two_inboxes().account(["whsec_account"]).unwrap());
@@ -197,28 +205,36 @@ async fn pod_events_resolve_through_the_account_or_a_pod_secret() {
     )
     .await;
     assert_eq!((status, text.as_str()), (StatusCode::OK, "account#0"));
-
-    let with_pod = layer(two_inboxes().pod("pod_1", ["whsec_pod"]).unwrap());
-    let (status, text) = send(
-        &with_pod.layer,
-        delivery("/webhooks", "whsec_pod", &pod_event("pod_1")),
-    )
-    .await;
-    assert_eq!((status, text.as_str()), (StatusCode::OK, "pod:pod_1#0"));
-    // A pod's secret covers only that pod's events, never an inbox's.
-    let (status, _) = send(
-        &with_pod.layer,
-        delivery("/webhooks", "whsec_pod", &pod_event("pod_2")),
-    )
-    .await;
-    assert_eq!(status, StatusCode::BAD_REQUEST);
     // An inbox's secret does not authenticate pod events.
     let (status, _) = send(
-        &with_pod.layer,
+        &with_account.layer,
         delivery("/webhooks", "whsec_a", &pod_event("pod_1")),
     )
     .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
+}
+
+/// Regression: a pod-level secret once spoke for every inbox of the pod that had no secret
+/// of its own. OpenMail has no pod secrets; whatever signs a body naming an inbox must be
+/// that inbox's secret or the account's.
+#[tokio::test]
+async fn no_secret_but_the_inboxs_own_or_the_accounts_speaks_for_an_inbox() {
+    let victim = br#"{"event":"message.received","event_id":"evt_v","inbox_id":"inb_victim","pod_id":"pod_p"}"#;
+    let recorded = layer(two_inboxes().account(["whsec_account"]).unwrap());
+    for secret in ["whsec_pod_p", "whsec_a", "whsec_b"] {
+        let (status, text) = send(&recorded.layer, delivery("/webhooks", secret, victim)).await;
+        assert_eq!(
+            (status, text.as_str()),
+            (StatusCode::BAD_REQUEST, "signature mismatch"),
+            "{secret}"
+        );
+    }
+    let (status, text) = send(
+        &recorded.layer,
+        delivery("/webhooks", "whsec_account", victim),
+    )
+    .await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "account#0"));
 }
 
 #[tokio::test]
@@ -231,7 +247,7 @@ async fn unknown_inbox_with_and_without_the_account_fallback() {
     .await;
     assert_eq!(
         (status, text.as_str()),
-        (StatusCode::BAD_REQUEST, "no secret for this inbox")
+        (StatusCode::BAD_REQUEST, "signature mismatch")
     );
     assert!(strict.reasons.lock().unwrap()[0].starts_with("no secret is known for inbox inb_new"));
 
@@ -292,9 +308,12 @@ struct Scripted {
 }
 
 impl SecretResolver for Scripted {
-    fn resolve(&self, request: &TenantRequest<'_>) -> ResolveFuture {
+    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
         self.calls.fetch_add(1, Ordering::SeqCst);
-        let inbox = request.inbox_id().map(str::to_owned);
+        let inbox = match tenant {
+            Tenant::Inbox(inbox) => Some(inbox.clone()),
+            _ => None,
+        };
         Box::pin(async move {
             match inbox.as_deref() {
                 Some("inb_down") => Err("database unreachable".into()),
@@ -419,7 +438,7 @@ async fn an_ambiguous_claim_is_refused() {
     .await;
     assert_eq!(
         (status, text.as_str()),
-        (StatusCode::BAD_REQUEST, "unreadable inbox_id or pod_id")
+        (StatusCode::BAD_REQUEST, "signature mismatch")
     );
 }
 
@@ -489,7 +508,7 @@ async fn secrets_in_a_real_database_over_real_http() {
             "whsec_carol",
             "inb_carol",
             StatusCode::BAD_REQUEST,
-            "no secret for this inbox",
+            "signature mismatch",
         ),
     ];
     for (secret, inbox, status, text) in cases {

@@ -1,9 +1,8 @@
 use std::fmt;
-use std::sync::Arc;
 
 use http::StatusCode;
 
-use super::StoreError;
+use super::{DedupKey, StoreError};
 
 /// What the layer decided for one delivery, as the hook set with
 /// [`DeduplicateLayer::on_decision`](super::DeduplicateLayer::on_decision) and `tracing`
@@ -12,42 +11,42 @@ use super::StoreError;
 /// A first delivery reports [`First`](Self::First) and then one of
 /// [`Completed`](Self::Completed), [`Released`](Self::Released) or
 /// [`StoreFailed`](Self::StoreFailed). `Display` says what happened and, for failures,
-/// what to check.
+/// what to check; the ids in it are escaped and cut short ([`LogSafe`](crate::LogSafe)).
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Decision {
     /// First delivery: the event is now reserved, and the inner service will be called.
     First {
-        /// The signed body's `event_id`.
-        event_id: Arc<str>,
+        /// The event's key.
+        key: DedupKey,
     },
     /// The inner service answered `2xx`, and the event is marked done.
     Completed {
-        /// The signed body's `event_id`.
-        event_id: Arc<str>,
+        /// The event's key.
+        key: DedupKey,
     },
     /// A duplicate of a processed event, answered without calling the inner service.
     DuplicateDone {
-        /// The signed body's `event_id`.
-        event_id: Arc<str>,
+        /// The event's key.
+        key: DedupKey,
     },
     /// A duplicate of an event another delivery is processing right now, answered with a
     /// retryable status without calling the inner service.
     DuplicateInFlight {
-        /// The signed body's `event_id`.
-        event_id: Arc<str>,
+        /// The event's key.
+        key: DedupKey,
     },
     /// The reservation was given back, so that OpenMail's next retry is processed.
     Released {
-        /// The signed body's `event_id`.
-        event_id: Arc<str>,
+        /// The event's key.
+        key: DedupKey,
         /// Why.
         reason: ReleaseReason,
     },
-    /// A call to the store failed.
+    /// A call to the store failed, or the store is full.
     StoreFailed {
-        /// The signed body's `event_id`.
-        event_id: Arc<str>,
+        /// The event's key.
+        key: DedupKey,
         /// Which call.
         step: StoreStep,
         /// What went wrong.
@@ -58,33 +57,45 @@ pub enum Decision {
         /// [`StoreFailure::FailOpen`](super::StoreFailure::FailOpen).
         passed_through: bool,
     },
-    /// There was nothing to key on, so the delivery went to the inner service without
-    /// deduplication.
+    /// The verified body has no `event_id`, so the delivery went to the inner service
+    /// without deduplication: a verified event is never refused for it.
     Unkeyed {
         /// What was missing.
         reason: Unkeyed,
     },
+    /// The request carries no verified [`Delivery`](crate::Delivery): the layer is not
+    /// inside [`VerifyOpenMailLayer`](crate::VerifyOpenMailLayer) (or the WebSocket
+    /// dispatcher). A wiring mistake, refused with `500` without calling the inner service,
+    /// and logged at `ERROR` with the `tracing` feature.
+    Unverified,
 }
 
 impl Decision {
-    /// The signed body's `event_id`, unless the delivery was [`Unkeyed`](Self::Unkeyed).
-    pub fn event_id(&self) -> Option<&str> {
+    /// The event's key, unless the delivery had none ([`Unkeyed`](Self::Unkeyed),
+    /// [`Unverified`](Self::Unverified)).
+    pub fn key(&self) -> Option<&DedupKey> {
         match self {
-            Self::First { event_id }
-            | Self::Completed { event_id }
-            | Self::DuplicateDone { event_id }
-            | Self::DuplicateInFlight { event_id }
-            | Self::Released { event_id, .. }
-            | Self::StoreFailed { event_id, .. } => Some(event_id),
-            Self::Unkeyed { .. } => None,
+            Self::First { key }
+            | Self::Completed { key }
+            | Self::DuplicateDone { key }
+            | Self::DuplicateInFlight { key }
+            | Self::Released { key, .. }
+            | Self::StoreFailed { key, .. } => Some(key),
+            Self::Unkeyed { .. } | Self::Unverified => None,
         }
+    }
+
+    /// The verified body's `event_id`, when the delivery was keyed. Print it through
+    /// [`LogSafe`](crate::LogSafe).
+    pub fn event_id(&self) -> Option<&str> {
+        self.key().map(DedupKey::event_id)
     }
 
     /// Whether the inner service was, or is about to be, called for this delivery.
     /// `false` exactly for duplicates and refused deliveries.
     pub fn reaches_inner(&self) -> bool {
         match self {
-            Self::DuplicateDone { .. } | Self::DuplicateInFlight { .. } => false,
+            Self::DuplicateDone { .. } | Self::DuplicateInFlight { .. } | Self::Unverified => false,
             Self::StoreFailed { passed_through, .. } => *passed_through,
             _ => true,
         }
@@ -94,31 +105,37 @@ impl Decision {
 impl fmt::Display for Decision {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::First { event_id } => write!(f, "{event_id}: first delivery, reserved"),
-            Self::Completed { event_id } => write!(f, "{event_id}: processed, marked done"),
-            Self::DuplicateDone { event_id } => {
+            Self::First { key } => write!(f, "{key}: first delivery, reserved"),
+            Self::Completed { key } => write!(f, "{key}: processed, marked done"),
+            Self::DuplicateDone { key } => {
                 write!(
                     f,
-                    "{event_id}: duplicate of a processed event, not processed again"
+                    "{key}: duplicate of a processed event, not processed again"
                 )
             }
-            Self::DuplicateInFlight { event_id } => write!(
+            Self::DuplicateInFlight { key } => write!(
                 f,
-                "{event_id}: duplicate of a delivery still in flight, answered as retryable"
+                "{key}: duplicate of a delivery still in flight, answered as retryable"
             ),
-            Self::Released { event_id, reason } => {
+            Self::Released { key, reason } => {
                 write!(
                     f,
-                    "{event_id}: reservation released ({reason}), a retry will be processed"
+                    "{key}: reservation released ({reason}), a retry will be processed"
                 )
             }
             Self::StoreFailed {
-                event_id,
+                key,
                 step,
                 error,
                 passed_through,
             } => {
-                write!(f, "{event_id}: {step} failed: {error}")?;
+                write!(f, "{key}: {step} failed: {error}")?;
+                // A log line, not an error: the causes go on it too.
+                let mut source = std::error::Error::source(error);
+                while let Some(cause) = source {
+                    write!(f, ": {cause}")?;
+                    source = cause.source();
+                }
                 match (step, passed_through) {
                     (StoreStep::Reserve, true) => f.write_str(" (processed without deduplication)"),
                     (StoreStep::Reserve, false) => {
@@ -136,6 +153,11 @@ impl fmt::Display for Decision {
             Self::Unkeyed { reason } => {
                 write!(f, "not deduplicated: {reason}")
             }
+            Self::Unverified => f.write_str(
+                "refused with 500: the request carries no verified Delivery; \
+                 DeduplicateLayer must sit inside VerifyOpenMailLayer (with axum's \
+                 `Router::layer`, add it first, so that it runs second)",
+            ),
         }
     }
 }
@@ -185,26 +207,18 @@ impl fmt::Display for StoreStep {
     }
 }
 
-/// Why a delivery could not be deduplicated.
+/// Why a verified delivery could not be deduplicated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Unkeyed {
-    /// The request has no `Arc<Event>` extension: the layer does not sit inside
-    /// [`VerifyOpenMailLayer`](crate::VerifyOpenMailLayer), or event parsing is off.
-    NoEvent,
-    /// The signed body has no string `event_id`.
+    /// The verified body has no top-level string `event_id`.
     NoEventId,
 }
 
 impl fmt::Display for Unkeyed {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            Self::NoEvent => {
-                "the request carries no verified event; DeduplicateLayer must sit inside \
-                 VerifyOpenMailLayer (with axum's `Router::layer`, add it first) and event \
-                 parsing must stay on"
-            }
-            Self::NoEventId => "the signed body has no string `event_id`",
+            Self::NoEventId => "the verified body has no string `event_id`",
         })
     }
 }

@@ -4,22 +4,25 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use pin_project_lite::pin_project;
 use tower::Service;
 
 use super::layer::Config;
 use super::{
-    Decision, ReleaseReason, Reservation, ReserveOutcome, ResponseBody, StoreFailure, StoreFuture,
+    Decision, ReleaseReason, Reservation, ReserveOutcome, StoreError, StoreFailure, StoreFuture,
     StoreStep,
 };
+use crate::body::ResponseBody;
 
 pin_project! {
     /// The response future of [`Deduplicate`](super::Deduplicate).
     ///
     /// It reserves the event, then drives the inner service's readiness and calls it, then
     /// marks the event done or releases it before it answers, all inside one `poll` when
-    /// the store answers at once.
+    /// the store answers at once. Dropped at any point before the event is processed, it
+    /// releases whatever it may hold; polled again after it answered, it answers `500`
+    /// rather than hang.
     pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
@@ -31,17 +34,22 @@ pin_project! {
 
 pin_project! {
     #[project = StateProj]
+    #[project_replace = StateOwned]
     enum State<S, R, F, T, E> {
         Answering {
-            response: Option<Response<Bytes>>,
+            response: Response<Bytes>,
         },
         Reserving {
             future: StoreFuture<ReserveOutcome>,
-            pending: Option<Pending<S, R>>,
+            // Armed from the start: dropped while `reserve` is in flight, the future
+            // cannot tell whether the reservation landed, and releases it in case it did.
+            hold: Hold,
+            inner: S,
+            request: Request<R>,
         },
         Ready {
             inner: S,
-            request: Option<Request<R>>,
+            request: Request<R>,
             hold: Option<Hold>,
         },
         Calling {
@@ -52,19 +60,11 @@ pin_project! {
         Settling {
             future: StoreFuture<()>,
             settle: Settle,
-            hold: Option<Hold>,
-            output: Option<Result<T, E>>,
+            hold: Hold,
+            output: Result<T, E>,
         },
         Done,
     }
-}
-
-/// What the reserving stage owns until the store answers.
-struct Pending<S, R> {
-    inner: S,
-    request: Request<R>,
-    reservation: Reservation,
-    config: Arc<Config>,
 }
 
 /// What the settling stage is doing.
@@ -74,9 +74,11 @@ enum Settle {
     Release(ReleaseReason),
 }
 
-/// A reservation this future holds. Dropped while armed (the future was dropped before
-/// the inner service answered, or while releasing), it hands the reservation back to the
-/// store through [`DedupStore::abandon`](super::DedupStore::abandon).
+/// A reservation this future holds, or may hold. Dropped while armed (the future was
+/// dropped while `reserve` was in flight, before the inner service answered, or while
+/// releasing), it hands the reservation back to the store through
+/// [`DedupStore::abandon`](super::DedupStore::abandon), whose token check makes that
+/// harmless when the reservation never landed.
 struct Hold {
     reservation: Reservation,
     config: Arc<Config>,
@@ -98,20 +100,20 @@ impl Hold {
         }
     }
 
-    fn settled(mut self, settle: Settle, result: Result<(), super::StoreError>) {
+    fn settled(mut self, settle: Settle, result: Result<(), StoreError>) {
         self.armed = false;
-        let event_id = self.reservation.shared_event_id();
+        let key = self.reservation.key().clone();
         let decision = match (settle, result) {
-            (Settle::Complete, Ok(())) => Decision::Completed { event_id },
-            (Settle::Release(reason), Ok(())) => Decision::Released { event_id, reason },
+            (Settle::Complete, Ok(())) => Decision::Completed { key },
+            (Settle::Release(reason), Ok(())) => Decision::Released { key, reason },
             (Settle::Complete, Err(error)) => Decision::StoreFailed {
-                event_id,
+                key,
                 step: StoreStep::Complete,
                 error,
                 passed_through: true,
             },
             (Settle::Release(_), Err(error)) => Decision::StoreFailed {
-                event_id,
+                key,
                 step: StoreStep::Release,
                 error,
                 passed_through: true,
@@ -126,7 +128,7 @@ impl Drop for Hold {
         if self.armed {
             self.config.store.abandon(self.reservation.clone());
             self.config.report(Decision::Released {
-                event_id: self.reservation.shared_event_id(),
+                key: self.reservation.key().clone(),
                 reason: ReleaseReason::Dropped,
             });
         }
@@ -143,16 +145,19 @@ where
         reservation: Reservation,
         config: Arc<Config>,
     ) -> Self {
-        let future = config.store.reserve(reservation.clone(), config.lease);
+        // The hold is armed before the store sees the reservation.
+        let hold = Hold {
+            reservation: reservation.clone(),
+            config: Arc::clone(&config),
+            armed: true,
+        };
+        let future = config.store.reserve(reservation, config.lease);
         Self {
             state: State::Reserving {
                 future,
-                pending: Some(Pending {
-                    inner,
-                    request,
-                    reservation,
-                    config,
-                }),
+                hold,
+                inner,
+                request,
             },
         }
     }
@@ -161,9 +166,15 @@ where
         Self {
             state: State::Ready {
                 inner,
-                request: Some(request),
+                request,
                 hold: None,
             },
+        }
+    }
+
+    pub(crate) fn answer(response: Response<Bytes>) -> Self {
+        Self {
+            state: State::Answering { response },
         }
     }
 }
@@ -178,25 +189,27 @@ where
         let mut state = self.project().state;
         loop {
             match state.as_mut().project() {
-                StateProj::Answering { response } => {
-                    let response = response.take();
-                    state.set(State::Done);
-                    if let Some(response) = response {
-                        return Poll::Ready(Ok(response.map(ResponseBody::short)));
-                    }
+                StateProj::Answering { .. } => {
+                    return match state.as_mut().project_replace(State::Done) {
+                        StateOwned::Answering { response } => {
+                            Poll::Ready(Ok(response.map(ResponseBody::short)))
+                        }
+                        _ => Poll::Ready(Ok(polled_after_completion())),
+                    };
                 }
-                StateProj::Reserving { future, pending } => {
+                StateProj::Reserving { future, .. } => {
                     let outcome = ready!(future.as_mut().poll(cx));
-                    match pending.take() {
-                        Some(pending) => state.set(reserved(pending, outcome)),
-                        None => state.set(State::Done),
+                    match state.as_mut().project_replace(State::Done) {
+                        StateOwned::Reserving {
+                            hold,
+                            inner,
+                            request,
+                            ..
+                        } => state.set(reserved(hold, inner, request, outcome)),
+                        _ => return Poll::Ready(Ok(polled_after_completion())),
                     }
                 }
-                StateProj::Ready {
-                    inner,
-                    request,
-                    hold,
-                } => {
+                StateProj::Ready { inner, hold, .. } => {
                     if let Err(error) = ready!(inner.poll_ready(cx)) {
                         match hold.take() {
                             Some(hold) => {
@@ -210,13 +223,16 @@ where
                             }
                         }
                     }
-                    let hold = hold.take();
-                    match request.take() {
-                        Some(request) => {
+                    match state.as_mut().project_replace(State::Done) {
+                        StateOwned::Ready {
+                            mut inner,
+                            request,
+                            hold,
+                        } => {
                             let future = inner.call(request);
                             state.set(State::Calling { future, hold });
                         }
-                        None => state.set(State::Done),
+                        _ => return Poll::Ready(Ok(polled_after_completion())),
                     }
                 }
                 StateProj::Calling { future, hold } => {
@@ -240,73 +256,77 @@ where
                         }
                     }
                 }
-                StateProj::Settling {
-                    future,
-                    settle,
-                    hold,
-                    output,
-                } => {
+                StateProj::Settling { future, .. } => {
                     let result = ready!(future.as_mut().poll(cx));
-                    if let Some(hold) = hold.take() {
-                        hold.settled(*settle, result);
-                    }
-                    let output = output.take();
-                    state.set(State::Done);
-                    if let Some(output) = output {
-                        return Poll::Ready(
-                            output.map(|response| response.map(ResponseBody::inner)),
-                        );
-                    }
+                    return match state.as_mut().project_replace(State::Done) {
+                        StateOwned::Settling {
+                            settle,
+                            hold,
+                            output,
+                            ..
+                        } => {
+                            hold.settled(settle, result);
+                            Poll::Ready(output.map(|response| response.map(ResponseBody::inner)))
+                        }
+                        _ => Poll::Ready(Ok(polled_after_completion())),
+                    };
                 }
-                StateProj::Done => {
-                    // Polled after completion, or a stage lost what it owned: both are bugs
-                    // in the caller or here, and neither may panic a server.
-                    return Poll::Pending;
-                }
+                StateProj::Done => return Poll::Ready(Ok(polled_after_completion())),
             }
         }
     }
 }
 
+/// A response future polled again after it answered: a bug in the caller, answered rather
+/// than left hanging or panicking.
+fn polled_after_completion<B>() -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::short(Bytes::from_static(
+        b"response future polled after completion",
+    )));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
+
 /// The state after the store answered the reservation.
 fn reserved<S, R, F, T, E>(
-    pending: Pending<S, R>,
-    outcome: Result<ReserveOutcome, super::StoreError>,
+    mut hold: Hold,
+    inner: S,
+    mut request: Request<R>,
+    outcome: Result<ReserveOutcome, StoreError>,
 ) -> State<S, R, F, T, E> {
-    let Pending {
-        inner,
-        mut request,
-        reservation,
-        config,
-    } = pending;
-    let event_id = reservation.shared_event_id();
-    let answer = match outcome {
+    let key = hold.reservation.key().clone();
+    let config = Arc::clone(&hold.config);
+    let response = match outcome {
         Ok(ReserveOutcome::Reserved) => {
-            config.report(Decision::First { event_id });
-            request.extensions_mut().insert(reservation.clone());
+            config.report(Decision::First { key });
+            request.extensions_mut().insert(hold.reservation.clone());
             return State::Ready {
                 inner,
-                request: Some(request),
-                hold: Some(Hold {
-                    reservation,
-                    config,
-                    armed: true,
-                }),
+                request,
+                hold: Some(hold),
             };
         }
         Ok(ReserveOutcome::Done) => {
-            let response = config.duplicate_done(&event_id);
-            config.report(Decision::DuplicateDone { event_id });
+            // Someone else's marker: ours was never written, so there is nothing to release.
+            hold.armed = false;
+            let response = config.duplicate_done(&key);
+            config.report(Decision::DuplicateDone { key });
             response
         }
         Ok(ReserveOutcome::InFlight) => {
-            config.report(Decision::DuplicateInFlight { event_id });
+            hold.armed = false;
+            config.report(Decision::DuplicateInFlight { key });
             config.in_flight()
         }
         Err(error) => {
+            // The command may have reached the store before it failed (a response timeout,
+            // a connection lost mid-reply). Release in case it landed, or the lease would
+            // answer OpenMail's retries with 409; the token check makes it harmless if not.
+            hold.armed = false;
+            config.store.abandon(hold.reservation.clone());
             let passed_through = config.store_failure == StoreFailure::FailOpen;
             config.report(Decision::StoreFailed {
-                event_id,
+                key,
                 step: StoreStep::Reserve,
                 error,
                 passed_through,
@@ -314,16 +334,14 @@ fn reserved<S, R, F, T, E>(
             if passed_through {
                 return State::Ready {
                     inner,
-                    request: Some(request),
+                    request,
                     hold: None,
                 };
             }
             config.unavailable()
         }
     };
-    State::Answering {
-        response: Some(answer),
-    }
+    State::Answering { response }
 }
 
 /// The state that marks the event done or releases it, then answers with `output`.
@@ -336,7 +354,7 @@ fn settling<S, R, F, T, E>(
     State::Settling {
         future,
         settle,
-        hold: Some(hold),
-        output: Some(output),
+        hold,
+        output,
     }
 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use tower_layer::Layer;
 
-use super::{Decision, DedupStore, Deduplicate, MemoryStore};
+use super::{Decision, DedupKey, DedupStore, Deduplicate, MemoryStore};
 
 /// How long a reservation holds an event before another delivery may take it over: 60 s.
 ///
@@ -32,7 +32,7 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
 
 type DecisionHook = Arc<dyn Fn(&Decision) + Send + Sync>;
-type DuplicateResponder = Arc<dyn Fn(&str) -> Response<Bytes> + Send + Sync>;
+type DuplicateResponder = Arc<dyn Fn(&DedupKey) -> Response<Bytes> + Send + Sync>;
 
 /// What to do with a delivery when the store cannot be asked whether it is a duplicate.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -55,7 +55,10 @@ pub enum StoreFailure {
 /// Processes each OpenMail event once, however many times it is delivered.
 ///
 /// Stack it inside [`VerifyOpenMailLayer`](crate::VerifyOpenMailLayer): it keys on the
-/// verified event's `event_id`. Cheap to clone: the configuration sits behind one `Arc`.
+/// [`Delivery`](crate::Delivery) that verification leaves in the request extensions (the
+/// verified inbox and the body's `event_id`, see [`DedupKey`]), whether or not events are
+/// parsed. A request without one is refused with `500`. Cheap to clone: the configuration
+/// sits behind one `Arc`.
 ///
 /// ```
 /// use std::time::Duration;
@@ -145,8 +148,10 @@ impl DeduplicateLayer {
         self.map_config(|config| config.on_decision = Some(Arc::new(hook)))
     }
 
-    /// Replaces the answer to a duplicate of a processed event. `respond` gets the event
-    /// id. Answer `2xx`, or OpenMail keeps retrying an event that was already processed.
+    /// Replaces the answer to a duplicate of a processed event. `respond` gets the event's
+    /// key, whose [`event_id`](DedupKey::event_id) and [`inbox_id`](DedupKey::inbox_id)
+    /// came from the verified body. Answer `2xx`, or OpenMail keeps retrying an event that
+    /// was already processed.
     ///
     /// The default is `200 OK` with a short `text/plain` body.
     ///
@@ -155,7 +160,7 @@ impl DeduplicateLayer {
     /// use http::{Response, StatusCode};
     /// use openmail_webhooks::dedup::DeduplicateLayer;
     ///
-    /// let layer = DeduplicateLayer::in_memory().duplicate_response(|_event_id| {
+    /// let layer = DeduplicateLayer::in_memory().duplicate_response(|_key| {
     ///     let mut response = Response::new(Bytes::new());
     ///     *response.status_mut() = StatusCode::NO_CONTENT;
     ///     response
@@ -163,7 +168,7 @@ impl DeduplicateLayer {
     /// ```
     pub fn duplicate_response(
         self,
-        respond: impl Fn(&str) -> Response<Bytes> + Send + Sync + 'static,
+        respond: impl Fn(&DedupKey) -> Response<Bytes> + Send + Sync + 'static,
     ) -> Self {
         self.map_config(|config| config.duplicate_response = Some(Arc::new(respond)))
     }
@@ -187,9 +192,9 @@ impl Config {
         }
     }
 
-    pub(crate) fn duplicate_done(&self, event_id: &str) -> Response<Bytes> {
+    pub(crate) fn duplicate_done(&self, key: &DedupKey) -> Response<Bytes> {
         match &self.duplicate_response {
-            Some(respond) => respond(event_id),
+            Some(respond) => respond(key),
             None => text(StatusCode::OK, "duplicate event: already processed", None),
         }
     }
@@ -207,6 +212,16 @@ impl Config {
             StatusCode::SERVICE_UNAVAILABLE,
             "deduplication unavailable; retry later",
             Some(self.retry_after),
+        )
+    }
+
+    /// The answer to a request that reached the layer unverified: the server is wired
+    /// wrong, which is a 500, and saying so is all the client learns.
+    pub(crate) fn unverified(&self) -> Response<Bytes> {
+        text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server misconfigured: DeduplicateLayer must sit inside VerifyOpenMailLayer",
+            None,
         )
     }
 }
@@ -234,20 +249,21 @@ fn text(
 
 #[cfg(feature = "tracing")]
 fn trace(decision: &Decision) {
-    use super::Unkeyed;
-    let event_id = decision.event_id();
+    use crate::LogSafe;
+    // The ids came from a request: escaped and cut short, like `decision`'s own Display.
+    let event_id = tracing::field::display(LogSafe::or_dash(decision.event_id()));
+    let inbox_id = tracing::field::display(LogSafe::or_dash(
+        decision.key().and_then(DedupKey::inbox_id),
+    ));
     match decision {
-        Decision::First { .. } | Decision::Completed { .. } => {
-            tracing::debug!(event_id, %decision, "OpenMail webhook deduplication");
+        Decision::First { .. } | Decision::Completed { .. } | Decision::Unkeyed { .. } => {
+            tracing::debug!(event_id, inbox_id, %decision, "OpenMail webhook deduplication");
         }
-        Decision::Unkeyed {
-            reason: Unkeyed::NoEventId,
-        } => tracing::debug!(%decision, "OpenMail webhook deduplication"),
         Decision::StoreFailed { .. } => {
-            tracing::warn!(event_id, %decision, "OpenMail webhook deduplication");
+            tracing::warn!(event_id, inbox_id, %decision, "OpenMail webhook deduplication");
         }
-        Decision::Unkeyed { .. } => tracing::warn!(%decision, "OpenMail webhook deduplication"),
-        _ => tracing::info!(event_id, %decision, "OpenMail webhook deduplication"),
+        Decision::Unverified => tracing::error!(%decision, "OpenMail webhook deduplication"),
+        _ => tracing::info!(event_id, inbox_id, %decision, "OpenMail webhook deduplication"),
     }
 }
 

@@ -6,12 +6,15 @@ use std::time::{Duration, Instant};
 use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
 use super::LONGEST_TTL;
 
+/// A key's digest: what the store keeps, 32 bytes whatever the ids.
+type Digest = [u8; 32];
+
 /// The default capacity of a [`MemoryStore`]: 100,000 events.
 ///
 /// That is 55 events a second, every second, for the whole
-/// [default retention](super::DEFAULT_RETENTION) of 30 minutes, before the oldest done
-/// markers are evicted early. At capacity the store uses about 21 MiB (see
-/// [`MemoryStore`]).
+/// [default retention](super::DEFAULT_RETENTION) of 30 minutes. Beyond it new events are
+/// answered `503` until markers expire (see [`MemoryStore`]). At capacity the store holds
+/// about 20 MiB, whatever the length of the event ids.
 pub const DEFAULT_CAPACITY: usize = 100_000;
 
 /// Reservations and done markers in this process's memory: the default store.
@@ -21,17 +24,25 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 #[cfg_attr(feature = "redis", doc = "[`RedisStore`](super::RedisStore).")]
 #[cfg_attr(not(feature = "redis"), doc = "`RedisStore` (the `redis` feature).")]
 ///
-/// **Bounded.** It holds at most `capacity` events. Expired entries are dropped first; when
-/// the store is still full, the done marker closest to expiry is evicted (the event would
-/// then be processed again if OpenMail delivered it once more). Reservations are never
-/// evicted: a store full of in-flight events fails the reservation with
-/// [`StoreError::Full`], which the layer treats as any store failure.
+/// **Bounded, and never forgetful.** It holds at most `capacity` events. Expired entries
+/// are dropped first; when the store is still full, the reservation is refused with
+/// [`StoreError::Full`] and the layer answers `503` with `Retry-After`, so OpenMail retries
+/// it later. A reservation or done marker is never evicted while it is live: forgetting a
+/// processed event's marker would let a replay of it, inside the replay window, be
+/// processed a second time. Size the capacity above the events you receive in one
+/// [retention](super::DEFAULT_RETENTION).
 ///
-/// **Memory.** An event costs its id plus about 180 bytes: the id is one shared
-/// allocation, referenced from a hash map slot (token, deadline) and from an expiry index
-/// (a B-tree). With OpenMail's `evt_` ids at 32 bytes, a full store of the
-/// [default capacity](DEFAULT_CAPACITY) measures 211 bytes an event, 20.2 MiB in all
-/// (a test counts every allocation); budget 21 MiB.
+/// A tenant that holds a valid secret can fill the store by sending signed events, and
+/// then other events get `503` (never processed twice, and not lost while the store frees
+/// up within OpenMail's retry schedule) until the markers expire. Raise the capacity to
+/// what such a flood would need: each event costs the same fixed amount.
+///
+/// **Memory.** Each event costs the same, whatever its `event_id`: the store keeps the
+/// 32-byte [digest](super::DedupKey::digest) of the key, in a hash map slot (digest,
+/// token, deadline) and in an expiry index (a B-tree). A full store of the
+/// [default capacity](DEFAULT_CAPACITY) measures 213 bytes an event, 20.4 MiB in all;
+/// budget 21 MiB. A test counts every allocation: 32-byte and 64 KiB ids cost the same,
+/// byte for byte, and 4 MiB ids add nothing.
 ///
 /// **Releases** need no I/O, so a dropped response future releases its reservation at once,
 /// in [`DedupStore::abandon`].
@@ -51,9 +62,9 @@ pub struct MemoryStore {
 
 #[derive(Default)]
 struct State {
-    entries: HashMap<Arc<str>, Entry>,
+    entries: HashMap<Digest, Entry>,
     /// Every entry, by deadline; the sequence number tells apart equal deadlines.
-    expiry: BTreeMap<(Instant, u64), Arc<str>>,
+    expiry: BTreeMap<(Instant, u64), Digest>,
     sequence: u64,
 }
 
@@ -71,7 +82,7 @@ impl MemoryStore {
         Self::with_capacity(DEFAULT_CAPACITY)
     }
 
-    /// A store for at most `capacity` events (at least one).
+    /// A store for at most `capacity` events (at least one). Each costs about 213 bytes.
     pub fn with_capacity(capacity: usize) -> Self {
         Self {
             state: Arc::default(),
@@ -106,20 +117,21 @@ impl MemoryStore {
         lease: Duration,
     ) -> Result<ReserveOutcome, StoreError> {
         let now = Instant::now();
+        let key = reservation.key().digest();
         let mut state = self.lock();
         state.drop_expired(now);
-        match state.entries.get(reservation.event_id()) {
+        match state.entries.get(key) {
             Some(entry) if entry.token.is_some() => return Ok(ReserveOutcome::InFlight),
             Some(_) => return Ok(ReserveOutcome::Done),
             None => {}
         }
-        if state.entries.len() >= self.capacity && !state.evict_one_done() {
+        if state.entries.len() >= self.capacity {
             return Err(StoreError::Full {
                 capacity: self.capacity,
             });
         }
         state.put(
-            reservation.shared_event_id(),
+            *key,
             Some(split(reservation.token_value())),
             deadline(now, lease),
         );
@@ -132,56 +144,49 @@ impl MemoryStore {
         retention: Duration,
     ) -> Result<(), StoreError> {
         let now = Instant::now();
+        let key = reservation.key().digest();
         let mut state = self.lock();
         state.drop_expired(now);
-        match state
-            .entries
-            .get(reservation.event_id())
-            .map(|entry| entry.token)
-        {
+        match state.entries.get(key).map(|entry| entry.token) {
             Some(None) => return Ok(()),
             Some(Some(token)) if token != split(reservation.token_value()) => {
                 return Err(StoreError::LeaseLost)
             }
             Some(Some(_)) => {}
             // The lease ran out and nobody took the event over: it was processed all the
-            // same. Evicting a done marker for it keeps the bound.
-            None if state.entries.len() >= self.capacity && !state.evict_one_done() => {
+            // same, and is marked done if there is room.
+            None if state.entries.len() >= self.capacity => {
                 return Err(StoreError::Full {
                     capacity: self.capacity,
                 })
             }
             None => {}
         }
-        state.put(
-            reservation.shared_event_id(),
-            None,
-            deadline(now, retention),
-        );
+        state.put(*key, None, deadline(now, retention));
         Ok(())
     }
 
     fn release_now(&self, reservation: &Reservation) {
+        let key = reservation.key().digest();
         let mut state = self.lock();
         let ours = state
             .entries
-            .get(reservation.event_id())
+            .get(key)
             .is_some_and(|entry| entry.token == Some(split(reservation.token_value())));
         if ours {
-            state.remove(reservation.event_id());
+            state.remove(key);
         }
     }
 }
 
 impl State {
-    fn put(&mut self, event_id: Arc<str>, token: Option<[u64; 2]>, deadline: Instant) {
-        self.remove(&event_id);
+    fn put(&mut self, key: Digest, token: Option<[u64; 2]>, deadline: Instant) {
+        self.remove(&key);
         let sequence = self.sequence;
         self.sequence = self.sequence.wrapping_add(1);
-        self.expiry
-            .insert((deadline, sequence), Arc::clone(&event_id));
+        self.expiry.insert((deadline, sequence), key);
         self.entries.insert(
-            event_id,
+            key,
             Entry {
                 token,
                 deadline,
@@ -190,8 +195,8 @@ impl State {
         );
     }
 
-    fn remove(&mut self, event_id: &str) {
-        if let Some(entry) = self.entries.remove(event_id) {
+    fn remove(&mut self, key: &Digest) {
+        if let Some(entry) = self.entries.remove(key) {
             self.expiry.remove(&(entry.deadline, entry.sequence));
         }
     }
@@ -201,27 +206,8 @@ impl State {
             if entry.key().0 > now {
                 break;
             }
-            let event_id = entry.remove();
-            self.entries.remove(&event_id);
-        }
-    }
-
-    /// Evicts the done marker closest to expiry. Reservations are skipped: they are few
-    /// (one per request in flight), and evicting one would let a duplicate run
-    /// concurrently.
-    fn evict_one_done(&mut self) -> bool {
-        let victim = self.expiry.iter().find_map(|(key, event_id)| {
-            self.entries
-                .get(event_id)
-                .filter(|entry| entry.token.is_none())
-                .map(|_| *key)
-        });
-        match victim.and_then(|key| self.expiry.remove(&key)) {
-            Some(event_id) => {
-                self.entries.remove(&event_id);
-                true
-            }
-            None => false,
+            let key = entry.remove();
+            self.entries.remove(&key);
         }
     }
 }
@@ -275,93 +261,122 @@ impl fmt::Debug for MemoryStore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::DedupKey;
     use super::*;
 
     const LONG: Duration = Duration::from_secs(60);
+
+    fn reservation(event_id: &str) -> Reservation {
+        Reservation::new(DedupKey::new(Some("inb_1"), event_id))
+    }
 
     fn reserve(store: &MemoryStore, reservation: &Reservation) -> ReserveOutcome {
         store.reserve_now(reservation, LONG).unwrap()
     }
 
     #[test]
-    fn eviction_takes_the_oldest_done_marker_and_never_a_reservation() {
+    fn a_full_store_refuses_and_forgets_nothing_live() {
         let store = MemoryStore::with_capacity(3);
-        let old = Reservation::new("evt_old");
-        let newer = Reservation::new("evt_newer");
-        let busy = Reservation::new("evt_busy");
+        let done = reservation("evt_done");
+        let busy = reservation("evt_busy");
+        assert_eq!(reserve(&store, &done), ReserveOutcome::Reserved);
+        store.complete_now(&done, LONG).unwrap();
         assert_eq!(reserve(&store, &busy), ReserveOutcome::Reserved);
-        assert_eq!(reserve(&store, &old), ReserveOutcome::Reserved);
-        store.complete_now(&old, LONG).unwrap();
-        assert_eq!(reserve(&store, &newer), ReserveOutcome::Reserved);
-        store
-            .complete_now(&newer, LONG + Duration::from_secs(1))
-            .unwrap();
+        let third = reservation("evt_third");
+        assert_eq!(reserve(&store, &third), ReserveOutcome::Reserved);
+        store.complete_now(&third, LONG).unwrap();
 
-        let fourth = Reservation::new("evt_fourth");
-        assert_eq!(reserve(&store, &fourth), ReserveOutcome::Reserved);
+        let error = store
+            .reserve_now(&reservation("evt_fourth"), LONG)
+            .unwrap_err();
+        assert!(matches!(error, StoreError::Full { capacity: 3 }));
+        assert!(error.to_string().contains("raise its capacity"), "{error}");
         assert_eq!(store.len(), 3);
-        // The done marker closest to expiry went; the reservation and the newer stayed.
+        // Everything that was there still answers as before.
         assert_eq!(
-            reserve(&store, &Reservation::new("evt_newer")),
+            reserve(&store, &reservation("evt_done")),
             ReserveOutcome::Done
         );
         assert_eq!(
-            reserve(&store, &Reservation::new("evt_busy")),
+            reserve(&store, &reservation("evt_busy")),
             ReserveOutcome::InFlight
         );
         assert_eq!(
-            reserve(&store, &Reservation::new("evt_old")),
+            reserve(&store, &reservation("evt_third")),
+            ReserveOutcome::Done
+        );
+        // A release makes room.
+        store.release_now(&busy);
+        assert_eq!(
+            reserve(&store, &reservation("evt_fourth")),
             ReserveOutcome::Reserved
         );
     }
 
     #[test]
-    fn a_store_full_of_reservations_refuses_the_next() {
-        let store = MemoryStore::with_capacity(2);
-        reserve(&store, &Reservation::new("evt_1"));
-        reserve(&store, &Reservation::new("evt_2"));
-        let error = store
-            .reserve_now(&Reservation::new("evt_3"), LONG)
-            .unwrap_err();
-        assert!(matches!(error, StoreError::Full { capacity: 2 }));
-        assert!(error.to_string().contains("raise its capacity"));
+    fn the_same_event_id_in_two_inboxes_is_two_events() {
+        let store = MemoryStore::new();
+        let a = Reservation::new(DedupKey::new(Some("inb_a"), "evt_X"));
+        reserve(&store, &a);
+        store.complete_now(&a, LONG).unwrap();
+        let b = Reservation::new(DedupKey::new(Some("inb_b"), "evt_X"));
+        assert_eq!(reserve(&store, &b), ReserveOutcome::Reserved);
+        let pod = Reservation::new(DedupKey::new(None, "evt_X"));
+        assert_eq!(reserve(&store, &pod), ReserveOutcome::Reserved);
     }
 
     #[test]
-    fn expired_entries_are_dropped_before_anything_is_evicted() {
+    fn expired_entries_are_dropped_to_make_room() {
         let store = MemoryStore::with_capacity(2);
-        let short = Reservation::new("evt_short");
+        let short = reservation("evt_short");
         store.reserve_now(&short, Duration::ZERO).unwrap();
-        let done = Reservation::new("evt_done");
+        let done = reservation("evt_done");
         reserve(&store, &done);
         store.complete_now(&done, LONG).unwrap();
         assert_eq!(
-            reserve(&store, &Reservation::new("evt_third")),
+            reserve(&store, &reservation("evt_third")),
             ReserveOutcome::Reserved
         );
         assert_eq!(
-            reserve(&store, &Reservation::new("evt_done")),
+            reserve(&store, &reservation("evt_done")),
             ReserveOutcome::Done
+        );
+    }
+
+    #[test]
+    fn a_late_completion_in_a_full_store_is_refused_not_made_room_for() {
+        let store = MemoryStore::with_capacity(1);
+        let late = reservation("evt_late");
+        store.reserve_now(&late, Duration::ZERO).unwrap();
+        let other = reservation("evt_other");
+        reserve(&store, &other);
+        assert!(matches!(
+            store.complete_now(&late, LONG),
+            Err(StoreError::Full { capacity: 1 })
+        ));
+        assert_eq!(
+            reserve(&store, &reservation("evt_other")),
+            ReserveOutcome::InFlight
         );
     }
 
     #[test]
     fn huge_durations_do_not_overflow_the_clock() {
         let store = MemoryStore::new();
-        let reservation = Reservation::new("evt_forever");
+        let forever = reservation("evt_forever");
         assert_eq!(
-            store.reserve_now(&reservation, Duration::MAX).unwrap(),
+            store.reserve_now(&forever, Duration::MAX).unwrap(),
             ReserveOutcome::Reserved
         );
-        store.complete_now(&reservation, Duration::MAX).unwrap();
-        assert_eq!(reserve(&store, &reservation), ReserveOutcome::Done);
+        store.complete_now(&forever, Duration::MAX).unwrap();
+        assert_eq!(reserve(&store, &forever), ReserveOutcome::Done);
     }
 
     #[test]
     fn release_and_complete_compare_the_token() {
         let store = MemoryStore::new();
-        let holder = Reservation::new("evt_1");
-        let stranger = Reservation::new("evt_1");
+        let holder = reservation("evt_1");
+        let stranger = reservation("evt_1");
         reserve(&store, &holder);
         store.release_now(&stranger);
         assert_eq!(reserve(&store, &stranger), ReserveOutcome::InFlight);

@@ -40,8 +40,10 @@ return 0
 /// Reservations and done markers in Redis, shared by every replica that points at the
 /// same server: the store for several replicas behind a load balancer.
 ///
-/// One key per event, `openmail:dedup:<event_id>` unless
-/// [`key_prefix`](Self::key_prefix) changes it:
+/// One key per event, `openmail:dedup:` and the 64 hex digits of its
+/// [`DedupKey`](super::DedupKey) (the verified inbox and the `event_id`, hashed), unless
+/// [`key_prefix`](Self::key_prefix) changes the prefix: a key of 79 bytes with the
+/// default prefix, and a value of at most 32, however long the `event_id` a signer chose:
 ///
 /// - **reserve** is one atomic `SET key <token> NX PX <lease>`; when the key exists, a
 ///   `GET` tells a done marker from another holder's reservation;
@@ -56,7 +58,12 @@ return 0
 /// **A dropped request** releases through [`DedupStore::abandon`], which cannot wait for
 /// I/O: it spawns the release on the current tokio runtime when there is one. Without a
 /// runtime (or when the runtime is shutting down), the reservation stays until its lease
-/// expires.
+/// expires. The layer does the same when a request is dropped while its `SET NX` is in
+/// flight, and when the `SET NX` failed or timed out: the release goes over the same
+/// connection after the `SET`, so Redis runs it after the `SET` if the `SET` arrived at all,
+/// and the token check makes it a no-op if the `SET` never landed. No lease is left behind
+/// to answer OpenMail's retries with `409`, unless the connection itself broke between the
+/// two commands; then the lease expires.
 ///
 /// **The client** is the [`redis`](https://docs.rs/redis) crate's `ConnectionManager`.
 /// `redis` is the most used Rust client for Redis, released often and tracking the
@@ -67,10 +74,15 @@ return 0
 /// both connecting and each command with a timeout, which keeps a dead Redis from holding
 /// a webhook past OpenMail's 15 s. A client with its own runtime and a much larger
 /// surface (`fred`) brings far more than a three-command store uses.
-/// [`connect`](Self::connect) sets a 1 s connection timeout, a 1 s response timeout and
-/// two reconnection retries (see [`connection_config`](Self::connection_config)), so that
-/// with Redis down a delivery fails within a few seconds rather than near OpenMail's
-/// timeout. The `redis` feature needs Rust 1.88, the client's minimum.
+///
+/// **Every call is bounded.** [`connect`](Self::connect) and
+/// [`connect_lazy`](Self::connect_lazy) set a 1 s connection timeout, a 1 s response
+/// timeout and two reconnection retries (see
+/// [`connection_config`](Self::connection_config)): with Redis down, or hung (stopped,
+/// swapping, stuck in a slow script), a delivery is answered `503` with `Retry-After`
+/// within about a second rather than never. A connection made with
+/// [`from_manager`](Self::from_manager) keeps its own settings: give it a response timeout.
+/// The `redis` feature needs Rust 1.88, the client's minimum.
 ///
 /// ```no_run
 /// use openmail_webhooks::dedup::{DeduplicateLayer, RedisStore};
@@ -116,7 +128,9 @@ impl RedisStore {
         Ok(Self::from_manager(connection))
     }
 
-    /// A store over a connection you configured yourself (TLS, other timeouts).
+    /// A store over a connection you configured yourself (TLS, other timeouts). Set a
+    /// response timeout on it (start from [`connection_config`](Self::connection_config)):
+    /// without one, a hung Redis holds every delivery until the client gives up.
     pub fn from_manager(connection: ConnectionManager) -> Self {
         Self {
             connection,
@@ -147,10 +161,11 @@ impl RedisStore {
         }
     }
 
-    fn key(&self, event_id: &str) -> String {
-        let mut key = String::with_capacity(self.prefix.len().saturating_add(event_id.len()));
+    fn key(&self, reservation: &Reservation) -> String {
+        let hex = reservation.key().hex();
+        let mut key = String::with_capacity(self.prefix.len().saturating_add(hex.len()));
         key.push_str(&self.prefix);
-        key.push_str(event_id);
+        key.push_str(hex);
         key
     }
 }
@@ -165,7 +180,7 @@ fn milliseconds(ttl: Duration) -> u64 {
 impl DedupStore for RedisStore {
     fn reserve(&self, reservation: Reservation, lease: Duration) -> StoreFuture<ReserveOutcome> {
         let mut connection = self.connection.clone();
-        let key = self.key(reservation.event_id());
+        let key = self.key(&reservation);
         Box::pin(async move {
             let set: Value = redis::cmd("SET")
                 .arg(&key)
@@ -195,7 +210,7 @@ impl DedupStore for RedisStore {
 
     fn complete(&self, reservation: Reservation, retention: Duration) -> StoreFuture<()> {
         let mut connection = self.connection.clone();
-        let key = self.key(reservation.event_id());
+        let key = self.key(&reservation);
         let scripts = Arc::clone(&self.scripts);
         Box::pin(async move {
             let completed: i64 = scripts
@@ -216,7 +231,7 @@ impl DedupStore for RedisStore {
 
     fn release(&self, reservation: Reservation) -> StoreFuture<()> {
         let mut connection = self.connection.clone();
-        let key = self.key(reservation.event_id());
+        let key = self.key(&reservation);
         let scripts = Arc::clone(&self.scripts);
         Box::pin(async move {
             let _deleted: i64 = scripts

@@ -7,8 +7,9 @@ use tower::Service;
 
 use super::future::ResponseFuture;
 use super::layer::Config;
-use super::{Decision, DedupStore, DeduplicateLayer, Reservation, ResponseBody, Unkeyed};
-use crate::Event;
+use super::{Decision, DedupKey, DedupStore, DeduplicateLayer, Reservation, Unkeyed};
+use crate::body::ResponseBody;
+use crate::Delivery;
 
 /// The service built by [`DeduplicateLayer`].
 #[derive(Clone)]
@@ -59,20 +60,25 @@ where
 
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let config = Arc::clone(&self.config);
+        let Some(delivery) = request.extensions().get::<Delivery>() else {
+            // Only the crate's own verification makes a `Delivery`, so without one nothing
+            // vouched for this request. Passing it through would make a wiring mistake
+            // silent; refusing it makes it loud, and OpenMail retries once it is fixed.
+            let response = config.unverified();
+            config.report(Decision::Unverified);
+            return ResponseFuture::answer(response);
+        };
+        let key = DedupKey::from_delivery(delivery);
         // The clone is the service whose readiness the future drives, and the one it
         // calls; `self.inner` itself is never polled.
         let inner = self.inner.clone();
-        let event_id = match request.extensions().get::<Arc<Event>>() {
-            None => Err(Unkeyed::NoEvent),
-            Some(event) => event.event_id().ok_or(Unkeyed::NoEventId),
-        };
-        match event_id {
-            Ok(event_id) => {
-                let reservation = Reservation::new(event_id);
-                ResponseFuture::reserving(request, inner, reservation, config)
-            }
-            Err(reason) => {
-                config.report(Decision::Unkeyed { reason });
+        match key {
+            Some(key) => ResponseFuture::reserving(request, inner, Reservation::new(key), config),
+            None => {
+                // Verified, but nothing to key on: never lose a verified event.
+                config.report(Decision::Unkeyed {
+                    reason: Unkeyed::NoEventId,
+                });
                 ResponseFuture::pass_through(request, inner)
             }
         }

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use crate::layer::BoxError;
+use tower::BoxError;
+
+use super::DedupKey;
 
 /// The future a [`DedupStore`] returns: boxed, `Send` and `'static`.
 ///
@@ -18,7 +20,7 @@ use crate::layer::BoxError;
 pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
 /// Where the deduplication state lives: reservations (leases) and done markers, keyed by
-/// the signed body's `event_id`.
+/// a [`DedupKey`] (the verified inbox and the `event_id`, as a fixed-size digest).
 ///
 /// The layer calls [`reserve`](Self::reserve) before the inner service, then exactly one
 /// of [`complete`](Self::complete) (the inner service answered `2xx`),
@@ -27,7 +29,18 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 /// [`Reservation`] that `reserve` was given, whose token tells this holder's lease from
 /// anyone else's: `complete` and `release` must act only when the stored reservation
 /// carries the same token, so a holder whose lease expired never deletes or finishes the
-/// reservation of the replica that took over.
+/// reservation of the replica that took over. The same check makes a release harmless when
+/// the reservation never landed: the layer releases (through `abandon`) whenever it cannot
+/// tell whether a `reserve` it sent was written, such as when the request is dropped while
+/// `reserve` is in flight, or `reserve` failed after the command may have been sent.
+///
+/// Key on [`DedupKey::digest`] or [`DedupKey::hex`], never on the event id: the digest is
+/// 32 bytes whoever chose the id, and it carries the inbox that scopes it.
+///
+/// **Bound every call.** The layer has no timer of its own (it needs no async runtime), so
+/// a call that never returns holds its request for good. Give each call a timeout in the
+/// store (a client's response timeout, a statement timeout) and fail it with
+/// [`StoreError::Unavailable`]; the layer then answers `503` with `Retry-After`.
 ///
 /// | call | key absent | reserved, same token | reserved, other token | done |
 /// |---|---|---|---|---|
@@ -49,7 +62,7 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 ///
 /// ```sql
 /// CREATE TABLE webhook_inbox (
-///     event_id   text PRIMARY KEY,
+///     key        text PRIMARY KEY,     -- DedupKey::hex, 64 hex digits
 ///     token      text,                 -- the holder's token while reserved
 ///     state      text NOT NULL,        -- 'reserved' or 'done'
 ///     expires_at timestamptz NOT NULL  -- the lease, then the retention
@@ -57,18 +70,18 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 ///
 /// -- reserve: take the row if it is absent or its lease or retention ran out
 /// INSERT INTO webhook_inbox VALUES ($1, $2, 'reserved', now() + $3)
-/// ON CONFLICT (event_id) DO UPDATE
+/// ON CONFLICT (key) DO UPDATE
 ///     SET token = EXCLUDED.token, state = 'reserved', expires_at = EXCLUDED.expires_at
 ///     WHERE webhook_inbox.expires_at < now()
 /// RETURNING state;                     -- no row back: read the row to tell done from in flight
 ///
 /// -- in the handler, in the same transaction as its own writes:
 /// UPDATE webhook_inbox SET state = 'done', token = NULL, expires_at = now() + $3
-///     WHERE event_id = $1 AND token = $2 AND state = 'reserved';
+///     WHERE key = $1 AND token = $2 AND state = 'reserved';
 /// -- zero rows updated: the lease was lost; roll back.
 ///
 /// -- release:
-/// DELETE FROM webhook_inbox WHERE event_id = $1 AND token = $2 AND state = 'reserved';
+/// DELETE FROM webhook_inbox WHERE key = $1 AND token = $2 AND state = 'reserved';
 /// ```
 ///
 /// The same pattern, runnable, with a mutex standing in for the database transaction:
@@ -97,12 +110,12 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 ///         Box::pin(async move {
 ///             let mut db = db.lock().unwrap();
 ///             let now = Instant::now();
-///             match db.inbox.get(reservation.event_id()) {
+///             match db.inbox.get(reservation.key().hex()) {
 ///                 Some((None, expiry)) if *expiry > now => Ok(ReserveOutcome::Done),
 ///                 Some((Some(_), expiry)) if *expiry > now => Ok(ReserveOutcome::InFlight),
 ///                 _ => {
 ///                     let row = (Some(reservation.token().to_owned()), now + lease);
-///                     db.inbox.insert(reservation.event_id().to_owned(), row);
+///                     db.inbox.insert(reservation.key().hex().to_owned(), row);
 ///                     Ok(ReserveOutcome::Reserved)
 ///                 }
 ///             }
@@ -113,7 +126,7 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 ///         // The handler already marked the event done in its own transaction.
 ///         let db = self.0.clone();
 ///         Box::pin(async move {
-///             match db.lock().unwrap().inbox.get(reservation.event_id()) {
+///             match db.lock().unwrap().inbox.get(reservation.key().hex()) {
 ///                 Some((None, _)) => Ok(()),
 ///                 _ => Err(StoreError::LeaseLost),
 ///             }
@@ -125,11 +138,11 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 ///         Box::pin(async move {
 ///             let mut db = db.lock().unwrap();
 ///             let ours = matches!(
-///                 db.inbox.get(reservation.event_id()),
+///                 db.inbox.get(reservation.key().hex()),
 ///                 Some((Some(token), _)) if token == reservation.token()
 ///             );
 ///             if ours {
-///                 db.inbox.remove(reservation.event_id());
+///                 db.inbox.remove(reservation.key().hex());
 ///             }
 ///             Ok(())
 ///         })
@@ -141,9 +154,9 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 ///     Extension(reservation): Extension<Reservation>,
 /// ) -> &'static str {
 ///     let mut db = inbox.0.lock().unwrap(); // BEGIN
-///     db.messages.push(format!("processed {}", reservation.event_id()));
+///     db.messages.push(format!("processed {}", reservation.key().event_id()));
 ///     let retention = Instant::now() + Duration::from_secs(30 * 60);
-///     db.inbox.insert(reservation.event_id().to_owned(), (None, retention));
+///     db.inbox.insert(reservation.key().hex().to_owned(), (None, retention));
 ///     "ok" // COMMIT, when the guard drops
 /// }
 ///
@@ -154,7 +167,7 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 ///     .layer(DeduplicateLayer::new(inbox));
 /// ```
 pub trait DedupStore: Send + Sync + 'static {
-    /// Reserves `reservation.event_id()` for `lease`, unless it is done or another
+    /// Reserves `reservation.key()` for `lease`, unless it is done or another
     /// reservation's lease is still running. The check and the write must be one atomic
     /// step: two replicas asking at once must not both get
     /// [`Reserved`](ReserveOutcome::Reserved).
@@ -181,6 +194,10 @@ pub trait DedupStore: Send + Sync + 'static {
     /// in the background. The default does nothing, and the reservation stays until its
     /// lease expires: a retry in the meantime is answered as in flight, and the one after
     /// the lease is processed.
+    ///
+    /// The layer also calls it when it cannot tell whether a `reserve` landed (dropped
+    /// while `reserve` was in flight, or `reserve` failed), so it must be harmless for a
+    /// reservation the store never wrote: compare the token, as `release` does.
     fn abandon(&self, reservation: Reservation) {
         let _ = reservation;
     }
@@ -198,7 +215,7 @@ pub enum ReserveOutcome {
     InFlight,
 }
 
-/// One holder's claim on an event: the event id and a token unique to this reservation.
+/// One holder's claim on an event: its [`DedupKey`] and a token unique to this reservation.
 ///
 /// The layer makes one per first delivery and puts it in the inner service's request
 /// extensions, for handlers that mark the event done in their own transaction. Cloning
@@ -210,29 +227,24 @@ pub struct Reservation {
 
 #[derive(PartialEq, Eq)]
 struct ReservationInner {
-    event_id: Arc<str>,
+    key: DedupKey,
     token: Token,
 }
 
 impl Reservation {
-    /// A reservation for `event_id` with a fresh token.
-    pub fn new(event_id: impl Into<Arc<str>>) -> Self {
+    /// A reservation of `key` with a fresh token.
+    pub fn new(key: DedupKey) -> Self {
         Self {
             inner: Arc::new(ReservationInner {
-                event_id: event_id.into(),
+                key,
                 token: Token::fresh(),
             }),
         }
     }
 
-    /// The signed body's `event_id`.
-    pub fn event_id(&self) -> &str {
-        &self.inner.event_id
-    }
-
-    /// The event id, shared.
-    pub(crate) fn shared_event_id(&self) -> Arc<str> {
-        Arc::clone(&self.inner.event_id)
+    /// What is reserved: the verified inbox and the `event_id`.
+    pub fn key(&self) -> &DedupKey {
+        &self.inner.key
     }
 
     /// This reservation's token: 32 lowercase hex digits, unique across processes.
@@ -249,7 +261,7 @@ impl Reservation {
 impl fmt::Debug for Reservation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Reservation")
-            .field("event_id", &self.event_id())
+            .field("key", self.key())
             .field("token", &self.token())
             .finish()
     }
@@ -296,8 +308,10 @@ pub enum StoreError {
     /// `complete` found another holder's reservation: this holder's lease expired while
     /// the inner service ran, and another delivery took the event over.
     LeaseLost,
-    /// An in-memory store is full of reservations still in flight, with no done marker
-    /// left to evict.
+    /// An in-memory store is full of reservations and done markers that are all still
+    /// live (inside their lease or retention). It never forgets a live one to make room,
+    /// since that would let a replay through; the layer answers `503` with `Retry-After`
+    /// instead, and OpenMail retries.
     Full {
         /// The store's capacity, in events.
         capacity: usize,
@@ -314,10 +328,10 @@ impl StoreError {
 impl fmt::Display for StoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Unavailable(error) => write!(
-                f,
-                "the deduplication store failed: {error}; check that it is running and \
-                 reachable from this host"
+            // The cause comes from `source()`.
+            Self::Unavailable(_) => f.write_str(
+                "the deduplication store failed or did not answer in time; check that it is \
+                 running and reachable from this host",
             ),
             Self::LeaseLost => f.write_str(
                 "the reservation's lease expired before the inner service answered, and \
@@ -326,8 +340,9 @@ impl fmt::Display for StoreError {
             ),
             Self::Full { capacity } => write!(
                 f,
-                "the in-memory deduplication store holds {capacity} events, all in flight; \
-                 raise its capacity"
+                "the in-memory deduplication store holds {capacity} events, all inside their \
+                 lease or retention; raise its capacity above the events received in one \
+                 retention period"
             ),
         }
     }
@@ -348,8 +363,9 @@ mod tests {
 
     #[test]
     fn tokens_are_unique_and_hex() {
-        let first = Reservation::new("evt_1");
-        let second = Reservation::new("evt_1");
+        let key = DedupKey::new(Some("inb_1"), "evt_1");
+        let first = Reservation::new(key.clone());
+        let second = Reservation::new(key);
         assert_ne!(first.token(), second.token());
         assert_ne!(first, second);
         assert_eq!(first.token().len(), 32);

@@ -1,3 +1,7 @@
+// The reading stage holds the request head; boxing it would cost an allocation per request
+// to shrink a future that is moved once, into its task.
+#![allow(clippy::large_enum_variant)]
+
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -5,52 +9,56 @@ use std::task::{ready, Context, Poll};
 
 use bytes::{Buf, Bytes};
 use http::request::Parts;
-use http::{Request, Response};
+use http::{Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
-use tower::Service;
+use tower::{BoxError, Service};
 
 use super::buffer::BodyBuffer;
-use super::deadline::BodyDeadline;
-use super::{BoxError, Config, Delivery, Rejection, ResponseBody, VerifiedBody};
-use crate::protocol::{SignedHead, StreamingCheck, Verified, EVENT_ID_HEADER, TIMESTAMP_HEADER};
-use crate::tenant::claim::Claim;
-use crate::tenant::{ResolveFuture, SecretResolver, SecretScope, TenantRequest};
-use crate::Event;
+use super::deadline::Deadline;
+use super::{Config, Rejection, SecretSource};
+use crate::body::{ResponseBody, VerifiedBody};
+use crate::protocol::{
+    Claim, SecretScope, SignedHead, Verified, VerifyError, EVENT_ID_HEADER, MAX_CLAIMED_ID_LEN,
+    REFUSAL_MACS, TIMESTAMP_HEADER,
+};
+use crate::tenant::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
+use crate::{Delivery, Event};
 
 pin_project! {
     /// The response future of [`VerifyOpenMail`](super::VerifyOpenMail).
     ///
     /// It reads and verifies the body, then drives the inner service's readiness, then
     /// calls it, all inside one `poll` when the data is there.
-    pub struct ResponseFuture<B, S>
+    pub struct ResponseFuture<S, ReqBody>
     where
         S: Service<Request<VerifiedBody>>,
     {
         #[pin]
-        state: State<B, S, S::Future>,
+        state: State<S, ReqBody, S::Future>,
     }
 }
 
 pin_project! {
     #[project = StateProj]
-    enum State<B, S, F> {
+    #[project_replace = StateOwned]
+    enum State<S, B, F> {
         Rejected {
-            rejection: Option<Rejection>,
+            rejection: Rejection,
             config: Arc<Config>,
         },
         Reading {
             #[pin]
             body: B,
-            reading: Option<Reading<S>>,
+            reading: Reading<S>,
         },
         Resolving {
             lookup: ResolveFuture,
-            pending: Option<Read<S>>,
+            read: Read<S>,
         },
         Ready {
             inner: S,
-            request: Option<Request<VerifiedBody>>,
+            request: Request<VerifiedBody>,
         },
         Calling {
             #[pin]
@@ -60,24 +68,15 @@ pin_project! {
     }
 }
 
-/// How the body will be checked, decided from the head.
-pub(crate) enum BodyCheck {
-    /// Static secrets: the MAC is fed as the body streams in.
-    Streaming(StreamingCheck),
-    /// Per-tenant secrets: known only once the body's claim has been read.
-    Resolved(SignedHead, Arc<dyn SecretResolver>),
-}
-
 /// What the reading stage owns besides the body stream.
-struct Reading<S> {
+pub(crate) struct Reading<S> {
     parts: Parts,
-    check: BodyCheck,
+    head: SignedHead,
     buffer: BodyBuffer,
     received: usize,
-    expected: Option<usize>,
     inner: S,
     config: Arc<Config>,
-    deadline: BodyDeadline,
+    deadline: Deadline,
 }
 
 /// A body read in full and waiting for its tenant's secrets.
@@ -86,61 +85,72 @@ struct Read<S> {
     head: SignedHead,
     body: Bytes,
     claim: Claim,
+    tenant: Tenant,
+    resolver: Arc<dyn SecretResolver>,
+    refreshed: bool,
     inner: S,
     config: Arc<Config>,
+    deadline: Deadline,
+    // Held until the body is handed on: the budget counts it while the lookup runs.
+    _lease: super::budget::Lease,
 }
 
 /// What a stage hands to the next one.
 enum Next<S> {
-    Continue,
     Resolve(ResolveFuture, Read<S>),
     Call(S, Request<VerifiedBody>),
 }
 
-impl<B, S> ResponseFuture<B, S>
+/// A rejection, with the configuration needed to report it.
+type Refusal = (Rejection, Arc<Config>);
+
+impl<S, B> ResponseFuture<S, B>
 where
-    B: Body,
     S: Service<Request<VerifiedBody>>,
 {
     pub(crate) fn rejected(rejection: Rejection, config: Arc<Config>) -> Self {
         Self {
-            state: State::Rejected {
-                rejection: Some(rejection),
-                config,
-            },
+            state: State::Rejected { rejection, config },
         }
     }
 
-    pub(crate) fn reading(
-        request: Request<B>,
-        check: BodyCheck,
-        inner: S,
-        config: Arc<Config>,
-    ) -> Self {
+    pub(crate) fn reading(request: Request<B>, reading: ReadingStart<S>) -> Self
+    where
+        B: Body,
+    {
         let (parts, body) = request.into_parts();
-        let expected = body
-            .size_hint()
-            .exact()
-            .and_then(|length| usize::try_from(length).ok());
+        let ReadingStart {
+            head,
+            buffer,
+            inner,
+            config,
+        } = reading;
         Self {
             state: State::Reading {
                 body,
-                reading: Some(Reading {
+                reading: Reading {
                     parts,
-                    check,
-                    buffer: BodyBuffer::default(),
+                    head,
+                    buffer,
                     received: 0,
-                    expected,
                     inner,
-                    deadline: BodyDeadline::start(&config),
+                    deadline: Deadline::start(config.pace),
                     config,
-                }),
+                },
             },
         }
     }
 }
 
-impl<B, S, ResBody> Future for ResponseFuture<B, S>
+/// What the service decided from the head, for the reading stage.
+pub(crate) struct ReadingStart<S> {
+    pub(crate) head: SignedHead,
+    pub(crate) buffer: BodyBuffer,
+    pub(crate) inner: S,
+    pub(crate) config: Arc<Config>,
+}
+
+impl<S, B, ResBody> Future for ResponseFuture<S, B>
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -151,224 +161,263 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut state = self.project().state;
         loop {
-            let next = match state.as_mut().project() {
-                StateProj::Rejected { rejection, config } => {
-                    let response = rejection.take().map(|rejection| reject(config, rejection));
-                    state.set(State::Done);
-                    match response {
-                        Some(response) => return Poll::Ready(Ok(response)),
-                        None => continue,
+            let step: Result<Next<S>, Refusal> = match state.as_mut().project() {
+                StateProj::Rejected { .. } => match state.as_mut().project_replace(State::Done) {
+                    StateOwned::Rejected { rejection, config } => {
+                        return Poll::Ready(Ok(reject(&config, rejection)));
                     }
-                }
+                    _ => return Poll::Ready(Ok(polled_after_completion())),
+                },
                 StateProj::Reading { body, reading } => {
-                    // Checked before the body, so a client that keeps a trickle of bytes
-                    // coming is cut off too, not only one that stalls.
-                    let timeout = reading
-                        .as_mut()
-                        .and_then(|reading| reading.deadline.poll_elapsed(cx));
-                    let frame = match timeout {
-                        Some(rejection) => Some(Err(rejection)),
-                        None => ready!(body.poll_frame(cx))
+                    let frame = match body.poll_frame(cx) {
+                        Poll::Pending => {
+                            if reading.deadline.poll_expired(cx) {
+                                Some(Err(reading.timed_out()))
+                            } else {
+                                return Poll::Pending;
+                            }
+                        }
+                        Poll::Ready(frame) => frame
                             .map(|frame| frame.map_err(|error| Rejection::BodyRead(error.into()))),
                     };
-                    let Some(current) = reading.as_mut() else {
-                        state.set(State::Done);
-                        continue;
-                    };
-                    let step = match frame {
-                        Some(Ok(frame)) => match frame.into_data() {
-                            Ok(mut data) => {
-                                let chunk = data.copy_to_bytes(data.remaining());
-                                current.take(chunk).map(|()| Next::Continue)
+                    match frame {
+                        Some(Ok(frame)) => {
+                            let taken = match frame.into_data() {
+                                Ok(mut data) => reading.take(data.copy_to_bytes(data.remaining())),
+                                // Trailers are not part of the signed body.
+                                Err(_) => Ok(()),
+                            };
+                            match taken {
+                                Ok(()) => continue,
+                                Err(rejection) => Err((rejection, Arc::clone(&reading.config))),
                             }
-                            // Trailers are not part of the signed body.
-                            Err(_) => Ok(Next::Continue),
-                        },
-                        Some(Err(rejection)) => Err((rejection, Arc::clone(&current.config))),
-                        None => match reading.take() {
-                            Some(finished) => finished.finish(),
-                            None => Ok(Next::Continue),
-                        },
-                    };
-                    match step {
-                        Ok(next) => next,
-                        Err((rejection, config)) => {
-                            state.set(State::Done);
-                            return Poll::Ready(Ok(reject(&config, rejection)));
                         }
+                        Some(Err(rejection)) => Err((rejection, Arc::clone(&reading.config))),
+                        None => match state.as_mut().project_replace(State::Done) {
+                            StateOwned::Reading { reading, .. } => reading.finish(),
+                            _ => return Poll::Ready(Ok(polled_after_completion())),
+                        },
                     }
                 }
-                StateProj::Resolving { lookup, pending } => {
-                    let found = ready!(lookup.as_mut().poll(cx));
-                    match pending.take().map(|read| read.verify(found)) {
-                        Some(Ok(next)) => next,
-                        Some(Err((rejection, config))) => {
-                            state.set(State::Done);
-                            return Poll::Ready(Ok(reject(&config, rejection)));
+                StateProj::Resolving { lookup, read } => match lookup.as_mut().poll(cx) {
+                    Poll::Pending => {
+                        if !read.deadline.poll_expired(cx) {
+                            return Poll::Pending;
                         }
-                        None => {
-                            state.set(State::Done);
-                            continue;
-                        }
+                        let rejection = Rejection::LookupTimeout {
+                            deadline: read.deadline.limit(),
+                        };
+                        Err((rejection, Arc::clone(&read.config)))
                     }
-                }
-                StateProj::Ready { inner, request } => {
+                    Poll::Ready(found) => match state.as_mut().project_replace(State::Done) {
+                        StateOwned::Resolving { read, .. } => read.verify(found),
+                        _ => return Poll::Ready(Ok(polled_after_completion())),
+                    },
+                },
+                StateProj::Ready { inner, .. } => {
                     if let Err(error) = ready!(inner.poll_ready(cx)) {
                         state.set(State::Done);
                         return Poll::Ready(Err(error));
                     }
-                    match request.take() {
-                        Some(request) => {
+                    match state.as_mut().project_replace(State::Done) {
+                        StateOwned::Ready { mut inner, request } => {
                             let future = inner.call(request);
                             state.set(State::Calling { future });
+                            continue;
                         }
-                        None => state.set(State::Done),
+                        _ => return Poll::Ready(Ok(polled_after_completion())),
                     }
-                    continue;
                 }
                 StateProj::Calling { future } => {
                     let result = ready!(future.poll(cx));
                     state.set(State::Done);
                     return Poll::Ready(result.map(|response| response.map(ResponseBody::inner)));
                 }
-                StateProj::Done => {
-                    // Polled after completion, or a stage lost what it owned: both are bugs
-                    // in the caller or here, and neither may panic a server.
-                    return Poll::Pending;
-                }
+                StateProj::Done => return Poll::Ready(Ok(polled_after_completion())),
             };
-            match next {
-                Next::Continue => {}
-                Next::Resolve(lookup, read) => state.set(State::Resolving {
-                    lookup,
-                    pending: Some(read),
-                }),
-                Next::Call(inner, request) => state.set(State::Ready {
-                    inner,
-                    request: Some(request),
-                }),
+            match step {
+                Ok(Next::Resolve(lookup, read)) => state.set(State::Resolving { lookup, read }),
+                Ok(Next::Call(inner, request)) => state.set(State::Ready { inner, request }),
+                Err((rejection, config)) => {
+                    state.set(State::Done);
+                    return Poll::Ready(Ok(reject(&config, rejection)));
+                }
             }
         }
     }
 }
 
-/// A rejection, with the configuration needed to report it.
-type Refusal = (Rejection, Arc<Config>);
+/// A response future polled again after it answered: a bug in the caller, answered rather
+/// than left hanging or panicking.
+fn polled_after_completion<B>() -> Response<ResponseBody<B>> {
+    let mut response = Response::new(ResponseBody::short(Bytes::from_static(
+        b"response future polled after completion",
+    )));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response
+}
 
 impl<S> Reading<S> {
-    /// Takes one data frame: checks the limit, feeds the MAC if it streams, keeps the bytes.
-    fn take(&mut self, chunk: Bytes) -> Result<(), Refusal> {
+    fn timed_out(&self) -> Rejection {
+        Rejection::BodyTimeout {
+            deadline: self.deadline.limit(),
+            received: self.received,
+        }
+    }
+
+    /// Takes one data frame: checks the limit and the pace, keeps the bytes.
+    fn take(&mut self, chunk: Bytes) -> Result<(), Rejection> {
         let Some(received) = self
             .received
             .checked_add(chunk.len())
             .filter(|received| *received <= self.config.body_limit)
         else {
-            let rejection = Rejection::PayloadTooLarge {
+            return Err(Rejection::PayloadTooLarge {
                 limit: self.config.body_limit,
                 declared: None,
-            };
-            return Err((rejection, Arc::clone(&self.config)));
+            });
         };
         self.received = received;
-        if let BodyCheck::Streaming(check) = &mut self.check {
-            check.update(&chunk);
+        if self.buffer.push(chunk).is_err() {
+            return Err(Rejection::OverBudget {
+                budget: self.buffer.budget_limit(),
+            });
         }
-        self.buffer.push(chunk, self.expected);
+        self.deadline.received(received);
+        // A client that keeps a trickle coming is cut off as surely as one that stalls.
+        if self.deadline.expired() {
+            return Err(self.timed_out());
+        }
         Ok(())
     }
 
-    /// The body has ended. With static secrets the MAC is complete: compare it and build
-    /// the inner request. With a resolver, read the claim and start the lookup.
+    /// The body has ended: one verification path for every source of secrets. With static
+    /// secrets, check the MAC over the buffered body and build the inner request; with a
+    /// resolver, read the claim, route it and start the lookup.
     fn finish(self) -> Result<Next<S>, Refusal> {
         let Self {
             parts,
-            check,
+            head,
             buffer,
             inner,
             config,
+            mut deadline,
             ..
         } = self;
-        let body = buffer.into_bytes();
-        match check {
-            BodyCheck::Streaming(check) => match check.finish(timestamp_of(&parts), &body) {
-                Ok(verified) => accept(parts, verified, None, body, inner, config),
-                Err(error) => Err((Rejection::Verify(error), config)),
-            },
-            BodyCheck::Resolved(head, resolver) => {
-                let claim = match Claim::read(&body) {
-                    Ok(claim) => claim,
-                    Err(error) => return Err((Rejection::TenantClaim(error.0), config)),
+        let (body, lease) = buffer.finish();
+        deadline.body_done();
+        let resolver = match &config.secrets {
+            SecretSource::Static(ring) => {
+                return match ring.check(&head, timestamp_of(&parts), &body) {
+                    Ok(verified) => {
+                        drop(lease);
+                        accept(
+                            parts,
+                            verified,
+                            SecretScope::Account,
+                            body,
+                            None,
+                            inner,
+                            config,
+                        )
+                    }
+                    Err(error) => Err((Rejection::Verify(error), config)),
                 };
-                let lookup = resolver.resolve(&TenantRequest::new(
-                    &parts,
-                    claim.inbox_id.as_deref(),
-                    claim.pod_id.as_deref(),
-                ));
-                Ok(Next::Resolve(
-                    lookup,
-                    Read {
-                        parts,
-                        head,
-                        body,
-                        claim,
-                        inner,
-                        config,
-                    },
-                ))
             }
+            SecretSource::Resolver(resolver) => Arc::clone(resolver),
+        };
+        let claim = match Claim::read(&body) {
+            Ok(claim) => claim,
+            Err(error) => {
+                head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
+                return Err((
+                    Rejection::Verify(VerifyError::ClaimUnreadable(error)),
+                    config,
+                ));
+            }
+        };
+        let tenant = resolver.route(&TenantRequest::new(&parts, claim.inbox_id()));
+        if matches!(&tenant, Tenant::Inbox(inbox) if inbox.len() > MAX_CLAIMED_ID_LEN) {
+            head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
+            return Err((Rejection::UnknownTenant { tenant }, config));
         }
+        let lookup = resolver.lookup(&tenant);
+        Ok(Next::Resolve(
+            lookup,
+            Read {
+                parts,
+                head,
+                body,
+                claim,
+                tenant,
+                resolver,
+                refreshed: false,
+                inner,
+                config,
+                deadline,
+                _lease: lease,
+            },
+        ))
     }
 }
 
 impl<S> Read<S> {
-    /// The tenant's secrets arrived: verify, then check that the matching secret covers the
-    /// inbox or pod the body names.
-    fn verify(self, found: <ResolveFuture as Future>::Output) -> Result<Next<S>, Refusal> {
-        let Self {
-            parts,
-            head,
-            body,
-            claim,
-            inner,
-            config,
-        } = self;
+    /// The tenant's secrets arrived: verify the signature and that the matching secret
+    /// covers the inbox the body names. When cached secrets fail, the resolver may look
+    /// once more, in case the tenant's secret was rotated.
+    fn verify(
+        self,
+        found: Result<Option<crate::protocol::TenantSecrets>, BoxError>,
+    ) -> Result<Next<S>, Refusal> {
         let secrets = match found {
             Ok(Some(secrets)) => secrets,
             Ok(None) => {
-                let rejection = Rejection::UnknownTenant {
-                    inbox_id: claim.inbox_id,
-                    pod_id: claim.pod_id,
-                };
-                return Err((rejection, config));
+                // The same work as a wrong signature, so timing does not tell them apart.
+                self.head
+                    .burn_macs(REFUSAL_MACS, timestamp_of(&self.parts), &self.body);
+                return Err((
+                    Rejection::UnknownTenant {
+                        tenant: self.tenant,
+                    },
+                    self.config,
+                ));
             }
-            Err(error) => return Err((Rejection::SecretLookup(error), config)),
+            Err(error) => return Err((Rejection::SecretLookup(error), self.config)),
         };
-        let Some(index) = head.find_match(secrets.secrets(), timestamp_of(&parts), &body) else {
-            return Err((
-                Rejection::Verify(crate::VerifyError::SignatureMismatch),
-                config,
-            ));
-        };
-        let scope = secrets
-            .scope(index)
-            .cloned()
-            .unwrap_or(SecretScope::Account);
-        if !scope.covers(claim.inbox_id.as_deref(), claim.pod_id.as_deref()) {
-            let rejection = Rejection::TenantMismatch {
-                scope,
-                inbox_id: claim.inbox_id,
-                pod_id: claim.pod_id,
-            };
-            return Err((rejection, config));
+        match secrets.check(
+            &self.head,
+            timestamp_of(&self.parts),
+            &self.body,
+            &self.claim,
+        ) {
+            Ok(verified) => {
+                self.resolver.verified(&self.tenant);
+                let (verified, scope) = verified.into_parts();
+                let Self {
+                    parts,
+                    body,
+                    claim,
+                    inner,
+                    config,
+                    ..
+                } = self;
+                accept(parts, verified, scope, body, Some(claim), inner, config)
+            }
+            Err(error) => {
+                if !self.refreshed {
+                    if let Some(lookup) = self.resolver.refresh(&self.tenant) {
+                        return Ok(Next::Resolve(
+                            lookup,
+                            Read {
+                                refreshed: true,
+                                ..self
+                            },
+                        ));
+                    }
+                }
+                Err((Rejection::Verify(error), self.config))
+            }
         }
-        accept(
-            parts,
-            head.verified(index),
-            Some(scope),
-            body,
-            inner,
-            config,
-        )
     }
 }
 
@@ -383,26 +432,33 @@ fn timestamp_of(parts: &Parts) -> &[u8] {
 fn accept<S>(
     mut parts: Parts,
     verified: Verified,
-    scope: Option<SecretScope>,
+    scope: SecretScope,
     body: Bytes,
+    claim: Option<Claim>,
     inner: S,
     config: Arc<Config>,
 ) -> Result<Next<S>, Refusal> {
-    if config.parse_events {
+    let event = if config.parse_events {
         match Event::parse(body.clone()) {
-            Ok(event) => {
-                parts.extensions.insert(Arc::new(event));
-            }
+            Ok(event) => Some(Arc::new(event)),
             Err(error) => return Err((Rejection::NotAnEvent(error), config)),
         }
-    }
+    } else {
+        None
+    };
     let event_id_header = parts.headers.get(EVENT_ID_HEADER).cloned();
-    parts.extensions.insert(Delivery::new(
+    let delivery = Delivery::webhook(
         verified,
         scope,
         event_id_header,
         body.clone(),
-    ));
+        claim,
+        event.clone(),
+    );
+    if let Some(event) = event {
+        parts.extensions.insert(event);
+    }
+    parts.extensions.insert(delivery);
     Ok(Next::Call(
         inner,
         Request::from_parts(parts, VerifiedBody::new(body)),
@@ -410,15 +466,17 @@ fn accept<S>(
 }
 
 /// Reports a rejection to the application and builds the client's response.
-fn reject<B>(config: &Config, rejection: Rejection) -> Response<ResponseBody<B>> {
+pub(crate) fn reject<B>(config: &Config, rejection: Rejection) -> Response<ResponseBody<B>> {
     #[cfg(feature = "tracing")]
     match &rejection {
-        Rejection::Verify(crate::VerifyError::SignatureMismatch)
-        | Rejection::TenantMismatch { .. } => {
+        Rejection::Verify(VerifyError::SignatureMismatch | VerifyError::TenantMismatch { .. })
+        | Rejection::UnknownTenant { .. } => {
             tracing::warn!(reason = %rejection, "OpenMail webhook rejected");
         }
-        Rejection::SecretLookup(_) => {
-            tracing::error!(reason = %rejection, "OpenMail webhook secret lookup failed");
+        Rejection::SecretLookup(_)
+        | Rejection::LookupTimeout { .. }
+        | Rejection::OverBudget { .. } => {
+            tracing::error!(reason = %rejection, "OpenMail webhook answered 503");
         }
         _ => tracing::debug!(reason = %rejection, "OpenMail webhook rejected"),
     }

@@ -6,6 +6,8 @@ use bytes::Bytes;
 use http::Response;
 use tower_layer::Layer;
 
+use super::budget::Budget;
+use super::deadline::Pace;
 use super::{Rejection, VerifyOpenMail};
 use crate::protocol::{Freshness, SecretRing};
 use crate::tenant::SecretResolver;
@@ -42,6 +44,12 @@ pub struct VerifyOpenMailLayer {
     config: Arc<Config>,
 }
 
+/// The memory budget when none is set: 64 MiB, or eight bodies at the limit if that is
+/// more.
+fn default_budget(body_limit: usize) -> usize {
+    body_limit.saturating_mul(8).max(64 * 1024 * 1024)
+}
+
 #[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) freshness: Freshness,
@@ -50,8 +58,9 @@ pub(crate) struct Config {
     pub(crate) parse_events: bool,
     pub(crate) on_rejection: Option<RejectionHook>,
     pub(crate) respond: Option<RejectionResponder>,
-    #[cfg(feature = "tokio")]
-    pub(crate) body_deadline: Option<Duration>,
+    pub(crate) pace: Pace,
+    pub(crate) budget: Arc<Budget>,
+    budget_set: bool,
 }
 
 impl VerifyOpenMailLayer {
@@ -61,7 +70,7 @@ impl VerifyOpenMailLayer {
     }
 
     /// A layer that accepts any of `secrets`, for a rotation in progress. The matching
-    /// secret's index is reported in [`Delivery::secret_index`](super::Delivery::secret_index).
+    /// secret's index is reported in [`Delivery::secret_index`](crate::Delivery::secret_index).
     pub fn with_secrets<I>(secrets: I) -> Result<Self, ConfigError>
     where
         I: IntoIterator,
@@ -94,8 +103,9 @@ impl VerifyOpenMailLayer {
                 parse_events: true,
                 on_rejection: None,
                 respond: None,
-                #[cfg(feature = "tokio")]
-                body_deadline: None,
+                pace: Pace::default(),
+                budget: Budget::new(default_budget(DEFAULT_BODY_LIMIT)),
+                budget_set: false,
             }),
         }
     }
@@ -104,7 +114,39 @@ impl VerifyOpenMailLayer {
     /// `Content-Length` is refused before the body is read, and a streamed body at the
     /// frame that crosses the limit.
     pub fn body_limit(self, limit: usize) -> Self {
-        self.map_config(|config| config.body_limit = limit)
+        self.map_config(|config| {
+            config.body_limit = limit;
+            if !config.budget_set {
+                config.budget = Budget::new(default_budget(limit));
+            }
+        })
+    }
+
+    /// The most memory the bodies being read may hold together, in bytes: 64 MiB, or
+    /// eight bodies at the limit if that is more, unless set.
+    ///
+    /// Each body leases what it holds as its bytes arrive: about the bytes received (frames
+    /// under 4 KiB are gathered into 16 KiB chunks), whatever the framing. A declared
+    /// `Content-Length` that does not fit in what is free is refused before the body is
+    /// read, but reserves nothing, so heads that never send their bodies hold no memory.
+    /// Bodies over 64 KiB may together hold at most half the budget, so large uploads
+    /// cannot crowd out the small deliveries OpenMail sends most. A body that does not fit
+    /// is answered `503` with `Retry-After` ([`Rejection::OverBudget`]), so OpenMail
+    /// retries. Keep it at least twice the [`body_limit`](Self::body_limit), or a body at
+    /// the limit never fits.
+    ///
+    /// The budget is shared by every service this layer builds, and by its clones.
+    pub fn memory_budget(self, bytes: usize) -> Self {
+        self.map_config(|config| {
+            config.budget = Budget::new(bytes);
+            config.budget_set = true;
+        })
+    }
+
+    /// The bytes the bodies being read hold now, out of the
+    /// [`memory_budget`](Self::memory_budget): for metrics and tests.
+    pub fn buffered_bytes(&self) -> usize {
+        self.config.budget.held()
     }
 
     /// Whether to parse the verified body into an [`Event`](crate::Event), on by default.
@@ -112,36 +154,50 @@ impl VerifyOpenMailLayer {
     /// When on, a verified body that is not a JSON object with a string `event` is refused
     /// with `400`, and the inner service finds an `Arc<Event>` in the request extensions.
     /// Turn it off to parse the body yourself (for example into your own types); the
-    /// [`Delivery`](super::Delivery) extension and the body are there either way.
+    /// [`Delivery`](crate::Delivery) extension and the body are there either way.
     pub fn parse_events(self, parse: bool) -> Self {
         self.map_config(|config| config.parse_events = parse)
     }
 
-    /// How long the whole body may take to arrive, counted from the moment the request's
-    /// headers reach the layer. When it runs out the layer stops reading and answers
-    /// `408 Request Timeout` ([`Rejection::BodyTimeout`]), which frees the memory the upload
-    /// held and, with a concurrency limit around the layer, its slot.
+    /// The longest the whole body may take to arrive, counted from the moment the request
+    /// reaches the layer; 10 s unless set. With per-inbox secrets the secret lookup gets as
+    /// long again, counted from the end of the body. A body that misses it is answered `408 Request Timeout`
+    /// ([`Rejection::BodyTimeout`]); a lookup that misses it `503` with `Retry-After`
+    /// ([`Rejection::LookupTimeout`]). Either way the memory the request held is freed.
     ///
     /// It is a deadline for the whole body, not an idle timeout between frames, so a client
-    /// that trickles one byte at a time (a slowloris) cannot stretch it. OpenMail expects an
-    /// answer within 15 seconds; 10 seconds leaves room for the handler. See the
-    /// [module docs](super#bounded-resources) for the sizing.
+    /// that trickles one byte at a time cannot stretch it; see also
+    /// [`min_body_rate`](Self::min_body_rate), which cuts slow bodies off much sooner.
+    /// OpenMail expects an answer within 15 seconds.
     ///
-    /// The timer is Tokio's: the layer must run inside a Tokio runtime with its time driver
-    /// enabled (as `#[tokio::main]` and `axum::serve` do). Outside any Tokio runtime the
-    /// deadline is not armed.
+    /// The deadline needs no async runtime: a request that has to wait registers a wake-up
+    /// with one timer thread the crate starts on first use, and removes it when it ends.
     ///
     /// ```
     /// use std::time::Duration;
     /// use openmail_webhooks::VerifyOpenMailLayer;
     ///
-    /// let layer = VerifyOpenMailLayer::new("whsec_test")?.body_deadline(Duration::from_secs(10));
+    /// let layer = VerifyOpenMailLayer::new("whsec_test")?.body_deadline(Duration::from_secs(8));
     /// # Ok::<(), openmail_webhooks::ConfigError>(())
     /// ```
-    #[cfg(feature = "tokio")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "tokio")))]
     pub fn body_deadline(self, deadline: Duration) -> Self {
-        self.map_config(|config| config.body_deadline = Some(deadline))
+        self.map_config(|config| config.pace.deadline = deadline)
+    }
+
+    /// The slowest a body may arrive: after `grace`, at least `bytes_per_second` on
+    /// average, counted from the start. The default is 64 KiB/s after 2 s, so a 4 KiB
+    /// delivery has about 2 s to arrive and a 1 MiB one about 18 s (cut to the
+    /// [`body_deadline`](Self::body_deadline)). A `bytes_per_second` of 0 leaves only the
+    /// deadline.
+    ///
+    /// This is what keeps stalled and trickling uploads from holding memory and
+    /// connections for long: they are cut off (`408`) shortly after `grace`, however many
+    /// there are, while OpenMail's deliveries arrive in milliseconds.
+    pub fn min_body_rate(self, bytes_per_second: u32, grace: Duration) -> Self {
+        self.map_config(|config| {
+            config.pace.min_rate = bytes_per_second;
+            config.pace.grace = grace;
+        })
     }
 
     /// How far `X-Timestamp` may be from now; see [`Verifier::tolerance`].
@@ -214,7 +270,7 @@ impl fmt::Debug for VerifyOpenMailLayer {
 /// Where the secrets come from.
 #[derive(Clone)]
 pub(crate) enum SecretSource {
-    /// A fixed list, keyed once: the MAC runs while the body streams in.
+    /// A fixed list, keyed once.
     Static(Arc<SecretRing>),
     /// Looked up per delivery, after the body is read.
     Resolver(Arc<dyn SecretResolver>),
@@ -237,9 +293,9 @@ impl fmt::Debug for Config {
             .field("body_limit", &self.body_limit)
             .field("parse_events", &self.parse_events)
             .field("on_rejection", &self.on_rejection.is_some())
-            .field("rejection_response", &self.respond.is_some());
-        #[cfg(feature = "tokio")]
-        debug.field("body_deadline", &self.body_deadline);
+            .field("rejection_response", &self.respond.is_some())
+            .field("pace", &self.pace)
+            .field("memory_budget", &self.budget.limit());
         debug.finish()
     }
 }

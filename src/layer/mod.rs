@@ -1,27 +1,35 @@
 //! The tower middleware: [`VerifyOpenMailLayer`] and the types around it.
 //!
 //! The layer reads and checks `X-Timestamp` and `X-Signature` first, so a forged or stale
-//! delivery is refused before a byte of its body is read. It then streams the body into the
-//! MAC under a size limit, buffering it once. Only then does it drive the inner service's
-//! readiness and call it, with the verified bytes as the body and two values in the
-//! request extensions: the parsed event as an `Arc<`[`Event`](crate::Event)`>`, and the
-//! [`Delivery`] (the verified bytes and the signature metadata).
+//! delivery is refused before a byte of its body is read. It then reads the body under a
+//! size limit, a deadline and a memory budget, buffering it once, and checks the MAC over
+//! the buffered bytes: one path, whether the secrets are fixed or looked up per inbox. Only
+//! then does it drive the inner service's readiness and call it, with the verified bytes as the body
+//! ([`VerifiedBody`](crate::body::VerifiedBody)) and two values in the request extensions:
+//! the parsed event as an `Arc<`[`Event`](crate::Event)`>`, and the
+//! [`Delivery`](crate::Delivery) (the verified bytes, the signature metadata and the
+//! body's ids).
 //!
 //! | outcome | status |
 //! |---|---|
 //! | verified, and the body is a JSON object with a string `event` | the inner service's |
 //! | missing, repeated or malformed header, stale timestamp, wrong signature | `400` |
+//! | per-inbox secrets: unknown inbox, another tenant's secret, unreadable claim | `400 signature mismatch`, the same as a wrong signature |
 //! | verified body that is not an OpenMail event | `400` |
 //! | the body stream failed | `400` |
-//! | the body missed its deadline (`body_deadline`, with the `tokio` feature) | `408` |
+//! | the body missed its deadline, or arrived slower than the minimum rate | `408` |
 //! | `Content-Length`, or the bytes streamed so far, over the limit | `413` |
-//! | per-inbox secrets: no secret for the tenant, or the matching secret is another tenant's | `400` |
-//! | per-inbox secrets: the resolver failed | `503` |
+//! | the memory budget is full | `503` with `Retry-After` |
+//! | per-inbox secrets: the resolver failed, too many lookups, or the lookup missed the deadline | `503` with `Retry-After` |
+//! | polled again after answering (a caller's bug) | `500` |
 //!
-//! With per-inbox secrets ([`VerifyOpenMailLayer::with_resolver`]) the secret is known only
-//! once the body has been read, so the MAC runs over the buffered bytes instead of while
-//! they stream in; the head is still checked first. See the [`tenant`](crate::tenant)
-//! module.
+//! **The rule:** no request's content ever causes a 5xx. A `503` with `Retry-After` means a
+//! dependency (the secret store) is down or slow, or the memory budget is full: a state of
+//! the receiver, which OpenMail's retry resolves.
+//!
+//! With per-inbox secrets ([`VerifyOpenMailLayer::with_resolver`]) the secret is looked up
+//! once the body has been read and its claimed inbox is known; the head is still checked
+//! first. See the [`tenant`](crate::tenant) module.
 //!
 //! `X-Timestamp` and `X-Signature` must each appear exactly once. A request that carries
 //! either twice is refused as ambiguous (`400`, [`VerifyError::DuplicateHeader`]) rather
@@ -30,15 +38,15 @@
 //!
 //! A rejection carries a short plain-text reason; the precise [`Rejection`] goes to the
 //! hook set with [`VerifyOpenMailLayer::on_rejection`], and to `tracing` when that feature
-//! is on.
+//! is on, with every value from the request escaped and cut short.
 //!
 //! ```
 //! use std::sync::Arc;
 //! use axum::{routing::post, Extension, Router};
-//! use openmail_webhooks::{Event, VerifyOpenMailLayer};
+//! use openmail_webhooks::{Event, LogSafe, VerifyOpenMailLayer};
 //!
 //! async fn handle(Extension(event): Extension<Arc<Event>>) -> &'static str {
-//!     println!("{} {:?}", event.event_type(), event.event_id());
+//!     println!("{} {}", event.event_type(), LogSafe::or_dash(event.event_id()));
 //!     "ok"
 //! }
 //!
@@ -50,65 +58,66 @@
 //!
 //! # Bounded resources
 //!
-//! The layer buffers each body until its signature is checked, so the memory it can hold
-//! at once is at worst
+//! Until its signature is checked, a request is anonymous: anyone can send well-formed,
+//! fresh headers and a body that is read to its last byte before it proves forged. What
+//! such requests can hold is bounded in bytes and seconds, not in requests:
 //!
-//! > **body limit × requests being read concurrently**
+//! - **Memory:** the bodies being read share a
+//!   [`memory_budget`](VerifyOpenMailLayer::memory_budget) (64 MiB by default). Each body
+//!   leases about the bytes it has received, whatever the framing: frames under 4 KiB are
+//!   gathered into 16 KiB chunks as they arrive, so a body of 1-byte chunks holds what its
+//!   bytes weigh, not one allocation per frame. A multi-frame body is joined once, into one
+//!   allocation of its size. A declared `Content-Length` that cannot fit in what is free is
+//!   refused before the body is read, but reserves nothing: a head that never sends its
+//!   body holds no memory. Bodies over 64 KiB share half the budget, so large uploads
+//!   cannot crowd out OpenMail's small deliveries. When the budget is full the answer is
+//!   `503` with `Retry-After`.
+//! - **Time:** a body must arrive within the
+//!   [`body_deadline`](VerifyOpenMailLayer::body_deadline) (10 s), and, after a 2 s grace,
+//!   at the [`min_body_rate`](VerifyOpenMailLayer::min_body_rate) (64 KiB/s), so a stalled
+//!   or trickling upload of a 4 KiB body is cut off after about 2 s (`408`). The deadline
+//!   bounds the secret lookup of per-inbox secrets too, counted again from the end of the
+//!   body (`503`). It needs no async runtime.
+//! - **Work:** the head is checked before the body is read, one MAC runs per secret, the
+//!   parse runs only on verified bodies, and per-inbox lookups are bounded by
+//!   [`CachedResolver`](crate::tenant::CachedResolver).
 //!
-//! (4 MiB × 64 = 256 MiB with the default [`DEFAULT_BODY_LIMIT`] and the concurrency limit
-//! below). A body that declares more than the limit is refused before a byte is read, and a
-//! streamed one at the frame that crosses it, but anyone can send a well-formed signature
-//! header with a fresh timestamp and a near-limit body, and it is held until its last byte
-//! proves it forged. Two more controls bound the product:
-//!
-//! - **A concurrency limit around the layer**, such as tower's
-//!   `GlobalConcurrencyLimitLayer`. OpenMail delivers one event per request with retries
-//!   spread over minutes, so a receiver rarely needs more than a few dozen requests in
-//!   flight; 64 is a generous start. Requests beyond it wait, unread, in the server's
-//!   connection buffers.
-//! - **A deadline for the body**, so a stalled or trickling upload (a slowloris) cannot
-//!   hold a slot forever: `VerifyOpenMailLayer::body_deadline`, with the `tokio` feature,
-//!   answering `408`. OpenMail wants an answer within 15 seconds; 10 seconds is a good
-//!   deadline. tower-http's `RequestBodyTimeoutLayer` and `RequestBodyDeadlineLayer` also
-//!   bound the time when placed outside this layer, but their error reaches it as an
-//!   ordinary body failure, answered `400`; the layer cannot tell their timeout apart
-//!   without depending on tower-http, hence the built-in deadline.
+//! What the layer cannot bound is what the server holds before the request reaches it:
+//! connections, their read buffers and HTTP/2 flow-control windows. The `receiver` example
+//! shows the server settings that complete the bound (a connection limit sized for file
+//! descriptors, an HTTP/1.1 head timeout, small HTTP/2 windows), and `SECURITY.md` lists
+//! every bound with the test that holds it.
 //!
 //! The layer itself is always ready: it drives the inner service's readiness only after a
 //! body has verified, so stalled uploads never hold the inner service's capacity.
 //!
 //! ```
-//! # #[cfg(feature = "tokio")] {
 //! use std::time::Duration;
 //! use axum::{routing::post, Router};
 //! use openmail_webhooks::VerifyOpenMailLayer;
-//! use tower::limit::GlobalConcurrencyLimitLayer;
 //!
-//! let verify = VerifyOpenMailLayer::new("whsec_test")?.body_deadline(Duration::from_secs(10));
+//! let verify = VerifyOpenMailLayer::new("whsec_test")?
+//!     .body_deadline(Duration::from_secs(8))
+//!     .min_body_rate(32 * 1024, Duration::from_secs(2))
+//!     .memory_budget(128 * 1024 * 1024);
 //! let app: Router = Router::new()
 //!     .route("/webhooks", post(|| async { "ok" }))
-//!     // The last layer added is the outermost: the limit wraps the verification.
-//!     .layer(verify)
-//!     .layer(GlobalConcurrencyLimitLayer::new(64));
-//! # }
+//!     .layer(verify);
 //! # Ok::<(), openmail_webhooks::ConfigError>(())
 //! ```
 
-mod body;
+mod budget;
 mod buffer;
 mod deadline;
-mod delivery;
 mod future;
 #[allow(clippy::module_inception)]
 mod layer;
 mod rejection;
 mod service;
 
-pub use body::{ResponseBody, VerifiedBody};
-pub use delivery::Delivery;
 pub use future::ResponseFuture;
 pub use layer::{VerifyOpenMailLayer, DEFAULT_BODY_LIMIT};
-pub use rejection::{BoxError, Rejection};
+pub use rejection::{Rejection, RETRY_AFTER_SECS};
 pub use service::VerifyOpenMail;
 
 pub(crate) use layer::{Config, SecretSource};

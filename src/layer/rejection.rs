@@ -4,25 +4,30 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
+use tower::BoxError;
 
 use crate::event::NotAnEvent;
-use crate::tenant::SecretScope;
+use crate::tenant::Tenant;
 use crate::VerifyError;
 
-/// A boxed error, as body streams and services report them.
-pub type BoxError = Box<dyn StdError + Send + Sync>;
+/// The `Retry-After` of the layer's `503` answers, in seconds: OpenMail's first retry
+/// interval.
+pub const RETRY_AFTER_SECS: u64 = 30;
 
 /// Why the layer refused a request.
 ///
-/// `Display` gives the precise reason for the application's logs; [`client_message`]
-/// is the short one the client receives.
-///
-/// [`client_message`]: Rejection::client_message
+/// `Display` gives the precise reason for the application's logs, with every value taken
+/// from the request escaped and cut short ([`LogSafe`](crate::LogSafe));
+/// [`client_message`](Rejection::client_message) is the short one the client receives.
+/// Whatever decides whether a signature authenticates a body (a wrong signature, an
+/// unknown inbox, another tenant's secret, an unreadable claim) gets one answer, so a
+/// client learns nothing about tenants from it.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Rejection {
     /// The signature check failed: a header is missing or malformed, the timestamp is
-    /// outside the tolerance, or the signature does not match.
+    /// outside the tolerance, the signature does not match, or (per-inbox secrets) the
+    /// claim is unreadable or the matching secret is another tenant's.
     Verify(VerifyError),
     /// The body is larger than the limit.
     PayloadTooLarge {
@@ -33,58 +38,66 @@ pub enum Rejection {
         declared: Option<u64>,
     },
     /// The body stream failed before it ended: the client went away, or the connection
-    /// broke.
+    /// broke. [`source`](StdError::source) gives the stream's error.
     BodyRead(BoxError),
-    /// The body did not arrive within the deadline set with
-    /// `VerifyOpenMailLayer::body_deadline` (`tokio` feature): a stalled or deliberately
-    /// slow upload.
+    /// The body did not arrive in time: past its deadline, or slower than the minimum rate
+    /// ([`VerifyOpenMailLayer::min_body_rate`](crate::VerifyOpenMailLayer::min_body_rate)).
     BodyTimeout {
-        /// The configured deadline.
+        /// The configured overall deadline.
         deadline: Duration,
+        /// The bytes that had arrived.
+        received: usize,
+    },
+    /// The bodies being read already hold the layer's memory budget
+    /// ([`VerifyOpenMailLayer::memory_budget`](crate::VerifyOpenMailLayer::memory_budget)).
+    /// Answered `503` with `Retry-After`, so OpenMail retries.
+    OverBudget {
+        /// The budget, in bytes.
+        budget: usize,
     },
     /// The body verified but is not an OpenMail event.
     NotAnEvent(NotAnEvent),
-    /// Per-tenant secrets: the body's top-level `inbox_id` or `pod_id` is not a single
-    /// string, so the tenant it claims cannot be told.
-    TenantClaim(String),
-    /// Per-tenant secrets: no secret is known for the tenant the delivery names.
+    /// Per-inbox secrets: the resolver knows no secret for the tenant the delivery names,
+    /// or the id it names is too long to be one.
     UnknownTenant {
-        /// The body's claimed `inbox_id`.
-        inbox_id: Option<String>,
-        /// The body's claimed `pod_id`.
-        pod_id: Option<String>,
+        /// The tenant the resolver routed the delivery to.
+        tenant: Tenant,
     },
-    /// Per-tenant secrets: the signature verified under a secret whose scope does not cover
-    /// the inbox or pod the body names.
-    TenantMismatch {
-        /// The scope of the secret that matched.
-        scope: SecretScope,
-        /// The body's claimed `inbox_id`.
-        inbox_id: Option<String>,
-        /// The body's claimed `pod_id`.
-        pod_id: Option<String>,
-    },
-    /// Per-tenant secrets: the resolver failed, for example because the database is down.
-    /// Answered with `503` so that OpenMail retries.
+    /// Per-inbox secrets: the resolver failed, for example because the database is down,
+    /// or too many lookups were already running. Answered `503` with `Retry-After`.
+    /// [`source`](StdError::source) gives the resolver's error.
     SecretLookup(BoxError),
+    /// Per-inbox secrets: the lookup did not finish within the body deadline. Answered
+    /// `503` with `Retry-After`.
+    LookupTimeout {
+        /// The configured overall deadline.
+        deadline: Duration,
+    },
 }
 
 impl Rejection {
-    /// The status the default response uses: `413` for an oversized body, `408` for a body
-    /// that missed its deadline, `503` when a tenant's secret lookup failed (so OpenMail
-    /// retries), `400` for every other rejection.
+    /// The status the default response uses: `413` for an oversized body, `408` for a
+    /// body that missed its deadline, `503` when a dependency or the memory budget cannot
+    /// serve it now (so OpenMail retries), `400` for every other rejection.
     pub fn status(&self) -> StatusCode {
         match self {
             Self::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
-            Self::SecretLookup(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::OverBudget { .. } | Self::SecretLookup(_) | Self::LookupTimeout { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Verify(_)
             | Self::BodyRead(_)
             | Self::NotAnEvent(_)
-            | Self::TenantClaim(_)
-            | Self::UnknownTenant { .. }
-            | Self::TenantMismatch { .. } => StatusCode::BAD_REQUEST,
+            | Self::UnknownTenant { .. } => StatusCode::BAD_REQUEST,
         }
+    }
+
+    /// The `Retry-After` the default response sends: [`RETRY_AFTER_SECS`] with every
+    /// `503`, nothing otherwise.
+    pub fn retry_after(&self) -> Option<Duration> {
+        (self.status() == StatusCode::SERVICE_UNAVAILABLE)
+            .then_some(Duration::from_secs(RETRY_AFTER_SECS))
     }
 
     /// A short reason, safe to send to the client.
@@ -94,12 +107,13 @@ impl Rejection {
             Self::PayloadTooLarge { .. } => "payload too large",
             Self::BodyRead(_) => "request body could not be read",
             Self::BodyTimeout { .. } => "request body timed out",
+            Self::OverBudget { .. } => "busy, retry later",
             Self::NotAnEvent(_) => "body is not an OpenMail event",
-            Self::TenantClaim(_) => "unreadable inbox_id or pod_id",
-            Self::UnknownTenant { .. } => "no secret for this inbox",
             // The same answer as any other forgery: the client learns nothing about tenants.
-            Self::TenantMismatch { .. } => "signature mismatch",
-            Self::SecretLookup(_) => "secret lookup failed, retry later",
+            Self::UnknownTenant { .. } => "signature mismatch",
+            Self::SecretLookup(_) | Self::LookupTimeout { .. } => {
+                "secret lookup failed, retry later"
+            }
         }
     }
 
@@ -111,10 +125,9 @@ impl Rejection {
         }
     }
 
-    /// The status the default response uses: `413` for an oversized body, `503` when the
-    /// secret lookup failed, `400` for every other rejection.
     /// The default response: [`status`](Self::status) with the
-    /// [`client_message`](Self::client_message) as `text/plain`.
+    /// [`client_message`](Self::client_message) as `text/plain`, and `Retry-After` with a
+    /// `503`.
     pub fn default_response(&self) -> Response<Bytes> {
         let mut response = Response::new(Bytes::from_static(self.client_message().as_bytes()));
         *response.status_mut() = self.status();
@@ -122,6 +135,11 @@ impl Rejection {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; charset=utf-8"),
         );
+        if let Some(after) = self.retry_after() {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(after.as_secs()));
+        }
         response
     }
 }
@@ -146,40 +164,34 @@ impl fmt::Display for Rejection {
                 "the body streamed past the {limit}-byte limit; \
                  raise `body_limit` if genuine deliveries are this large"
             ),
-            Self::BodyRead(error) => write!(f, "the request body failed while streaming: {error}"),
-            Self::BodyTimeout { deadline } => write!(
+            Self::BodyRead(_) => f.write_str("the request body failed while streaming"),
+            Self::BodyTimeout { deadline, received } => write!(
                 f,
-                "the body did not arrive within the {} ms deadline; a stalled or very slow \
-                 client, or raise `body_deadline` if genuine deliveries are this slow",
+                "the body did not arrive in time ({received} bytes received; deadline {} ms, \
+                 and a minimum rate after the grace period): a stalled or very slow client, \
+                 or raise `body_deadline`/`min_body_rate` if genuine deliveries are this slow",
                 deadline.as_millis()
             ),
+            Self::OverBudget { budget } => write!(
+                f,
+                "the bodies being read already hold the {budget}-byte memory budget; answered \
+                 503 so OpenMail retries (many slow or large uploads at once: an attack, or \
+                 raise `memory_budget`)"
+            ),
             Self::NotAnEvent(error) => error.fmt(f),
-            Self::TenantClaim(error) => write!(
+            Self::UnknownTenant { tenant } => write!(
                 f,
-                "the body's top-level inbox_id or pod_id is not a single string, so its tenant \
-                 cannot be told: {error}"
+                "no secret is known for {tenant}; add it to the resolver, or configure an \
+                 account fallback"
             ),
-            Self::UnknownTenant { inbox_id, pod_id } => write!(
-                f,
-                "no secret is known for inbox {} (pod {}); add it to the resolver, or configure \
-                 an account fallback",
-                inbox_id.as_deref().unwrap_or("-"),
-                pod_id.as_deref().unwrap_or("-"),
+            Self::SecretLookup(_) => f.write_str(
+                "looking up the tenant's secret failed; answered 503 so OpenMail retries",
             ),
-            Self::TenantMismatch {
-                scope,
-                inbox_id,
-                pod_id,
-            } => write!(
+            Self::LookupTimeout { deadline } => write!(
                 f,
-                "the signature verified under a secret of {scope}, but the body names inbox {} \
-                 (pod {}); one tenant's secret cannot authenticate another tenant's events",
-                inbox_id.as_deref().unwrap_or("-"),
-                pod_id.as_deref().unwrap_or("-"),
-            ),
-            Self::SecretLookup(error) => write!(
-                f,
-                "looking up the tenant's secret failed: {error}; answered 503 so OpenMail retries"
+                "the tenant's secret lookup did not finish within the {} ms deadline; \
+                 answered 503 so OpenMail retries",
+                deadline.as_millis()
             ),
         }
     }
@@ -188,15 +200,15 @@ impl fmt::Display for Rejection {
 impl StdError for Rejection {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
         match self {
-            Self::Verify(error) => Some(error),
-            Self::BodyRead(error) => Some(&**error),
-            Self::NotAnEvent(error) => Some(error),
-            Self::SecretLookup(error) => Some(&**error),
+            // Shown in `Display` already: their own causes come next.
+            Self::Verify(error) => error.source(),
+            Self::NotAnEvent(error) => error.source(),
+            Self::BodyRead(error) | Self::SecretLookup(error) => Some(&**error),
             Self::PayloadTooLarge { .. }
             | Self::BodyTimeout { .. }
-            | Self::TenantClaim(_)
+            | Self::OverBudget { .. }
             | Self::UnknownTenant { .. }
-            | Self::TenantMismatch { .. } => None,
+            | Self::LookupTimeout { .. } => None,
         }
     }
 }

@@ -4,13 +4,14 @@ use std::task::{Context, Poll};
 
 use http::{header, Request, Response};
 use http_body::Body;
-use tower::Service;
+use tower::{BoxError, Service};
 
-use super::future::BodyCheck;
-use super::future::ResponseFuture;
-use super::SecretSource;
-use super::{BoxError, Config, Rejection, VerifiedBody, VerifyOpenMailLayer};
-use crate::protocol::signed_headers;
+use super::budget::Lease;
+use super::buffer::BodyBuffer;
+use super::future::{ReadingStart, ResponseFuture};
+use super::{Config, Rejection, VerifyOpenMailLayer};
+use crate::body::{ResponseBody, VerifiedBody};
+use crate::protocol::{signed_headers, SignedHead};
 use crate::ConfigError;
 
 /// The service built by [`VerifyOpenMailLayer`].
@@ -52,9 +53,9 @@ where
     ReqBody: Body,
     ReqBody::Error: Into<BoxError>,
 {
-    type Response = Response<super::ResponseBody<ResBody>>;
+    type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = ResponseFuture<ReqBody, S>;
+    type Future = ResponseFuture<S, ReqBody>;
 
     /// Always ready. The inner service's readiness is driven only after the body has been
     /// read and verified, inside the response future, so a slow or forged upload never
@@ -66,9 +67,17 @@ where
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let config = Arc::clone(&self.config);
         match check_head(&config, &request) {
-            // The clone is the service whose readiness the future drives, and the one it
-            // calls; `self.inner` itself is never polled.
-            Ok(check) => ResponseFuture::reading(request, check, self.inner.clone(), config),
+            Ok((head, buffer)) => ResponseFuture::reading(
+                request,
+                ReadingStart {
+                    head,
+                    buffer,
+                    // The clone is the service whose readiness the future drives, and the
+                    // one it calls; `self.inner` itself is never polled.
+                    inner: self.inner.clone(),
+                    config,
+                },
+            ),
             Err(rejection) => ResponseFuture::rejected(rejection, config),
         }
     }
@@ -76,8 +85,12 @@ where
 
 /// Everything that needs only the request head, so that forgeries and oversized bodies are
 /// refused before a byte of the body is read: the signed headers' presence and form, the
-/// replay window, then the declared size.
-fn check_head<B: Body>(config: &Config, request: &Request<B>) -> Result<BodyCheck, Rejection> {
+/// replay window, then the declared size, against the limit and what the memory budget has
+/// free.
+fn check_head<B: Body>(
+    config: &Config,
+    request: &Request<B>,
+) -> Result<(SignedHead, BodyBuffer), Rejection> {
     let (timestamp, signature) = signed_headers(request.headers()).map_err(Rejection::Verify)?;
     let head = config
         .freshness
@@ -91,24 +104,23 @@ fn check_head<B: Body>(config: &Config, request: &Request<B>) -> Result<BodyChec
         .and_then(|value| value.parse::<u64>().ok());
     // hyper reports the declared length as the body's size hint; other bodies may know it too.
     let at_least = request.body().size_hint().lower();
-    if let Some(length) = declared
-        .into_iter()
-        .chain([at_least])
-        .max()
-        .filter(|length| *length > limit)
-    {
+    let length = declared.into_iter().chain([at_least]).max().unwrap_or(0);
+    if length > limit {
         return Err(Rejection::PayloadTooLarge {
             limit: config.body_limit,
             declared: Some(length),
         });
     }
-    match &config.secrets {
-        SecretSource::Static(ring) => ring
-            .start(head, timestamp)
-            .map(BodyCheck::Streaming)
-            .map_err(Rejection::Verify),
-        SecretSource::Resolver(resolver) => Ok(BodyCheck::Resolved(head, Arc::clone(resolver))),
+    // Within the limit, so it fits a usize. A body that could not fit now is refused
+    // before it is read; one that can reserves nothing until its bytes arrive.
+    let length = usize::try_from(length).unwrap_or(config.body_limit);
+    if !config.budget.admits(length) {
+        return Err(Rejection::OverBudget {
+            budget: config.budget.limit(),
+        });
     }
+    let lease = Lease::new(&config.budget);
+    Ok((head, BodyBuffer::new(lease)))
 }
 
 impl<S: fmt::Debug> fmt::Debug for VerifyOpenMail<S> {

@@ -1,5 +1,8 @@
 use std::fmt;
 
+use super::{ClaimError, SecretScope};
+use crate::LogSafe;
+
 /// Why a delivery failed verification.
 ///
 /// Each variant's [`Display`](fmt::Display) says what was wrong and what to check. It is
@@ -39,6 +42,17 @@ pub enum VerifyError {
     },
     /// The signature is well-formed but matches none of the configured secrets.
     SignatureMismatch,
+    /// Per-inbox secrets: the body's top-level `event_id` or `inbox_id` cannot be read, so
+    /// the inbox it belongs to cannot be told.
+    ClaimUnreadable(ClaimError),
+    /// Per-inbox secrets: the signature verified under a secret whose scope does not cover
+    /// the inbox the body names. One tenant's secret never authenticates another's events.
+    TenantMismatch {
+        /// The scope of the secret that matched.
+        scope: SecretScope,
+        /// The body's top-level `inbox_id`.
+        inbox_id: Option<String>,
+    },
 }
 
 impl VerifyError {
@@ -54,7 +68,11 @@ impl VerifyError {
             Self::TimestampMalformed | Self::TimestampOutOfRange => "malformed X-Timestamp",
             Self::TimestampOutsideTolerance { .. } => "X-Timestamp outside tolerance",
             Self::SignatureMalformed { .. } => "malformed X-Signature",
-            Self::SignatureMismatch => "signature mismatch",
+            // Everything that decides whether the signature authenticates the body gets the
+            // same answer, so a client learns nothing about tenants from it.
+            Self::SignatureMismatch | Self::ClaimUnreadable(_) | Self::TenantMismatch { .. } => {
+                "signature mismatch"
+            }
         }
     }
 }
@@ -106,6 +124,13 @@ impl fmt::Display for VerifyError {
                 "X-Signature matches none of the configured secrets; check the webhook secret, \
                  and that the body reaches the verifier exactly as received",
             ),
+            Self::ClaimUnreadable(error) => error.fmt(f),
+            Self::TenantMismatch { scope, inbox_id } => write!(
+                f,
+                "the signature verified under a secret of {scope}, but the body names inbox {}; \
+                 one tenant's secret cannot authenticate another tenant's events",
+                LogSafe::or_dash(inbox_id.as_deref()),
+            ),
         }
     }
 }
@@ -118,16 +143,12 @@ impl std::error::Error for VerifyError {}
 pub enum ConfigError {
     /// A secret is empty. An empty HMAC key lets anyone sign.
     EmptySecret,
+    /// A secret starts or ends with whitespace, such as the newline of a file or an
+    /// environment variable set with `echo`. OpenMail's secrets never do, and the MAC
+    /// would fail for every delivery.
+    SecretWhitespace,
     /// No secret was given.
     NoSecrets,
-    /// A list of per-inbox secrets such as `inb_a:secret_a,inb_b:secret_b` has an entry
-    /// that cannot be read.
-    InvalidSecretList {
-        /// The 1-based position of the entry.
-        entry: usize,
-        /// What is wrong with it.
-        problem: &'static str,
-    },
 }
 
 impl fmt::Display for ConfigError {
@@ -136,12 +157,12 @@ impl fmt::Display for ConfigError {
             Self::EmptySecret => f.write_str(
                 "the webhook secret is empty; copy it from the OpenMail dashboard or API",
             ),
-            Self::NoSecrets => f.write_str("no webhook secret was configured"),
-            Self::InvalidSecretList { entry, problem } => write!(
-                f,
-                "entry {entry} of the secret list cannot be read: {problem}; \
-                 expected inbox_id:secret entries separated by commas"
+            Self::SecretWhitespace => f.write_str(
+                "the webhook secret starts or ends with whitespace (often a trailing newline \
+                 from a file or `echo`); OpenMail's secrets have none, so every delivery would \
+                 fail with a signature mismatch: trim it where it is read",
             ),
+            Self::NoSecrets => f.write_str("no webhook secret was configured"),
         }
     }
 }

@@ -10,7 +10,11 @@
 //! - [`Verifier`] holds the accepted secrets (more than one during a rotation), the
 //!   replay tolerance and the [`Clock`], and runs the check;
 //! - [`sign`] produces exactly the `X-Signature` OpenMail sends, for tests and tools;
-//! - [`VerifyError`] says precisely what was wrong.
+//! - [`VerifyError`] says precisely what was wrong;
+//! - for multi-tenant receivers, [`Claim`] reads the inbox a body names before it is
+//!   verified, and [`Verifier::verify_tenant`] checks the signature against that inbox's
+//!   [`TenantSecrets`] and that the secret which matched covers the inbox. The tower
+//!   layer runs the same check.
 //!
 //! ```
 //! use openmail_webhooks::{sign, Verifier};
@@ -25,20 +29,24 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+mod claim;
 mod error;
 mod secret;
 mod signature;
+mod tenant;
 mod timestamp;
 mod verifier;
 
+pub use claim::{Claim, ClaimError, MAX_CLAIMED_ID_LEN};
 pub use error::{ConfigError, VerifyError};
 pub use secret::Secret;
 pub use signature::sign;
+pub use tenant::{SecretScope, TenantSecrets, TenantVerified, REFUSAL_MACS};
 pub use timestamp::{Clock, SystemClock};
 pub use verifier::{Verified, Verifier, DEFAULT_TOLERANCE};
 
 pub(crate) use signature::decode_signature;
-pub(crate) use verifier::{signed_headers, Freshness, SecretRing, SignedHead, StreamingCheck};
+pub(crate) use verifier::{signed_headers, Freshness, SecretRing, SignedHead};
 
 /// The header that carries the delivery time, in Unix seconds.
 pub const TIMESTAMP_HEADER: &str = "x-timestamp";

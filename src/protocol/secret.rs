@@ -17,15 +17,25 @@ pub struct Secret {
 }
 
 impl Secret {
-    /// Keys a secret. An empty secret is refused: anyone could sign with it.
+    /// Keys a secret. An empty secret is refused (anyone could sign with it), and so is
+    /// one that starts or ends with whitespace ([`ConfigError::SecretWhitespace`]).
     pub fn new(secret: impl AsRef<[u8]>) -> Result<Self, ConfigError> {
         let secret = secret.as_ref();
         if secret.is_empty() {
             return Err(ConfigError::EmptySecret);
         }
+        let is_space = |byte: &&u8| byte.is_ascii_whitespace();
+        if secret.first().filter(is_space).is_some() || secret.last().filter(is_space).is_some() {
+            return Err(ConfigError::SecretWhitespace);
+        }
         Ok(Self {
             keyed: keyed_mac(secret),
         })
+    }
+
+    /// A secret from a MAC state keyed elsewhere.
+    pub(crate) fn from_mac(keyed: HmacSha256) -> Self {
+        Self { keyed }
     }
 
     /// A fresh MAC state, keyed with this secret and ready for input.
@@ -66,6 +76,30 @@ mod tests {
             Secret::new(Vec::<u8>::new()).unwrap_err(),
             ConfigError::EmptySecret
         );
+    }
+
+    #[test]
+    fn secrets_with_stray_whitespace_are_configuration_errors() {
+        for secret in [
+            "whsec_abc\n",
+            " whsec_abc",
+            "whsec_abc\r\n",
+            "\twhsec_abc",
+            " ",
+        ] {
+            assert_eq!(
+                Secret::new(secret).unwrap_err(),
+                ConfigError::SecretWhitespace,
+                "{secret:?}"
+            );
+        }
+        assert!(
+            Secret::new("whsec a b").is_ok(),
+            "inner spaces are part of the key"
+        );
+        assert!(ConfigError::SecretWhitespace
+            .to_string()
+            .contains("trailing newline"));
     }
 
     #[test]

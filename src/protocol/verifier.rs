@@ -106,6 +106,21 @@ impl SignedHead {
         })
     }
 
+    /// Runs `count` MACs over the message with a key no one holds, and discards them: the
+    /// work wrong signatures cost, for refusals that must not be told apart by timing.
+    pub(crate) fn burn_macs(&self, count: usize, timestamp: &[u8], body: &[u8]) {
+        static UNUSED: std::sync::OnceLock<Secret> = std::sync::OnceLock::new();
+        let secret = UNUSED.get_or_init(|| {
+            // A fixed key: its value does not matter, only that a MAC is computed.
+            Secret::from_mac(super::secret::keyed_mac(
+                b"openmail-webhooks: no such tenant",
+            ))
+        });
+        for _ in 0..count {
+            let _ = std::hint::black_box(self.find_match([secret], timestamp, body));
+        }
+    }
+
     /// The verified result once secret `secret_index` matched.
     pub(crate) fn verified(&self, secret_index: usize) -> Verified {
         Verified {
@@ -121,30 +136,36 @@ impl SecretRing {
         self.secrets.len()
     }
 
-    /// Keys a MAC with the secret most likely to match and feeds it the timestamp, ready
-    /// to take the body as it streams in.
-    pub(crate) fn start(
-        self: &Arc<Self>,
-        head: SignedHead,
+    /// Checks the signature over the whole message against these secrets, the one that
+    /// matched last first, so that a rotation costs one MAC per delivery in the common
+    /// case.
+    pub(crate) fn check(
+        &self,
+        head: &SignedHead,
         timestamp: &[u8],
-    ) -> Result<StreamingCheck, VerifyError> {
+        body: &[u8],
+    ) -> Result<Verified, VerifyError> {
         let preferred = self.last_matched.load(Ordering::Relaxed);
-        let (first, secret) = match self.secrets.get(preferred) {
-            Some(secret) => (preferred, secret),
-            // `from_keyed` refuses an empty list, so the fallback always finds one.
-            None => match self.secrets.first() {
-                Some(secret) => (0, secret),
-                None => return Err(VerifyError::SignatureMismatch),
-            },
-        };
-        let mut mac = secret.mac();
-        start_message(&mut mac, timestamp);
-        Ok(StreamingCheck {
-            mac,
-            head,
-            first,
-            ring: Arc::clone(self),
-        })
+        let order = self
+            .secrets
+            .get(preferred)
+            .map(|secret| (preferred, secret))
+            .into_iter()
+            .chain(
+                self.secrets
+                    .iter()
+                    .enumerate()
+                    .filter(|(index, _)| *index != preferred),
+            );
+        for (index, secret) in order {
+            if head.find_match([secret], timestamp, body).is_some() {
+                if index != preferred {
+                    self.last_matched.store(index, Ordering::Relaxed);
+                }
+                return Ok(head.verified(index));
+            }
+        }
+        Err(VerifyError::SignatureMismatch)
     }
 }
 
@@ -174,13 +195,33 @@ impl Verifier {
         if secrets.is_empty() {
             return Err(ConfigError::NoSecrets);
         }
-        Ok(Self {
+        Ok(Self::from_ring(secrets))
+    }
+
+    /// A verifier whose own list is empty, so that its `verify` refuses everything: the
+    /// replay window alone, for tenant checks.
+    pub(crate) fn without_secrets() -> Self {
+        Self::from_ring(Box::new([]))
+    }
+
+    fn from_ring(secrets: Box<[Secret]>) -> Self {
+        Self {
             ring: Arc::new(SecretRing {
                 secrets,
                 last_matched: AtomicUsize::new(0),
             }),
             freshness: Freshness::default(),
-        })
+        }
+    }
+
+    /// The header checks alone: the timestamp's and the signature's form, then the replay
+    /// window.
+    pub(crate) fn check_head(
+        &self,
+        timestamp: &[u8],
+        signature: &[u8],
+    ) -> Result<SignedHead, VerifyError> {
+        self.freshness.check_head(timestamp, signature)
     }
 
     /// How far `X-Timestamp` may be from now, in either direction. Whole seconds count;
@@ -223,9 +264,8 @@ impl Verifier {
         body: &[u8],
     ) -> Result<Verified, VerifyError> {
         let timestamp = timestamp.as_ref();
-        let mut check = self.start(timestamp, signature.as_ref())?;
-        check.update(body);
-        check.finish(timestamp, body)
+        let head = self.check_head(timestamp, signature.as_ref())?;
+        self.ring.check(&head, timestamp, body)
     }
 
     /// Verifies one delivery from its headers and body. A missing or repeated
@@ -237,17 +277,6 @@ impl Verifier {
     ) -> Result<Verified, VerifyError> {
         let (timestamp, signature) = signed_headers(headers)?;
         self.verify(timestamp, signature, body)
-    }
-
-    /// Checks everything that does not need the body and returns a MAC state, keyed and
-    /// fed with the timestamp, ready to take the body as it streams in.
-    pub(crate) fn start(
-        &self,
-        timestamp: &[u8],
-        signature: &[u8],
-    ) -> Result<StreamingCheck, VerifyError> {
-        let head = self.freshness.check_head(timestamp, signature)?;
-        self.ring.start(head, timestamp)
     }
 
     /// The parts the layer keeps: the secrets and the replay window.
@@ -280,48 +309,6 @@ fn single_header<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a [
         return Err(VerifyError::DuplicateHeader { name });
     }
     Ok(first.as_bytes())
-}
-
-/// A verification in progress: the header checks passed and the MAC is being fed.
-pub(crate) struct StreamingCheck {
-    mac: HmacSha256,
-    head: SignedHead,
-    first: usize,
-    ring: Arc<SecretRing>,
-}
-
-impl StreamingCheck {
-    /// Feeds the next piece of the body.
-    pub(crate) fn update(&mut self, chunk: &[u8]) {
-        self.mac.update(chunk);
-    }
-
-    /// Compares the streamed MAC with the signature. When it does not match and several
-    /// secrets are configured, the others are tried over `timestamp` and `body`, which must
-    /// be the same bytes that were streamed.
-    pub(crate) fn finish(self, timestamp: &[u8], body: &[u8]) -> Result<Verified, VerifyError> {
-        let Self {
-            mac,
-            head,
-            first,
-            ring,
-        } = self;
-        if matches(mac, &head.expected) {
-            return Ok(head.verified(first));
-        }
-        let others = ring
-            .secrets
-            .iter()
-            .enumerate()
-            .filter(|(index, _)| *index != first);
-        for (index, secret) in others {
-            if head.find_match([secret], timestamp, body).is_some() {
-                ring.last_matched.store(index, Ordering::Relaxed);
-                return Ok(head.verified(index));
-            }
-        }
-        Err(VerifyError::SignatureMismatch)
-    }
 }
 
 fn matches(mac: HmacSha256, expected: &[u8; 32]) -> bool {

@@ -1,187 +1,651 @@
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::future::ready;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::future::{ready, Future};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
-use super::{ResolveFuture, SecretResolver, TenantRequest, TenantSecrets};
+use tower::BoxError;
 
-type KeyFn = dyn Fn(&TenantRequest<'_>) -> Option<String> + Send + Sync;
+use super::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
+use crate::protocol::TenantSecrets;
 
-/// Keeps a resolver's answers for a while, so that hot tenants cost no lookup.
+/// Keeps a resolver's answers for a while, so that hot tenants cost no lookup, and bounds
+/// the lookups that anonymous requests can cause.
 ///
-/// - Found secrets are kept for the TTL (default 60 s), and "no such tenant" answers for the
-///   negative TTL (default 10 s), so a flood of deliveries for unknown inboxes cannot hammer
-///   the database, while a newly created inbox is picked up within seconds, well inside
-///   OpenMail's retries.
-/// - Errors are never kept: the next delivery asks again.
-/// - At most `capacity` tenants (default 10,000) are kept; when full, expired entries go
-///   first, then the one closest to expiring.
-/// - The key is the claimed inbox (`inbox:<id>`), else the claimed pod (`pod:<id>`), else
-///   `account`. Set [`key`](Self::key) when the resolver routes on something else, such as
-///   the path.
-///
-/// Concurrent misses for one tenant each ask the inner resolver; the cache's lock is never
-/// held across a lookup, so a slow lookup never delays other tenants.
+/// - **Keyed on what the inner resolver routes on.** The key is the [`Tenant`] that the
+///   inner resolver's [`route`](SecretResolver::route) names, and its lookup sees only that
+///   tenant, so one tenant's answer can never be stored under another's key.
+/// - **Found secrets** are kept for the TTL (default 60 s), **"no such tenant"** for the
+///   negative TTL (default 10 s). Errors are never kept.
+/// - **One lookup per tenant at a time.** Concurrent misses for one tenant share one
+///   lookup; if every request waiting on it goes away, the lookup is dropped.
+/// - **Lookups in flight are bounded** (default 64, across all tenants). A miss beyond
+///   that is answered at once with an error, which the layer turns into `503` with
+///   `Retry-After`, so a flood of forged deliveries naming random inboxes costs at most
+///   that many concurrent lookups. Tenants never seen to verify may use only half of
+///   them: the other half is kept for tenants that delivered genuinely before (the last
+///   `capacity` of them, remembered past their cache entries), so such a flood cannot lock
+///   real tenants out. A tenant that has never delivered competes with the flood, and
+///   OpenMail retries what gets `503`.
+/// - **At most `capacity` tenants** (default 10,000) are kept; when full, the entry closest
+///   to expiring goes, in O(log n). A claimed `inbox_id` is at most
+///   [`MAX_CLAIMED_ID_LEN`](crate::protocol::MAX_CLAIMED_ID_LEN) bytes, so the cache's
+///   keys are bounded in bytes as well as in number.
+/// - **Rotation.** [`invalidate`](Self::invalidate) forgets one tenant. And when secrets
+///   from the cache fail to verify a delivery, the layer asks for a
+///   [`refresh`](SecretResolver::refresh): one fresh lookup, allowed once per tenant per
+///   refresh interval (default 10 s), so a rotated secret is picked up by the next genuine
+///   delivery while forgeries cannot force lookups.
 ///
 /// ```
 /// use std::time::Duration;
-/// use openmail_webhooks::tenant::{CachedResolver, InboxSecrets};
+/// use openmail_webhooks::tenant::{CachedResolver, InboxSecrets, Tenant};
 ///
 /// let resolver = CachedResolver::new(InboxSecrets::new().account(["whsec_account"])?)
 ///     .ttl(Duration::from_secs(300))
 ///     .capacity(50_000)
-///     .key(|request| request.last_path_segment().map(str::to_owned));
+///     .max_lookups_in_flight(32);
+/// // After rotating inbox a's secret in the database:
+/// resolver.invalidate(&Tenant::Inbox("inb_a".into()));
 /// # Ok::<(), openmail_webhooks::ConfigError>(())
 /// ```
 pub struct CachedResolver<R> {
-    inner: R,
+    inner: Arc<R>,
+    cache: Arc<Cache>,
+}
+
+struct Cache {
+    policy: Policy,
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Policy {
     ttl: Duration,
     negative_ttl: Duration,
     capacity: usize,
-    key: Arc<KeyFn>,
-    entries: Arc<Mutex<HashMap<String, Entry>>>,
+    max_lookups: usize,
+    refresh_interval: Duration,
+}
+
+#[derive(Default)]
+struct State {
+    entries: HashMap<Tenant, Entry>,
+    /// Every entry's expiry, for evicting the soonest in O(log n).
+    expiry: BTreeMap<(Instant, u64), Tenant>,
+    flights: HashMap<Tenant, Arc<Flight>>,
+    /// Tenants seen to verify, with when they last did, and that order for eviction.
+    trusted: HashMap<Tenant, (Instant, u64)>,
+    trusted_order: BTreeMap<(Instant, u64), Tenant>,
+    next_seq: u64,
 }
 
 struct Entry {
-    expires: Instant,
     secrets: Option<TenantSecrets>,
+    expires: Instant,
+    fetched: Instant,
+    seq: u64,
 }
 
 impl<R: SecretResolver> CachedResolver<R> {
-    /// Wraps `inner` with the default TTLs and capacity.
+    /// Wraps `inner` with the default TTLs and bounds.
     pub fn new(inner: R) -> Self {
         Self {
-            inner,
-            ttl: Duration::from_secs(60),
-            negative_ttl: Duration::from_secs(10),
-            capacity: 10_000,
-            key: Arc::new(default_key),
-            entries: Arc::default(),
+            inner: Arc::new(inner),
+            cache: Arc::new(Cache {
+                policy: Policy {
+                    ttl: Duration::from_secs(60),
+                    negative_ttl: Duration::from_secs(10),
+                    capacity: 10_000,
+                    max_lookups: 64,
+                    refresh_interval: Duration::from_secs(10),
+                },
+                state: Mutex::default(),
+            }),
         }
     }
 
-    /// How long found secrets are kept. A rotated secret is picked up within this time.
-    pub fn ttl(mut self, ttl: Duration) -> Self {
-        self.ttl = ttl;
-        self
+    /// How long found secrets are kept.
+    pub fn ttl(self, ttl: Duration) -> Self {
+        self.map_policy(|policy| policy.ttl = ttl)
     }
 
     /// How long "no secret for this tenant" is kept.
-    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
-        self.negative_ttl = ttl;
-        self
+    pub fn negative_ttl(self, ttl: Duration) -> Self {
+        self.map_policy(|policy| policy.negative_ttl = ttl)
     }
 
     /// The most tenants kept at once.
-    pub fn capacity(mut self, capacity: usize) -> Self {
-        self.capacity = capacity;
-        self
+    pub fn capacity(self, capacity: usize) -> Self {
+        self.map_policy(|policy| policy.capacity = capacity)
     }
 
-    /// What identifies a tenant for caching; `None` bypasses the cache.
-    pub fn key(
-        mut self,
-        key: impl Fn(&TenantRequest<'_>) -> Option<String> + Send + Sync + 'static,
-    ) -> Self {
-        self.key = Arc::new(key);
-        self
+    /// The most lookups running at once, across all tenants; at least one.
+    pub fn max_lookups_in_flight(self, lookups: usize) -> Self {
+        self.map_policy(|policy| policy.max_lookups = lookups.max(1))
     }
 
-    /// Drops every kept answer, for example after a secret was rotated.
+    /// How soon after a tenant's last lookup a failed verification may look it up again.
+    pub fn refresh_interval(self, interval: Duration) -> Self {
+        self.map_policy(|policy| policy.refresh_interval = interval)
+    }
+
+    fn map_policy(self, change: impl FnOnce(&mut Policy)) -> Self {
+        let mut policy = self.cache.policy;
+        change(&mut policy);
+        Self {
+            inner: self.inner,
+            cache: Arc::new(Cache {
+                policy,
+                state: Mutex::default(),
+            }),
+        }
+    }
+
+    /// Forgets one tenant's answer, for example right after its secret was rotated.
+    pub fn invalidate(&self, tenant: &Tenant) {
+        self.cache.lock().remove(tenant);
+    }
+
+    /// Forgets every answer.
     pub fn clear(&self) {
-        lock(&self.entries).clear();
+        let mut state = self.cache.lock();
+        state.entries.clear();
+        state.expiry.clear();
     }
 
     /// How many tenants are kept now, expired ones included.
     pub fn len(&self) -> usize {
-        lock(&self.entries).len()
+        self.cache.lock().entries.len()
     }
 
     /// Whether nothing is kept.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
-}
 
-fn default_key(request: &TenantRequest<'_>) -> Option<String> {
-    Some(match (request.inbox_id(), request.pod_id()) {
-        (Some(inbox), _) => format!("inbox:{inbox}"),
-        (None, Some(pod)) => format!("pod:{pod}"),
-        (None, None) => "account".to_owned(),
-    })
-}
-
-fn lock(
-    entries: &Mutex<HashMap<String, Entry>>,
-) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
-    // A panic while holding this lock cannot leave the map half-updated in a way that
-    // matters: every operation is a single insert, remove or lookup.
-    entries.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn store(
-    entries: &Mutex<HashMap<String, Entry>>,
-    capacity: usize,
-    key: String,
-    secrets: Option<TenantSecrets>,
-    ttl: Duration,
-) {
-    if capacity == 0 {
-        return;
+    /// How many lookups are running now.
+    pub fn lookups_in_flight(&self) -> usize {
+        self.cache.lock().flights.len()
     }
-    let now = Instant::now();
-    let Some(expires) = now.checked_add(ttl) else {
-        return;
-    };
-    let mut entries = lock(entries);
-    if entries.len() >= capacity && !entries.contains_key(&key) {
-        entries.retain(|_, entry| entry.expires > now);
-        if entries.len() >= capacity {
-            let soonest = entries
-                .iter()
-                .min_by_key(|(_, entry)| entry.expires)
-                .map(|(key, _)| key.clone());
-            if let Some(soonest) = soonest {
-                entries.remove(&soonest);
+
+    /// Joins the tenant's running lookup, or starts one if the bound allows: all of it for
+    /// tenants seen to verify, half of it for the others.
+    fn join_or_start(&self, state: &mut State, tenant: &Tenant) -> ResolveFuture {
+        let flight = match state.flights.get(tenant) {
+            Some(flight) => Arc::clone(flight),
+            None => {
+                let limit = self.cache.policy.max_lookups;
+                let trusted = state.trusted.contains_key(tenant);
+                let busy = if trusted {
+                    state.flights.len() >= limit
+                } else {
+                    let untrusted = state.flights.values().filter(|f| !f.trusted).count();
+                    state.flights.len() >= limit || untrusted >= limit.div_ceil(2)
+                };
+                if busy {
+                    return Box::pin(ready(Err(Box::new(LookupsBusy { limit }) as BoxError)));
+                }
+                let flight = Arc::new(Flight {
+                    trusted,
+                    tenant: tenant.clone(),
+                    cache: Arc::clone(&self.cache),
+                    state: Mutex::new(FlightState::Running(self.inner.lookup(tenant))),
+                    wakers: Arc::new(Wakers::default()),
+                    waiters: Mutex::new(0),
+                });
+                state.flights.insert(tenant.clone(), Arc::clone(&flight));
+                flight
             }
+        };
+        Box::pin(Waiter::new(flight))
+    }
+}
+
+impl Cache {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every operation under this lock is a single insert, remove or lookup in maps
+        // that stay consistent between them: a panic elsewhere cannot leave them torn.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn store(&self, tenant: Tenant, secrets: Option<TenantSecrets>) {
+        let policy = self.policy;
+        if policy.capacity == 0 {
+            return;
+        }
+        let ttl = if secrets.is_some() {
+            policy.ttl
+        } else {
+            policy.negative_ttl
+        };
+        let now = Instant::now();
+        let Some(expires) = now.checked_add(ttl) else {
+            return;
+        };
+        let mut state = self.lock();
+        state.remove(&tenant);
+        while state.entries.len() >= policy.capacity {
+            let Some((_, soonest)) = state.expiry.pop_first() else {
+                break;
+            };
+            state.entries.remove(&soonest);
+        }
+        let seq = state.next_seq;
+        state.next_seq = seq.wrapping_add(1);
+        state.expiry.insert((expires, seq), tenant.clone());
+        state.entries.insert(
+            tenant,
+            Entry {
+                secrets,
+                expires,
+                fetched: now,
+                seq,
+            },
+        );
+    }
+}
+
+impl State {
+    fn remove(&mut self, tenant: &Tenant) {
+        if let Some(entry) = self.entries.remove(tenant) {
+            self.expiry.remove(&(entry.expires, entry.seq));
         }
     }
-    entries.insert(key, Entry { expires, secrets });
 }
 
 impl<R: SecretResolver> SecretResolver for CachedResolver<R> {
-    fn resolve(&self, request: &TenantRequest<'_>) -> ResolveFuture {
-        let Some(key) = (self.key)(request) else {
-            return self.inner.resolve(request);
-        };
-        if let Some(entry) = lock(&self.entries).get(&key) {
+    fn route(&self, request: &TenantRequest<'_>) -> Tenant {
+        self.inner.route(request)
+    }
+
+    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+        let mut state = self.cache.lock();
+        if let Some(entry) = state.entries.get(tenant) {
             if entry.expires > Instant::now() {
                 return Box::pin(ready(Ok(entry.secrets.clone())));
             }
         }
-        let lookup = self.inner.resolve(request);
-        let entries = Arc::clone(&self.entries);
-        let (capacity, ttl, negative_ttl) = (self.capacity, self.ttl, self.negative_ttl);
-        Box::pin(async move {
-            let result = lookup.await;
-            if let Ok(secrets) = &result {
-                let ttl = if secrets.is_some() { ttl } else { negative_ttl };
-                store(&entries, capacity, key, secrets.clone(), ttl);
-            }
-            result
-        })
+        self.join_or_start(&mut state, tenant)
+    }
+
+    fn verified(&self, tenant: &Tenant) {
+        let capacity = self.cache.policy.capacity;
+        if capacity == 0 {
+            return;
+        }
+        let mut state = self.cache.lock();
+        let seq = state.next_seq;
+        state.next_seq = seq.wrapping_add(1);
+        let key = (Instant::now(), seq);
+        if let Some(previous) = state.trusted.insert(tenant.clone(), key) {
+            state.trusted_order.remove(&previous);
+        }
+        state.trusted_order.insert(key, tenant.clone());
+        while state.trusted.len() > capacity {
+            let Some((_, oldest)) = state.trusted_order.pop_first() else {
+                break;
+            };
+            state.trusted.remove(&oldest);
+        }
+        self.inner.verified(tenant);
+    }
+
+    fn refresh(&self, tenant: &Tenant) -> Option<ResolveFuture> {
+        let mut state = self.cache.lock();
+        let entry = state.entries.get(tenant)?;
+        let due = entry
+            .fetched
+            .checked_add(self.cache.policy.refresh_interval)
+            .is_some_and(|due| due <= Instant::now());
+        if !due {
+            return None;
+        }
+        state.remove(tenant);
+        Some(self.join_or_start(&mut state, tenant))
     }
 }
 
 impl<R: fmt::Debug> fmt::Debug for CachedResolver<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.cache.lock();
         f.debug_struct("CachedResolver")
             .field("inner", &self.inner)
-            .field("ttl", &self.ttl)
-            .field("negative_ttl", &self.negative_ttl)
-            .field("capacity", &self.capacity)
-            .field("cached", &lock(&self.entries).len())
-            .finish_non_exhaustive()
+            .field("policy", &self.cache.policy)
+            .field("cached", &state.entries.len())
+            .field("lookups_in_flight", &state.flights.len())
+            .finish()
+    }
+}
+
+/// The answer when the bound on lookups in flight is reached.
+#[derive(Debug)]
+struct LookupsBusy {
+    limit: usize,
+}
+
+impl fmt::Display for LookupsBusy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} secret lookups are already running (the bound set with \
+             max_lookups_in_flight); a flood of deliveries for uncached tenants, or a slow \
+             secret store",
+            self.limit
+        )
+    }
+}
+
+impl std::error::Error for LookupsBusy {}
+
+/// A lookup failure, shared by every request that waited on the lookup.
+#[derive(Debug)]
+struct SharedLookupError(Arc<BoxError>);
+
+impl fmt::Display for SharedLookupError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the secret lookup failed")
+    }
+}
+
+impl std::error::Error for SharedLookupError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&**self.0)
+    }
+}
+
+/// One tenant's lookup, polled by whichever waiting request is polled, so that no request
+/// depends on another staying alive.
+struct Flight {
+    /// Whether the tenant had verified before: its lookup counts against the whole bound
+    /// rather than the half for strangers.
+    trusted: bool,
+    tenant: Tenant,
+    cache: Arc<Cache>,
+    state: Mutex<FlightState>,
+    wakers: Arc<Wakers>,
+    waiters: Mutex<usize>,
+}
+
+enum FlightState {
+    Running(ResolveFuture),
+    Done(Result<Option<TenantSecrets>, Arc<BoxError>>),
+}
+
+/// The wakers of every request waiting on a flight: the lookup wakes them all.
+#[derive(Default)]
+struct Wakers(Mutex<Vec<Waker>>);
+
+impl Wake for Wakers {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        let wakers = std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+}
+
+impl Flight {
+    fn poll_lookup(&self, cx: &mut Context<'_>) -> Poll<Result<Option<TenantSecrets>, BoxError>> {
+        {
+            let mut wakers = self.wakers.0.lock().unwrap_or_else(PoisonError::into_inner);
+            if !wakers.iter().any(|waker| waker.will_wake(cx.waker())) {
+                wakers.push(cx.waker().clone());
+            }
+        }
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        let result = match &mut *state {
+            FlightState::Done(result) => return Poll::Ready(share(result)),
+            FlightState::Running(lookup) => {
+                let waker = Waker::from(Arc::clone(&self.wakers));
+                match lookup.as_mut().poll(&mut Context::from_waker(&waker)) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(result) => result,
+                }
+            }
+        };
+        let result = result.map_err(Arc::new);
+        {
+            let mut cache = self.cache.lock();
+            if cache
+                .flights
+                .get(&self.tenant)
+                .is_some_and(|flight| std::ptr::eq(Arc::as_ptr(flight), self))
+            {
+                cache.flights.remove(&self.tenant);
+            }
+        }
+        if let Ok(secrets) = &result {
+            self.cache.store(self.tenant.clone(), secrets.clone());
+        }
+        let answer = share(&result);
+        *state = FlightState::Done(result);
+        drop(state);
+        self.wakers.wake_by_ref();
+        Poll::Ready(answer)
+    }
+}
+
+fn share(
+    result: &Result<Option<TenantSecrets>, Arc<BoxError>>,
+) -> Result<Option<TenantSecrets>, BoxError> {
+    match result {
+        Ok(secrets) => Ok(secrets.clone()),
+        Err(error) => Err(Box::new(SharedLookupError(Arc::clone(error)))),
+    }
+}
+
+/// One request waiting on a flight. When the last one goes away before the lookup ends,
+/// the lookup is dropped, so abandoned requests never hold one of the bounded slots.
+struct Waiter {
+    flight: Arc<Flight>,
+}
+
+impl Waiter {
+    fn new(flight: Arc<Flight>) -> Self {
+        let mut waiters = flight
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *waiters = waiters.saturating_add(1);
+        drop(waiters);
+        Self { flight }
+    }
+}
+
+impl Future for Waiter {
+    type Output = Result<Option<TenantSecrets>, BoxError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.flight.poll_lookup(cx)
+    }
+}
+
+impl Drop for Waiter {
+    fn drop(&mut self) {
+        let flight = &self.flight;
+        let mut waiters = flight
+            .waiters
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *waiters = waiters.saturating_sub(1);
+        if *waiters > 0 {
+            return;
+        }
+        drop(waiters);
+        let running = matches!(
+            *flight.state.lock().unwrap_or_else(PoisonError::into_inner),
+            FlightState::Running(_)
+        );
+        if running {
+            let mut cache = flight.cache.lock();
+            if cache
+                .flights
+                .get(&flight.tenant)
+                .is_some_and(|other| Arc::ptr_eq(other, flight))
+            {
+                cache.flights.remove(&flight.tenant);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Counts lookups and answers each tenant with its own secret; `gate` holds every
+    /// lookup until opened.
+    struct Counting {
+        lookups: Arc<AtomicUsize>,
+        gate: Arc<tokio::sync::Notify>,
+        held: bool,
+    }
+
+    impl SecretResolver for Counting {
+        fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+            self.lookups.fetch_add(1, Ordering::SeqCst);
+            let tenant = tenant.clone();
+            let (gate, held) = (Arc::clone(&self.gate), self.held);
+            Box::pin(async move {
+                if held {
+                    gate.notified().await;
+                }
+                Ok(match tenant {
+                    Tenant::Inbox(inbox) if inbox.starts_with("inb_") => Some(
+                        TenantSecrets::inbox(inbox.clone(), [format!("whsec_{inbox}")])?,
+                    ),
+                    _ => None,
+                })
+            })
+        }
+    }
+
+    fn counting(
+        held: bool,
+    ) -> (
+        CachedResolver<Counting>,
+        Arc<AtomicUsize>,
+        Arc<tokio::sync::Notify>,
+    ) {
+        let lookups = Arc::new(AtomicUsize::new(0));
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let resolver = CachedResolver::new(Counting {
+            lookups: Arc::clone(&lookups),
+            gate: Arc::clone(&gate),
+            held,
+        });
+        (resolver, lookups, gate)
+    }
+
+    fn inbox(id: &str) -> Tenant {
+        Tenant::Inbox(id.to_owned())
+    }
+
+    #[tokio::test]
+    async fn hits_cost_no_lookup_and_misses_for_one_tenant_share_one() {
+        let (resolver, lookups, gate) = counting(true);
+        let waiting: Vec<_> = (0..10).map(|_| resolver.lookup(&inbox("inb_a"))).collect();
+        assert_eq!(resolver.lookups_in_flight(), 1);
+        let all = tokio::spawn(futures_join(waiting));
+        gate.notify_one();
+        let results = all.await.unwrap();
+        assert!(results.iter().all(|result| matches!(result, Ok(Some(_)))));
+        assert_eq!(lookups.load(Ordering::SeqCst), 1);
+        assert!(resolver.lookup(&inbox("inb_a")).await.unwrap().is_some());
+        assert_eq!(lookups.load(Ordering::SeqCst), 1);
+        assert_eq!(resolver.lookups_in_flight(), 0);
+    }
+
+    async fn futures_join(
+        futures: Vec<ResolveFuture>,
+    ) -> Vec<Result<Option<TenantSecrets>, BoxError>> {
+        let mut results = Vec::new();
+        for future in futures {
+            results.push(future.await);
+        }
+        results
+    }
+
+    #[tokio::test]
+    async fn lookups_in_flight_are_bounded_and_abandoned_ones_free_their_slot() {
+        let (resolver, lookups, _gate) = counting(true);
+        let resolver = resolver.max_lookups_in_flight(3);
+        for i in 0..3 {
+            resolver.verified(&inbox(&format!("inb_{i}")));
+        }
+        let held: Vec<_> = (0..3)
+            .map(|i| resolver.lookup(&inbox(&format!("inb_{i}"))))
+            .collect();
+        let refused = resolver.lookup(&inbox("inb_0x")).await;
+        let error = refused.expect_err("over the bound");
+        assert!(error.to_string().contains("already running"), "{error}");
+        assert_eq!(lookups.load(Ordering::SeqCst), 3);
+        drop(held);
+        assert_eq!(resolver.lookups_in_flight(), 0);
+        let again = resolver.lookup(&inbox("inb_y"));
+        assert_eq!(resolver.lookups_in_flight(), 1);
+        drop(again);
+    }
+
+    #[tokio::test]
+    async fn strangers_get_half_the_lookups_and_tenants_seen_to_verify_the_rest() {
+        let (resolver, _lookups, _gate) = counting(true);
+        let resolver = resolver.max_lookups_in_flight(4);
+        resolver.verified(&inbox("inb_real"));
+        let strangers: Vec<_> = (0..2)
+            .map(|i| resolver.lookup(&inbox(&format!("inb_random_{i}"))))
+            .collect();
+        assert!(
+            resolver.lookup(&inbox("inb_random_x")).await.is_err(),
+            "strangers are held to half the bound"
+        );
+        let real = resolver.lookup(&inbox("inb_real"));
+        assert_eq!(resolver.lookups_in_flight(), 3);
+        drop((strangers, real));
+    }
+
+    #[tokio::test]
+    async fn eviction_keeps_the_capacity_and_takes_the_soonest_to_expire() {
+        let (resolver, _lookups, _gate) = counting(false);
+        let resolver = resolver.capacity(3);
+        for id in ["inb_a", "inb_b", "unknown_c", "inb_d"] {
+            resolver.lookup(&inbox(id)).await.unwrap();
+        }
+        assert_eq!(resolver.len(), 3);
+        // The negative answer for unknown_c expires first, so it went.
+        let state = resolver.cache.lock();
+        assert!(!state.entries.contains_key(&inbox("unknown_c")));
+        assert_eq!(state.expiry.len(), 3);
+    }
+
+    #[tokio::test]
+    async fn invalidate_and_refresh_are_per_tenant_and_refresh_is_rate_limited() {
+        let (resolver, lookups, _gate) = counting(false);
+        resolver.lookup(&inbox("inb_a")).await.unwrap();
+        resolver.lookup(&inbox("inb_b")).await.unwrap();
+        assert_eq!(lookups.load(Ordering::SeqCst), 2);
+        // Just fetched: a failed verification may not force another lookup.
+        assert!(resolver.refresh(&inbox("inb_a")).is_none());
+        resolver.invalidate(&inbox("inb_a"));
+        assert_eq!(resolver.len(), 1);
+        resolver.lookup(&inbox("inb_a")).await.unwrap();
+        assert_eq!(lookups.load(Ordering::SeqCst), 3);
+
+        let resolver = resolver.refresh_interval(Duration::ZERO);
+        resolver.lookup(&inbox("inb_a")).await.unwrap();
+        let refreshed = resolver.refresh(&inbox("inb_a")).expect("due");
+        assert!(refreshed.await.unwrap().is_some());
+        assert_eq!(lookups.load(Ordering::SeqCst), 5);
+        // Nothing cached for an unseen tenant: nothing to refresh.
+        assert!(resolver.refresh(&inbox("inb_zz")).is_none());
     }
 }

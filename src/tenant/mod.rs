@@ -1,8 +1,10 @@
 //! Per-inbox secrets, for platforms that run one OpenMail inbox per user or agent.
 //!
 //! OpenMail lets each inbox have its own webhook URL and secret, which overrides the account
-//! webhook; each delivery is signed with the secret of the URL it goes to. A receiver for
-//! many inboxes therefore needs the secret of the right inbox for each delivery.
+//! webhook; each delivery is signed with the secret of the URL it goes to. Everything else
+//! (inboxes without a webhook of their own, pod events) is signed with the account
+//! webhook's secret. OpenMail has no pod-level secrets. A receiver for many inboxes
+//! therefore needs the secret of the right inbox for each delivery.
 //!
 //! [`VerifyOpenMailLayer::with_resolver`](crate::VerifyOpenMailLayer::with_resolver) takes
 //! a [`SecretResolver`]:
@@ -10,32 +12,34 @@
 //! - [`InboxSecrets`]: a fixed map, routed by the body's `inbox_id` or by the URL path, with
 //!   an optional account-wide fallback;
 //! - your own async resolver, for secrets in a database;
-//! - [`CachedResolver`] around it, to keep hot tenants' secrets for a while.
+//! - [`CachedResolver`] around it, to keep hot tenants' secrets for a while and to bound
+//!   the lookups forged deliveries can cause.
 //!
 //! # How a delivery is checked
 //!
 //! 1. The head is checked as always (headers present and well-formed, timestamp fresh):
 //!    forgeries are still refused before the body is read.
-//! 2. The body is read within the limit, and only its top-level `inbox_id` and `pod_id` are
-//!    extracted, without building a tree. This claim is untrusted.
-//! 3. The resolver returns the candidate secrets, each with a [`SecretScope`].
-//! 4. The signature is checked against them, over the buffered body. (With static secrets
-//!    the MAC runs while the body streams in; here the secret is known only after the body
-//!    has been read, so the MAC makes one pass over the buffered bytes.)
-//! 5. **Tenant isolation:** the secret that matched must cover the inbox or pod the body
-//!    names. Inbox A's secret never authenticates an event naming inbox B, whatever the URL.
+//! 2. The body is read within the limit, and only its top-level `event_id` and `inbox_id`
+//!    are extracted ([`Claim`](crate::protocol::Claim)), without building a tree. This
+//!    claim is untrusted. An `inbox_id` over
+//!    [`MAX_CLAIMED_ID_LEN`](crate::protocol::MAX_CLAIMED_ID_LEN) bytes is refused here.
+//! 3. The resolver names the [`Tenant`] and looks up its secrets, each with a
+//!    [`SecretScope`](crate::protocol::SecretScope).
+//! 4. The signature is checked against them, over the buffered body, and the secret that
+//!    matched must cover the inbox the body names: inbox A's secret never authenticates an
+//!    event naming inbox B, whatever the URL. This is
+//!    [`Verifier::verify_tenant`](crate::Verifier::verify_tenant), the same function a
+//!    serverless receiver calls without tower.
 //!
 //! | outcome | status |
 //! |---|---|
-//! | no secret known for the tenant | `400` |
-//! | the matching secret belongs to another tenant | `400` |
-//! | the body's `inbox_id` or `pod_id` is not a single string | `400` |
-//! | the resolver failed (database down) | `503`, so OpenMail retries |
+//! | no secret known for the tenant, the matching secret belongs to another tenant, the claim is unreadable, or the signature is wrong | `400 signature mismatch`, the same answer for each |
+//! | the resolver failed (database down), or too many lookups are in flight | `503` with `Retry-After`, so OpenMail retries |
+//! | the lookup outlived the body deadline | `503` with `Retry-After` |
 //!
-//! The rejection hook sees the precise reason either way.
-//!
-//! Pod lifecycle events (`pod.suspended`, `pod.reactivated`) name no inbox. They verify
-//! under the account secret, or under secrets scoped to their `pod_id`.
+//! A client learns nothing about which inboxes exist: an unknown inbox gets the same status
+//! and body as a wrong signature, after a MAC over its body like any other. The rejection
+//! hook and `tracing` see the precise reason.
 //!
 //! ```
 //! use axum::{routing::post, Router};
@@ -47,14 +51,13 @@
 //! let app: Router = Router::new()
 //!     .route("/webhooks/{inbox_id}", post(|| async { "ok" }))
 //!     .layer(VerifyOpenMailLayer::with_resolver(secrets));
-//! # Ok::<(), openmail_webhooks::ConfigError>(())
+//! # Ok::<(), openmail_webhooks::tenant::SecretListError>(())
 //! ```
 
 mod cache;
-pub(crate) mod claim;
 mod inboxes;
 mod resolver;
 
 pub use cache::CachedResolver;
-pub use inboxes::InboxSecrets;
-pub use resolver::{ResolveFuture, SecretResolver, SecretScope, TenantRequest, TenantSecrets};
+pub use inboxes::{InboxSecrets, SecretListError};
+pub use resolver::{ResolveFuture, SecretResolver, Tenant, TenantRequest};

@@ -1,42 +1,70 @@
-use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use http::request::Parts;
 use http::{HeaderMap, Uri};
+use tower::BoxError;
 
-use crate::layer::BoxError;
-use crate::{ConfigError, Secret};
+use crate::protocol::TenantSecrets;
+use crate::LogSafe;
 
 /// The future a [`SecretResolver`] returns.
 ///
-/// `Ok(None)` means no secret is known for the tenant (the layer answers `400`); `Err` means
-/// the lookup itself failed (the layer answers `503`, so OpenMail retries).
+/// `Ok(None)` means no secret is known for the tenant (the layer refuses the delivery as it
+/// refuses any forgery); `Err` means the lookup itself failed (the layer answers `503` with
+/// `Retry-After`, so OpenMail retries).
 pub type ResolveFuture =
     Pin<Box<dyn Future<Output = Result<Option<TenantSecrets>, BoxError>> + Send>>;
 
+/// Whose secrets a delivery needs: what a [`SecretResolver`] routes on, and the only thing
+/// its lookup sees.
+///
+/// Because the lookup gets nothing but this value, a cache keyed on it
+/// ([`CachedResolver`](super::CachedResolver)) can never store one tenant's answer under
+/// another's key.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum Tenant {
+    /// One inbox, by id: its own webhook's secrets (and usually the account's as a
+    /// fallback).
+    Inbox(String),
+    /// No inbox named: the account webhook's secrets (pod events, for example).
+    Account,
+}
+
+impl std::fmt::Display for Tenant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Inbox(inbox) => write!(f, "inbox {}", LogSafe::new(inbox)),
+            Self::Account => f.write_str("the account"),
+        }
+    }
+}
+
 /// Finds the secrets for one delivery's tenant, for example in a database.
 ///
-/// The resolver runs after the body has been read within the limit and before the
-/// signature is checked. It sees the request head and the tenant the body *claims* (its
-/// top-level `inbox_id` and `pod_id`), which is untrusted until the signature verifies: the
-/// layer accepts the delivery only if a returned secret verifies it **and** that secret's
-/// [`SecretScope`] covers the inbox or pod the body names.
+/// It works in two steps:
+/// 1. [`route`](Self::route) names the [`Tenant`] from the request head and the body's
+///    claim (both untrusted): by default the body's top-level `inbox_id`, or the account
+///    when it names none;
+/// 2. [`lookup`](Self::lookup) finds that tenant's [`TenantSecrets`], seeing only the
+///    tenant.
 ///
-/// Copy what you need out of the [`TenantRequest`] before returning the future: the future
-/// must own its data.
+/// The layer then accepts the delivery only if a returned secret verifies it **and** that
+/// secret's [`SecretScope`](crate::protocol::SecretScope) covers the inbox the body names.
 ///
 /// ```
-/// use openmail_webhooks::tenant::{ResolveFuture, SecretResolver, TenantRequest, TenantSecrets};
+/// use openmail_webhooks::protocol::TenantSecrets;
+/// use openmail_webhooks::tenant::{ResolveFuture, SecretResolver, Tenant};
 ///
 /// struct FromDatabase; // holds a connection pool in real code
 ///
 /// impl SecretResolver for FromDatabase {
-///     fn resolve(&self, request: &TenantRequest<'_>) -> ResolveFuture {
-///         let inbox = request.inbox_id().map(str::to_owned);
+///     fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+///         let tenant = tenant.clone();
 ///         Box::pin(async move {
-///             let Some(inbox) = inbox else { return Ok(None) };
+///             let Tenant::Inbox(inbox) = tenant else { return Ok(None) };
 ///             // let secret = sqlx::query_scalar("SELECT secret FROM inboxes WHERE id = ?")...
 ///             let secret = format!("whsec_for_{inbox}");
 ///             Ok(Some(TenantSecrets::inbox(inbox, [secret])?))
@@ -45,35 +73,66 @@ pub type ResolveFuture =
 /// }
 /// ```
 pub trait SecretResolver: Send + Sync + 'static {
-    /// Starts the lookup for one delivery.
-    fn resolve(&self, request: &TenantRequest<'_>) -> ResolveFuture;
-}
+    /// Names the tenant whose secrets this delivery needs. The default is the body's
+    /// top-level `inbox_id`, or [`Tenant::Account`] when it names none.
+    fn route(&self, request: &TenantRequest<'_>) -> Tenant {
+        match request.inbox_id() {
+            Some(inbox) => Tenant::Inbox(inbox.to_owned()),
+            None => Tenant::Account,
+        }
+    }
 
-impl<R: SecretResolver + ?Sized> SecretResolver for Arc<R> {
-    fn resolve(&self, request: &TenantRequest<'_>) -> ResolveFuture {
-        (**self).resolve(request)
+    /// Starts the lookup of one tenant's secrets.
+    fn lookup(&self, tenant: &Tenant) -> ResolveFuture;
+
+    /// Called when secrets this resolver returned failed to verify a delivery: a chance to
+    /// look again, bypassing a cache, in case the tenant's secret was rotated since. `None`
+    /// (the default) declines. The layer asks at most once per delivery;
+    /// [`CachedResolver`](super::CachedResolver) allows it at most once per tenant per
+    /// interval, so forgeries cannot use it to force lookups.
+    fn refresh(&self, tenant: &Tenant) -> Option<ResolveFuture> {
+        let _ = tenant;
+        None
+    }
+
+    /// Called after a delivery for `tenant` verified under the secrets this resolver
+    /// returned. Only genuine deliveries reach it, so it is a trustworthy signal that the
+    /// tenant is real: [`CachedResolver`](super::CachedResolver) keeps lookup capacity for
+    /// such tenants that a flood naming random inboxes cannot take. The default does
+    /// nothing.
+    fn verified(&self, tenant: &Tenant) {
+        let _ = tenant;
     }
 }
 
-/// What a resolver may look at: the request head, and the tenant the body claims.
+impl<R: SecretResolver + ?Sized> SecretResolver for Arc<R> {
+    fn route(&self, request: &TenantRequest<'_>) -> Tenant {
+        (**self).route(request)
+    }
+
+    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+        (**self).lookup(tenant)
+    }
+
+    fn refresh(&self, tenant: &Tenant) -> Option<ResolveFuture> {
+        (**self).refresh(tenant)
+    }
+
+    fn verified(&self, tenant: &Tenant) {
+        (**self).verified(tenant)
+    }
+}
+
+/// What a resolver may route on: the request head, and the inbox the body claims.
 #[derive(Debug)]
 pub struct TenantRequest<'a> {
     parts: &'a Parts,
     inbox_id: Option<&'a str>,
-    pod_id: Option<&'a str>,
 }
 
 impl<'a> TenantRequest<'a> {
-    pub(crate) fn new(
-        parts: &'a Parts,
-        inbox_id: Option<&'a str>,
-        pod_id: Option<&'a str>,
-    ) -> Self {
-        Self {
-            parts,
-            inbox_id,
-            pod_id,
-        }
+    pub(crate) fn new(parts: &'a Parts, inbox_id: Option<&'a str>) -> Self {
+        Self { parts, inbox_id }
     }
 
     /// The request URI.
@@ -108,137 +167,5 @@ impl<'a> TenantRequest<'a> {
     /// The body's top-level `inbox_id`. Untrusted until verified.
     pub fn inbox_id(&self) -> Option<&str> {
         self.inbox_id
-    }
-
-    /// The body's top-level `pod_id`. Untrusted until verified.
-    pub fn pod_id(&self) -> Option<&str> {
-        self.pod_id
-    }
-}
-
-/// Which events a secret may authenticate.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum SecretScope {
-    /// Any event: the account webhook's secret.
-    Account,
-    /// Only events whose top-level `inbox_id` is this inbox.
-    Inbox(String),
-    /// Only events whose top-level `pod_id` is this pod.
-    Pod(String),
-}
-
-impl SecretScope {
-    /// Whether a body that names `inbox_id` and `pod_id` is within this scope.
-    pub fn covers(&self, inbox_id: Option<&str>, pod_id: Option<&str>) -> bool {
-        match self {
-            Self::Account => true,
-            Self::Inbox(inbox) => inbox_id == Some(inbox.as_str()),
-            Self::Pod(pod) => pod_id == Some(pod.as_str()),
-        }
-    }
-}
-
-impl fmt::Display for SecretScope {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Account => f.write_str("the account"),
-            Self::Inbox(inbox) => write!(f, "inbox {inbox}"),
-            Self::Pod(pod) => write!(f, "pod {pod}"),
-        }
-    }
-}
-
-/// The secrets a resolver found for one delivery, each with the scope it may authenticate.
-///
-/// Secrets are tried in order. List a tenant's new secret before its old one during a
-/// rotation; [`Delivery::secret_index`](crate::Delivery::secret_index) says which matched.
-#[derive(Debug, Clone)]
-pub struct TenantSecrets {
-    entries: Vec<(SecretScope, Secret)>,
-}
-
-impl TenantSecrets {
-    /// Secrets that authenticate events naming `inbox_id` only.
-    pub fn inbox<I>(inbox_id: impl Into<String>, secrets: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator,
-        I::Item: AsRef<[u8]>,
-    {
-        Self::scoped(SecretScope::Inbox(inbox_id.into()), secrets)
-    }
-
-    /// Secrets that authenticate events naming `pod_id` only.
-    pub fn pod<I>(pod_id: impl Into<String>, secrets: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator,
-        I::Item: AsRef<[u8]>,
-    {
-        Self::scoped(SecretScope::Pod(pod_id.into()), secrets)
-    }
-
-    /// Account-wide secrets, which authenticate any event.
-    pub fn account<I>(secrets: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator,
-        I::Item: AsRef<[u8]>,
-    {
-        Self::scoped(SecretScope::Account, secrets)
-    }
-
-    /// Secrets that are already keyed, all with one scope. At least one is required.
-    pub fn from_keyed(
-        scope: SecretScope,
-        secrets: impl IntoIterator<Item = Secret>,
-    ) -> Result<Self, ConfigError> {
-        let entries: Vec<_> = secrets
-            .into_iter()
-            .map(|secret| (scope.clone(), secret))
-            .collect();
-        if entries.is_empty() {
-            return Err(ConfigError::NoSecrets);
-        }
-        Ok(Self { entries })
-    }
-
-    fn scoped<I>(scope: SecretScope, secrets: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator,
-        I::Item: AsRef<[u8]>,
-    {
-        let keyed = secrets
-            .into_iter()
-            .map(Secret::new)
-            .collect::<Result<Vec<_>, _>>()?;
-        Self::from_keyed(scope, keyed)
-    }
-
-    /// These secrets, then `other`'s: for example an inbox's own, then the account fallback.
-    pub fn and(mut self, other: TenantSecrets) -> Self {
-        self.entries.extend(other.entries);
-        self
-    }
-
-    /// How many secrets there are.
-    pub fn len(&self) -> usize {
-        self.entries.len()
-    }
-
-    /// Always `false`: a `TenantSecrets` holds at least one secret.
-    pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
-    }
-
-    /// The scopes, in order.
-    pub fn scopes(&self) -> impl Iterator<Item = &SecretScope> {
-        self.entries.iter().map(|(scope, _)| scope)
-    }
-
-    pub(crate) fn secrets(&self) -> impl Iterator<Item = &Secret> {
-        self.entries.iter().map(|(_, secret)| secret)
-    }
-
-    pub(crate) fn scope(&self, index: usize) -> Option<&SecretScope> {
-        self.entries.get(index).map(|(scope, _)| scope)
     }
 }

@@ -22,13 +22,39 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use openmail_webhooks::dedup::{Decision, DedupStore, DeduplicateLayer, StoreError, StoreStep};
-use openmail_webhooks::{sign, Event, VerifyOpenMailLayer};
+use openmail_webhooks::dedup::{
+    Decision, DedupKey, DedupStore, DeduplicateLayer, StoreError, StoreStep,
+};
+use openmail_webhooks::tenant::InboxSecrets;
+use openmail_webhooks::{sign, Delivery, VerifyOpenMailLayer};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+/// The account webhook's secret: trusted for every inbox.
 pub const SECRET: &str = "whsec_dedup_tests";
+/// The secrets of two inboxes' own webhooks, for the tenant tests.
+pub const INBOX_A_SECRET: &str = "whsec_inbox_a_only";
+pub const INBOX_B_SECRET: &str = "whsec_inbox_b_only";
 pub const PROCESSED: &str = "processed";
+
+/// The inbox every [`event_body`] names.
+pub const INBOX: &str = "inb_1";
+
+/// The key the layer uses for an [`event_body`].
+pub fn key(event_id: &str) -> DedupKey {
+    DedupKey::new(Some(INBOX), event_id)
+}
+
+/// The account's secret, plus `inb_a` and `inb_b` with secrets of their own.
+pub fn inbox_secrets() -> InboxSecrets {
+    InboxSecrets::new()
+        .inbox("inb_a", [INBOX_A_SECRET])
+        .unwrap()
+        .inbox("inb_b", [INBOX_B_SECRET])
+        .unwrap()
+        .account([SECRET])
+        .unwrap()
+}
 
 /// Where a behavioural test gets its stores. Every call to [`store`](Self::store) is
 /// another replica's handle on the same shared state.
@@ -43,20 +69,29 @@ pub fn event_body(event_id: &str) -> String {
     )
 }
 
-/// `X-Timestamp` and `X-Signature` for `body`, signed now.
-pub fn signed_headers(body: &[u8]) -> (String, String) {
+/// `X-Timestamp` and `X-Signature` for `body`, signed now with `secret`.
+pub fn signed_headers(secret: &str, body: &[u8]) -> (String, String) {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
         .as_secs()
         .to_string();
-    let signature = sign(SECRET, &now, body);
+    let signature = sign(secret, &now, body);
     (now, signature)
 }
 
-/// A signed `POST /webhooks` request, as OpenMail sends it.
+/// A `POST /webhooks` request signed with the account's secret, as OpenMail sends it.
 pub fn delivery(body: &str, event_id_header: Option<&str>) -> http::Request<Full<Bytes>> {
-    let (timestamp, signature) = signed_headers(body.as_bytes());
+    delivery_signed(SECRET, body, event_id_header)
+}
+
+/// A `POST /webhooks` request signed with `secret`.
+pub fn delivery_signed(
+    secret: &str,
+    body: &str,
+    event_id_header: Option<&str>,
+) -> http::Request<Full<Bytes>> {
+    let (timestamp, signature) = signed_headers(secret, body.as_bytes());
     let mut builder = http::Request::post("/webhooks")
         .header("content-type", "application/json")
         .header("x-timestamp", timestamp)
@@ -84,11 +119,14 @@ pub enum Action {
 
 type Plan = Box<dyn Fn(u32) -> Action + Send + Sync>;
 
-/// The application behind the layers: counts attempts and, separately, processed effects.
+/// The application behind the layers: counts attempts and, separately, processed effects,
+/// by `event_id`, and processed effects by inbox and `event_id`. It reads the ids from the
+/// `Delivery`, so it works with event parsing on or off.
 pub struct Handler {
     plan: Plan,
     attempts: Mutex<HashMap<String, u32>>,
     processed: Mutex<HashMap<String, u32>>,
+    processed_in: Mutex<HashMap<(String, String), u32>>,
 }
 
 impl Handler {
@@ -98,6 +136,7 @@ impl Handler {
             plan: Box::new(plan),
             attempts: Mutex::default(),
             processed: Mutex::default(),
+            processed_in: Mutex::default(),
         })
     }
 
@@ -123,16 +162,39 @@ impl Handler {
             .unwrap_or(0)
     }
 
-    fn key(event: &Event) -> String {
-        event.event_id().unwrap_or("<none>").to_owned()
+    /// How often the event `event_id` of `inbox_id` was processed.
+    pub fn processed_in(&self, inbox_id: &str, event_id: &str) -> u32 {
+        self.processed_in
+            .lock()
+            .unwrap()
+            .get(&(inbox_id.to_owned(), event_id.to_owned()))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    fn record(&self, delivery: &Delivery) {
+        let key = delivery.event_id().unwrap_or("<none>").to_owned();
+        let inbox = delivery.inbox_id().unwrap_or("<none>").to_owned();
+        *self
+            .processed
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default() += 1;
+        *self
+            .processed_in
+            .lock()
+            .unwrap()
+            .entry((inbox, key))
+            .or_default() += 1;
     }
 }
 
 async fn handle(
     State(handler): State<Arc<Handler>>,
-    Extension(event): Extension<Arc<Event>>,
+    Extension(delivery): Extension<Delivery>,
 ) -> (StatusCode, &'static str) {
-    let key = Handler::key(&event);
+    let key = delivery.event_id().unwrap_or("<none>").to_owned();
     let attempt = {
         let mut attempts = handler.attempts.lock().unwrap();
         let attempt = attempts.entry(key.clone()).or_default();
@@ -144,12 +206,12 @@ async fn handle(
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            *handler.processed.lock().unwrap().entry(key).or_default() += 1;
+            handler.record(&delivery);
             (StatusCode::OK, PROCESSED)
         }
         Action::SucceedAfter(gate) => {
             gate.notified().await;
-            *handler.processed.lock().unwrap().entry(key).or_default() += 1;
+            handler.record(&delivery);
             (StatusCode::OK, PROCESSED)
         }
         Action::Fail(status) => (status, "failed"),
@@ -219,6 +281,7 @@ pub fn describe(decision: &Decision) -> String {
             format!("store_failed: {step} {error} passed_through={passed_through}")
         }
         Decision::Unkeyed { reason } => format!("unkeyed: {reason:?}"),
+        Decision::Unverified => "unverified".into(),
         _ => "other".into(),
     }
 }
@@ -253,6 +316,9 @@ pub struct ReplicaConfig {
     pub handler: Arc<Handler>,
     pub log: DecisionLog,
     pub configure: fn(DeduplicateLayer) -> DeduplicateLayer,
+    /// The verification in front of the deduplication: the account's secret, parsing on,
+    /// unless set.
+    pub verify: fn() -> VerifyOpenMailLayer,
     /// A timeout outside both layers, as a reverse proxy or `TimeoutLayer` would impose.
     pub timeout: Option<Duration>,
 }
@@ -264,6 +330,7 @@ impl ReplicaConfig {
             handler: Arc::clone(handler),
             log: log.clone(),
             configure: |layer| layer,
+            verify: || VerifyOpenMailLayer::new(SECRET).unwrap(),
             timeout: None,
         }
     }
@@ -279,7 +346,7 @@ impl ReplicaConfig {
             .route("/webhooks", post(handle))
             .with_state(Arc::clone(&self.handler))
             .layer(self.layer())
-            .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
+            .layer((self.verify)());
         if let Some(timeout) = self.timeout {
             app = app.layer(tower_http::timeout::TimeoutLayer::with_status_code(
                 StatusCode::GATEWAY_TIMEOUT,
@@ -323,9 +390,15 @@ impl Default for Sender {
 }
 
 impl Sender {
-    /// Delivers `body` to `replica`, signed now.
+    /// Delivers `body` to `replica`, signed now with the account's secret.
     pub async fn deliver(&self, replica: &Replica, body: &str) -> Answer {
         self.deliver_with_header(replica, body, None).await
+    }
+
+    /// Delivers `body` to `replica`, signed now with `secret`.
+    pub async fn deliver_signed(&self, replica: &Replica, secret: &str, body: &str) -> Answer {
+        self.send(replica, delivery_signed(secret, body, None))
+            .await
     }
 
     pub async fn deliver_with_header(
@@ -334,7 +407,11 @@ impl Sender {
         body: &str,
         event_id_header: Option<&str>,
     ) -> Answer {
-        let mut request = delivery(body, event_id_header);
+        self.send(replica, delivery(body, event_id_header)).await
+    }
+
+    /// Sends `request` to `replica`'s `/webhooks`.
+    pub async fn send(&self, replica: &Replica, mut request: http::Request<Full<Bytes>>) -> Answer {
         *request.uri_mut() = format!("http://{}/webhooks", replica.address)
             .parse()
             .unwrap();
@@ -384,8 +461,8 @@ pub mod behaviours {
     /// The store contract of `DedupStore`'s table, call by call.
     pub async fn store_contract(backend: &impl Backend) {
         let store = backend.store().await;
-        let holder = Reservation::new("evt_contract");
-        let stranger = Reservation::new("evt_contract");
+        let holder = Reservation::new(key("evt_contract"));
+        let stranger = Reservation::new(key("evt_contract"));
 
         assert_eq!(
             store.reserve(holder.clone(), LONG).await.unwrap(),
@@ -427,13 +504,13 @@ pub mod behaviours {
         );
 
         // A released reservation lets the next one in.
-        let first = Reservation::new("evt_released");
+        let first = Reservation::new(key("evt_released"));
         assert_eq!(
             store.reserve(first.clone(), LONG).await.unwrap(),
             ReserveOutcome::Reserved
         );
         store.release(first).await.unwrap();
-        let second = Reservation::new("evt_released");
+        let second = Reservation::new(key("evt_released"));
         assert_eq!(
             store.reserve(second, LONG).await.unwrap(),
             ReserveOutcome::Reserved
@@ -447,13 +524,13 @@ pub mod behaviours {
         let short = Duration::from_millis(500);
         let wait = Duration::from_millis(700);
 
-        let crashed = Reservation::new("evt_expiry");
+        let crashed = Reservation::new(key("evt_expiry"));
         assert_eq!(
             store.reserve(crashed.clone(), short).await.unwrap(),
             ReserveOutcome::Reserved
         );
         tokio::time::sleep(wait).await;
-        let next = Reservation::new("evt_expiry");
+        let next = Reservation::new(key("evt_expiry"));
         assert_eq!(
             store.reserve(next.clone(), LONG).await.unwrap(),
             ReserveOutcome::Reserved
@@ -461,7 +538,7 @@ pub mod behaviours {
         store.complete(next, short).await.unwrap();
         assert_eq!(
             store
-                .reserve(Reservation::new("evt_expiry"), LONG)
+                .reserve(Reservation::new(key("evt_expiry")), LONG)
                 .await
                 .unwrap(),
             ReserveOutcome::Done
@@ -469,19 +546,19 @@ pub mod behaviours {
         tokio::time::sleep(wait).await;
         assert_eq!(
             store
-                .reserve(Reservation::new("evt_expiry"), LONG)
+                .reserve(Reservation::new(key("evt_expiry")), LONG)
                 .await
                 .unwrap(),
             ReserveOutcome::Reserved
         );
 
-        let late = Reservation::new("evt_late");
+        let late = Reservation::new(key("evt_late"));
         store.reserve(late.clone(), short).await.unwrap();
         tokio::time::sleep(wait).await;
         store.complete(late, LONG).await.unwrap();
         assert_eq!(
             store
-                .reserve(Reservation::new("evt_late"), LONG)
+                .reserve(Reservation::new(key("evt_late")), LONG)
                 .await
                 .unwrap(),
             ReserveOutcome::Done
@@ -654,7 +731,7 @@ pub mod behaviours {
         let lease = Duration::from_secs(1);
         assert_eq!(
             crashed
-                .reserve(Reservation::new("evt_crashed"), lease)
+                .reserve(Reservation::new(key("evt_crashed")), lease)
                 .await
                 .unwrap(),
             ReserveOutcome::Reserved
@@ -725,6 +802,73 @@ pub mod behaviours {
         assert!(sender.deliver(&short, &body).await.duplicate());
     }
 
+    /// With event parsing off there is no `Arc<Event>`, and deduplication works all the
+    /// same: it keys on the `Delivery`.
+    pub async fn parsing_off_deduplicates_all_the_same(backend: &impl Backend) {
+        let handler = Handler::succeeding();
+        let log = DecisionLog::default();
+        let mut config = ReplicaConfig::new(backend.store().await, &handler, &log);
+        config.verify = || {
+            VerifyOpenMailLayer::new(SECRET)
+                .unwrap()
+                .parse_events(false)
+        };
+        let replica = config.start().await;
+        let sender = Sender::default();
+        let body = event_body("evt_unparsed");
+
+        assert!(sender.deliver(&replica, &body).await.processed());
+        let again = sender.deliver(&replica, &body).await;
+        assert!(again.duplicate(), "{again:?}");
+        assert_eq!(handler.attempts("evt_unparsed"), 1);
+        assert_eq!(log.count("first", "evt_unparsed"), 1);
+        assert_eq!(log.count("duplicate_done", "evt_unparsed"), 1);
+    }
+
+    /// Finding A4: holding inbox A's secret, a tenant signs `evt_X` for its own inbox
+    /// first. Inbox B's genuine `evt_X` is still processed; it is the same event only for
+    /// deliveries about inbox B, whoever (B's secret or the account's) vouched for them.
+    pub async fn one_inbox_cannot_make_another_inboxs_event_a_duplicate(backend: &impl Backend) {
+        let handler = Handler::succeeding();
+        let log = DecisionLog::default();
+        let mut config = ReplicaConfig::new(backend.store().await, &handler, &log);
+        config.verify = || VerifyOpenMailLayer::with_resolver(inbox_secrets());
+        let replica = config.start().await;
+        let sender = Sender::default();
+        let planted = r#"{"event":"setup.test","event_id":"evt_X","inbox_id":"inb_a"}"#;
+        let genuine = r#"{"event":"message.received","event_id":"evt_X","inbox_id":"inb_b"}"#;
+
+        assert!(sender
+            .deliver_signed(&replica, INBOX_A_SECRET, planted)
+            .await
+            .processed());
+        // A's secret cannot vouch for a body naming inb_b at all.
+        let forged = sender
+            .deliver_signed(&replica, INBOX_A_SECRET, genuine)
+            .await;
+        assert_eq!(forged.status, StatusCode::BAD_REQUEST, "{forged:?}");
+        let answer = sender
+            .deliver_signed(&replica, INBOX_B_SECRET, genuine)
+            .await;
+        assert!(answer.processed(), "B's event was suppressed: {answer:?}");
+        assert_eq!(handler.processed_in("inb_a", "evt_X"), 1);
+        assert_eq!(handler.processed_in("inb_b", "evt_X"), 1);
+
+        // The same event of inbox B, vouched for by the account (as over the WebSocket, or
+        // the account webhook), is a duplicate; so is A's replay of its own.
+        assert!(sender.deliver(&replica, genuine).await.duplicate());
+        assert!(sender
+            .deliver_signed(&replica, INBOX_B_SECRET, genuine)
+            .await
+            .duplicate());
+        assert!(sender
+            .deliver_signed(&replica, INBOX_A_SECRET, planted)
+            .await
+            .duplicate());
+        assert_eq!(handler.processed_in("inb_b", "evt_X"), 1);
+        assert_eq!(handler.processed_in("inb_a", "evt_X"), 1);
+    }
+
     /// An inner service that fails (an `Err`, not a status) releases the reservation too.
     pub async fn an_inner_error_is_released(backend: &impl Backend) {
         use tower::{service_fn, ServiceBuilder, ServiceExt};
@@ -791,6 +935,8 @@ macro_rules! dedup_behaviours {
             a_crashed_holders_lease_expires_and_a_retry_is_processed,
             a_lease_lost_mid_run_is_reported,
             an_inner_error_is_released,
+            parsing_off_deduplicates_all_the_same,
+            one_inbox_cannot_make_another_inboxs_event_a_duplicate,
         );
     };
     (@tests $backend:expr; $($name:ident),* $(,)?) => {

@@ -62,6 +62,25 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
+    /// Stops the process (`SIGSTOP`): connections stay open and the kernel still accepts
+    /// new ones, but nothing is answered, as with a Redis that hangs.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a paused server run again (`SIGCONT`); it then handles what queued up.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("`kill` could not be run");
+        assert!(status.success(), "kill {signal} failed");
+    }
+
     /// Kills it now, as a crash would.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

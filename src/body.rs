@@ -1,3 +1,6 @@
+//! The crate's body types, shared by every layer: [`VerifiedBody`], the request body a
+//! handler receives, and [`ResponseBody`], the response body of the crate's services.
+
 use std::convert::Infallible;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -9,7 +12,7 @@ use pin_project_lite::pin_project;
 /// The request body the inner service receives: the verified bytes, in one frame.
 ///
 /// Any extractor that reads a body (`Bytes`, `String`, `Json<T>`) keeps working behind the
-/// layer. The same bytes are in [`Delivery::body`](super::Delivery::body).
+/// layer. The same bytes are in [`Delivery::body`](crate::Delivery::body).
 #[derive(Debug, Clone, Default)]
 pub struct VerifiedBody {
     bytes: Option<Bytes>,
@@ -56,7 +59,7 @@ impl Body for VerifiedBody {
 
 pin_project! {
     /// The response body: the inner service's, or a short answer of the crate's own (a
-    /// rejection from [`VerifyOpenMail`](super::VerifyOpenMail), or a duplicate's answer
+    /// rejection from [`VerifyOpenMail`](crate::VerifyOpenMail), or a duplicate's answer
     /// from [`Deduplicate`](crate::dedup::Deduplicate)).
     pub struct ResponseBody<B> {
         #[pin]

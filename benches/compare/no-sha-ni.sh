@@ -7,13 +7,16 @@
 # - ring is built from a copy of its source with the SHA-extension flag never set, so it
 #   picks the AVX (Intel) or SSSE3 assembly it uses on such a CPU.
 #
-# The build goes to its own target directory and leaves the normal one alone. The bench
-# runs RUNS times (default 3), into target/no-sha-ni/criterion-N, and the script ends with
-# the table from `python3 benches/report.py --backend --best`, which keeps each function's
-# fastest sample across the runs. Extra arguments for cargo bench go after `--`.
+# It runs the `backend` bench of this comparison workspace (benches/compare), whose build
+# goes to its own target directory, target/no-sha-ni, and leaves the normal one alone. The
+# bench runs RUNS times (default 3), into target/no-sha-ni/criterion-N, and the script ends
+# with the table from `python3 benches/report.py --backend --best`, which keeps each
+# function's fastest sample across the runs. Extra arguments for cargo bench go after `--`.
+#
+#   bash benches/compare/no-sha-ni.sh
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")"
 target="$PWD/target/no-sha-ni"
 mkdir -p "$target"
 
@@ -48,4 +51,4 @@ for run in $(seq "$runs"); do
         cargo bench --bench backend \
             --config "patch.crates-io.ring.path=\"$patched\"" "${extra[@]}"
 done
-python3 benches/report.py --backend --best "$target"/criterion-*
+python3 ../report.py --backend --best "$target"/criterion-*

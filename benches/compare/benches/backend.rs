@@ -2,10 +2,14 @@
 //! through `hmac`) against `ring`, each from a pre-keyed state over `X-Timestamp.` plus the
 //! body, and the crate's own check with whichever backend it was built with.
 //!
-//! On a CPU with SHA extensions both use them. `benches/no-sha-ni.sh` runs this bench a
-//! second time as a CPU without them would: sha2 forced to its portable code, and ring
-//! with the SHA-extension path switched off, so ring falls back to its AVX/SSSE3 assembly.
+//! On a CPU with SHA extensions both use them. `no-sha-ni.sh`, next to this workspace's
+//! `Cargo.toml`, runs this bench a second time as a CPU without them would: sha2 forced to
+//! its portable code, and ring with the SHA-extension path switched off, so ring falls
+//! back to its AVX/SSSE3 assembly.
+//!
+//! `cargo bench --bench backend`, in `benches/compare`.
 
+#[path = "../../support/mod.rs"]
 mod support;
 
 use std::hint::black_box;

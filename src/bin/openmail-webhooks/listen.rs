@@ -1,0 +1,579 @@
+//! `listen`: OpenMail's events as they happen, over the account's WebSocket, printed and
+//! optionally forwarded to a local receiver, signed as OpenMail signs webhooks.
+//!
+//! ```text
+//! OPENMAIL_API_KEY=om_... openmail-webhooks listen [--inbox-id ID].. [--event TYPE].. \
+//!     [--json] [--forward-to URL] [--resume-file PATH]
+//! ```
+//!
+//! - `OPENMAIL_API_KEY` is required; `OPENMAIL_WS_URL` overrides the WebSocket URL.
+//! - It subscribes to every event of the account, or to the inboxes and event types given.
+//! - Each event prints one stdout line as it arrives: `<type> <event_id> inbox=<inbox_id>`,
+//!   each value escaped and cut short, or, with `--json`, the event's JSON on one line.
+//! - `--forward-to URL` also POSTs each event to URL (plain `http://`), signed with
+//!   `OPENMAIL_WEBHOOK_SECRET` as OpenMail signs a webhook: the body byte for byte,
+//!   `Content-Type: application/json`, a fresh `X-Timestamp` and its `X-Signature` on every
+//!   attempt, and `X-Event-Id` set to the event's `event_id`. One stdout line reports each
+//!   event's outcome: `forwarded <event_id> <status>` once the receiver answered `2xx`, or
+//!   `failed <event_id> <status or error> after <n> attempts`. The WebSocket client retries
+//!   a non-`2xx` with backoff, without holding up the events behind it, and resumes after
+//!   the last event forwarded when the connection comes back.
+//! - The resume position (the last event handled in order) is kept in memory, for
+//!   reconnections, or with `--resume-file PATH` in a file, so that a restarted `listen`
+//!   also gets the events that occurred while it was stopped (OpenMail replays up to 100).
+//! - Connections, reconnections, replays and failures are reported on stderr.
+//! - Exit status: `0` after Ctrl-C (or SIGTERM); `2` for a usage error, a missing variable,
+//!   or a key OpenMail refuses (close code `4001`); `1` for any other error that stops it.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io::Write;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::Full;
+use openmail_webhooks::body::VerifiedBody;
+use openmail_webhooks::websocket::{
+    HandlerFailure, Status, Subscription, WebSocketClient, WebSocketError, DEFAULT_URL,
+};
+use openmail_webhooks::{Clock, Delivery, LogSafe, SystemClock};
+
+use crate::http::{client, parse_url, post, signed_request, HttpClient};
+use crate::resume::FileResume;
+
+/// The help text, also printed after a usage error.
+pub const USAGE: &str = "\
+usage: listen [OPTIONS]
+
+Prints OpenMail's events as they happen, received over the account's WebSocket:
+no public URL, no tunnel. The API key is read from OPENMAIL_API_KEY;
+OPENMAIL_WS_URL overrides the WebSocket URL.
+
+options:
+  --inbox-id ID      only this inbox's events (repeat for several; default:
+                     every inbox of the account)
+  --event TYPE       only events of this type, such as message.received
+                     (repeat for several; default: every type)
+  --json             print each event's JSON, on one line, instead of its
+                     type, event_id and inbox_id
+  --forward-to URL   also POST each event to URL (plain http://), signed with
+                     OPENMAIL_WEBHOOK_SECRET as OpenMail signs webhooks, and
+                     print the receiver's answer; a non-2xx is retried with
+                     backoff, without holding up later events
+  --resume-file PATH keep the resume position (the last event handled) in
+                     PATH, so that a restarted listen gets the events it
+                     missed while stopped, up to 100 (default: in memory, for
+                     reconnections only)
+  -h, --help         print this help
+
+Each event prints one line on stdout; with --forward-to, each outcome one more:
+  message.received evt_123 inbox=inb_92ma
+  forwarded evt_123 200 OK
+Connections, reconnections and replays are reported on stderr.
+
+exit status: 0 after Ctrl-C; 2 for a usage error, a missing variable, or an
+API key OpenMail refuses; 1 for any other error that stops it.
+";
+
+/// What the command line asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Options {
+    json: bool,
+    forward_to: Option<Uri>,
+    inbox_ids: Vec<String>,
+    event_types: Vec<String>,
+    resume_file: Option<PathBuf>,
+}
+
+/// Parses the arguments that follow `listen`. `None` asks for the help.
+fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
+    let mut args = args.into_iter();
+    let mut options = Options {
+        json: false,
+        forward_to: None,
+        inbox_ids: Vec::new(),
+        event_types: Vec::new(),
+        resume_file: None,
+    };
+    while let Some(arg) = args.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value)),
+            _ => (arg.clone(), None),
+        };
+        let mut value = |what: &str| match inline {
+            Some(value) => Ok(value.to_owned()),
+            None => args.next().ok_or(format!("{name} needs {what}")),
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--json" if inline.is_none() => options.json = true,
+            "--forward-to" => {
+                let url = value("a URL")?;
+                options.forward_to = Some(parse_url(&url, "listen --forward-to")?);
+            }
+            "--inbox-id" => options.inbox_ids.push(value("an inbox id")?),
+            "--event" => options.event_types.push(value("an event type")?),
+            "--resume-file" => options.resume_file = Some(PathBuf::from(value("a path")?)),
+            "--json" => return Err("--json takes no value".to_owned()),
+            option if option.starts_with('-') => {
+                return Err(format!("unknown option {}", LogSafe::new(option)))
+            }
+            other => {
+                return Err(format!(
+                    "unexpected argument {:?}: listen takes options only",
+                    LogSafe::new(other)
+                ))
+            }
+        }
+    }
+    Ok(Some(options))
+}
+
+/// What the environment gives `listen`.
+pub struct Environment {
+    /// `OPENMAIL_API_KEY`.
+    pub api_key: Option<String>,
+    /// `OPENMAIL_WS_URL`.
+    pub url: Option<String>,
+    /// `OPENMAIL_WEBHOOK_SECRET`, for `--forward-to`.
+    pub secret: Option<String>,
+}
+
+impl Environment {
+    /// Reads the process's environment.
+    pub fn from_process() -> Self {
+        let var = |name: &str| std::env::var(name).ok().filter(|value| !value.is_empty());
+        Self {
+            api_key: var("OPENMAIL_API_KEY"),
+            url: var("OPENMAIL_WS_URL"),
+            secret: var("OPENMAIL_WEBHOOK_SECRET"),
+        }
+    }
+}
+
+/// Where the forwarded events go, and how they are signed.
+struct Forward {
+    url: Uri,
+    secret: String,
+    client: HttpClient,
+}
+
+/// What every copy of the service shares.
+struct Shared {
+    json: bool,
+    forward: Option<Forward>,
+    /// Events printed and not yet finished: the client calls the service again for each
+    /// retry, and the event's line is printed once.
+    in_progress: Mutex<HashSet<String>>,
+}
+
+/// The service the WebSocket client calls with each event.
+#[derive(Clone)]
+struct Listen {
+    shared: Arc<Shared>,
+}
+
+impl tower::Service<Request<VerifiedBody>> for Listen {
+    type Response = Response<Full<Bytes>>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<VerifiedBody>) -> Self::Future {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            let Some(delivery) = request.extensions().get::<Delivery>().cloned() else {
+                return Ok(answer(StatusCode::INTERNAL_SERVER_ERROR));
+            };
+            shared.arrived(&delivery);
+            let Some(forward) = &shared.forward else {
+                return Ok(answer(StatusCode::OK));
+            };
+            Ok(answer(forward.attempt(&delivery).await))
+        })
+    }
+}
+
+fn answer(status: StatusCode) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::default());
+    *response.status_mut() = status;
+    response
+}
+
+impl Shared {
+    /// Prints the event's line, the first time it is seen.
+    fn arrived(&self, delivery: &Delivery) {
+        if let Some(event_id) = delivery.event_id() {
+            let mut in_progress = self
+                .in_progress
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if !in_progress.insert(event_id.to_owned()) {
+                return;
+            }
+        }
+        let line = if self.json {
+            one_line_json(delivery.body())
+        } else {
+            let event_type = serde_json::from_slice::<EventType>(delivery.body())
+                .ok()
+                .and_then(|event| event.event);
+            format!(
+                "{} {} inbox={}",
+                LogSafe::or_dash(event_type.as_deref()),
+                LogSafe::or_dash(delivery.event_id()),
+                LogSafe::or_dash(delivery.inbox_id()),
+            )
+        };
+        let _ = writeln!(std::io::stdout().lock(), "{line}");
+    }
+
+    /// The event is done with: handled, or given up on.
+    fn finished(&self, event_id: Option<&str>) {
+        if let Some(event_id) = event_id {
+            self.in_progress
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .remove(event_id);
+        }
+    }
+
+    /// Reports what the WebSocket client is doing: outcomes of forwarded events on stdout,
+    /// everything else on stderr.
+    fn status(&self, status: &Status) {
+        match status {
+            Status::EventHandled {
+                event_id,
+                status,
+                attempts,
+                ..
+            } => {
+                self.finished(event_id.as_deref());
+                if self.forward.is_some() {
+                    let retried = match attempts {
+                        1 => String::new(),
+                        attempts => format!(" after {attempts} attempts"),
+                    };
+                    let _ = writeln!(
+                        std::io::stdout().lock(),
+                        "forwarded {} {status}{retried}",
+                        LogSafe::or_dash(event_id.as_deref()),
+                    );
+                }
+            }
+            Status::HandlerFailed {
+                event_id,
+                attempts,
+                failure,
+                ..
+            } => {
+                self.finished(event_id.as_deref());
+                let outcome = match failure {
+                    HandlerFailure::Status(status) => status.to_string(),
+                    other => format!("- ({other})"),
+                };
+                let _ = writeln!(
+                    std::io::stdout().lock(),
+                    "failed {} {outcome} after {attempts} attempts",
+                    LogSafe::or_dash(event_id.as_deref()),
+                );
+                let _ = writeln!(std::io::stderr().lock(), "listen: {status}");
+            }
+            Status::Reconnecting { reason, .. } => {
+                let mut line = format!("listen: {status}");
+                let mut source = std::error::Error::source(reason);
+                while let Some(cause) = source {
+                    line.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                let _ = writeln!(std::io::stderr().lock(), "{line}");
+            }
+            other => {
+                let _ = writeln!(std::io::stderr().lock(), "listen: {other}");
+            }
+        }
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct EventType {
+    event: Option<String>,
+}
+
+impl Forward {
+    /// One delivery attempt, signed afresh. The receiver's status, or `502 Bad Gateway`
+    /// when it gave none, which the WebSocket client retries like any other failure.
+    async fn attempt(&self, delivery: &Delivery) -> StatusCode {
+        let event_id = delivery.event_id().unwrap_or("");
+        let shown = LogSafe::or_dash(delivery.event_id());
+        let request = match signed_request(
+            &self.url,
+            &self.secret,
+            SystemClock.now(),
+            event_id,
+            delivery.body().clone(),
+        ) {
+            Ok(request) => request,
+            Err(message) => {
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "listen: cannot forward {shown}: {message}"
+                );
+                return StatusCode::BAD_GATEWAY;
+            }
+        };
+        match post(&self.client, request).await {
+            Ok((status, _)) if status.is_success() => status,
+            Ok((status, answer)) => {
+                let answer = String::from_utf8_lossy(&answer);
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "listen: {} answered {status} to {shown}{}{}",
+                    self.url,
+                    if answer.is_empty() { "" } else { ": " },
+                    LogSafe::new(&answer),
+                );
+                status
+            }
+            Err(message) => {
+                let _ = writeln!(
+                    std::io::stderr().lock(),
+                    "listen: cannot forward {shown}: {message}"
+                );
+                StatusCode::BAD_GATEWAY
+            }
+        }
+    }
+}
+
+/// An event's JSON on one line, meaning the same: a line break between tokens becomes a
+/// space, and characters that would move the cursor or reorder text (control, line
+/// separator and bidi characters, legal raw in JSON strings) become `\u` escapes.
+fn one_line_json(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let mut line = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            // In valid JSON these occur only between tokens: strings escape them.
+            '\n' | '\r' | '\t' => line.push(' '),
+            c if c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+                || ('\u{202a}'..='\u{202e}').contains(&c)
+                || ('\u{2066}'..='\u{2069}').contains(&c) =>
+            {
+                line.push_str(&format!("\\u{:04x}", u32::from(c)));
+            }
+            c => line.push(c),
+        }
+    }
+    line
+}
+
+/// The URL as it may be printed: no query, which could hold a `?token=`.
+fn shown_url(url: &str) -> String {
+    let without_query = url.split(['?', '#']).next().unwrap_or_default();
+    LogSafe::new(without_query).to_string()
+}
+
+/// Resolves when the user asks the process to stop: Ctrl-C, or SIGTERM on Unix.
+async fn stop_requested() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = terminate.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// `listen`, from the arguments after its name to the exit code.
+pub async fn main(
+    args: impl IntoIterator<Item = String>,
+    environment: Environment,
+    out: &mut impl Write,
+    err: &mut impl Write,
+) -> u8 {
+    let options = match parse_args(args) {
+        Ok(Some(options)) => options,
+        Ok(None) => {
+            let _ = write!(out, "{USAGE}");
+            return 0;
+        }
+        Err(message) => {
+            let _ = writeln!(err, "listen: {message}\n\n{USAGE}");
+            return 2;
+        }
+    };
+    let Some(api_key) = environment.api_key else {
+        let _ = writeln!(
+            err,
+            "listen: OPENMAIL_API_KEY is not set; set it to the account's API key from the \
+             OpenMail dashboard (not the webhook secret)"
+        );
+        return 2;
+    };
+    let forward = match (options.forward_to, environment.secret) {
+        (None, _) => None,
+        (Some(_), None) => {
+            let _ = writeln!(
+                err,
+                "listen: --forward-to signs each event, and OPENMAIL_WEBHOOK_SECRET is not \
+                 set; set it to the secret your receiver verifies with"
+            );
+            return 2;
+        }
+        (Some(url), Some(secret)) => Some(Forward {
+            url,
+            secret,
+            client: client(),
+        }),
+    };
+    let url = environment.url.unwrap_or_else(|| DEFAULT_URL.to_owned());
+    let mut client = match WebSocketClient::new(api_key).and_then(|client| client.url(&url)) {
+        Ok(client) => client,
+        Err(error) => {
+            let _ = writeln!(err, "listen: {error}");
+            return 2;
+        }
+    };
+    if let Some(path) = options.resume_file {
+        match FileResume::open(path) {
+            Ok(store) => client = client.resume_store(store),
+            Err(message) => {
+                let _ = writeln!(err, "listen: {message}");
+                return 2;
+            }
+        }
+    }
+    let _ = writeln!(
+        err,
+        "listen: connecting to {}{}; Ctrl-C stops",
+        shown_url(&url),
+        match &forward {
+            Some(forward) => format!(", forwarding each event to {}", forward.url),
+            None => String::new(),
+        }
+    );
+    let shared = Arc::new(Shared {
+        json: options.json,
+        forward,
+        in_progress: Mutex::default(),
+    });
+    let reporter = Arc::clone(&shared);
+    let result = client
+        .subscribe(
+            Subscription::all()
+                .inbox_ids(options.inbox_ids)
+                .event_types(options.event_types),
+        )
+        .on_status(move |status: &Status| reporter.status(status))
+        .serve_with_shutdown(Listen { shared }, stop_requested())
+        .await;
+    match result {
+        Ok(()) => {
+            let _ = writeln!(err, "listen: stopped");
+            0
+        }
+        Err(error) => {
+            let _ = writeln!(err, "listen: {error}");
+            match error {
+                WebSocketError::Unauthorized
+                | WebSocketError::InvalidApiKey
+                | WebSocketError::InvalidUrl { .. }
+                | WebSocketError::InsecureUrl
+                | WebSocketError::SubscribeRefused { .. } => 2,
+                _ => 1,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Option<Options>, String> {
+        parse_args(args.iter().map(|arg| arg.to_string()))
+    }
+
+    #[test]
+    fn options_parse_and_usage_errors_say_what_is_wrong() {
+        assert_eq!(
+            parse(&[]).unwrap(),
+            Some(Options {
+                json: false,
+                forward_to: None,
+                inbox_ids: Vec::new(),
+                event_types: Vec::new(),
+                resume_file: None,
+            })
+        );
+        let options = parse(&["--inbox-id", "inb_a", "--inbox-id=inb_b", "--event", "x"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(options.inbox_ids, ["inb_a", "inb_b"]);
+        assert_eq!(options.event_types, ["x"]);
+        assert!(parse(&["--inbox-id"])
+            .unwrap_err()
+            .contains("needs an inbox id"));
+        let options = parse(&["--json", "--forward-to=http://127.0.0.1:3000/webhooks"])
+            .unwrap()
+            .unwrap();
+        assert!(options.json);
+        assert_eq!(
+            options.forward_to.unwrap(),
+            "http://127.0.0.1:3000/webhooks"
+        );
+        assert_eq!(parse(&["-h"]).unwrap(), None);
+        assert!(parse(&["--forward-to"])
+            .unwrap_err()
+            .contains("needs a URL"));
+        assert!(parse(&["--forward-to", "https://x.ngrok.app/webhooks"])
+            .unwrap_err()
+            .contains("plain HTTP"));
+        assert!(parse(&["--bogus"])
+            .unwrap_err()
+            .contains("unknown option --bogus"));
+        assert!(parse(&["--json=yes"]).unwrap_err().contains("no value"));
+        assert!(parse(&["extra"])
+            .unwrap_err()
+            .contains("unexpected argument"));
+    }
+
+    #[test]
+    fn json_is_printed_on_one_line_with_the_same_meaning() {
+        let body = "{\"event\": \"x\",\n\t\"subject\": \"a\u{202e}b\u{85}\",\r\n\"n\": 1}";
+        let line = one_line_json(body.as_bytes());
+        assert!(!line.contains(['\n', '\r', '\u{202e}', '\u{85}']), "{line}");
+        let before: serde_json::Value = serde_json::from_str(body).unwrap();
+        let after: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(before, after);
+        let compact = r#"{"event":"message.received","subject":"Café – €"}"#;
+        assert_eq!(one_line_json(compact.as_bytes()), compact);
+    }
+
+    #[test]
+    fn a_token_in_the_url_is_never_printed() {
+        assert_eq!(
+            shown_url("wss://api.openmail.sh/v1/ws?token=om_secret"),
+            "wss://api.openmail.sh/v1/ws"
+        );
+        assert_eq!(
+            shown_url("ws://127.0.0.1:1/v1/ws"),
+            "ws://127.0.0.1:1/v1/ws"
+        );
+    }
+}

@@ -1,0 +1,103 @@
+//! `openmail-webhooks`: the developer tool for OpenMail events, with no tunnel.
+//!
+//! ```text
+//! cargo install openmail-webhooks --features cli
+//! OPENMAIL_API_KEY=om_... openmail-webhooks listen --forward-to http://127.0.0.1:3000/webhooks
+//! openmail-webhooks send [OPTIONS] URL [FILE]
+//! ```
+//!
+//! - `listen` prints OpenMail's events as they happen, received over the account's
+//!   WebSocket, and with `--forward-to` POSTs each one to a receiver on this machine, signed
+//!   as OpenMail signs webhooks: real events, no public URL, no tunnel.
+//! - `send` POSTs a signed delivery to a receiver on this machine, the way OpenMail does.
+//!
+//! There is no printing receiver of its own: with `listen --forward-to`, real events reach
+//! the developer's own receiver, whose verification layer reports a rejection's precise
+//! reason through `on_rejection`.
+//!
+//! Each subcommand's module says what it prints and how it exits.
+#![forbid(unsafe_code)]
+#![cfg_attr(
+    not(test),
+    deny(
+        clippy::unwrap_used,
+        clippy::expect_used,
+        clippy::panic,
+        clippy::indexing_slicing,
+        clippy::arithmetic_side_effects
+    )
+)]
+
+mod http;
+mod listen;
+mod resume;
+mod send;
+
+use std::io::Write;
+use std::process::ExitCode;
+
+/// The help text, also printed after a usage error.
+const USAGE: &str = "\
+usage: openmail-webhooks COMMAND [OPTIONS]
+
+The developer tool for OpenMail events.
+
+commands:
+  listen   print OpenMail's events as they happen, over the account's
+           WebSocket, and forward them to a receiver on this machine,
+           signed as webhooks (`openmail-webhooks listen --help`)
+  send     POST a signed delivery to a receiver on this machine, the way
+           OpenMail does (`openmail-webhooks send --help`)
+
+options:
+  -h, --help       print this help
+  -V, --version    print the version
+";
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> ExitCode {
+    let mut args = std::env::args().skip(1);
+    let mut out = std::io::stdout();
+    let mut err = std::io::stderr();
+    let code = match args.next().as_deref() {
+        Some("send") => {
+            send::main(
+                args,
+                std::env::var("OPENMAIL_WEBHOOK_SECRET").ok(),
+                &mut out,
+                &mut err,
+            )
+            .await
+        }
+        Some("listen") => {
+            listen::main(
+                args,
+                listen::Environment::from_process(),
+                &mut out,
+                &mut err,
+            )
+            .await
+        }
+        Some("-h" | "--help" | "help") => {
+            let _ = write!(out, "{USAGE}");
+            0
+        }
+        Some("-V" | "--version") => {
+            let _ = writeln!(out, "openmail-webhooks {}", env!("CARGO_PKG_VERSION"));
+            0
+        }
+        Some(other) => {
+            let _ = writeln!(
+                err,
+                "openmail-webhooks: unknown command {:?}\n\n{USAGE}",
+                openmail_webhooks::LogSafe::new(other)
+            );
+            2
+        }
+        None => {
+            let _ = write!(err, "{USAGE}");
+            2
+        }
+    };
+    ExitCode::from(code)
+}

@@ -1,0 +1,138 @@
+//! Values from a request, made safe to print.
+//!
+//! Anything a client sent (an `inbox_id`, an `event_id`, a header) can hold newlines, ANSI
+//! escapes or megabytes. Printed raw, it forges log lines, rewrites a terminal or fills a
+//! disk. Every such value the crate puts in a `Display` or a log goes through [`LogSafe`],
+//! and applications printing request values should do the same:
+//!
+//! ```
+//! use openmail_webhooks::LogSafe;
+//!
+//! let hostile = "evt_1\nhandled message.received evt_2 inbox=inb_b\x1b[2J";
+//! let shown = LogSafe::new(hostile).to_string();
+//! assert_eq!(shown, r"evt_1\nhandled message.received evt_2 inbox=inb_b\u{1b}[2J");
+//! assert!(!shown.contains('\n'));
+//!
+//! let huge = "x".repeat(1_000_000);
+//! assert!(LogSafe::new(&huge).to_string().len() < 200);
+//! ```
+
+use std::fmt::{self, Write as _};
+
+/// How many characters of a value are shown before it is cut short.
+pub const LOG_SAFE_MAX_CHARS: usize = 96;
+
+/// Displays a string from an untrusted source on one line, escaped and cut short.
+///
+/// - Control characters (newlines, tabs, escape, C1 controls), the backslash, and the
+///   Unicode characters that move or reorder text (line and paragraph separators, bidi
+///   overrides and isolates) are written as Rust escapes, such as `\n` or `\u{1b}`.
+/// - At most [`LOG_SAFE_MAX_CHARS`] characters are shown; a longer value ends with
+///   `…(+N bytes)`, where N counts the bytes left out.
+#[derive(Clone, Copy)]
+pub struct LogSafe<'a>(&'a str);
+
+impl<'a> LogSafe<'a> {
+    /// Wraps `value` for display.
+    pub fn new(value: &'a str) -> Self {
+        Self(value)
+    }
+
+    /// Wraps an optional value; `None` shows as `-`.
+    pub fn or_dash(value: Option<&'a str>) -> Self {
+        Self(value.unwrap_or("-"))
+    }
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || c == '\\'
+        || matches!(c, '\u{2028}' | '\u{2029}' | '\u{200e}' | '\u{200f}')
+        || ('\u{202a}'..='\u{202e}').contains(&c)
+        || ('\u{2066}'..='\u{2069}').contains(&c)
+}
+
+impl fmt::Display for LogSafe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (shown, (at, c)) in self.0.char_indices().enumerate() {
+            if shown == LOG_SAFE_MAX_CHARS {
+                let left = self.0.len().saturating_sub(at);
+                return write!(f, "…(+{left} bytes)");
+            }
+            if needs_escape(c) {
+                for escaped in c.escape_debug() {
+                    f.write_char(escaped)?;
+                }
+                // `escape_debug` leaves some format characters as they are.
+                if c.escape_debug().len() == 1 {
+                    write!(f, "\\u{{{:x}}}", u32::from(c))?;
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for LogSafe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shown(value: &str) -> String {
+        LogSafe::new(value).to_string()
+    }
+
+    #[test]
+    fn plain_values_are_unchanged() {
+        assert_eq!(shown("evt_abc123"), "evt_abc123");
+        assert_eq!(shown("inb_92ma"), "inb_92ma");
+        assert_eq!(
+            shown("Ada Lovelace <ada@example.com>"),
+            "Ada Lovelace <ada@example.com>"
+        );
+        assert_eq!(shown("sécret ключ"), "sécret ключ");
+    }
+
+    #[test]
+    fn line_breaks_escapes_and_reordering_characters_are_escaped() {
+        assert_eq!(shown("a\nb\r\tc"), r"a\nb\r\tc");
+        assert_eq!(shown("\x1b[31mred"), r"\u{1b}[31mred");
+        assert_eq!(shown("back\\slash"), r"back\\slash");
+        assert_eq!(shown("a\u{2028}b"), r"a\u{2028}b");
+        assert_eq!(shown("a\u{202e}b"), r"a\u{202e}b");
+        assert_eq!(shown("a\u{2067}b"), r"a\u{2067}b");
+        assert_eq!(shown("\u{85}"), r"\u{85}");
+        for value in [
+            "\n", "\r", "\x1b", "\u{2028}", "\u{2029}", "\u{202e}", "\x00",
+        ] {
+            let out = shown(value);
+            assert!(
+                out.chars().all(|c| !needs_escape(c) || c == '\\'),
+                "{out:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn long_values_are_cut_and_say_how_much_was_left_out() {
+        let value = "é".repeat(LOG_SAFE_MAX_CHARS + 10);
+        let out = shown(&value);
+        assert!(out.starts_with(&"é".repeat(LOG_SAFE_MAX_CHARS)));
+        assert!(out.ends_with("…(+20 bytes)"), "{out}");
+        let exact = "x".repeat(LOG_SAFE_MAX_CHARS);
+        assert_eq!(shown(&exact), exact);
+    }
+
+    #[test]
+    fn or_dash_shows_missing_values_as_a_dash() {
+        assert_eq!(LogSafe::or_dash(None).to_string(), "-");
+        assert_eq!(LogSafe::or_dash(Some("inb\n")).to_string(), r"inb\n");
+    }
+}

@@ -1,0 +1,149 @@
+//! One event, handed to the service: the request it becomes, and the in-process retries.
+
+use std::future::poll_fn;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
+use tokio::sync::{watch, Semaphore};
+use tower::{BoxError, Service};
+
+use super::backoff::Backoff;
+use super::status::HandlerFailure;
+use crate::body::VerifiedBody;
+use crate::{Delivery, Event};
+
+/// What every event's handling shares.
+pub(crate) struct Handling {
+    /// The request URI.
+    pub(crate) path: Uri,
+    /// Retries after the first attempt.
+    pub(crate) retries: u32,
+    pub(crate) backoff: Backoff,
+    /// One permit per attempt in progress: the concurrency bound. A retry waiting out its
+    /// delay holds none, so it never keeps later events waiting.
+    pub(crate) permits: Arc<Semaphore>,
+    /// Becomes `true` when the client stops: no new attempt starts.
+    pub(crate) stopping: watch::Receiver<bool>,
+}
+
+/// How the handling of one event ended.
+#[derive(Debug)]
+pub(crate) enum Outcome {
+    Handled {
+        status: StatusCode,
+        attempts: u32,
+    },
+    Failed {
+        attempts: u32,
+        failure: HandlerFailure,
+    },
+    /// The client stopped first; the event was not handled.
+    Stopped,
+}
+
+/// The request the service gets for an event: `POST` to the dispatch path, the event's
+/// bytes as the body, and the extensions the webhook layer inserts, a [`Delivery`] (with
+/// [`Channel::WebSocket`](crate::Channel::WebSocket)) and the `Arc<Event>`.
+pub(crate) fn request(path: &Uri, event: &Arc<Event>) -> Request<VerifiedBody> {
+    let body: Bytes = event.raw().clone();
+    let mut request = Request::new(VerifiedBody::new(body.clone()));
+    *request.method_mut() = Method::POST;
+    *request.uri_mut() = path.clone();
+    let headers = request.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    let extensions = request.extensions_mut();
+    extensions.insert(Delivery::websocket(body, Some(Arc::clone(event))));
+    extensions.insert(Arc::clone(event));
+    request
+}
+
+/// Hands `event` to `service` until it answers `2xx`, at most `1 + retries` times, with
+/// backoff between attempts.
+pub(crate) async fn handle<S, B>(
+    mut service: S,
+    event: Arc<Event>,
+    handling: Arc<Handling>,
+) -> Outcome
+where
+    S: Service<Request<VerifiedBody>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    let mut stopping = handling.stopping.clone();
+    let mut attempts: u32 = 0;
+    loop {
+        let permit = tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => return Outcome::Stopped,
+            permit = handling.permits.acquire() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return Outcome::Stopped,
+            },
+        };
+        attempts = attempts.saturating_add(1);
+        let attempt = AssertUnwindSafe(attempt(&mut service, request(&handling.path, &event)));
+        let failure = match attempt.catch_unwind().await {
+            Ok(Ok(status)) if status.is_success() => return Outcome::Handled { status, attempts },
+            Ok(Ok(status)) => HandlerFailure::Status(status),
+            Ok(Err(error)) => HandlerFailure::Error(Arc::from(error)),
+            Err(_panic) => HandlerFailure::Panicked,
+        };
+        drop(permit);
+        if attempts > handling.retries {
+            return Outcome::Failed { attempts, failure };
+        }
+        let delay = handling.backoff.jittered(attempts.saturating_sub(1));
+        tokio::select! {
+            biased;
+            _ = stopping.wait_for(|stop| *stop) => return Outcome::Stopped,
+            () = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// One attempt: readiness, then the call. Only the status matters; the body is dropped
+/// unread, as a webhook sender would.
+async fn attempt<S, B>(
+    service: &mut S,
+    request: Request<VerifiedBody>,
+) -> Result<StatusCode, BoxError>
+where
+    S: Service<Request<VerifiedBody>, Response = Response<B>>,
+    S::Error: Into<BoxError>,
+{
+    poll_fn(|cx| service.poll_ready(cx))
+        .await
+        .map_err(Into::into)?;
+    let response = service.call(request).await.map_err(Into::into)?;
+    Ok(response.status())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Channel;
+
+    #[test]
+    fn the_request_carries_what_the_webhook_layer_inserts() {
+        let body = Bytes::from_static(
+            br#"{"event":"message.received","event_id":"evt_1","inbox_id":"inb_a"}"#,
+        );
+        let event = Arc::new(Event::parse(body.clone()).unwrap());
+        let request = request(&Uri::from_static("/webhooks"), &event);
+        assert_eq!(request.method(), Method::POST);
+        assert_eq!(request.uri(), "/webhooks");
+        assert_eq!(request.headers()[CONTENT_TYPE], "application/json");
+        let delivery = request.extensions().get::<Delivery>().unwrap();
+        assert_eq!(delivery.channel(), Channel::WebSocket);
+        assert_eq!(delivery.event_id(), Some("evt_1"));
+        assert_eq!(delivery.inbox_id(), Some("inb_a"));
+        assert_eq!(delivery.body(), &body);
+        let extension = request.extensions().get::<Arc<Event>>().unwrap();
+        assert!(Arc::ptr_eq(extension, &event));
+        assert_eq!(request.into_body().into_bytes(), body);
+    }
+}
