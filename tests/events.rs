@@ -819,6 +819,12 @@ fn a_duplicated_envelope_key_is_not_an_event() {
     ] {
         let error = Event::parse(Bytes::from_static(body.as_bytes())).expect_err(body);
         assert!(error.to_string().contains("duplicate field"), "{error}");
+        // The claim reader, which reads the same fields before the signature is checked,
+        // refuses the same bodies.
+        assert!(
+            openmail_webhooks::protocol::Claim::read(body.as_bytes()).is_err(),
+            "{body}"
+        );
     }
 }
 

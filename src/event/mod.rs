@@ -75,9 +75,9 @@
 //!
 //! - **`event`, `event_id`, `inbox_id` or `pod_id` twice at the top level**, whatever the
 //!   values (`null` included): the body is not an event, answered `400`. These name the
-//!   event's type, deduplicate it, route it and scope it to a tenant; the tenant claim
-//!   reader, which reads the body before its signature is checked, applies the same rule
-//!   to the fields it reads.
+//!   event's type, deduplicate it, route it and scope it to a tenant;
+//!   [`Claim`](crate::protocol::Claim), which reads them before the signature is checked,
+//!   refuses the same duplicates.
 //! - **Any other field the model reads for the event's type, twice** (`occurred_at`,
 //!   `attempt`, `message`, or `body_text` inside `message`, …): the event is
 //!   [`Malformed`](Event::Malformed), and its [`error`](MalformedEvent::error) says

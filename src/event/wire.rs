@@ -21,7 +21,7 @@
 //!
 //! - `event`, `event_id`, `inbox_id` or `pod_id` twice at the top level, whatever the
 //!   values (`null` included): the body is not an event. These route the event, name its
-//!   tenant and deduplicate it; the tenant claim reader refuses the same duplicates.
+//!   tenant and deduplicate it; `protocol::Claim` refuses the same duplicates.
 //! - Any other field the model reads for the event's type twice (such as `occurred_at`, or
 //!   `body_text` inside `message`): the event is malformed, with `duplicate field` as the
 //!   reason. For an unknown or malformed event, a duplicated `occurred_at` is not used.
