@@ -24,7 +24,7 @@
 //!   Nothing else goes to stdout; rejections and diagnostics go to stderr.
 //! - A rejected delivery gets `400` (or `413` when too large) with a short plain-text
 //!   reason; the precise reason is printed to stderr.
-//! - Deduplication is on, keyed on the signed body's `event_id`: an event is handled (and
+//! - Deduplication is on, keyed on the signed body's `event_id` within its inbox: an event is handled (and
 //!   its stdout line printed) once, however often OpenMail delivers it. A duplicate of a
 //!   handled event gets `200` with `{"ok":true,"duplicate":true,"event_id":"<id>"}`; one
 //!   that arrives while the first is still being handled gets `409` with `Retry-After`.

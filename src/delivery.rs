@@ -169,8 +169,9 @@ impl Delivery {
         &self.inner.scope
     }
 
-    /// The body's top-level `event_id`: signed for webhooks, and the key deduplication
-    /// uses. `None` when the body has none (or is not a JSON object).
+    /// The body's top-level `event_id`: signed for webhooks, and, with
+    /// [`inbox_id`](Self::inbox_id), the key deduplication uses. `None` when the body has
+    /// none (or is not a JSON object).
     pub fn event_id(&self) -> Option<&str> {
         match &self.inner.event {
             Some(event) => event.event_id(),
