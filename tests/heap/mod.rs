@@ -2,9 +2,9 @@
 //! allocator, with the bytes live now and the most live since the last [`reset_peak`].
 //!
 //! It counts the whole test process, server and clients alike, so the tests that use it
-//! run one at a time and send from shared buffers. Include it with
-//! `#[path = "heap/mod.rs"] mod heap;` in a test crate that measures; it installs itself
-//! as that crate's global allocator.
+//! run one at a time and send from shared buffers, in a test binary that holds nothing
+//! else (tests/security). Include it with `#[path = "../heap/mod.rs"] mod heap;` in that
+//! binary's `main.rs`; it installs itself as the binary's global allocator.
 #![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};

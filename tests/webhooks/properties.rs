@@ -2,17 +2,16 @@
 //! frame split never changes a verdict, signing round-trips for any secret and body, and the
 //! replay window is exactly `|now - ts| <= tolerance` over the whole `i64` range and beyond.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support;
+use crate::support::{read, Frames, Step};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{sign, Verifier, VerifyError, VerifyOpenMailLayer};
 use proptest::prelude::*;
-use support::{read, Frames, Step};
 use tower::{Layer, ServiceExt};
 
 const NOW: i64 = 1_790_000_000;
@@ -49,7 +48,7 @@ fn flip(bytes: &mut [u8], bit: usize) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(crate::proptest_config(ProptestConfig::with_cases(512)))]
 
     #[test]
     fn flipping_any_bit_of_the_body_is_rejected(
@@ -143,7 +142,7 @@ fn tolerance() -> impl Strategy<Value = u64> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(2048))]
+    #![proptest_config(crate::proptest_config(ProptestConfig::with_cases(2048)))]
 
     #[test]
     fn a_timestamp_is_accepted_exactly_within_the_tolerance(
@@ -231,7 +230,7 @@ fn verdict(request: Request<Frames>, limit: usize) -> (StatusCode, String) {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(256))]
+    #![proptest_config(crate::proptest_config(ProptestConfig::with_cases(256)))]
 
     /// Splitting the body into frames, anywhere and with empty frames, never changes the
     /// verdict or what the inner service receives. This holds for genuine bodies, for

@@ -3,18 +3,16 @@
 //! behaviour is checked: authentication, subscriptions and filters, replay and its cap,
 //! protocol pings, the connection and rate limits, close codes, and TLS.
 
-mod websocket_support;
-
 use std::time::Duration;
 
+use crate::websocket_support::tls::TestCa;
+use crate::websocket_support::{event, AuthMethod, Ended, ServerOptions, TestServer, API_KEY};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
-use websocket_support::tls::TestCa;
-use websocket_support::{event, AuthMethod, Ended, ServerOptions, TestServer, API_KEY};
 
 type Socket<S> = WebSocketStream<S>;
 

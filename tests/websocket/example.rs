@@ -5,25 +5,20 @@
 
 #![cfg(feature = "websocket")]
 
-mod websocket_support;
-
-#[path = "../examples/both_channels.rs"]
-#[allow(dead_code)]
-mod both_channels;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::both_channels;
+use crate::both_channels::{Lines, Settings};
+use crate::websocket_support::harness::Statuses;
+use crate::websocket_support::webhook::{Sender, SECRET};
+use crate::websocket_support::{event, TestServer, API_KEY};
 use axum::http::StatusCode;
-use both_channels::{Lines, Settings};
 use openmail_webhooks::websocket::Status;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use websocket_support::harness::Statuses;
-use websocket_support::webhook::{Sender, SECRET};
-use websocket_support::{event, TestServer, API_KEY};
 
 fn settings(vars: &[(&str, &str)]) -> Result<Settings, String> {
     let vars: HashMap<String, String> = vars

@@ -1,22 +1,20 @@
 //! Exactly-once handling across the two channels and across replicas: events that arrive
 //! by webhook and by WebSocket, or on two replicas' connections, reach the application
 //! once, through one `DeduplicateLayer` store. Here the store is a `MemoryStore` shared
-//! through an `Arc`; tests/websocket_redis.rs does the same with Redis.
+//! through an `Arc`; `with_redis` does the same with Redis.
 
 #![cfg(feature = "websocket")]
 
-mod websocket_support;
-
 use std::sync::Arc;
 
+use crate::websocket_support::harness::{fast_client, App, Running, Statuses};
+use crate::websocket_support::webhook::{Sender, WebhookServer, SECRET};
+use crate::websocket_support::{event, TestServer};
 use axum::http::StatusCode;
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer};
 use openmail_webhooks::websocket::Status;
 use openmail_webhooks::{Channel, MemoryStore, VerifyOpenMailLayer};
 use tokio::task::JoinSet;
-use websocket_support::harness::{fast_client, App, Running, Statuses};
-use websocket_support::webhook::{Sender, WebhookServer, SECRET};
-use websocket_support::{event, TestServer};
 
 const EVENTS: usize = 30;
 

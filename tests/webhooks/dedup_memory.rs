@@ -1,19 +1,18 @@
 //! The deduplication layer over the in-memory store: the shared behaviours, driven
 //! through real HTTP servers, plus what does not depend on the store.
 
-mod dedup_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::dedup_behaviours;
+use crate::dedup_support::{
+    delivery, event_body, key, Backend, DecisionLog, Handler, Replica, ReplicaConfig, Sender,
+    SECRET,
+};
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
-use dedup_support::{
-    delivery, event_body, key, Backend, DecisionLog, Handler, Replica, ReplicaConfig, Sender,
-    SECRET,
-};
 use http_body_util::{BodyExt, Full};
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer, MemoryStore, Reservation};
 use openmail_webhooks::VerifyOpenMailLayer;
@@ -337,30 +336,8 @@ async fn ids_in_decisions_are_escaped_and_cut_short() {
 #[cfg(feature = "tracing")]
 #[tokio::test(flavor = "current_thread")]
 async fn decisions_go_to_tracing() {
-    use std::io::Write;
-    use std::sync::Mutex;
-    use tracing_subscriber::util::SubscriberInitExt;
-
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-    impl Write for Captured {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(bytes);
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let _guard = tracing_subscriber::fmt()
-        .with_max_level(tracing_subscriber::filter::LevelFilter::DEBUG)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish()
-        .set_default();
+    // What this test's requests log (they run on this thread), at DEBUG and above.
+    let captured = crate::logs::capture(tracing_subscriber::filter::LevelFilter::DEBUG);
 
     let app = Router::new()
         .route("/webhooks", post(|| async { "ok" }))
@@ -380,7 +357,7 @@ async fn decisions_go_to_tracing() {
         .await
         .unwrap();
 
-    let output = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let output = captured.text();
     for expected in [
         "DEBUG openmail_webhooks::dedup",
         "evt_traced (inbox inb_1): first delivery, reserved",

@@ -3,11 +3,12 @@
 
 #![cfg(feature = "websocket")]
 
-mod websocket_support;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::websocket_support::harness::{fast_client, Action, App, Running, Statuses};
+use crate::websocket_support::tls::TestCa;
+use crate::websocket_support::{event, AuthMethod, Ended, ServerOptions, TestServer, API_KEY};
 use axum::http::StatusCode;
 use openmail_webhooks::websocket::{
     GapReason, HandlerFailure, MemoryResume, SkipReason, Status, Subscription, WebSocketClient,
@@ -17,9 +18,6 @@ use openmail_webhooks::Channel;
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
-use websocket_support::harness::{fast_client, Action, App, Running, Statuses};
-use websocket_support::tls::TestCa;
-use websocket_support::{event, AuthMethod, Ended, ServerOptions, TestServer, API_KEY};
 
 fn handled(event_id: &str) -> impl Fn(&Status) -> bool + '_ {
     move |status| matches!(status, Status::EventHandled { event_id: Some(id), .. } if id == event_id)

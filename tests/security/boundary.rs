@@ -11,14 +11,6 @@
 //! The tests run one at a time (see [`serial`]) so that the heap measurements see only the
 //! attack they measure.
 
-#[path = "heap/mod.rs"]
-mod heap;
-mod support;
-
-#[path = "../examples/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -28,6 +20,8 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use crate::support::{unix_now, Frames, Step, SECRET};
+use crate::{receiver, support};
 use axum::routing::post;
 use axum::Router;
 use bytes::Bytes;
@@ -40,7 +34,6 @@ use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
 use openmail_webhooks::{sign, Rejection, VerifyOpenMailLayer};
-use support::{unix_now, Frames, Step, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceExt};
@@ -48,7 +41,7 @@ use tower::{Layer, Service, ServiceExt};
 // ---------------------------------------------------------------------------------------
 // Heap measurement: the system allocator, counting live bytes and their peak.
 
-use heap::{peak_growth, reset_peak, serial, KIB, MIB};
+use crate::heap::{peak_growth, reset_peak, serial, KIB, MIB};
 
 // ---------------------------------------------------------------------------------------
 // Servers and clients on loopback.

@@ -7,24 +7,18 @@
 
 #![cfg(all(feature = "websocket", feature = "redis"))]
 
-mod websocket_support;
-
-#[path = "dedup_support/redis_server.rs"]
-#[allow(dead_code)] // shared with the deduplication tests, which pause and resume it
-mod redis_server;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::redis_server::RedisServer;
+use crate::websocket_support::harness::{fast_client, App, Running, Statuses};
+use crate::websocket_support::webhook::{Sender, WebhookServer, SECRET};
+use crate::websocket_support::{event, TestServer};
 use axum::http::StatusCode;
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer, RedisStore};
 use openmail_webhooks::websocket::{GapReason, RedisResume, ResumeStore, Status};
 use openmail_webhooks::VerifyOpenMailLayer;
-use redis_server::RedisServer;
 use tokio::task::JoinSet;
-use websocket_support::harness::{fast_client, App, Running, Statuses};
-use websocket_support::webhook::{Sender, WebhookServer, SECRET};
-use websocket_support::{event, TestServer};
 
 fn handled(event_id: &str) -> impl Fn(&Status) -> bool + '_ {
     move |status| matches!(status, Status::EventHandled { event_id: Some(id), .. } if id == event_id)

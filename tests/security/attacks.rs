@@ -3,29 +3,23 @@
 //!
 //! Two kinds of test live here:
 //!
-//! - `breach_*`: an attack that **succeeds on the code as it stands**. Each one asserts
-//!   what the boundary promises, so it fails until the weakness is fixed. Run them with
-//!   `cargo test --test attacks breach_ -- --include-ignored`; they are `#[ignore]`d so the
-//!   suite stays green until the fixes land, when the `#[ignore]` goes.
+//! - `breach_*`: an attack that **succeeded on the code as it stood** when it was written.
+//!   Each one asserts what the boundary promises, so it failed until the weakness was
+//!   fixed; every one is fixed now, and they run with the rest as regression tests. Run
+//!   them alone with `cargo test --test security attacks::breach_`.
 //! - `held_*`: an attack the crate withstands today, kept as a regression test with loose
 //!   bounds only.
 //!
 //! Every loop is bounded in count and time, and the tests run one at a time ([`serial`])
 //! so the heap measurement and the timings see only the attack they measure.
 
-#[path = "heap/mod.rs"]
-mod heap;
-mod support;
-
-#[path = "../examples/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::receiver;
+use crate::support::{unix_now, SECRET};
 use axum::{routing::post, Router};
 use openmail_webhooks::dedup::DeduplicateLayer;
 use openmail_webhooks::layer::DEFAULT_BODY_LIMIT;
@@ -34,14 +28,13 @@ use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
 use openmail_webhooks::{sign, Rejection, VerifyOpenMailLayer};
-use support::{unix_now, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 // ---------------------------------------------------------------------------------------
-// Heap measurement: the pattern of tests/hostile.rs.
+// Heap measurement: the pattern of the `hostile` tests.
 
-use heap::{live, peak, reset_peak, serial, KIB, MIB};
+use crate::heap::{live, peak, reset_peak, serial, KIB, MIB};
 
 // ---------------------------------------------------------------------------------------
 // Servers and raw HTTP/1.1.

@@ -2,13 +2,13 @@
 //! secrets only), unknown tenants answered like forgeries, failing and slow resolvers,
 //! rotation for one inbox, and the cache.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{read, Frames, NOW};
+use crate::{support, tenants_sqlite};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -18,7 +18,6 @@ use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
 use openmail_webhooks::{Delivery, Rejection, VerifyOpenMailLayer};
-use support::{read, Frames, NOW};
 use tower::{Layer, ServiceExt};
 
 fn message(inbox: &str) -> Vec<u8> {
@@ -451,10 +450,6 @@ async fn forged_heads_are_still_refused_before_the_body_is_read() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(polls.load(Ordering::SeqCst), 0);
 }
-
-#[path = "../examples/tenants_sqlite.rs"]
-#[allow(dead_code)]
-mod tenants_sqlite;
 
 #[tokio::test]
 async fn secrets_in_a_real_database_over_real_http() {

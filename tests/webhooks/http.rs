@@ -1,27 +1,16 @@
 //! The examples' stacks served over real HTTP on loopback: the axum receiver, a plain hyper
 //! service, and a tonic gRPC service sharing a port with the webhook route.
 
-mod support;
-
-#[path = "../examples/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-
-#[path = "../examples/hyper_service.rs"]
-#[allow(dead_code)]
-mod hyper_service;
-
-#[path = "../examples/tonic_side_by_side.rs"]
-#[allow(dead_code)]
-mod tonic_side_by_side;
-
 use std::net::SocketAddr;
 
+use crate::support::{
+    client, post, read, send_head_only, signed_headers, unix_now, Frames, SECRET,
+};
+use crate::{hyper_service, receiver, tonic_side_by_side};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use openmail_webhooks::VerifyOpenMailLayer;
-use support::{client, post, read, send_head_only, signed_headers, unix_now, Frames, SECRET};
 use tokio::net::{TcpListener, TcpStream};
 
 const BODY: &[u8] = br#"{"event":"message.received","event_id":"evt_http","inbox_id":"inb_9"}"#;

@@ -6,26 +6,18 @@
 //! against both the python receiver and the layer.
 #![cfg(feature = "test-util")]
 
-mod support;
-#[cfg(feature = "cli")]
-mod websocket_support;
-
-#[cfg(feature = "cli")]
-#[path = "../examples/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 
+use crate::support;
+use crate::support::SECRET;
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::Full;
 use openmail_webhooks::test_util::Sample;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use support::SECRET;
 
 /// tests/python_receiver.py, running on a free loopback port until dropped.
 struct PythonReceiver {
@@ -623,8 +615,8 @@ mod listen {
     use openmail_webhooks::{Event, VerifyOpenMailLayer};
     use tokio::sync::mpsc;
 
-    use super::websocket_support::{TestServer, API_KEY};
     use super::*;
+    use crate::websocket_support::{TestServer, API_KEY};
 
     /// A running `listen`, its output read line by line as it comes.
     struct Listen {
@@ -971,7 +963,7 @@ mod listen {
     /// The receiver example's router, slow to answer the events in `slow`.
     async fn slow_receiver(slow: &[String]) -> (String, Seen) {
         let layer = VerifyOpenMailLayer::new(SECRET).unwrap();
-        serve_slowly(super::receiver::app(layer), slow).await
+        serve_slowly(crate::receiver::app(layer), slow).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,25 +6,24 @@
 
 #![cfg(feature = "websocket")]
 
-mod websocket_support;
-
 use std::io::Write;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::websocket_support::harness::{App, Running, Statuses};
+use crate::websocket_support::tls::TestCa;
+use crate::websocket_support::{ServerOptions, TestServer};
 use openmail_webhooks::websocket::{Status, WebSocketClient};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::util::SubscriberInitExt;
-use websocket_support::harness::{App, Running, Statuses};
-use websocket_support::tls::TestCa;
-use websocket_support::{ServerOptions, TestServer};
 
 const KEY: &str = "om_live_SECRET_never_shown_7f3a";
 const CONTROL_KEY: &str = "om_live_CONTROL_through_tungstenite_91c2";
 
-/// Everything logged, through `log` and `tracing`.
+/// Everything logged, through `log` and `tracing`, by this test and by every other test of
+/// the binary running beside it (which use other keys).
 fn captured() -> &'static Arc<Mutex<String>> {
     static CAPTURED: OnceLock<Arc<Mutex<String>>> = OnceLock::new();
     CAPTURED.get_or_init(|| {
@@ -39,6 +38,9 @@ fn captured() -> &'static Arc<Mutex<String>> {
             .finish()
             .try_init()
             .unwrap();
+        // The other tests of this binary log too: a statement one of them ran while the
+        // subscriber was being installed cached "never". Ask every statement again.
+        tracing_core::callsite::rebuild_interest_cache();
         captured
     })
 }

@@ -5,14 +5,9 @@
 //! `{"ok":true,"event":..}`; a duplicate answers `{"ok":true,"duplicate":true,..}`. So
 //! counting the handler's answers counts the stdout lines.
 
-mod dedup_support;
-
-#[path = "../examples/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-
+use crate::dedup_support::{event_body, Answer, Replica, Sender, SECRET};
+use crate::receiver;
 use axum::http::StatusCode;
-use dedup_support::{event_body, Answer, Replica, Sender, SECRET};
 use openmail_webhooks::VerifyOpenMailLayer;
 use serde_json::Value;
 
@@ -49,9 +44,11 @@ async fn the_receiver_handles_each_event_once_in_memory() {
 /// Stands in for the Redis test below when the `redis` feature is off.
 #[cfg(not(feature = "redis"))]
 #[test]
-#[ignore = "needs the `redis` feature and redis-server on PATH: cargo test --features redis --test dedup_receiver"]
+#[ignore = "needs the `redis` feature and redis-server on PATH: cargo test --features redis --test webhooks dedup_receiver::"]
 fn two_receivers_sharing_redis_need_the_redis_feature() {
-    panic!("run with `--features redis`: cargo test --features redis --test dedup_receiver");
+    panic!(
+        "run with `--features redis`: cargo test --features redis --test webhooks dedup_receiver::"
+    );
 }
 
 #[cfg(feature = "redis")]
@@ -60,7 +57,7 @@ async fn two_receivers_sharing_redis_handle_each_event_once() {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use dedup_support::redis_server::RedisServer;
+    use crate::dedup_support::redis_server::RedisServer;
     use openmail_webhooks::dedup::RedisStore;
     use tokio::task::JoinSet;
 

@@ -1,19 +1,17 @@
 //! The layer driven through `tower::ServiceExt::oneshot`, with scripted bodies: the full
 //! rejection table, body handling, extensions and readiness.
 
-mod support;
-
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{read, signed, Frames, Step, BODY, NOW, SECRET};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{Delivery, Event, Rejection, VerifyError, VerifyOpenMailLayer};
-use support::{read, signed, Frames, Step, BODY, NOW, SECRET};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// What the inner service saw, echoed back as text.

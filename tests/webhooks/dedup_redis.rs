@@ -4,19 +4,19 @@
 //! Each test starts its own `redis-server` from `PATH` on a free port and stops it when it
 //! ends. Without `redis-server` the tests skip loudly, unless `CI` is set.
 //!
-//! `cargo test --features redis --test dedup_redis` (Rust 1.88 or later, as the Redis
-//! client needs). Without the feature, a plain `cargo test` lists one ignored test here
-//! that says so.
-
-mod dedup_support;
+//! `cargo test --features redis --test webhooks dedup_redis::` (Rust 1.88 or later, as the
+//! Redis client needs). Without the feature, a plain `cargo test` lists one ignored test
+//! here that says so.
 
 /// Stands in for the Redis tests when the `redis` feature is off, so that a plain
 /// `cargo test` lists them as ignored and says how to run them.
 #[cfg(not(feature = "redis"))]
 #[test]
-#[ignore = "needs the `redis` feature and redis-server on PATH: cargo test --features redis --test dedup_redis"]
+#[ignore = "needs the `redis` feature and redis-server on PATH: cargo test --features redis --test webhooks dedup_redis::"]
 fn redis_tests_need_the_redis_feature() {
-    panic!("run with `--features redis`: cargo test --features redis --test dedup_redis");
+    panic!(
+        "run with `--features redis`: cargo test --features redis --test webhooks dedup_redis::"
+    );
 }
 
 #[cfg(feature = "redis")]

@@ -6,20 +6,14 @@
 //! The tests here run one at a time (see [`serial`]) so that the heap measurement sees only
 //! the attack it is measuring.
 
-#[path = "heap/mod.rs"]
-mod heap;
-mod support;
-
-#[path = "../examples/receiver.rs"]
-#[allow(dead_code)]
-mod receiver;
-
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{unix_now, Frames, Step, SECRET};
+use crate::{receiver, support};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -27,7 +21,6 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{sign, Delivery, Event, Rejection, VerifyOpenMailLayer};
-use support::{unix_now, Frames, Step, SECRET};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, ServiceBuilder, ServiceExt};
@@ -38,7 +31,7 @@ use tower::{Layer, ServiceBuilder, ServiceExt};
 /// The system allocator, counting the bytes live now and the most live since the last
 /// [`reset_peak`]. It counts this whole test process, server and clients alike, which is
 /// why the clients below send from shared buffers and the tests run one at a time.
-use heap::{peak, reset_peak, serial, vm_hwm, MIB};
+use crate::heap::{peak, reset_peak, serial, vm_hwm, MIB};
 
 // ---------------------------------------------------------------------------------------
 // A hyper server with the layer, and what it saw.

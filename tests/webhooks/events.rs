@@ -973,6 +973,8 @@ fn event_type() -> impl Strategy<Value = String> {
 }
 
 proptest! {
+    #![proptest_config(crate::proptest_config(ProptestConfig::default()))]
+
     #[test]
     fn any_object_with_a_string_event_is_an_event(
         event in event_type(),

@@ -2,10 +2,10 @@
 //! rejected client is told, and not in `tracing` logs. Nor does a signature computed with a
 //! secret, which would let anyone who reads the logs sign the forged body it was made for.
 
-mod support;
-
 use std::sync::{Arc, Mutex};
 
+use crate::support;
+use crate::support::{read, signed, Frames, Step, NOW};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
@@ -13,7 +13,6 @@ use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::{sign, Rejection, Secret, Verifier, VerifyOpenMailLayer};
-use support::{read, signed, Frames, Step, NOW};
 use tower::{Layer, ServiceExt};
 
 const SECRETS: [&str; 3] = [
@@ -109,7 +108,6 @@ fn hostile_requests() -> Vec<Request<Frames>> {
 
 #[test]
 fn debug_output_never_shows_a_secret() {
-    logs();
     let secret = Secret::new(SECRETS[0]).unwrap();
     let verifier = Verifier::with_secrets(SECRETS).unwrap();
     let layer = layer();
@@ -140,7 +138,6 @@ fn debug_output_never_shows_a_secret() {
 #[cfg(feature = "test-util")]
 #[test]
 fn test_deliveries_never_show_their_secret() {
-    logs();
     let delivery = openmail_webhooks::test_util::TestDelivery::new(
         SECRETS[0],
         r#"{"event":"message.received","event_id":"evt_1"}"#,
@@ -150,7 +147,6 @@ fn test_deliveries_never_show_their_secret() {
 
 #[tokio::test]
 async fn rejections_never_show_a_secret_to_the_client_or_the_application() {
-    logs();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let hook = Arc::clone(&seen);
     let layer = layer().on_rejection(move |rejection: &Rejection| {
@@ -179,51 +175,11 @@ async fn rejections_never_show_a_secret_to_the_client_or_the_application() {
     }
 }
 
-/// A `Write` that appends to a shared buffer, for the subscriber.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-/// Everything logged by any test in this file, at every level.
-///
-/// The subscriber is the global default, installed by whichever test starts first, before
-/// it does anything else: `tracing` caches whether each log statement is wanted the first
-/// time it runs, and a subscriber scoped to one thread can miss statements that another
-/// test's thread ran first.
-fn logs() -> &'static Captured {
-    static LOGS: std::sync::OnceLock<Captured> = std::sync::OnceLock::new();
-    LOGS.get_or_init(|| {
-        let captured = Captured::default();
-        #[cfg(feature = "tracing")]
-        {
-            use tracing_subscriber::util::SubscriberInitExt;
-            let writer = captured.clone();
-            tracing_subscriber::fmt()
-                .with_max_level(tracing_subscriber::filter::LevelFilter::TRACE)
-                .with_writer(move || writer.clone())
-                .with_ansi(false)
-                .finish()
-                .try_init()
-                .expect("the only global subscriber of this test binary");
-        }
-        captured
-    })
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[cfg(feature = "tracing")]
 #[tokio::test(flavor = "current_thread")]
 async fn tracing_logs_never_show_a_secret() {
-    let captured = logs();
+    // Everything this test's requests log, at every level (they run on this thread).
+    let captured = crate::logs::capture(tracing_subscriber::filter::LevelFilter::TRACE);
 
     for request in hostile_requests() {
         let service = layer().layer(tower::service_fn(ok));
@@ -241,7 +197,7 @@ async fn tracing_logs_never_show_a_secret() {
     assert_eq!(status, 200);
     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     // The capture works: the rejections are there, with their reasons.
     assert!(logs.contains("OpenMail webhook rejected"), "{logs}");
     assert!(
