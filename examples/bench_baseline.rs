@@ -1,9 +1,10 @@
-//! Benchmark fixture for `benches/http.sh`: the two axum servers the receiver example is
+//! Benchmark fixture for `benches/http.sh`: the axum servers the receiver example is
 //! compared with. Not an example to copy.
 //!
 //! ```text
 //! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3001 cargo run --release --example bench_baseline -- unverified
 //! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3002 cargo run --release --example bench_baseline -- by-hand
+//! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3003 cargo run --release --example bench_baseline -- quickstart
 //! ```
 //!
 //! - `unverified`: `POST /webhooks` reads the body and answers, verifying nothing. It is the
@@ -11,8 +12,11 @@
 //! - `by-hand`: the documentation's recipe, as users write it without this crate: build
 //!   the message with `format!`, key a fresh HMAC, hex-encode it, compare the strings,
 //!   check the replay window, parse the body into `serde_json::Value`.
+//! - `quickstart`: the README's quickstart, `VerifyOpenMailLayer` on the route and a
+//!   handler that reads the typed event: the layer alone, without the receiver example's
+//!   deduplication and connection management.
 //!
-//! Both answer a delivery exactly as the receiver example does (one line on stdout, `200`
+//! All three answer a delivery exactly as the receiver example does (one line on stdout, `200`
 //! with `{"ok":true,"event":…,"event_id":…}`), so that the only difference left is how the
 //! delivery is checked and parsed.
 
@@ -24,8 +28,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{body::Bytes, routing::post, Json, Router};
+use axum::{body::Bytes, routing::post, Extension, Json, Router};
 use hmac::{KeyInit, Mac};
+use openmail_webhooks::{Delivery, Event, LogSafe, VerifyOpenMailLayer};
 use serde_json::{json, Value};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
@@ -80,6 +85,24 @@ async fn by_hand(State(secret): State<Arc<String>>, headers: HeaderMap, body: By
     .into_response()
 }
 
+async fn quickstart(
+    Extension(event): Extension<Arc<Event>>,
+    Extension(delivery): Extension<Delivery>,
+) -> Json<Value> {
+    println!(
+        "handled {} {} inbox={}",
+        event.event_type(),
+        LogSafe::or_dash(event.event_id()),
+        LogSafe::or_dash(event.inbox_id()),
+    );
+    Json(json!({
+        "ok": true,
+        "event": event.event_type(),
+        "event_id": event.event_id(),
+        "signed_at": delivery.timestamp(),
+    }))
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let mode = std::env::args().nth(1).unwrap_or_default();
@@ -97,10 +120,19 @@ async fn main() -> ExitCode {
         "by-hand" if !secret.is_empty() => Router::new()
             .route("/webhooks", post(by_hand))
             .with_state(Arc::new(secret)),
+        "quickstart" => match VerifyOpenMailLayer::new(secret) {
+            Ok(layer) => Router::new()
+                .route("/webhooks", post(quickstart))
+                .layer(layer),
+            Err(error) => {
+                eprintln!("bench_baseline: {error}");
+                return ExitCode::from(2);
+            }
+        },
         _ => {
             eprintln!(
-                "usage: bench_baseline unverified|by-hand \
-                 (by-hand needs OPENMAIL_WEBHOOK_SECRET)"
+                "usage: bench_baseline unverified|by-hand|quickstart \
+                 (by-hand and quickstart need OPENMAIL_WEBHOOK_SECRET)"
             );
             return ExitCode::from(2);
         }

@@ -573,7 +573,7 @@ impl<'a> Reader<'a> {
     /// backslash, a control character or a byte of a multi-byte character, which it checks
     /// as UTF-8 right there. Outside strings JSON is ASCII, so this is where the whole body
     /// is checked as UTF-8.
-    #[inline]
+    #[inline(always)]
     pub(super) fn string(&mut self) -> Result<Span, Syntax> {
         self.advance();
         let start = self.at();
@@ -586,6 +586,11 @@ impl<'a> Reader<'a> {
                     let end = self.at();
                     self.rest = rest;
                     return Ok(Span::new(start, end, escaped));
+                }
+                // The escapes of one character, which mail text is full of.
+                [b'\\', b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't', rest @ ..] => {
+                    escaped = true;
+                    self.rest = rest;
                 }
                 [b'\\', rest @ ..] => {
                     escaped = true;
