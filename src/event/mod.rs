@@ -99,9 +99,9 @@
 //! copies it then, once per call; a handler that never reads it never pays for it.
 //!
 //! The `events` benchmark compares the parse with a `serde_json` skim (`IgnoredAny`) of
-//! the same bytes, which checks the syntax and builds nothing: the parse executes 1.2 to
-//! 1.35 times the skim's instructions from 1 KiB to 1 MiB, and takes 1.25 to 1.6 times
-//! its CPU time (its header has the table). `tests/memory.rs` counts the heap: with the
+//! the same bytes, which checks the syntax and builds nothing: the parse takes 1.14 to
+//! 1.29 times the skim's CPU time from 1 KiB to 1 MiB, and executes 0.97 to 1.12 times
+//! its instructions (its header has the table). `tests/memory.rs` counts the heap: with the
 //! parse on, a request holds its body plus under 2 KiB. The event sits behind an `Arc`,
 //! so axum's `Extension`, which clones on every extraction, copies nothing.
 //!
