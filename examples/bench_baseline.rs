@@ -16,9 +16,9 @@
 //!   handler that reads the typed event: the layer alone, without the receiver example's
 //!   deduplication and connection management.
 //!
-//! All three answer a delivery exactly as the receiver example does (one line on stdout, `200`
-//! with `{"ok":true,"event":…,"event_id":…}`), so that the only difference left is how the
-//! delivery is checked and parsed.
+//! All three answer a delivery as the receiver example does (one line on stdout, `200` with
+//! `{"ok":true,"event":…,"event_id":…}`, the quickstart adding its `signed_at`), so that
+//! the only difference left is how the delivery is checked and parsed.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -89,9 +89,10 @@ async fn quickstart(
     Extension(event): Extension<Arc<Event>>,
     Extension(delivery): Extension<Delivery>,
 ) -> Json<Value> {
+    // The type of an unknown event is the sender's text: escaped like the ids.
     println!(
         "handled {} {} inbox={}",
-        event.event_type(),
+        LogSafe::new(event.event_type()),
         LogSafe::or_dash(event.event_id()),
         LogSafe::or_dash(event.inbox_id()),
     );

@@ -102,7 +102,7 @@
 //! the same bytes, which checks the syntax and builds nothing: the parse takes 1.14 to
 //! 1.29 times the skim's CPU time from 1 KiB to 1 MiB, and executes 0.97 to 1.12 times
 //! its instructions (its header has the table). `tests/memory.rs` counts the heap: with the
-//! parse on, a request holds its body plus under 2 KiB. The event sits behind an `Arc`,
+//! parse on, a request holds its body plus at most 2 KiB. The event sits behind an `Arc`,
 //! so axum's `Extension`, which clones on every extraction, copies nothing.
 //!
 //! # Equality and serialisation

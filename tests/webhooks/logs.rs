@@ -62,19 +62,25 @@ thread_local! {
 
 /// Whether the current thread captures events at `level`.
 fn wanted(level: LevelFilter) -> bool {
-    CAPTURING.with(
-        |capturing| matches!(capturing.borrow().as_ref(), Some((_, wanted)) if *wanted >= level),
-    )
+    // `try_with`: something may log while the thread's locals are being torn down.
+    CAPTURING
+        .try_with(
+            |capturing| matches!(capturing.borrow().as_ref(), Some((_, wanted)) if *wanted >= level),
+        )
+        .unwrap_or(false)
 }
 
 /// The current thread's capture, if it has one.
 fn buffer() -> Option<Buffer> {
-    CAPTURING.with(|capturing| {
-        capturing
-            .borrow()
-            .as_ref()
-            .map(|(buffer, _)| Arc::clone(buffer))
-    })
+    CAPTURING
+        .try_with(|capturing| {
+            capturing
+                .borrow()
+                .as_ref()
+                .map(|(buffer, _)| Arc::clone(buffer))
+        })
+        .ok()
+        .flatten()
 }
 
 /// Installs the process's subscriber, once.
