@@ -320,21 +320,14 @@ impl Fields {
         else {
             return Self::read_slowly(bytes);
         };
-        // The fourteen digits, checked eight lanes at a time: after subtracting '0' a digit
-        // lane is 0 to 9, and adding 0x76 sets its high bit only if it was not (a carry
-        // into the next lane starts at a lane already found wrong).
+        // The fourteen digits, eight lanes at a time.
         let low = u64::from_le_bytes([y1, y2, y3, y4, m1, m2, d1, d2]);
         let high = u64::from_le_bytes([h1, h2, i1, i2, s1, s2, b'0', b'0']);
-        let zeros = u64::from_le_bytes([b'0'; 8]);
-        let wrong = |word: u64| {
-            let lanes = word.wrapping_sub(zeros);
-            (lanes.wrapping_add(0x7676_7676_7676_7676) | lanes) & 0x8080_8080_8080_8080
-        };
-        if wrong(low) | wrong(high) != 0 {
+        if not_digits(low) | not_digits(high) != 0 {
             return Self::read_slowly(bytes);
         }
-        let [y1, y2, y3, y4, m1, m2, d1, d2] = low.wrapping_sub(zeros).to_le_bytes().map(u32::from);
-        let [h1, h2, i1, i2, s1, s2, ..] = high.wrapping_sub(zeros).to_le_bytes().map(u32::from);
+        let [y1, y2, y3, y4, m1, m2, d1, d2] = low.wrapping_sub(ZEROS).to_le_bytes().map(u32::from);
+        let [h1, h2, i1, i2, s1, s2, ..] = high.wrapping_sub(ZEROS).to_le_bytes().map(u32::from);
         let (year, month, day) = (
             y1 * 1000 + y2 * 100 + y3 * 10 + y4,
             m1 * 10 + m2,
@@ -351,22 +344,7 @@ impl Fields {
         let hour = range("hour", hour, 0, 23)?;
         let minute = range("minute", minute, 0, 59)?;
         let second = range("second", second, 0, 60)?;
-        let mut cursor = Cursor(rest);
-        let nanos = cursor.fraction()?;
-        let offset_minutes = cursor.offset()?;
-        if !cursor.0.is_empty() {
-            return Err(TimestampError::Syntax);
-        }
-        Ok(Self {
-            year,
-            month,
-            day,
-            hour,
-            minute,
-            second,
-            nanos,
-            offset_minutes,
-        })
+        Self::finish(rest, [year, month, day, hour, minute, second])
     }
 
     #[cold]
@@ -383,6 +361,17 @@ impl Fields {
         let minute = range("minute", cursor.digits(2)?, 0, 59)?;
         cursor.expect(b':', b':')?;
         let second = range("second", cursor.digits(2)?, 0, 60)?;
+        Self::finish(cursor.0, [year, month, day, hour, minute, second])
+    }
+
+    /// Reads what follows the seconds (an optional fraction, then the offset, then
+    /// nothing) and completes the fields.
+    #[inline]
+    fn finish(
+        rest: &[u8],
+        [year, month, day, hour, minute, second]: [u32; 6],
+    ) -> Result<Self, TimestampError> {
+        let mut cursor = Cursor(rest);
         let nanos = cursor.fraction()?;
         let offset_minutes = cursor.offset()?;
         if !cursor.0.is_empty() {
@@ -415,6 +404,19 @@ impl Fields {
     }
 }
 
+/// Eight ASCII `'0'`s in one word.
+const ZEROS: u64 = u64::from_le_bytes([b'0'; 8]);
+
+/// The eight bytes of `word` checked as ASCII digits at once: non-zero unless all are.
+/// After subtracting `'0'` a digit lane is 0 to 9, and adding 0x76 sets its high bit only
+/// if it was not; a borrow or carry into the next lane starts at a lane already found
+/// wrong.
+#[inline]
+fn not_digits(word: u64) -> u64 {
+    let lanes = word.wrapping_sub(ZEROS);
+    (lanes.wrapping_add(0x7676_7676_7676_7676) | lanes) & 0x8080_8080_8080_8080
+}
+
 /// Whether `text` is a timestamp in the form OpenMail sends, `YYYY-MM-DDTHH:MM:SS.mmmZ`,
 /// with a day of the month up to the 28th and a second up to 59: the common case, checked
 /// in a few comparisons. `false` says nothing; [`Fields::read`] then decides. Every text
@@ -426,15 +428,9 @@ fn usual(text: &[u8; 24]) -> bool {
     else {
         return false;
     };
-    // Sixteen digits in two words, checked eight lanes at a time as in `Fields::read`.
-    let zeros = u64::from_le_bytes([b'0'; 8]);
     let date = u64::from_le_bytes([y1, y2, y3, y4, m1, m2, d1, d2]);
     let time = u64::from_le_bytes([h1, h2, i1, i2, s1, s2, f1, f2]);
-    let wrong = |word: u64| {
-        let lanes = word.wrapping_sub(zeros);
-        (lanes.wrapping_add(0x7676_7676_7676_7676) | lanes) & 0x8080_8080_8080_8080
-    };
-    if wrong(date) | wrong(time) != 0 || !f3.is_ascii_digit() {
+    if not_digits(date) | not_digits(time) != 0 || !f3.is_ascii_digit() {
         return false;
     }
     // Each pair is two digits, so `b'0' * 11` is subtracted once from the pair's value.
