@@ -13,19 +13,19 @@
 
 use std::convert::Infallible;
 use std::hint::black_box;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer, MemoryStore};
-use openmail_webhooks::{sign, VerifyOpenMailLayer};
+use openmail_webhooks::{VerifyOpenMailLayer, sign};
 use tokio::runtime::Runtime;
-use tower::{service_fn, Layer, Service, ServiceExt};
+use tower::{Layer, Service, ServiceExt, service_fn};
 
 #[cfg(feature = "redis")]
 #[path = "../tests/dedup_support/redis_server.rs"]

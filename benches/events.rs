@@ -49,11 +49,11 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{criterion_group, Criterion, Throughput};
+use criterion::{Criterion, Throughput, criterion_group};
 use openmail_webhooks::Event;
 use serde::de::IgnoredAny;
-use serde_json::{json, Value};
-use support::{label, ThreadCpuTime};
+use serde_json::{Value, json};
+use support::{ThreadCpuTime, label};
 
 /// The sizes the target is stated at.
 const SIZES: [usize; 4] = [1024, 4 * 1024, 64 * 1024, 1024 * 1024];

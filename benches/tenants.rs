@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use http::{Request, Response};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
@@ -17,7 +17,7 @@ use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
-use openmail_webhooks::{sign, VerifyOpenMailLayer};
+use openmail_webhooks::{VerifyOpenMailLayer, sign};
 use tower::{Layer, Service, ServiceExt};
 
 const NOW: i64 = 1_790_000_000;

@@ -28,20 +28,20 @@
 mod support;
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
+use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{KeyInit, Mac};
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::{sign, Verifier, VerifyOpenMailLayer};
+use openmail_webhooks::{Verifier, VerifyOpenMailLayer, sign};
 use std::hint::black_box;
 use support::{
-    complete, label, now_timestamp, payload, Frames, ThreadCpuTime, FRAME, SECRET, SIZES,
+    FRAME, Frames, SECRET, SIZES, ThreadCpuTime, complete, label, now_timestamp, payload,
 };
 use tower::{Layer, Service, ServiceExt};
 

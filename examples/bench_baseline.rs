@@ -28,10 +28,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{body::Bytes, routing::post, Extension, Json, Router};
+use axum::{Extension, Json, Router, body::Bytes, routing::post};
 use hmac::{KeyInit, Mac};
 use openmail_webhooks::{Delivery, Event, LogSafe, VerifyOpenMailLayer};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 

@@ -34,13 +34,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::{routing::post, Extension, Json, Router};
+use axum::{Extension, Json, Router, routing::post};
 use bytes::Bytes;
-use http::{header, HeaderValue, Response};
+use http::{HeaderValue, Response, header};
 use openmail_webhooks::dedup::{Decision, DedupStore, DeduplicateLayer, MemoryStore};
 use openmail_webhooks::websocket::{Status, WebSocketClient};
 use openmail_webhooks::{Event, LogSafe, VerifyOpenMailLayer};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tower::limit::GlobalConcurrencyLimitLayer;
 

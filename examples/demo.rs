@@ -9,14 +9,14 @@ use std::hash::{BuildHasher, Hasher};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 
-use axum::{routing::post, Extension, Router};
+use axum::{Extension, Router, routing::post};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use openmail_webhooks::layer::DEFAULT_BODY_LIMIT;
-use openmail_webhooks::{sign, Event, VerifyOpenMailLayer};
+use openmail_webhooks::{Event, VerifyOpenMailLayer, sign};
 
 const SAMPLE: &str = r#"{"event":"message.received","event_id":"evt_demo_1","occurred_at":"2026-11-28T10:05:00.000Z","inbox_id":"inb_demo","thread_id":"thr_demo","message":{"id":"msg_demo","from":"Ada Lovelace <ada@example.com>","to":"agent@openmail.sh","cc":[],"subject":"Hello","body_text":"Hi there","attachments":[]}}"#;
 

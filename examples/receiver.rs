@@ -55,16 +55,16 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::{routing::post, Extension, Json, Router};
+use axum::{Extension, Json, Router, routing::post};
 use bytes::Bytes;
-use http::{header, HeaderValue, Response};
+use http::{HeaderValue, Response, header};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::dedup::{Decision, DedupStore, DeduplicateLayer, MemoryStore};
 use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::{Event, LogSafe, VerifyOpenMailLayer};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 /// How long a body may take to arrive after its headers, at most. OpenMail wants an answer
 /// within 15 seconds; the layer's minimum rate (64 KiB/s after 2 s) cuts slow bodies off

@@ -18,7 +18,7 @@
 
 use std::sync::{Arc, Mutex};
 
-use axum::{routing::post, Extension, Router};
+use axum::{Extension, Router, routing::post};
 use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::{CachedResolver, ResolveFuture, SecretResolver, Tenant};
 use openmail_webhooks::{Delivery, Event, LogSafe, VerifyOpenMailLayer};
@@ -142,7 +142,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             add_secret(&connection, "inb_alice", "whsec_alice", 1)?;
             add_secret(&connection, "inb_bob", "whsec_bob_old", 1)?;
             add_secret(&connection, "inb_bob", "whsec_bob_new", 2)?;
-            eprintln!("seeded an in-memory database: inb_alice (whsec_alice), inb_bob (whsec_bob_new, whsec_bob_old)");
+            eprintln!(
+                "seeded an in-memory database: inb_alice (whsec_alice), inb_bob (whsec_bob_new, whsec_bob_old)"
+            );
             connection
         }
     };

@@ -11,7 +11,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::{routing::post, Extension, Router};
+use axum::{Extension, Router, routing::post};
 use openmail_webhooks::{Event, VerifyOpenMailLayer};
 use tokio::net::TcpListener;
 

@@ -12,8 +12,8 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::BodyExt;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::{sign, Delivery, Event, Verifier, VerifyOpenMailLayer};
+use openmail_webhooks::{Delivery, Event, Verifier, VerifyOpenMailLayer, sign};
 use tower::{Layer, ServiceExt};
 
 /// Reads structured values off the front of the fuzzer's bytes. Running out of bytes is not

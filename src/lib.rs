@@ -32,9 +32,9 @@ pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
 pub use delivery::{Channel, Delivery};
 pub use event::Event;
 pub use layer::{Rejection, VerifyOpenMail, VerifyOpenMailLayer};
-pub use log_safe::{LogSafe, LOG_SAFE_MAX_CHARS};
+pub use log_safe::{LOG_SAFE_MAX_CHARS, LogSafe};
 pub use protocol::{
-    sign, Clock, ConfigError, Secret, SystemClock, Verified, Verifier, VerifyError,
+    Clock, ConfigError, Secret, SystemClock, Verified, Verifier, VerifyError, sign,
 };
 
 // The guides in docs/ are read on the repository, next to the README; their code blocks

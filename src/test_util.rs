@@ -96,7 +96,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Uri};
 
 use crate::protocol::{EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use crate::{sign, Clock, SystemClock};
+use crate::{Clock, SystemClock, sign};
 
 /// How far [`TestDelivery::stale`] moves `X-Timestamp` into the past: one second more than
 /// the default 300 s tolerance.

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use openmail_webhooks::dedup::{
-    DedupKey, DedupStore, MemoryStore, Reservation, StoreError, DEFAULT_CAPACITY,
+    DEFAULT_CAPACITY, DedupKey, DedupStore, MemoryStore, Reservation, StoreError,
 };
 
 struct Counting;

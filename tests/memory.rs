@@ -25,8 +25,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Empty;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::{sign, Delivery, Event, VerifyOpenMailLayer};
-use support::{complete, now_timestamp, payload, Frames, FRAME, SECRET};
+use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer, sign};
+use support::{FRAME, Frames, SECRET, complete, now_timestamp, payload};
 use tower::{Layer, ServiceExt};
 
 /// What the layer may add beyond the body itself: the request extensions, the `Delivery`,

@@ -4,8 +4,8 @@
 
 use std::convert::Infallible;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -76,8 +76,7 @@ pub fn payload(size: usize) -> Vec<u8> {
 
 /// JSON-escaped prose of exactly `length` bytes.
 fn body_text(length: usize) -> String {
-    const LINE: &str =
-        "Hello Ada, please find the invoice attached. Payment is due within 30 days; \
+    const LINE: &str = "Hello Ada, please find the invoice attached. Payment is due within 30 days; \
                         the reference is INV-2847. Thanks for the notes from Tuesday.\\n";
     let mut text = String::with_capacity(length);
     while text.len() + LINE.len() <= length {

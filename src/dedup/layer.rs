@@ -3,7 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode, header};
 use tower_layer::Layer;
 
 use super::{Decision, DedupKey, DedupStore, Deduplicate, MemoryStore};

@@ -3,8 +3,8 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
 use super::LONGEST_TTL;
+use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
 
 /// A key's digest: what the store keeps, 32 bytes whatever the ids.
 type Digest = [u8; 32];
@@ -150,7 +150,7 @@ impl MemoryStore {
         match state.entries.get(key).map(|entry| entry.token) {
             Some(None) => return Ok(()),
             Some(Some(token)) if token != split(reservation.token_value()) => {
-                return Err(StoreError::LeaseLost)
+                return Err(StoreError::LeaseLost);
             }
             Some(Some(_)) => {}
             // The lease ran out and nobody took the event over: it was processed all the
@@ -158,7 +158,7 @@ impl MemoryStore {
             None if state.entries.len() >= self.capacity => {
                 return Err(StoreError::Full {
                     capacity: self.capacity,
-                })
+                });
             }
             None => {}
         }

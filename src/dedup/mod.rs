@@ -143,9 +143,9 @@ pub use decision::{Decision, ReleaseReason, StoreStep, Unkeyed};
 pub use future::ResponseFuture;
 pub use key::DedupKey;
 pub use layer::{
-    DeduplicateLayer, StoreFailure, DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_RETRY_AFTER,
+    DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_RETRY_AFTER, DeduplicateLayer, StoreFailure,
 };
-pub use memory::{MemoryStore, DEFAULT_CAPACITY};
+pub use memory::{DEFAULT_CAPACITY, MemoryStore};
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;

@@ -5,8 +5,8 @@ use std::time::Duration;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 
-use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
 use super::LONGEST_TTL;
+use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
 
 /// The value of a done marker. Reservations hold their token (32 hex digits), which never
 /// equals it.

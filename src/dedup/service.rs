@@ -8,8 +8,8 @@ use tower::Service;
 use super::future::ResponseFuture;
 use super::layer::Config;
 use super::{Decision, DedupKey, DedupStore, DeduplicateLayer, Reservation, Unkeyed};
-use crate::body::ResponseBody;
 use crate::Delivery;
+use crate::body::ResponseBody;
 
 /// The service built by [`DeduplicateLayer`].
 #[derive(Clone)]

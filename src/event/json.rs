@@ -588,7 +588,11 @@ impl<'a> Reader<'a> {
                     return Ok(Span::new(start, end, escaped));
                 }
                 // The escapes of one character, which mail text is full of.
-                [b'\\', b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't', rest @ ..] => {
+                [
+                    b'\\',
+                    b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't',
+                    rest @ ..,
+                ] => {
                     escaped = true;
                     self.rest = rest;
                 }
@@ -610,7 +614,10 @@ impl<'a> Reader<'a> {
     /// Checks an escape; the reader stands just past its backslash.
     fn escape(&mut self) -> Result<(), Syntax> {
         match self.rest {
-            [b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't', rest @ ..] => {
+            [
+                b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't',
+                rest @ ..,
+            ] => {
                 self.rest = rest;
                 Ok(())
             }

@@ -36,9 +36,9 @@ use bytes::Bytes;
 use serde::de::{Error as _, Unexpected};
 
 use super::fallback::Envelope;
-use super::json::{line_column, Code, Reader, Short, Span, Syntax, MAX_BODY};
+use super::json::{Code, MAX_BODY, Reader, Short, Span, Syntax, line_column};
 use super::message::AttachmentIndex;
-use super::time::{invalid, Stamp};
+use super::time::{Stamp, invalid};
 use super::{
     Event, Lifecycle, MalformedEvent, Message, MessageReceived, NotAnEvent, RawJson, UnknownEvent,
 };

@@ -8,8 +8,8 @@
 //! [`LARGE_BODY`] may together hold at most half the budget, so large uploads can never
 //! crowd out the small deliveries OpenMail sends most.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// The size past which a body counts as large.
 pub(crate) const LARGE_BODY: usize = 64 * 1024;

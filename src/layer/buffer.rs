@@ -91,11 +91,7 @@ impl BodyBuffer {
             chunk: small,
             length,
         };
-        if fits {
-            Ok(())
-        } else {
-            Err(OverBudget)
-        }
+        if fits { Ok(()) } else { Err(OverBudget) }
     }
 
     /// The whole body as one contiguous `Bytes`, and the lease that still covers it until

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{ready, Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::request::Parts;
@@ -19,8 +19,8 @@ use super::deadline::Deadline;
 use super::{Config, Rejection, SecretSource};
 use crate::body::{ResponseBody, VerifiedBody};
 use crate::protocol::{
-    Claim, SecretScope, SignedHead, Verified, VerifyError, EVENT_ID_HEADER, MAX_CLAIMED_ID_LEN,
-    REFUSAL_MACS, TIMESTAMP_HEADER,
+    Claim, EVENT_ID_HEADER, MAX_CLAIMED_ID_LEN, REFUSAL_MACS, SecretScope, SignedHead,
+    TIMESTAMP_HEADER, Verified, VerifyError,
 };
 use crate::tenant::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
 use crate::{Delivery, Event};

@@ -116,8 +116,8 @@ mod rejection;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::{VerifyOpenMailLayer, DEFAULT_BODY_LIMIT};
-pub use rejection::{Rejection, RETRY_AFTER_SECS};
+pub use layer::{DEFAULT_BODY_LIMIT, VerifyOpenMailLayer};
+pub use rejection::{RETRY_AFTER_SECS, Rejection};
 pub use service::VerifyOpenMail;
 
 pub(crate) use layer::{Config, SecretSource};

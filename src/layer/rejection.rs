@@ -3,12 +3,12 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Response, StatusCode};
+use http::{HeaderValue, Response, StatusCode, header};
 use tower::BoxError;
 
+use crate::VerifyError;
 use crate::event::NotAnEvent;
 use crate::tenant::Tenant;
-use crate::VerifyError;
 
 /// The `Retry-After` of the layer's `503` answers, in seconds: OpenMail's first retry
 /// interval.

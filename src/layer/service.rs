@@ -2,7 +2,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use http::{header, Request, Response};
+use http::{Request, Response, header};
 use http_body::Body;
 use tower::{BoxError, Service};
 
@@ -10,9 +10,9 @@ use super::budget::Lease;
 use super::buffer::BodyBuffer;
 use super::future::{ReadingStart, ResponseFuture};
 use super::{Config, Rejection, VerifyOpenMailLayer};
-use crate::body::{ResponseBody, VerifiedBody};
-use crate::protocol::{signed_headers, SignedHead};
 use crate::ConfigError;
+use crate::body::{ResponseBody, VerifiedBody};
+use crate::protocol::{SignedHead, signed_headers};
 
 /// The service built by [`VerifyOpenMailLayer`].
 #[derive(Clone)]

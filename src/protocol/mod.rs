@@ -41,12 +41,12 @@ pub use claim::{Claim, ClaimError, MAX_CLAIMED_ID_LEN};
 pub use error::{ConfigError, VerifyError};
 pub use secret::Secret;
 pub use signature::sign;
-pub use tenant::{SecretScope, TenantSecrets, TenantVerified, REFUSAL_MACS};
+pub use tenant::{REFUSAL_MACS, SecretScope, TenantSecrets, TenantVerified};
 pub use timestamp::{Clock, SystemClock};
-pub use verifier::{Verified, Verifier, DEFAULT_TOLERANCE};
+pub use verifier::{DEFAULT_TOLERANCE, Verified, Verifier};
 
 pub(crate) use signature::decode_signature;
-pub(crate) use verifier::{signed_headers, Freshness, SecretRing, SignedHead};
+pub(crate) use verifier::{Freshness, SecretRing, SignedHead, signed_headers};
 
 /// The header that carries the delivery time, in Unix seconds.
 pub const TIMESTAMP_HEADER: &str = "x-timestamp";

@@ -97,9 +97,11 @@ mod tests {
             Secret::new("whsec a b").is_ok(),
             "inner spaces are part of the key"
         );
-        assert!(ConfigError::SecretWhitespace
-            .to_string()
-            .contains("trailing newline"));
+        assert!(
+            ConfigError::SecretWhitespace
+                .to_string()
+                .contains("trailing newline")
+        );
     }
 
     #[test]

@@ -1,7 +1,7 @@
 use hmac::Mac;
 
-use super::secret::{keyed_mac, start_message};
 use super::VerifyError;
+use super::secret::{keyed_mac, start_message};
 
 /// The length of `X-Signature`: the hex digits of a 32-byte HMAC-SHA256.
 const SIGNATURE_HEX_LEN: usize = 64;

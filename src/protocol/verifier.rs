@@ -1,17 +1,17 @@
 use std::fmt;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use hmac::Mac;
 use http::HeaderMap;
 use subtle::ConstantTimeEq;
 
-use super::secret::{start_message, HmacSha256};
+use super::secret::{HmacSha256, start_message};
 use super::timestamp::{check_freshness, parse_timestamp};
 use super::{
-    decode_signature, Clock, ConfigError, Secret, SystemClock, VerifyError, SIGNATURE_HEADER,
-    TIMESTAMP_HEADER,
+    Clock, ConfigError, SIGNATURE_HEADER, Secret, SystemClock, TIMESTAMP_HEADER, VerifyError,
+    decode_signature,
 };
 
 /// OpenMail's replay window: deliveries more than 300 s from now, either way, are refused.

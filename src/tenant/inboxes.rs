@@ -3,8 +3,8 @@ use std::fmt;
 use std::future::ready;
 
 use super::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
-use crate::protocol::TenantSecrets;
 use crate::ConfigError;
+use crate::protocol::TenantSecrets;
 
 /// A fixed map of per-inbox secrets, with an optional account-wide fallback.
 ///

@@ -6,8 +6,8 @@ use http::request::Parts;
 use http::{HeaderMap, Uri};
 use tower::BoxError;
 
-use crate::protocol::TenantSecrets;
 use crate::LogSafe;
+use crate::protocol::TenantSecrets;
 
 /// The future a [`SecretResolver`] returns.
 ///

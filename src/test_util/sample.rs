@@ -452,8 +452,10 @@ mod tests {
         let request = delivery.request();
         assert_eq!(request.headers()["x-event-id"], "evt_d");
         assert_eq!(request.headers()["x-timestamp"], "1790000000");
-        assert!(request
-            .body()
-            .contains("\"delivered_at\":\"2026-09-21T14:13:20.000Z\""));
+        assert!(
+            request
+                .body()
+                .contains("\"delivered_at\":\"2026-09-21T14:13:20.000Z\"")
+        );
     }
 }

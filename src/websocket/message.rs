@@ -80,7 +80,7 @@ pub(crate) fn classify(text: Bytes) -> Incoming {
         Err(error) => {
             return Incoming::Skip(SkipReason::NotJson {
                 detail: error.to_string(),
-            })
+            });
         }
     };
     match probe.kind {
@@ -143,7 +143,7 @@ fn control(kind: &str, text: &[u8]) -> Incoming {
         _ => {
             return Incoming::Skip(SkipReason::UnknownType {
                 kind: kind.to_owned(),
-            })
+            });
         }
     };
     match parsed {

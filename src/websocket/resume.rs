@@ -100,8 +100,8 @@ mod redis_store {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
     use redis::Client;
+    use redis::aio::{ConnectionManager, ConnectionManagerConfig};
     use tower::BoxError;
 
     use super::{ResumeFuture, ResumeStore};

@@ -9,24 +9,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, Uri};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{Semaphore, watch};
 use tokio::task::{Id, JoinError, JoinSet};
-use tokio::time::{sleep, sleep_until, timeout, Instant};
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::time::{Instant, sleep, sleep_until, timeout};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tower::{BoxError, Service};
 
 use super::client::Config;
 use super::dispatch::{self, Handling, Outcome};
-use super::message::{classify, Control, Incoming};
+use super::message::{Control, Incoming, classify};
 use super::status::{GapReason, SkipReason, Status};
 use super::tracker::{Arrival, Key, Tracker};
 use super::transport::{self, Transport};
-use super::{WebSocketError, MAX_BUFFERED_BYTES, MAX_TRACKED_EVENTS, REPLAY_LIMIT};
-use crate::body::VerifiedBody;
+use super::{MAX_BUFFERED_BYTES, MAX_TRACKED_EVENTS, REPLAY_LIMIT, WebSocketError};
 use crate::Event;
+use crate::body::VerifiedBody;
 
 /// A replay counts as over once no event has arrived for this long after `subscribed`.
 const REPLAY_QUIET: Duration = Duration::from_secs(1);
@@ -263,7 +263,7 @@ where
                             source: Arc::from(error),
                         },
                         good: false,
-                    }
+                    };
                 }
             }
         }
@@ -278,7 +278,7 @@ where
                         timeout: config.connect_timeout,
                     },
                     good: false,
-                }
+                };
             }
             Some(Ok(Err(error))) if error.is_fatal() => return Ended::Fatal(error),
             Some(Ok(Err(error))) => return Ended::Lost { error, good: false },

@@ -4,8 +4,8 @@ use std::time::Duration;
 
 use http::StatusCode;
 
-use super::error::{Source, WebSocketError};
 use super::REPLAY_LIMIT;
+use super::error::{Source, WebSocketError};
 use crate::LogSafe;
 
 /// What the client is doing, reported to the hook set with

@@ -17,16 +17,16 @@ use std::task::{Context, Poll};
 use http::HeaderValue;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::ServerName;
 use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::client::generate_key;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 
-use super::endpoint::Endpoint;
 use super::WebSocketError;
+use super::endpoint::Endpoint;
 
 /// The longest upgrade answer read: a real one is a few hundred bytes.
 const MAX_UPGRADE_RESPONSE: usize = 16 * 1024;

@@ -19,14 +19,14 @@ use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use openmail_webhooks::dedup::{
     Decision, DedupKey, DedupStore, DeduplicateLayer, StoreError, StoreStep,
 };
 use openmail_webhooks::tenant::InboxSecrets;
-use openmail_webhooks::{sign, Delivery, VerifyOpenMailLayer};
+use openmail_webhooks::{Delivery, VerifyOpenMailLayer, sign};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -838,10 +838,12 @@ pub mod behaviours {
         let planted = r#"{"event":"setup.test","event_id":"evt_X","inbox_id":"inb_a"}"#;
         let genuine = r#"{"event":"message.received","event_id":"evt_X","inbox_id":"inb_b"}"#;
 
-        assert!(sender
-            .deliver_signed(&replica, INBOX_A_SECRET, planted)
-            .await
-            .processed());
+        assert!(
+            sender
+                .deliver_signed(&replica, INBOX_A_SECRET, planted)
+                .await
+                .processed()
+        );
         // A's secret cannot vouch for a body naming inb_b at all.
         let forged = sender
             .deliver_signed(&replica, INBOX_A_SECRET, genuine)
@@ -857,21 +859,25 @@ pub mod behaviours {
         // The same event of inbox B, vouched for by the account (as over the WebSocket, or
         // the account webhook), is a duplicate; so is A's replay of its own.
         assert!(sender.deliver(&replica, genuine).await.duplicate());
-        assert!(sender
-            .deliver_signed(&replica, INBOX_B_SECRET, genuine)
-            .await
-            .duplicate());
-        assert!(sender
-            .deliver_signed(&replica, INBOX_A_SECRET, planted)
-            .await
-            .duplicate());
+        assert!(
+            sender
+                .deliver_signed(&replica, INBOX_B_SECRET, genuine)
+                .await
+                .duplicate()
+        );
+        assert!(
+            sender
+                .deliver_signed(&replica, INBOX_A_SECRET, planted)
+                .await
+                .duplicate()
+        );
         assert_eq!(handler.processed_in("inb_b", "evt_X"), 1);
         assert_eq!(handler.processed_in("inb_a", "evt_X"), 1);
     }
 
     /// An inner service that fails (an `Err`, not a status) releases the reservation too.
     pub async fn an_inner_error_is_released(backend: &impl Backend) {
-        use tower::{service_fn, ServiceBuilder, ServiceExt};
+        use tower::{ServiceBuilder, ServiceExt, service_fn};
 
         let log = DecisionLog::default();
         let calls = Arc::new(Mutex::new(0u32));

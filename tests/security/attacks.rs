@@ -19,22 +19,22 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::receiver;
-use crate::support::{unix_now, SECRET};
-use axum::{routing::post, Router};
+use crate::support::{SECRET, unix_now};
+use axum::{Router, routing::post};
 use openmail_webhooks::dedup::DeduplicateLayer;
 use openmail_webhooks::layer::DEFAULT_BODY_LIMIT;
 use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
-use openmail_webhooks::{sign, Rejection, VerifyOpenMailLayer};
+use openmail_webhooks::{Rejection, VerifyOpenMailLayer, sign};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 // ---------------------------------------------------------------------------------------
 // Heap measurement: the pattern of the `hostile` tests.
 
-use crate::heap::{live, peak, reset_peak, serial, KIB, MIB};
+use crate::heap::{KIB, MIB, live, peak, reset_peak, serial};
 
 // ---------------------------------------------------------------------------------------
 // Servers and raw HTTP/1.1.

@@ -20,10 +20,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use crate::support::{unix_now, Frames, Step, SECRET};
+use crate::support::{Frames, SECRET, Step, unix_now};
 use crate::{receiver, support};
-use axum::routing::post;
 use axum::Router;
+use axum::routing::post;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
@@ -33,7 +33,7 @@ use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
-use openmail_webhooks::{sign, Rejection, VerifyOpenMailLayer};
+use openmail_webhooks::{Rejection, VerifyOpenMailLayer, sign};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, Service, ServiceExt};
@@ -41,7 +41,7 @@ use tower::{Layer, Service, ServiceExt};
 // ---------------------------------------------------------------------------------------
 // Heap measurement: the system allocator, counting live bytes and their peak.
 
-use crate::heap::{peak_growth, reset_peak, serial, KIB, MIB};
+use crate::heap::{KIB, MIB, peak_growth, reset_peak, serial};
 
 // ---------------------------------------------------------------------------------------
 // Servers and clients on loopback.

@@ -12,7 +12,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{unix_now, Frames, Step, SECRET};
+use crate::support::{Frames, SECRET, Step, unix_now};
 use crate::{receiver, support};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -20,7 +20,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::{sign, Delivery, Event, Rejection, VerifyOpenMailLayer};
+use openmail_webhooks::{Delivery, Event, Rejection, VerifyOpenMailLayer, sign};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::{Layer, ServiceBuilder, ServiceExt};
@@ -31,7 +31,7 @@ use tower::{Layer, ServiceBuilder, ServiceExt};
 /// The system allocator, counting the bytes live now and the most live since the last
 /// [`reset_peak`]. It counts this whole test process, server and clients alike, which is
 /// why the clients below send from shared buffers and the tests run one at a time.
-use crate::heap::{peak, reset_peak, serial, vm_hwm, MIB};
+use crate::heap::{MIB, peak, reset_peak, serial, vm_hwm};
 
 // ---------------------------------------------------------------------------------------
 // A hyper server with the layer, and what it saw.

@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use crate::dedup_behaviours;
 use crate::dedup_support::{
-    delivery, event_body, key, Backend, DecisionLog, Handler, Replica, ReplicaConfig, Sender,
-    SECRET,
+    Backend, DecisionLog, Handler, Replica, ReplicaConfig, SECRET, Sender, delivery, event_body,
+    key,
 };
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer, MemoryStore, Reservation};
 use openmail_webhooks::VerifyOpenMailLayer;
+use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer, MemoryStore, Reservation};
 use tower::ServiceExt;
 
 /// Every "replica" shares one `MemoryStore`, as layers in one process would.
@@ -44,19 +44,25 @@ async fn the_key_is_the_signed_event_id_not_the_header() {
 
     // Same signed event_id, different headers: a duplicate.
     let body = event_body("evt_signed");
-    assert!(sender
-        .deliver_with_header(&replica, &body, Some("evt_header_a"))
-        .await
-        .processed());
-    assert!(sender
-        .deliver_with_header(&replica, &body, Some("evt_header_b"))
-        .await
-        .duplicate());
+    assert!(
+        sender
+            .deliver_with_header(&replica, &body, Some("evt_header_a"))
+            .await
+            .processed()
+    );
+    assert!(
+        sender
+            .deliver_with_header(&replica, &body, Some("evt_header_b"))
+            .await
+            .duplicate()
+    );
     // Same header, another signed event_id: a new event.
-    assert!(sender
-        .deliver_with_header(&replica, &event_body("evt_other"), Some("evt_header_a"))
-        .await
-        .processed());
+    assert!(
+        sender
+            .deliver_with_header(&replica, &event_body("evt_other"), Some("evt_header_a"))
+            .await
+            .processed()
+    );
     assert_eq!(handler.processed("evt_signed"), 1);
     assert_eq!(handler.processed("evt_other"), 1);
 }
@@ -190,7 +196,7 @@ async fn the_handler_sees_its_reservation_and_the_duplicate_answer_is_configurab
 #[tokio::test]
 async fn a_store_full_of_reservations_fails_closed_by_default_and_open_on_request() {
     use openmail_webhooks::dedup::StoreFailure;
-    use tower::{service_fn, ServiceBuilder};
+    use tower::{ServiceBuilder, service_fn};
 
     for (policy, expected) in [
         (StoreFailure::FailClosed, StatusCode::SERVICE_UNAVAILABLE),
@@ -288,10 +294,12 @@ async fn a_full_store_refuses_new_events_and_forgets_no_processed_one() {
         (start + retention + Duration::from_millis(300)) - std::time::Instant::now(),
     )
     .await;
-    assert!(sender
-        .deliver(&replica, &event_body("evt_new"))
-        .await
-        .processed());
+    assert!(
+        sender
+            .deliver(&replica, &event_body("evt_new"))
+            .await
+            .processed()
+    );
     assert_eq!(handler.processed("evt_new"), 1);
 }
 
@@ -380,7 +388,7 @@ async fn decisions_go_to_tracing() {
 /// get one, since only the crate's verification makes it.
 async fn verified_request(body: &str) -> http::Request<openmail_webhooks::body::VerifiedBody> {
     use std::sync::Mutex;
-    use tower::{service_fn, Layer};
+    use tower::{Layer, service_fn};
 
     let captured = Arc::new(Mutex::new(None));
     let capture = VerifyOpenMailLayer::new(SECRET).unwrap().layer(service_fn({
@@ -394,14 +402,13 @@ async fn verified_request(body: &str) -> http::Request<openmail_webhooks::body::
     }));
     let response = capture.oneshot(delivery(body, None)).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
-    let request = captured.lock().unwrap().take().unwrap();
-    request
+    captured.lock().unwrap().take().unwrap()
 }
 
 #[tokio::test]
 async fn a_response_future_polled_after_it_answered_answers_500_instead_of_hanging() {
-    use std::future::{poll_fn, Future};
-    use tower::{service_fn, Layer, Service};
+    use std::future::{Future, poll_fn};
+    use tower::{Layer, Service, service_fn};
 
     let mut service = DeduplicateLayer::in_memory().layer(service_fn(|_request| async {
         Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from_static(

@@ -5,7 +5,7 @@
 //! `{"ok":true,"event":..}`; a duplicate answers `{"ok":true,"duplicate":true,..}`. So
 //! counting the handler's answers counts the stdout lines.
 
-use crate::dedup_support::{event_body, Answer, Replica, Sender, SECRET};
+use crate::dedup_support::{Answer, Replica, SECRET, Sender, event_body};
 use crate::receiver;
 use axum::http::StatusCode;
 use openmail_webhooks::VerifyOpenMailLayer;

@@ -31,7 +31,7 @@ mod with_redis {
     use crate::dedup_behaviours;
     use crate::dedup_support::redis_server::RedisServer;
     use crate::dedup_support::{
-        event_body, key, Action, Backend, DecisionLog, Handler, ReplicaConfig, Sender,
+        Action, Backend, DecisionLog, Handler, ReplicaConfig, Sender, event_body, key,
     };
 
     /// One Redis; every `store()` is a new replica's own connection to it.
@@ -83,10 +83,12 @@ mod with_redis {
         let open = open.start().await;
         let sender = Sender::default();
 
-        assert!(sender
-            .deliver(&closed, &event_body("evt_before"))
-            .await
-            .processed());
+        assert!(
+            sender
+                .deliver(&closed, &event_body("evt_before"))
+                .await
+                .processed()
+        );
         backend.server.kill();
 
         let refused = sender.deliver(&closed, &event_body("evt_during")).await;
@@ -259,10 +261,12 @@ mod with_redis {
             .await;
         let sender = Sender::default();
         let mut connection = inspect(&backend.server).await;
-        assert!(sender
-            .deliver(&replica, &event_body("evt_before"))
-            .await
-            .processed());
+        assert!(
+            sender
+                .deliver(&replica, &event_body("evt_before"))
+                .await
+                .processed()
+        );
 
         backend.server.pause();
         let started = std::time::Instant::now();

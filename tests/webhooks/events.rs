@@ -14,9 +14,9 @@ use hyper_util::rt::TokioExecutor;
 use openmail_webhooks::event::{
     Attachment, ExtractionMethod, Lifecycle, Mailbox, MessageReceived, Reason, Timestamp,
 };
-use openmail_webhooks::{sign, Delivery, Event, VerifyOpenMailLayer};
+use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer, sign};
 use proptest::prelude::*;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 
 const FIXTURES: &[&str] = &[
     "message_received",
@@ -676,7 +676,9 @@ fn escaped_fields_decode() {
     );
     assert_eq!(
         report.parsed_text().as_deref(),
-        Some("Q3 REPORT\n=========\n\nItem\tQty\tPrice\nConsulting\t12 h\t€150.00\n\"Travel\"\t1\t€80.00\n")
+        Some(
+            "Q3 REPORT\n=========\n\nItem\tQty\tPrice\nConsulting\t12 h\t€150.00\n\"Travel\"\t1\t€80.00\n"
+        )
     );
     // A text without escapes is borrowed from the body, not copied.
     let plain = notes.parsed_text().unwrap();
@@ -1124,9 +1126,18 @@ async fn handlers_receive_typed_events_over_http() {
             "inbox_suspended",
             "inbox.suspended id=evt_def456 inbox=inb_92ma suspended reason=high_bounce_rate",
         ),
-        ("inbox_reactivated", "inbox.reactivated id=evt_def457 inbox=inb_92ma reactivated"),
-        ("pod_suspended", "pod.suspended id=evt_pod001 inbox=- suspended reason=pod_degraded"),
-        ("pod_reactivated", "pod.reactivated id=evt_pod002 inbox=- reactivated"),
+        (
+            "inbox_reactivated",
+            "inbox.reactivated id=evt_def457 inbox=inb_92ma reactivated",
+        ),
+        (
+            "pod_suspended",
+            "pod.suspended id=evt_pod001 inbox=- suspended reason=pod_degraded",
+        ),
+        (
+            "pod_reactivated",
+            "pod.reactivated id=evt_pod002 inbox=- reactivated",
+        ),
         (
             "draft_inbox_suspended_reputation",
             "inbox.suspended id=evt_draft01 inbox=inb_92ma suspended reason=-",

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use crate::support::{
-    client, post, read, send_head_only, signed_headers, unix_now, Frames, SECRET,
+    Frames, SECRET, client, post, read, send_head_only, signed_headers, unix_now,
 };
 use crate::{hyper_service, receiver, tonic_side_by_side};
 use bytes::Bytes;
@@ -174,7 +174,7 @@ async fn a_plain_hyper_service_verifies() {
 #[tokio::test]
 async fn grpc_and_the_webhook_route_share_a_port() {
     use tonic_health::pb::health_check_response::ServingStatus;
-    use tonic_health::pb::{health_client::HealthClient, HealthCheckRequest};
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
     let (listener, addr) = listen().await;
     let app = tonic_side_by_side::app(VerifyOpenMailLayer::new(SECRET).unwrap());

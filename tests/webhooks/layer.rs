@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{read, signed, Frames, Step, BODY, NOW, SECRET};
+use crate::support::{BODY, Frames, NOW, SECRET, Step, read, signed};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

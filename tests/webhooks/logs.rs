@@ -18,7 +18,7 @@ use std::cell::RefCell;
 use std::io::Write;
 use std::sync::{Arc, Mutex, Once};
 
-use tracing_subscriber::filter::{dynamic_filter_fn, LevelFilter};
+use tracing_subscriber::filter::{LevelFilter, dynamic_filter_fn};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;

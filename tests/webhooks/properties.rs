@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use crate::support;
-use crate::support::{read, Frames, Step};
+use crate::support::{Frames, Step, read};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::{sign, Verifier, VerifyError, VerifyOpenMailLayer};
+use openmail_webhooks::{Verifier, VerifyError, VerifyOpenMailLayer, sign};
 use proptest::prelude::*;
 use tower::{Layer, ServiceExt};
 

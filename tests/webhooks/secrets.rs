@@ -5,14 +5,14 @@
 use std::sync::{Arc, Mutex};
 
 use crate::support;
-use crate::support::{read, signed, Frames, Step, NOW};
+use crate::support::{Frames, NOW, Step, read, signed};
 use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::InboxSecrets;
-use openmail_webhooks::{sign, Rejection, Secret, Verifier, VerifyOpenMailLayer};
+use openmail_webhooks::{Rejection, Secret, Verifier, VerifyOpenMailLayer, sign};
 use tower::{Layer, ServiceExt};
 
 const SECRETS: [&str; 3] = [

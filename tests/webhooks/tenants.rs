@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::support::{read, Frames, NOW};
+use crate::support::{Frames, NOW, read};
 use crate::{support, tenants_sqlite};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -526,7 +526,7 @@ async fn secrets_in_a_real_database_over_real_http() {
 
 #[tokio::test]
 async fn url_routed_tenants_behind_an_axum_path_route_over_real_http() {
-    use axum::{routing, Router};
+    use axum::{Router, routing};
     use support::{client, post, signed_headers, unix_now};
 
     let layer = VerifyOpenMailLayer::with_resolver(two_inboxes().route_by_path());

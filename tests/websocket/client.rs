@@ -6,15 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::websocket_support::harness::{fast_client, Action, App, Running, Statuses};
+use crate::websocket_support::harness::{Action, App, Running, Statuses, fast_client};
 use crate::websocket_support::tls::TestCa;
-use crate::websocket_support::{event, AuthMethod, Ended, ServerOptions, TestServer, API_KEY};
+use crate::websocket_support::{API_KEY, AuthMethod, Ended, ServerOptions, TestServer, event};
 use axum::http::StatusCode;
-use openmail_webhooks::websocket::{
-    GapReason, HandlerFailure, MemoryResume, SkipReason, Status, Subscription, WebSocketClient,
-    WebSocketError, REPLAY_LIMIT,
-};
 use openmail_webhooks::Channel;
+use openmail_webhooks::websocket::{
+    GapReason, HandlerFailure, MemoryResume, REPLAY_LIMIT, SkipReason, Status, Subscription,
+    WebSocketClient, WebSocketError,
+};
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
@@ -859,10 +859,12 @@ async fn plain_ws_is_refused_beyond_loopback() {
         .url("ws://api.openmail.sh/v1/ws")
         .unwrap_err();
     assert!(matches!(error, WebSocketError::InsecureUrl), "{error}");
-    assert!(WebSocketClient::new(API_KEY)
-        .unwrap()
-        .url("ws://127.0.0.1:9/v1/ws")
-        .is_ok());
+    assert!(
+        WebSocketClient::new(API_KEY)
+            .unwrap()
+            .url("ws://127.0.0.1:9/v1/ws")
+            .is_ok()
+    );
 }
 
 #[tokio::test]
@@ -932,12 +934,16 @@ async fn a_resume_store_that_cannot_load_is_retried_before_connecting() {
     statuses.wait("subscribed", 1, is_subscribed).await;
     let reasons = statuses.picked(reconnect_reason);
     assert_eq!(reasons.len(), 2, "{reasons:?}");
-    assert!(reasons
-        .iter()
-        .all(|reason| matches!(reason, WebSocketError::ResumeStore { .. })));
-    assert!(statuses.all()[1]
-        .to_string()
-        .contains("the database is starting"));
+    assert!(
+        reasons
+            .iter()
+            .all(|reason| matches!(reason, WebSocketError::ResumeStore { .. }))
+    );
+    assert!(
+        statuses.all()[1]
+            .to_string()
+            .contains("the database is starting")
+    );
     assert_eq!(
         server.handshakes().len(),
         1,

@@ -424,7 +424,7 @@ mod test_util {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use axum::{routing::post, Extension, Router};
+    use axum::{Extension, Router, routing::post};
     use openmail_webhooks::test_util::TestDelivery;
     use openmail_webhooks::{Event, Rejection, VerifyError, VerifyOpenMailLayer};
     use tower::ServiceExt;
@@ -609,14 +609,14 @@ mod listen {
     use std::time::Duration;
 
     use axum::extract::Request as AxumRequest;
-    use axum::middleware::{from_fn, Next};
+    use axum::middleware::{Next, from_fn};
     use axum::routing::post;
     use axum::{Extension, Router};
     use openmail_webhooks::{Event, VerifyOpenMailLayer};
     use tokio::sync::mpsc;
 
     use super::*;
-    use crate::websocket_support::{TestServer, API_KEY};
+    use crate::websocket_support::{API_KEY, TestServer};
 
     /// A running `listen`, its output read line by line as it comes.
     struct Listen {

@@ -7,9 +7,9 @@
 
 use std::sync::Arc;
 
-use crate::websocket_support::harness::{fast_client, App, Running, Statuses};
-use crate::websocket_support::webhook::{Sender, WebhookServer, SECRET};
-use crate::websocket_support::{event, TestServer};
+use crate::websocket_support::harness::{App, Running, Statuses, fast_client};
+use crate::websocket_support::webhook::{SECRET, Sender, WebhookServer};
+use crate::websocket_support::{TestServer, event};
 use axum::http::StatusCode;
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer};
 use openmail_webhooks::websocket::Status;

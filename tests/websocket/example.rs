@@ -12,11 +12,11 @@ use std::time::Duration;
 use crate::both_channels;
 use crate::both_channels::{Lines, Settings};
 use crate::websocket_support::harness::Statuses;
-use crate::websocket_support::webhook::{Sender, SECRET};
-use crate::websocket_support::{event, TestServer, API_KEY};
+use crate::websocket_support::webhook::{SECRET, Sender};
+use crate::websocket_support::{API_KEY, TestServer, event};
 use axum::http::StatusCode;
 use openmail_webhooks::websocket::Status;
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
@@ -37,9 +37,11 @@ fn the_environment_is_read_per_the_contract() {
     let plain = settings(&[("OPENMAIL_WEBHOOK_SECRET", SECRET)]).unwrap();
     assert_eq!((plain.port, plain.api_key.as_deref()), (3000, None));
     let quiet: both_channels::Statuses = Arc::new(|_| {});
-    assert!(both_channels::websocket_client(&plain, Arc::clone(&quiet))
-        .unwrap()
-        .is_none());
+    assert!(
+        both_channels::websocket_client(&plain, Arc::clone(&quiet))
+            .unwrap()
+            .is_none()
+    );
 
     let insecure = settings(&[
         ("OPENMAIL_WEBHOOK_SECRET", SECRET),

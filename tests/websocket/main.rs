@@ -50,6 +50,8 @@ mod with_redis {
     #[test]
     #[ignore = "needs the `redis` feature and redis-server on PATH: cargo test --features redis --test websocket with_redis::"]
     fn redis_tests_need_the_redis_feature() {
-        panic!("run with `--features redis`: cargo test --features redis --test websocket with_redis::");
+        panic!(
+            "run with `--features redis`: cargo test --features redis --test websocket with_redis::"
+        );
     }
 }

@@ -6,13 +6,13 @@
 use std::time::Duration;
 
 use crate::websocket_support::tls::TestCa;
-use crate::websocket_support::{event, AuthMethod, Ended, ServerOptions, TestServer, API_KEY};
+use crate::websocket_support::{API_KEY, AuthMethod, Ended, ServerOptions, TestServer, event};
 use futures_util::{SinkExt, StreamExt};
-use serde_json::{json, Value};
+use serde_json::{Value, json};
 use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 type Socket<S> = WebSocketStream<S>;
 
@@ -54,7 +54,7 @@ where
         match message {
             Some(Ok(Message::Text(text))) => return serde_json::from_str(&text).unwrap(),
             Some(Ok(Message::Close(frame))) => {
-                return json!({ "close": frame.map(|frame| u16::from(frame.code)) })
+                return json!({ "close": frame.map(|frame| u16::from(frame.code)) });
             }
             Some(Ok(_)) => continue,
             None | Some(Err(_)) => return json!({ "close": null }),

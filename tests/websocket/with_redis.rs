@@ -11,13 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::redis_server::RedisServer;
-use crate::websocket_support::harness::{fast_client, App, Running, Statuses};
-use crate::websocket_support::webhook::{Sender, WebhookServer, SECRET};
-use crate::websocket_support::{event, TestServer};
+use crate::websocket_support::harness::{App, Running, Statuses, fast_client};
+use crate::websocket_support::webhook::{SECRET, Sender, WebhookServer};
+use crate::websocket_support::{TestServer, event};
 use axum::http::StatusCode;
+use openmail_webhooks::VerifyOpenMailLayer;
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer, RedisStore};
 use openmail_webhooks::websocket::{GapReason, RedisResume, ResumeStore, Status};
-use openmail_webhooks::VerifyOpenMailLayer;
 use tokio::task::JoinSet;
 
 fn handled(event_id: &str) -> impl Fn(&Status) -> bool + '_ {

@@ -12,10 +12,10 @@ use axum::{Extension, Router};
 use bytes::Bytes;
 use openmail_webhooks::websocket::{Status, WebSocketClient, WebSocketError};
 use openmail_webhooks::{Channel, Delivery, Event};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
 
-use super::{TestServer, API_KEY};
+use super::{API_KEY, TestServer};
 
 /// Every status the client reported, in order.
 #[derive(Clone, Default)]
@@ -25,7 +25,7 @@ pub struct Statuses {
 }
 
 impl Statuses {
-    pub fn hook(&self) -> impl Fn(&Status) + Send + Sync + 'static {
+    pub fn hook(&self) -> impl Fn(&Status) + Send + Sync + 'static + use<> {
         let statuses = self.clone();
         move |status: &Status| {
             statuses.log.lock().unwrap().push(status.clone());

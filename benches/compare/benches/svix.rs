@@ -19,10 +19,10 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
-use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use hmac::{KeyInit, Mac};
-use openmail_webhooks::{sign, Verifier};
-use support::{label, now_timestamp, payload, ThreadCpuTime, SECRET, SIZES};
+use openmail_webhooks::{Verifier, sign};
+use support::{SECRET, SIZES, ThreadCpuTime, label, now_timestamp, payload};
 
 type HmacSha256 = hmac::Hmac<sha2::Sha256>;
 

@@ -39,11 +39,11 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::websocket::{
-    HandlerFailure, Status, Subscription, WebSocketClient, WebSocketError, DEFAULT_URL,
+    DEFAULT_URL, HandlerFailure, Status, Subscription, WebSocketClient, WebSocketError,
 };
 use openmail_webhooks::{Clock, Delivery, LogSafe, SystemClock};
 
-use crate::http::{client, parse_url, post, signed_request, HttpClient};
+use crate::http::{HttpClient, client, parse_url, post, signed_request};
 use crate::resume::FileResume;
 
 /// The help text, also printed after a usage error.
@@ -121,13 +121,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
             "--resume-file" => options.resume_file = Some(PathBuf::from(value("a path")?)),
             "--json" => return Err("--json takes no value".to_owned()),
             option if option.starts_with('-') => {
-                return Err(format!("unknown option {}", LogSafe::new(option)))
+                return Err(format!("unknown option {}", LogSafe::new(option)));
             }
             other => {
                 return Err(format!(
                     "unexpected argument {:?}: listen takes options only",
                     LogSafe::new(other)
-                ))
+                ));
             }
         }
     }
@@ -387,7 +387,7 @@ fn shown_url(url: &str) -> String {
 async fn stop_requested() {
     #[cfg(unix)]
     {
-        use tokio::signal::unix::{signal, SignalKind};
+        use tokio::signal::unix::{SignalKind, signal};
         if let Ok(mut terminate) = signal(SignalKind::terminate()) {
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => {}
@@ -526,9 +526,11 @@ mod tests {
             .unwrap();
         assert_eq!(options.inbox_ids, ["inb_a", "inb_b"]);
         assert_eq!(options.event_types, ["x"]);
-        assert!(parse(&["--inbox-id"])
-            .unwrap_err()
-            .contains("needs an inbox id"));
+        assert!(
+            parse(&["--inbox-id"])
+                .unwrap_err()
+                .contains("needs an inbox id")
+        );
         let options = parse(&["--json", "--forward-to=http://127.0.0.1:3000/webhooks"])
             .unwrap()
             .unwrap();
@@ -538,19 +540,27 @@ mod tests {
             "http://127.0.0.1:3000/webhooks"
         );
         assert_eq!(parse(&["-h"]).unwrap(), None);
-        assert!(parse(&["--forward-to"])
-            .unwrap_err()
-            .contains("needs a URL"));
-        assert!(parse(&["--forward-to", "https://x.ngrok.app/webhooks"])
-            .unwrap_err()
-            .contains("plain HTTP"));
-        assert!(parse(&["--bogus"])
-            .unwrap_err()
-            .contains("unknown option --bogus"));
+        assert!(
+            parse(&["--forward-to"])
+                .unwrap_err()
+                .contains("needs a URL")
+        );
+        assert!(
+            parse(&["--forward-to", "https://x.ngrok.app/webhooks"])
+                .unwrap_err()
+                .contains("plain HTTP")
+        );
+        assert!(
+            parse(&["--bogus"])
+                .unwrap_err()
+                .contains("unknown option --bogus")
+        );
         assert!(parse(&["--json=yes"]).unwrap_err().contains("no value"));
-        assert!(parse(&["extra"])
-            .unwrap_err()
-            .contains("unexpected argument"));
+        assert!(
+            parse(&["extra"])
+                .unwrap_err()
+                .contains("unexpected argument")
+        );
     }
 
     #[test]
