@@ -315,27 +315,9 @@ impl Fields {
         let Some((head, rest)) = bytes.split_first_chunk::<19>() else {
             return Self::read_slowly(bytes);
         };
-        let [
-            y1,
-            y2,
-            y3,
-            y4,
-            b'-',
-            m1,
-            m2,
-            b'-',
-            d1,
-            d2,
-            b'T' | b't',
-            h1,
-            h2,
-            b':',
-            i1,
-            i2,
-            b':',
-            s1,
-            s2,
-        ] = *head
+        #[rustfmt::skip]
+        let [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T' | b't', h1, h2, b':', i1, i2, b':', s1, s2] =
+            *head
         else {
             return Self::read_slowly(bytes);
         };
@@ -442,32 +424,9 @@ fn not_digits(word: u64) -> u64 {
 /// this accepts, [`Fields::read`] accepts too (a test holds the two together).
 #[inline]
 fn usual(text: &[u8; 24]) -> bool {
-    let [
-        y1,
-        y2,
-        y3,
-        y4,
-        b'-',
-        m1,
-        m2,
-        b'-',
-        d1,
-        d2,
-        b'T',
-        h1,
-        h2,
-        b':',
-        i1,
-        i2,
-        b':',
-        s1,
-        s2,
-        b'.',
-        f1,
-        f2,
-        f3,
-        b'Z',
-    ] = *text
+    #[rustfmt::skip]
+    let [y1, y2, y3, y4, b'-', m1, m2, b'-', d1, d2, b'T', h1, h2, b':', i1, i2, b':', s1, s2, b'.', f1, f2, f3, b'Z'] =
+        *text
     else {
         return false;
     };
