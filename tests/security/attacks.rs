@@ -28,8 +28,10 @@ use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
 use openmail_webhooks::{Rejection, VerifyOpenMailLayer, sign};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::wire::read_text_response as read_response;
 
 // ---------------------------------------------------------------------------------------
 // Heap measurement: the pattern of the `hostile` tests.
@@ -115,38 +117,6 @@ fn forged_head(content_length: Option<usize>, chunked: bool) -> Vec<u8> {
 fn event_body(event_id: &str, inbox_id: &str) -> Vec<u8> {
     format!(r#"{{"event":"message.received","event_id":"{event_id}","inbox_id":"{inbox_id}"}}"#)
         .into_bytes()
-}
-
-/// Reads one response off a raw connection: its status and body. `None` when the
-/// connection closed first.
-async fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        if let Some(end) = find(&received, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
-            let status: u16 = head.get(9..12)?.parse().ok()?;
-            let length = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .and_then(|value| value.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if received.len() >= end + 4 + length {
-                let body = &received[end + 4..end + 4 + length];
-                return Some((status, String::from_utf8_lossy(body).into_owned()));
-            }
-        }
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => received.extend_from_slice(&buffer[..read]),
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
 }
 
 /// Writes `bytes` on a new connection and reads one response, within 20 s.

@@ -34,8 +34,10 @@ use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
 use openmail_webhooks::{Rejection, VerifyOpenMailLayer, sign};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::wire::read_response;
 use tower::{Layer, Service, ServiceExt};
 
 // ---------------------------------------------------------------------------------------
@@ -80,31 +82,6 @@ fn head(path: &str, secret: &str, body: &[u8], length: Option<usize>) -> Vec<u8>
          x-timestamp: {timestamp}\r\nx-signature: {signature}\r\n{length}\r\n"
     )
     .into_bytes()
-}
-
-/// Reads one HTTP/1.1 response: status, lowercase head and body. `None` if the connection
-/// closed first.
-async fn read_response(stream: &mut TcpStream) -> Option<(u16, String, Vec<u8>)> {
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        if let Some(end) = received.windows(4).position(|window| window == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
-            let status: u16 = head.get(9..12)?.parse().ok()?;
-            let length = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .and_then(|value| value.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if received.len() >= end + 4 + length {
-                return Some((status, head, received[end + 4..end + 4 + length].to_vec()));
-            }
-        }
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => received.extend_from_slice(&buffer[..read]),
-        }
-    }
 }
 
 async fn exchange(addr: SocketAddr, request: &[u8]) -> Option<(u16, String, Vec<u8>)> {

@@ -21,8 +21,10 @@ use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::{Delivery, Event, Rejection, VerifyOpenMailLayer, sign};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
+
+use crate::wire::read_text_response as read_response;
 use tower::{Layer, ServiceBuilder, ServiceExt};
 
 // ---------------------------------------------------------------------------------------
@@ -138,38 +140,6 @@ fn signed_head(signed_body: &[u8], content_length: usize, extra: &[(&str, &[u8])
     ];
     headers.extend_from_slice(extra);
     head(&headers)
-}
-
-/// Reads one response off a raw connection: its status and body. `None` when the
-/// connection closed first.
-async fn read_response(stream: &mut TcpStream) -> Option<(u16, String)> {
-    let mut received = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        if let Some(end) = find(&received, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&received[..end]).to_ascii_lowercase();
-            let status: u16 = head.get(9..12)?.parse().ok()?;
-            let length = head
-                .lines()
-                .find_map(|line| line.strip_prefix("content-length:"))
-                .and_then(|value| value.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-            if received.len() >= end + 4 + length {
-                let body = &received[end + 4..end + 4 + length];
-                return Some((status, String::from_utf8_lossy(body).into_owned()));
-            }
-        }
-        match stream.read(&mut buffer).await {
-            Ok(0) | Err(_) => return None,
-            Ok(read) => received.extend_from_slice(&buffer[..read]),
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack
-        .windows(needle.len())
-        .position(|window| window == needle)
 }
 
 /// Writes `bytes` on a new connection and reads one response.

@@ -25,3 +25,4 @@ mod receiver;
 mod attacks;
 mod boundary;
 mod hostile;
+mod wire;
