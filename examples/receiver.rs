@@ -1,9 +1,9 @@
 //! A production-shaped OpenMail webhook receiver on axum. Copy it and replace `handle`.
 //!
 //! ```text
-//! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3000 cargo run --features tokio --example receiver
+//! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3000 cargo run --example receiver
 //! OPENMAIL_WEBHOOK_SECRET=whsec_... REDIS_URL=redis://127.0.0.1:6379/ \
-//!     cargo run --example receiver --features tokio,redis
+//!     cargo run --example receiver --features redis
 //! ```
 //!
 //! Contract (other tools and tests rely on it):

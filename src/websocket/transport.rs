@@ -124,6 +124,12 @@ fn default_tls() -> Result<Arc<ClientConfig>, WebSocketError> {
     let roots = RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
     };
+    // rustls deprecates the ring provider because ring has no post-quantum key exchange.
+    // It stays: aws-lc-rs, the provider that has one, needs cmake and a much heavier C
+    // build on every machine that builds this feature, while ring needs a C compiler
+    // alone. Connections still negotiate X25519 or the NIST curves. The allow is scoped to
+    // this one call, so any other deprecation still shows.
+    #[allow(deprecated)]
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

@@ -40,6 +40,8 @@ impl TestCa {
         }
     }
 
+    // The same provider as the client (see src/websocket/transport.rs for why ring).
+    #[allow(deprecated)]
     fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         Arc::new(rustls::crypto::ring::default_provider())
     }
