@@ -656,6 +656,14 @@ mod model_check {
         }
     }
 
+    /// Every interleaving with at most `preemptions` preemptions. The races here need one
+    /// (the fire between two polls); the bound keeps each check within seconds.
+    fn check(preemptions: usize, model: impl Fn() + Send + Sync + 'static) {
+        let mut builder = loom::model::Builder::new();
+        builder.preemption_bound = Some(preemptions);
+        builder.check(model);
+    }
+
     /// A request waits until its deadline, polled once more after each wake-up, with
     /// `move_to` applied to its due time after the first poll, as bytes arriving then
     /// would.
@@ -681,7 +689,7 @@ mod model_check {
     /// move, between the move and the wait, or after; every order ends by the deadline.
     #[test]
     fn model_check_a_deadline_moved_out_is_still_woken() {
-        loom::model(|| {
+        check(3, || {
             let (model, thread) = Model::start();
             wait_out(&model, 1, 2);
             model.stop(thread);
@@ -691,9 +699,7 @@ mod model_check {
     /// Two requests, one moving its deadline out past the other's, share the timer.
     #[test]
     fn model_check_two_requests_are_each_woken_by_their_deadline() {
-        let mut builder = loom::model::Builder::new();
-        builder.preemption_bound = Some(2);
-        builder.check(|| {
+        check(2, || {
             let (model, thread) = Model::start();
             let model = Arc::new(model);
             let other = {
@@ -711,7 +717,7 @@ mod model_check {
     /// whether the timer fires it first or not.
     #[test]
     fn model_check_a_request_dropped_while_registered_leaves_nothing() {
-        loom::model(|| {
+        check(3, || {
             let (model, thread) = Model::start();
             let (_task, waker) = task();
             let mut slot = None;
@@ -725,7 +731,7 @@ mod model_check {
     /// reach the task that polled last, whichever came first.
     #[test]
     fn model_check_a_fire_racing_with_a_new_waker_reaches_the_new_task() {
-        loom::model(|| {
+        check(3, || {
             let (model, thread) = Model::start();
             let (_first, first_waker) = task();
             let (second, second_waker) = task();
