@@ -39,6 +39,7 @@ mod tenants_sqlite;
 #[allow(dead_code)]
 mod tonic_side_by_side;
 
+mod deadlines;
 mod dedup_memory;
 mod dedup_receiver;
 mod dedup_redis;
