@@ -20,7 +20,9 @@
 //! - `POST /webhooks` verifies the delivery. A verified event gets `200` with a JSON body
 //!   `{"ok":true,"event":"<type>","event_id":"<id or null>"}`.
 //! - Each handled event prints exactly one line to stdout:
-//!   `handled <event type> <event_id> inbox=<inbox_id or ->`.
+//!   `handled <event type> <event_id> inbox=<inbox_id or ->`, with `-` for an id the body
+//!   does not have. Every verified delivery is handled, even one whose body is not an
+//!   OpenMail event at all (not JSON, or no string `event`): its type is then `-`.
 //!   Nothing else goes to stdout; rejections and diagnostics go to stderr.
 //! - A rejected delivery gets `400` (or `413` when too large) with a short plain-text
 //!   reason; the precise reason is printed to stderr.
@@ -335,7 +337,8 @@ fn is_transient(error: &std::io::Error) -> bool {
 async fn handle(Extension(event): Extension<Arc<Event>>) -> Json<Value> {
     println!(
         "handled {} {} inbox={}",
-        LogSafe::new(event.event_type()),
+        // A body without a type (Event::Malformed) has the empty string as its type.
+        LogSafe::or_dash(Some(event.event_type()).filter(|kind| !kind.is_empty())),
         LogSafe::or_dash(event.event_id()),
         LogSafe::or_dash(event.inbox_id()),
     );

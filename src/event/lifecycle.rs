@@ -11,9 +11,9 @@ use std::fmt;
 use bytes::Bytes;
 use serde::{Serialize, Serializer};
 
-use super::json::Short;
 use super::time::Stamp;
 use super::{RawJson, Timestamp};
+use crate::json::Short;
 
 /// The payload shared by the four lifecycle events.
 ///

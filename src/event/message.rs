@@ -27,9 +27,9 @@ use bytes::Bytes;
 use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 
-use super::json::{Short, Span};
 use super::time::Stamp;
 use super::{Length, Mailbox, Mailboxes, Timestamp};
+use crate::json::{Decoded, Reader, Replay, Short, Span};
 
 /// The `message.received` event.
 ///
@@ -182,7 +182,7 @@ impl Serialize for MessageReceived {
 ///         "to":"inbox@openmail.sh, \"Smith, Jane\" <jane@example.com>",
 ///         "body_text":"Hi,\n\nthe invoice is attached.",
 ///         "attachments":[{"filename":"scan.png","extractionMethod":"unsupported"}]}}"#);
-/// let Event::MessageReceived(received) = Event::parse(body)? else { unreachable!() };
+/// let Event::MessageReceived(received) = Event::parse(body) else { unreachable!() };
 /// let message = &received.message;
 ///
 /// let sender = message.sender().unwrap();
@@ -191,7 +191,6 @@ impl Serialize for MessageReceived {
 /// assert_eq!(to, ["inbox@openmail.sh", "jane@example.com"]);
 /// assert_eq!(message.body_text().as_deref(), Some("Hi,\n\nthe invoice is attached."));
 /// assert!(!message.attachments().get(0).unwrap().text_extracted());
-/// # Ok::<(), openmail_webhooks::event::NotAnEvent>(())
 /// ```
 #[derive(Clone, Default)]
 #[non_exhaustive]
@@ -203,10 +202,10 @@ pub struct Message {
     pub(super) rfc_message_id: Option<Short>,
     pub(super) from: Option<Short>,
     pub(super) to: Option<Short>,
-    pub(super) cc: Few<Short, 2>,
+    pub(super) cc: List,
     pub(super) subject: Option<Short>,
     pub(super) body_text: Option<Span>,
-    pub(super) attachments: Few<AttachmentIndex, 1>,
+    pub(super) attachments: List,
     pub(super) received_at: Option<Stamp>,
 }
 
@@ -237,12 +236,14 @@ impl Message {
     }
 
     /// The copied recipients, one mailbox per entry; empty when there are none.
+    ///
+    /// Read out of the body as the iterator moves (see [`attachments`](Self::attachments)).
     pub fn cc(&self) -> impl ExactSizeIterator<Item = &str> + DoubleEndedIterator + '_ {
-        (0..self.cc.len()).map(|index| {
-            self.cc
-                .get(index)
-                .map_or("", |entry| entry.get(&self.body, &self.decoded))
-        })
+        Cc {
+            message: self,
+            walk: Walk::new(self, self.cc),
+            indices: 0..self.cc.len,
+        }
     }
 
     /// The subject line.
@@ -257,10 +258,16 @@ impl Message {
     }
 
     /// The attachments, in order; empty when there are none.
+    ///
+    /// The event counts them when it is parsed and keeps no entry per attachment: each is
+    /// read out of the body as the iterator reaches it, so an event costs the same to hold
+    /// whatever its lists (see the [event docs](crate::event#cost)). Going forwards reads
+    /// each once; [`Attachments::get`] and going backwards read from the start of the list.
     pub fn attachments(&self) -> Attachments<'_> {
         Attachments {
             message: self,
-            indices: 0..self.attachments.len(),
+            walk: Walk::new(self, self.attachments),
+            indices: 0..self.attachments.len,
         }
     }
 
@@ -347,7 +354,7 @@ impl Serialize for Message {
 
         impl Serialize for AttachmentList<'_> {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut seq = serializer.serialize_seq(Some(self.0.attachments.len()))?;
+                let mut seq = serializer.serialize_seq(Some(self.0.attachments.len))?;
                 for attachment in self.0.attachments() {
                     seq.serialize_element(&attachment)?;
                 }
@@ -380,48 +387,133 @@ impl Serialize for Message {
     }
 }
 
-/// A list that keeps its first `N` entries inline: most messages copy one or two
-/// recipients and carry one attachment, which then cost no allocation.
-#[derive(Debug, Clone)]
-pub(super) struct Few<T, const N: usize> {
-    inline: [T; N],
-    len: usize,
-    spill: Vec<T>,
+/// Where a list (`cc`, `attachments`) is in the body, and how long it is: the event keeps
+/// this much per list, not an entry per element, and reads the elements again when they
+/// are asked for.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct List {
+    /// The offset of its `[`.
+    pub(super) start: usize,
+    pub(super) len: usize,
+    /// Where the decoded text of its elements' escaped short fields starts in the
+    /// message's `decoded`: the parse appended it there in the list's order.
+    pub(super) decoded: usize,
 }
 
-impl<T: Copy + Default, const N: usize> Default for Few<T, N> {
-    fn default() -> Self {
-        Self {
-            inline: [T::default(); N],
-            len: 0,
-            spill: Vec::new(),
-        }
-    }
+/// Reads a [`List`]'s elements one after the other, and starts again from the list's
+/// start to go back.
+#[derive(Clone)]
+struct Walk<'a> {
+    list: List,
+    body: &'a [u8],
+    reader: Reader<'a>,
+    replay: Replay,
+    /// The index of the element the reader stands on.
+    next: usize,
 }
 
-impl<T: Copy, const N: usize> Few<T, N> {
-    pub(super) fn push(&mut self, value: T) {
-        match self.inline.get_mut(self.len) {
-            Some(slot) => *slot = value,
-            None => self.spill.push(value),
-        }
-        self.len = self.len.saturating_add(1);
+impl<'a> Walk<'a> {
+    fn new(message: &'a Message, list: List) -> Self {
+        let mut walk = Self {
+            list,
+            body: &message.body,
+            reader: Reader::starting_at(&message.body, list.start),
+            replay: Replay(list.decoded),
+            next: 0,
+        };
+        walk.restart();
+        walk
     }
 
-    pub(super) fn len(&self) -> usize {
-        self.len
+    fn restart(&mut self) {
+        self.reader = Reader::starting_at(self.body, self.list.start);
+        self.replay = Replay(self.list.decoded);
+        self.next = 0;
+        self.reader.eat(b'[');
     }
 
-    pub(super) fn get(&self, index: usize) -> Option<&T> {
-        if index >= self.len {
+    /// Reads element `index` with `read`, which must read exactly one element. The parse
+    /// read the same bytes without an error, so `None` (past the end, or a body that
+    /// changed) never comes from a list the parse counted.
+    fn element<T>(
+        &mut self,
+        index: usize,
+        read: impl Fn(&mut Reader<'a>, &mut Replay) -> Option<T>,
+    ) -> Option<T> {
+        if index >= self.list.len {
             return None;
         }
-        match index.checked_sub(N) {
-            None => self.inline.get(index),
-            Some(spilt) => self.spill.get(spilt),
+        if index < self.next {
+            self.restart();
         }
+        while self.next < index {
+            read(&mut self.reader, &mut self.replay)?;
+            self.reader.eat(b',');
+            self.next = self.next.saturating_add(1);
+        }
+        let element = read(&mut self.reader, &mut self.replay)?;
+        self.reader.eat(b',');
+        self.next = self.next.saturating_add(1);
+        Some(element)
     }
 }
+
+/// One `cc` entry, as the parse read it.
+fn cc_entry(reader: &mut Reader<'_>, replay: &mut Replay) -> Option<Short> {
+    if reader.peek() != Some(b'"') {
+        return None;
+    }
+    let span = reader.string().ok()?;
+    Some(replay.text(span, reader.body()))
+}
+
+/// One attachment, as the parse read it.
+fn attachment_entry(reader: &mut Reader<'_>, replay: &mut Replay) -> Option<AttachmentIndex> {
+    if reader.peek() != Some(b'{') {
+        return None;
+    }
+    let mut index = AttachmentIndex::default();
+    super::wire::read_attachment(reader, &mut index, replay).ok()?;
+    Some(index)
+}
+
+/// The iterator [`Message::cc`] returns.
+struct Cc<'a> {
+    message: &'a Message,
+    walk: Walk<'a>,
+    indices: std::ops::Range<usize>,
+}
+
+impl<'a> Cc<'a> {
+    fn at(&mut self, at: usize) -> &'a str {
+        let message = self.message;
+        self.walk
+            .element(at, cc_entry)
+            .map_or("", |entry| entry.get(&message.body, &message.decoded))
+    }
+}
+
+impl<'a> Iterator for Cc<'a> {
+    type Item = &'a str;
+
+    fn next(&mut self) -> Option<&'a str> {
+        let at = self.indices.next()?;
+        Some(self.at(at))
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.indices.size_hint()
+    }
+}
+
+impl DoubleEndedIterator for Cc<'_> {
+    fn next_back(&mut self) -> Option<Self::Item> {
+        let at = self.indices.next_back()?;
+        Some(self.at(at))
+    }
+}
+
+impl ExactSizeIterator for Cc<'_> {}
 
 /// Where one attachment's fields are; its short fields that held escapes are decoded into
 /// the message's `decoded`.
@@ -439,6 +531,7 @@ pub(super) struct AttachmentIndex {
 #[derive(Clone)]
 pub struct Attachments<'a> {
     message: &'a Message,
+    walk: Walk<'a>,
     indices: std::ops::Range<usize>,
 }
 
@@ -449,19 +542,25 @@ impl<'a> Attachments<'a> {
     }
 
     /// The attachment `index` places further on, if there is one, without moving on.
+    ///
+    /// It reads the list from its start up to that attachment.
     pub fn get(&self, index: usize) -> Option<Attachment<'a>> {
         let at = self.indices.start.checked_add(index)?;
         if at >= self.indices.end {
             return None;
         }
-        self.at(at)
+        Walk::new(self.message, self.message.attachments)
+            .element(at, attachment_entry)
+            .map(|index| Attachment {
+                message: self.message,
+                index,
+            })
     }
 
-    fn at(&self, at: usize) -> Option<Attachment<'a>> {
+    fn at(&mut self, at: usize) -> Option<Attachment<'a>> {
         let message = self.message;
-        message
-            .attachments
-            .get(at)
+        self.walk
+            .element(at, attachment_entry)
             .map(|index| Attachment { message, index })
     }
 }
@@ -503,7 +602,7 @@ impl fmt::Debug for Attachments<'_> {
 #[derive(Clone, Copy)]
 pub struct Attachment<'a> {
     message: &'a Message,
-    index: &'a AttachmentIndex,
+    index: AttachmentIndex,
 }
 
 impl<'a> Attachment<'a> {

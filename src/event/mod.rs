@@ -34,7 +34,7 @@
 //! | `message.received` | [`Event::MessageReceived`] | [`MessageReceived`], with a [`Message`] and its [`Attachment`]s |
 //! | `inbox.suspended`, `inbox.reactivated`, `pod.suspended`, `pod.reactivated` | one variant each | [`Lifecycle`], with a [`Reason`] |
 //! | anything else, such as the dashboard's test event | [`Event::Unknown`] | [`UnknownEvent`]: the type and the raw JSON |
-//! | a documented type whose fields don't fit | [`Event::Malformed`] | [`MalformedEvent`]: the raw JSON and what didn't fit |
+//! | a documented type whose fields don't fit, or no string `event` at all (not JSON, not an object) | [`Event::Malformed`] | [`MalformedEvent`]: the raw bytes and what didn't fit |
 //!
 //! Fields are read through methods. Ids, addresses and the subject are `&str`; the two
 //! texts that can be large, [`Message::body_text`] and [`Attachment::parsed_text`], are
@@ -47,25 +47,43 @@
 //!
 //! # A verified delivery is never lost
 //!
-//! [`Event::parse`] fails only when the body is not an OpenMail event at all; the layer
-//! answers that with `400`. That is, when the body is not strict JSON, not an object, has
-//! no string `event` field, or names `event`, `event_id`, `inbox_id` or `pod_id` twice
-//! (see [Duplicate keys](#duplicate-keys)). Everything else reaches the handler: every
-//! field but `event` and `event_id` is optional, unknown fields are ignored, and a known
-//! type whose fields don't fit (a number where a string belongs, a malformed timestamp, a
-//! missing `event_id`) arrives as [`Event::Malformed`] with the bytes intact. The
-//! accessors on [`Event`] read the envelope from whichever variant arrived, so
-//! deduplication on [`event_id`](Event::event_id) and routing on
-//! [`inbox_id`](Event::inbox_id) work for all of them.
+//! Once a delivery's signature verifies, its event reaches the handler: [`Event::parse`]
+//! cannot fail. Every field but `event` and `event_id` is optional and unknown fields are
+//! ignored. What the model cannot read arrives as [`Event::Malformed`] with the verified
+//! bytes intact and a reason: a known type whose fields don't fit (a number where a string
+//! belongs, a malformed timestamp, a missing `event_id`), and a body that names no type at
+//! all, which is not JSON, not an object, or has no string `event`. Such a body's
+//! [`event_type`](Event::event_type) is the empty string. The accessors on [`Event`] read
+//! the envelope from whichever variant arrived, so deduplication on
+//! [`event_id`](Event::event_id) and routing on [`inbox_id`](Event::inbox_id) work for all
+//! of them. The layer never answers a verified delivery with a `4xx`: OpenMail would
+//! retry it and then mark it failed, and the mail would be lost to the agent. The
+//! WebSocket client hands its events on by the same rule.
 //!
-//! # Strict JSON
+//! # JSON, and lone surrogates
 //!
 //! The parse checks the whole body, the fields the model reads and every other, as
 //! `serde_json` checks a body it reads into a `serde_json::Value`: UTF-8 throughout,
-//! escapes that decode (a `\u` surrogate must be half of a pair), numbers whose value
-//! fits an `f64` (`1e999` does not), no trailing commas or characters, and at most 127
-//! levels of nesting. So a body the parse accepts is one any JSON library reads the same
-//! way, and [`UnknownEvent::json`] and [`MalformedEvent::json`] do not fail on it.
+//! escapes that decode, numbers whose value fits an `f64` (`1e999` does not), no trailing
+//! commas or characters, and at most 127 levels of nesting. A body that fails this is not
+//! JSON, and arrives as [`Event::Malformed`] without a type.
+//!
+//! One thing `serde_json` refuses is accepted: a `\u` escape of a lone surrogate, half of
+//! a UTF-16 pair without the other half. JavaScript's `JSON.stringify`, which writes
+//! OpenMail's events, writes one when a text was cut inside an emoji (`"… \ud83d"`).
+//! - In every text (the body, the subject, an attachment's `parsedText`, addresses, an
+//!   unknown event's fields through [`json`](UnknownEvent::json)), it reads as U+FFFD,
+//!   as JavaScript's and WHATWG's decoders read it.
+//! - In an identifier, `event_id` and `inbox_id`, it keeps its escape: `evt_\ud800` reads
+//!   as the eleven characters `evt_\ud800`, so that `evt_\ud800` and `evt_\udc00` stay two
+//!   events, as they are to OpenMail, where U+FFFD would make them one. Only an id that
+//!   spells that escape with a literal backslash (`"evt_\\ud800"` in JSON) reads the
+//!   same; OpenMail's ids are ASCII letters, digits and `_`.
+//!   [`Claim`](crate::protocol::Claim), which reads the same two ids before the signature
+//!   is checked, reads them the same way.
+//!
+//! [`UnknownEvent::json`] and [`MalformedEvent::json`] do not fail: a lone surrogate reads
+//! as U+FFFD there too, and a body that is not JSON is the string of its text.
 //!
 //! # Duplicate keys
 //!
@@ -74,10 +92,13 @@
 //! after their escapes are decoded.
 //!
 //! - **`event`, `event_id`, `inbox_id` or `pod_id` twice at the top level**, whatever the
-//!   values (`null` included): the body is not an event, answered `400`. These name the
-//!   event's type, deduplicate it, route it and scope it to a tenant;
-//!   [`Claim`](crate::protocol::Claim), which reads them before the signature is checked,
-//!   refuses the same duplicates.
+//!   values (`null` included): the envelope cannot be read. The event arrives as
+//!   [`Malformed`](Event::Malformed) without a type, an `event_id` or an `inbox_id`
+//!   (so deduplication does not key it), and its [`error`](MalformedEvent::error) says
+//!   which field was named twice. These fields name the event's type, deduplicate it,
+//!   route it and scope it to a tenant; [`Claim`](crate::protocol::Claim), which reads
+//!   them before the signature is checked, cannot be read either, and with per-inbox
+//!   secrets such a body verifies only under the account's secret.
 //! - **Any other field the model reads for the event's type, twice** (`occurred_at`,
 //!   `attempt`, `message`, or `body_text` inside `message`, …): the event is
 //!   [`Malformed`](Event::Malformed), and its [`error`](MalformedEvent::error) says
@@ -90,7 +111,9 @@
 //!
 //! The parse reads the body once, front to back, skipping plain string bytes eight at a
 //! time as `serde_json`'s own skim does, and records where each field the model reads
-//! is: one word per field. Timestamps are checked, and their instant computed when one
+//! is: one word per field. The lists, `cc` and `attachments`, are counted, and their
+//! elements read out of the body again when they are listed, so the index is the same
+//! size whatever their length. Timestamps are checked, and their instant computed when one
 //! is read; a short field is copied only when its JSON holds escapes. The large texts, `body_text` and each
 //! attachment's `parsedText`, stay where they are in the verified body, which the event
 //! holds once (one reference-counted handle, no copy). [`Message::body_text`] and
@@ -102,18 +125,26 @@
 //! the same bytes, which checks the syntax and builds nothing: the parse takes 1.14 to
 //! 1.29 times the skim's CPU time from 1 KiB to 1 MiB, and executes 0.97 to 1.12 times
 //! its instructions (its header has the table). `tests/memory.rs` counts the heap: with the
-//! parse on, a request holds its body plus at most 2 KiB. The event sits behind an `Arc`,
-//! so axum's `Extension`, which clones on every extraction, copies nothing.
+//! parse on, a request holds its body plus at most 2 KiB, and so does an event held after
+//! it, however long its lists or however often it repeats a field. What a held event adds
+//! beyond that is the decoded copy of each short field whose JSON holds escapes (ids,
+//! addresses, the subject, an attachment's file name): never longer than the escaped
+//! text itself, so in all the event holds at most twice its body plus 2 KiB. The event
+//! sits behind an `Arc`, so axum's `Extension`, which clones on every extraction, copies
+//! nothing.
 //!
 //! # Equality and serialisation
 //!
 //! [`Event`] serialises to OpenMail's wire shape (snake_case, camelCase attachment keys,
-//! timestamps as received); an unknown or malformed event serialises as its original JSON,
-//! through a `serde_json::Value`. Parsing that output again gives an equal [`Event`]:
-//! equality compares content, never the raw bytes' formatting. One exception: a number in
-//! an unknown or malformed event that a `Value` cannot hold exactly (an integer past 64
-//! bits, a float with more digits than an `f64` keeps) may come back as a neighbouring
-//! `f64`, as it would through any `serde_json::Value`.
+//! timestamps as received); an unknown or malformed event serialises as its
+//! [`json`](MalformedEvent::json), the original JSON through a `serde_json::Value`, or the
+//! string of its text when it is not JSON. Serialising cannot fail. Parsing that output
+//! again gives an equal [`Event`]: equality compares content, never the raw bytes'
+//! formatting. The exceptions: a number in an unknown or malformed event that a `Value`
+//! cannot hold exactly (an integer past 64 bits, a float with more digits than an `f64`
+//! keeps) may come back as a neighbouring `f64`, as it would through any
+//! `serde_json::Value`; a lone surrogate comes back as U+FFFD; and a body whose
+//! envelope names a field twice comes back with the last of each.
 //!
 //! # Why there is no `axum` feature
 //!
@@ -199,7 +230,6 @@ macro_rules! string_enum {
 
 mod address;
 mod fallback;
-mod json;
 mod lifecycle;
 mod message;
 mod time;
@@ -225,12 +255,11 @@ pub use time::{Timestamp, TimestampError};
 /// let body = Bytes::from_static(br#"{"event":"inbox.suspended","event_id":"evt_def456",
 ///     "occurred_at":"2024-03-21T10:05:00.000Z","inbox_id":"inb_92ma",
 ///     "inbox_address":"agent@yourdomain.com","pod_id":"pod_abc","reason":"high_bounce_rate"}"#);
-/// let event = Event::parse(body)?;
+/// let event = Event::parse(body);
 /// assert_eq!(event.event_type(), "inbox.suspended");
 /// assert_eq!(event.inbox_id(), Some("inb_92ma"));
 /// let Event::InboxSuspended(suspended) = &event else { unreachable!() };
 /// assert_eq!(suspended.reason(), Some(openmail_webhooks::event::Reason::HighBounceRate));
-/// # Ok::<(), openmail_webhooks::event::NotAnEvent>(())
 /// ```
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -250,27 +279,31 @@ pub enum Event {
     PodReactivated(Lifecycle),
     /// A type the crate does not model, such as the dashboard's test event, kept whole.
     Unknown(UnknownEvent),
-    /// A documented type whose fields don't fit the model, kept whole with the reason.
+    /// A verified body the model cannot read, kept whole with the reason: a documented type
+    /// whose fields don't fit, or a body with no string `event` (not JSON, not an object).
     Malformed(MalformedEvent),
 }
 
 impl Event {
-    /// Parses a verified body.
+    /// Parses a verified body. It cannot fail: what the model cannot read is
+    /// [`Event::Malformed`] (see [A verified delivery is never lost](crate::event#a-verified-delivery-is-never-lost)).
     ///
-    /// The whole body is checked as strict JSON, as `serde_json` would read it into a
-    /// `Value`, in the fields the model reads and in all others: UTF-8 throughout, escapes
-    /// that decode, numbers that fit an `f64`, at most 127 levels of nesting. Fails when
-    /// it is not such JSON, not an object, has no string `event` field, or names `event`,
-    /// `event_id`, `inbox_id` or `pod_id` twice at the top level; and for a body over 2 GiB,
-    /// beyond what the index can address (the layer's default limit is 4 MiB).
+    /// The whole body is checked as JSON, as `serde_json` would read it into a `Value`,
+    /// in the fields the model reads and in all others (UTF-8 throughout, escapes that
+    /// decode, numbers that fit an `f64`, at most 127 levels of nesting), except that a
+    /// lone surrogate escape is allowed. A body that is not such JSON, not an object, has
+    /// no string `event` field, names `event`, `event_id`, `inbox_id` or `pod_id` twice at
+    /// the top level, or is over 2 GiB (beyond what the index can address; the layer's
+    /// default limit is 4 MiB) is malformed.
     ///
     /// Short fields are decoded here; the large texts stay in the body until they are read
     /// (see [`Message::body_text`]).
-    pub fn parse(body: Bytes) -> Result<Self, NotAnEvent> {
+    pub fn parse(body: Bytes) -> Self {
         wire::parse(body)
     }
 
-    /// The `event` field, such as `message.received`.
+    /// The `event` field, such as `message.received`; the empty string when the body has
+    /// no string `event` (it is then [`Event::Malformed`]).
     pub fn event_type(&self) -> &str {
         match self {
             Self::MessageReceived(_) => "message.received",
@@ -361,8 +394,8 @@ impl Event {
 }
 
 impl Serialize for Event {
-    /// Writes OpenMail's wire shape; an unknown or malformed event writes its original
-    /// JSON.
+    /// Writes OpenMail's wire shape; an unknown or malformed event writes its
+    /// [`json`](MalformedEvent::json). It fails only where the serializer does.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         #[derive(Serialize)]
         struct Tagged<'a, T> {
@@ -378,14 +411,8 @@ impl Serialize for Event {
             | Self::InboxReactivated(payload)
             | Self::PodSuspended(payload)
             | Self::PodReactivated(payload) => Tagged { event, payload }.serialize(serializer),
-            Self::Unknown(unknown) => unknown
-                .json()
-                .map_err(serde::ser::Error::custom)?
-                .serialize(serializer),
-            Self::Malformed(malformed) => malformed
-                .json()
-                .map_err(serde::ser::Error::custom)?
-                .serialize(serializer),
+            Self::Unknown(unknown) => unknown.json().serialize(serializer),
+            Self::Malformed(malformed) => malformed.json().serialize(serializer),
         }
     }
 }
@@ -409,22 +436,3 @@ impl fmt::Debug for Length<'_> {
         write!(f, "<{} bytes>", self.0.len())
     }
 }
-
-/// A verified body that is not an OpenMail event: not JSON, not an object, or without a
-/// string `event` field.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NotAnEvent {
-    detail: String,
-}
-
-impl fmt::Display for NotAnEvent {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "the verified body is not a JSON object with a string `event` field: {}",
-            self.detail
-        )
-    }
-}
-
-impl std::error::Error for NotAnEvent {}

@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use serde::de::{self, Deserialize, Deserializer, Visitor};
 use serde::{Serialize, Serializer};
 
-use super::json::Short;
+use crate::json::Short;
 
 /// A validated RFC 3339 timestamp that remembers how it was written.
 ///

@@ -1,7 +1,7 @@
 //! The parse: one strict pass over the body that checks all of it and indexes the fields
 //! the model reads.
 //!
-//! [`json::Reader`](super::json::Reader) checks every byte, in the fields the model reads
+//! [`json::Reader`](crate::json::Reader) checks every byte, in the fields the model reads
 //! and in those it does not. Along the way this module records each documented field:
 //! strings as spans of the body (decoded here only when short and escaped), numbers,
 //! timestamps and codes as values, and a value of the wrong shape as a [`Misfit`] that says
@@ -36,12 +36,10 @@ use bytes::Bytes;
 use serde::de::{Error as _, Unexpected};
 
 use super::fallback::Envelope;
-use super::json::{Code, MAX_BODY, Reader, Short, Span, Syntax, line_column};
-use super::message::AttachmentIndex;
+use super::message::{AttachmentIndex, List};
 use super::time::{Stamp, invalid};
-use super::{
-    Event, Lifecycle, MalformedEvent, Message, MessageReceived, NotAnEvent, RawJson, UnknownEvent,
-};
+use super::{Event, Lifecycle, MalformedEvent, Message, MessageReceived, RawJson, UnknownEvent};
+use crate::json::{Decoded, MAX_BODY, Reader, Short, Span, Syntax, line_column};
 
 /// The documented event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +138,12 @@ impl Seen {
 #[derive(Default)]
 struct Top {
     seen: Seen,
+    /// The first misfit of each field, in the body's order: at most one entry per field,
+    /// however often a body repeats one.
     misfits: Vec<(TopField, Misfit)>,
+    /// The first envelope field (`event`, `event_id`, `inbox_id`, `pod_id`) named twice:
+    /// the envelope cannot be read.
+    ambiguous: Option<(TopField, Misfit)>,
     event: Option<Span>,
     kind: Option<Kind>,
     event_id: Option<Short>,
@@ -159,46 +162,41 @@ struct Top {
 }
 
 /// Parses a verified body; see [`Event::parse`].
-pub(super) fn parse(body: Bytes) -> Result<Event, NotAnEvent> {
+pub(super) fn parse(body: Bytes) -> Event {
     if body.len() > MAX_BODY {
-        return Err(NotAnEvent {
-            detail: format!(
-                "{} bytes is more than the {MAX_BODY} an event can index",
-                body.len()
-            ),
-        });
+        let error = format!(
+            "the body is {} bytes long, more than the {MAX_BODY} an event can index",
+            body.len()
+        );
+        return unreadable(body, None, error);
+    }
+    let mut reader = Reader::new(&body);
+    if reader.peek() != Some(b'{') {
+        let error = match reader.skip().and_then(|()| reader.end()) {
+            Ok(()) => "the body is JSON, but not an object".to_owned(),
+            Err(syntax) => not_json(&body, syntax),
+        };
+        return unreadable(body, None, error);
     }
     let mut top = Top::default();
-    if let Err(syntax) = read(&body, &mut top) {
-        let (line, column) = line_column(&body, syntax.at);
-        return Err(NotAnEvent {
-            detail: format!(
-                "{} at line {line} column {}",
-                syntax.code,
-                column.saturating_add(1)
-            ),
-        });
+    let read = reader
+        .object(|reader, key| top.member(reader, key, &body))
+        .and_then(|()| reader.end());
+    if let Err(syntax) = read {
+        let error = not_json(&body, syntax);
+        return unreadable(body, None, error);
     }
-    Ok(assemble(&mut top, body))
+    assemble(&mut top, body)
 }
 
-fn read(body: &Bytes, top: &mut Top) -> Result<(), Syntax> {
-    let mut reader = Reader::new(body);
-    if reader.peek() != Some(b'{') {
-        reader.skip()?;
-        return Err(Syntax {
-            code: Code::NotAnObject,
-            at: 0,
-        });
-    }
-    reader.object(|reader, key| top.member(reader, key, body))?;
-    if top.event.is_none() {
-        return Err(Syntax {
-            code: Code::MissingEvent,
-            at: reader.at(),
-        });
-    }
-    reader.end()
+#[cold]
+fn not_json(body: &[u8], syntax: Syntax) -> String {
+    let (line, column) = line_column(body, syntax.at);
+    format!(
+        "the body is not JSON: {} at line {line} column {}",
+        syntax.code,
+        column.saturating_add(1)
+    )
 }
 
 /// Looks a key up, decoding it first only if it holds escapes.
@@ -217,6 +215,13 @@ fn lookup_decoded<T>(key: Span, body: &[u8], of: fn(&[u8]) -> Option<T>) -> Opti
 }
 
 impl Top {
+    /// Keeps the first misfit of each field.
+    fn note(&mut self, field: TopField, misfit: Misfit) {
+        if !self.misfits.iter().any(|(noted, _)| *noted == field) {
+            self.misfits.push((field, misfit));
+        }
+    }
+
     fn member(&mut self, reader: &mut Reader<'_>, key: Span, body: &Bytes) -> Result<(), Syntax> {
         let Some(field) = lookup(key, body, TopField::of) else {
             return reader.skip();
@@ -227,19 +232,16 @@ impl Top {
         let mut misfit = None;
         match field {
             TopField::Event => {
-                if reader.peek() != Some(b'"') {
-                    reader.skip()?;
-                    return Err(Syntax {
-                        code: Code::EventNotAString,
-                        at: key.after(),
-                    });
+                if reader.peek() == Some(b'"') {
+                    let event = reader.string()?;
+                    self.kind = lookup(event, body, Kind::of);
+                    self.event = Some(event);
+                } else {
+                    report(&mut misfit, unexpected(reader, "a string")?);
                 }
-                let event = reader.string()?;
-                self.kind = lookup(event, body, Kind::of);
-                self.event = Some(event);
             }
-            TopField::EventId => short(reader, &mut self.event_id, &mut self.decoded, &mut misfit)?,
-            TopField::InboxId => short(reader, &mut self.inbox_id, &mut self.decoded, &mut misfit)?,
+            TopField::EventId => id(reader, &mut self.event_id, &mut self.decoded, &mut misfit)?,
+            TopField::InboxId => id(reader, &mut self.inbox_id, &mut self.decoded, &mut misfit)?,
             TopField::PodId => short(reader, &mut self.pod_id, &mut self.decoded, &mut misfit)?,
             TopField::OccurredAt => {
                 timestamp(
@@ -299,25 +301,25 @@ impl Top {
             TopField::Message => reader.skip()?,
         }
         if let Some(misfit) = misfit {
-            self.misfits.push((field, misfit));
+            self.note(field, misfit);
         }
         Ok(())
     }
 
-    /// A field seen a second time: an envelope field refuses the body; any other is a
-    /// misfit and loses its value.
+    /// A field seen a second time: an envelope field makes the envelope unreadable; any
+    /// other is a misfit and loses its value.
     #[cold]
     fn again(&mut self, reader: &mut Reader<'_>, field: TopField, key: Span) -> Result<(), Syntax> {
+        reader.skip()?;
         if matches!(
             field,
             TopField::Event | TopField::EventId | TopField::InboxId | TopField::PodId
         ) {
-            return Err(Syntax {
-                code: Code::DuplicateField(field.name()),
-                at: key.after(),
-            });
+            if self.ambiguous.is_none() {
+                self.ambiguous = Some((field, Misfit::duplicate(field.name(), key)));
+            }
+            return Ok(());
         }
-        reader.skip()?;
         match field {
             TopField::OccurredAt => self.occurred_at = None,
             TopField::DeliveredAt => self.delivered_at = None,
@@ -329,8 +331,7 @@ impl Top {
             TopField::Reason => self.reason = None,
             TopField::Event | TopField::EventId | TopField::InboxId | TopField::PodId => {}
         }
-        self.misfits
-            .push((field, Misfit::duplicate(field.name(), key)));
+        self.note(field, Misfit::duplicate(field.name(), key));
         Ok(())
     }
 }
@@ -339,13 +340,33 @@ impl Top {
 fn short(
     reader: &mut Reader<'_>,
     into: &mut Option<Short>,
+    decoded: &mut impl Decoded,
+    misfit: &mut Option<Misfit>,
+) -> Result<(), Syntax> {
+    match reader.peek() {
+        Some(b'"') => {
+            let span = reader.string()?;
+            *into = Some(decoded.text(span, reader.body()));
+        }
+        Some(b'n') => reader.literal(b"null")?,
+        _ => report(misfit, unexpected(reader, "a string")?),
+    }
+    Ok(())
+}
+
+/// An identifier: as [`short`], but a lone surrogate keeps its escape (see [`Short::id`]).
+/// `protocol::Claim` reads `event_id` and `inbox_id` the same way.
+#[inline]
+fn id(
+    reader: &mut Reader<'_>,
+    into: &mut Option<Short>,
     decoded: &mut String,
     misfit: &mut Option<Misfit>,
 ) -> Result<(), Syntax> {
     match reader.peek() {
         Some(b'"') => {
             let span = reader.string()?;
-            *into = Some(Short::new(span, reader.body(), decoded));
+            *into = Some(Short::id(span, reader.body(), decoded));
         }
         Some(b'n') => reader.literal(b"null")?,
         _ => report(misfit, unexpected(reader, "a string")?),
@@ -405,13 +426,13 @@ fn timestamp(
 fn code(
     reader: &mut Reader<'_>,
     into: &mut Option<Short>,
-    decoded: &mut String,
+    decoded: &mut impl Decoded,
     misfit: &mut Option<Misfit>,
 ) -> Result<(), Syntax> {
     match reader.peek() {
         Some(b'"') => {
             let span = reader.string()?;
-            *into = Some(Short::new(span, reader.body(), decoded));
+            *into = Some(decoded.text(span, reader.body()));
         }
         Some(b'n') => reader.literal(b"null")?,
         _ => report(misfit, unexpected(reader, "a string code")?),
@@ -566,19 +587,32 @@ fn read_message(
             MessageField::ReceivedAt => {
                 timestamp(reader, &mut message.received_at, decoded, misfit)
             }
+            // A list is counted and its place kept; its elements are read again when they
+            // are asked for (`message::Walk`), in the same order, so what they decode goes
+            // into `decoded` in that order.
             MessageField::Cc => match reader.peek() {
-                Some(b'[') => reader.array(|reader| {
-                    if misfit.is_some() {
-                        return reader.skip();
-                    }
-                    if reader.peek() == Some(b'"') {
-                        let span = reader.string()?;
-                        message.cc.push(Short::new(span, body, decoded));
-                    } else {
-                        *misfit = Some(unexpected(reader, "a string")?);
-                    }
+                Some(b'[') => {
+                    let mut list = List {
+                        start: reader.at(),
+                        len: 0,
+                        decoded: decoded.len(),
+                    };
+                    reader.array(|reader| {
+                        if misfit.is_some() {
+                            return reader.skip();
+                        }
+                        if reader.peek() == Some(b'"') {
+                            let span = reader.string()?;
+                            Short::new(span, body, decoded);
+                            list.len = list.len.saturating_add(1);
+                        } else {
+                            *misfit = Some(unexpected(reader, "a string")?);
+                        }
+                        Ok(())
+                    })?;
+                    message.cc = list;
                     Ok(())
-                }),
+                }
                 Some(b'n') => reader.literal(b"null"),
                 _ => {
                     *misfit = Some(unexpected(reader, "a sequence")?);
@@ -586,19 +620,28 @@ fn read_message(
                 }
             },
             MessageField::Attachments => match reader.peek() {
-                Some(b'[') => reader.array(|reader| {
-                    if misfit.is_some() {
-                        return reader.skip();
-                    }
-                    if reader.peek() != Some(b'{') {
-                        *misfit = Some(unexpected(reader, "struct Attachment")?);
-                        return Ok(());
-                    }
-                    let mut attachment = AttachmentIndex::default();
-                    read_attachment(reader, &mut attachment, &mut message.decoded, body, misfit)?;
-                    message.attachments.push(attachment);
+                Some(b'[') => {
+                    let mut list = List {
+                        start: reader.at(),
+                        len: 0,
+                        decoded: decoded.len(),
+                    };
+                    reader.array(|reader| {
+                        if misfit.is_some() {
+                            return reader.skip();
+                        }
+                        if reader.peek() != Some(b'{') {
+                            *misfit = Some(unexpected(reader, "struct Attachment")?);
+                            return Ok(());
+                        }
+                        let mut attachment = AttachmentIndex::default();
+                        attachment_fields(reader, &mut attachment, decoded, misfit)?;
+                        list.len = list.len.saturating_add(1);
+                        Ok(())
+                    })?;
+                    message.attachments = list;
                     Ok(())
-                }),
+                }
                 Some(b'n') => reader.literal(b"null"),
                 _ => {
                     *misfit = Some(unexpected(reader, "a sequence")?);
@@ -609,13 +652,23 @@ fn read_message(
     })
 }
 
-fn read_attachment(
+/// Reads one attachment again, for [`Message::attachments`]: the parse read it before,
+/// without a misfit.
+pub(super) fn read_attachment(
     reader: &mut Reader<'_>,
     attachment: &mut AttachmentIndex,
-    decoded: &mut String,
-    body: &Bytes,
+    decoded: &mut impl Decoded,
+) -> Result<(), Syntax> {
+    attachment_fields(reader, attachment, decoded, &mut None)
+}
+
+fn attachment_fields(
+    reader: &mut Reader<'_>,
+    attachment: &mut AttachmentIndex,
+    decoded: &mut impl Decoded,
     misfit: &mut Option<Misfit>,
 ) -> Result<(), Syntax> {
+    let body = reader.body();
     let mut seen = Seen::default();
     reader.object(|reader, key| {
         if misfit.is_some() {
@@ -723,6 +776,26 @@ fields! {
 
 /// Builds the event once the whole body has been read.
 fn assemble(top: &mut Top, body: Bytes) -> Event {
+    if let Some((field, misfit)) = top.ambiguous.take() {
+        let error = format!(
+            "{}: the body names its `{}` twice, and JSON readers differ on which counts, so \
+             its envelope (type, event_id, inbox_id) is not read",
+            misfit.render(&body),
+            field.name()
+        );
+        return unreadable(body, Some(field.name()), error);
+    }
+    if top.event.is_none() {
+        let error = match top
+            .misfits
+            .iter()
+            .find(|(field, _)| *field == TopField::Event)
+        {
+            Some((_, misfit)) => format!("`event` is not a string: {}", misfit.render(&body)),
+            None => "the body has no `event` field".to_owned(),
+        };
+        return malformed(top, body, "event", error);
+    }
     let Some(kind) = top.kind else {
         return Event::Unknown(UnknownEvent {
             envelope: envelope_of(top, body),
@@ -785,10 +858,28 @@ fn malformed(top: &mut Top, body: Bytes, field: &'static str, error: String) -> 
     })
 }
 
+/// A body whose envelope cannot be read: not JSON, not an object, or naming an envelope
+/// field twice. It has no type (the empty string), no ids and no time, as
+/// `protocol::Claim` has none for it.
+#[cold]
+fn unreadable(body: Bytes, field: Option<&'static str>, error: String) -> Event {
+    Event::Malformed(MalformedEvent {
+        envelope: Envelope {
+            event_type: Short::default(),
+            event_id: None,
+            inbox_id: None,
+            occurred_at: None,
+            decoded: String::new(),
+            raw: RawJson(body),
+        },
+        field,
+        error,
+    })
+}
+
 /// The envelope of an event the model does not type: the usable fields, leniently.
 fn envelope_of(top: &mut Top, body: Bytes) -> Envelope {
-    // `read` refuses a body without `event`, so it is there; were it not, the type would
-    // read as the empty string.
+    // Without a string `event`, the type reads as the empty string.
     let event = top.event.unwrap_or(Span::EMPTY);
     let event_type = Short::new(event, &body, &mut top.decoded);
     Envelope {

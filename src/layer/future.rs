@@ -84,7 +84,8 @@ struct Read<S> {
     parts: Parts,
     head: SignedHead,
     body: Bytes,
-    claim: Claim,
+    /// `None` when the body's claim cannot be read: it then names no inbox.
+    claim: Option<Claim>,
     tenant: Tenant,
     resolver: Arc<dyn SecretResolver>,
     refreshed: bool,
@@ -293,7 +294,10 @@ impl<S> Reading<S> {
 
     /// The body has ended: one verification path for every source of secrets. With static
     /// secrets, check the MAC over the buffered body and build the inner request; with a
-    /// resolver, read the claim, route it and start the lookup.
+    /// resolver, read the claim, route it and start the lookup. A claim that cannot be
+    /// read, or names an inbox too long to be one, is routed as naming no inbox (the
+    /// account, with the default routing): it is refused only if no secret the resolver
+    /// returns for that route verifies it, with the same work and answer as any forgery.
     fn finish(self) -> Result<Next<S>, Refusal> {
         let Self {
             parts,
@@ -326,17 +330,12 @@ impl<S> Reading<S> {
             }
             SecretSource::Resolver(resolver) => Arc::clone(resolver),
         };
-        let claim = match Claim::read(&body) {
-            Ok(claim) => claim,
-            Err(error) => {
-                head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
-                return Err((
-                    Rejection::Verify(VerifyError::ClaimUnreadable(error)),
-                    config,
-                ));
-            }
-        };
-        let tenant = resolver.route(&TenantRequest::new(&parts, claim.inbox_id()));
+        let claim = Claim::read(&body).ok();
+        let claimed = claim
+            .as_ref()
+            .and_then(Claim::inbox_id)
+            .filter(|inbox| inbox.len() <= MAX_CLAIMED_ID_LEN);
+        let tenant = resolver.route(&TenantRequest::new(&parts, claimed));
         if matches!(&tenant, Tenant::Inbox(inbox) if inbox.len() > MAX_CLAIMED_ID_LEN) {
             head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
             return Err((Rejection::UnknownTenant { tenant }, config));
@@ -388,7 +387,7 @@ impl<S> Read<S> {
             &self.head,
             timestamp_of(&self.parts),
             &self.body,
-            &self.claim,
+            self.claim.as_ref().and_then(Claim::inbox_id),
         ) {
             Ok(verified) => {
                 self.resolver.verified(&self.tenant);
@@ -401,7 +400,7 @@ impl<S> Read<S> {
                     config,
                     ..
                 } = self;
-                accept(parts, verified, scope, body, Some(claim), inner, config)
+                accept(parts, verified, scope, body, claim, inner, config)
             }
             Err(error) => {
                 if !self.refreshed {
@@ -429,6 +428,8 @@ fn timestamp_of(parts: &Parts) -> &[u8] {
 }
 
 /// The delivery verified: parse the event and build the request the inner service gets.
+/// Nothing about the body's content refuses it now: what the model cannot read is an
+/// [`Event::Malformed`](crate::Event::Malformed).
 fn accept<S>(
     mut parts: Parts,
     verified: Verified,
@@ -438,14 +439,9 @@ fn accept<S>(
     inner: S,
     config: Arc<Config>,
 ) -> Result<Next<S>, Refusal> {
-    let event = if config.parse_events {
-        match Event::parse(body.clone()) {
-            Ok(event) => Some(Arc::new(event)),
-            Err(error) => return Err((Rejection::NotAnEvent(error), config)),
-        }
-    } else {
-        None
-    };
+    let event = config
+        .parse_events
+        .then(|| Arc::new(Event::parse(body.clone())));
     let event_id_header = parts.headers.get(EVENT_ID_HEADER).cloned();
     let delivery = Delivery::webhook(
         verified,

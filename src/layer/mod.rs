@@ -12,10 +12,9 @@
 //!
 //! | outcome | status |
 //! |---|---|
-//! | verified, and the body is a JSON object with a string `event` | the inner service's |
+//! | verified, whatever the body holds (see below) | the inner service's |
 //! | missing, repeated or malformed header, stale timestamp, wrong signature | `400` |
-//! | per-inbox secrets: unknown inbox, another tenant's secret, unreadable claim | `400 signature mismatch`, the same as a wrong signature |
-//! | verified body that is not an OpenMail event | `400` |
+//! | per-inbox secrets: unknown inbox, another tenant's secret, an inbox's secret on a body whose claim cannot be read | `400 signature mismatch`, the same as a wrong signature |
 //! | the body stream failed | `400` |
 //! | the body missed its deadline, or arrived slower than the minimum rate | `408` |
 //! | `Content-Length`, or the bytes streamed so far, over the limit | `413` |
@@ -23,7 +22,13 @@
 //! | per-inbox secrets: the resolver failed, too many lookups, or the lookup missed the deadline | `503` with `Retry-After` |
 //! | polled again after answering (a caller's bug) | `500` |
 //!
-//! **The rule:** no request's content ever causes a 5xx. A `503` with `Retry-After` means a
+//! **The lossless rule:** once a delivery's signature verifies, its event reaches the inner
+//! service. A body the typed model cannot read (not JSON, no string `event`, a lone
+//! surrogate escape) arrives as [`Event::Malformed`](crate::Event::Malformed) with the
+//! verified bytes, never as a `4xx`, which OpenMail would retry and then mark failed. Only
+//! what fails authentication is refused.
+//!
+//! **And:** no request's content ever causes a 5xx. A `503` with `Retry-After` means a
 //! dependency (the secret store) is down or slow, or the memory budget is full: a state of
 //! the receiver, which OpenMail's retry resolves.
 //!

@@ -7,7 +7,6 @@ use http::{HeaderValue, Response, StatusCode, header};
 use tower::BoxError;
 
 use crate::VerifyError;
-use crate::event::NotAnEvent;
 use crate::tenant::Tenant;
 
 /// The `Retry-After` of the layer's `503` answers, in seconds: OpenMail's first retry
@@ -20,14 +19,18 @@ pub const RETRY_AFTER_SECS: u64 = 30;
 /// from the request escaped and cut short ([`LogSafe`](crate::LogSafe));
 /// [`client_message`](Rejection::client_message) is the short one the client receives.
 /// Whatever decides whether a signature authenticates a body (a wrong signature, an
-/// unknown inbox, another tenant's secret, an unreadable claim) gets one answer, so a
-/// client learns nothing about tenants from it.
+/// unknown inbox, another tenant's secret) gets one answer, so a client learns nothing
+/// about tenants from it.
+///
+/// Nothing here concerns a verified body's content: once the signature verifies, the
+/// event reaches the inner service, as [`Event::Malformed`](crate::Event::Malformed) when
+/// the model cannot read it.
 #[derive(Debug)]
 #[non_exhaustive]
 pub enum Rejection {
     /// The signature check failed: a header is missing or malformed, the timestamp is
     /// outside the tolerance, the signature does not match, or (per-inbox secrets) the
-    /// claim is unreadable or the matching secret is another tenant's.
+    /// matching secret does not cover the inbox the body names.
     Verify(VerifyError),
     /// The body is larger than the limit.
     PayloadTooLarge {
@@ -55,8 +58,6 @@ pub enum Rejection {
         /// The budget, in bytes.
         budget: usize,
     },
-    /// The body verified but is not an OpenMail event.
-    NotAnEvent(NotAnEvent),
     /// Per-inbox secrets: the resolver knows no secret for the tenant the delivery names,
     /// or the id it names is too long to be one.
     UnknownTenant {
@@ -86,10 +87,9 @@ impl Rejection {
             Self::OverBudget { .. } | Self::SecretLookup(_) | Self::LookupTimeout { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
-            Self::Verify(_)
-            | Self::BodyRead(_)
-            | Self::NotAnEvent(_)
-            | Self::UnknownTenant { .. } => StatusCode::BAD_REQUEST,
+            Self::Verify(_) | Self::BodyRead(_) | Self::UnknownTenant { .. } => {
+                StatusCode::BAD_REQUEST
+            }
         }
     }
 
@@ -108,7 +108,6 @@ impl Rejection {
             Self::BodyRead(_) => "request body could not be read",
             Self::BodyTimeout { .. } => "request body timed out",
             Self::OverBudget { .. } => "busy, retry later",
-            Self::NotAnEvent(_) => "body is not an OpenMail event",
             // The same answer as any other forgery: the client learns nothing about tenants.
             Self::UnknownTenant { .. } => "signature mismatch",
             Self::SecretLookup(_) | Self::LookupTimeout { .. } => {
@@ -178,7 +177,6 @@ impl fmt::Display for Rejection {
                  503 so OpenMail retries (many slow or large uploads at once: an attack, or \
                  raise `memory_budget`)"
             ),
-            Self::NotAnEvent(error) => error.fmt(f),
             Self::UnknownTenant { tenant } => write!(
                 f,
                 "no secret is known for {tenant}; add it to the resolver, or configure an \
@@ -202,7 +200,6 @@ impl StdError for Rejection {
         match self {
             // Shown in `Display` already: their own causes come next.
             Self::Verify(error) => error.source(),
-            Self::NotAnEvent(error) => error.source(),
             Self::BodyRead(error) | Self::SecretLookup(error) => Some(&**error),
             Self::PayloadTooLarge { .. }
             | Self::BodyTimeout { .. }

@@ -1,25 +1,29 @@
-use std::borrow::Cow;
 use std::fmt;
 
-use serde::de::{self, Deserializer as _, IgnoredAny, MapAccess, Visitor};
-
 use crate::LogSafe;
+use crate::json::{Reader, Syntax, line_column};
 
-/// The longest `inbox_id` a claim may name, in bytes. OpenMail's ids are a few dozen
-/// bytes; a longer one is refused before it can key a lookup, a cache entry or a log line.
+/// The longest `inbox_id` a claim may route on, in bytes. OpenMail's ids are a few dozen
+/// bytes; a longer one never keys a lookup, a cache entry or a log line: the layer routes
+/// such a delivery as if it named no inbox, so only the account's secret can verify it.
 pub const MAX_CLAIMED_ID_LEN: usize = 255;
 
 /// What a body says about itself at its top level: its `event_id` and the `inbox_id` it
 /// belongs to, read before (or without) a full parse.
 ///
-/// Only the top-level object is visited: no tree is built, other keys are skipped, and,
-/// unless the JSON escapes them, no string is copied twice. Until the signature verifies
-/// under a secret whose [`SecretScope`](super::SecretScope) covers it, a claim is
-/// untrusted.
+/// Only the top-level object is visited: no tree is built, other values are checked and
+/// skipped, and, unless the JSON escapes them, no string is copied twice. Until the
+/// signature verifies under a secret whose [`SecretScope`](super::SecretScope) covers it, a
+/// claim is untrusted.
 ///
-/// A body whose top level is not an object, or that names `event`, `event_id`, `inbox_id`
-/// or `pod_id` more than once, has no claim one can trust: two JSON parsers may disagree on
-/// which of two duplicate keys counts. The typed event parser refuses the same bodies.
+/// A body that is not JSON, whose top level is not an object, or that names `event`,
+/// `event_id`, `inbox_id` or `pod_id` more than once, has no claim one can trust: two JSON
+/// parsers may disagree on which of two duplicate keys counts. An `event_id` or `inbox_id`
+/// that is not a string reads as absent. The claim reads the body with the event parse's
+/// own JSON reader, so the two accept the same bodies and read the same ids: where the
+/// claim cannot be read, the [`Event`](crate::Event) is malformed and has no ids either.
+/// An id holding a lone surrogate escape keeps that escape, as the event's does (see
+/// [the event docs](crate::event#json-and-lone-surrogates)).
 ///
 /// ```
 /// use openmail_webhooks::protocol::Claim;
@@ -54,23 +58,65 @@ impl fmt::Display for ClaimError {
 
 impl std::error::Error for ClaimError {}
 
+/// The envelope fields a claim checks for duplicates.
+const ENVELOPE: [&str; 4] = ["event", "event_id", "inbox_id", "pod_id"];
+
 impl Claim {
     /// Reads the claim from a body exactly as received.
     pub fn read(body: &[u8]) -> Result<Self, ClaimError> {
-        let mut deserializer = serde_json::Deserializer::from_slice(body);
-        let claim = deserializer
-            .deserialize_map(ClaimVisitor)
-            .and_then(|claim| deserializer.end().map(|()| claim))
-            .map_err(|error| ClaimError {
-                reason: error.to_string(),
-            })?;
-        if claim
-            .inbox_id
-            .as_ref()
-            .is_some_and(|inbox| inbox.len() > MAX_CLAIMED_ID_LEN)
-        {
+        let not_json = |syntax: Syntax| {
+            let (line, column) = line_column(body, syntax.at);
+            ClaimError {
+                reason: format!(
+                    "the body is not JSON: {} at line {line} column {}",
+                    syntax.code,
+                    column.saturating_add(1)
+                ),
+            }
+        };
+        let mut reader = Reader::new(body);
+        if reader.peek() != Some(b'{') {
+            reader
+                .skip()
+                .and_then(|()| reader.end())
+                .map_err(not_json)?;
             return Err(ClaimError {
-                reason: format!("inbox_id is longer than {MAX_CLAIMED_ID_LEN} bytes"),
+                reason: "the body is JSON, but not an object".to_owned(),
+            });
+        }
+        let mut claim = Claim::default();
+        let mut seen = [false; 4];
+        let mut duplicate = None;
+        reader
+            .object(|reader, key| {
+                let name = key.decode(body);
+                let Some(index) = ENVELOPE.iter().position(|field| *field == name) else {
+                    return reader.skip();
+                };
+                if seen
+                    .get_mut(index)
+                    .is_some_and(|seen| std::mem::replace(seen, true))
+                {
+                    duplicate = duplicate.or(ENVELOPE.get(index).copied());
+                    return reader.skip();
+                }
+                let slot = match index {
+                    1 => &mut claim.event_id,
+                    2 => &mut claim.inbox_id,
+                    _ => return reader.skip(),
+                };
+                if reader.peek() != Some(b'"') {
+                    return reader.skip();
+                }
+                let span = reader.string()?;
+                *slot = Some(span.decode_id(body).into_owned());
+                Ok(())
+            })
+            .and_then(|()| reader.end())
+            .map_err(not_json)?;
+        if let Some(name) = duplicate {
+            return Err(ClaimError {
+                reason: format!("the body names `{name}` twice"),
             });
         }
         Ok(claim)
@@ -84,52 +130,6 @@ impl Claim {
     /// The top-level `inbox_id`, when it is a string (`null` on pod events).
     pub fn inbox_id(&self) -> Option<&str> {
         self.inbox_id.as_deref()
-    }
-}
-
-/// Visits the top-level object only: an array, unlike with a derived `Deserialize`, is
-/// not read as a tuple of fields.
-struct ClaimVisitor;
-
-impl<'de> Visitor<'de> for ClaimVisitor {
-    type Value = Claim;
-
-    fn expecting(&self, formatter: &mut fmt::Formatter<'_>) -> fmt::Result {
-        formatter.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Claim, A::Error> {
-        let mut claim = Claim::default();
-        // event, event_id, inbox_id, pod_id
-        let mut seen = [false; 4];
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            let (index, name, slot) = match key.as_ref() {
-                "event" => (0, "event", None),
-                "event_id" => (1, "event_id", Some(&mut claim.event_id)),
-                "inbox_id" => (2, "inbox_id", Some(&mut claim.inbox_id)),
-                "pod_id" => (3, "pod_id", None),
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-            };
-            if let Some(flag) = seen.get_mut(index) {
-                if std::mem::replace(flag, true) {
-                    return Err(de::Error::duplicate_field(name));
-                }
-            }
-            match slot {
-                Some(slot) => {
-                    *slot = map
-                        .next_value::<Option<Cow<'de, str>>>()?
-                        .map(Cow::into_owned);
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
-        }
-        Ok(claim)
     }
 }
 
@@ -150,23 +150,37 @@ mod tests {
         assert_eq!(pod.inbox_id(), None);
         let escaped = Claim::read(br#"{"inbox_id":"inb_\u0041"}"#).unwrap();
         assert_eq!(escaped.inbox_id(), Some("inb_A"));
+        // Not a string: absent.
+        let mistyped = Claim::read(br#"{"inbox_id":42,"event_id":["e"]}"#).unwrap();
+        assert_eq!((mistyped.event_id(), mistyped.inbox_id()), (None, None));
+        // A long id is read; the layer does not route on it.
+        let long = format!(r#"{{"inbox_id":"{}"}}"#, "i".repeat(MAX_CLAIMED_ID_LEN + 1));
+        assert!(Claim::read(long.as_bytes()).is_ok());
     }
 
     #[test]
-    fn ambiguous_mistyped_or_oversized_claims_are_errors() {
-        let long = format!(r#"{{"inbox_id":"{}"}}"#, "i".repeat(MAX_CLAIMED_ID_LEN + 1));
-        let just_fits = format!(r#"{{"inbox_id":"{}"}}"#, "i".repeat(MAX_CLAIMED_ID_LEN));
-        assert!(Claim::read(just_fits.as_bytes()).is_ok());
+    fn lone_surrogates_keep_their_escape_in_ids_and_are_allowed_elsewhere() {
+        let claim = Claim::read(
+            br#"{"event":"x\ud800","event_id":"evt_\uD800","inbox_id":"inb_\udc00","note":"\ud83d"}"#,
+        )
+        .unwrap();
+        assert_eq!(claim.event_id(), Some(r"evt_\ud800"));
+        assert_eq!(claim.inbox_id(), Some(r"inb_\udc00"));
+    }
+
+    #[test]
+    fn ambiguous_or_unreadable_claims_are_errors() {
         for body in [
             &br#"{"inbox_id":"inb_a","inbox_id":"inb_b"}"#[..],
             br#"{"event_id":"e_F","event_id":null}"#,
             br#"{"event":"a","event":"b"}"#,
             br#"{"pod_id":"p","pod_id":"q"}"#,
-            br#"{"inbox_id":42}"#,
+            br#"{"inbox_id":"inb_a","inbox_\u0069d":"inb_b"}"#,
             br#"["inbox_id","inb_a"]"#,
             br#"{"inbox_id":"inb_a"} trailing"#,
+            br#"{"inbox_id":"inb_a","x":1e999}"#,
             b"not json",
-            long.as_bytes(),
+            b"",
         ] {
             assert!(
                 Claim::read(body).is_err(),

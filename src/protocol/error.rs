@@ -1,6 +1,6 @@
 use std::fmt;
 
-use super::{ClaimError, SecretScope};
+use super::SecretScope;
 use crate::LogSafe;
 
 /// Why a delivery failed verification.
@@ -42,15 +42,15 @@ pub enum VerifyError {
     },
     /// The signature is well-formed but matches none of the configured secrets.
     SignatureMismatch,
-    /// Per-inbox secrets: the body's top-level `event_id` or `inbox_id` cannot be read, so
-    /// the inbox it belongs to cannot be told.
-    ClaimUnreadable(ClaimError),
     /// Per-inbox secrets: the signature verified under a secret whose scope does not cover
-    /// the inbox the body names. One tenant's secret never authenticates another's events.
+    /// the inbox the body names. One tenant's secret never authenticates another's events,
+    /// nor a body that names no inbox or whose [`Claim`](super::Claim) cannot be read: only
+    /// the account's secret authenticates those.
     TenantMismatch {
         /// The scope of the secret that matched.
         scope: SecretScope,
-        /// The body's top-level `inbox_id`.
+        /// The body's top-level `inbox_id`; `None` when it names none or its claim cannot
+        /// be read.
         inbox_id: Option<String>,
     },
 }
@@ -70,9 +70,7 @@ impl VerifyError {
             Self::SignatureMalformed { .. } => "malformed X-Signature",
             // Everything that decides whether the signature authenticates the body gets the
             // same answer, so a client learns nothing about tenants from it.
-            Self::SignatureMismatch | Self::ClaimUnreadable(_) | Self::TenantMismatch { .. } => {
-                "signature mismatch"
-            }
+            Self::SignatureMismatch | Self::TenantMismatch { .. } => "signature mismatch",
         }
     }
 }
@@ -124,7 +122,15 @@ impl fmt::Display for VerifyError {
                 "X-Signature matches none of the configured secrets; check the webhook secret, \
                  and that the body reaches the verifier exactly as received",
             ),
-            Self::ClaimUnreadable(error) => error.fmt(f),
+            Self::TenantMismatch {
+                scope,
+                inbox_id: None,
+            } => write!(
+                f,
+                "the signature verified under a secret of {scope}, but the body names no inbox, \
+                 or its envelope cannot be read; only the account's secret authenticates such \
+                 a body"
+            ),
             Self::TenantMismatch { scope, inbox_id } => write!(
                 f,
                 "the signature verified under a secret of {scope}, but the body names inbox {}; \

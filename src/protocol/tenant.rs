@@ -124,14 +124,16 @@ impl TenantSecrets {
         self.entries.iter().map(|(scope, _)| scope)
     }
 
-    /// The signature check and the scope check, over a claim already read from `body`.
-    /// The one implementation behind [`Verifier::verify_tenant`] and the layer.
+    /// The signature check and the scope check, for the `inbox_id` of the claim already
+    /// read from `body` (`None` when it names none or cannot be read, which only the
+    /// account's secret covers). The one implementation behind
+    /// [`Verifier::verify_tenant`] and the layer.
     pub(crate) fn check(
         &self,
         head: &SignedHead,
         timestamp: &[u8],
         body: &[u8],
-        claim: &Claim,
+        inbox_id: Option<&str>,
     ) -> Result<TenantVerified, VerifyError> {
         let secrets = self.entries.iter().map(|(_, secret)| secret);
         let Some(index) = head.find_match(secrets, timestamp, body) else {
@@ -143,12 +145,12 @@ impl TenantSecrets {
             .get(index)
             .map(|(scope, _)| scope)
             .ok_or(VerifyError::SignatureMismatch)?;
-        if !scope.covers(claim.inbox_id()) {
+        if !scope.covers(inbox_id) {
             let tried = index.saturating_add(1);
             head.burn_macs(REFUSAL_MACS.saturating_sub(tried), timestamp, body);
             return Err(VerifyError::TenantMismatch {
                 scope: scope.clone(),
-                inbox_id: claim.inbox_id().map(str::to_owned),
+                inbox_id: inbox_id.map(str::to_owned),
             });
         }
         Ok(TenantVerified {
@@ -194,7 +196,9 @@ impl Verifier {
     /// Verifies a delivery for a multi-tenant receiver: the signature against `secrets`
     /// (looked up for the inbox the body claims, see [`Claim`]), then that the secret
     /// which matched covers the inbox the body names. Inbox A's secret never
-    /// authenticates an event naming inbox B.
+    /// authenticates an event naming inbox B. A body whose claim cannot be read (not JSON,
+    /// or naming its `inbox_id` twice) names no inbox it can be held to: only an account
+    /// secret authenticates it.
     ///
     /// This verifier's tolerance and clock apply; its own secrets are not used.
     ///
@@ -231,8 +235,9 @@ impl Verifier {
     ) -> Result<TenantVerified, VerifyError> {
         let timestamp = timestamp.as_ref();
         let head = self.check_head(timestamp, signature.as_ref())?;
-        let claim = Claim::read(body).map_err(VerifyError::ClaimUnreadable)?;
-        secrets.check(&head, timestamp, body, &claim)
+        let claim = Claim::read(body).ok();
+        let inbox_id = claim.as_ref().and_then(Claim::inbox_id);
+        secrets.check(&head, timestamp, body, inbox_id)
     }
 }
 
@@ -283,20 +288,33 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_signature_and_an_unreadable_claim_are_refused() {
-        let secrets = TenantSecrets::account(["whsec_account"]).unwrap();
+    fn a_wrong_signature_is_refused_and_an_unreadable_claim_is_the_accounts_alone() {
+        let account = TenantSecrets::account(["whsec_account"]).unwrap();
         let body = br#"{"event_id":"e","inbox_id":"inb_a"}"#;
         let wrong = sign("whsec_other", TS, body);
         assert_eq!(
-            verifier().verify_tenant(&secrets, TS, &wrong, body),
+            verifier().verify_tenant(&account, TS, &wrong, body),
             Err(VerifyError::SignatureMismatch)
         );
-        let ambiguous = br#"{"inbox_id":"inb_a","inbox_id":"inb_b"}"#;
-        let signature = sign("whsec_account", TS, ambiguous);
-        assert!(matches!(
-            verifier().verify_tenant(&secrets, TS, &signature, ambiguous),
-            Err(VerifyError::ClaimUnreadable(_))
-        ));
+        let inbox = TenantSecrets::inbox("inb_a", ["whsec_a"]).unwrap();
+        for unreadable in [
+            &br#"{"inbox_id":"inb_a","inbox_id":"inb_b"}"#[..],
+            b"not json",
+        ] {
+            let signature = sign("whsec_account", TS, unreadable);
+            let verified = verifier()
+                .verify_tenant(&account, TS, &signature, unreadable)
+                .unwrap();
+            assert_eq!(verified.scope(), &SecretScope::Account);
+            let signature = sign("whsec_a", TS, unreadable);
+            assert_eq!(
+                verifier().verify_tenant(&inbox, TS, &signature, unreadable),
+                Err(VerifyError::TenantMismatch {
+                    scope: SecretScope::Inbox("inb_a".into()),
+                    inbox_id: None
+                })
+            );
+        }
     }
 
     #[test]

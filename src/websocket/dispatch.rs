@@ -132,7 +132,7 @@ mod tests {
         let body = Bytes::from_static(
             br#"{"event":"message.received","event_id":"evt_1","inbox_id":"inb_a"}"#,
         );
-        let event = Arc::new(Event::parse(body.clone()).unwrap());
+        let event = Arc::new(Event::parse(body.clone()));
         let request = request(&Uri::from_static("/webhooks"), &event);
         assert_eq!(request.method(), Method::POST);
         assert_eq!(request.uri(), "/webhooks");

@@ -1,5 +1,11 @@
 //! The server's messages: control messages, told from events by their `type` field, and
 //! events, which have `event` and `event_id` and no `type`.
+//!
+//! Everything the server sends that is not a control message is an event, and goes to the
+//! service, as a webhook delivery whose signature verified does: a text frame that is not
+//! JSON, or an object without a string `event`, arrives as
+//! [`Event::Malformed`](crate::Event::Malformed) rather than being dropped. Only a frame that
+//! is recognisably a control message (an object with a `type`) is not an event.
 
 use std::borrow::Cow;
 
@@ -54,43 +60,30 @@ struct ControlFields {
     message: Option<Value>,
 }
 
-/// Sorts one text frame. Never fails: what is not understood is a [`Incoming::Skip`].
+/// Sorts one text frame. Never fails: a control message, a malformed control message
+/// (skipped, with a reason), or else an event, which [`Event::parse`] always gives.
 pub(crate) fn classify(text: Bytes) -> Incoming {
-    // serde reads a struct from a JSON array too; only an object is a message.
+    // serde reads a struct from a JSON array too; only an object is a control message.
     let first = text.iter().find(|byte| !byte.is_ascii_whitespace());
     if first != Some(&b'{') {
-        let detail = match first {
-            None => "empty".to_owned(),
-            Some(_) => match serde_json::from_slice::<serde::de::IgnoredAny>(&text) {
-                Ok(_) => "valid JSON, but not an object".to_owned(),
-                Err(error) => error.to_string(),
-            },
-        };
-        return Incoming::Skip(SkipReason::NotJson { detail });
+        return Incoming::Event(Event::parse(text));
     }
-    let probe: Probe<'_> = match serde_json::from_slice(&text) {
-        Ok(probe) => probe,
-        Err(error) if error.is_data() => {
-            // Valid JSON whose `type` is not a string.
-            return Incoming::Skip(SkipReason::MalformedControl {
-                kind: String::new(),
-                detail: error.to_string(),
-            });
-        }
-        Err(error) => {
-            return Incoming::Skip(SkipReason::NotJson {
-                detail: error.to_string(),
-            });
-        }
-    };
-    match probe.kind {
+    let kind =
+        match serde_json::from_slice::<Probe<'_>>(&crate::json::without_lone_surrogates(&text)) {
+            Ok(probe) => probe.kind.map(Cow::into_owned),
+            Err(error) if error.is_data() => {
+                // Valid JSON whose `type` is not a string.
+                return Incoming::Skip(SkipReason::MalformedControl {
+                    kind: String::new(),
+                    detail: error.to_string(),
+                });
+            }
+            // Not JSON: no `type` can be read, so it is not a control message.
+            Err(_) => None,
+        };
+    match kind {
         Some(kind) => control(&kind, &text),
-        None => match Event::parse(text.clone()) {
-            Ok(event) => Incoming::Event(event),
-            Err(error) => Incoming::Skip(SkipReason::NotAnEvent {
-                detail: error.to_string(),
-            }),
-        },
+        None => Incoming::Event(Event::parse(text)),
     }
 }
 
@@ -101,10 +94,11 @@ fn control(kind: &str, text: &[u8]) -> Incoming {
             detail,
         })
     };
-    let fields: ControlFields = match serde_json::from_slice(text) {
-        Ok(fields) => fields,
-        Err(error) => return malformed(error.to_string()),
-    };
+    let fields: ControlFields =
+        match serde_json::from_slice(&crate::json::without_lone_surrogates(text)) {
+            Ok(fields) => fields,
+            Err(error) => return malformed(error.to_string()),
+        };
     let list = |field: &'static str, value: Option<Value>| -> Result<Vec<String>, String> {
         match value {
             None | Some(Value::Null) => Ok(Vec::new()),
@@ -216,26 +210,44 @@ mod tests {
     }
 
     #[test]
-    fn what_is_not_understood_is_skipped_with_a_reason() {
-        assert!(matches!(skipped(""), SkipReason::NotJson { .. }));
-        assert!(matches!(skipped("not json"), SkipReason::NotJson { .. }));
-        assert!(matches!(skipped("[1,2]"), SkipReason::NotJson { .. }));
-        assert!(matches!(skipped(r#"["pong"]"#), SkipReason::NotJson { .. }));
-        assert!(matches!(
-            skipped(r#"{"type":"pong""#),
-            SkipReason::NotJson { .. }
-        ));
+    fn what_is_not_a_control_message_is_an_event_even_if_the_model_cannot_read_it() {
+        for text in [
+            "",
+            "not json",
+            "[1,2]",
+            r#"["pong"]"#,
+            r#"{"type":"pong""#,
+            r#"{"event_id":"evt_1"}"#,
+            r#"{"event":7}"#,
+        ] {
+            match sort(text) {
+                Incoming::Event(Event::Malformed(malformed)) => {
+                    assert_eq!(malformed.event_type(), "", "{text}");
+                    assert_eq!(malformed.raw().as_ref(), text.as_bytes());
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+        // A lone surrogate anywhere, as JSON.stringify writes it, is still an event.
+        let text =
+            r#"{"event":"message.received","event_id":"evt_1","message":{"body_text":"\ud83d"}}"#;
+        let Incoming::Event(Event::MessageReceived(received)) = sort(text) else {
+            panic!("{text}");
+        };
+        assert_eq!(received.message.body_text().as_deref(), Some("\u{fffd}"));
+        assert_eq!(
+            control_of(r#"{"type":"error","message":"cut \ud83d"}"#),
+            Control::Error {
+                message: "cut \u{fffd}".into()
+            }
+        );
+    }
+
+    #[test]
+    fn malformed_control_messages_are_skipped_with_a_reason() {
         assert!(matches!(
             skipped(r#"{"type":7}"#),
             SkipReason::MalformedControl { .. }
-        ));
-        assert!(matches!(
-            skipped(r#"{"event_id":"evt_1"}"#),
-            SkipReason::NotAnEvent { .. }
-        ));
-        assert!(matches!(
-            skipped(r#"{"event":7}"#),
-            SkipReason::NotAnEvent { .. }
         ));
         assert!(matches!(
             skipped(r#"{"type":"subscribed","inbox_ids":"inb_a"}"#),

@@ -135,9 +135,12 @@
 //! | `1001` (server shutting down), any other code, a dropped connection, no `pong`, no `subscribed` | reconnects with backoff |
 //!
 //! - **Messages**: control messages (`subscribed`, `unsubscribed`, `error`, `pong`) have a
-//!   `type`; events have `event` and `event_id` and no `type`. A message that is neither
-//!   (not JSON, an unknown type, a malformed control message, a binary frame) is
-//!   reported as [`Status::SkippedMessage`] and skipped; it never ends the stream.
+//!   `type`; events have `event` and `event_id` and no `type`. By the same rule as a
+//!   verified webhook, every text message that is not a control message reaches the
+//!   service as an event, as [`Event::Malformed`](crate::Event::Malformed) when the model
+//!   cannot read it (not JSON, no string `event`). A control message of an unknown type or
+//!   with fields that don't fit it, and a binary frame, are reported as
+//!   [`Status::SkippedMessage`] and skipped; none ends the stream.
 //!
 //! # Stopping
 //!

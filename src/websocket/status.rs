@@ -51,8 +51,9 @@ pub enum Status {
         /// Why.
         reason: GapReason,
     },
-    /// A message was neither a control message nor an event; it was skipped, and the
-    /// stream goes on.
+    /// A message was not an event and could not be used (a binary frame, a control
+    /// message of an unknown type or with fields that don't fit it); it was skipped, and
+    /// the stream goes on. Every other message is an event, and reaches the service.
     SkippedMessage {
         /// What was wrong with it.
         reason: SkipReason,
@@ -140,16 +141,6 @@ pub enum SkipReason {
         /// Its length in bytes.
         len: usize,
     },
-    /// Not a JSON object.
-    NotJson {
-        /// The parser's explanation.
-        detail: String,
-    },
-    /// A JSON object with no `type` and no string `event`.
-    NotAnEvent {
-        /// The parser's explanation.
-        detail: String,
-    },
     /// A control message of a type the protocol does not define.
     UnknownType {
         /// The `type`, as received.
@@ -216,12 +207,6 @@ impl fmt::Display for SkipReason {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Binary { len } => write!(f, "a binary frame of {len} bytes"),
-            Self::NotJson { detail } => write!(f, "not a JSON object ({})", LogSafe::new(detail)),
-            Self::NotAnEvent { detail } => write!(
-                f,
-                "neither a control message nor an event ({})",
-                LogSafe::new(detail)
-            ),
             Self::UnknownType { kind } => {
                 write!(f, "an unknown message type {:?}", LogSafe::new(kind))
             }

@@ -75,8 +75,6 @@ fn hostile_requests() -> Vec<Request<Frames>> {
         signed(SECRETS[1], NOW - 301, support::BODY),
         // Over the limit.
         signed(SECRETS[0], NOW, &[b' '; 2048]),
-        // Verified, but not an event.
-        signed(SECRETS[2], NOW, b"not json"),
         // A body that breaks off.
         {
             let (parts, _) = signed(SECRETS[0], NOW, support::BODY).into_parts();

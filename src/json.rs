@@ -1,12 +1,16 @@
-//! The strict JSON reader under the event parse: it checks every byte of the body and
-//! records where strings are, without copying them.
+//! The strict JSON reader under the event parse and the claim: it checks every byte of the
+//! body and records where strings are, without copying them. Both readers of a body, the
+//! [`Claim`](crate::protocol::Claim) read before the signature is checked and the event
+//! parse after it, use it, so they accept the same bodies.
 //!
-//! It accepts exactly what `serde_json::from_slice::<serde_json::Value>` accepts: UTF-8
-//! throughout, escapes that decode (a `\u` surrogate must be half of a pair), numbers whose
-//! value is a finite `f64`, no trailing commas or characters, and at most
-//! [`MAX_DEPTH`] nested arrays and objects, which is serde_json's own limit. So whatever
-//! the parse accepts, `serde_json` can read again, and a field the model never looks at
-//! is held to the same rules as one it does.
+//! It accepts what `serde_json::from_slice::<serde_json::Value>` accepts (UTF-8
+//! throughout, escapes that decode, numbers whose value is a finite `f64`, no trailing
+//! commas or characters, and at most [`MAX_DEPTH`] nested arrays and objects, which is
+//! serde_json's own limit) and one thing more: a `\u` escape of a lone surrogate, which
+//! serde_json refuses. JavaScript's `JSON.stringify`, which writes OpenMail's events, writes
+//! one for a text cut inside an emoji. In a text it decodes to U+FFFD, as JavaScript's and
+//! WHATWG's decoders do; in an identifier it is kept as its escape (see [`Short::id`]).
+//! [`value`] reads a body into a `serde_json::Value` with the same replacement.
 //!
 //! Strings are [`Span`]s: offsets into the body and whether the text holds escapes. The
 //! model decodes a span only when it is read, and borrows it from the body when it holds
@@ -14,21 +18,21 @@
 //! serde_json's own skim does.
 
 use std::borrow::Cow;
-use std::fmt;
+use std::fmt::{self, Write};
 use std::num::NonZeroU64;
 
 /// The deepest nesting of arrays and objects accepted, the top-level object included:
 /// serde_json's recursion limit, so that a body this reader accepts always parses into a
 /// `serde_json::Value`.
-pub(super) const MAX_DEPTH: u32 = 127;
+pub(crate) const MAX_DEPTH: u32 = 127;
 
 /// The largest body the reader indexes: 2 GiB, so that a span fits one word.
-pub(super) const MAX_BODY: usize = (1 << 31) - 1;
+pub(crate) const MAX_BODY: usize = (1 << 31) - 1;
 
 /// Where a string is, packed in one word: two 31-bit offsets and a flag. Small and `Copy`,
 /// so that indexing a field is one store and moving an index is cheap.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(super) struct Span(NonZeroU64);
+pub(crate) struct Span(NonZeroU64);
 
 const OFFSET: u64 = (1 << 31) - 1;
 const PRESENT: u64 = 1 << 62;
@@ -36,7 +40,7 @@ const FLAG: u64 = 1 << 63;
 
 impl Span {
     /// No text at all.
-    pub(super) const EMPTY: Self = match NonZeroU64::new(PRESENT) {
+    pub(crate) const EMPTY: Self = match NonZeroU64::new(PRESENT) {
         Some(word) => Self(word),
         None => Self(NonZeroU64::MIN),
     };
@@ -67,25 +71,38 @@ impl Span {
 
     /// The bytes between the quotes, escapes undecoded.
     #[inline]
-    pub(super) fn raw(self, body: &[u8]) -> &[u8] {
+    pub(crate) fn raw(self, body: &[u8]) -> &[u8] {
         body.get(self.start()..self.end()).unwrap_or_default()
     }
 
     /// Whether the text holds escapes, so that decoding it copies.
     #[inline]
-    pub(super) fn escaped(self) -> bool {
+    pub(crate) fn escaped(self) -> bool {
         self.flag()
     }
 
-    /// The text, borrowed from the body unless it holds escapes.
+    /// The text, borrowed from the body unless it holds escapes; a lone surrogate reads
+    /// as U+FFFD.
     ///
     /// The reader has checked the body, so the text is UTF-8 and every escape decodes; were
     /// it not (a span used with the wrong body), the result would be empty or hold U+FFFD,
     /// never a panic.
-    pub(super) fn decode(self, body: &[u8]) -> Cow<'_, str> {
+    pub(crate) fn decode(self, body: &[u8]) -> Cow<'_, str> {
+        self.decode_with(body, Lone::Replace)
+    }
+
+    /// The text of an identifier: as [`decode`](Self::decode), but a lone surrogate keeps
+    /// its escape (see [`Short::id`]).
+    pub(crate) fn decode_id(self, body: &[u8]) -> Cow<'_, str> {
+        self.decode_with(body, Lone::Escape)
+    }
+
+    fn decode_with(self, body: &[u8], lone: Lone) -> Cow<'_, str> {
         let text = std::str::from_utf8(self.raw(body)).unwrap_or_default();
         if self.escaped() {
-            Cow::Owned(unescape(text))
+            let mut out = String::with_capacity(text.len());
+            unescape_into(text, &mut out, lone);
+            Cow::Owned(out)
         } else {
             Cow::Borrowed(text)
         }
@@ -93,7 +110,7 @@ impl Span {
 
     /// Offset of the first byte after the closing quote.
     #[inline]
-    pub(super) fn after(self) -> usize {
+    pub(crate) fn after(self) -> usize {
         self.end().saturating_add(1)
     }
 }
@@ -113,7 +130,7 @@ impl fmt::Debug for Span {
 /// its decoded text is appended to a string kept next to the body (`decoded`), and it is
 /// a span of that.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Short(Span);
+pub(crate) struct Short(Span);
 
 impl Default for Short {
     /// The empty string.
@@ -123,27 +140,43 @@ impl Default for Short {
 }
 
 impl Short {
+    /// A text: a lone surrogate reads as U+FFFD.
     #[inline]
-    pub(super) fn new(span: Span, body: &[u8], decoded: &mut String) -> Self {
+    pub(crate) fn new(span: Span, body: &[u8], decoded: &mut String) -> Self {
         if !span.escaped() {
             return Self(span);
         }
-        Self::decode(span, body, decoded)
+        Self::decode(span, body, decoded, Lone::Replace)
+    }
+
+    /// An identifier (`event_id`, `inbox_id`): a lone surrogate keeps its escape, written
+    /// `\udXXX` in lowercase, so that `evt_\ud800` and `evt_\udc00` stay two ids where
+    /// U+FFFD would make them one. JavaScript compares strings by their UTF-16 code units,
+    /// and so does this: two ids are equal when their code units are. OpenMail's ids are
+    /// ASCII; only an id that spells such an escape with a literal backslash
+    /// (`"evt_\\ud800"` in JSON) reads the same as one with the surrogate itself.
+    #[inline]
+    pub(crate) fn id(span: Span, body: &[u8], decoded: &mut String) -> Self {
+        if !span.escaped() {
+            return Self(span);
+        }
+        Self::decode(span, body, decoded, Lone::Escape)
     }
 
     #[cold]
-    fn decode(span: Span, body: &[u8], decoded: &mut String) -> Self {
+    fn decode(span: Span, body: &[u8], decoded: &mut String, lone: Lone) -> Self {
         let start = decoded.len();
         unescape_into(
             std::str::from_utf8(span.raw(body)).unwrap_or_default(),
             decoded,
+            lone,
         );
         Self(Span::new(start, decoded.len(), true))
     }
 
     /// The text, from the body and the decoded strings it was read with.
     #[inline]
-    pub(super) fn get<'a>(self, body: &'a [u8], decoded: &'a str) -> &'a str {
+    pub(crate) fn get<'a>(self, body: &'a [u8], decoded: &'a str) -> &'a str {
         if self.0.flag() {
             decoded
                 .get(self.0.start()..self.0.end())
@@ -154,20 +187,68 @@ impl Short {
     }
 }
 
-/// Decodes JSON escapes in text that the reader has checked.
-#[cold]
-fn unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    unescape_into(text, &mut out);
-    out
+/// Where the decoded text of a [`Short`] goes: appended to the event's string of decoded
+/// fields when the body is first read, or, when a list is walked again later
+/// ([`Replay`]), only counted, to find where that first reading put it.
+pub(crate) trait Decoded {
+    /// The short text at `span`, a lone surrogate read as U+FFFD.
+    fn text(&mut self, span: Span, body: &[u8]) -> Short;
 }
 
-/// Appends the decoded `text` to `out`.
-fn unescape_into(text: &str, out: &mut String) {
+impl Decoded for String {
+    #[inline]
+    fn text(&mut self, span: Span, body: &[u8]) -> Short {
+        Short::new(span, body, self)
+    }
+}
+
+/// Reads a list's short fields again, in the order the first reading decoded them: each
+/// escaped one is the next stretch of the decoded string, starting at `0`.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Replay(pub(crate) usize);
+
+impl Decoded for Replay {
+    fn text(&mut self, span: Span, body: &[u8]) -> Short {
+        if !span.escaped() {
+            return Short(span);
+        }
+        let mut length = Length(0);
+        unescape_into(
+            std::str::from_utf8(span.raw(body)).unwrap_or_default(),
+            &mut length,
+            Lone::Replace,
+        );
+        let start = self.0;
+        self.0 = start.saturating_add(length.0);
+        Short(Span::new(start, self.0, true))
+    }
+}
+
+/// Counts what would be written.
+struct Length(usize);
+
+impl Write for Length {
+    fn write_str(&mut self, text: &str) -> fmt::Result {
+        self.0 = self.0.saturating_add(text.len());
+        Ok(())
+    }
+}
+
+/// What a `\u` escape of a lone surrogate decodes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lone {
+    /// U+FFFD, as JavaScript's and WHATWG's decoders write it: for texts.
+    Replace,
+    /// The escape itself, `\udXXX` in lowercase: for identifiers.
+    Escape,
+}
+
+/// Appends the decoded `text`, which the reader has checked, to `out`.
+fn unescape_into(text: &str, out: &mut impl Write, lone: Lone) {
     let mut rest = text;
     while let Some(backslash) = rest.find('\\') {
         let (plain, escape) = rest.split_at(backslash);
-        out.push_str(plain);
+        let _ = out.write_str(plain);
         let mut chars = escape.chars();
         chars.next();
         let decoded = match chars.next() {
@@ -181,40 +262,49 @@ fn unescape_into(text: &str, out: &mut String) {
             Some('t') => '\t',
             Some('u') => {
                 let (decoded, after) = unicode_escape(chars.as_str());
-                out.push(decoded);
+                match (decoded, lone) {
+                    (Ok(decoded), _) => {
+                        let _ = out.write_char(decoded);
+                    }
+                    (Err(_), Lone::Replace) => {
+                        let _ = out.write_char(char::REPLACEMENT_CHARACTER);
+                    }
+                    (Err(unit), Lone::Escape) => {
+                        let _ = out.write_str("\\u");
+                        for shift in [12, 8, 4, 0] {
+                            let digit = u32::from(unit >> shift & 0xF);
+                            let _ = out.write_char(char::from_digit(digit, 16).unwrap_or('0'));
+                        }
+                    }
+                }
                 rest = after;
                 continue;
             }
             _ => char::REPLACEMENT_CHARACTER,
         };
-        out.push(decoded);
+        let _ = out.write_char(decoded);
         rest = chars.as_str();
     }
-    out.push_str(rest);
+    let _ = out.write_str(rest);
 }
 
-/// Decodes the hex digits after `\u`, and a low surrogate's escape after a high one.
-fn unicode_escape(text: &str) -> (char, &str) {
+/// Decodes the hex digits after `\u`, and a low surrogate's escape after a high one: a
+/// character, or the code unit of a lone surrogate.
+fn unicode_escape(text: &str) -> (Result<char, u16>, &str) {
     let Some((unit, rest)) = hex4(text) else {
-        return (char::REPLACEMENT_CHARACTER, text);
+        return (Ok(char::REPLACEMENT_CHARACTER), text);
     };
     if !(0xD800..0xDC00).contains(&unit) {
-        return (
-            char::from_u32(u32::from(unit)).unwrap_or(char::REPLACEMENT_CHARACTER),
-            rest,
-        );
+        return (char::from_u32(u32::from(unit)).ok_or(unit), rest);
     }
     match rest.strip_prefix("\\u").and_then(hex4) {
         Some((low, after)) if (0xDC00..0xE000).contains(&low) => {
             let high = u32::from(unit).wrapping_sub(0xD800);
             let low = u32::from(low).wrapping_sub(0xDC00);
             let code = (high << 10 | low).wrapping_add(0x1_0000);
-            (
-                char::from_u32(code).unwrap_or(char::REPLACEMENT_CHARACTER),
-                after,
-            )
+            (char::from_u32(code).ok_or(unit), after)
         }
-        _ => (char::REPLACEMENT_CHARACTER, rest),
+        _ => (Err(unit), rest),
     }
 }
 
@@ -238,15 +328,15 @@ fn hex_value(a: u8, b: u8, c: u8, d: u8) -> Option<u16> {
 
 /// What the reader found wrong with the body, and where.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) struct Syntax {
-    pub(super) code: Code,
+pub(crate) struct Syntax {
+    pub(crate) code: Code,
     /// Byte offset into the body.
-    pub(super) at: usize,
+    pub(crate) at: usize,
 }
 
 /// The ways a body can fail to be JSON, worded as serde_json words them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Code {
+pub(crate) enum Code {
     EofWhileParsingList,
     EofWhileParsingObject,
     EofWhileParsingString,
@@ -262,19 +352,9 @@ pub(super) enum Code {
     InvalidUnicodeCodePoint,
     ControlCharacterWhileParsingString,
     KeyMustBeAString,
-    LoneLeadingSurrogateInHexEscape,
     TrailingComma,
     TrailingCharacters,
-    UnexpectedEndOfHexEscape,
     RecursionLimitExceeded,
-    /// The body is JSON, but not an object.
-    NotAnObject,
-    /// The object has no `event`.
-    MissingEvent,
-    /// `event` is not a string.
-    EventNotAString,
-    /// An envelope field (`event`, `event_id`, `inbox_id`, `pod_id`) appears twice.
-    DuplicateField(&'static str),
 }
 
 impl fmt::Display for Code {
@@ -297,15 +377,9 @@ impl fmt::Display for Code {
                 "control character (\\u0000-\\u001F) found while parsing a string"
             }
             Self::KeyMustBeAString => "key must be a string",
-            Self::LoneLeadingSurrogateInHexEscape => "lone leading surrogate in hex escape",
             Self::TrailingComma => "trailing comma",
             Self::TrailingCharacters => "trailing characters",
-            Self::UnexpectedEndOfHexEscape => "unexpected end of hex escape",
             Self::RecursionLimitExceeded => "recursion limit exceeded",
-            Self::NotAnObject => "invalid type: expected a JSON object",
-            Self::MissingEvent => "missing field `event`",
-            Self::EventNotAString => "invalid type: `event` must be a string",
-            Self::DuplicateField(name) => return write!(f, "duplicate field `{name}`"),
         })
     }
 }
@@ -313,7 +387,7 @@ impl fmt::Display for Code {
 /// Line and column of a byte offset, counted as serde_json counts them: lines from 1,
 /// and the column is the number of bytes before the offset on its line (so the column of
 /// the byte just read).
-pub(super) fn line_column(body: &[u8], at: usize) -> (usize, usize) {
+pub(crate) fn line_column(body: &[u8], at: usize) -> (usize, usize) {
     let before = body.get(..at).unwrap_or(body);
     let line_start = before
         .iter()
@@ -330,18 +404,76 @@ pub(super) fn line_column(body: &[u8], at: usize) -> (usize, usize) {
     )
 }
 
+/// A body the [`Reader`] accepted, read into a `serde_json::Value`; a lone surrogate in a
+/// string or key reads as U+FFFD. `None` for a body the reader refuses.
+///
+/// serde_json refuses a lone surrogate, so the body is given to it with each one's escape
+/// rewritten as `\ufffd`: the same length, so any position serde_json reports is the
+/// body's own. Only a body that holds one is copied.
+pub(crate) fn value(body: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice(&without_lone_surrogates(body)).ok()
+}
+
+/// The body for serde_json: each `\u` escape of a lone surrogate rewritten as `\ufffd`.
+pub(crate) fn without_lone_surrogates(body: &[u8]) -> Cow<'_, [u8]> {
+    let mut copy: Option<Vec<u8>> = None;
+    let mut in_string = false;
+    let mut at = 0_usize;
+    while let Some(&byte) = body.get(at) {
+        match (in_string, byte) {
+            (_, b'"') => in_string = !in_string,
+            (true, b'\\') => {
+                let escape = body.get(at.saturating_add(1)..).unwrap_or_default();
+                let unit = match escape {
+                    [b'u', a, b, c, d, ..] => hex_value(*a, *b, *c, *d),
+                    _ => None,
+                };
+                let Some(unit) = unit.filter(|unit| (0xD800..0xE000).contains(unit)) else {
+                    // Any other escape: skip its first character, so that `\"` and `\\`
+                    // are not read as a quote or the start of another escape.
+                    at = at.saturating_add(2);
+                    continue;
+                };
+                let low = match escape.get(5..) {
+                    Some([b'\\', b'u', a, b, c, d, ..]) if unit < 0xDC00 => {
+                        hex_value(*a, *b, *c, *d)
+                    }
+                    _ => None,
+                };
+                if low.is_some_and(|low| (0xDC00..0xE000).contains(&low)) {
+                    at = at.saturating_add(12);
+                    continue;
+                }
+                let digits = at.saturating_add(2)..at.saturating_add(6);
+                let copy = copy.get_or_insert_with(|| body.to_vec());
+                if let Some(slot) = copy.get_mut(digits) {
+                    slot.copy_from_slice(b"fffd");
+                }
+                at = at.saturating_add(6);
+                continue;
+            }
+            _ => {}
+        }
+        at = at.saturating_add(1);
+    }
+    match copy {
+        Some(copy) => Cow::Owned(copy),
+        None => Cow::Borrowed(body),
+    }
+}
+
 /// A JSON number: its text, and what a quick look at it showed.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Number<'a> {
-    pub(super) text: &'a [u8],
+pub(crate) struct Number<'a> {
+    pub(crate) text: &'a [u8],
     /// Only digits, without sign, fraction or exponent.
-    pub(super) plain: bool,
+    pub(crate) plain: bool,
 }
 
 impl Number<'_> {
     /// The value as a `u64`, when the text is plain digits that fit.
     #[inline]
-    pub(super) fn as_u64(&self) -> Option<u64> {
+    pub(crate) fn as_u64(&self) -> Option<u64> {
         if !self.plain || self.text.len() > 19 {
             return None;
         }
@@ -356,7 +488,8 @@ impl Number<'_> {
 }
 
 /// Reads a body front to back. Every method leaves the reader just past what it read.
-pub(super) struct Reader<'a> {
+#[derive(Clone)]
+pub(crate) struct Reader<'a> {
     body: &'a [u8],
     rest: &'a [u8],
     depth: u32,
@@ -364,7 +497,7 @@ pub(super) struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     /// Starts reading `body`.
-    pub(super) fn new(body: &'a [u8]) -> Self {
+    pub(crate) fn new(body: &'a [u8]) -> Self {
         Self {
             body,
             rest: body,
@@ -372,15 +505,35 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Starts reading `body` at the offset `at` (which an earlier reading of the same body
+    /// found); past its end, there is nothing to read.
+    pub(crate) fn starting_at(body: &'a [u8], at: usize) -> Self {
+        Self {
+            body,
+            rest: body.get(at..).unwrap_or_default(),
+            depth: 0,
+        }
+    }
+
+    /// Reads `byte` if it is next, after any whitespace.
+    #[inline]
+    pub(crate) fn eat(&mut self, byte: u8) -> bool {
+        let next = self.peek() == Some(byte);
+        if next {
+            self.advance();
+        }
+        next
+    }
+
     /// The body being read.
     #[inline]
-    pub(super) fn body(&self) -> &'a [u8] {
+    pub(crate) fn body(&self) -> &'a [u8] {
         self.body
     }
 
     /// The offset of the next unread byte.
     #[inline]
-    pub(super) fn at(&self) -> usize {
+    pub(crate) fn at(&self) -> usize {
         self.body.len().wrapping_sub(self.rest.len())
     }
 
@@ -405,7 +558,7 @@ impl<'a> Reader<'a> {
 
     /// The next byte that is not whitespace, without reading it.
     #[inline]
-    pub(super) fn peek(&mut self) -> Option<u8> {
+    pub(crate) fn peek(&mut self) -> Option<u8> {
         self.skip_whitespace();
         self.rest.first().copied()
     }
@@ -416,7 +569,7 @@ impl<'a> Reader<'a> {
     }
 
     /// After the top-level value: only whitespace may follow.
-    pub(super) fn end(&mut self) -> Result<(), Syntax> {
+    pub(crate) fn end(&mut self) -> Result<(), Syntax> {
         match self.peek() {
             None => Ok(()),
             Some(_) => self.error(Code::TrailingCharacters),
@@ -439,7 +592,7 @@ impl<'a> Reader<'a> {
 
     /// Reads an object, calling `member` with each key once the reader stands on its
     /// value; `member` must read the value. The reader must stand on `{`.
-    pub(super) fn object(
+    pub(crate) fn object(
         &mut self,
         mut member: impl FnMut(&mut Self, Span) -> Result<(), Syntax>,
     ) -> Result<(), Syntax> {
@@ -489,7 +642,7 @@ impl<'a> Reader<'a> {
 
     /// Reads an array, calling `element` once the reader stands on each element; it must
     /// read the element. The reader must stand on `[`.
-    pub(super) fn array(
+    pub(crate) fn array(
         &mut self,
         mut element: impl FnMut(&mut Self) -> Result<(), Syntax>,
     ) -> Result<(), Syntax> {
@@ -527,7 +680,7 @@ impl<'a> Reader<'a> {
     }
 
     /// Reads any value and checks it.
-    pub(super) fn skip(&mut self) -> Result<(), Syntax> {
+    pub(crate) fn skip(&mut self) -> Result<(), Syntax> {
         match self.peek() {
             Some(b'"') => self.string().map(drop),
             Some(b'{') => self.object(|reader, _| reader.skip()),
@@ -544,7 +697,7 @@ impl<'a> Reader<'a> {
     /// Reads `true`, `false` or `null`, whichever `word` is; the reader stands on its
     /// first letter.
     #[inline]
-    pub(super) fn literal(&mut self, word: &[u8]) -> Result<(), Syntax> {
+    pub(crate) fn literal(&mut self, word: &[u8]) -> Result<(), Syntax> {
         match self.rest.strip_prefix(word) {
             Some(rest) => {
                 self.rest = rest;
@@ -574,7 +727,7 @@ impl<'a> Reader<'a> {
     /// as UTF-8 right there. Outside strings JSON is ASCII, so this is where the whole body
     /// is checked as UTF-8.
     #[inline(always)]
-    pub(super) fn string(&mut self) -> Result<Span, Syntax> {
+    pub(crate) fn string(&mut self) -> Result<Span, Syntax> {
         self.advance();
         let start = self.at();
         let mut escaped = false;
@@ -624,23 +777,19 @@ impl<'a> Reader<'a> {
             [b'u', rest @ ..] => {
                 self.rest = rest;
                 let unit = self.hex_escape()?;
-                if (0xDC00..0xE000).contains(&unit) {
-                    return self.error(Code::LoneLeadingSurrogateInHexEscape);
+                // A high surrogate takes the low one that follows it, if one does; any
+                // other surrogate is lone, which is allowed (see the module docs). What
+                // follows a lone one is read as usual.
+                if (0xD800..0xDC00).contains(&unit) {
+                    if let [b'\\', b'u', a, b, c, d, rest @ ..] = self.rest {
+                        if hex_value(*a, *b, *c, *d)
+                            .is_some_and(|low| (0xDC00..0xE000).contains(&low))
+                        {
+                            self.rest = rest;
+                        }
+                    }
                 }
-                if !(0xD800..0xDC00).contains(&unit) {
-                    return Ok(());
-                }
-                match self.rest {
-                    [b'\\', b'u', rest @ ..] => self.rest = rest,
-                    [] | [b'\\'] => return self.error(Code::EofWhileParsingString),
-                    [_, ..] => return self.error(Code::UnexpectedEndOfHexEscape),
-                }
-                let low = self.hex_escape()?;
-                if (0xDC00..0xE000).contains(&low) {
-                    Ok(())
-                } else {
-                    self.error(Code::LoneLeadingSurrogateInHexEscape)
-                }
+                Ok(())
             }
             [_, ..] => self.error(Code::InvalidEscape),
             [] => self.error(Code::EofWhileParsingString),
@@ -667,7 +816,7 @@ impl<'a> Reader<'a> {
 
     /// Reads a number and checks that its value is a finite `f64`; the reader stands on
     /// its first character.
-    pub(super) fn number(&mut self) -> Result<Number<'a>, Syntax> {
+    pub(crate) fn number(&mut self) -> Result<Number<'a>, Syntax> {
         let all = self.rest;
         let negative = matches!(self.rest.first(), Some(b'-'));
         if negative {
@@ -860,10 +1009,6 @@ mod tests {
             (b"1e999", false),
             (b"-1e999", false),
             (b"1e-999", true),
-            (br#""\ud800""#, false),
-            (br#""\udc00""#, false),
-            (br#""\ud800\u0041""#, false),
-            (br#""\ud800\n""#, false),
             (br#""\x""#, false),
             (br#""\u12g4""#, false),
             (b"\"\x01\"", false),
@@ -876,6 +1021,49 @@ mod tests {
             let theirs = serde_json::from_slice::<serde_json::Value>(body).is_ok();
             assert_eq!(theirs, ok, "{}", String::from_utf8_lossy(body));
             assert_eq!(ours, ok, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// Lone surrogates are the one thing accepted that serde_json refuses: texts read them
+    /// as U+FFFD, identifiers keep their escape, and [`value`] reads the body as serde_json
+    /// would with U+FFFD in their place.
+    #[test]
+    fn lone_surrogates_are_accepted_and_read_as_javascript_reads_them() {
+        for (body, text, id) in [
+            (&br#""\ud800""#[..], "\u{fffd}", r"\ud800"),
+            (br#""a\udc00""#, "a\u{fffd}", r"a\udc00"),
+            (br#""\uD800\u0041""#, "\u{fffd}A", r"\ud800A"),
+            (br#""\ud800\n""#, "\u{fffd}\n", "\\ud800\n"),
+            (
+                br#""\ud800\ud800\udc00""#,
+                "\u{fffd}\u{10000}",
+                "\\ud800\u{10000}",
+            ),
+            (br#""\\ud800""#, r"\ud800", r"\ud800"),
+            (br#""\ud83d\ude00""#, "😀", "😀"),
+        ] {
+            assert!(check(body).is_ok(), "{}", String::from_utf8_lossy(body));
+            let span = Reader::new(body).string().unwrap();
+            assert_eq!(span.decode(body), text);
+            assert_eq!(span.decode_id(body), id);
+            let mut decoded = String::new();
+            let short = Short::id(span, body, &mut decoded);
+            assert_eq!(short.get(body, &decoded), id);
+            assert_eq!(value(body), Some(serde_json::Value::String(text.into())));
+        }
+        let body = br#"{"\udc00":["\ud83d",1]}"#;
+        assert_eq!(
+            value(body),
+            Some(serde_json::json!({"\u{fffd}": ["\u{fffd}", 1]}))
+        );
+        assert!(matches!(without_lone_surrogates(b"{}"), Cow::Borrowed(_)));
+        for refused in [&br#""\ud80""#[..], br#""\ud800\u12"#, br#""\ud800\x""#] {
+            assert!(
+                check(refused).is_err(),
+                "{}",
+                String::from_utf8_lossy(refused)
+            );
+            assert_eq!(value(refused), None);
         }
     }
 
