@@ -300,10 +300,12 @@ async fn rotation_for_one_inbox_leaves_the_others_alone() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
-/// A resolver with a script: errors for `inb_down`, sleeps for `inb_slow`, counts calls.
+/// A resolver with a script: errors for `inb_down`, waits for `release` for `inb_slow`,
+/// counts calls.
 #[derive(Clone, Default)]
 struct Scripted {
     calls: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl SecretResolver for Scripted {
@@ -313,11 +315,12 @@ impl SecretResolver for Scripted {
             Tenant::Inbox(inbox) => Some(inbox.clone()),
             _ => None,
         };
+        let release = Arc::clone(&self.release);
         Box::pin(async move {
             match inbox.as_deref() {
                 Some("inb_down") => Err("database unreachable".into()),
                 Some("inb_slow") => {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    release.notified().await;
                     Ok(Some(TenantSecrets::inbox("inb_slow", ["whsec_slow"])?))
                 }
                 Some("inb_missing") => Ok(None),
@@ -351,16 +354,22 @@ async fn a_failing_resolver_is_a_503_so_openmail_retries() {
 
 #[tokio::test]
 async fn a_slow_resolver_does_not_block_other_requests() {
-    let recorded = layer(Scripted::default());
+    let scripted = Scripted::default();
+    let (calls, release) = (Arc::clone(&scripted.calls), Arc::clone(&scripted.release));
+    let recorded = layer(scripted);
     let service = recorded.layer.layer(tower::service_fn(whoami));
     let slow = tokio::spawn(service.clone().oneshot(delivery(
         "/webhooks",
         "whsec_slow",
         &message("inb_slow"),
     )));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The slow lookup has started, and waits until released.
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Generous, for a busy machine: the slow lookup never ends on its own.
     let fast = tokio::time::timeout(
-        Duration::from_secs(1),
+        Duration::from_secs(10),
         service.oneshot(delivery(
             "/webhooks",
             "whsec_inb_fast",
@@ -372,6 +381,7 @@ async fn a_slow_resolver_does_not_block_other_requests() {
     .unwrap();
     assert_eq!(fast.status(), StatusCode::OK);
     assert!(!slow.is_finished());
+    release.notify_one();
     assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
 }
 
@@ -379,49 +389,70 @@ async fn a_slow_resolver_does_not_block_other_requests() {
 async fn the_cache_keeps_answers_but_never_errors() {
     let scripted = Scripted::default();
     let calls = Arc::clone(&scripted.calls);
-    // A TTL with room for a busy machine: the tests of this binary run eight at a time.
-    let cached = CachedResolver::new(scripted)
-        .ttl(Duration::from_secs(1))
-        .negative_ttl(Duration::from_secs(1))
+    // TTLs no test run outlasts, however busy the machine: hits are hits.
+    let cached = CachedResolver::new(scripted.clone())
+        .ttl(Duration::from_secs(3600))
+        .negative_ttl(Duration::from_secs(3600))
         .capacity(2);
-    let recorded = layer(cached);
-    let send_for = |inbox: &'static str| {
-        let layer = recorded.layer.clone();
-        async move {
-            send(
-                &layer,
-                delivery("/webhooks", &format!("whsec_{inbox}"), &message(inbox)),
-            )
-            .await
-            .0
-        }
+    let send_for = |layer: VerifyOpenMailLayer, inbox: &'static str| async move {
+        send(
+            &layer,
+            delivery("/webhooks", &format!("whsec_{inbox}"), &message(inbox)),
+        )
+        .await
+        .0
     };
-    assert_eq!(send_for("inb_a").await, StatusCode::OK);
-    assert_eq!(send_for("inb_a").await, StatusCode::OK);
+    let recorded = layer(cached);
+    let cached = || recorded.layer.clone();
+    assert_eq!(send_for(cached(), "inb_a").await, StatusCode::OK);
+    assert_eq!(send_for(cached(), "inb_a").await, StatusCode::OK);
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
         "the second delivery is served from the cache"
     );
-    assert_eq!(send_for("inb_missing").await, StatusCode::BAD_REQUEST);
-    assert_eq!(send_for("inb_missing").await, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        send_for(cached(), "inb_missing").await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        send_for(cached(), "inb_missing").await,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
         "an unknown tenant is cached too"
     );
-    assert_eq!(send_for("inb_down").await, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(send_for("inb_down").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        send_for(cached(), "inb_down").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        send_for(cached(), "inb_down").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(
         calls.load(Ordering::SeqCst),
         4,
         "errors are asked again every time"
     );
-    tokio::time::sleep(Duration::from_millis(1050)).await;
-    assert_eq!(send_for("inb_a").await, StatusCode::OK);
+
+    // A short TTL, and a wait longer than it: expired entries are looked up again.
+    let expiring = layer(CachedResolver::new(scripted).ttl(Duration::from_millis(100)));
+    assert_eq!(
+        send_for(expiring.layer.clone(), "inb_a").await,
+        StatusCode::OK
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        send_for(expiring.layer.clone(), "inb_a").await,
+        StatusCode::OK
+    );
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        5,
+        6,
         "expired entries are looked up again"
     );
 }
