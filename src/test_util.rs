@@ -102,6 +102,36 @@ use crate::{Clock, SystemClock, sign};
 /// the default 300 s tolerance.
 pub const STALE_BY_SECS: i64 = 301;
 
+/// How many HMAC-SHA256 computations verification has run on the calling thread, since
+/// the thread started: one per secret tried, plus those a refusal runs so that it costs
+/// the same whatever the tenant ([`REFUSAL_MACS`](crate::protocol::REFUSAL_MACS)).
+/// Signing ([`sign`], this module's builders) is not counted.
+///
+/// Take the difference around a request to see what it cost, as a count rather than a
+/// time, which a busy machine cannot skew. The layer verifies on the thread that polls
+/// the request: under `tower::ServiceExt::oneshot`, or with a server on a current-thread
+/// runtime, that is the test's own thread.
+///
+/// ```
+/// use openmail_webhooks::test_util::{TestDelivery, macs_on_this_thread};
+/// use openmail_webhooks::Verifier;
+///
+/// let delivery = TestDelivery::new("whsec_test", r#"{"event_id":"evt_1"}"#);
+/// let verifier = Verifier::new("whsec_other")?;
+/// let before = macs_on_this_thread();
+/// let refused = verifier.verify(
+///     delivery.unix_timestamp().to_string(),
+///     delivery.signature(),
+///     delivery.body().as_bytes(),
+/// );
+/// assert!(refused.is_err());
+/// assert_eq!(macs_on_this_thread() - before, 1);
+/// # Ok::<(), openmail_webhooks::ConfigError>(())
+/// ```
+pub fn macs_on_this_thread() -> u64 {
+    crate::protocol::macs_on_this_thread()
+}
+
 /// One delivery as OpenMail would send it, and its forgeries.
 ///
 /// Built from a secret and a body; it signs at the system clock's "now" unless

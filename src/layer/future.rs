@@ -88,7 +88,6 @@ struct Read<S> {
     claim: Option<Claim>,
     tenant: Tenant,
     resolver: Arc<dyn SecretResolver>,
-    refreshed: bool,
     inner: S,
     config: Arc<Config>,
     deadline: Deadline,
@@ -350,7 +349,6 @@ impl<S> Reading<S> {
                 claim,
                 tenant,
                 resolver,
-                refreshed: false,
                 inner,
                 config,
                 deadline,
@@ -362,8 +360,11 @@ impl<S> Reading<S> {
 
 impl<S> Read<S> {
     /// The tenant's secrets arrived: verify the signature and that the matching secret
-    /// covers the inbox the body names. When cached secrets fail, the resolver may look
-    /// once more, in case the tenant's secret was rotated.
+    /// covers the inbox the body names.
+    ///
+    /// Every refusal here costs [`REFUSAL_MACS`], whatever the lookup found, and none waits
+    /// for another lookup: the resolver hears of it ([`SecretResolver::refused`]) and may
+    /// look the tenant up afresh for a later delivery, in case its secret was rotated.
     fn verify(
         self,
         found: Result<Option<crate::protocol::TenantSecrets>, BoxError>,
@@ -372,16 +373,19 @@ impl<S> Read<S> {
             Ok(Some(secrets)) => secrets,
             Ok(None) => {
                 // The same work as a wrong signature, so timing does not tell them apart.
-                self.head
-                    .burn_macs(REFUSAL_MACS, timestamp_of(&self.parts), &self.body);
-                return Err((
-                    Rejection::UnknownTenant {
-                        tenant: self.tenant,
-                    },
-                    self.config,
-                ));
+                self.burn_refusal_macs();
+                let rejection = Rejection::UnknownTenant {
+                    tenant: self.tenant.clone(),
+                };
+                return Err(self.refuse(rejection));
             }
-            Err(error) => return Err((Rejection::SecretLookup(error), self.config)),
+            Err(error) => {
+                // A lookup refused for want of capacity costs what a refusal after a
+                // lookup costs, so a tenant that got a lookup is not told apart by timing
+                // from one that did not.
+                self.burn_refusal_macs();
+                return Err((Rejection::SecretLookup(error), self.config));
+            }
         };
         match secrets.check(
             &self.head,
@@ -402,20 +406,20 @@ impl<S> Read<S> {
                 } = self;
                 accept(parts, verified, scope, body, claim, inner, config)
             }
-            Err(error) => {
-                if !self.refreshed {
-                    if let Some(lookup) = self.resolver.refresh(&self.tenant) {
-                        return Ok(Next::Resolve(
-                            lookup,
-                            Read {
-                                refreshed: true,
-                                ..self
-                            },
-                        ));
-                    }
-                }
-                Err((Rejection::Verify(error), self.config))
-            }
+            Err(error) => Err(self.refuse(Rejection::Verify(error))),
+        }
+    }
+
+    fn burn_refusal_macs(&self) {
+        self.head
+            .burn_macs(REFUSAL_MACS, timestamp_of(&self.parts), &self.body);
+    }
+
+    /// Tells the resolver, which may turn the refusal into a `503`.
+    fn refuse(self, rejection: Rejection) -> Refusal {
+        match self.resolver.refused(&self.tenant) {
+            Ok(()) => (rejection, self.config),
+            Err(busy) => (Rejection::SecretLookup(busy), self.config),
         }
     }
 }

@@ -45,6 +45,8 @@ pub use tenant::{REFUSAL_MACS, SecretScope, TenantSecrets, TenantVerified};
 pub use timestamp::{Clock, SystemClock};
 pub use verifier::{DEFAULT_TOLERANCE, Verified, Verifier};
 
+#[cfg(feature = "test-util")]
+pub(crate) use secret::macs_on_this_thread;
 pub(crate) use signature::decode_signature;
 pub(crate) use verifier::{Freshness, SecretRing, SignedHead, signed_headers};
 

@@ -40,8 +40,25 @@ impl Secret {
 
     /// A fresh MAC state, keyed with this secret and ready for input.
     pub(crate) fn mac(&self) -> HmacSha256 {
+        #[cfg(feature = "test-util")]
+        MACS_ON_THIS_THREAD.with(|count| count.set(count.get().wrapping_add(1)));
         self.keyed.clone()
     }
+}
+
+// Every MAC a check runs starts from `Secret::mac`, so counting here counts the work of
+// every verification and every refusal (`burn_macs` included), and nothing else: signing
+// keys its own state. Per thread, so that tests running in parallel do not see each
+// other's MACs.
+#[cfg(feature = "test-util")]
+thread_local! {
+    static MACS_ON_THIS_THREAD: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+/// How many MAC states [`Secret::mac`] has handed out on this thread.
+#[cfg(feature = "test-util")]
+pub(crate) fn macs_on_this_thread() -> u64 {
+    MACS_ON_THIS_THREAD.with(std::cell::Cell::get)
 }
 
 impl fmt::Debug for Secret {

@@ -29,15 +29,26 @@ use crate::protocol::TenantSecrets;
 ///   `capacity` of them, remembered past their cache entries), so such a flood cannot lock
 ///   real tenants out. A tenant that has never delivered competes with the flood, and
 ///   OpenMail retries what gets `503`.
+/// - **The reserve is not told.** While the half for tenants never seen to verify is
+///   full, every refused delivery is answered `503` with `Retry-After` (through
+///   [`refused`](SecretResolver::refused)), the answer a stranger's delivery gets before
+///   any lookup. A forgery naming a tenant that verified before, which got a lookup from
+///   the reserve, therefore gets the same status, headers and body as one naming any
+///   other inbox, and the same MACs. (The lookup itself still takes its time.)
 /// - **At most `capacity` tenants** (default 10,000) are kept; when full, the entry closest
 ///   to expiring goes, in O(log n). A claimed `inbox_id` is at most
 ///   [`MAX_CLAIMED_ID_LEN`](crate::protocol::MAX_CLAIMED_ID_LEN) bytes, so the cache's
 ///   keys are bounded in bytes as well as in number.
-/// - **Rotation.** [`invalidate`](Self::invalidate) forgets one tenant. And when secrets
-///   from the cache fail to verify a delivery, the layer asks for a
-///   [`refresh`](SecretResolver::refresh): one fresh lookup, allowed once per tenant per
-///   refresh interval (default 10 s), so a rotated secret is picked up by the next genuine
-///   delivery while forgeries cannot force lookups.
+/// - **Rotation.** [`invalidate`](Self::invalidate) forgets one tenant. And when a delivery
+///   is refused ([`refused`](SecretResolver::refused)), the tenant's answer is forgotten
+///   if it is older than the refresh interval (default 10 s), so the next delivery looks
+///   the tenant up afresh and picks up a rotated secret. The refused delivery itself is
+///   answered at once, after the same MACs as any other refusal: waiting for a fresh
+///   lookup would make a forgery naming a known inbox cost more than one naming an
+///   unknown inbox. So after an unannounced rotation, the first delivery signed with the
+///   new secret may be refused (`400`) and accepted when OpenMail retries it; call
+///   [`invalidate`](Self::invalidate) when you rotate to avoid that. Forgeries cannot force
+///   more than one lookup per tenant per refresh interval.
 ///
 /// ```
 /// use std::time::Duration;
@@ -127,7 +138,8 @@ impl<R: SecretResolver> CachedResolver<R> {
         self.map_policy(|policy| policy.max_lookups = lookups.max(1))
     }
 
-    /// How soon after a tenant's last lookup a failed verification may look it up again.
+    /// How old a tenant's answer must be before a refused delivery makes the next one look
+    /// the tenant up again (default 10 s).
     pub fn refresh_interval(self, interval: Duration) -> Self {
         self.map_policy(|policy| policy.refresh_interval = interval)
     }
@@ -182,8 +194,7 @@ impl<R: SecretResolver> CachedResolver<R> {
                 let busy = if trusted {
                     state.flights.len() >= limit
                 } else {
-                    let untrusted = state.flights.values().filter(|f| !f.trusted).count();
-                    state.flights.len() >= limit || untrusted >= limit.div_ceil(2)
+                    state.full_for_strangers(limit)
                 };
                 if busy {
                     return Box::pin(ready(Err(Box::new(LookupsBusy { limit }) as BoxError)));
@@ -249,6 +260,13 @@ impl Cache {
 }
 
 impl State {
+    /// Whether a tenant never seen to verify would be refused a lookup now: all `limit`
+    /// lookups are running, or the half of them such tenants may use.
+    fn full_for_strangers(&self, limit: usize) -> bool {
+        let strangers = self.flights.values().filter(|f| !f.trusted).count();
+        self.flights.len() >= limit || strangers >= limit.div_ceil(2)
+    }
+
     fn remove(&mut self, tenant: &Tenant) {
         if let Some(entry) = self.entries.remove(tenant) {
             self.expiry.remove(&(entry.expires, entry.seq));
@@ -293,18 +311,33 @@ impl<R: SecretResolver> SecretResolver for CachedResolver<R> {
         self.inner.verified(tenant);
     }
 
-    fn refresh(&self, tenant: &Tenant) -> Option<ResolveFuture> {
-        let mut state = self.cache.lock();
-        let entry = state.entries.get(tenant)?;
-        let due = entry
-            .fetched
-            .checked_add(self.cache.policy.refresh_interval)
-            .is_some_and(|due| due <= Instant::now());
-        if !due {
-            return None;
+    fn refused(&self, tenant: &Tenant) -> Result<(), BoxError> {
+        let policy = self.cache.policy;
+        let now = Instant::now();
+        let saturated = {
+            let mut state = self.cache.lock();
+            // Known or not, a tenant's answer is forgotten once it is older than the
+            // refresh interval: the next delivery looks again, and picks up a rotated
+            // secret. This delivery is not held for it.
+            let due = state.entries.get(tenant).is_some_and(|entry| {
+                entry
+                    .fetched
+                    .checked_add(policy.refresh_interval)
+                    .is_some_and(|due| due <= now)
+            });
+            if due {
+                state.remove(tenant);
+            }
+            state.full_for_strangers(policy.max_lookups)
+        };
+        self.inner.refused(tenant)?;
+        if saturated {
+            return Err(Box::new(RefusedWhileBusy {
+                tenant: tenant.clone(),
+                limit: policy.max_lookups,
+            }));
         }
-        state.remove(tenant);
-        Some(self.join_or_start(&mut state, tenant))
+        Ok(())
     }
 }
 
@@ -339,6 +372,29 @@ impl fmt::Display for LookupsBusy {
 }
 
 impl std::error::Error for LookupsBusy {}
+
+/// The answer to a refusal while tenants never seen to verify get no lookups.
+#[derive(Debug)]
+struct RefusedWhileBusy {
+    tenant: Tenant,
+    limit: usize,
+}
+
+impl fmt::Display for RefusedWhileBusy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "a delivery for {} was refused (no secret known, or the secrets found did not \
+             verify it) and is answered as busy: tenants never seen to verify hold all the lookups they may use (half of \
+             the {} set with max_lookups_in_flight), and while they do, every refusal gets \
+             the 503 their deliveries get, so the status does not tell which tenants have \
+             verified; a flood of deliveries for uncached tenants, or a slow secret store",
+            self.tenant, self.limit
+        )
+    }
+}
+
+impl std::error::Error for RefusedWhileBusy {}
 
 /// A lookup failure, shared by every request that waited on the lookup.
 #[derive(Debug)]
@@ -628,24 +684,51 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn invalidate_and_refresh_are_per_tenant_and_refresh_is_rate_limited() {
+    async fn invalidate_and_refusals_are_per_tenant_and_refusals_never_look_up() {
         let (resolver, lookups, _gate) = counting(false);
         resolver.lookup(&inbox("inb_a")).await.unwrap();
         resolver.lookup(&inbox("inb_b")).await.unwrap();
         assert_eq!(lookups.load(Ordering::SeqCst), 2);
-        // Just fetched: a failed verification may not force another lookup.
-        assert!(resolver.refresh(&inbox("inb_a")).is_none());
+        // Just fetched: a refusal does not make the next delivery look again.
+        resolver.refused(&inbox("inb_a")).unwrap();
+        resolver.lookup(&inbox("inb_a")).await.unwrap();
+        assert_eq!(lookups.load(Ordering::SeqCst), 2);
         resolver.invalidate(&inbox("inb_a"));
         assert_eq!(resolver.len(), 1);
         resolver.lookup(&inbox("inb_a")).await.unwrap();
         assert_eq!(lookups.load(Ordering::SeqCst), 3);
 
         let resolver = resolver.refresh_interval(Duration::ZERO);
-        resolver.lookup(&inbox("inb_a")).await.unwrap();
-        let refreshed = resolver.refresh(&inbox("inb_a")).expect("due");
-        assert!(refreshed.await.unwrap().is_some());
-        assert_eq!(lookups.load(Ordering::SeqCst), 5);
-        // Nothing cached for an unseen tenant: nothing to refresh.
-        assert!(resolver.refresh(&inbox("inb_zz")).is_none());
+        for (tenant, found) in [(inbox("inb_a"), true), (inbox("unknown_a"), false)] {
+            let before = lookups.load(Ordering::SeqCst);
+            assert_eq!(resolver.lookup(&tenant).await.unwrap().is_some(), found);
+            // Due: the refusal forgets the answer, known or not, and starts no lookup.
+            resolver.refused(&tenant).unwrap();
+            assert_eq!(lookups.load(Ordering::SeqCst), before + 1);
+            assert_eq!(resolver.lookups_in_flight(), 0);
+            assert_eq!(resolver.lookup(&tenant).await.unwrap().is_some(), found);
+            assert_eq!(lookups.load(Ordering::SeqCst), before + 2, "{tenant}");
+        }
+        // Nothing cached for an unseen tenant: nothing to forget.
+        resolver.refused(&inbox("inb_zz")).unwrap();
+        assert_eq!(resolver.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn while_strangers_hold_their_half_every_refusal_is_answered_busy() {
+        let (resolver, _lookups, _gate) = counting(true);
+        let resolver = resolver.max_lookups_in_flight(4);
+        resolver.verified(&inbox("inb_real"));
+        assert!(resolver.refused(&inbox("inb_real")).is_ok());
+        assert!(resolver.refused(&inbox("inb_random")).is_ok());
+        let strangers: Vec<_> = (0..2)
+            .map(|i| resolver.lookup(&inbox(&format!("inb_random_{i}"))))
+            .collect();
+        for tenant in ["inb_real", "inb_random", "inb_random_0"] {
+            let error = resolver.refused(&inbox(tenant)).expect_err(tenant);
+            assert!(error.to_string().contains("answered as busy"), "{error}");
+        }
+        drop(strangers);
+        assert!(resolver.refused(&inbox("inb_real")).is_ok());
     }
 }

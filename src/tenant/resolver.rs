@@ -85,14 +85,27 @@ pub trait SecretResolver: Send + Sync + 'static {
     /// Starts the lookup of one tenant's secrets.
     fn lookup(&self, tenant: &Tenant) -> ResolveFuture;
 
-    /// Called when secrets this resolver returned failed to verify a delivery: a chance to
-    /// look again, bypassing a cache, in case the tenant's secret was rotated since. `None`
-    /// (the default) declines. The layer asks at most once per delivery;
-    /// [`CachedResolver`](super::CachedResolver) allows it at most once per tenant per
-    /// interval, so forgeries cannot use it to force lookups.
-    fn refresh(&self, tenant: &Tenant) -> Option<ResolveFuture> {
+    /// Called when a delivery for `tenant` is refused after its lookup: this resolver knew
+    /// no secret for the tenant, or the secrets it returned did not verify the delivery.
+    ///
+    /// The delivery is answered at once, whatever this does: a refusal never waits for
+    /// another lookup, so a forgery naming a known inbox costs what one naming an unknown
+    /// inbox costs. What the hook can do is prepare later deliveries:
+    /// [`CachedResolver`](super::CachedResolver) forgets the tenant's cached answer once it
+    /// is older than the refresh interval, so a rotated secret is looked up by the next
+    /// delivery, while forgeries cannot force more than one lookup per tenant per
+    /// interval.
+    ///
+    /// `Err` answers the delivery as a lookup that could not be served (`503` with
+    /// `Retry-After`, the error as the rejection's cause) instead of `400`.
+    /// [`CachedResolver`](super::CachedResolver) does so while the lookups it allows
+    /// tenants never seen to verify are all taken, when a delivery for such a tenant is
+    /// answered `503` before any lookup: every refusal then gets that answer, so the status
+    /// does not tell which tenants hold the lookups kept in reserve. The default does
+    /// nothing and returns `Ok`.
+    fn refused(&self, tenant: &Tenant) -> Result<(), BoxError> {
         let _ = tenant;
-        None
+        Ok(())
     }
 
     /// Called after a delivery for `tenant` verified under the secrets this resolver
@@ -114,8 +127,8 @@ impl<R: SecretResolver + ?Sized> SecretResolver for Arc<R> {
         (**self).lookup(tenant)
     }
 
-    fn refresh(&self, tenant: &Tenant) -> Option<ResolveFuture> {
-        (**self).refresh(tenant)
+    fn refused(&self, tenant: &Tenant) -> Result<(), BoxError> {
+        (**self).refused(tenant)
     }
 
     fn verified(&self, tenant: &Tenant) {

@@ -23,10 +23,12 @@ use crate::support::{SECRET, unix_now};
 use axum::{Router, routing::post};
 use openmail_webhooks::dedup::DeduplicateLayer;
 use openmail_webhooks::layer::DEFAULT_BODY_LIMIT;
+use openmail_webhooks::protocol::REFUSAL_MACS;
 use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
+use openmail_webhooks::test_util::macs_on_this_thread;
 use openmail_webhooks::{Rejection, VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -249,64 +251,210 @@ async fn breach_declared_lengths_with_no_body_pin_the_memory_budget() {
     );
 }
 
+/// Serves `app` with `axum::serve` (the layer alone, without the receiver's server
+/// settings) on this test's runtime. On a current-thread runtime the layer then verifies
+/// on the test's thread, where [`macs_on_this_thread`] counts.
+async fn serve_here(app: Router) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// What a client sees of one answer over HTTP/1.1, and what it cost the server: status,
+/// head (without its date), body, the MACs verification ran and the lookups it caused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Refusal {
+    status: u16,
+    head: Vec<String>,
+    body: String,
+    macs: u64,
+    lookups: usize,
+}
+
+async fn refusal(addr: SocketAddr, request: &[u8], lookups: &AtomicUsize) -> Refusal {
+    let (macs, looked) = (macs_on_this_thread(), lookups.load(Ordering::SeqCst));
+    let (status, head, body) = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        crate::wire::read_response(&mut stream).await
+    })
+    .await
+    .expect("answered within 20 s")
+    .expect("a whole response");
+    Refusal {
+        status,
+        head: head
+            .lines()
+            .filter(|line| !line.starts_with("date:"))
+            .map(str::to_owned)
+            .collect(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+        macs: macs_on_this_thread() - macs,
+        lookups: lookups.load(Ordering::SeqCst) - looked,
+    }
+}
+
+/// A forgery of about 4 MiB (the default body limit) naming `inbox`.
+fn large_forgery(inbox: &str) -> Vec<u8> {
+    let pad = "a".repeat(DEFAULT_BODY_LIMIT - 1024);
+    let body = format!(
+        r#"{{"event":"message.received","event_id":"evt_t","inbox_id":"{inbox}","pad":"{pad}"}}"#
+    );
+    signed_request("whsec_attacker", body.as_bytes())
+}
+
+/// A secret store that counts lookups: inboxes `inb_*` exist, with the secret
+/// `whsec_<inbox>`; a lookup for `inb_flood_*` waits until `gate` opens.
+#[derive(Clone, Default)]
+struct CountingStore {
+    lookups: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+impl SecretResolver for CountingStore {
+    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let tenant = tenant.clone();
+        let gate = Arc::clone(&self.gate);
+        Box::pin(async move {
+            let Tenant::Inbox(inbox) = tenant else {
+                return Ok(None);
+            };
+            if inbox.starts_with("inb_flood_") {
+                gate.notified().await;
+            }
+            if !inbox.starts_with("inb_") {
+                return Ok(None);
+            }
+            let secret = format!("whsec_{inbox}");
+            Ok(Some(TenantSecrets::inbox(inbox, [secret])?))
+        })
+    }
+}
+
 /// BREACH (silent). With an account fallback, which is what the receiver configures when
-/// both variables are set, a configured inbox's forgery is checked against two secrets
-/// (the inbox's, then the account's) and an unknown inbox's against one. The difference is
-/// a whole MAC over the body: with a 512 KiB body it is measured in milliseconds, and an
-/// anonymous client tells which inbox ids exist from the time of the `400`.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn breach_known_inboxes_take_longer_to_refuse_than_unknown_ones() {
+/// both variables are set, a configured inbox's forgery was checked against two secrets
+/// (the inbox's, then the account's) and an unknown inbox's against one: a whole MAC
+/// over the body more, which an anonymous client measured in milliseconds on a 512 KiB
+/// body. And behind a cache, a known inbox whose cached secret was due for a refresh
+/// waited for a fresh lookup and ran 8 MACs, against 4 and no lookup for an unknown inbox.
+///
+/// The work is counted, not timed: every refusal costs `REFUSAL_MACS` (4) MACs and the
+/// same lookups, whatever the inbox, with the same status, head and body. (A ratio of
+/// refusal times failed a fresh clone on a busy two-core machine; the timing itself is
+/// measured by `cargo bench --bench tenants`.)
+#[tokio::test]
+async fn breach_known_inboxes_cost_more_work_to_refuse_than_unknown_ones() {
     let _serial = serial().await;
+    let none = AtomicUsize::new(0);
     let secrets = InboxSecrets::new()
         .inbox("inb_known", ["whsec_known"])
         .unwrap()
         .account(["whsec_account"])
         .unwrap();
     let (app, _shown) = recording_router(VerifyOpenMailLayer::with_resolver(secrets));
-    let addr = start_router(app).await;
+    let addr = serve_here(app).await;
+    let known = refusal(addr, &large_forgery("inb_known"), &none).await;
+    let unknown = refusal(addr, &large_forgery("inb_nobody"), &none).await;
+    eprintln!("fixed secrets, known inbox: {known:?}");
+    assert_eq!(known, unknown);
+    assert_eq!(
+        (known.status, known.body.as_str()),
+        (400, "signature mismatch")
+    );
+    assert_eq!(known.macs, REFUSAL_MACS as u64);
 
-    let pad = "a".repeat(512 * KIB);
-    let forged = |inbox: &str| {
-        let body = format!(
-            r#"{{"event":"message.received","event_id":"evt_t","inbox_id":"{inbox}","pad":"{pad}"}}"#
+    // Behind a cache, with both answers due for a refresh.
+    let store = CountingStore::default();
+    let lookups = Arc::clone(&store.lookups);
+    let interval = Duration::from_secs(2);
+    let resolver = CachedResolver::new(store).refresh_interval(interval);
+    let (app, _shown) = recording_router(VerifyOpenMailLayer::with_resolver(resolver));
+    let addr = serve_here(app).await;
+    let warm = refusal(
+        addr,
+        &signed_request("whsec_inb_known", &event_body("evt_warm", "inb_known")),
+        &lookups,
+    )
+    .await;
+    assert_eq!((warm.status, warm.lookups), (200, 1));
+    let warm = refusal(addr, &large_forgery("unknown_x"), &lookups).await;
+    assert_eq!((warm.status, warm.lookups), (400, 1));
+    tokio::time::sleep(interval + Duration::from_millis(100)).await;
+    for (round, expected_lookups) in [0, 1, 0].into_iter().enumerate() {
+        let known = refusal(addr, &large_forgery("inb_known"), &lookups).await;
+        let unknown = refusal(addr, &large_forgery("unknown_x"), &lookups).await;
+        eprintln!("cached, round {round}: known inbox {known:?}");
+        assert_eq!(known, unknown, "round {round}");
+        assert_eq!(known.status, 400);
+        assert_eq!(
+            (known.macs, known.lookups),
+            (REFUSAL_MACS as u64, expected_lookups),
+            "round {round}"
         );
-        signed_request("whsec_attacker", body.as_bytes())
-    };
-    let known = forged("inb_known");
-    let unknown = forged("inb_nobody");
-    let mut times = [Vec::new(), Vec::new()];
-    let mut answers = [Vec::new(), Vec::new()];
-    for round in 0..17 {
-        for (which, request) in [&known, &unknown].into_iter().enumerate() {
-            let sent = Instant::now();
-            let answer = exchange(addr, request).await;
-            if round >= 2 {
-                times[which].push(sent.elapsed());
-            }
-            answers[which].push(answer);
-        }
     }
-    let [known_times, unknown_times] = times;
-    let (known_median, unknown_median) = (median(known_times), median(unknown_times));
-    let ratio = known_median.as_secs_f64() / unknown_median.as_secs_f64();
-    eprintln!(
-        "refusal: known inbox {known_median:?}, unknown {unknown_median:?}, ratio {ratio:.2}"
+}
+
+/// BREACH (silent, isolated). Once forgeries naming random inboxes held the half of the
+/// lookups kept for tenants never seen to verify, a forgery naming a recently verified
+/// inbox got a lookup from the reserve and `400`, and one naming any other inbox `503`:
+/// the status told which inboxes had delivered genuinely. Now every refusal gets the same
+/// `503` with `Retry-After` then, after the same MACs, while the reserve keeps serving
+/// the verified tenant's genuine deliveries.
+#[tokio::test]
+async fn breach_a_verified_inbox_is_told_by_its_status_while_lookups_are_full() {
+    let _serial = serial().await;
+    let store = CountingStore::default();
+    let (lookups, gate) = (Arc::clone(&store.lookups), Arc::clone(&store.gate));
+    let resolver = Arc::new(CachedResolver::new(store).max_lookups_in_flight(4));
+    let (app, _shown) = recording_router(VerifyOpenMailLayer::with_resolver(Arc::clone(&resolver)));
+    let addr = serve_here(app).await;
+    let real = Tenant::Inbox("inb_real".to_owned());
+    let genuine = signed_request("whsec_inb_real", &event_body("evt_g", "inb_real"));
+    assert_eq!(refusal(addr, &genuine, &lookups).await.status, 200);
+    resolver.invalidate(&real);
+
+    let flood: Vec<_> = (0..2)
+        .map(|index| {
+            let body = event_body("evt_f", &format!("inb_flood_{index}"));
+            tokio::spawn(
+                async move { exchange(addr, &signed_request("whsec_attacker", &body)).await },
+            )
+        })
+        .collect();
+    while resolver.lookups_in_flight() < 2 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let verified = refusal(addr, &large_forgery("inb_real"), &lookups).await;
+    let stranger = refusal(addr, &large_forgery("inb_other"), &lookups).await;
+    eprintln!("verified before: {verified:?}\nstranger: {stranger:?}");
+    // The lookup from the reserve is the one difference left.
+    assert_eq!((verified.lookups, stranger.lookups), (1, 0));
+    assert_eq!(
+        Refusal {
+            lookups: 0,
+            ..verified
+        },
+        Refusal {
+            lookups: 0,
+            ..stranger.clone()
+        }
     );
-    // The answers themselves are identical: only the time tells.
-    assert_eq!(answers[0], answers[1]);
+    assert_eq!(stranger.status, 503);
     assert!(
-        answers[0]
-            .iter()
-            .all(|answer| matches!(answer, Some((400, text)) if text == "signature mismatch")),
+        stranger.head.contains(&"retry-after: 30".to_owned()),
         "{:?}",
-        answers[0].first()
+        stranger.head
     );
-    assert!(
-        (0.8..1.25).contains(&ratio),
-        "a forgery naming a configured inbox takes {known_median:?} to refuse, one naming \
-         an unknown inbox {unknown_median:?} (ratio {ratio:.2}): the time tells which \
-         inboxes exist"
-    );
+    assert_eq!(stranger.macs, REFUSAL_MACS as u64);
+    resolver.invalidate(&real);
+    assert_eq!(refusal(addr, &genuine, &lookups).await.status, 200);
+
+    gate.notify_waiters();
+    for forged in flood {
+        assert_eq!(forged.await.unwrap().map(|(status, _)| status), Some(400));
+    }
 }
 
 /// A secret store that takes `delay` per lookup and counts them. Inboxes named
@@ -773,7 +921,8 @@ async fn held_h2_rapid_reset_flood_leaves_genuine_deliveries_answered() {
         statuses.iter().all(|status| *status == Some(200)),
         "{statuses:?}"
     );
-    assert!(worst < Duration::from_secs(3), "{latencies:?}");
+    // Loose, for a busy machine: answered, never held to the 10 s deadline.
+    assert!(worst < Duration::from_secs(8), "{latencies:?}");
     let bound = receiver::MEMORY_BUDGET + 32 * MIB;
     assert!(growth <= bound, "heap grew by {growth} bytes, over {bound}");
 }

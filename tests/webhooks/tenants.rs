@@ -300,10 +300,12 @@ async fn rotation_for_one_inbox_leaves_the_others_alone() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
-/// A resolver with a script: errors for `inb_down`, sleeps for `inb_slow`, counts calls.
+/// A resolver with a script: errors for `inb_down`, waits for `release` for `inb_slow`,
+/// counts calls.
 #[derive(Clone, Default)]
 struct Scripted {
     calls: Arc<AtomicUsize>,
+    release: Arc<tokio::sync::Notify>,
 }
 
 impl SecretResolver for Scripted {
@@ -313,11 +315,12 @@ impl SecretResolver for Scripted {
             Tenant::Inbox(inbox) => Some(inbox.clone()),
             _ => None,
         };
+        let release = Arc::clone(&self.release);
         Box::pin(async move {
             match inbox.as_deref() {
                 Some("inb_down") => Err("database unreachable".into()),
                 Some("inb_slow") => {
-                    tokio::time::sleep(Duration::from_secs(3)).await;
+                    release.notified().await;
                     Ok(Some(TenantSecrets::inbox("inb_slow", ["whsec_slow"])?))
                 }
                 Some("inb_missing") => Ok(None),
@@ -351,16 +354,22 @@ async fn a_failing_resolver_is_a_503_so_openmail_retries() {
 
 #[tokio::test]
 async fn a_slow_resolver_does_not_block_other_requests() {
-    let recorded = layer(Scripted::default());
+    let scripted = Scripted::default();
+    let (calls, release) = (Arc::clone(&scripted.calls), Arc::clone(&scripted.release));
+    let recorded = layer(scripted);
     let service = recorded.layer.layer(tower::service_fn(whoami));
     let slow = tokio::spawn(service.clone().oneshot(delivery(
         "/webhooks",
         "whsec_slow",
         &message("inb_slow"),
     )));
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The slow lookup has started, and waits until released.
+    while calls.load(Ordering::SeqCst) == 0 {
+        tokio::task::yield_now().await;
+    }
+    // Generous, for a busy machine: the slow lookup never ends on its own.
     let fast = tokio::time::timeout(
-        Duration::from_secs(1),
+        Duration::from_secs(10),
         service.oneshot(delivery(
             "/webhooks",
             "whsec_inb_fast",
@@ -372,6 +381,7 @@ async fn a_slow_resolver_does_not_block_other_requests() {
     .unwrap();
     assert_eq!(fast.status(), StatusCode::OK);
     assert!(!slow.is_finished());
+    release.notify_one();
     assert_eq!(slow.await.unwrap().unwrap().status(), StatusCode::OK);
 }
 
@@ -379,49 +389,70 @@ async fn a_slow_resolver_does_not_block_other_requests() {
 async fn the_cache_keeps_answers_but_never_errors() {
     let scripted = Scripted::default();
     let calls = Arc::clone(&scripted.calls);
-    // A TTL with room for a busy machine: the tests of this binary run eight at a time.
-    let cached = CachedResolver::new(scripted)
-        .ttl(Duration::from_secs(1))
-        .negative_ttl(Duration::from_secs(1))
+    // TTLs no test run outlasts, however busy the machine: hits are hits.
+    let cached = CachedResolver::new(scripted.clone())
+        .ttl(Duration::from_secs(3600))
+        .negative_ttl(Duration::from_secs(3600))
         .capacity(2);
-    let recorded = layer(cached);
-    let send_for = |inbox: &'static str| {
-        let layer = recorded.layer.clone();
-        async move {
-            send(
-                &layer,
-                delivery("/webhooks", &format!("whsec_{inbox}"), &message(inbox)),
-            )
-            .await
-            .0
-        }
+    let send_for = |layer: VerifyOpenMailLayer, inbox: &'static str| async move {
+        send(
+            &layer,
+            delivery("/webhooks", &format!("whsec_{inbox}"), &message(inbox)),
+        )
+        .await
+        .0
     };
-    assert_eq!(send_for("inb_a").await, StatusCode::OK);
-    assert_eq!(send_for("inb_a").await, StatusCode::OK);
+    let recorded = layer(cached);
+    let cached = || recorded.layer.clone();
+    assert_eq!(send_for(cached(), "inb_a").await, StatusCode::OK);
+    assert_eq!(send_for(cached(), "inb_a").await, StatusCode::OK);
     assert_eq!(
         calls.load(Ordering::SeqCst),
         1,
         "the second delivery is served from the cache"
     );
-    assert_eq!(send_for("inb_missing").await, StatusCode::BAD_REQUEST);
-    assert_eq!(send_for("inb_missing").await, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        send_for(cached(), "inb_missing").await,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        send_for(cached(), "inb_missing").await,
+        StatusCode::BAD_REQUEST
+    );
     assert_eq!(
         calls.load(Ordering::SeqCst),
         2,
         "an unknown tenant is cached too"
     );
-    assert_eq!(send_for("inb_down").await, StatusCode::SERVICE_UNAVAILABLE);
-    assert_eq!(send_for("inb_down").await, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        send_for(cached(), "inb_down").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        send_for(cached(), "inb_down").await,
+        StatusCode::SERVICE_UNAVAILABLE
+    );
     assert_eq!(
         calls.load(Ordering::SeqCst),
         4,
         "errors are asked again every time"
     );
-    tokio::time::sleep(Duration::from_millis(1050)).await;
-    assert_eq!(send_for("inb_a").await, StatusCode::OK);
+
+    // A short TTL, and a wait longer than it: expired entries are looked up again.
+    let expiring = layer(CachedResolver::new(scripted).ttl(Duration::from_millis(100)));
+    assert_eq!(
+        send_for(expiring.layer.clone(), "inb_a").await,
+        StatusCode::OK
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 5);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        send_for(expiring.layer.clone(), "inb_a").await,
+        StatusCode::OK
+    );
     assert_eq!(
         calls.load(Ordering::SeqCst),
-        5,
+        6,
         "expired entries are looked up again"
     );
 }
@@ -581,4 +612,228 @@ async fn url_routed_tenants_behind_an_axum_path_route_over_real_http() {
         .await;
         assert_eq!(got, status, "{path} {secret} {inbox}");
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// What a refusal costs and says, counted rather than timed.
+
+/// Inboxes `inb_*` exist with the secret `whsec_<inbox>`; a lookup for `inb_flood_*` waits
+/// until `gate` opens. Counts lookups.
+#[derive(Clone, Default)]
+struct Gated {
+    lookups: Arc<AtomicUsize>,
+    gate: Arc<tokio::sync::Notify>,
+}
+
+impl SecretResolver for Gated {
+    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        let tenant = tenant.clone();
+        let gate = Arc::clone(&self.gate);
+        Box::pin(async move {
+            let Tenant::Inbox(inbox) = tenant else {
+                return Ok(None);
+            };
+            if inbox.starts_with("inb_flood_") {
+                gate.notified().await;
+            }
+            if !inbox.starts_with("inb_") {
+                return Ok(None);
+            }
+            let secret = format!("whsec_{inbox}");
+            Ok(Some(TenantSecrets::inbox(inbox, [secret])?))
+        })
+    }
+}
+
+/// What a client sees of an answer, and what it cost: status, headers, body, the MACs
+/// verification ran (counted on this thread, which `oneshot` polls on) and the lookups.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cost {
+    status: StatusCode,
+    headers: Vec<(String, String)>,
+    body: String,
+    macs: u64,
+    lookups: usize,
+}
+
+async fn cost(
+    layer: &VerifyOpenMailLayer,
+    lookups: &AtomicUsize,
+    request: Request<Frames>,
+) -> Cost {
+    let (macs, looked) = (
+        openmail_webhooks::test_util::macs_on_this_thread(),
+        lookups.load(Ordering::SeqCst),
+    );
+    let response = layer
+        .layer(tower::service_fn(whoami))
+        .oneshot(request)
+        .await
+        .unwrap();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+        .collect();
+    let (status, body) = read(response).await;
+    Cost {
+        status,
+        headers,
+        body,
+        macs: openmail_webhooks::test_util::macs_on_this_thread() - macs,
+        lookups: lookups.load(Ordering::SeqCst) - looked,
+    }
+}
+
+/// Finding B4 of issue 19 (refresh path): a forgery naming a known inbox whose cached
+/// secret was due for a refresh cost 8 MACs and a lookup (the cached secrets, then a
+/// fresh lookup awaited and 4 more MACs), against 4 MACs for an unknown inbox. Now the
+/// refusal is answered at once; the next delivery for either tenant looks it up again.
+#[tokio::test]
+async fn a_refusal_costs_the_same_macs_and_lookups_whether_or_not_the_inbox_exists() {
+    let database = Gated::default();
+    let lookups = Arc::clone(&database.lookups);
+    // Long enough that nothing falls due within one request on a busy machine.
+    let interval = Duration::from_secs(2);
+    let resolver = CachedResolver::new(database).refresh_interval(interval);
+    let layer = layer(resolver).layer;
+    let pad = "p".repeat(64 * 1024);
+    let forged = |inbox: &str| {
+        let body = format!(
+            r#"{{"event":"message.received","event_id":"evt_f","inbox_id":"{inbox}","pad":"{pad}"}}"#
+        );
+        delivery("/webhooks", "whsec_forger", body.as_bytes())
+    };
+    // Both tenants cached: the known inbox's secrets, and "no such inbox".
+    let genuine = cost(
+        &layer,
+        &lookups,
+        delivery("/webhooks", "whsec_inb_known", &message("inb_known")),
+    )
+    .await;
+    assert_eq!((genuine.status, genuine.lookups), (StatusCode::OK, 1));
+    let first = cost(&layer, &lookups, forged("unknown_x")).await;
+    assert_eq!(
+        (first.status, first.macs, first.lookups),
+        (StatusCode::BAD_REQUEST, 4, 1)
+    );
+    // Both answers are now due for a refresh.
+    tokio::time::sleep(interval + Duration::from_millis(100)).await;
+
+    // Due: the refusal forgets the answer without a lookup of its own. Then the next
+    // delivery looks the tenant up, and the one after is served from the cache.
+    for (round, expected_lookups) in [0, 1, 0].into_iter().enumerate() {
+        let known = cost(&layer, &lookups, forged("inb_known")).await;
+        let unknown = cost(&layer, &lookups, forged("unknown_x")).await;
+        assert_eq!(known, unknown, "round {round}");
+        assert_eq!(known.status, StatusCode::BAD_REQUEST);
+        assert_eq!(known.body, "signature mismatch");
+        assert_eq!(
+            (known.macs, known.lookups),
+            (4, expected_lookups),
+            "round {round}"
+        );
+    }
+}
+
+/// Finding B4 of issue 19 (lookup slots): once tenants never seen to verify held their
+/// half of the lookups, a forgery naming a recently verified inbox got `400` (a lookup
+/// from the reserve, then a failed check) while one naming any other inbox got `503`.
+/// The status told which inboxes had verified. Now every refusal gets the `503` then.
+#[tokio::test]
+async fn while_the_lookups_are_full_every_inbox_is_refused_alike() {
+    let database = Gated::default();
+    let lookups = Arc::clone(&database.lookups);
+    let gate = Arc::clone(&database.gate);
+    let resolver = Arc::new(CachedResolver::new(database).max_lookups_in_flight(4));
+    let layer = layer(Arc::clone(&resolver)).layer;
+    let genuine = cost(
+        &layer,
+        &lookups,
+        delivery("/webhooks", "whsec_inb_real", &message("inb_real")),
+    )
+    .await;
+    assert_eq!(genuine.status, StatusCode::OK);
+    // Out of the cache, but remembered as a tenant that verified.
+    resolver.invalidate(&Tenant::Inbox("inb_real".to_owned()));
+
+    // Two forgeries naming random inboxes hold the strangers' half of the lookups.
+    let service = layer.layer(tower::service_fn(whoami));
+    let flood: Vec<_> = (0..2)
+        .map(|index| {
+            tokio::spawn(service.clone().oneshot(delivery(
+                "/webhooks",
+                "whsec_forger",
+                &message(&format!("inb_flood_{index}")),
+            )))
+        })
+        .collect();
+    while resolver.lookups_in_flight() < 2 {
+        tokio::task::yield_now().await;
+    }
+
+    let verified_before = cost(
+        &layer,
+        &lookups,
+        delivery("/webhooks", "whsec_forger", &message("inb_real")),
+    )
+    .await;
+    let stranger = cost(
+        &layer,
+        &lookups,
+        delivery("/webhooks", "whsec_forger", &message("inb_other")),
+    )
+    .await;
+    let (verified_lookups, stranger_lookups) = (verified_before.lookups, stranger.lookups);
+    assert_eq!(
+        (verified_lookups, stranger_lookups),
+        (1, 0),
+        "the reserve is used"
+    );
+    let alike = |cost: Cost| Cost { lookups: 0, ..cost };
+    assert_eq!(alike(verified_before), alike(stranger.clone()));
+    assert_eq!(stranger.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        stranger
+            .headers
+            .contains(&("retry-after".to_owned(), "30".to_owned())),
+        "{:?}",
+        stranger.headers
+    );
+    assert_eq!(stranger.macs, 4);
+    // A cached tenant's forgery is answered the same while the lookups are full.
+    let cached = cost(
+        &layer,
+        &lookups,
+        delivery("/webhooks", "whsec_forger", &message("inb_real")),
+    )
+    .await;
+    assert_eq!(
+        (cached.status, cached.macs, cached.lookups),
+        (StatusCode::SERVICE_UNAVAILABLE, 4, 0)
+    );
+    // The reserve still serves the tenant's genuine deliveries.
+    resolver.invalidate(&Tenant::Inbox("inb_real".to_owned()));
+    let genuine = cost(
+        &layer,
+        &lookups,
+        delivery("/webhooks", "whsec_inb_real", &message("inb_real")),
+    )
+    .await;
+    assert_eq!(genuine.status, StatusCode::OK);
+
+    gate.notify_waiters();
+    for forged in flood {
+        let status = forged.await.unwrap().unwrap().status();
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+    }
+    // The flood is over: refusals are told apart from a busy store again.
+    let after = cost(
+        &layer,
+        &lookups,
+        delivery("/webhooks", "whsec_forger", &message("inb_real")),
+    )
+    .await;
+    assert_eq!(after.status, StatusCode::BAD_REQUEST);
 }
