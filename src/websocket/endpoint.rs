@@ -156,7 +156,10 @@ mod tests {
             let endpoint = Endpoint::parse(url).unwrap();
             assert_eq!(endpoint.loopback, Some(address.parse().unwrap()), "{url}");
         }
-        assert_eq!(Endpoint::parse("wss://localhost:1/").unwrap().loopback, None);
+        assert_eq!(
+            Endpoint::parse("wss://localhost:1/").unwrap().loopback,
+            None
+        );
         for url in [
             "ws://api.openmail.sh/v1/ws",
             "ws://10.0.0.1/v1/ws",

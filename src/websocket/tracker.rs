@@ -208,11 +208,7 @@ impl Tracker {
             .slots
             .iter()
             .skip(replayed)
-            .filter(|key| {
-                self.jobs
-                    .get(*key)
-                    .is_some_and(|job| !job.state.settled())
-            })
+            .filter(|key| self.jobs.get(*key).is_some_and(|job| !job.state.settled()))
             .count();
         for key in self.slots.drain(..) {
             if let Some(job) = self.jobs.get_mut(&key) {
@@ -292,7 +288,10 @@ mod tests {
         assert_eq!(tracker.advance(), None);
         tracker.finish(&held, Finish::Interrupted);
         tracker.reconnect();
-        assert!(matches!(tracker.arrive(Some("evt_10")), Arrival::Dispatch(_)));
+        assert!(matches!(
+            tracker.arrive(Some("evt_10")),
+            Arrival::Dispatch(_)
+        ));
         assert_eq!(tracker.arrive(Some("evt_11")), Arrival::GaveUp);
     }
 

@@ -12,8 +12,8 @@ use crate::websocket_support::{API_KEY, AuthMethod, Ended, ServerOptions, TestSe
 use axum::http::StatusCode;
 use openmail_webhooks::Channel;
 use openmail_webhooks::websocket::{
-    DEFAULT_IN_FLIGHT_RETRIES, DeadLetter, GapReason, HandlerFailure, MemoryResume,
-    REPLAY_LIMIT, SkipReason, Status, Subscription, WebSocketClient, WebSocketError,
+    DEFAULT_IN_FLIGHT_RETRIES, DeadLetter, GapReason, HandlerFailure, MemoryResume, REPLAY_LIMIT,
+    SkipReason, Status, Subscription, WebSocketClient, WebSocketError,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -846,7 +846,9 @@ async fn a_server_error_answering_a_resumed_subscribe_does_not_drop_the_position
         .await;
     server.store_only(&event("evt_late", "inb_a", "message.received"));
     server.store_only(&event("evt_missed", "inb_a", "message.received"));
-    statuses.wait("evt_missed replayed", 1, handled("evt_missed")).await;
+    statuses
+        .wait("evt_missed replayed", 1, handled("evt_missed"))
+        .await;
     assert_eq!(gaps(&statuses), [], "no gap: the position was kept");
     let subscribes = server.client_messages_of("subscribe");
     assert_eq!(subscribes.len(), 2, "{subscribes:?}");
