@@ -10,17 +10,19 @@ use tower::{BoxError, Service};
 use super::backoff::Backoff;
 use super::endpoint::Endpoint;
 use super::resume::{MemoryResume, ResumeStore};
-use super::status::Status;
+use super::status::{DeadLetter, Status};
 use super::subscription::Subscription;
 use super::transport::Dial;
 use super::{
     DEFAULT_CONCURRENCY, DEFAULT_CONNECT_TIMEOUT, DEFAULT_HANDLER_RETRIES,
-    DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PING_INTERVAL, DEFAULT_PONG_TIMEOUT, DEFAULT_SHUTDOWN_GRACE,
-    DEFAULT_SUBSCRIBE_TIMEOUT, DEFAULT_URL, WebSocketError, run,
+    DEFAULT_IN_FLIGHT_RETRIES, DEFAULT_MAX_MESSAGE_SIZE, DEFAULT_PING_INTERVAL,
+    DEFAULT_PONG_TIMEOUT, DEFAULT_SHUTDOWN_GRACE, DEFAULT_SUBSCRIBE_TIMEOUT, DEFAULT_URL,
+    WebSocketError, run,
 };
 use crate::body::VerifiedBody;
 
 type StatusHook = Arc<dyn Fn(&Status) + Send + Sync + 'static>;
+type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync + 'static>;
 
 /// A client for OpenMail's WebSocket that hands each event to a tower `Service`, the same
 /// one that serves verified webhooks. See the [module docs](super) for what it does.
@@ -44,9 +46,11 @@ pub(crate) struct Config {
     pub(crate) dispatch_path: String,
     tls: Option<Arc<ClientConfig>>,
     on_status: Option<StatusHook>,
+    on_dead_letter: Option<DeadLetterHook>,
     pub(crate) reconnect: Backoff,
     pub(crate) retry: Backoff,
     pub(crate) retries: u32,
+    pub(crate) in_flight_retries: u32,
     pub(crate) concurrency: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) subscribe_timeout: Duration,
@@ -86,6 +90,12 @@ impl Config {
             hook(&status);
         }
     }
+
+    pub(crate) fn dead_letter(&self, letter: &DeadLetter) {
+        if let Some(hook) = &self.on_dead_letter {
+            hook(letter);
+        }
+    }
 }
 
 impl WebSocketClient {
@@ -114,9 +124,11 @@ impl WebSocketClient {
                 dispatch_path: "/webhooks".to_owned(),
                 tls: None,
                 on_status: None,
+                on_dead_letter: None,
                 reconnect: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                 retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                 retries: DEFAULT_HANDLER_RETRIES,
+                in_flight_retries: DEFAULT_IN_FLIGHT_RETRIES,
                 concurrency: DEFAULT_CONCURRENCY,
                 connect_timeout: DEFAULT_CONNECT_TIMEOUT,
                 subscribe_timeout: DEFAULT_SUBSCRIBE_TIMEOUT,
@@ -129,9 +141,11 @@ impl WebSocketClient {
     }
 
     /// Connects to `url` instead of [`DEFAULT_URL`] (staging, a proxy, a test server).
-    /// `wss://` goes anywhere, with the certificate verified; `ws://` only to a loopback
-    /// address (`127.0.0.0/8`, `::1`, `localhost`), since events carry no signature and
-    /// only TLS protects them and the key. A URL with credentials or a `token` query
+    /// `wss://` goes anywhere, with the certificate verified; `ws://` only to a literal
+    /// loopback address (`127.0.0.0/8`, `::1`), since events carry no signature and only
+    /// TLS protects them and the key. The name `localhost` is taken to mean `127.0.0.1`
+    /// and is never resolved, so that no hosts file or resolver can send the connection
+    /// elsewhere; other names are refused for `ws://`. A URL with credentials or a `token` query
     /// parameter is refused: the key belongs in [`new`](Self::new).
     pub fn url(mut self, url: &str) -> Result<Self, WebSocketError> {
         self.config.endpoint = Endpoint::parse(url)?;
@@ -175,6 +189,17 @@ impl WebSocketClient {
         self
     }
 
+    /// Calls `hook` with each event the service failed on every attempt, after
+    /// [`Status::HandlerFailed`] is reported. The client gives up on such an event: the
+    /// resume position moves past it, and the WebSocket will not deliver it again, so
+    /// keep it here (its bytes are [`DeadLetter::event`]'s
+    /// [`raw`](crate::Event::raw)) to handle it later. Without a hook, it is only
+    /// reported. Keep it quick: it runs on the client's task.
+    pub fn on_dead_letter(mut self, hook: impl Fn(&DeadLetter) + Send + Sync + 'static) -> Self {
+        self.config.on_dead_letter = Some(Arc::new(hook));
+        self
+    }
+
     /// The reconnection schedule: `initial`, doubling up to `max`, with jitter (each delay
     /// is between half the schedule's and the schedule's), and back to `initial` after a
     /// connection that got its subscription confirmed. 1 s to 30 s unless set, as
@@ -185,8 +210,10 @@ impl WebSocketClient {
     }
 
     /// How a failed event is retried in process: `retries` more attempts after the first,
-    /// the first after `initial_delay`, doubling, with jitter. 3 retries from 1 s unless
-    /// set ([`DEFAULT_HANDLER_RETRIES`]).
+    /// the first after `initial_delay`, doubling up to 30 s, with jitter. 3 retries from
+    /// 1 s unless set ([`DEFAULT_HANDLER_RETRIES`]). A `409` (the event in flight
+    /// elsewhere) is tried again on the same schedule, up to
+    /// [`DEFAULT_IN_FLIGHT_RETRIES`] times, without using these retries.
     pub fn handler_retries(mut self, retries: u32, initial_delay: Duration) -> Self {
         self.config.retries = retries;
         self.config.retry = Backoff::new(initial_delay, Duration::from_secs(30));

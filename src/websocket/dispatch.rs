@@ -22,6 +22,9 @@ pub(crate) struct Handling {
     pub(crate) path: Uri,
     /// Retries after the first attempt.
     pub(crate) retries: u32,
+    /// Tries again after a `409` (the same event in flight elsewhere), which use none of
+    /// the `retries`.
+    pub(crate) in_flight_retries: u32,
     pub(crate) backoff: Backoff,
     /// One permit per attempt in progress: the concurrency bound. A retry waiting out its
     /// delay holds none, so it never keeps later events waiting.
@@ -64,6 +67,12 @@ pub(crate) fn request(path: &Uri, event: &Arc<Event>) -> Request<VerifiedBody> {
 
 /// Hands `event` to `service` until it answers `2xx`, at most `1 + retries` times, with
 /// backoff between attempts.
+///
+/// A `409 Conflict` is what the deduplication layer answers while another copy of the
+/// same event is being handled (by the webhook route, or by another replica): not a
+/// failure, but "not yet". It is tried again after the same backoff, at most
+/// `in_flight_retries` times, without counting towards `retries`; once the other copy
+/// is done, the layer answers `200`. Past that bound it is a failure like any other.
 pub(crate) async fn handle<S, B>(
     mut service: S,
     event: Arc<Event>,
@@ -75,6 +84,8 @@ where
 {
     let mut stopping = handling.stopping.clone();
     let mut attempts: u32 = 0;
+    let mut failures: u32 = 0;
+    let mut conflicts: u32 = 0;
     loop {
         let permit = tokio::select! {
             biased;
@@ -93,10 +104,19 @@ where
             Err(_panic) => HandlerFailure::Panicked,
         };
         drop(permit);
-        if attempts > handling.retries {
-            return Outcome::Failed { attempts, failure };
-        }
-        let delay = handling.backoff.jittered(attempts.saturating_sub(1));
+        let step = if matches!(failure, HandlerFailure::Status(StatusCode::CONFLICT))
+            && conflicts < handling.in_flight_retries
+        {
+            conflicts = conflicts.saturating_add(1);
+            conflicts.saturating_sub(1)
+        } else {
+            failures = failures.saturating_add(1);
+            if failures > handling.retries {
+                return Outcome::Failed { attempts, failure };
+            }
+            failures.saturating_sub(1)
+        };
+        let delay = handling.backoff.jittered(step);
         tokio::select! {
             biased;
             _ = stopping.wait_for(|stop| *stop) => return Outcome::Stopped,

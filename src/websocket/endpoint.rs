@@ -1,6 +1,6 @@
 //! The WebSocket URL: parsed once, checked for TLS, and never carrying the key.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use http::Uri;
 
@@ -17,6 +17,11 @@ pub(crate) struct Endpoint {
     /// The request target: path and query.
     pub(crate) target: String,
     pub(crate) tls: bool,
+    /// For plain `ws://`, the loopback address to connect to, fixed here so that no
+    /// resolver (a hosts file, a DNS search domain, a local resolver) decides where
+    /// unauthenticated events come from. `None` for `wss://`, which resolves `host` and
+    /// authenticates the server by its certificate.
+    pub(crate) loopback: Option<SocketAddr>,
 }
 
 fn invalid(reason: &'static str) -> WebSocketError {
@@ -24,8 +29,9 @@ fn invalid(reason: &'static str) -> WebSocketError {
 }
 
 impl Endpoint {
-    /// Parses `url`. `wss://` goes anywhere; `ws://` only to a loopback address
-    /// (127.0.0.0/8, `::1`, `localhost`), for tests and local tools.
+    /// Parses `url`. `wss://` goes anywhere; `ws://` only to a literal loopback address
+    /// (127.0.0.0/8, `::1`), for tests and local tools, or to the name `localhost`, which
+    /// means 127.0.0.1 here and is never looked up.
     pub(crate) fn parse(url: &str) -> Result<Self, WebSocketError> {
         let uri: Uri = url
             .parse()
@@ -61,10 +67,15 @@ impl Endpoint {
                  it in a header, out of URLs and logs",
             ));
         }
-        if !tls && !is_loopback(&host) {
-            return Err(WebSocketError::InsecureUrl);
-        }
         let port = authority.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let loopback = if tls {
+            None
+        } else {
+            Some(SocketAddr::new(
+                loopback_address(&host).ok_or(WebSocketError::InsecureUrl)?,
+                port,
+            ))
+        };
         let target = uri
             .path_and_query()
             .map(|target| target.as_str())
@@ -77,6 +88,7 @@ impl Endpoint {
             port,
             target,
             tls,
+            loopback,
         })
     }
 
@@ -88,14 +100,16 @@ impl Endpoint {
     }
 }
 
-/// Loopback by address, or the name `localhost` (which resolves to loopback on every
-/// system this runs on; RFC 6761 reserves it for that).
-fn is_loopback(host: &str) -> bool {
+/// The loopback address `host` names: a literal one, or 127.0.0.1 for the name
+/// `localhost` (RFC 6761 reserves it for loopback), which is mapped here rather than
+/// resolved, since a hosts file or resolver may say otherwise.
+fn loopback_address(host: &str) -> Option<IpAddr> {
     if host.eq_ignore_ascii_case("localhost") {
-        return true;
+        return Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
     }
     host.parse::<IpAddr>()
-        .is_ok_and(|address| address.is_loopback())
+        .ok()
+        .filter(|address| address.is_loopback())
 }
 
 #[cfg(test)]
@@ -113,6 +127,7 @@ mod tests {
                 port: 443,
                 target: "/v1/ws".into(),
                 tls: true,
+                loopback: None,
             }
         );
         assert_eq!(endpoint.display(), "wss://api.openmail.sh/v1/ws");
@@ -131,12 +146,30 @@ mod tests {
             assert!(!endpoint.tls);
         }
         assert_eq!(Endpoint::parse("ws://[::1]:9000/x").unwrap().host, "::1");
+        // The address is fixed at parse time, never left to a resolver.
+        for (url, address) in [
+            ("ws://localhost:1/", "127.0.0.1:1"),
+            ("WS://LOCALHOST/", "127.0.0.1:80"),
+            ("ws://127.1.2.3:5/", "127.1.2.3:5"),
+            ("ws://[::1]:9000/x", "[::1]:9000"),
+        ] {
+            let endpoint = Endpoint::parse(url).unwrap();
+            assert_eq!(endpoint.loopback, Some(address.parse().unwrap()), "{url}");
+        }
+        assert_eq!(
+            Endpoint::parse("wss://localhost:1/").unwrap().loopback,
+            None
+        );
         for url in [
             "ws://api.openmail.sh/v1/ws",
             "ws://10.0.0.1/v1/ws",
             "ws://0.0.0.0/",
             "ws://[::]/",
             "ws://localhost.example.com/",
+            "ws://localhost./",
+            "ws://localhost4/",
+            "ws://ip6-localhost/",
+            "ws://[::ffff:127.0.0.1]/",
             "ws://127.0.0.1.example.com/",
         ] {
             assert!(

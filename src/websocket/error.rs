@@ -44,6 +44,18 @@ pub enum WebSocketError {
         /// The server's message, as received.
         message: String,
     },
+    /// The server answered a `subscribe` that carried the resume position with an
+    /// `error`. The client keeps the position and tries it again on a new connection, a
+    /// few times, before it subscribes without it and reports
+    /// [`GapReason::PositionUnknown`](super::GapReason::PositionUnknown).
+    PositionRefused {
+        /// The `last_event_id` sent, as sent.
+        last_event_id: String,
+        /// The server's message, as received.
+        message: String,
+        /// How many subscriptions in a row carried it and got an `error`, from 1.
+        tries: u32,
+    },
     /// The TCP connection, the TLS handshake or the WebSocket upgrade failed; the cause is
     /// in [`source`](StdError::source).
     Connect {
@@ -149,8 +161,9 @@ impl fmt::Display for WebSocketError {
                 super::DEFAULT_URL
             ),
             Self::InsecureUrl => f.write_str(
-                "ws:// is allowed only to a loopback address (127.0.0.0/8, ::1, localhost); \
-                 use wss:// so that the API key and the events travel over TLS",
+                "ws:// is allowed only to a literal loopback address (127.0.0.0/8, ::1; \
+                 localhost means 127.0.0.1); use wss:// so that the API key and the events \
+                 travel over TLS",
             ),
             Self::InvalidDispatchPath => f.write_str(
                 "the dispatch path is not a valid request path; use an absolute path \
@@ -164,6 +177,17 @@ impl fmt::Display for WebSocketError {
                 f,
                 "OpenMail refused the subscription: {}; check the inbox ids and event \
                  types (an inbox must belong to the account)",
+                LogSafe::new(message)
+            ),
+            Self::PositionRefused {
+                last_event_id,
+                message,
+                tries,
+            } => write!(
+                f,
+                "OpenMail answered the subscription resuming after event {} with an error \
+                 ({tries} in a row): {}; the position is kept and tried again",
+                LogSafe::new(last_event_id),
                 LogSafe::new(message)
             ),
             Self::Connect { .. } => f.write_str(

@@ -54,8 +54,10 @@
 //! WebSocket, with one store shared by the replicas (a
 //! [`RedisStore`](crate::dedup::RedisStore)): it keys on the event's `event_id`, whichever
 //! channel it came by. The dedup layer answers a duplicate `200`, which counts as handled
-//! here, and one still in flight `409`, which counts as a failure and is retried after a
-//! delay, by when the first copy is done.
+//! here, and one still in flight `409`, which is not a failure: it is tried again on the
+//! retry schedule, up to [`DEFAULT_IN_FLIGHT_RETRIES`] times, without using the event's
+//! retries, by when the first copy is usually done. (Any `409` counts as "in flight
+//! elsewhere", the service's own included.) A `409` past that bound counts as a failure.
 //!
 //! # Handling, retries, and the resume position
 //!
@@ -66,17 +68,29 @@
 //!   when more than [`MAX_BUFFERED_BYTES`] of events, or [`MAX_TRACKED_EVENTS`] events,
 //!   wait does the client stop reading, until some finish.
 //! - A failed event is retried in process: [`handler_retries`](WebSocketClient::handler_retries)
-//!   more attempts (3 by default), 1 s, 2 s, then 4 s apart, with jitter. Then it is
-//!   reported ([`Status::HandlerFailed`]) and left unhandled.
+//!   more attempts (3 by default), 1 s, 2 s, then 4 s apart, with jitter. Then the client
+//!   **gives up on it**: it is reported ([`Status::HandlerFailed`]), handed to the
+//!   [dead-letter hook](WebSocketClient::on_dead_letter) when one is set, and the resume
+//!   position moves past it.
 //! - **The socket does not redeliver**: OpenMail counts an event as delivered once it is
 //!   sent. So the resume position, the `last_event_id` the next connection sends, is a
-//!   low watermark: the last event of the longest run of handled events, in the order they
-//!   arrived. A failed event holds it, however many later events succeed. The next
-//!   connection (after any disconnect, or after a restart when the position is persisted)
-//!   asks for the events after it, and the failed event comes back and is tried again.
-//!   The later ones come back too: those this process has handled or is handling are
-//!   recognised and not handed to the service again ([`Status::AlreadyHandled`]); across
-//!   processes, the dedup layer recognises them.
+//!   low watermark: the last event of the longest run of settled events (handled, or
+//!   given up on and reported), in the order they arrived. An event still being handled
+//!   holds it, however many later events succeed, and so does one that a shutdown
+//!   interrupted. The next connection (after any disconnect, or after a restart when the
+//!   position is persisted) asks for the events after it. Those come back: the ones this
+//!   process has settled or is handling are recognised and not handed to the service
+//!   again ([`Status::AlreadyHandled`]); across processes, the dedup layer recognises
+//!   them.
+//! - **A deliberate departure from OpenMail's guidance.** OpenMail's docs say to resume
+//!   from the last event "successfully handled". Taken literally, one event that fails
+//!   for good (a bug, a poison message) pins the position for ever: every later event
+//!   stays tracked behind it, the replay after a reconnect or a restart brings at most
+//!   100 of them, and past [`MAX_TRACKED_EVENTS`] the socket is no longer read at all.
+//!   Events would be lost silently, many of them, for one failure. This client instead
+//!   loses none silently: the failure is reported and dead-lettered, with the event's
+//!   bytes, and the stream goes on. An application that wants such an event retried
+//!   keeps it from the dead-letter hook and runs it again later.
 //! - The position is loaded from a [`ResumeStore`] before the first connection and saved
 //!   each time it advances. [`MemoryResume`], the default, survives reconnections but not a
 //!   restart; [`RedisResume`] (with the `redis` feature) or your own store survives both.
@@ -91,8 +105,12 @@
 //! [`Status::PossibleGap`] when:
 //! - it starts with no stored position ([`GapReason::NoResumePosition`]): nothing before
 //!   this connection is replayed;
-//! - the server does not know the position, and the client subscribes without a replay
-//!   ([`GapReason::PositionUnknown`]);
+//! - the server answers the `subscribe` that carries the position with an `error`
+//!   five times in a row, on new connections with backoff
+//!   ([`WebSocketError::PositionRefused`], reported as reconnections), and the client then
+//!   subscribes without a replay ([`GapReason::PositionUnknown`]). The tries come first
+//!   because the server's `error` does not say whether it does not know the event or is
+//!   failing for a moment, and dropping the position loses up to 100 events;
 //! - a replay brings 100 events: more may have occurred after them
 //!   ([`GapReason::ReplayLimitReached`]). The replay is counted from the `subscribe` until
 //!   the stream has been quiet for a second after `subscribed`, so heavy live traffic right
@@ -111,8 +129,11 @@
 //!   at `trace` level.
 //! - **Transport**: `wss://` with the certificate verified by rustls against Mozilla's
 //!   roots ([`tls_config`](WebSocketClient::tls_config) replaces them). WebSocket events
-//!   carry no signature, so plain `ws://` is allowed only to loopback addresses, for tests
-//!   and local tools.
+//!   carry no signature, so plain `ws://` is allowed only to literal loopback addresses
+//!   (`127.0.0.0/8`, `::1`), for tests and local tools; the name `localhost` means
+//!   `127.0.0.1` and is never resolved. Even so, any local process that holds the port
+//!   can send events, which the client hands to the service as genuine: use `ws://` only
+//!   to a server you started.
 //! - **Subscribing**: the [`Subscription`] is sent as soon as the connection is open, with
 //!   `last_event_id` when there is a position, and the client waits for `subscribed`
 //!   ([`subscribe_timeout`](WebSocketClient::subscribe_timeout), 10 s) before counting the
@@ -170,7 +191,7 @@ pub use error::WebSocketError;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use resume::RedisResume;
 pub use resume::{MemoryResume, ResumeFuture, ResumeStore};
-pub use status::{GapReason, HandlerFailure, SkipReason, Status};
+pub use status::{DeadLetter, GapReason, HandlerFailure, SkipReason, Status};
 pub use subscription::Subscription;
 /// The rustls the client is built with, for [`WebSocketClient::tls_config`].
 pub use tokio_rustls::rustls;
@@ -186,6 +207,12 @@ pub const DEFAULT_CONCURRENCY: usize = 16;
 
 /// Retries of a failed event unless [`WebSocketClient::handler_retries`] says otherwise.
 pub const DEFAULT_HANDLER_RETRIES: u32 = 3;
+
+/// How many times an event answered `409` (the same event in flight elsewhere, as the
+/// deduplication layer answers) is tried again before it counts as failed. These tries
+/// follow the [`handler_retries`](WebSocketClient::handler_retries) schedule (1 s
+/// doubling to 30 s by default: about 2 min in all) and use none of its retries.
+pub const DEFAULT_IN_FLIGHT_RETRIES: u32 = 8;
 
 /// How long connecting may take unless [`WebSocketClient::connect_timeout`] says
 /// otherwise.
@@ -216,8 +243,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 
 /// Events received since the resume position past which the client stops reading the
-/// socket: the bound of what it tracks. A failed event that holds the position keeps
-/// later events tracked; at this many, the client stops reading until the server drops
-/// the connection for its unanswered pings, and the reconnect's replay starts over from
-/// the position.
+/// socket: the bound of what it tracks. An event still being handled holds the position
+/// and keeps later events tracked; at this many, the client stops reading until some
+/// finish. (A failed event does not hold it: the client gives up on it after its
+/// retries; see the module docs.)
 pub const MAX_TRACKED_EVENTS: usize = 10_000;

@@ -21,8 +21,8 @@ use tower::{BoxError, Service};
 use super::client::Config;
 use super::dispatch::{self, Handling, Outcome};
 use super::message::{Control, Incoming, classify};
-use super::status::{GapReason, SkipReason, Status};
-use super::tracker::{Arrival, Key, Tracker};
+use super::status::{DeadLetter, GapReason, SkipReason, Status};
+use super::tracker::{Arrival, Finish, Key, Tracker};
 use super::transport::{self, Transport};
 use super::{MAX_BUFFERED_BYTES, MAX_TRACKED_EVENTS, REPLAY_LIMIT, WebSocketError};
 use crate::Event;
@@ -33,6 +33,12 @@ const REPLAY_QUIET: Duration = Duration::from_secs(1);
 
 /// How long a frame may take to be written.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many subscriptions in a row may carry the resume position and get an `error`
+/// before the client drops the position. The server cannot tell "I don't know this
+/// event" from a passing failure of its own, and dropping the position loses up to 100
+/// events, so a few tries, across reconnections with backoff, come first.
+pub(crate) const POSITION_TRIES: u32 = 5;
 
 type Socket = WebSocketStream<Transport>;
 
@@ -98,6 +104,8 @@ struct Runner<S> {
     positions: watch::Sender<Option<Arc<str>>>,
     stop: watch::Sender<bool>,
     loaded: bool,
+    /// Subscriptions in a row that carried the position and got an `error`.
+    position_refusals: u32,
 }
 
 pub(crate) async fn serve<S, B, F>(
@@ -126,6 +134,7 @@ where
     let handling = Arc::new(Handling {
         path,
         retries: config.retries,
+        in_flight_retries: config.in_flight_retries,
         backoff: config.retry,
         permits: Arc::new(Semaphore::new(config.concurrency)),
         stopping,
@@ -141,6 +150,7 @@ where
         positions,
         stop,
         loaded: false,
+        position_refusals: 0,
     };
     let mut shutdown = std::pin::pin!(shutdown);
     let result = runner.run(shutdown.as_mut()).await;
@@ -441,6 +451,7 @@ where
                     session.good = true;
                     self.tracker.replayed();
                     if let Some(from) = resumed {
+                        self.position_refusals = 0;
                         self.report(Status::Resumed { from });
                     }
                     if let Some((_, quiet)) = &mut session.replay {
@@ -457,8 +468,26 @@ where
                 let Some(last_event_id) = resume_from else {
                     return Some(Ended::Fatal(WebSocketError::SubscribeRefused { message }));
                 };
-                // The position is unknown to the server (or the subscription is refused
-                // for another reason, which the next answer tells): subscribe without it.
+                // The position may be unknown to the server, or the server failing for a
+                // moment: keep the position for a few connections, then subscribe
+                // without it (a refusal for another reason shows in the next answer).
+                self.position_refusals = self.position_refusals.saturating_add(1);
+                if self.position_refusals < POSITION_TRIES {
+                    let close = socket.close(Some(CloseFrame {
+                        code: CloseCode::Normal,
+                        reason: "retrying the resume position".into(),
+                    }));
+                    let _ = timeout(Duration::from_secs(1), close).await;
+                    return Some(Ended::Lost {
+                        error: WebSocketError::PositionRefused {
+                            last_event_id,
+                            message,
+                            tries: self.position_refusals,
+                        },
+                        good: false,
+                    });
+                }
+                self.position_refusals = 0;
                 self.report(Status::PossibleGap {
                     reason: GapReason::PositionUnknown { last_event_id },
                 });
@@ -500,6 +529,7 @@ where
                 self.running.insert(handle.id(), Running { key, event });
             }
             Arrival::Running => {}
+            Arrival::GaveUp => self.advance(),
             Arrival::AlreadyHandled => {
                 if let Some(event_id) = event.event_id() {
                     self.report(Status::AlreadyHandled {
@@ -523,7 +553,7 @@ where
         self.buffered = self.buffered.saturating_sub(event.raw().len());
         let event_id = event.event_id().map(str::to_owned);
         let event_type = event.event_type().to_owned();
-        let handled = match outcome {
+        let finish = match outcome {
             Outcome::Handled { status, attempts } => {
                 self.report(Status::EventHandled {
                     event_id,
@@ -531,20 +561,25 @@ where
                     status,
                     attempts,
                 });
-                true
+                Finish::Handled
             }
             Outcome::Failed { attempts, failure } => {
                 self.report(Status::HandlerFailed {
                     event_id,
                     event_type,
                     attempts,
+                    failure: failure.clone(),
+                });
+                self.config.dead_letter(&DeadLetter {
+                    event,
+                    attempts,
                     failure,
                 });
-                false
+                Finish::GaveUp
             }
-            Outcome::Stopped => false,
+            Outcome::Stopped => Finish::Interrupted,
         };
-        self.tracker.finish(&key, handled);
+        self.tracker.finish(&key, finish);
         self.advance();
     }
 

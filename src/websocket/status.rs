@@ -85,8 +85,10 @@ pub enum Status {
         /// The event's `event_id`, as received.
         event_id: String,
     },
-    /// The service failed an event on every attempt. The resume position stays before it,
-    /// so the next connection's replay brings it again (see the module docs).
+    /// The service failed an event on every attempt, and the client gave up on it: the
+    /// resume position moves past it, and the event goes to the
+    /// [dead-letter hook](super::WebSocketClient::on_dead_letter), if one is set. The
+    /// WebSocket never delivers it again (see the module docs).
     HandlerFailed {
         /// The event's `event_id`, as received.
         event_id: Option<String>,
@@ -153,6 +155,21 @@ pub enum SkipReason {
         /// The parser's explanation.
         detail: String,
     },
+}
+
+/// An event the service failed on every attempt, handed to the
+/// [dead-letter hook](super::WebSocketClient::on_dead_letter) so that the application can
+/// keep it (in a table, a file, a queue) and handle it later: the WebSocket will not
+/// deliver it again, and the resume position has moved past it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The event, with its bytes as received ([`Event::raw`](crate::Event::raw)).
+    pub event: std::sync::Arc<crate::Event>,
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last attempt's failure.
+    pub failure: HandlerFailure,
 }
 
 /// Why the service failed an event.
@@ -341,8 +358,8 @@ impl fmt::Display for Status {
                 failure,
             } => write!(
                 f,
-                "handler failed {} {} after {attempts} attempts ({failure}); it is replayed \
-                 after the next reconnect",
+                "handler failed {} {} after {attempts} attempts ({failure}); given up, the \
+                 resume position moves past it",
                 LogSafe::new(event_type),
                 LogSafe::or_dash(event_id.as_deref()),
             ),

@@ -1,11 +1,17 @@
 //! The resume position: a low watermark over the events received, in arrival order.
 //!
 //! Events are handled concurrently and finish in any order. The position is the
-//! `event_id` of the last event of the longest **contiguous prefix** of handled events:
-//! an event that is still running, or that failed, holds it, even when later events are
-//! done. A replay from the position then brings back every event not yet handled, and
+//! `event_id` of the last event of the longest **contiguous prefix** of settled events:
+//! handled, or given up on after every retry (and reported). An event that is still
+//! running, or that was interrupted by a shutdown, holds it, even when later events are
+//! done. A replay from the position then brings back every event not yet settled, and
 //! possibly some that were (the service deduplicates those, and this process recognises
-//! the ones it handled or is handling; see [`Tracker::arrive`]).
+//! the ones it settled or is handling; see [`Tracker::arrive`]).
+//!
+//! A failure does not hold the position: OpenMail's WebSocket never redelivers, so an
+//! event that fails for good would otherwise pin the position for ever, and every later
+//! event would pile up behind it until the replay window (100 events) no longer reached
+//! them.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -29,13 +35,37 @@ pub(crate) enum Arrival {
     Running,
     /// The same event was handled: nothing to do.
     AlreadyHandled,
+    /// The same event failed every attempt and was reported: it is not tried again.
+    GaveUp,
+}
+
+/// How a dispatched event ended, for the tracker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Finish {
+    /// The service answered `2xx`.
+    Handled,
+    /// Every attempt failed, and the failure was reported: the position moves past it.
+    GaveUp,
+    /// The client stopped before the event was settled: it holds the position, so that
+    /// the next run gets it again.
+    Interrupted,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     Running,
     Succeeded,
-    Failed,
+    GaveUp,
+    /// Interrupted, or an orphan's run that did not finish: dispatched again when it
+    /// arrives.
+    Unfinished,
+}
+
+impl State {
+    /// Settled events let the position move past them.
+    fn settled(self) -> bool {
+        matches!(self, Self::Succeeded | Self::GaveUp)
+    }
 }
 
 #[derive(Debug)]
@@ -82,7 +112,7 @@ impl Tracker {
     }
 
     /// Records an arrival. An event whose `event_id` this process is handling or has
-    /// handled since the position is not dispatched again; one that failed is.
+    /// settled since the position is not dispatched again; one that was interrupted is.
     pub(crate) fn arrive(&mut self, event_id: Option<&str>) -> Arrival {
         let key = match event_id {
             Some(id) => Key::Id(Arc::from(id)),
@@ -94,14 +124,15 @@ impl Tracker {
         };
         self.slots.push_back(key.clone());
         let job = self.jobs.entry(key.clone()).or_insert(Job {
-            state: State::Failed,
+            state: State::Unfinished,
             slots: 0,
         });
         job.slots = job.slots.saturating_add(1);
         match job.state {
             State::Running => Arrival::Running,
             State::Succeeded => Arrival::AlreadyHandled,
-            State::Failed => {
+            State::GaveUp => Arrival::GaveUp,
+            State::Unfinished => {
                 job.state = State::Running;
                 Arrival::Dispatch(key)
             }
@@ -109,21 +140,23 @@ impl Tracker {
     }
 
     /// Records the outcome of a dispatched event.
-    pub(crate) fn finish(&mut self, key: &Key, handled: bool) {
+    pub(crate) fn finish(&mut self, key: &Key, finish: Finish) {
         let Some(job) = self.jobs.get_mut(key) else {
             return;
         };
-        if handled {
-            job.state = State::Succeeded;
-        } else if job.slots == 0 {
-            // An orphan that failed: the replay will bring it, and it runs again then.
-            self.jobs.remove(key);
-        } else {
-            job.state = State::Failed;
+        match finish {
+            Finish::Handled => job.state = State::Succeeded,
+            Finish::GaveUp => job.state = State::GaveUp,
+            // An orphan that did not finish: the replay will bring it, and it runs again
+            // then.
+            Finish::Interrupted if job.slots == 0 => {
+                self.jobs.remove(key);
+            }
+            Finish::Interrupted => job.state = State::Unfinished,
         }
     }
 
-    /// Advances the position over the handled prefix; returns the new position when it
+    /// Advances the position over the settled prefix; returns the new position when it
     /// moved.
     pub(crate) fn advance(&mut self) -> Option<Arc<str>> {
         let mut moved = None;
@@ -131,7 +164,7 @@ impl Tracker {
             let Some(job) = self.jobs.get_mut(front) else {
                 break;
             };
-            if job.state != State::Succeeded {
+            if !job.state.settled() {
                 break;
             }
             job.slots = job.slots.saturating_sub(1);
@@ -160,7 +193,7 @@ impl Tracker {
     /// before are forgotten (a connection that never got `subscribed` had no replay, so
     /// the orphans wait for the next one). Returns how many events not handled lie beyond what a replay brings:
     /// those past the first [`REPLAY_LIMIT`], or all of them when there is no position
-    /// to replay from (the very first events failed).
+    /// to replay from (the very first events are unsettled).
     pub(crate) fn reconnect(&mut self) -> usize {
         if std::mem::take(&mut self.replayed) {
             self.jobs
@@ -175,16 +208,12 @@ impl Tracker {
             .slots
             .iter()
             .skip(replayed)
-            .filter(|key| {
-                self.jobs
-                    .get(*key)
-                    .is_some_and(|job| job.state != State::Succeeded)
-            })
+            .filter(|key| self.jobs.get(*key).is_some_and(|job| !job.state.settled()))
             .count();
         for key in self.slots.drain(..) {
             if let Some(job) = self.jobs.get_mut(&key) {
                 job.slots = job.slots.saturating_sub(1);
-                if job.slots == 0 && job.state == State::Failed {
+                if job.slots == 0 && job.state == State::Unfinished {
                     self.jobs.remove(&key);
                 }
             }
@@ -220,19 +249,50 @@ mod tests {
             .map(|index| dispatch(&mut tracker, &format!("evt_{index}")))
             .collect();
         // 2 and 3 finish first: 1 still holds the position.
-        tracker.finish(&keys[1], true);
-        tracker.finish(&keys[2], true);
+        tracker.finish(&keys[1], Finish::Handled);
+        tracker.finish(&keys[2], Finish::Handled);
         assert_eq!(tracker.advance(), None);
         assert_eq!(position(&tracker), Some("evt_0"));
-        tracker.finish(&keys[0], true);
+        tracker.finish(&keys[0], Finish::Handled);
         assert_eq!(tracker.advance().as_deref(), Some("evt_3"));
         assert_eq!(tracker.len(), 1);
-        // A failure holds it for good.
-        tracker.finish(&keys[3], false);
+        // An interrupted event holds it.
+        tracker.finish(&keys[3], Finish::Interrupted);
         let key = dispatch(&mut tracker, "evt_5");
-        tracker.finish(&key, true);
+        tracker.finish(&key, Finish::Handled);
         assert_eq!(tracker.advance(), None);
         assert_eq!(position(&tracker), Some("evt_3"));
+    }
+
+    #[test]
+    fn an_event_given_up_on_does_not_hold_the_position_and_is_not_run_again() {
+        let mut tracker = Tracker::new(Some("evt_0".into()));
+        let failed = dispatch(&mut tracker, "evt_1");
+        let later: Vec<Key> = (2..=9)
+            .map(|index| dispatch(&mut tracker, &format!("evt_{index}")))
+            .collect();
+        for key in &later {
+            tracker.finish(key, Finish::Handled);
+        }
+        assert_eq!(tracker.advance(), None, "still running: it holds");
+        tracker.finish(&failed, Finish::GaveUp);
+        assert_eq!(tracker.advance().as_deref(), Some("evt_9"));
+        assert_eq!(tracker.len(), 0);
+        assert_eq!(tracker.jobs(), 0);
+
+        // Given up while an earlier event still holds the position: a replay brings it
+        // again, and it is not handed to the service again.
+        let held = dispatch(&mut tracker, "evt_10");
+        let failed = dispatch(&mut tracker, "evt_11");
+        tracker.finish(&failed, Finish::GaveUp);
+        assert_eq!(tracker.advance(), None);
+        tracker.finish(&held, Finish::Interrupted);
+        tracker.reconnect();
+        assert!(matches!(
+            tracker.arrive(Some("evt_10")),
+            Arrival::Dispatch(_)
+        ));
+        assert_eq!(tracker.arrive(Some("evt_11")), Arrival::GaveUp);
     }
 
     #[test]
@@ -246,23 +306,23 @@ mod tests {
             panic!()
         };
         assert_ne!(anonymous, other);
-        tracker.finish(&first, true);
-        tracker.finish(&other, true);
+        tracker.finish(&first, Finish::Handled);
+        tracker.finish(&other, Finish::Handled);
         assert_eq!(tracker.advance().as_deref(), Some("evt_1"));
-        tracker.finish(&anonymous, true);
+        tracker.finish(&anonymous, Finish::Handled);
         assert_eq!(tracker.advance(), None);
         assert_eq!(tracker.len(), 0);
         assert_eq!(position(&tracker), Some("evt_1"));
     }
 
     #[test]
-    fn a_replay_recognises_what_ran_and_reruns_what_failed() {
+    fn a_replay_recognises_what_ran_and_reruns_what_was_interrupted() {
         let mut tracker = Tracker::new(Some("evt_0".into()));
         let failed = dispatch(&mut tracker, "evt_1");
         let done = dispatch(&mut tracker, "evt_2");
         let _running = dispatch(&mut tracker, "evt_3");
-        tracker.finish(&failed, false);
-        tracker.finish(&done, true);
+        tracker.finish(&failed, Finish::Interrupted);
+        tracker.finish(&done, Finish::Handled);
         assert_eq!(tracker.reconnect(), 0);
         assert_eq!(tracker.len(), 0);
         assert_eq!(position(&tracker), Some("evt_0"));
@@ -271,10 +331,10 @@ mod tests {
         let again = dispatch(&mut tracker, "evt_1");
         assert_eq!(tracker.arrive(Some("evt_2")), Arrival::AlreadyHandled);
         assert_eq!(tracker.arrive(Some("evt_3")), Arrival::Running);
-        tracker.finish(&again, true);
+        tracker.finish(&again, Finish::Handled);
         assert_eq!(tracker.advance().as_deref(), Some("evt_2"));
         // The old connection's run of evt_3 finishes: it counts for the replayed copy.
-        tracker.finish(&Key::Id(Arc::from("evt_3")), true);
+        tracker.finish(&Key::Id(Arc::from("evt_3")), Finish::Handled);
         assert_eq!(tracker.advance().as_deref(), Some("evt_3"));
         assert_eq!(tracker.jobs(), 0);
     }
@@ -284,10 +344,10 @@ mod tests {
         let mut tracker = Tracker::new(None);
         let done = dispatch(&mut tracker, "evt_1");
         let held = dispatch(&mut tracker, "evt_2");
-        tracker.finish(&held, false);
-        tracker.finish(&done, false);
+        tracker.finish(&held, Finish::Interrupted);
+        tracker.finish(&done, Finish::Interrupted);
         let done = dispatch(&mut tracker, "evt_1");
-        tracker.finish(&done, true);
+        tracker.finish(&done, Finish::Handled);
         tracker.reconnect();
         assert_eq!(tracker.jobs(), 1, "evt_1 kept for the replay");
         tracker.reconnect();
@@ -302,7 +362,7 @@ mod tests {
         // A failed orphan is forgotten at once: its replay runs it again.
         let running = dispatch(&mut tracker, "evt_3");
         tracker.reconnect();
-        tracker.finish(&running, false);
+        tracker.finish(&running, Finish::Interrupted);
         assert_eq!(tracker.jobs(), 0);
         assert!(matches!(
             tracker.arrive(Some("evt_3")),
@@ -316,12 +376,12 @@ mod tests {
         let keys: Vec<Key> = (0..REPLAY_LIMIT + 5)
             .map(|index| dispatch(&mut tracker, &format!("evt_{index}")))
             .collect();
-        tracker.finish(&keys[0], false);
+        tracker.finish(&keys[0], Finish::Interrupted);
         for key in &keys[1..] {
-            tracker.finish(key, true);
+            tracker.finish(key, Finish::Handled);
         }
-        tracker.finish(&keys[REPLAY_LIMIT + 1], false);
-        tracker.finish(&keys[REPLAY_LIMIT + 3], false);
+        tracker.finish(&keys[REPLAY_LIMIT + 1], Finish::Interrupted);
+        tracker.finish(&keys[REPLAY_LIMIT + 3], Finish::Interrupted);
         assert_eq!(tracker.advance(), None);
         assert_eq!(tracker.reconnect(), 2);
     }
@@ -331,8 +391,8 @@ mod tests {
         let mut tracker = Tracker::new(None);
         let failed = dispatch(&mut tracker, "evt_1");
         let done = dispatch(&mut tracker, "evt_2");
-        tracker.finish(&failed, false);
-        tracker.finish(&done, true);
+        tracker.finish(&failed, Finish::Interrupted);
+        tracker.finish(&done, Finish::Handled);
         assert_eq!(tracker.reconnect(), 1);
     }
 }

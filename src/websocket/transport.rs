@@ -88,9 +88,11 @@ pub(crate) struct Dial<'a> {
 /// Connects, and upgrades to a WebSocket.
 pub(crate) async fn connect(dial: Dial<'_>) -> Result<WebSocketStream<Transport>, WebSocketError> {
     let endpoint = dial.endpoint;
-    let tcp = TcpStream::connect((endpoint.host.as_str(), endpoint.port))
-        .await
-        .map_err(WebSocketError::connect)?;
+    let tcp = match endpoint.loopback {
+        Some(address) => TcpStream::connect(address).await,
+        None => TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await,
+    }
+    .map_err(WebSocketError::connect)?;
     // Frames are small and latency matters more than packet count.
     let _ = tcp.set_nodelay(true);
     let mut stream = if endpoint.tls {

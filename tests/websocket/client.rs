@@ -12,8 +12,8 @@ use crate::websocket_support::{API_KEY, AuthMethod, Ended, ServerOptions, TestSe
 use axum::http::StatusCode;
 use openmail_webhooks::Channel;
 use openmail_webhooks::websocket::{
-    GapReason, HandlerFailure, MemoryResume, REPLAY_LIMIT, SkipReason, Status, Subscription,
-    WebSocketClient, WebSocketError,
+    DEFAULT_IN_FLIGHT_RETRIES, DeadLetter, GapReason, HandlerFailure, MemoryResume, REPLAY_LIMIT,
+    SkipReason, Status, Subscription, WebSocketClient, WebSocketError,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -555,24 +555,31 @@ async fn control_messages_are_kept_apart_and_everything_else_is_an_event() {
 }
 
 #[tokio::test]
-async fn a_failed_event_is_retried_then_reported_and_replayed_by_the_next_connection() {
+async fn a_failed_event_is_retried_reported_dead_lettered_and_the_position_moves_past_it() {
     let server = TestServer::start().await;
     let statuses = Statuses::default();
-    // evt_2 fails its first three attempts (the first run's, with two retries), and
-    // succeeds on the replay.
+    // evt_2 fails every attempt (the first run's three, with two retries).
     let app = App::new(|event_id, attempt| match (event_id, attempt) {
         ("evt_2", 1) => Action::Status(StatusCode::SERVICE_UNAVAILABLE),
         ("evt_2", 2) => Action::Panic,
-        ("evt_2", 3) => Action::Status(StatusCode::CONFLICT),
+        ("evt_2", _) => Action::Status(StatusCode::INTERNAL_SERVER_ERROR),
         _ => Action::Ok,
     });
+    let letters = Arc::new(std::sync::Mutex::new(Vec::<DeadLetter>::new()));
     let resume = MemoryResume::new();
-    let client = Running::spawn(
-        fast_client(&server, &statuses).resume_store(resume.clone()),
-        app.router(),
-    );
+    let client = {
+        let letters = Arc::clone(&letters);
+        Running::spawn(
+            fast_client(&server, &statuses)
+                .resume_store(resume.clone())
+                .on_dead_letter(move |letter: &DeadLetter| {
+                    letters.lock().unwrap().push(letter.clone())
+                }),
+            app.router(),
+        )
+    };
     server.wait_subscribed(1).await;
-    for index in 1..=3 {
+    for index in 1..=9 {
         server.push_event(&format!("evt_{index}"), "inb_a");
     }
     statuses
@@ -580,52 +587,152 @@ async fn a_failed_event_is_retried_then_reported_and_replayed_by_the_next_connec
             matches!(status, Status::HandlerFailed { event_id: Some(id), .. } if id == "evt_2")
         })
         .await;
-    statuses.wait("evt_3", 1, handled("evt_3")).await;
+    statuses.wait("evt_9", 1, handled("evt_9")).await;
     let failure = statuses.picked(|status| match status {
         Status::HandlerFailed {
             attempts, failure, ..
         } => Some((*attempts, failure.clone())),
         _ => None,
     });
+    assert_eq!(failure.len(), 1);
     assert_eq!(failure[0].0, 3);
     assert!(matches!(
         failure[0].1,
-        HandlerFailure::Status(StatusCode::CONFLICT)
+        HandlerFailure::Status(StatusCode::INTERNAL_SERVER_ERROR)
     ));
-    // evt_3 succeeded, but the position stays at the last event before the failure.
+    // The dead letter carries the event's bytes as received, once.
+    {
+        let letters = letters.lock().unwrap();
+        assert_eq!(letters.len(), 1);
+        assert_eq!(letters[0].event.event_id(), Some("evt_2"));
+        assert_eq!(letters[0].attempts, 3);
+        assert_eq!(
+            letters[0].event.raw(),
+            event("evt_2", "inb_a", "message.received").as_bytes()
+        );
+    }
+    // The failure does not pin the position: it moves to the newest event.
     server
-        .wait_until("the position", Duration::from_secs(10), |_| {
-            resume.position().as_deref() == Some("evt_1")
+        .wait_until("the position at evt_9", Duration::from_secs(10), |_| {
+            resume.position().as_deref() == Some("evt_9")
         })
         .await;
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(resume.position().as_deref(), Some("evt_1"));
 
+    // The next connection resumes after evt_9; evt_2 is not tried again.
     server.close_all(1001, "");
-    statuses
-        .wait("evt_2 on its replay", 1, handled("evt_2"))
-        .await;
-    server
-        .wait_until("the position past evt_3", Duration::from_secs(10), |_| {
-            resume.position().as_deref() == Some("evt_3")
-        })
-        .await;
-    assert_eq!(app.calls_for("evt_2"), 4);
-    assert_eq!(
-        app.calls_for("evt_3"),
-        1,
-        "evt_3 was handled once, not again on replay"
-    );
-    assert_eq!(
-        statuses.picked(|status| match status {
-            Status::AlreadyHandled { event_id } => Some(event_id.clone()),
-            _ => None,
-        }),
-        ["evt_3"]
-    );
+    statuses.wait("subscribed again", 2, is_subscribed).await;
     assert_eq!(
         server.client_messages_of("subscribe")[1]["last_event_id"],
-        "evt_1"
+        "evt_9"
+    );
+    server.push_event("evt_10", "inb_a");
+    statuses.wait("evt_10", 1, handled("evt_10")).await;
+    assert_eq!(app.calls_for("evt_2"), 3);
+    assert_eq!(letters.lock().unwrap().len(), 1);
+    client.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_event_given_up_on_behind_a_slow_one_is_not_run_again_by_the_replay() {
+    let server = TestServer::start().await;
+    let statuses = Statuses::default();
+    let gate = Arc::new(Notify::new());
+    let app = {
+        let gate = Arc::clone(&gate);
+        App::new(move |event_id, _| match event_id {
+            "evt_slow" => Action::Wait(Arc::clone(&gate)),
+            "evt_bad" => Action::Status(StatusCode::INTERNAL_SERVER_ERROR),
+            _ => Action::Ok,
+        })
+    };
+    let resume = MemoryResume::starting_at("evt_0");
+    server.store_only(&event("evt_0", "inb_a", "message.received"));
+    let client = Running::spawn(
+        fast_client(&server, &statuses).resume_store(resume.clone()),
+        app.router(),
+    );
+    server.wait_subscribed(1).await;
+    server.push_event("evt_slow", "inb_a");
+    server.push_event("evt_bad", "inb_a");
+    server.push_event("evt_ok", "inb_a");
+    statuses.wait("evt_ok", 1, handled("evt_ok")).await;
+    statuses
+        .wait("evt_bad failed", 1, |status| {
+            matches!(status, Status::HandlerFailed { .. })
+        })
+        .await;
+    // The slow one holds the position; the replay after a reconnect brings all three.
+    assert_eq!(resume.position().as_deref(), Some("evt_0"));
+    server.close_all(1001, "");
+    statuses.wait("subscribed again", 2, is_subscribed).await;
+    gate.notify_one();
+    statuses.wait("evt_slow", 1, handled("evt_slow")).await;
+    server
+        .wait_until("the position at evt_ok", Duration::from_secs(10), |_| {
+            resume.position().as_deref() == Some("evt_ok")
+        })
+        .await;
+    assert_eq!(app.calls_for("evt_bad"), 3, "given up on: not run again");
+    assert_eq!(app.calls_for("evt_ok"), 1);
+    assert_eq!(
+        statuses.count(|s| matches!(s, Status::HandlerFailed { .. })),
+        1
+    );
+    client.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_409_in_flight_elsewhere_is_tried_again_later_without_using_the_retries() {
+    let server = TestServer::start().await;
+    let statuses = Statuses::default();
+    // What the dedup layer answers while another copy runs: 409, then 200 once it is done.
+    let app = App::new(|event_id, attempt| match (event_id, attempt) {
+        ("evt_busy", 1..=4) => Action::Status(StatusCode::CONFLICT),
+        ("evt_stuck", _) => Action::Status(StatusCode::CONFLICT),
+        _ => Action::Ok,
+    });
+    let client = Running::spawn(fast_client(&server, &statuses), app.router());
+    server.wait_subscribed(1).await;
+    server.push_event("evt_busy", "inb_a");
+    server.push_event("evt_stuck", "inb_a");
+    statuses.wait("evt_busy", 1, handled("evt_busy")).await;
+    let attempts = statuses.picked(|status| match status {
+        Status::EventHandled {
+            event_id: Some(id),
+            attempts,
+            ..
+        } if id == "evt_busy" => Some(*attempts),
+        _ => None,
+    });
+    // Four 409s and a 200, with only two retries for failures.
+    assert_eq!(attempts, [5]);
+    // Bounded: a 409 that never ends becomes a failure after the in-flight tries and
+    // then the retries.
+    statuses
+        .wait("evt_stuck failed", 1, |status| {
+            matches!(status, Status::HandlerFailed { .. })
+        })
+        .await;
+    let failed = statuses.picked(|status| match status {
+        Status::HandlerFailed {
+            event_id: Some(id),
+            attempts,
+            failure,
+            ..
+        } => Some((id.clone(), *attempts, failure.to_string())),
+        _ => None,
+    });
+    assert_eq!(
+        failed,
+        [(
+            "evt_stuck".to_owned(),
+            1 + DEFAULT_IN_FLIGHT_RETRIES + 2,
+            "answered 409 Conflict".to_owned()
+        )]
+    );
+    assert_eq!(
+        app.calls_for("evt_stuck"),
+        (1 + DEFAULT_IN_FLIGHT_RETRIES + 2) as usize
     );
     client.stop().await.unwrap();
 }
@@ -708,11 +815,51 @@ async fn an_unknown_resume_position_is_reported_and_the_client_subscribes_withou
             last_event_id: "evt_gone".to_owned()
         }]
     );
+    // The position is tried five times, on new connections, before it is dropped.
     let subscribes = server.client_messages_of("subscribe");
-    assert_eq!(subscribes[0]["last_event_id"], "evt_gone");
-    assert_eq!(subscribes[1].get("last_event_id"), None);
+    assert_eq!(subscribes.len(), 6, "{subscribes:?}");
+    for subscribe in &subscribes[..5] {
+        assert_eq!(subscribe["last_event_id"], "evt_gone");
+    }
+    assert_eq!(subscribes[5].get("last_event_id"), None);
+    let tries: Vec<u32> = statuses.picked(|status| match reconnect_reason(status) {
+        Some(WebSocketError::PositionRefused { tries, .. }) => Some(tries),
+        _ => None,
+    });
+    assert_eq!(tries, [1, 2, 3, 4]);
     server.push_event("evt_1", "inb_a");
     statuses.wait("evt_1", 1, handled("evt_1")).await;
+    client.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_server_error_answering_a_resumed_subscribe_does_not_drop_the_position_at_once() {
+    // The server fails the first subscribe that carries the position (here: it does not
+    // know the event yet), and knows it by the next connection.
+    let server = TestServer::start().await;
+    let statuses = Statuses::default();
+    let app = App::succeeding();
+    let client = Running::spawn(
+        fast_client(&server, &statuses)
+            .reconnect_backoff(Duration::from_millis(400), Duration::from_millis(800))
+            .resume_store(MemoryResume::starting_at("evt_late")),
+        app.router(),
+    );
+    statuses
+        .wait("the server's error", 1, |s| {
+            matches!(s, Status::ServerError { .. })
+        })
+        .await;
+    server.store_only(&event("evt_late", "inb_a", "message.received"));
+    server.store_only(&event("evt_missed", "inb_a", "message.received"));
+    statuses
+        .wait("evt_missed replayed", 1, handled("evt_missed"))
+        .await;
+    assert_eq!(gaps(&statuses), [], "no gap: the position was kept");
+    let subscribes = server.client_messages_of("subscribe");
+    assert_eq!(subscribes.len(), 2, "{subscribes:?}");
+    assert_eq!(subscribes[1]["last_event_id"], "evt_late");
+    assert_eq!(app.called(), ["evt_missed"]);
     client.stop().await.unwrap();
 }
 
@@ -786,10 +933,16 @@ async fn a_short_replay_does_not_warn() {
 async fn unhandled_events_beyond_the_replay_window_are_reported_at_the_reconnect() {
     let server = TestServer::start().await;
     let statuses = Statuses::default();
-    let app = App::new(|event_id, _| match event_id {
-        "evt_000" | "evt_101" => Action::Status(StatusCode::INTERNAL_SERVER_ERROR),
-        _ => Action::Ok,
-    });
+    // Two events still being handled at the reconnect: evt_000 holds the position, and
+    // evt_101 lies beyond the replay's 100.
+    let gate = Arc::new(Notify::new());
+    let app = {
+        let gate = Arc::clone(&gate);
+        App::new(move |event_id, _| match event_id {
+            "evt_000" | "evt_101" => Action::Wait(Arc::clone(&gate)),
+            _ => Action::Ok,
+        })
+    };
     server.store_only(&event("evt_start", "inb_a", "message.received"));
     let client = Running::spawn(
         fast_client(&server, &statuses)
@@ -802,7 +955,7 @@ async fn unhandled_events_beyond_the_replay_window_are_reported_at_the_reconnect
         server.push_event(&format!("evt_{index:03}"), "inb_a");
     }
     statuses
-        .wait("110 outcomes", 110, |s| {
+        .wait("108 outcomes", 108, |s| {
             matches!(
                 s,
                 Status::EventHandled { .. } | Status::HandlerFailed { .. }
@@ -816,6 +969,7 @@ async fn unhandled_events_beyond_the_replay_window_are_reported_at_the_reconnect
         gaps.contains(&GapReason::BeyondReplay { unhandled: 1 }),
         "{gaps:?}"
     );
+    gate.notify_waiters();
     client.stop().await.unwrap();
 }
 

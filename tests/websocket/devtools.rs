@@ -81,6 +81,14 @@ async fn over_http(addr: SocketAddr, request: Request<String>) -> (StatusCode, V
 
 #[cfg(feature = "cli")]
 mod send {
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    use axum::Router;
+    use axum::routing::post;
+    use futures_util::StreamExt;
+    use http::HeaderMap;
+
     use super::*;
 
     /// One run of `openmail-webhooks send`.
@@ -384,6 +392,9 @@ mod send {
             "--attempt N",
             "--times N",
             "--skew SECONDS",
+            "--as-openmail",
+            "--speedup N",
+            "--print-body",
             "-h, --help",
         ] {
             assert!(run.stdout.contains(option), "{option}");
@@ -394,6 +405,249 @@ mod send {
         let run = send(&[&url], Some(SECRET));
         assert_eq!(run.code, 1);
         assert!(run.stderr.contains("cannot reach"), "{}", run.stderr);
+    }
+
+    /// A receiver on a loopback port that answers the first `failures` requests with
+    /// `503` and the rest with `200`, recording each request's headers and body.
+    async fn failing_receiver(failures: usize) -> (String, Arc<Mutex<Vec<(HeaderMap, Bytes)>>>) {
+        let seen: Arc<Mutex<Vec<(HeaderMap, Bytes)>>> = Arc::default();
+        let app = {
+            let seen = Arc::clone(&seen);
+            Router::new().route(
+                "/webhooks",
+                post(move |headers: HeaderMap, body: Bytes| {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let mut seen = seen.lock().unwrap();
+                        seen.push((headers, body));
+                        if seen.len() <= failures {
+                            (StatusCode::SERVICE_UNAVAILABLE, "busy, try later")
+                        } else {
+                            (StatusCode::OK, "ok")
+                        }
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        (format!("http://{addr}/webhooks"), seen)
+    }
+
+    async fn send_async(args: &[&str]) -> (Run, Duration) {
+        let args: Vec<String> = args.iter().map(|arg| arg.to_string()).collect();
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let run = send(&args, Some(SECRET));
+            (run, started.elapsed())
+        })
+        .await
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn as_openmail_retries_on_openmails_schedule_until_the_first_2xx() {
+        let (url, seen) = failing_receiver(2).await;
+        let (run, _) = send_async(&[
+            "--as-openmail",
+            "--speedup",
+            "100",
+            "--print-body",
+            "--event-id",
+            "evt_om",
+            &url,
+        ])
+        .await;
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let seen = seen.lock().unwrap().clone();
+        assert_eq!(seen.len(), 3, "stops at the first 2xx: {}", run.stdout);
+        let exchanges = run.exchanges();
+        let statuses: Vec<&str> = exchanges.iter().map(|e| e.status.as_str()).collect();
+        assert_eq!(
+            statuses,
+            [
+                "503 Service Unavailable",
+                "503 Service Unavailable",
+                "200 OK"
+            ]
+        );
+        for (index, exchange) in exchanges.iter().enumerate() {
+            assert!(
+                exchange
+                    .summary
+                    .contains(&format!("attempt {} of 5", index + 1)),
+                "{}",
+                exchange.summary
+            );
+        }
+        assert!(
+            run.stdout
+                .contains("next attempt in 0.3 s (OpenMail waits 30 s)"),
+            "{}",
+            run.stdout
+        );
+        assert!(
+            run.stdout
+                .contains("next attempt in 0.6 s (OpenMail waits 60 s)"),
+            "{}",
+            run.stdout
+        );
+        // Each attempt signed afresh, as the next attempt of the same event; the body
+        // printed is the body sent.
+        let mut signatures = std::collections::HashSet::new();
+        for (index, (headers, body)) in seen.iter().enumerate() {
+            let signature = headers["x-signature"].to_str().unwrap().to_owned();
+            let timestamp: i64 = headers["x-timestamp"].to_str().unwrap().parse().unwrap();
+            let age = support::unix_now() - timestamp;
+            assert!((0..=30).contains(&age), "a fresh X-Timestamp: {age} s old");
+            signatures.insert(signature);
+            let sent = json(std::str::from_utf8(body).unwrap());
+            assert_eq!(sent["event_id"], "evt_om");
+            assert_eq!(sent["attempt"], index as u64 + 1);
+            assert_eq!(headers["x-event-id"], "evt_om");
+            assert!(
+                run.stdout.contains(std::str::from_utf8(body).unwrap()),
+                "--print-body prints what was sent"
+            );
+        }
+        assert_eq!(signatures.len(), 3);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn as_openmail_gives_up_after_five_attempts() {
+        let (url, seen) = failing_receiver(usize::MAX).await;
+        let (run, elapsed) = send_async(&["--as-openmail", "--speedup", "100", &url]).await;
+        assert_eq!(run.code, 1, "{}{}", run.stdout, run.stderr);
+        assert_eq!(seen.lock().unwrap().len(), 5);
+        assert_eq!(run.exchanges().len(), 5);
+        assert!(
+            run.stdout.contains("gave up after 5 attempts"),
+            "{}",
+            run.stdout
+        );
+        assert!(
+            run.stdout.contains("(OpenMail waits 240 s)"),
+            "{}",
+            run.stdout
+        );
+        // The four delays, scaled: 0.3 + 0.6 + 1.2 + 2.4 s at least.
+        assert!(elapsed >= Duration::from_millis(4500), "{elapsed:?}");
+
+        // The mode's options are checked.
+        let run = send(&["--as-openmail", "--times", "2", &url], Some(SECRET));
+        assert_eq!(run.code, 2);
+        assert!(run.stderr.contains("don't go together"), "{}", run.stderr);
+        let run = send(&["--speedup", "10", &url], Some(SECRET));
+        assert_eq!(run.code, 2);
+        assert!(run.stderr.contains("add --as-openmail"), "{}", run.stderr);
+        let run = send(&["--as-openmail", "--speedup", "0", &url], Some(SECRET));
+        assert_eq!(run.code, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_id_that_cannot_be_a_header_is_still_sent() {
+        let (url, seen) = failing_receiver(0).await;
+        let path =
+            std::env::temp_dir().join(format!("openmail-send-badid-{}.json", std::process::id()));
+        std::fs::write(
+            &path,
+            "{\"event\":\"setup.test\",\"event_id\":\"evt_\\n\\u001b[2J\"}",
+        )
+        .unwrap();
+        let (run, _) = send_async(&[&url, path.to_str().unwrap()]).await;
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(seen[0].0.get("x-event-id").is_none());
+        assert!(
+            run.stdout.contains("X-Event-Id is left out"),
+            "{}",
+            run.stdout
+        );
+        assert!(!run.stdout.contains('\u{1b}'), "{}", run.stdout);
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_huge_answer_is_read_in_bounded_memory() {
+        // 256 MiB of answer, streamed; the receiver then holds the connection open
+        // until the test has looked at send's memory.
+        const CHUNK: usize = 1 << 20;
+        const CHUNKS: usize = 256;
+        let release = Arc::new(tokio::sync::Notify::new());
+        let (sent, all_sent) = tokio::sync::oneshot::channel::<()>();
+        let sent = Arc::new(Mutex::new(Some(sent)));
+        let app = {
+            let release = Arc::clone(&release);
+            Router::new().route(
+                "/webhooks",
+                post(move || {
+                    let release = Arc::clone(&release);
+                    let sent = Arc::clone(&sent);
+                    async move {
+                        let chunks = futures_util::stream::iter(0..=CHUNKS).then(move |index| {
+                            let release = Arc::clone(&release);
+                            let sent = Arc::clone(&sent);
+                            async move {
+                                if index == CHUNKS {
+                                    // Every chunk before is written: send has read all but
+                                    // what the socket buffers hold.
+                                    if let Some(sent) = sent.lock().unwrap().take() {
+                                        let _ = sent.send(());
+                                    }
+                                    release.notified().await;
+                                    return Ok::<_, std::io::Error>(Bytes::from_static(b"end"));
+                                }
+                                Ok(Bytes::from(vec![b'x'; CHUNK]))
+                            }
+                        });
+                        axum::body::Body::from_stream(chunks)
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let child = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"))
+            .args(["send", &format!("http://{addr}/webhooks")])
+            .env("OPENMAIL_WEBHOOK_SECRET", SECRET)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let status = format!("/proc/{}/status", child.id());
+        tokio::time::timeout(Duration::from_secs(60), all_sent)
+            .await
+            .expect("send did not read the answer")
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let peak_kib: u64 = std::fs::read_to_string(&status)
+            .unwrap()
+            .lines()
+            .find_map(|line| line.strip_prefix("VmHWM:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap();
+        release.notify_one();
+        let output = tokio::task::spawn_blocking(move || child.wait_with_output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stdout = String::from_utf8(output.stdout).unwrap();
+        assert_eq!(output.status.code(), Some(0), "{stdout}");
+        assert!(
+            peak_kib < 64 * 1024,
+            "a 256 MiB answer peaked at {peak_kib} KiB"
+        );
+        let total = CHUNK * CHUNKS + 3;
+        assert!(
+            stdout.contains(&format!("…(+{} bytes)", total - 64 * 1024)),
+            "the rest is counted: {}",
+            &stdout[stdout.len().saturating_sub(200)..]
+        );
     }
 
     #[test]
@@ -942,6 +1196,31 @@ mod listen {
         assert_eq!(code, 2);
         assert!(stderr.contains("plain HTTP"), "{stderr}");
 
+        // Email content in cleartext off the machine needs an explicit flag.
+        for remote in [
+            "http://10.0.0.5:3000/webhooks",
+            "http://receiver.example/webhooks",
+            "http://localhost.example/webhooks",
+            "http://0.0.0.0:3000/webhooks",
+        ] {
+            let (code, stderr) = run(&["--forward-to", remote], &key);
+            assert_eq!(code, 2, "{remote}: {stderr}");
+            assert!(stderr.contains("--allow-remote"), "{stderr}");
+        }
+        let (code, stderr) = run(
+            &[
+                "--forward-to",
+                "http://10.0.0.5:3000/webhooks",
+                "--allow-remote",
+            ],
+            &key,
+        );
+        assert_eq!(code, 2);
+        assert!(
+            stderr.contains("OPENMAIL_WEBHOOK_SECRET is not set"),
+            "past the check: {stderr}"
+        );
+
         let insecure = [
             ("OPENMAIL_API_KEY", API_KEY),
             ("OPENMAIL_WS_URL", "ws://example.com/v1/ws"),
@@ -993,6 +1272,92 @@ mod listen {
             );
         }
         assert_eq!(seen.lock().unwrap().len(), 6);
+        let stderr = listen.stderr();
+        assert!(
+            stderr.contains("listen: warning:") && stderr.contains("any process on this machine"),
+            "a plain ws:// server is trusted only with a warning: {stderr}"
+        );
+        assert_eq!(listen.interrupt().await.0, 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failed_event_does_not_pin_the_resume_position_across_a_restart() {
+        let server = TestServer::start().await;
+        let app = {
+            let layer = VerifyOpenMailLayer::new(SECRET).unwrap();
+            Router::new()
+                .route(
+                    "/webhooks",
+                    post(move |Extension(event): Extension<Arc<Event>>| async move {
+                        if event.event_id() == Some("evt_ws_3") {
+                            http::StatusCode::UNPROCESSABLE_ENTITY
+                        } else {
+                            http::StatusCode::OK
+                        }
+                    }),
+                )
+                .layer(layer)
+        };
+        let (url, seen) = serve(app).await;
+        let file =
+            std::env::temp_dir().join(format!("openmail-listen-pinned-{}", std::process::id()));
+        let _ = std::fs::remove_file(&file);
+        // localhost, as developers write it: it means 127.0.0.1.
+        let url = url.replace("127.0.0.1", "localhost");
+        let args = [
+            "--forward-to",
+            &url,
+            "--resume-file",
+            file.to_str().unwrap(),
+        ];
+        let mut listen = Listen::spawn(&args, &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        for index in 1..=9 {
+            server.push(&message(&format!("evt_ws_{index}")));
+        }
+        let mut lines = listen.lines_until("failed ", 1).await;
+        let forwarded = lines
+            .iter()
+            .filter(|line| line.starts_with("forwarded "))
+            .count();
+        lines.extend(listen.lines_until("forwarded ", 8 - forwarded).await);
+        assert!(
+            lines.iter().any(|line| line
+                .starts_with("failed evt_ws_3 422 Unprocessable Entity after 4 attempts")),
+            "{lines:?}"
+        );
+        assert_eq!(listen.interrupt().await.0, 0);
+        assert_eq!(std::fs::read_to_string(&file).unwrap(), "evt_ws_9\n");
+
+        // Restarted, it resumes from the newest event, and gets what it missed.
+        server.store_only(&message("evt_ws_10"));
+        let mut listen = Listen::spawn(&args, &server.url(), API_KEY);
+        let lines = listen.lines_until("forwarded ", 1).await;
+        assert!(
+            lines.contains(&"forwarded evt_ws_10 200 OK".to_owned()),
+            "{lines:?}"
+        );
+        let subscribes = server.client_messages_of("subscribe");
+        assert_eq!(subscribes.last().unwrap()["last_event_id"], "evt_ws_9");
+        assert_eq!(listen.interrupt().await.0, 0);
+        std::fs::remove_file(&file).unwrap();
+        assert_eq!(counts(&seen).get("evt_ws_3"), Some(&4));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_event_id_that_cannot_be_a_header_value_is_still_forwarded() {
+        let server = TestServer::start().await;
+        let (url, seen) = receiver().await;
+        let mut listen = Listen::spawn(&["--forward-to", &url], &server.url(), API_KEY);
+        server.wait_subscribed(1).await;
+        server.push(&message("evt_odd\n\u{1b}[2J\u{e9}"));
+        let lines = listen.lines_until("forwarded ", 1).await;
+        assert!(
+            lines.contains(&"forwarded evt_odd\\n\\u{1b}[2Jé 200 OK".to_owned()),
+            "{lines:?}"
+        );
+        // It reached the receiver once, without X-Event-Id (which is unsigned).
+        assert_eq!(seen.lock().unwrap().as_slice(), ["-"]);
         assert_eq!(listen.interrupt().await.0, 0);
     }
 

@@ -1,10 +1,13 @@
 //! The one way the tool talks to a receiver: a signed `POST` over plain HTTP, answered
 //! within OpenMail's delivery timeout.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, StatusCode, Uri};
+use http::header::HOST;
+use http::uri::Authority;
+use http::{HeaderValue, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
@@ -12,6 +15,10 @@ use openmail_webhooks::sign;
 
 /// How long OpenMail waits for a `2xx` before it counts a delivery as failed.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How many bytes of a receiver's answer are kept: enough to print, and the rest is read
+/// and counted, never stored, so that an answer of any size costs this much memory.
+pub const ANSWER_KEPT: usize = 64 * 1024;
 
 /// An HTTP client for plain-HTTP receivers.
 pub type HttpClient = Client<HttpConnector, Full<Bytes>>;
@@ -39,7 +46,43 @@ pub fn parse_url(url: &str, tool: &str) -> Result<Uri, String> {
     }
 }
 
-/// The request OpenMail would send: `body` signed with `secret` at `timestamp`.
+/// Where a receiver on this machine is reached without asking a resolver: its literal
+/// loopback address, or 127.0.0.1 for the name `localhost`. `None` for any other host.
+pub fn loopback(url: &Uri) -> Option<IpAddr> {
+    let host = url.host()?;
+    if host.eq_ignore_ascii_case("localhost") {
+        return Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+    let host = host
+        .strip_prefix('[')
+        .and_then(|host| host.strip_suffix(']'))
+        .unwrap_or(host);
+    host.parse::<IpAddr>()
+        .ok()
+        .filter(|address| address.is_loopback())
+}
+
+/// `url` with its host replaced by `address`, so that the connection goes there without
+/// a name lookup; the original authority is kept for the `Host` header.
+pub fn pinned(url: &Uri, address: IpAddr) -> Result<Uri, String> {
+    let port = url.port_u16().unwrap_or(80);
+    let authority = match address {
+        IpAddr::V4(v4) => format!("{v4}:{port}"),
+        IpAddr::V6(v6) => format!("[{v6}]:{port}"),
+    };
+    let mut parts = url.clone().into_parts();
+    parts.authority = Some(
+        authority
+            .parse::<Authority>()
+            .map_err(|error| format!("cannot address {address}: {error}"))?,
+    );
+    Uri::from_parts(parts).map_err(|error| format!("cannot address {address}: {error}"))
+}
+
+/// The request OpenMail would send: `body` signed with `secret` at `timestamp`, and
+/// `X-Event-Id` when the `event_id` fits a header value. One that does not (a control
+/// character, non-ASCII) is still delivered: the header is left out, as it is unsigned
+/// and the body carries the id; a receiver deduplicates on the body's.
 pub fn signed_request(
     url: &Uri,
     secret: &str,
@@ -48,32 +91,71 @@ pub fn signed_request(
     body: Bytes,
 ) -> Result<Request<Full<Bytes>>, String> {
     let timestamp = timestamp.to_string();
-    Request::post(url.clone())
+    let mut request = Request::post(url.clone())
         .header("content-type", "application/json")
         .header("x-timestamp", &timestamp)
-        .header("x-signature", sign(secret, &timestamp, &body))
-        .header("x-event-id", event_id)
+        .header("x-signature", sign(secret, &timestamp, &body));
+    if let Some(event_id) = event_id_header(event_id) {
+        request = request.header("x-event-id", event_id);
+    }
+    request
         .body(Full::new(body))
         .map_err(|error| format!("cannot build the request: {error}"))
 }
 
-/// Sends `request` and reads the whole answer, within [`DELIVERY_TIMEOUT`].
-pub async fn post(
-    client: &HttpClient,
-    request: Request<Full<Bytes>>,
-) -> Result<(StatusCode, Bytes), String> {
+/// The `X-Event-Id` value for `event_id`, when it can be one: visible ASCII.
+pub fn event_id_header(event_id: &str) -> Option<HeaderValue> {
+    if event_id.is_empty() || !event_id.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return None;
+    }
+    HeaderValue::from_str(event_id).ok()
+}
+
+/// Sets the `Host` header to `url`'s authority, for a request sent to a pinned address.
+pub fn keep_host<B>(request: &mut Request<B>, url: &Uri) {
+    if let Some(host) = url
+        .authority()
+        .and_then(|authority| HeaderValue::from_str(authority.as_str()).ok())
+    {
+        request.headers_mut().insert(HOST, host);
+    }
+}
+
+/// A receiver's answer: the status, the first [`ANSWER_KEPT`] bytes of the body, and the
+/// body's whole length.
+pub struct Answer {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub length: u64,
+}
+
+/// Sends `request` and reads the answer, within [`DELIVERY_TIMEOUT`]: the whole body is
+/// read, as OpenMail reads it, but only its first [`ANSWER_KEPT`] bytes are kept.
+pub async fn post(client: &HttpClient, request: Request<Full<Bytes>>) -> Result<Answer, String> {
     let url = request.uri().clone();
     let exchange = async {
         let response = client.request(request).await.map_err(|error| {
             format!("cannot reach {url}: {error}; is the receiver running on that port?")
         })?;
         let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|error| format!("the response from {url} broke off: {error}"))?;
-        Ok((status, body.to_bytes()))
+        let mut body = response.into_body();
+        let mut kept = Vec::new();
+        let mut length: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|error| format!("the response from {url} broke off: {error}"))?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            length = length.saturating_add(u64::try_from(data.len()).unwrap_or(u64::MAX));
+            let room = ANSWER_KEPT.saturating_sub(kept.len());
+            kept.extend_from_slice(data.get(..room.min(data.len())).unwrap_or_default());
+        }
+        Ok(Answer {
+            status,
+            body: Bytes::from(kept),
+            length,
+        })
     };
     tokio::time::timeout(DELIVERY_TIMEOUT, exchange)
         .await

@@ -10,7 +10,10 @@
 //! - It subscribes to every event of the account, or to the inboxes and event types given.
 //! - Each event prints one stdout line as it arrives: `<type> <event_id> inbox=<inbox_id>`,
 //!   each value escaped and cut short, or, with `--json`, the event's JSON on one line.
-//! - `--forward-to URL` also POSTs each event to URL (plain `http://`), signed with
+//! - `--forward-to URL` also POSTs each event to URL (plain `http://`, on this machine:
+//!   a literal loopback address or `localhost`, which means 127.0.0.1 and is not looked
+//!   up; another host needs `--allow-remote`, since the events are email content and
+//!   plain HTTP carries them in cleartext), signed with
 //!   `OPENMAIL_WEBHOOK_SECRET` as OpenMail signs a webhook: the body byte for byte,
 //!   `Content-Type: application/json`, a fresh `X-Timestamp` and its `X-Signature` on every
 //!   attempt, and `X-Event-Id` set to the event's `event_id`. One stdout line reports each
@@ -21,7 +24,14 @@
 //! - The resume position (the last event handled in order) is kept in memory, for
 //!   reconnections, or with `--resume-file PATH` in a file, so that a restarted `listen`
 //!   also gets the events that occurred while it was stopped (OpenMail replays up to 100).
-//! - Connections, reconnections, replays and failures are reported on stderr.
+//! - An event that still fails after its retries is reported (`failed …`) and given up
+//!   on: the resume position moves past it, so that one bad event cannot hold back the
+//!   ones after it (OpenMail's WebSocket never sends it again).
+//! - Whatever the WebSocket server sends, `listen --forward-to` signs with the webhook
+//!   secret. Over the default `wss://` the server is OpenMail, authenticated by TLS; over
+//!   a plain `ws://` `OPENMAIL_WS_URL` (loopback only), any local process holding that
+//!   port is trusted alike, so `listen` warns about it.
+//! - Connections, reconnections, replays and failures are reported on stderr, escaped.
 //! - Exit status: `0` after Ctrl-C (or SIGTERM); `2` for a usage error, a missing variable,
 //!   or a key OpenMail refuses (close code `4001`); `1` for any other error that stops it.
 
@@ -43,7 +53,9 @@ use openmail_webhooks::websocket::{
 };
 use openmail_webhooks::{Clock, Delivery, LogSafe, SystemClock};
 
-use crate::http::{HttpClient, client, parse_url, post, signed_request};
+use crate::http::{
+    HttpClient, client, keep_host, loopback, parse_url, pinned, post, signed_request,
+};
 use crate::resume::FileResume;
 
 /// The help text, also printed after a usage error.
@@ -64,7 +76,14 @@ options:
   --forward-to URL   also POST each event to URL (plain http://), signed with
                      OPENMAIL_WEBHOOK_SECRET as OpenMail signs webhooks, and
                      print the receiver's answer; a non-2xx is retried with
-                     backoff, without holding up later events
+                     backoff, without holding up later events, then reported
+                     as failed and skipped. URL must be on this machine
+                     (127.0.0.1, ::1, or localhost, which means 127.0.0.1)
+                     unless --allow-remote is given. Whatever the WebSocket
+                     server sends is signed: with a plain ws:// OPENMAIL_WS_URL,
+                     any local process holding its port can have events signed
+  --allow-remote     let --forward-to send events to another machine, in
+                     cleartext over plain HTTP
   --resume-file PATH keep the resume position (the last event handled) in
                      PATH, so that a restarted listen gets the events it
                      missed while stopped, up to 100 (default: in memory, for
@@ -88,6 +107,7 @@ struct Options {
     inbox_ids: Vec<String>,
     event_types: Vec<String>,
     resume_file: Option<PathBuf>,
+    allow_remote: bool,
 }
 
 /// Parses the arguments that follow `listen`. `None` asks for the help.
@@ -99,6 +119,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         inbox_ids: Vec::new(),
         event_types: Vec::new(),
         resume_file: None,
+        allow_remote: false,
     };
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -112,6 +133,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         match name.as_str() {
             "-h" | "--help" => return Ok(None),
             "--json" if inline.is_none() => options.json = true,
+            "--allow-remote" if inline.is_none() => options.allow_remote = true,
+            "--allow-remote" => return Err("--allow-remote takes no value".to_owned()),
             "--forward-to" => {
                 let url = value("a URL")?;
                 options.forward_to = Some(parse_url(&url, "listen --forward-to")?);
@@ -130,6 +153,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
                 ));
             }
         }
+    }
+    if let Some(url) = &options.forward_to
+        && !options.allow_remote
+        && loopback(url).is_none()
+    {
+        return Err(format!(
+            "--forward-to {url} is not on this machine: the events are email content, \
+             and plain HTTP would carry them in cleartext. Use 127.0.0.1, ::1 or \
+             localhost, or add --allow-remote to send them there anyway"
+        ));
     }
     Ok(Some(options))
 }
@@ -158,7 +191,11 @@ impl Environment {
 
 /// Where the forwarded events go, and how they are signed.
 struct Forward {
+    /// As given: what is printed, and the `Host` header.
     url: Uri,
+    /// Where the requests go: on loopback, the address itself, so that no resolver
+    /// chooses it.
+    connect: Uri,
     secret: String,
     client: HttpClient,
 }
@@ -287,17 +324,8 @@ impl Shared {
                 );
                 let _ = writeln!(std::io::stderr().lock(), "listen: {status}");
             }
-            Status::Reconnecting { reason, .. } => {
-                let mut line = format!("listen: {status}");
-                let mut source = std::error::Error::source(reason);
-                while let Some(cause) = source {
-                    line.push_str(&format!(": {cause}"));
-                    source = cause.source();
-                }
-                let _ = writeln!(std::io::stderr().lock(), "{line}");
-            }
             other => {
-                let _ = writeln!(std::io::stderr().lock(), "listen: {other}");
+                let _ = writeln!(std::io::stderr().lock(), "{}", status_line(other));
             }
         }
     }
@@ -315,13 +343,16 @@ impl Forward {
         let event_id = delivery.event_id().unwrap_or("");
         let shown = LogSafe::or_dash(delivery.event_id());
         let request = match signed_request(
-            &self.url,
+            &self.connect,
             &self.secret,
             SystemClock.now(),
             event_id,
             delivery.body().clone(),
         ) {
-            Ok(request) => request,
+            Ok(mut request) => {
+                keep_host(&mut request, &self.url);
+                request
+            }
             Err(message) => {
                 let _ = writeln!(
                     std::io::stderr().lock(),
@@ -331,9 +362,10 @@ impl Forward {
             }
         };
         match post(&self.client, request).await {
-            Ok((status, _)) if status.is_success() => status,
-            Ok((status, answer)) => {
-                let answer = String::from_utf8_lossy(&answer);
+            Ok(answer) if answer.status.is_success() => answer.status,
+            Ok(answer) => {
+                let status = answer.status;
+                let answer = String::from_utf8_lossy(&answer.body);
                 let _ = writeln!(
                     std::io::stderr().lock(),
                     "listen: {} answered {status} to {shown}{}{}",
@@ -373,6 +405,26 @@ fn one_line_json(body: &[u8]) -> String {
             }
             c => line.push(c),
         }
+    }
+    line
+}
+
+/// A status as `listen` reports it on stderr: its `Display`, which shows a
+/// reconnection's whole cause chain, escaped.
+fn status_line(status: &Status) -> String {
+    format!("listen: {status}")
+}
+
+/// An error and its causes on one line, each escaped and cut short: a cause can quote
+/// what a server sent.
+fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    // A few levels say enough; a cyclic or endless chain must not hang the printer.
+    for _ in 0..8 {
+        let Some(cause) = source else { break };
+        line.push_str(&format!(": {}", LogSafe::new(&cause.to_string())));
+        source = cause.source();
     }
     line
 }
@@ -435,11 +487,22 @@ pub async fn main(
             );
             return 2;
         }
-        (Some(url), Some(secret)) => Some(Forward {
-            url,
-            secret,
-            client: client(),
-        }),
+        (Some(url), Some(secret)) => {
+            let connect = match loopback(&url).map(|address| pinned(&url, address)) {
+                None => url.clone(),
+                Some(Ok(connect)) => connect,
+                Some(Err(message)) => {
+                    let _ = writeln!(err, "listen: {message}");
+                    return 2;
+                }
+            };
+            Some(Forward {
+                url,
+                connect,
+                secret,
+                client: client(),
+            })
+        }
     };
     let url = environment.url.unwrap_or_else(|| DEFAULT_URL.to_owned());
     let mut client = match WebSocketClient::new(api_key).and_then(|client| client.url(&url)) {
@@ -457,6 +520,22 @@ pub async fn main(
                 return 2;
             }
         }
+    }
+    if forward.is_some()
+        && url
+            .get(..5)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("ws://"))
+    {
+        let _ = writeln!(
+            err,
+            "listen: warning: {} is plain ws://, so nothing authenticates the server: any \
+             process on this machine holding that port can send events, and listen signs \
+             them for {}; use it only with a server you started",
+            shown_url(&url),
+            forward
+                .as_ref()
+                .map_or_else(String::new, |forward| forward.url.to_string()),
+        );
     }
     let _ = writeln!(
         err,
@@ -488,7 +567,7 @@ pub async fn main(
             0
         }
         Err(error) => {
-            let _ = writeln!(err, "listen: {error}");
+            let _ = writeln!(err, "listen: {}", chain(&error));
             match error {
                 WebSocketError::Unauthorized
                 | WebSocketError::InvalidApiKey
@@ -519,6 +598,7 @@ mod tests {
                 inbox_ids: Vec::new(),
                 event_types: Vec::new(),
                 resume_file: None,
+                allow_remote: false,
             })
         );
         let options = parse(&["--inbox-id", "inb_a", "--inbox-id=inb_b", "--event", "x"])
@@ -573,6 +653,77 @@ mod tests {
         assert_eq!(before, after);
         let compact = r#"{"event":"message.received","subject":"Café – €"}"#;
         assert_eq!(one_line_json(compact.as_bytes()), compact);
+    }
+
+    #[test]
+    fn forward_to_stays_on_this_machine_unless_allowed() {
+        for local in [
+            "http://127.0.0.1:3000/webhooks",
+            "http://127.9.9.9/webhooks",
+            "http://[::1]:3000/webhooks",
+            "http://localhost:3000/webhooks",
+            "http://LOCALHOST/webhooks",
+        ] {
+            assert!(parse(&["--forward-to", local]).is_ok(), "{local}");
+        }
+        for remote in [
+            "http://10.0.0.5:3000/webhooks",
+            "http://receiver.example/webhooks",
+            "http://localhost.example/webhooks",
+            "http://127.0.0.1.example/webhooks",
+            "http://0.0.0.0:3000/webhooks",
+            "http://[::ffff:127.0.0.1]/webhooks",
+        ] {
+            let error = parse(&["--forward-to", remote]).unwrap_err();
+            assert!(error.contains("--allow-remote"), "{remote}: {error}");
+            let options = parse(&["--allow-remote", "--forward-to", remote])
+                .unwrap()
+                .unwrap();
+            assert!(options.allow_remote);
+        }
+        assert!(
+            parse(&["--allow-remote=yes"])
+                .unwrap_err()
+                .contains("no value")
+        );
+        // localhost is reached at 127.0.0.1, never looked up; Host stays as written.
+        let url: Uri = "http://localhost:3000/webhooks?x=1".parse().unwrap();
+        let address = loopback(&url).unwrap();
+        assert_eq!(
+            pinned(&url, address).unwrap(),
+            "http://127.0.0.1:3000/webhooks?x=1"
+        );
+        let url: Uri = "http://[::1]/webhooks".parse().unwrap();
+        assert_eq!(
+            pinned(&url, loopback(&url).unwrap()).unwrap(),
+            "http://[::1]:80/webhooks"
+        );
+    }
+
+    #[test]
+    fn error_chains_are_printed_escaped() {
+        #[derive(Debug)]
+        struct Hostile;
+        impl std::fmt::Display for Hostile {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("bad\nlisten: stopped\u{1b}[2J")
+            }
+        }
+        impl std::error::Error for Hostile {}
+        let error = WebSocketError::ResumeStore {
+            source: Arc::new(Hostile),
+        };
+        let line = chain(&error);
+        assert!(!line.contains(['\n', '\u{1b}']), "{line}");
+        assert!(line.contains(r"bad\nlisten: stopped\u{1b}[2J"), "{line}");
+        // A reconnection's chain, as listen prints it.
+        let status = Status::Reconnecting {
+            delay: std::time::Duration::from_secs(1),
+            reason: error,
+        };
+        let line = status_line(&status);
+        assert!(!line.contains(['\n', '\u{1b}']), "{line}");
+        assert_eq!(line.matches("bad").count(), 1, "{line}");
     }
 
     #[test]

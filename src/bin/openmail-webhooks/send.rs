@@ -11,9 +11,15 @@
 //! - Each delivery carries `Content-Type: application/json`, a fresh `X-Timestamp`, its
 //!   `X-Signature = hex(HMAC-SHA256(secret, X-Timestamp + "." + body))`, and `X-Event-Id`
 //!   equal to the body's `event_id` (a fresh `evt_` id when the body has none).
-//! - It prints each request's summary, then the response's status and body, to stdout.
-//! - Exit status: `0` when every response is a `2xx`; `1` when one is not, or a request
-//!   could not be sent; `2` for a usage error or a missing secret.
+//! - It prints each request's summary, then the response's status and body, to stdout;
+//!   with `--print-body`, the body it sends too.
+//! - With `--as-openmail`, it behaves as OpenMail's delivery does: each attempt waits at
+//!   most 15 s for an answer, a non-`2xx` (or no answer) is tried again after 30 s, 60 s,
+//!   2 min and 4 min (five attempts in all; `--speedup N` divides these delays by N), each
+//!   attempt is signed afresh, and it stops at the first `2xx`.
+//! - Exit status: `0` when every response is a `2xx` (with `--as-openmail`: when one
+//!   attempt got a `2xx`); `1` when one is not, or a request could not be sent; `2` for a
+//!   usage error or a missing secret.
 //!
 //! `X-Timestamp` is the clock's second at sending, so two of the `--times` deliveries can
 //! share it, as two of OpenMail's can. No two carry the same `X-Signature`, though: the
@@ -30,7 +36,7 @@ use http::Uri;
 use openmail_webhooks::test_util::Sample;
 use openmail_webhooks::{Clock, LogSafe, SystemClock};
 
-use crate::http::{client, parse_url, post, signed_request};
+use crate::http::{ANSWER_KEPT, client, event_id_header, parse_url, post, signed_request};
 
 /// The help text, also printed after a usage error.
 pub const USAGE: &str = "\
@@ -57,14 +63,35 @@ options (for any body):
                    number in the built-in message.received sample
   --skew SECONDS   add SECONDS to X-Timestamp (negative: into the past), to see
                    what a receiver with a skewed clock answers
+  --as-openmail    deliver as OpenMail does: wait at most 15 s for each answer,
+                   try again after a non-2xx or no answer 30 s, 60 s, 2 min and
+                   4 min later (five attempts in all), sign each attempt afresh
+                   (with the next attempt number in the built-in
+                   message.received sample), print each attempt's status, and
+                   stop at the first 2xx
+  --speedup N      with --as-openmail, divide the delays between attempts by N
+                   (10: 3 s, 6 s, 12 s, 24 s); the 15 s per attempt stays
+  --print-body     print the body of each delivery after its summary line
   -h, --help       print this help
 
-exit status: 0 when every response is a 2xx; 1 when one is not, or a
-request could not be sent; 2 for a usage error or a missing secret.
+exit status: 0 when every response is a 2xx (with --as-openmail: when an
+attempt got a 2xx); 1 when one is not, or a request could not be sent; 2 for a
+usage error or a missing secret.
 ";
 
-/// How much of a response body is printed.
-const RESPONSE_SHOWN: usize = 64 * 1024;
+/// OpenMail's attempts at a delivery.
+const OPENMAIL_ATTEMPTS: u32 = 5;
+
+/// OpenMail's delays before its second to fifth attempts.
+const OPENMAIL_RETRY_DELAYS: [Duration; 4] = [
+    Duration::from_secs(30),
+    Duration::from_secs(60),
+    Duration::from_secs(120),
+    Duration::from_secs(240),
+];
+
+/// How much of a response body is printed: what is kept of it.
+const RESPONSE_SHOWN: usize = ANSWER_KEPT;
 
 /// What to send, parsed from the command line.
 #[derive(Debug, Clone)]
@@ -73,6 +100,9 @@ struct Options {
     body: BodySource,
     times: u32,
     skew: i64,
+    /// `--as-openmail`, with the `--speedup` factor (1 without it).
+    as_openmail: Option<u32>,
+    print_body: bool,
 }
 
 /// Where the body comes from.
@@ -103,8 +133,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     let mut event_id = None;
     let mut inbox_id = None;
     let mut attempt = None;
-    let mut times = 1;
+    let mut times = None;
     let mut skew = 0;
+    let mut as_openmail = false;
+    let mut speedup = None;
+    let mut print_body = false;
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
             Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value)),
@@ -120,7 +153,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             "--event-id" => event_id = Some(value("an id")?),
             "--inbox-id" => inbox_id = Some(value("an id")?),
             "--attempt" => attempt = Some(number(&name, &value("a number")?, 1)?),
-            "--times" => times = number(&name, &value("a number")?, 1)?,
+            "--times" => times = Some(number(&name, &value("a number")?, 1)?),
+            "--as-openmail" if inline.is_none() => as_openmail = true,
+            "--print-body" if inline.is_none() => print_body = true,
+            "--as-openmail" | "--print-body" => return Err(format!("{name} takes no value")),
+            "--speedup" => speedup = Some(number(&name, &value("a number")?, 1)?),
             "--skew" => {
                 let seconds = value("a number of seconds")?;
                 skew = seconds.parse().map_err(|_| {
@@ -134,6 +171,22 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             _ => positional.push(arg),
         }
     }
+
+    if as_openmail && times.is_some() {
+        return Err(
+            "--times and --as-openmail don't go together: --as-openmail delivers until the \
+             first 2xx, at most five attempts, as OpenMail does"
+                .to_owned(),
+        );
+    }
+    if speedup.is_some() && !as_openmail {
+        return Err("--speedup scales --as-openmail's delays; add --as-openmail".to_owned());
+    }
+    let as_openmail = as_openmail.then(|| speedup.unwrap_or(1));
+    let times = match as_openmail {
+        Some(_) => OPENMAIL_ATTEMPTS,
+        None => times.unwrap_or(1),
+    };
 
     let mut positional = positional.into_iter();
     let url = parse_url(&positional.next().ok_or("URL is missing")?, "send")?;
@@ -192,6 +245,8 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         body,
         times,
         skew,
+        as_openmail,
+        print_body,
     }))
 }
 
@@ -238,6 +293,10 @@ async fn next_second() {
 ///
 /// Every delivery is sent whatever the previous answer was, as duplicate deliveries arrive
 /// after a lost `2xx` too. Fails only when a request cannot be built, sent or answered.
+///
+/// With `--as-openmail`, attempts follow OpenMail's schedule until the first `2xx`: a
+/// request that cannot be sent or answered is a failed attempt, printed, not the end.
+/// Returns whether an attempt got a `2xx`.
 async fn run(options: &Options, secret: &str, out: &mut impl Write) -> Result<bool, String> {
     let file = match &options.body {
         BodySource::File(path) => {
@@ -260,11 +319,29 @@ async fn run(options: &Options, secret: &str, out: &mut impl Write) -> Result<bo
             })
         }
     };
+    if event_id_header(&event_id).is_none() {
+        let _ = writeln!(
+            out,
+            "note: the event_id {} cannot be an HTTP header value; X-Event-Id is left out, \
+             and the body still carries it",
+            LogSafe::new(&event_id)
+        );
+    }
 
     let client = client();
     let mut all_success = true;
     let mut previous: Option<(i64, Bytes)> = None;
     for delivery in 0..options.times {
+        if let (Some(speedup), Some(index)) = (options.as_openmail, delivery.checked_sub(1)) {
+            let delay = openmail_delay(index, speedup);
+            let _ = writeln!(
+                out,
+                "next attempt in {} (OpenMail waits {} s)",
+                seconds(delay),
+                openmail_delay(index, 1).as_secs()
+            );
+            tokio::time::sleep(delay).await;
+        }
         let mut now = SystemClock.now();
         let mut body = body_at(options, &file, delivery, now)?;
         // The same body in the same second would carry the same signature as the last one.
@@ -277,10 +354,14 @@ async fn run(options: &Options, secret: &str, out: &mut impl Write) -> Result<bo
         let request = signed_request(&options.url, secret, timestamp, &event_id, body.clone())?;
         let _ = writeln!(
             out,
-            "> POST {} ({} bytes, X-Event-Id {}, delivery {} of {}, X-Timestamp {timestamp}{})",
+            "> POST {} ({} bytes, X-Event-Id {}, {} {} of {}, X-Timestamp {timestamp}{})",
             options.url,
             body.len(),
             LogSafe::new(&event_id),
+            match options.as_openmail {
+                Some(_) => "attempt",
+                None => "delivery",
+            },
             delivery.saturating_add(1),
             options.times,
             match options.skew {
@@ -288,15 +369,57 @@ async fn run(options: &Options, secret: &str, out: &mut impl Write) -> Result<bo
                 skew => format!(", skewed {skew:+} s"),
             },
         );
-        let (status, response) = post(&client, request).await?;
-        let _ = writeln!(out, "< {status}");
-        if !response.is_empty() {
-            let _ = writeln!(out, "{}", printable(&response));
+        if options.print_body {
+            let _ = writeln!(out, "{}", printable(&body, body.len() as u64));
         }
-        all_success &= status.is_success();
+        let answer = match (post(&client, request).await, options.as_openmail) {
+            (Ok(answer), _) => answer,
+            (Err(message), None) => return Err(message),
+            (Err(message), Some(_)) => {
+                let _ = writeln!(out, "< no answer: {message}");
+                previous = Some((now, body));
+                continue;
+            }
+        };
+        let _ = writeln!(out, "< {}", answer.status);
+        if answer.length > 0 {
+            let _ = writeln!(out, "{}", printable(&answer.body, answer.length));
+        }
         previous = Some((now, body));
+        if options.as_openmail.is_some() {
+            if answer.status.is_success() {
+                return Ok(true);
+            }
+            continue;
+        }
+        all_success &= answer.status.is_success();
+    }
+    if options.as_openmail.is_some() {
+        let _ = writeln!(
+            out,
+            "gave up after {} attempts without a 2xx: OpenMail marks the event failed, and \
+             the receiver never gets it",
+            options.times
+        );
+        return Ok(false);
     }
     Ok(all_success)
+}
+
+/// OpenMail's delay before retry number `index` (from 0), divided by `speedup`.
+fn openmail_delay(index: u32, speedup: u32) -> Duration {
+    let delay = usize::try_from(index)
+        .ok()
+        .and_then(|index| OPENMAIL_RETRY_DELAYS.get(index))
+        .copied()
+        .unwrap_or(Duration::ZERO);
+    delay.checked_div(speedup).unwrap_or(delay)
+}
+
+/// A delay as people read it: `30 s`, `3 s`, `0.3 s`.
+fn seconds(delay: Duration) -> String {
+    let text = format!("{:.3}", delay.as_secs_f64());
+    format!("{} s", text.trim_end_matches('0').trim_end_matches('.'))
 }
 
 /// The body of delivery number `delivery` (from 0), sent at `now`.
@@ -323,9 +446,11 @@ fn body_at(
     }
 }
 
-/// A response body as text for a terminal: line ends and tabs kept, other control
-/// characters (terminal escapes, a lone carriage return) written as escapes, and cut short past [`RESPONSE_SHOWN`] bytes.
-fn printable(response: &[u8]) -> String {
+/// A body as text for a terminal: line ends and tabs kept, other control characters
+/// (terminal escapes, a lone carriage return) written as escapes, and cut short past
+/// [`RESPONSE_SHOWN`] bytes. `length` is the whole body's, of which `response` may be
+/// only the start.
+fn printable(response: &[u8], length: u64) -> String {
     let shown = response.get(..RESPONSE_SHOWN).unwrap_or(response);
     let text = String::from_utf8_lossy(shown);
     let mut printed = String::with_capacity(text.len());
@@ -338,11 +463,9 @@ fn printable(response: &[u8]) -> String {
             printed.push(c);
         }
     }
-    if shown.len() < response.len() {
-        printed.push_str(&format!(
-            "…(+{} bytes)",
-            response.len().saturating_sub(shown.len())
-        ));
+    let left = length.saturating_sub(shown.len() as u64);
+    if left > 0 {
+        printed.push_str(&format!("…(+{left} bytes)"));
     }
     printed
 }
@@ -453,10 +576,18 @@ mod tests {
 
     #[test]
     fn responses_are_printed_without_terminal_escapes() {
-        assert_eq!(printable(b"{\"ok\":true}\n"), "{\"ok\":true}\n");
-        assert_eq!(printable(b"a\x1b[2Jb\tc"), "a\\u{1b}[2Jb\tc");
-        assert_eq!(printable(b"a\r\nb\rc"), "a\r\nb\\u{d}c");
+        let shown = |body: &[u8]| printable(body, body.len() as u64);
+        assert_eq!(shown(b"{\"ok\":true}\n"), "{\"ok\":true}\n");
+        assert_eq!(shown(b"a\x1b[2Jb\tc"), "a\\u{1b}[2Jb\tc");
+        assert_eq!(shown(b"a\r\nb\rc"), "a\r\nb\\u{d}c");
         let huge = vec![b'x'; RESPONSE_SHOWN + 10];
-        assert!(printable(&huge).ends_with("…(+10 bytes)"));
+        assert!(shown(&huge).ends_with("…(+10 bytes)"));
+        // Only the kept start of a longer answer: the rest is counted.
+        assert!(
+            printable(&huge[..RESPONSE_SHOWN], 1 << 30).ends_with(&format!(
+                "…(+{} bytes)",
+                (1u64 << 30) - RESPONSE_SHOWN as u64
+            ))
+        );
     }
 }
