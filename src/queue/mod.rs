@@ -56,8 +56,17 @@
 //!   macros; this module needs rusqlite (bundled, already a dev-dependency) or
 //!   tokio-postgres, and nothing else.
 
+mod ingest;
+#[cfg(feature = "sqlite")]
+mod sqlite;
 mod store;
+mod workers;
 
+pub use ingest::Ingest;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqliteStore;
 pub use store::{
     Claimed, DeadLetter, Durability, EventStore, Inserted, Lease, QueueError, QueueStats,
 };
+pub use workers::{WorkerAttempt, Workers};
