@@ -22,4 +22,6 @@ fn postgres_tests_need_the_postgres_feature() {
 mod postgres_support;
 
 #[cfg(feature = "postgres")]
+mod restart;
+#[cfg(feature = "postgres")]
 mod store;
