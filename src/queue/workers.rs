@@ -253,7 +253,8 @@ where
                     }
                 }
             };
-            let idle = claimed.len() < free;
+            // Every slot taken, or nothing more due: wait for a run to end or the poll.
+            let idle = free == 0 || claimed.len() < free;
             for claimed in claimed {
                 let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                     // Cannot happen: at most `free` were claimed. Hand it back if it does.
