@@ -495,8 +495,8 @@ fn work_from_env() -> Result<Duration, String> {
 /// Where queue mode keeps events, from `OPENMAIL_QUEUE_URL`.
 enum QueueUrl {
     Sqlite(std::path::PathBuf),
-    // Read by the PostgreSQL arm, once the build has that store.
-    #[allow(dead_code)]
+    // Read only by builds with the `postgres` feature.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
     Postgres(String),
 }
 
@@ -617,8 +617,24 @@ async fn main() -> ExitCode {
                     None => ExitCode::FAILURE,
                 }
             }
-            // postgres: the PostgreSQL store (feature `postgres`) goes here: connect,
-            // then `serve_queue(listener, layer, store)` as for SQLite.
+            #[cfg(feature = "postgres")]
+            QueueUrl::Postgres(url) => {
+                use openmail_webhooks::queue::PostgresStore;
+                // Creates the tables when missing; replicas starting together all succeed.
+                let store = match PostgresStore::connect(&url, Durability::ProcessCrash).await {
+                    Ok(store) => Arc::new(store),
+                    Err(error) => {
+                        eprintln!("receiver: {}", chain(&error));
+                        return ExitCode::FAILURE;
+                    }
+                };
+                eprintln!("receiver: queueing events in PostgreSQL");
+                match listen(port).await {
+                    Some(listener) => serve_queue(listener, layer, store).await,
+                    None => ExitCode::FAILURE,
+                }
+            }
+            #[cfg(not(feature = "postgres"))]
             QueueUrl::Postgres(_) => {
                 eprintln!(
                     "receiver: OPENMAIL_QUEUE_URL names PostgreSQL, which this build does not \
