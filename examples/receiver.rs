@@ -51,6 +51,29 @@
 //! - Every value from a delivery printed to stdout or stderr is escaped and cut short
 //!   (`openmail_webhooks::LogSafe`), so a hostile `event_id` cannot forge a line of this
 //!   contract.
+//! - `RECEIVER_WORK_MS=N` makes the handler wait N ms (an async wait) before it completes,
+//!   standing in for an agent calling a model; 0 by default. Not a number: exit code 2.
+//!
+//! Queue mode (ack fast, process durably; see docs/durable.md):
+//!
+//! - `OPENMAIL_QUEUE_URL` unset: the handler runs inside the request, as above.
+//! - `OPENMAIL_QUEUE_URL=sqlite:/absolute/path`: the embedded store, a SQLite file created
+//!   (mode 0600) when missing, used by one process at a time: a file another process uses
+//!   stops the receiver at start with a message on stderr and exit code 1.
+//! - `OPENMAIL_QUEUE_URL=postgres://USER@HOST:PORT/DB`: the PostgreSQL store, shared by
+//!   replicas (needs `--features postgres`). Any other value: exit code 2.
+//! - A verified delivery gets `200` with `{"ok":true,"event":"<type>","event_id":"<id>"}`
+//!   once the event is committed to the store, and every copy of it, concurrent or while
+//!   its handler runs or after it completed, gets `200` with `"duplicate":true` added: no
+//!   `409`. A `503` with `Retry-After` comes only when the store fails or is full.
+//!   The store replaces the deduplication above for that route; `REDIS_URL` with
+//!   `OPENMAIL_QUEUE_URL` is refused at start (exit code 2).
+//! - Workers run the handler, 8 at once, and print its stdout line when it finishes; one
+//!   process never prints an event twice. A receiver killed (even with `SIGKILL`) and
+//!   restarted on the same store runs every stored event that had not completed.
+//!   Completed events are remembered for 7 days: a replay with a fresh signature gets `200`
+//!   and is not handled again. `SIGTERM` or Ctrl-C stops taking events, lets running
+//!   handlers finish for 10 s, and hands the rest back to the store.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -64,6 +87,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::dedup::{Decision, DedupStore, DeduplicateLayer, MemoryStore};
+use openmail_webhooks::queue::{Durability, EventStore, Ingest, SqliteStore, Workers};
 use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::{Event, LogSafe, VerifyOpenMailLayer};
 use serde_json::{Value, json};
@@ -98,13 +122,18 @@ pub fn app(layer: VerifyOpenMailLayer) -> Router {
     app_with_store(layer, Arc::new(MemoryStore::new()))
 }
 
+/// The verification layer with the receiver's deadline, memory budget and rejection log.
+fn bounded(layer: VerifyOpenMailLayer) -> VerifyOpenMailLayer {
+    layer
+        .body_deadline(BODY_DEADLINE)
+        .memory_budget(MEMORY_BUDGET)
+        .on_rejection(|rejection| eprintln!("rejected: {rejection}"))
+}
+
 /// The receiver's routes, behind the verification layer with its deadline and memory
 /// budget, deduplicated in `store`.
 pub fn app_with_store(layer: VerifyOpenMailLayer, store: Arc<dyn DedupStore>) -> Router {
-    let layer = layer
-        .body_deadline(BODY_DEADLINE)
-        .memory_budget(MEMORY_BUDGET)
-        .on_rejection(|rejection| eprintln!("rejected: {rejection}"));
+    let layer = bounded(layer);
     let dedup = DeduplicateLayer::from_shared(store)
         .on_decision(|decision| match decision {
             Decision::First { .. } | Decision::Completed { .. } => {}
@@ -124,6 +153,21 @@ pub fn app_with_store(layer: VerifyOpenMailLayer, store: Arc<dyn DedupStore>) ->
         .route("/webhooks", post(handle))
         .layer(dedup)
         .layer(layer)
+}
+
+/// Queue mode's routes: the verification layer, then [`Ingest`], which stores the event
+/// and answers once it is committed. [`handler`] runs it later, in the workers.
+pub fn queue_app<S: EventStore>(layer: VerifyOpenMailLayer, store: Arc<S>) -> Router {
+    let ingest = Ingest::new(store).on_error(|error| eprintln!("queue: {}", chain(error)));
+    Router::new()
+        .route_service("/webhooks", ingest)
+        .layer(bounded(layer))
+}
+
+/// The handler as the workers call it: the same `handle`, with no layer in front (the
+/// request carries the extensions verification put in it).
+pub fn handler() -> Router {
+    Router::new().route("/webhooks", post(handle))
 }
 
 /// Serves `app` on `listener` until the listener fails, with the connection limit, the
@@ -334,7 +378,14 @@ fn is_transient(error: &std::io::Error) -> bool {
         || error.raw_os_error() == Some(23) // ENFILE
 }
 
+/// How long the handler works before it completes (`RECEIVER_WORK_MS`).
+static WORK: std::sync::OnceLock<Duration> = std::sync::OnceLock::new();
+
 async fn handle(Extension(event): Extension<Arc<Event>>) -> Json<Value> {
+    let work = WORK.get().copied().unwrap_or_default();
+    if !work.is_zero() {
+        tokio::time::sleep(work).await;
+    }
     println!(
         "handled {} {} inbox={}",
         // A body without a type (Event::Malformed) has the empty string as its type.
@@ -435,6 +486,107 @@ fn port_from_env() -> Result<u16, String> {
     }
 }
 
+fn work_from_env() -> Result<Duration, String> {
+    match std::env::var("RECEIVER_WORK_MS") {
+        Err(_) => Ok(Duration::ZERO),
+        Ok(ms) => ms.parse().map(Duration::from_millis).map_err(|_| {
+            format!("RECEIVER_WORK_MS must be a number of milliseconds, not {ms:?}")
+        }),
+    }
+}
+
+/// Where queue mode keeps events, from `OPENMAIL_QUEUE_URL`.
+enum QueueUrl {
+    Sqlite(std::path::PathBuf),
+    // Read only by builds with the `postgres` feature.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Postgres(String),
+}
+
+fn queue_from_env() -> Result<Option<QueueUrl>, String> {
+    let Ok(url) = std::env::var("OPENMAIL_QUEUE_URL") else {
+        return Ok(None);
+    };
+    if std::env::var_os("REDIS_URL").is_some() {
+        return Err("REDIS_URL and OPENMAIL_QUEUE_URL are both set; the queue's store \
+                    deduplicates by itself, and stacking Redis deduplication on it would \
+                    answer 409 to copies of running events: unset REDIS_URL"
+            .to_owned());
+    }
+    if let Some(path) = url.strip_prefix("sqlite:") {
+        let path = std::path::PathBuf::from(path);
+        if !path.is_absolute() {
+            return Err(format!(
+                "OPENMAIL_QUEUE_URL must name an absolute path, as sqlite:/var/lib/receiver/events.db, not {url:?}"
+            ));
+        }
+        return Ok(Some(QueueUrl::Sqlite(path)));
+    }
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Some(QueueUrl::Postgres(url)));
+    }
+    Err(format!(
+        "OPENMAIL_QUEUE_URL must be sqlite:/absolute/path or postgres://user@host:port/db, not {:?}",
+        LogSafe::new(&url)
+    ))
+}
+
+/// Serves queue mode until `SIGTERM` or Ctrl-C, then stops the workers gracefully.
+async fn serve_queue<S: EventStore>(
+    listener: tokio::net::TcpListener,
+    layer: VerifyOpenMailLayer,
+    store: Arc<S>,
+) -> ExitCode {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let workers = Workers::new(Arc::clone(&store), handler())
+        .concurrency(8)
+        .on_dead_letter(|dead| {
+            eprintln!(
+                "queue: dead letter {} after {} attempts: {}",
+                LogSafe::or_dash(dead.delivery().event_id()),
+                dead.attempts(),
+                dead.error()
+            );
+        });
+    let mut stopped_workers = stopped.clone();
+    let workers = tokio::spawn(workers.run(async move {
+        let _ = stopped_workers.wait_for(|stop| *stop).await;
+    }));
+    let code = tokio::select! {
+        served = serve(listener, queue_app(layer, store)) => match served {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("receiver: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        () = terminated() => {
+            eprintln!("receiver: stopping; running handlers get 10 s to finish");
+            ExitCode::SUCCESS
+        }
+    };
+    let _ = stop.send(true);
+    drop(stopped);
+    let _ = workers.await;
+    code
+}
+
+/// Completes on `SIGTERM` or Ctrl-C.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut term) = signal(SignalKind::terminate()) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            return;
+        }
+    }
+    let _ = tokio::signal::ctrl_c().await;
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let (layer, port) = match (layer_from_env(), port_from_env()) {
@@ -444,6 +596,57 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let (work, queue) = match (work_from_env(), queue_from_env()) {
+        (Ok(work), Ok(queue)) => (work, queue),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("receiver: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let _ = WORK.set(work);
+    if let Some(queue) = queue {
+        return match queue {
+            QueueUrl::Sqlite(path) => {
+                let store = match SqliteStore::open(&path, Durability::ProcessCrash) {
+                    Ok(store) => Arc::new(store),
+                    Err(error) => {
+                        eprintln!("receiver: {}", chain(&error));
+                        return ExitCode::FAILURE;
+                    }
+                };
+                eprintln!("receiver: queueing events in {}", path.display());
+                match listen(port).await {
+                    Some(listener) => serve_queue(listener, layer, store).await,
+                    None => ExitCode::FAILURE,
+                }
+            }
+            #[cfg(feature = "postgres")]
+            QueueUrl::Postgres(url) => {
+                use openmail_webhooks::queue::PostgresStore;
+                // Creates the tables when missing; replicas starting together all succeed.
+                let store = match PostgresStore::connect(&url, Durability::ProcessCrash).await {
+                    Ok(store) => Arc::new(store),
+                    Err(error) => {
+                        eprintln!("receiver: {}", chain(&error));
+                        return ExitCode::FAILURE;
+                    }
+                };
+                eprintln!("receiver: queueing events in PostgreSQL");
+                match listen(port).await {
+                    Some(listener) => serve_queue(listener, layer, store).await,
+                    None => ExitCode::FAILURE,
+                }
+            }
+            #[cfg(not(feature = "postgres"))]
+            QueueUrl::Postgres(_) => {
+                eprintln!(
+                    "receiver: OPENMAIL_QUEUE_URL names PostgreSQL, which this build does not \
+                     support; run with `--features postgres`"
+                );
+                ExitCode::from(2)
+            }
+        };
+    }
     let store = match store_from_env().await {
         Ok(store) => store,
         Err(message) => {
@@ -451,17 +654,9 @@ async fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let listener =
-        match tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
-            Ok(listener) => listener,
-            Err(error) => {
-                eprintln!("receiver: cannot listen on 127.0.0.1:{port}: {error}");
-                return ExitCode::FAILURE;
-            }
-        };
-    if let Ok(addr) = listener.local_addr() {
-        eprintln!("receiver: listening on http://{addr}/webhooks");
-    }
+    let Some(listener) = listen(port).await else {
+        return ExitCode::FAILURE;
+    };
     match serve(listener, app_with_store(layer, store)).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -469,4 +664,20 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Listens on `127.0.0.1:port`, or says why not.
+async fn listen(port: u16) -> Option<tokio::net::TcpListener> {
+    let listener =
+        match tokio::net::TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], port))).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                eprintln!("receiver: cannot listen on 127.0.0.1:{port}: {error}");
+                return None;
+            }
+        };
+    if let Ok(addr) = listener.local_addr() {
+        eprintln!("receiver: listening on http://{addr}/webhooks");
+    }
+    Some(listener)
 }

@@ -109,6 +109,26 @@ impl Delivery {
         )
     }
 
+    /// A delivery an event store kept, as it was verified. Its event is parsed again when
+    /// the body is one (it always is when the layer parsed it before it was stored).
+    #[cfg_attr(not(feature = "queue"), allow(dead_code))]
+    pub(crate) fn stored(
+        channel: Channel,
+        verified: Option<Verified>,
+        scope: SecretScope,
+        event_id_header: Option<HeaderValue>,
+        body: Bytes,
+    ) -> Self {
+        let event = Event::parse(body.clone()).ok().map(Arc::new);
+        Self::new(channel, verified, scope, event_id_header, body, None, event)
+    }
+
+    /// The parsed event, when there is one.
+    #[cfg_attr(not(feature = "queue"), allow(dead_code))]
+    pub(crate) fn event(&self) -> Option<&Arc<Event>> {
+        self.inner.event.as_ref()
+    }
+
     fn new(
         channel: Channel,
         verified: Option<Verified>,

@@ -21,6 +21,9 @@ mod json;
 pub mod layer;
 mod log_safe;
 pub mod protocol;
+#[cfg(feature = "queue")]
+#[cfg_attr(docsrs, doc(cfg(feature = "queue")))]
+pub mod queue;
 pub mod tenant;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]

@@ -337,6 +337,15 @@ pub struct Verified {
 }
 
 impl Verified {
+    /// What a check established earlier, as a store kept it.
+    #[cfg_attr(not(feature = "queue"), allow(dead_code))]
+    pub(crate) fn new(timestamp: i64, secret_index: usize) -> Self {
+        Self {
+            timestamp,
+            secret_index,
+        }
+    }
+
     /// `X-Timestamp`, in Unix seconds.
     pub fn timestamp(&self) -> i64 {
         self.timestamp

@@ -1,0 +1,77 @@
+//! Ack fast, process durably: an event store between the verified delivery and the
+//! handler.
+//!
+//! OpenMail gives a receiver 15 seconds to answer `2xx`; handlers that call a model or
+//! read attachments take longer. [`Ingest`] goes where the handler went, after
+//! [`VerifyOpenMailLayer`](crate::VerifyOpenMailLayer): it writes the verified delivery
+//! to an [`EventStore`] and answers `200` once the write is committed. [`Workers`] take
+//! the stored events and call your ordinary tower service with the same request
+//! extensions the layer gives it (`Arc<`[`Event`](crate::Event)`>` and
+//! [`Delivery`](crate::Delivery)), plus a [`WorkerAttempt`]. The same handler serves
+//! inline, queued, webhook and WebSocket.
+//!
+//! # The guarantee
+//!
+//! **Each acknowledged event is handled to completion at least once; without a crash,
+//! exactly once.** "Acknowledged" means OpenMail got a `2xx` from [`Ingest`], which answers
+//! only after the store committed the event. "Handled to completion" means your service
+//! answered `2xx`; the event is then marked completed. A crash (of the process, or of the
+//! machine under [`Durability::PowerLoss`]) between the handler's effects and that mark
+//! runs the handler again once the event's lease expires (at once, for SQLite, whose
+//! store is used by one process: a restart takes every lease back). So does a store that
+//! cannot record the completion.
+//!
+//! # Duplicates
+//!
+//! The store's key is the one [`DedupKey`](crate::dedup::DedupKey) computes: the verified
+//! body's `inbox_id` (which the secret's [`SecretScope`](crate::protocol::SecretScope)
+//! covers) and its `event_id`, exact bytes, hashed to 32 bytes. A delivery whose key is
+//! already stored, waiting, running, completed within the retention or dead, gets the same
+//! `200` and is not stored again; so there is no `409` here, and [`Ingest`] replaces
+//! [`DeduplicateLayer`](crate::dedup::DeduplicateLayer) on its route. The same event over
+//! the webhook and the WebSocket is stored once.
+//!
+//! # Order
+//!
+//! Events run concurrently, up to [`Workers::concurrency`], including events of one
+//! inbox: an `inbox.suspended` may run before or while a `message.received` stored earlier
+//! runs. OpenMail itself does not order deliveries (a retried `message.received` can
+//! arrive after a later `inbox.suspended`), so a handler that cares reads the state it
+//! acts on (is the inbox suspended now?) instead of inferring it from arrival order.
+//!
+//! # Why not apalis
+//!
+//! apalis is tower-native and has SQLite and PostgreSQL backends. It does not fit here:
+//! - Its jobs are serialized values (JSON by default) with ids it generates. The store
+//!   keeps the signed bytes as bytes (`BLOB`, `BYTEA`: PostgreSQL's `jsonb` and `text`
+//!   refuse the NUL and lone surrogate escapes a signed event may carry) under a unique
+//!   key on the scoped event id, so that the duplicate check and the insert are one
+//!   statement. With apalis that would be a second table and a second commit, and a crash
+//!   between them either loses the event or stores it twice.
+//! - Crash correctness is the product here: the attempt counted at claim, the lease token
+//!   that stops a stale holder, the body deleted at completion with the key kept, the
+//!   SQLite file locked to one process. Each is a few lines of SQL that the tests check;
+//!   through apalis' storage traits they would be its behaviour to track across releases.
+//! - Weight: apalis' SQL backends build on sqlx, which brings its own runtime glue and
+//!   macros; this module needs rusqlite (bundled, already a dev-dependency) or
+//!   tokio-postgres, and nothing else.
+
+mod ingest;
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod store;
+mod workers;
+
+pub use ingest::Ingest;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use postgres::PostgresStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use sqlite::SqliteStore;
+pub use store::{
+    Claimed, DeadLetter, Durability, EventStore, Inserted, Lease, QueueError, QueueStats,
+};
+pub use workers::{WorkerAttempt, Workers};

@@ -1,0 +1,757 @@
+//! [`SqliteStore`]: the embedded event store, one SQLite file used by one process.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use super::store::{Columns, Durability, EventStore, Inserted, Lease, QueueError, QueueStats};
+use super::{Claimed, DeadLetter};
+use crate::Delivery;
+
+/// The schema version this build writes, in SQLite's `user_version`. A file of a newer
+/// version is refused at open ([`QueueError::Schema`]); an older one is migrated.
+const SCHEMA_VERSION: i64 = 1;
+
+/// The most commands one transaction commits together. Concurrent inserts arriving while
+/// a commit is under way wait for the next one and share it: one `fsync` (or one WAL
+/// append) for the whole group.
+const GROUP_LIMIT: usize = 512;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS openmail_events (
+    id              INTEGER PRIMARY KEY,
+    key             BLOB NOT NULL UNIQUE,   -- 32 bytes: the scoped event id's digest
+    state           INTEGER NOT NULL,       -- 0 waiting or leased, 1 completed, 2 dead
+    received_ms     INTEGER NOT NULL,       -- Unix milliseconds
+    due_ms          INTEGER NOT NULL,       -- waiting: claimable from; leased: lease end
+    leased          INTEGER NOT NULL DEFAULT 0,
+    token           INTEGER NOT NULL DEFAULT 0, -- claims so far, never reset
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    channel         INTEGER,                -- the Delivery, until completed
+    scope_inbox     TEXT,
+    timestamp       INTEGER,
+    secret_index    INTEGER,
+    event_id_header TEXT,
+    body            BLOB,
+    error           TEXT,                   -- the last failure
+    finished_ms     INTEGER                 -- completed or dead at
+);
+CREATE INDEX IF NOT EXISTS openmail_events_due ON openmail_events (due_ms) WHERE state = 0;
+CREATE INDEX IF NOT EXISTS openmail_events_finished ON openmail_events (finished_ms)
+    WHERE state <> 0;
+";
+
+/// The embedded [`EventStore`]: one SQLite file, no server, for one machine.
+///
+/// - **Created with mode `0600`** when missing (SQLite gives its WAL file the same mode):
+///   the bodies are users' email.
+/// - **One process at a time.** The file is opened with `locking_mode=EXCLUSIVE` and
+///   written at once, so the lock is held until the store is dropped; a second process
+///   gets [`QueueError::Locked`] from [`open`](Self::open). Since no other process can
+///   hold a lease, opening hands every lease of the previous process back at once: after
+///   a crash, its events run again as soon as the store reopens, with the attempt that
+///   crashed counted.
+/// - **Write-ahead log**, and `synchronous` as the [`Durability`] says: `NORMAL` (the
+///   default) survives the process's crash, `FULL` a power loss too.
+/// - **Group commit.** One thread owns the connection. Commands that arrive while it
+///   commits wait for the next transaction and share it, so concurrent acknowledgements
+///   cost one commit together, not one each.
+/// - **Versioned schema** in `user_version`; the tables are created on first open. The SQL
+///   is in the module's source, table `openmail_events`.
+///
+/// ```no_run
+/// use openmail_webhooks::queue::{Durability, SqliteStore};
+///
+/// let store = SqliteStore::open("/var/lib/receiver/events.db", Durability::ProcessCrash)?;
+/// # Ok::<(), openmail_webhooks::queue::QueueError>(())
+/// ```
+pub struct SqliteStore {
+    commands: mpsc::Sender<Command>,
+    path: PathBuf,
+}
+
+impl fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteStore")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteStore {
+    /// Opens the store at `path`, creating the file (mode `0600`) and its tables when
+    /// missing, takes the file's lock, and starts the thread that owns the connection.
+    ///
+    /// Fails with [`QueueError::Locked`] when another process uses the file, with
+    /// [`QueueError::Schema`] when a newer build wrote it, and with
+    /// [`QueueError::Unavailable`] when it cannot be created or read.
+    pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, QueueError> {
+        let path = path.as_ref().to_path_buf();
+        create_private(&path)?;
+        let connection = Connection::open(&path).map_err(|error| opening(&path, error))?;
+        prepare(&connection, durability, &path)?;
+        let depth = Writer::count_depth(&connection).map_err(|error| opening(&path, error))?;
+        let (commands, receiver) = mpsc::channel();
+        let writer = Writer { connection, depth };
+        std::thread::Builder::new()
+            .name("openmail-sqlite".to_owned())
+            .spawn(move || writer.run(&receiver))
+            .map_err(QueueError::unavailable)?;
+        Ok(Self { commands, path })
+    }
+
+    async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.commands
+            .send(command(reply))
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+}
+
+/// Creates the file with mode `0600` unless it exists, so that SQLite never creates it
+/// with the process's umask.
+fn create_private(path: &Path) -> Result<(), QueueError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    match options.open(path) {
+        Ok(_) => Ok(()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(error) => Err(QueueError::unavailable(format!(
+            "cannot create {}: {error}",
+            path.display()
+        ))),
+    }
+}
+
+/// Locks the file, sets the journal and durability, creates or checks the schema, and
+/// takes back the leases of the previous process.
+fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Result<(), QueueError> {
+    let locked = |error| opening(path, error);
+    lock_and_tune(connection, durability).map_err(locked)?;
+    connection.execute_batch("BEGIN IMMEDIATE").map_err(locked)?;
+    let outcome = (|| {
+        let version: i64 = connection
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(locked)?;
+        if version > SCHEMA_VERSION {
+            return Err(QueueError::Schema {
+                found: version,
+                supported: SCHEMA_VERSION,
+            });
+        }
+        connection.execute_batch(SCHEMA).map_err(locked)?;
+        connection
+            .pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(locked)?;
+        connection
+            .execute(
+                "UPDATE openmail_events SET leased = 0, due_ms = ?1 WHERE state = 0 AND leased = 1",
+                params![now_ms()],
+            )
+            .map_err(locked)?;
+        Ok(())
+    })();
+    match outcome {
+        Ok(()) => connection.execute_batch("COMMIT").map_err(locked),
+        Err(error) => {
+            let _ = connection.execute_batch("ROLLBACK");
+            Err(error)
+        }
+    }
+}
+
+/// Takes the lock and sets the journal and the durability.
+fn lock_and_tune(connection: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    // A lock held elsewhere is an answer, not something to wait for.
+    connection.busy_timeout(Duration::ZERO)?;
+    // Exclusive before WAL: the WAL index then lives in this process's memory, not in a
+    // shared-memory file, and the write below takes the lock for the connection's life.
+    connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
+    connection.pragma_update(None, "journal_mode", "WAL")?;
+    let synchronous = match durability {
+        Durability::PowerLoss => "FULL",
+        Durability::ProcessCrash => "NORMAL",
+    };
+    connection.pragma_update(None, "synchronous", synchronous)
+}
+
+fn opening(path: &Path, error: rusqlite::Error) -> QueueError {
+    match error.sqlite_error_code() {
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => QueueError::Locked {
+            what: path.display().to_string(),
+        },
+        _ => QueueError::unavailable(format!("{}: {error}", path.display())),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+type Reply<T> = oneshot::Sender<Result<T, QueueError>>;
+
+/// What the connection's thread is asked to do.
+enum Command {
+    Insert {
+        key: [u8; 32],
+        columns: Columns,
+        depth_limit: u64,
+        reply: Reply<Inserted>,
+    },
+    Claim {
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+        reply: Reply<Vec<Claimed>>,
+    },
+    Renew {
+        lease: Lease,
+        lease_for: Duration,
+        reply: Reply<bool>,
+    },
+    Complete {
+        lease: Lease,
+        reply: Reply<bool>,
+    },
+    Fail {
+        lease: Lease,
+        retry_in: Option<Duration>,
+        error: String,
+        reply: Reply<bool>,
+    },
+    Release {
+        lease: Lease,
+        reply: Reply<bool>,
+    },
+    Stats {
+        reply: Reply<QueueStats>,
+    },
+    DeadLetters {
+        limit: usize,
+        reply: Reply<Vec<DeadLetter>>,
+    },
+    RetryDeadLetter {
+        key: [u8; 32],
+        reply: Reply<bool>,
+    },
+    Purge {
+        retention: Duration,
+        reply: Reply<u64>,
+    },
+}
+
+impl Command {
+    /// Answers with `error`, unexecuted: the transaction could not begin.
+    fn refuse(self, error: &str) {
+        let error = || QueueError::unavailable(format!("the transaction could not begin: {error}"));
+        match self {
+            Self::Insert { reply, .. } => drop(reply.send(Err(error()))),
+            Self::Claim { reply, .. } => drop(reply.send(Err(error()))),
+            Self::Renew { reply, .. }
+            | Self::Complete { reply, .. }
+            | Self::Fail { reply, .. }
+            | Self::Release { reply, .. }
+            | Self::RetryDeadLetter { reply, .. } => drop(reply.send(Err(error()))),
+            Self::Stats { reply } => drop(reply.send(Err(error()))),
+            Self::DeadLetters { reply, .. } => drop(reply.send(Err(error()))),
+            Self::Purge { reply, .. } => drop(reply.send(Err(error()))),
+        }
+    }
+}
+
+/// An answer computed inside the transaction, sent once it committed (or replaced by the
+/// commit's error).
+type Pending = Box<dyn FnOnce(Option<&str>) + Send>;
+
+fn pending<T: Send + 'static>(reply: Reply<T>, result: rusqlite::Result<T>) -> Pending {
+    Box::new(move |commit_error: Option<&str>| {
+        let answer = match (result, commit_error) {
+            (Ok(value), None) => Ok(value),
+            (Err(error), _) => Err(QueueError::unavailable(error)),
+            (Ok(_), Some(error)) => Err(QueueError::unavailable(format!(
+                "the commit failed: {error}"
+            ))),
+        };
+        // The caller may have gone (its request was dropped): nothing to do then.
+        let _ = reply.send(answer);
+    })
+}
+
+/// The thread that owns the connection.
+struct Writer {
+    connection: Connection,
+    /// Events waiting or leased, as last committed: the depth limit's count, kept here so
+    /// that an insert does not count the table.
+    depth: u64,
+}
+
+impl Writer {
+    fn run(mut self, commands: &mpsc::Receiver<Command>) {
+        while let Ok(first) = commands.recv() {
+            let mut group = vec![first];
+            while group.len() < GROUP_LIMIT {
+                match commands.try_recv() {
+                    Ok(command) => group.push(command),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(group);
+        }
+    }
+
+    fn commit_group(&mut self, group: Vec<Command>) {
+        let before = self.depth;
+        if let Err(error) = self.connection.execute_batch("BEGIN IMMEDIATE") {
+            let error = error.to_string();
+            for command in group {
+                command.refuse(&error);
+            }
+            return;
+        }
+        let mut answers = Vec::with_capacity(group.len());
+        for command in group {
+            answers.push(self.execute(command));
+        }
+        let committed = self.connection.execute_batch("COMMIT");
+        let error = committed.err().map(|error| {
+            let _ = self.connection.execute_batch("ROLLBACK");
+            self.depth = Self::count_depth(&self.connection).unwrap_or(before);
+            error.to_string()
+        });
+        for answer in answers {
+            answer(error.as_deref());
+        }
+    }
+
+    fn count_depth(connection: &Connection) -> rusqlite::Result<u64> {
+        connection.query_row(
+            "SELECT count(*) FROM openmail_events WHERE state = 0",
+            [],
+            |row| row.get::<_, i64>(0),
+        )
+        .map(|count| u64::try_from(count).unwrap_or(0))
+    }
+
+    fn execute(&mut self, command: Command) -> Pending {
+        match command {
+            Command::Insert {
+                key,
+                columns,
+                depth_limit,
+                reply,
+            } => {
+                let result = self.insert(key, columns, depth_limit);
+                pending(reply, result)
+            }
+            Command::Claim {
+                limit,
+                lease,
+                max_attempts,
+                reply,
+            } => {
+                let result = self.claim(limit, lease, max_attempts);
+                pending(reply, result)
+            }
+            Command::Renew {
+                lease,
+                lease_for,
+                reply,
+            } => {
+                let result = self
+                    .connection
+                    .prepare_cached(
+                        "UPDATE openmail_events SET due_ms = ?3
+                         WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![
+                            &lease.key[..],
+                            lease.token,
+                            now_ms().saturating_add(ms(lease_for))
+                        ])
+                    })
+                    .map(|changed| changed == 1);
+                pending(reply, result)
+            }
+            Command::Complete { lease, reply } => {
+                let result = self
+                    .connection
+                    .prepare_cached(
+                        "UPDATE openmail_events
+                         SET state = 1, leased = 0, finished_ms = ?3, body = NULL,
+                             channel = NULL, scope_inbox = NULL, timestamp = NULL,
+                             secret_index = NULL, event_id_header = NULL, error = NULL
+                         WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![&lease.key[..], lease.token, now_ms()])
+                    })
+                    .map(|changed| changed == 1);
+                if let Ok(true) = result {
+                    self.depth = self.depth.saturating_sub(1);
+                }
+                pending(reply, result)
+            }
+            Command::Fail {
+                lease,
+                retry_in,
+                error,
+                reply,
+            } => {
+                let now = now_ms();
+                let result = match retry_in {
+                    Some(delay) => self.connection.prepare_cached(
+                        "UPDATE openmail_events SET leased = 0, due_ms = ?3, error = ?4
+                         WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![
+                            &lease.key[..],
+                            lease.token,
+                            now.saturating_add(ms(delay)),
+                            error
+                        ])
+                    }),
+                    None => self.connection.prepare_cached(
+                        "UPDATE openmail_events SET state = 2, leased = 0, finished_ms = ?3,
+                                error = ?4
+                         WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![&lease.key[..], lease.token, now, error])
+                    }),
+                }
+                .map(|changed| changed == 1);
+                if retry_in.is_none() && matches!(result, Ok(true)) {
+                    self.depth = self.depth.saturating_sub(1);
+                }
+                pending(reply, result)
+            }
+            Command::Release { lease, reply } => {
+                let result = self
+                    .connection
+                    .prepare_cached(
+                        "UPDATE openmail_events
+                         SET leased = 0, due_ms = ?3, attempts = max(attempts - 1, 0)
+                         WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![&lease.key[..], lease.token, now_ms()])
+                    })
+                    .map(|changed| changed == 1);
+                pending(reply, result)
+            }
+            Command::Stats { reply } => {
+                let result = self.stats();
+                pending(reply, result)
+            }
+            Command::DeadLetters { limit, reply } => {
+                let result = self.dead_letters(limit);
+                pending(reply, result)
+            }
+            Command::RetryDeadLetter { key, reply } => {
+                let result = self
+                    .connection
+                    .prepare_cached(
+                        "UPDATE openmail_events
+                         SET state = 0, leased = 0, attempts = 0, due_ms = ?2,
+                             finished_ms = NULL
+                         WHERE key = ?1 AND state = 2",
+                    )
+                    .and_then(|mut statement| statement.execute(params![&key[..], now_ms()]))
+                    .map(|changed| changed == 1);
+                if let Ok(true) = result {
+                    self.depth = self.depth.saturating_add(1);
+                }
+                pending(reply, result)
+            }
+            Command::Purge { retention, reply } => {
+                let result = self
+                    .connection
+                    .prepare_cached(
+                        "DELETE FROM openmail_events WHERE state = 1 AND finished_ms < ?1",
+                    )
+                    .and_then(|mut statement| {
+                        statement.execute(params![now_ms().saturating_sub(ms(retention))])
+                    })
+                    .map(|deleted| u64::try_from(deleted).unwrap_or(u64::MAX));
+                pending(reply, result)
+            }
+        }
+    }
+
+    fn insert(
+        &mut self,
+        key: [u8; 32],
+        columns: Columns,
+        depth_limit: u64,
+    ) -> rusqlite::Result<Inserted> {
+        if self.depth >= depth_limit {
+            let exists = self
+                .connection
+                .prepare_cached("SELECT 1 FROM openmail_events WHERE key = ?1")?
+                .query_row(params![&key[..]], |_| Ok(()))
+                .optional()?;
+            return Ok(if exists.is_some() {
+                Inserted::Duplicate
+            } else {
+                Inserted::Full
+            });
+        }
+        let now = now_ms();
+        let changed = self
+            .connection
+            .prepare_cached(
+                "INSERT INTO openmail_events (key, state, received_ms, due_ms, channel,
+                     scope_inbox, timestamp, secret_index, event_id_header, body)
+                 VALUES (?1, 0, ?2, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT (key) DO NOTHING",
+            )?
+            .execute(params![
+                &key[..],
+                now,
+                columns.channel,
+                columns.scope_inbox,
+                columns.timestamp,
+                columns.secret_index,
+                columns.event_id_header,
+                &columns.body[..],
+            ])?;
+        if changed == 1 {
+            self.depth = self.depth.saturating_add(1);
+            Ok(Inserted::Stored)
+        } else {
+            Ok(Inserted::Duplicate)
+        }
+    }
+
+    fn claim(
+        &mut self,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> rusqlite::Result<Vec<Claimed>> {
+        let now = now_ms();
+        let due: Vec<(i64, u32)> = self
+            .connection
+            .prepare_cached(
+                "SELECT id, attempts FROM openmail_events
+                 WHERE state = 0 AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
+            )?
+            .query_map(
+                params![now, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |row| Ok((row.get(0)?, row.get(1)?)),
+            )?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut claimed = Vec::with_capacity(due.len());
+        for (id, attempts) in due {
+            if attempts >= max_attempts {
+                self.connection
+                    .prepare_cached(
+                        "UPDATE openmail_events SET state = 2, leased = 0, finished_ms = ?2,
+                             error = ?3
+                         WHERE id = ?1",
+                    )?
+                    .execute(params![
+                        id,
+                        now,
+                        format!(
+                            "attempt {attempts} of {max_attempts} never finished: its \
+                             process stopped or lost the lease"
+                        )
+                    ])?;
+                self.depth = self.depth.saturating_sub(1);
+                continue;
+            }
+            let row = self
+                .connection
+                .prepare_cached(
+                    "UPDATE openmail_events
+                     SET leased = 1, token = token + 1, attempts = attempts + 1, due_ms = ?2
+                     WHERE id = ?1
+                     RETURNING key, token, attempts, channel, scope_inbox, timestamp,
+                         secret_index, event_id_header, body",
+                )?
+                .query_row(params![id, now.saturating_add(ms(lease))], |row| {
+                    Ok((
+                        row.get::<_, Vec<u8>>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, u32>(2)?,
+                        columns_of(row, 3)?,
+                    ))
+                })?;
+            let (key, token, attempt, columns) = row;
+            let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
+                continue;
+            };
+            claimed.push(Claimed::new(
+                Lease { key, token },
+                attempt,
+                columns.into_delivery(),
+            ));
+        }
+        Ok(claimed)
+    }
+
+    fn stats(&self) -> rusqlite::Result<QueueStats> {
+        let now = now_ms();
+        self.connection.query_row(
+            "SELECT
+                 coalesce(sum(state = 0 AND (leased = 0 OR due_ms <= ?1)), 0),
+                 coalesce(sum(state = 0 AND leased = 1 AND due_ms > ?1), 0),
+                 coalesce(sum(state = 2), 0),
+                 min(CASE WHEN state = 0 THEN received_ms END)
+             FROM openmail_events WHERE state <> 1",
+            params![now],
+            |row| {
+                let oldest: Option<i64> = row.get(3)?;
+                let mut stats = QueueStats::default();
+                stats.waiting = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
+                stats.in_flight = u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
+                stats.dead_letters = u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0);
+                stats.oldest_age = oldest.map(|received| {
+                    Duration::from_millis(u64::try_from(now.saturating_sub(received)).unwrap_or(0))
+                });
+                Ok(stats)
+            },
+        )
+    }
+
+    fn dead_letters(&self, limit: usize) -> rusqlite::Result<Vec<DeadLetter>> {
+        self.connection
+            .prepare_cached(
+                "SELECT key, attempts, coalesce(error, ''), channel, scope_inbox, timestamp,
+                     secret_index, event_id_header, body
+                 FROM openmail_events WHERE state = 2 ORDER BY finished_ms LIMIT ?1",
+            )?
+            .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |row| {
+                Ok((
+                    row.get::<_, Vec<u8>>(0)?,
+                    row.get::<_, u32>(1)?,
+                    row.get::<_, String>(2)?,
+                    columns_of(row, 3)?,
+                ))
+            })?
+            .filter_map(|row| match row {
+                Ok((key, attempts, error, columns)) => {
+                    let key = <[u8; 32]>::try_from(key.as_slice()).ok()?;
+                    Some(Ok(DeadLetter::new(
+                        key,
+                        attempts,
+                        error,
+                        columns.into_delivery(),
+                    )))
+                }
+                Err(error) => Some(Err(error)),
+            })
+            .collect()
+    }
+}
+
+/// The delivery's columns, from `first` on, in the order of the schema.
+fn columns_of(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Columns> {
+    Ok(Columns {
+        channel: row.get::<_, Option<i16>>(first)?.unwrap_or(0),
+        scope_inbox: row.get(first + 1)?,
+        timestamp: row.get(first + 2)?,
+        secret_index: row.get(first + 3)?,
+        event_id_header: row.get(first + 4)?,
+        body: Bytes::from(row.get::<_, Option<Vec<u8>>>(first + 5)?.unwrap_or_default()),
+    })
+}
+
+impl EventStore for SqliteStore {
+    async fn insert(
+        &self,
+        key: [u8; 32],
+        delivery: Delivery,
+        depth_limit: u64,
+    ) -> Result<Inserted, QueueError> {
+        let columns = Columns::from_delivery(&delivery);
+        self.ask(|reply| Command::Insert {
+            key,
+            columns,
+            depth_limit,
+            reply,
+        })
+        .await
+    }
+
+    async fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Vec<Claimed>, QueueError> {
+        self.ask(|reply| Command::Claim {
+            limit,
+            lease,
+            max_attempts,
+            reply,
+        })
+        .await
+    }
+
+    async fn renew(&self, lease: Lease, lease_for: Duration) -> Result<bool, QueueError> {
+        self.ask(|reply| Command::Renew {
+            lease,
+            lease_for,
+            reply,
+        })
+        .await
+    }
+
+    async fn complete(&self, lease: Lease) -> Result<bool, QueueError> {
+        self.ask(|reply| Command::Complete { lease, reply }).await
+    }
+
+    async fn fail(
+        &self,
+        lease: Lease,
+        retry_in: Option<Duration>,
+        error: String,
+    ) -> Result<bool, QueueError> {
+        self.ask(|reply| Command::Fail {
+            lease,
+            retry_in,
+            error,
+            reply,
+        })
+        .await
+    }
+
+    async fn release(&self, lease: Lease) -> Result<bool, QueueError> {
+        self.ask(|reply| Command::Release { lease, reply }).await
+    }
+
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.ask(|reply| Command::DeadLetters { limit, reply }).await
+    }
+
+    async fn retry_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+        self.ask(|reply| Command::RetryDeadLetter { key, reply })
+            .await
+    }
+
+    async fn purge(&self, retention: Duration) -> Result<u64, QueueError> {
+        self.ask(|reply| Command::Purge { retention, reply }).await
+    }
+}

@@ -1,0 +1,383 @@
+//! The store contract: what [`Ingest`](super::Ingest) and [`Workers`](super::Workers) ask
+//! of a backend, and the values they exchange.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::HeaderValue;
+use tower::BoxError;
+
+use crate::protocol::{SecretScope, Verified};
+use crate::{Channel, Delivery};
+
+/// Where acknowledged events wait for the workers: a durable table of events keyed by a
+/// 32-byte event key, each waiting, leased to a worker, completed (body deleted, key kept
+/// for deduplication) or dead-lettered.
+///
+/// The crate's stores implement it ([`SqliteStore`](super::SqliteStore) with the `sqlite`
+/// feature, `PostgresStore` with `postgres`); [`Ingest`](super::Ingest) and
+/// [`Workers`](super::Workers) are generic over it. Its values are opaque, so a store
+/// outside the crate cannot forge a [`Delivery`]: a stored event is always one the crate
+/// verified.
+///
+/// Every method is one transaction of the backend: it has happened when its future returns
+/// `Ok`, and not at all when it returns `Err` (or, for a commit whose answer was lost, it
+/// happened exactly once: every method is idempotent or guarded by its [`Lease`]).
+///
+/// | state | how it gets there | leaves by |
+/// |---|---|---|
+/// | waiting (due now or at a retry time) | [`insert`](Self::insert), [`fail`](Self::fail) with a retry, [`release`](Self::release), a lease that expired, [`retry_dead_letter`](Self::retry_dead_letter) | [`claim`](Self::claim) |
+/// | leased (in flight) | [`claim`](Self::claim), which counts the attempt | [`complete`](Self::complete), [`fail`](Self::fail), [`release`](Self::release), the lease expiring |
+/// | completed: the key alone | [`complete`](Self::complete) | [`purge`](Self::purge) after the retention |
+/// | dead letter: kept with its body | [`fail`](Self::fail) without a retry, or a claim of an event whose last attempt's lease expired | [`retry_dead_letter`](Self::retry_dead_letter) |
+///
+/// The key of an event in any state makes a later insert of the same key a
+/// [`Inserted::Duplicate`].
+pub trait EventStore: Send + Sync + 'static {
+    /// Stores a verified delivery under `key`, unless an event with that key is already
+    /// there in any state ([`Inserted::Duplicate`]), or `depth_limit` events are waiting or
+    /// leased ([`Inserted::Full`]; a duplicate is still reported as a duplicate). The event
+    /// is due at once. `Ok(Inserted::Stored)` means committed with the store's
+    /// [`Durability`].
+    fn insert(
+        &self,
+        key: [u8; 32],
+        delivery: Delivery,
+        depth_limit: u64,
+    ) -> impl Future<Output = Result<Inserted, QueueError>> + Send;
+
+    /// Leases up to `limit` due events, oldest due first, for `lease`, and counts an attempt
+    /// on each. A due event whose attempts already reached `max_attempts` (its last attempt's
+    /// holder died) is dead-lettered instead of claimed, so an event that crashes the
+    /// process each time ends in the dead letters rather than looping.
+    fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> impl Future<Output = Result<Vec<Claimed>, QueueError>> + Send;
+
+    /// Extends `lease` to `lease_for` from now. `Ok(false)`: the lease is no longer this
+    /// holder's (it expired and the event was claimed again, or it completed).
+    fn renew(
+        &self,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Marks the event completed: deletes its body and delivery metadata and keeps its key
+    /// until [`purge`](Self::purge). `Ok(false)`: the lease is no longer this holder's.
+    fn complete(&self, lease: Lease) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Records a failed attempt: the event is due again after `retry_in`, or, with `None`,
+    /// becomes a dead letter, kept with its body. `error` says what went wrong, for the dead
+    /// letters. `Ok(false)`: the lease is no longer this holder's.
+    fn fail(
+        &self,
+        lease: Lease,
+        retry_in: Option<Duration>,
+        error: String,
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Hands the event back, due at once, and uncounts the attempt: the holder stopped
+    /// before the attempt ran to an outcome (a graceful shutdown). `Ok(false)`: the lease is
+    /// no longer this holder's.
+    fn release(&self, lease: Lease) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// How many events wait, are leased and are dead, and the age of the oldest waiting or
+    /// leased one.
+    fn stats(&self) -> impl Future<Output = Result<QueueStats, QueueError>> + Send;
+
+    /// Up to `limit` dead letters, oldest first, with their bodies.
+    fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
+
+    /// Makes the dead letter `key` due again, with its attempts reset. `Ok(false)`: no dead
+    /// letter has that key.
+    fn retry_dead_letter(
+        &self,
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Forgets the keys of events completed more than `retention` ago, so that their
+    /// replays would be stored again; returns how many.
+    fn purge(&self, retention: Duration) -> impl Future<Output = Result<u64, QueueError>> + Send;
+}
+
+/// What [`EventStore::insert`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Inserted {
+    /// Committed: the event will be handled.
+    Stored,
+    /// An event with the same key is already stored (waiting, in flight, completed within
+    /// the retention, or dead): nothing was written.
+    Duplicate,
+    /// The depth limit is reached: nothing was written.
+    Full,
+}
+
+/// One claimed event: its lease, the attempt the claim counted, and the delivery rebuilt
+/// from the store.
+#[derive(Debug, Clone)]
+pub struct Claimed {
+    pub(crate) lease: Lease,
+    pub(crate) attempt: u32,
+    pub(crate) delivery: Delivery,
+}
+
+impl Claimed {
+    pub(crate) fn new(lease: Lease, attempt: u32, delivery: Delivery) -> Self {
+        Self {
+            lease,
+            attempt,
+            delivery,
+        }
+    }
+
+    /// The lease, which [`complete`](EventStore::complete), [`fail`](EventStore::fail),
+    /// [`renew`](EventStore::renew) and [`release`](EventStore::release) take.
+    pub fn lease(&self) -> Lease {
+        self.lease
+    }
+
+    /// The attempt this claim counted, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// The delivery as it was verified.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+}
+
+/// One holder's lease on one event: the event's key and a token that changes at every
+/// claim, so a holder whose lease expired and was claimed again can no longer complete,
+/// fail, renew or release it.
+///
+/// A handler that writes to the database the store lives in can complete the event in its
+/// own transaction with these two values (see the [module docs](super)); it finds them in
+/// [`WorkerAttempt::lease`](super::WorkerAttempt::lease).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    pub(crate) key: [u8; 32],
+    pub(crate) token: i64,
+}
+
+impl Lease {
+    /// The event's key.
+    pub fn key(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    /// The claim's token: the store's count of claims of this event, never reset.
+    pub fn token(&self) -> i64 {
+        self.token
+    }
+}
+
+/// What [`EventStore::stats`] counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Events waiting to be claimed, now or at a retry time (expired leases included).
+    pub waiting: u64,
+    /// Events leased to a worker whose lease has not expired.
+    pub in_flight: u64,
+    /// Dead letters kept for inspection.
+    pub dead_letters: u64,
+    /// How long ago the oldest waiting or leased event was stored.
+    pub oldest_age: Option<Duration>,
+}
+
+impl QueueStats {
+    /// Waiting plus in flight: what the depth limit bounds.
+    pub fn depth(&self) -> u64 {
+        self.waiting.saturating_add(self.in_flight)
+    }
+}
+
+/// A dead letter: an event whose last attempt failed, kept with its body.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    pub(crate) key: [u8; 32],
+    pub(crate) attempts: u32,
+    pub(crate) error: String,
+    pub(crate) delivery: Delivery,
+}
+
+impl DeadLetter {
+    pub(crate) fn new(key: [u8; 32], attempts: u32, error: String, delivery: Delivery) -> Self {
+        Self {
+            key,
+            attempts,
+            error,
+            delivery,
+        }
+    }
+
+    /// The key, for [`EventStore::retry_dead_letter`].
+    pub fn key(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    /// How many attempts were made.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// What the last attempt ended with, such as `the handler answered 500`.
+    pub fn error(&self) -> &str {
+        &self.error
+    }
+
+    /// The delivery as it was verified.
+    pub fn delivery(&self) -> &Delivery {
+        &self.delivery
+    }
+}
+
+/// What a commit survives. Both stores survive a crash of the receiver process by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Durability {
+    /// A committed event survives the receiver's crash or `SIGKILL`, not the machine's
+    /// power loss or kernel crash, which may lose the last commits. SQLite: WAL with
+    /// `synchronous=NORMAL` (no `fsync` per commit). PostgreSQL: `synchronous_commit=off`
+    /// for the store's own transactions (a database server crash may lose the last
+    /// commits too).
+    #[default]
+    ProcessCrash,
+    /// A committed event survives a power loss too: every commit waits for `fsync`.
+    /// SQLite: WAL with `synchronous=FULL`. PostgreSQL: `synchronous_commit=on`.
+    PowerLoss,
+}
+
+/// Why an event store call failed. [`Ingest`](super::Ingest) answers `503` with
+/// `Retry-After` to any of them, so OpenMail retries.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum QueueError {
+    /// The backend failed or could not be reached; the cause is the source.
+    Unavailable(BoxError),
+    /// Another process holds the store (SQLite: an exclusive lock on the file).
+    Locked {
+        /// What is locked, such as the database file's path.
+        what: String,
+    },
+    /// The store's schema is of a version this build does not know.
+    Schema {
+        /// The version found.
+        found: i64,
+        /// The newest version this build knows.
+        supported: i64,
+    },
+    /// The store was closed (its writer stopped).
+    Closed,
+}
+
+impl QueueError {
+    /// Wraps a backend's error.
+    pub(crate) fn unavailable(error: impl Into<BoxError>) -> Self {
+        Self::Unavailable(error.into())
+    }
+}
+
+impl fmt::Display for QueueError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            // The cause comes from `source()`.
+            Self::Unavailable(_) => f.write_str(
+                "the event store failed or could not be reached; check the database and its disk",
+            ),
+            Self::Locked { what } => write!(
+                f,
+                "the event store {what} is in use by another process; stop it, or give this \
+                 one its own store"
+            ),
+            Self::Schema { found, supported } => write!(
+                f,
+                "the event store's schema is version {found}, newer than this build's \
+                 {supported}; upgrade the application, or point it at another store"
+            ),
+            Self::Closed => f.write_str("the event store is closed"),
+        }
+    }
+}
+
+impl StdError for QueueError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match self {
+            Self::Unavailable(error) => Some(error.as_ref()),
+            _ => None,
+        }
+    }
+}
+
+/// The columns a store keeps to rebuild a [`Delivery`], encoded the same way by every
+/// backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Columns {
+    /// `0` webhook, `1` WebSocket.
+    pub(crate) channel: i16,
+    /// The inbox of an inbox's secret; `None` for the account.
+    pub(crate) scope_inbox: Option<String>,
+    /// `X-Timestamp` and the index of the secret that verified it; `None` for the
+    /// WebSocket.
+    pub(crate) timestamp: Option<i64>,
+    pub(crate) secret_index: Option<i64>,
+    /// `X-Event-Id`, visible ASCII, unsigned.
+    pub(crate) event_id_header: Option<String>,
+    pub(crate) body: Bytes,
+}
+
+impl Columns {
+    pub(crate) fn from_delivery(delivery: &Delivery) -> Self {
+        let verified = delivery.verified();
+        Self {
+            channel: match delivery.channel() {
+                Channel::Webhook => 0,
+                Channel::WebSocket => 1,
+            },
+            scope_inbox: match delivery.scope() {
+                SecretScope::Account => None,
+                SecretScope::Inbox(inbox) => Some(inbox.clone()),
+            },
+            timestamp: verified.map(|verified| verified.timestamp()),
+            secret_index: verified
+                .map(|verified| i64::try_from(verified.secret_index()).unwrap_or(i64::MAX)),
+            event_id_header: delivery.event_id_header().map(str::to_owned),
+            body: delivery.body().clone(),
+        }
+    }
+
+    /// The delivery, with its event parsed when the body is an event (it was, when the
+    /// layer parsed it before storing).
+    pub(crate) fn into_delivery(self) -> Delivery {
+        let channel = if self.channel == 1 {
+            Channel::WebSocket
+        } else {
+            Channel::Webhook
+        };
+        let verified = match (self.timestamp, self.secret_index) {
+            (Some(timestamp), Some(index)) => Some(Verified::new(
+                timestamp,
+                usize::try_from(index).unwrap_or(usize::MAX),
+            )),
+            _ => None,
+        };
+        let scope = self
+            .scope_inbox
+            .map_or(SecretScope::Account, SecretScope::Inbox);
+        let event_id_header = self
+            .event_id_header
+            .and_then(|value| HeaderValue::from_str(&value).ok());
+        Delivery::stored(channel, verified, scope, event_id_header, self.body)
+    }
+}

@@ -1,0 +1,562 @@
+//! [`PostgresStore`] through the [`EventStore`] contract, with deliveries verified by the
+//! real layer, and replicas as stores of their own on one database.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http::{Request, Response};
+use openmail_webhooks::body::VerifiedBody;
+use openmail_webhooks::dedup::DedupKey;
+use openmail_webhooks::queue::{
+    Durability, EventStore, Inserted, PostgresStore, QueueError, QueueStats,
+};
+use openmail_webhooks::test_util::TestDelivery;
+use openmail_webhooks::{Channel, Delivery, VerifyOpenMailLayer};
+use tower::{Layer, ServiceExt};
+
+use crate::postgres_support;
+
+pub const SECRET: &str = "whsec_postgres_store_tests";
+
+/// A body whose bytes `jsonb` and `text` would refuse or change: a lone surrogate escape,
+/// an escaped NUL, and key order and spacing that only the bytes keep.
+pub fn awkward_body(event_id: &str) -> String {
+    format!(
+        "{{\"event\":\"message.received\", \"event_id\":\"{event_id}\",\"inbox_id\":\"inb_1\",\
+         \"attempt\":1,  \"subject\":\"\\ud800 and \\u0000\"}}"
+    )
+}
+
+/// The [`Delivery`] the verification layer hands the inner service for `body`, signed now.
+/// Event parsing is off: serde_json refuses the lone surrogate of [`awkward_body`], and
+/// the store is about the bytes.
+pub async fn delivery(body: &str) -> Delivery {
+    let seen: Arc<Mutex<Option<Delivery>>> = Arc::default();
+    let inner = {
+        let seen = Arc::clone(&seen);
+        tower::service_fn(move |request: Request<VerifiedBody>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                *seen.lock().unwrap() = request.extensions().get::<Delivery>().cloned();
+                Ok::<_, Infallible>(Response::new(String::new()))
+            }
+        })
+    };
+    let service = VerifyOpenMailLayer::new(SECRET)
+        .unwrap()
+        .parse_events(false)
+        .layer(inner);
+    let response = service
+        .oneshot(TestDelivery::new(SECRET, body).request())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "the layer refused {body}");
+    let delivery = seen.lock().unwrap().take();
+    delivery.expect("the layer verified the body and handed on a Delivery")
+}
+
+/// The store's key for a delivery: the scoped event id, as the queue's Ingest computes it.
+pub fn key_of(delivery: &Delivery) -> [u8; 32] {
+    *DedupKey::from_delivery(delivery).unwrap().digest()
+}
+
+/// A store on `url`, as one replica.
+pub async fn replica(url: &str) -> PostgresStore {
+    PostgresStore::connect(url, Durability::ProcessCrash)
+        .await
+        .unwrap()
+}
+
+/// A connection of the test's own, to look at what the store left in the database.
+pub async fn inspect(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+const LEASE: Duration = Duration::from_secs(60);
+const MAX_ATTEMPTS: u32 = 8;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stores_the_verified_bytes_and_hands_back_the_delivery_as_verified() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let body = awkward_body("evt_bytes");
+    let stored = delivery(&body).await;
+    let key = key_of(&stored);
+    assert_eq!(
+        store.insert(key, stored.clone(), 1_000).await.unwrap(),
+        Inserted::Stored
+    );
+
+    let claimed = store.claim(10, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let claim = &claimed[0];
+    assert_eq!(claim.attempt(), 1);
+    assert_eq!(claim.lease().key(), &key);
+    let delivery = claim.delivery();
+    assert_eq!(
+        delivery.body().as_ref(),
+        body.as_bytes(),
+        "the bytes, exactly"
+    );
+    assert_eq!(delivery.channel(), Channel::Webhook);
+    assert_eq!(delivery.scope(), stored.scope());
+    assert_eq!(delivery.verified(), stored.verified());
+    assert_eq!(delivery.event_id(), Some("evt_bytes"));
+    assert_eq!(delivery.inbox_id(), Some("inb_1"));
+
+    let sql = inspect(&url).await;
+    let row = sql
+        .query_one(
+            "SELECT body, state, leased, attempts FROM openmail_events WHERE key = $1",
+            &[&&key[..]],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<_, Vec<u8>>(0), body.as_bytes());
+    assert_eq!(row.get::<_, i16>(1), 0);
+    assert!(row.get::<_, bool>(2));
+    assert_eq!(row.get::<_, i32>(3), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_is_stored_once_across_replicas_and_kept_after_completion_without_its_body() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let (first, second) = (replica(&url).await, replica(&url).await);
+    let event = delivery(&awkward_body("evt_once")).await;
+    let key = key_of(&event);
+
+    // Concurrent copies on both replicas: one is stored, the others are duplicates.
+    let copies = (0..8).map(|copy| {
+        let store = if copy % 2 == 0 { &first } else { &second };
+        store.insert(key, event.clone(), 1_000)
+    });
+    let outcomes = futures_util::future::join_all(copies).await;
+    let stored = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome, Ok(Inserted::Stored)))
+        .count();
+    let duplicates = outcomes
+        .iter()
+        .filter(|outcome| matches!(outcome, Ok(Inserted::Duplicate)))
+        .count();
+    assert_eq!((stored, duplicates), (1, 7), "{outcomes:?}");
+
+    let claimed = second.claim(10, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        first.insert(key, event.clone(), 1_000).await.unwrap(),
+        Inserted::Duplicate,
+        "while it runs"
+    );
+    assert!(first.complete(claimed[0].lease()).await.unwrap());
+    assert!(
+        !first.complete(claimed[0].lease()).await.unwrap(),
+        "completed once"
+    );
+    assert_eq!(
+        second.insert(key, event, 1_000).await.unwrap(),
+        Inserted::Duplicate,
+        "a replay after completion"
+    );
+    assert!(
+        first
+            .claim(10, LEASE, MAX_ATTEMPTS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let sql = inspect(&url).await;
+    let row = sql
+        .query_one(
+            "SELECT body IS NULL, channel IS NULL, scope_inbox IS NULL, event_id_header IS NULL, \
+             state FROM openmail_events WHERE key = $1",
+            &[&&key[..]],
+        )
+        .await
+        .unwrap();
+    assert!(row.get::<_, bool>(0), "the body is deleted at completion");
+    assert!(row.get::<_, bool>(1) && row.get::<_, bool>(2) && row.get::<_, bool>(3));
+    assert_eq!(row.get::<_, i16>(4), 1);
+    assert_eq!(first.stats().await.unwrap(), QueueStats::default());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_lease_is_claimed_again_and_its_stale_holder_can_no_longer_settle_it() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let (first, second) = (replica(&url).await, replica(&url).await);
+    let event = delivery(&awkward_body("evt_lease")).await;
+    first.insert(key_of(&event), event, 1_000).await.unwrap();
+
+    let stale = first
+        .claim(1, Duration::from_millis(300), MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    assert_eq!(stale.len(), 1);
+    assert!(
+        second
+            .claim(1, LEASE, MAX_ATTEMPTS)
+            .await
+            .unwrap()
+            .is_empty(),
+        "leased"
+    );
+    let stats = second.stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.in_flight), (0, 1));
+
+    let taken = claim_within(&second, Duration::from_secs(30)).await;
+    assert_eq!(taken.attempt(), 2, "the expired attempt counted");
+    assert_ne!(taken.lease(), stale[0].lease());
+    assert_eq!(taken.lease().key(), stale[0].lease().key());
+
+    let old = stale[0].lease();
+    assert!(!first.renew(old, LEASE).await.unwrap());
+    assert!(!first.complete(old).await.unwrap());
+    assert!(!first.fail(old, None, "stale".into()).await.unwrap());
+    assert!(!first.release(old).await.unwrap());
+    assert!(second.complete(taken.lease()).await.unwrap());
+}
+
+/// Claims on `store` until one event comes back.
+async fn claim_within(
+    store: &PostgresStore,
+    deadline: Duration,
+) -> openmail_webhooks::queue::Claimed {
+    let start = Instant::now();
+    loop {
+        let mut claimed = store.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+        if let Some(claim) = claimed.pop() {
+            return claim;
+        }
+        assert!(start.elapsed() < deadline, "nothing to claim");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_lease_is_not_claimed_by_another_replica() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let (first, second) = (replica(&url).await, replica(&url).await);
+    let event = delivery(&awkward_body("evt_renew")).await;
+    first.insert(key_of(&event), event, 1_000).await.unwrap();
+    let claimed = first
+        .claim(1, Duration::from_millis(500), MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    assert!(first.renew(claimed[0].lease(), LEASE).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    assert!(
+        second
+            .claim(1, LEASE, MAX_ATTEMPTS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(second.stats().await.unwrap().in_flight, 1);
+    assert!(first.complete(claimed[0].lease()).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_retry_then_dead_letter_with_the_body_and_a_dead_letter_can_be_retried() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let body = awkward_body("evt_fail");
+    let event = delivery(&body).await;
+    let key = key_of(&event);
+    store.insert(key, event, 1_000).await.unwrap();
+
+    let first = store.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert!(
+        store
+            .fail(
+                first[0].lease(),
+                Some(Duration::from_secs(3600)),
+                "later".into()
+            )
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim(1, LEASE, MAX_ATTEMPTS)
+            .await
+            .unwrap()
+            .is_empty(),
+        "not due before its retry time"
+    );
+    assert_eq!(store.stats().await.unwrap().waiting, 1);
+    let sql = inspect(&url).await;
+    sql.execute(
+        "UPDATE openmail_events SET due_at = now() WHERE key = $1",
+        &[&&key[..]],
+    )
+    .await
+    .unwrap();
+
+    let second = store.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert_eq!(second[0].attempt(), 2);
+    // A message with NUL, as a handler's panic message quoting the event may carry.
+    assert!(
+        store
+            .fail(second[0].lease(), None, "the handler panicked: \0".into())
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .claim(1, LEASE, MAX_ATTEMPTS)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.waiting, stats.in_flight, stats.dead_letters),
+        (0, 0, 1)
+    );
+
+    let letters = store.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].key(), &key);
+    assert_eq!(letters[0].attempts(), 2);
+    assert!(letters[0].error().starts_with("the handler panicked"));
+    assert_eq!(letters[0].delivery().body().as_ref(), body.as_bytes());
+
+    assert!(store.retry_dead_letter(key).await.unwrap());
+    assert!(
+        !store.retry_dead_letter(key).await.unwrap(),
+        "no longer dead"
+    );
+    let again = store.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert_eq!(again[0].attempt(), 1, "attempts reset");
+    assert!(store.complete(again[0].lease()).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_last_attempt_never_finished_is_dead_lettered_at_the_next_claim() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let event = delivery(&awkward_body("evt_crashes")).await;
+    let key = key_of(&event);
+    store.insert(key, event, 1_000).await.unwrap();
+    // Two attempts, each holder dying with its lease.
+    for attempt in 1..=2 {
+        let claimed = store.claim(1, Duration::from_millis(1), 2).await.unwrap();
+        assert_eq!(claimed[0].attempt(), attempt);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(store.claim(1, LEASE, 2).await.unwrap().is_empty());
+    let letters = store.dead_letters(10).await.unwrap();
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].key(), &key);
+    assert_eq!(
+        letters[0].error(),
+        "attempt 2 of 2 never finished: its process stopped or lost the lease"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_released_lease_is_due_at_once_with_its_attempt_uncounted() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let (first, second) = (replica(&url).await, replica(&url).await);
+    let event = delivery(&awkward_body("evt_release")).await;
+    first.insert(key_of(&event), event, 1_000).await.unwrap();
+    let claimed = first.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert!(first.release(claimed[0].lease()).await.unwrap());
+    let again = second.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert_eq!(again[0].attempt(), 1);
+    assert!(
+        !first.complete(claimed[0].lease()).await.unwrap(),
+        "the released lease is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_depth_limit_refuses_new_events_and_still_tells_duplicates() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let mut outcomes = Vec::new();
+    for n in 0..3 {
+        let event = delivery(&awkward_body(&format!("evt_depth_{n}"))).await;
+        outcomes.push(store.insert(key_of(&event), event, 2).await.unwrap());
+    }
+    assert_eq!(
+        outcomes,
+        [Inserted::Stored, Inserted::Stored, Inserted::Full]
+    );
+    let first = delivery(&awkward_body("evt_depth_0")).await;
+    assert_eq!(
+        store.insert(key_of(&first), first, 2).await.unwrap(),
+        Inserted::Duplicate
+    );
+    assert_eq!(store.stats().await.unwrap().depth(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_forgets_completed_keys_past_the_retention_only() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let done = delivery(&awkward_body("evt_done")).await;
+    let waiting = delivery(&awkward_body("evt_waiting")).await;
+    store
+        .insert(key_of(&done), done.clone(), 1_000)
+        .await
+        .unwrap();
+    let claimed = store.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert!(store.complete(claimed[0].lease()).await.unwrap());
+    store
+        .insert(key_of(&waiting), waiting.clone(), 1_000)
+        .await
+        .unwrap();
+
+    assert_eq!(store.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge(Duration::from_millis(10)).await.unwrap(), 1);
+    assert_eq!(
+        store.insert(key_of(&done), done, 1_000).await.unwrap(),
+        Inserted::Stored,
+        "forgotten, so stored again"
+    );
+    assert_eq!(
+        store
+            .insert(key_of(&waiting), waiting, 1_000)
+            .await
+            .unwrap(),
+        Inserted::Duplicate,
+        "a waiting event is never purged"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_claiming_at_once_never_get_the_same_event() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    const EVENTS: usize = 300;
+    let replicas = [Arc::new(replica(&url).await), Arc::new(replica(&url).await)];
+    for n in 0..EVENTS {
+        let event = delivery(&format!(
+            r#"{{"event":"message.received","event_id":"evt_{n}","inbox_id":"inb_1"}}"#
+        ))
+        .await;
+        let inserted = replicas[n % 2]
+            .insert(key_of(&event), event, 10_000)
+            .await
+            .unwrap();
+        assert_eq!(inserted, Inserted::Stored);
+    }
+
+    // Four workers per replica, each claiming a few at a time and completing them.
+    let mut workers = Vec::new();
+    for (replica_index, store) in replicas.iter().enumerate() {
+        for _ in 0..4 {
+            let store = Arc::clone(store);
+            workers.push(tokio::spawn(async move {
+                let mut seen = Vec::new();
+                loop {
+                    let claimed = store.claim(3, LEASE, MAX_ATTEMPTS).await.unwrap();
+                    if claimed.is_empty() {
+                        return seen;
+                    }
+                    for claim in claimed {
+                        assert!(store.complete(claim.lease()).await.unwrap());
+                        seen.push((replica_index, *claim.lease().key()));
+                    }
+                }
+            }));
+        }
+    }
+    let mut claims: HashMap<[u8; 32], usize> = HashMap::new();
+    let mut per_replica = [0usize; 2];
+    for worker in workers {
+        for (replica_index, key) in worker.await.unwrap() {
+            *claims.entry(key).or_default() += 1;
+            per_replica[replica_index] += 1;
+        }
+    }
+    assert_eq!(claims.len(), EVENTS, "every event was claimed");
+    assert!(
+        claims.values().all(|&count| count == 1),
+        "no event was claimed twice"
+    );
+    assert!(
+        per_replica.iter().all(|&count| count > 0),
+        "both replicas claimed: {per_replica:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_creating_the_schema_at_the_same_moment_all_succeed() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let connects = (0..6).map(|_| PostgresStore::connect(&url, Durability::ProcessCrash));
+    let stores = futures_util::future::join_all(connects).await;
+    for store in &stores {
+        assert!(store.is_ok(), "{store:?}");
+    }
+    let sql = inspect(&url).await;
+    let version: i64 = sql
+        .query_one(
+            "SELECT version FROM openmail_schema WHERE component = 'events'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(version, 1);
+    let rows = sql
+        .query("SELECT count(*) FROM openmail_schema", &[])
+        .await
+        .unwrap();
+    assert_eq!(rows[0].get::<_, i64>(0), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schema_of_a_newer_version_is_refused() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    drop(replica(&url).await);
+    let sql = inspect(&url).await;
+    sql.execute("UPDATE openmail_schema SET version = 2", &[])
+        .await
+        .unwrap();
+    let error = PostgresStore::connect(&url, Durability::ProcessCrash)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            QueueError::Schema {
+                found: 2,
+                supported: 1
+            }
+        ),
+        "{error:?}"
+    );
+}
