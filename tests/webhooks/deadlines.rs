@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
-use http::{Request, StatusCode};
+use http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
