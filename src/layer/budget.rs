@@ -111,6 +111,19 @@ impl Lease {
         true
     }
 
+    /// Shrinks the lease to `total` bytes, giving the rest back; a larger `total` changes
+    /// nothing.
+    pub(crate) fn shrink_to(&mut self, total: usize) {
+        let Some(less) = self.held.checked_sub(total).filter(|less| *less > 0) else {
+            return;
+        };
+        let less_large = self.large.saturating_sub(total.saturating_sub(LARGE_BODY));
+        give_back(&self.budget.held, less);
+        give_back(&self.budget.large_held, less_large);
+        self.held = total;
+        self.large = self.large.saturating_sub(less_large);
+    }
+
     /// The budget's size, for messages.
     pub(crate) fn budget_limit(&self) -> usize {
         self.budget.limit
@@ -160,5 +173,24 @@ mod tests {
         }
         drop(large);
         assert!(second.grow_to(LARGE_BODY + 1));
+    }
+
+    #[test]
+    fn a_lease_shrinks_to_what_is_still_held() {
+        let budget = Budget::new(1024 * 1024);
+        let mut lease = Lease::new(&budget);
+        assert!(lease.grow_to(LARGE_BODY + 300 * 1024));
+        lease.shrink_to(LARGE_BODY + 100 * 1024);
+        assert_eq!(budget.held(), LARGE_BODY + 100 * 1024);
+        // The large half has room again for what was given back.
+        let mut other = Lease::new(&budget);
+        assert!(other.grow_to(LARGE_BODY + 400 * 1024));
+        drop(other);
+        lease.shrink_to(1024);
+        lease.shrink_to(4096);
+        assert_eq!(budget.held(), 1024);
+        assert!(budget.admits(LARGE_BODY + 512 * 1024));
+        drop(lease);
+        assert_eq!(budget.held(), 0);
     }
 }

@@ -6,17 +6,24 @@ use super::budget::Lease;
 /// kept: each kept frame costs a `Bytes` and pins the buffer it was read into.
 const SMALL_FRAME: usize = 4 * 1024;
 
-/// The size of the chunks small frames are copied into.
+/// The smallest chunk small frames are copied into.
+const FIRST_CHUNK: usize = 256;
+
+/// The largest chunk small frames are copied into.
 const CHUNK: usize = 16 * 1024;
 
 /// Collects a body's frames in memory the budget has leased, and joins them once.
 ///
 /// A body that arrives in one frame is kept as that frame: no copy at all. A body that
 /// arrives in several is kept as its frames until it ends, then copied once into one
-/// allocation of exactly its size. Frames shorter than 4 KiB are copied into 16 KiB chunks
-/// as they arrive and let go at once, so a body of 1-byte chunks costs what its bytes cost,
-/// not one allocation per frame. What is held while reading is about the bytes received:
-/// a declared `Content-Length` alone holds nothing.
+/// allocation of exactly its size. Frames shorter than 4 KiB are copied into chunks as they
+/// arrive and let go at once, so a body of 1-byte chunks costs what its bytes cost, not one
+/// allocation per frame. The chunks grow with the body: each new one is as large as the
+/// body so far, from 256 bytes up to 16 KiB, and a chunk is filled to its last byte before
+/// the next is started, so the room not yet used is never more than the bytes received (or
+/// 256 bytes). The lease counts every chunk whole, and is cut to the body's size once it is
+/// joined. What is held while reading is about the bytes received: a declared
+/// `Content-Length` alone holds nothing, and two tiny frames hold a few hundred bytes.
 #[derive(Debug)]
 pub(crate) struct BodyBuffer {
     data: Data,
@@ -65,7 +72,9 @@ impl BodyBuffer {
                 let mut frames = Vec::new();
                 let mut small = BytesMut::new();
                 let length = first.len();
-                keep(&mut frames, &mut small, first);
+                // Sized for both frames at once when both are small.
+                let both = length.saturating_add(chunk.len());
+                keep(&mut frames, &mut small, first, both);
                 (frames, small, length)
             }
             Data::Many {
@@ -75,8 +84,9 @@ impl BodyBuffer {
             } => (frames, chunk, length),
         };
         length = length.saturating_add(chunk.len());
-        keep(&mut frames, &mut small, chunk);
-        // Every byte is in a kept frame or in the open chunk; the chunk counts whole.
+        keep(&mut frames, &mut small, chunk, length);
+        // Every byte is in a kept frame, in a chunk filled to its capacity, or in the open
+        // chunk, which counts whole.
         let held = length
             .saturating_sub(small.len())
             .saturating_add(small.capacity())
@@ -95,9 +105,10 @@ impl BodyBuffer {
     }
 
     /// The whole body as one contiguous `Bytes`, and the lease that still covers it until
-    /// the request is verified.
+    /// the request is verified, cut to what the body holds now.
     pub(crate) fn finish(self) -> (Bytes, Lease) {
-        let bytes = match self.data {
+        let Self { data, mut lease } = self;
+        let bytes = match data {
             Data::Empty => Bytes::new(),
             Data::One(bytes) => bytes,
             Data::Many {
@@ -113,7 +124,9 @@ impl BodyBuffer {
                 joined.freeze()
             }
         };
-        (bytes, self.lease)
+        // The frames and chunks are gone; what stays is one allocation of the body's size.
+        lease.shrink_to(bytes.len());
+        (bytes, lease)
     }
 
     /// The budget's size, for messages.
@@ -122,8 +135,10 @@ impl BodyBuffer {
     }
 }
 
-/// Keeps one frame: a large one as it is, a small one copied into the current chunk.
-fn keep(frames: &mut Vec<Bytes>, small: &mut BytesMut, frame: Bytes) {
+/// Keeps one frame: a large one as it is, a small one copied into the open chunk, and on
+/// into a new one when it is full. `length` is the body's size with this frame, which sizes
+/// a new chunk.
+fn keep(frames: &mut Vec<Bytes>, small: &mut BytesMut, frame: Bytes, length: usize) {
     if frame.len() >= SMALL_FRAME {
         if !small.is_empty() {
             frames.push(small.split().freeze());
@@ -131,13 +146,21 @@ fn keep(frames: &mut Vec<Bytes>, small: &mut BytesMut, frame: Bytes) {
         frames.push(frame);
         return;
     }
-    if small.capacity().saturating_sub(small.len()) < frame.len() {
-        if !small.is_empty() {
-            frames.push(small.split().freeze());
+    let mut rest = &frame[..];
+    while !rest.is_empty() {
+        let room = small.capacity().saturating_sub(small.len());
+        if room == 0 {
+            if !small.is_empty() {
+                frames.push(small.split().freeze());
+            }
+            // As large as the body so far: the chunks double until they reach `CHUNK`.
+            *small = BytesMut::with_capacity(length.clamp(FIRST_CHUNK, CHUNK));
+            continue;
         }
-        *small = BytesMut::with_capacity(CHUNK);
+        let (now, later) = rest.split_at(room.min(rest.len()));
+        small.extend_from_slice(now);
+        rest = later;
     }
-    small.extend_from_slice(&frame);
 }
 
 #[cfg(test)]
@@ -222,5 +245,97 @@ mod tests {
         assert!(budget.held() <= 16 * 1024);
         drop(buffer);
         assert_eq!(budget.held(), 0);
+    }
+
+    /// What the buffer holds in memory: kept frames and chunks filled to their capacity by
+    /// their length, the open chunk by its capacity, the list by its capacity.
+    fn held_by(buffer: &BodyBuffer) -> usize {
+        match &buffer.data {
+            Data::Empty => 0,
+            Data::One(bytes) => bytes.len(),
+            Data::Many {
+                frames,
+                chunk,
+                length,
+            } => {
+                length - chunk.len()
+                    + chunk.capacity()
+                    + frames.capacity() * std::mem::size_of::<Bytes>()
+            }
+        }
+    }
+
+    /// Issue 19, B.6: two tiny frames leased a whole 16 KiB chunk, so 4,096 HTTP/2 streams
+    /// filled the default 64 MiB budget.
+    #[test]
+    fn two_tiny_frames_lease_the_smallest_chunk_not_a_whole_one() {
+        let budget = Budget::new(1 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        buffer.push(Bytes::from_static(b"{\"event\":")).unwrap();
+        buffer.push(Bytes::from_static(b"\"x\"}")).unwrap();
+        assert_eq!(budget.held(), FIRST_CHUNK);
+        assert_eq!(held_by(&buffer), FIRST_CHUNK);
+        let (body, lease) = buffer.finish();
+        assert_eq!(&body[..], b"{\"event\":\"x\"}");
+        assert_eq!(budget.held(), body.len(), "cut to the joined body");
+        drop(lease);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// Whatever the frame sizes, the lease is what the buffer holds, and that is never
+    /// more than twice the bytes received plus the first chunk and the list of frames.
+    #[test]
+    fn the_lease_is_what_the_chunks_hold_and_grows_with_the_bytes() {
+        for size in [
+            1,
+            7,
+            100,
+            255,
+            256,
+            1000,
+            3000,
+            SMALL_FRAME - 1,
+            SMALL_FRAME,
+        ] {
+            let budget = Budget::new(1 << 20);
+            let mut buffer = BodyBuffer::new(Lease::new(&budget));
+            let frame = Bytes::from(vec![b'x'; size]);
+            let mut received = 0;
+            while received < 200 * 1024 {
+                buffer.push(frame.clone()).unwrap();
+                received += size;
+                let held = budget.held();
+                assert_eq!(held, held_by(&buffer), "{size} B frames, {received} B");
+                let list = match &buffer.data {
+                    Data::Many { frames, .. } => frames.capacity() * std::mem::size_of::<Bytes>(),
+                    _ => 0,
+                };
+                assert!(
+                    held <= 2 * received + FIRST_CHUNK + list,
+                    "{size} B frames, {received} B received, {held} B held"
+                );
+            }
+            let (body, lease) = buffer.finish();
+            assert_eq!(body.len(), received);
+            assert_eq!(budget.held(), received);
+            drop(lease);
+        }
+    }
+
+    #[test]
+    fn small_frames_after_a_large_one_fill_their_chunk_before_the_next() {
+        let budget = Budget::new(1 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        let mut expected = Vec::new();
+        for (index, size) in [5000, 3, 4000, 70, 9000, 1, 2, 3999, 300]
+            .into_iter()
+            .enumerate()
+        {
+            let frame = vec![b'a' + index as u8; size];
+            expected.extend_from_slice(&frame);
+            buffer.push(Bytes::from(frame)).unwrap();
+            assert_eq!(budget.held(), held_by(&buffer));
+        }
+        assert_eq!(buffer.finish().0, Bytes::from(expected));
     }
 }

@@ -16,6 +16,7 @@
 //! model check at the end of this file runs the same code on a clock of its own.
 
 use std::collections::BTreeMap;
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::PoisonError;
 use std::task::{Context, Waker};
 use std::time::{Duration, Instant};
@@ -263,7 +264,9 @@ impl<T: Ord + Copy> Timer<T> {
             if !due.is_empty() {
                 drop(state);
                 for waker in due {
-                    waker.wake();
+                    // A waker is the executor's code: one that panics must not end this
+                    // thread, and with it every other request's deadline.
+                    let _ = panic::catch_unwind(AssertUnwindSafe(|| waker.wake()));
                 }
                 state = self.lock();
                 continue;
@@ -480,6 +483,36 @@ mod tests {
         assert!((1..=2).contains(&wake_ups), "{wake_ups} wake-ups");
         drop(deadline);
         assert_eq!(registered(&waker), 0);
+    }
+
+    struct Panicking;
+
+    impl std::task::Wake for Panicking {
+        fn wake(self: std::sync::Arc<Self>) {
+            panic!("this waker panics (on purpose, in a test)");
+        }
+    }
+
+    /// A waker is the executor's code. One that panics when the timer wakes it must not
+    /// end the timer's thread, and with it every other request's deadline.
+    #[test]
+    fn a_waker_that_panics_leaves_the_timer_running() {
+        let panicking = Waker::from(std::sync::Arc::new(Panicking));
+        let mut first = Deadline::start(pace(10, 0, 0));
+        assert!(!first.poll_expired(&mut Context::from_waker(&panicking)));
+        let started = Instant::now();
+        while registered(&panicking) > 0 {
+            assert!(started.elapsed() < Duration::from_secs(20), "never fired");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (waker, woken) = reporting();
+        let mut second = Deadline::start(pace(10, 0, 0));
+        if !second.poll_expired(&mut Context::from_waker(&waker)) {
+            woken
+                .recv_timeout(Duration::from_secs(20))
+                .expect("the timer still wakes requests");
+        }
+        drop((first, second));
     }
 
     /// The lookup stage: the body ends (its deadline moves out by a whole `deadline`) while

@@ -70,8 +70,9 @@
 //! - **Memory:** the bodies being read share a
 //!   [`memory_budget`](VerifyOpenMailLayer::memory_budget) (64 MiB by default). Each body
 //!   leases about the bytes it has received, whatever the framing: frames under 4 KiB are
-//!   gathered into 16 KiB chunks as they arrive, so a body of 1-byte chunks holds what its
-//!   bytes weigh, not one allocation per frame. A multi-frame body is joined once, into one
+//!   gathered as they arrive into chunks that grow with the body (256 bytes to 16 KiB), so
+//!   a body of 1-byte chunks holds what its bytes weigh, not one allocation per frame, and
+//!   one of two tiny frames holds 256 bytes. A multi-frame body is joined once, into one
 //!   allocation of its size. A declared `Content-Length` that cannot fit in what is free is
 //!   refused before the body is read, but reserves nothing: a head that never sends its
 //!   body holds no memory. Bodies over 64 KiB share half the budget, so large uploads
@@ -82,7 +83,9 @@
 //!   at the [`min_body_rate`](VerifyOpenMailLayer::min_body_rate) (64 KiB/s), so a stalled
 //!   or trickling upload of a 4 KiB body is cut off after about 2 s (`408`). The deadline
 //!   bounds the secret lookup of per-inbox secrets too, counted again from the end of the
-//!   body (`503`). It needs no async runtime.
+//!   body (`503`). It needs no async runtime and no help from the server: the layer's own
+//!   timer wakes a waiting request by its deadline, so a server that never polls a waiting
+//!   connection again (`axum::serve`, hyper-util's) still answers it.
 //! - **Work:** the head is checked before the body is read, one MAC runs per secret, the
 //!   parse runs only on verified bodies, and per-inbox lookups are bounded by
 //!   [`CachedResolver`](crate::tenant::CachedResolver).

@@ -46,6 +46,7 @@ mod dedup_redis;
 mod events;
 mod http;
 mod layer;
+mod leases;
 mod lossless;
 mod properties;
 mod secrets;
