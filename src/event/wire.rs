@@ -776,6 +776,12 @@ fields! {
 
 /// Builds the event once the whole body has been read.
 fn assemble(top: &mut Top, body: Bytes) -> Event {
+    // The event may be held long after the request (a queue): it keeps the decoded text
+    // itself, not the room a growing string doubled into.
+    top.decoded.shrink_to_fit();
+    if let Some(message) = &mut top.message {
+        message.decoded.shrink_to_fit();
+    }
     if let Some((field, misfit)) = top.ambiguous.take() {
         let error = format!(
             "{}: the body names its `{}` twice, and JSON readers differ on which counts, so \
