@@ -144,7 +144,8 @@ async fn handle(
 ) -> Json<Value> {
     lines(format!(
         "handled {} {} inbox={}",
-        LogSafe::new(event.event_type()),
+        // A body without a type (Event::Malformed) has the empty string as its type.
+        LogSafe::or_dash(Some(event.event_type()).filter(|kind| !kind.is_empty())),
         LogSafe::or_dash(event.event_id()),
         LogSafe::or_dash(event.inbox_id()),
     ));

@@ -59,6 +59,8 @@ mod mutations {
         r#"{"event":"message.received","event_id":"evt_1","occurred_at":"2024-03-21T10:05:00.000Z","attempt":1,"inbox_id":"inb_a","message":{"from":"Ada <ada@example.com>","cc":["b@example.com"],"body_text":"Hi,\n\"there\"\u00e9\ud83d\ude00","attachments":[{"sizeBytes":12,"parsedText":"x\ty","extractionMethod":"pdf"}]}}"#,
         r#"{"event":"inbox.suspended","event_id":"evt_2","inbox_id":"inb_a","pod_id":"pod_p","reason":"abuse","extra":[1.5e3,-0,true,null,{"k":[]}]}"#,
         r#"{"event":"setup.test","inbox_id":"inb_a","n":12345678901234567890,"f":-1.25E-7}"#,
+        // Lone surrogates, as JSON.stringify writes them, in ids, texts and keys.
+        r#"{"event":"message.received","event_id":"evt_\ud800","inbox_id":"inb_\udc00","message":{"subject":"\udc00","body_text":"cut \ud83d","cc":["\ud83d"]},"\ud800":1}"#,
     ];
 
     fn mutated() -> impl Strategy<Value = Vec<u8>> {

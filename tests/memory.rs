@@ -514,6 +514,20 @@ fn a_held_event_costs_its_body_plus_a_small_constant_whatever_its_lists() {
         }
         drop(event);
     }
+    // What a held event adds beyond that: the decoded copy of a short field whose JSON
+    // holds escapes, never longer than the escaped text. A 4 MiB subject of `\n,` is held
+    // as 2.7 MiB of newlines and commas, besides the body.
+    let body = filled(&format!(r#"{message}"subject":""#), r"\n", r#""}}"#);
+    let escaped = body.len() - message.len() - r#""subject":""}}"#.len();
+    let (event, used) = measure(SIZE / 4, || Event::parse(body.clone()));
+    let Event::MessageReceived(received) = &event else {
+        panic!("{event:?}")
+    };
+    assert!(received.message.subject().unwrap().len() > SIZE / 3);
+    eprintln!("4 MiB, an escaped subject: held {} B", used.held);
+    let decoded = escaped / 3 * 2;
+    assert!(used.held >= decoded, "{used:?}");
+    assert!(used.held <= decoded + SMALL_CONSTANT, "{used:?}");
 }
 
 /// The counter must see what it claims to: a copy of a large buffer is one large

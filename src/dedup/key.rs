@@ -256,6 +256,30 @@ mod tests {
         assert!(DedupKey::from_delivery(&no_event_id).is_none());
     }
 
+    /// `evt_\ud800` and `evt_\udc00` are two events to OpenMail (JavaScript compares
+    /// strings by their UTF-16 code units): their ids keep their escapes, so their keys
+    /// differ, on the webhook (the parsed event) and on the claim alike.
+    #[test]
+    fn ids_with_lone_surrogates_key_apart() {
+        let key = |event_id: &str| {
+            let body =
+                format!(r#"{{"event":"x","event_id":"{event_id}","inbox_id":"inb_\udc00"}}"#);
+            let body = Bytes::from(body);
+            let parsed = Arc::new(crate::Event::parse(body.clone()));
+            let with_event = Delivery::websocket(body.clone(), Some(parsed));
+            let without = Delivery::websocket(body, None);
+            let key = DedupKey::from_delivery(&with_event).unwrap();
+            assert_eq!(Some(&key), DedupKey::from_delivery(&without).as_ref());
+            key
+        };
+        let high = key(r"evt_\ud800");
+        let low = key(r"evt_\udc00");
+        assert_ne!(high, low);
+        assert_eq!(high.event_id(), r"evt_\ud800");
+        assert_eq!(high.inbox_id(), Some(r"inb_\udc00"));
+        assert_eq!(high, key(r"evt_\uD800"));
+    }
+
     #[test]
     fn display_and_debug_escape_the_ids() {
         let key = DedupKey::new(Some("inb\n"), "evt_1\nhandled x\x1b[2J");

@@ -5,7 +5,13 @@
 //! and in those it does not. Along the way this module records each documented field:
 //! strings as spans of the body (decoded here only when short and escaped), numbers,
 //! timestamps and codes as values, and a value of the wrong shape as a [`Misfit`] that says
-//! what was wrong and where, worded as serde would word it.
+//! what was wrong and where, worded as serde would word it. The lists (`cc`,
+//! `attachments`) are only counted: [`Message`]'s accessors read their elements again,
+//! with [`read_attachment`] for an attachment. Each field keeps its first misfit only, so
+//! that what the parse holds is bounded whatever the body repeats.
+//!
+//! The parse cannot fail: a body that is not JSON, not an object, or has no string `event`
+//! is a malformed event without a type (see [`unreadable`]).
 //!
 //! The event's type may come anywhere in the object, so every documented field is
 //! recorded whatever the type turns out to be. Once the object is read, the type decides
@@ -20,8 +26,9 @@
 //! where it matters:
 //!
 //! - `event`, `event_id`, `inbox_id` or `pod_id` twice at the top level, whatever the
-//!   values (`null` included): the body is not an event. These route the event, name its
-//!   tenant and deduplicate it; `protocol::Claim` refuses the same duplicates.
+//!   values (`null` included): the envelope is not read, and the event is malformed
+//!   without a type or ids. These route the event, name its tenant and deduplicate it;
+//!   `protocol::Claim` cannot be read for the same duplicates.
 //! - Any other field the model reads for the event's type twice (such as `occurred_at`, or
 //!   `body_text` inside `message`): the event is malformed, with `duplicate field` as the
 //!   reason. For an unknown or malformed event, a duplicated `occurred_at` is not used.
@@ -776,6 +783,12 @@ fields! {
 
 /// Builds the event once the whole body has been read.
 fn assemble(top: &mut Top, body: Bytes) -> Event {
+    // The event may be held long after the request (a queue): it keeps the decoded text
+    // itself, not the room a growing string doubled into.
+    top.decoded.shrink_to_fit();
+    if let Some(message) = &mut top.message {
+        message.decoded.shrink_to_fit();
+    }
     if let Some((field, misfit)) = top.ambiguous.take() {
         let error = format!(
             "{}: the body names its `{}` twice, and JSON readers differ on which counts, so \

@@ -21,8 +21,9 @@
 //!    forgeries are still refused before the body is read.
 //! 2. The body is read within the limit, and only its top-level `event_id` and `inbox_id`
 //!    are extracted ([`Claim`](crate::protocol::Claim)), without building a tree. This
-//!    claim is untrusted. An `inbox_id` over
-//!    [`MAX_CLAIMED_ID_LEN`](crate::protocol::MAX_CLAIMED_ID_LEN) bytes is refused here.
+//!    claim is untrusted. A claim that cannot be read (not JSON, an envelope key twice),
+//!    or an `inbox_id` over [`MAX_CLAIMED_ID_LEN`](crate::protocol::MAX_CLAIMED_ID_LEN)
+//!    bytes, names no inbox: the default routing then looks up the account.
 //! 3. The resolver names the [`Tenant`] and looks up its secrets, each with a
 //!    [`SecretScope`](crate::protocol::SecretScope).
 //! 4. The signature is checked against them, over the buffered body, and the secret that
@@ -33,7 +34,8 @@
 //!
 //! | outcome | status |
 //! |---|---|
-//! | no secret known for the tenant, the matching secret belongs to another tenant, the claim is unreadable, or the signature is wrong | `400 signature mismatch`, the same answer for each |
+//! | no secret known for the tenant, the matching secret belongs to another tenant (or is an inbox's, on a body that names no inbox it can be held to), or the signature is wrong | `400 signature mismatch`, the same answer for each |
+//! | verified under a secret that covers the body | the inner service's, whatever the body holds ([`Event::Malformed`](crate::Event::Malformed) when the model cannot read it) |
 //! | the resolver failed (database down), or too many lookups are in flight | `503` with `Retry-After`, so OpenMail retries |
 //! | the lookup outlived the body deadline | `503` with `Retry-After` |
 //!

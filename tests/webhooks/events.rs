@@ -1225,3 +1225,54 @@ async fn handlers_receive_typed_events_over_http() {
     assert_eq!(status, 200);
     assert_eq!(summary, " id=- inbox=- malformed field=None");
 }
+
+/// The lists are read out of the body when asked for: in either direction, by index, with
+/// whitespace around the elements and escapes in their fields, they give what a
+/// `serde_json::Value` of the body holds.
+#[test]
+fn lists_read_the_same_forwards_backwards_and_by_index() {
+    let body = Bytes::from_static(
+        br#"{"event":"message.received","event_id":"e","message":{ "cc" : [ "a@x" ,
+        "B\u00e9 <b@x>" , "\"c\" <c@x>" ] , "subject":"s\n", "attachments" : [
+        { "filename" : "one\t.txt" , "sizeBytes" : 1 } ,
+        {"filename":"two","parsedText":"2\n2","contentType":"text/\u0070lain"} ,
+        { } ] }}"#,
+    );
+    let value: Value = serde_json::from_slice(&body).unwrap();
+    let Event::MessageReceived(received) = Event::parse(body) else {
+        panic!()
+    };
+    let message = &received.message;
+    let cc: Vec<_> = message.cc().collect();
+    assert_eq!(cc, ["a@x", "Bé <b@x>", "\"c\" <c@x>"]);
+    let mut backwards: Vec<_> = message.cc().rev().collect();
+    backwards.reverse();
+    assert_eq!(backwards, cc);
+    assert_eq!(message.subject(), Some("s\n"));
+    let files: Vec<_> = message.attachments().map(|a| a.filename()).collect();
+    assert_eq!(files, [Some("one\t.txt"), Some("two"), None]);
+    let mut backwards: Vec<_> = message.attachments().rev().collect();
+    backwards.reverse();
+    assert!(
+        backwards
+            .iter()
+            .eq(message.attachments().collect::<Vec<_>>().iter())
+    );
+    let attachments = message.attachments();
+    assert_eq!(attachments.len(), 3);
+    let second = attachments.get(1).unwrap();
+    assert_eq!(second.content_type(), Some("text/plain"));
+    assert_eq!(second.parsed_text().as_deref(), Some("2\n2"));
+    assert!(attachments.get(3).is_none());
+    let mut walked = message.attachments();
+    walked.next();
+    assert_eq!(walked.get(1).unwrap().filename(), None);
+    assert_eq!(
+        value["message"]["attachments"][1]["contentType"],
+        second.content_type().unwrap()
+    );
+    assert_eq!(
+        serde_json::to_value(message).unwrap()["attachments"][0]["filename"],
+        value["message"]["attachments"][0]["filename"]
+    );
+}

@@ -193,6 +193,43 @@ async fn one_line_per_event_whichever_channel_brings_it() {
     example.task.abort();
 }
 
+/// The lossless rule on both channels: what the typed model cannot read is still handled
+/// and printed, a lone surrogate (JSON.stringify's output for a text cut inside an emoji)
+/// or a body that is not JSON at all, whose type prints as `-`.
+#[tokio::test]
+async fn what_the_model_cannot_read_is_still_handled_on_both_channels() {
+    let server = TestServer::start().await;
+    let example = Example::start(&server).await;
+    let sender = Sender::default();
+
+    server.broadcast_text(
+        r#"{"event":"message.received","event_id":"evt_lone","inbox_id":"inb_a","message":{"subject":"\udc00","body_text":"cut \ud83d"}}"#,
+    );
+    example
+        .wait_line("handled message.received evt_lone inbox=inb_a")
+        .await;
+    server.broadcast_text("not json");
+    example.wait_line("handled - - inbox=-").await;
+
+    let lone = r#"{"event":"message.received","event_id":"evt_lone_hook","inbox_id":"inb_b","x":"\ud800"}"#;
+    let (status, _) = sender.deliver(example.addr, SECRET, lone).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, answer) = sender.deliver(example.addr, SECRET, "<html>").await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer, json!({"ok": true, "event": "", "event_id": null}));
+    assert_eq!(
+        example.lines(),
+        [
+            "handled message.received evt_lone inbox=inb_a",
+            "handled - - inbox=-",
+            "handled message.received evt_lone_hook inbox=inb_b",
+            "handled - - inbox=-",
+        ]
+    );
+    example.task.abort();
+}
+
 #[tokio::test]
 async fn a_revoked_key_stops_the_example() {
     let server = TestServer::start().await;
