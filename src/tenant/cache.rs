@@ -2,7 +2,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::future::{Future, ready};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError};
+// The model checks (`--cfg openmail_loom`) explore every interleaving of these locks.
+#[cfg(all(test, openmail_loom))]
+use loom::sync::{Mutex, MutexGuard};
+#[cfg(not(all(test, openmail_loom)))]
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll, Wake, Waker};
 use std::time::{Duration, Instant};
 
@@ -467,6 +472,12 @@ impl Flight {
             }
         };
         let result = result.map_err(Arc::new);
+        // The answer is cached before the flight leaves the map: a request for the tenant
+        // in between finds one or the other, never neither, which would start a second
+        // lookup (the model check below found that window).
+        if let Ok(secrets) = &result {
+            self.cache.store(self.tenant.clone(), secrets.clone());
+        }
         {
             let mut cache = self.cache.lock();
             if cache
@@ -476,9 +487,6 @@ impl Flight {
             {
                 cache.flights.remove(&self.tenant);
             }
-        }
-        if let Ok(secrets) = &result {
-            self.cache.store(self.tenant.clone(), secrets.clone());
         }
         let answer = share(&result);
         *state = FlightState::Done(result);
@@ -499,6 +507,8 @@ fn share(
 
 /// One request waiting on a flight. When the last one goes away before the lookup ends,
 /// the lookup is dropped, so abandoned requests never hold one of the bounded slots.
+/// Created under the cache's lock ([`CachedResolver::join_or_start`]), and dropped under
+/// it.
 struct Waiter {
     flight: Arc<Flight>,
 }
@@ -526,28 +536,24 @@ impl Future for Waiter {
 impl Drop for Waiter {
     fn drop(&mut self) {
         let flight = &self.flight;
+        // Under the cache's lock, as every join is: no request can join this flight between
+        // its count reaching zero and its leaving the map, which would leave a running
+        // lookup uncounted against the bound (the model check below found that window).
+        // Not the flight's state lock: a completing poll holds that and then takes the
+        // cache's, and a finished flight has left the map already.
+        let mut cache = flight.cache.lock();
         let mut waiters = flight
             .waiters
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         *waiters = waiters.saturating_sub(1);
-        if *waiters > 0 {
-            return;
-        }
-        drop(waiters);
-        let running = matches!(
-            *flight.state.lock().unwrap_or_else(PoisonError::into_inner),
-            FlightState::Running(_)
-        );
-        if running {
-            let mut cache = flight.cache.lock();
-            if cache
+        if *waiters == 0
+            && cache
                 .flights
                 .get(&flight.tenant)
                 .is_some_and(|other| Arc::ptr_eq(other, flight))
-            {
-                cache.flights.remove(&flight.tenant);
-            }
+        {
+            cache.flights.remove(&flight.tenant);
         }
     }
 }
@@ -730,5 +736,188 @@ mod tests {
         }
         drop(strangers);
         assert!(resolver.refused(&inbox("inb_real")).is_ok());
+    }
+}
+
+/// Model checks of the in-flight lookups: a [`Flight`] polled by whichever [`Waiter`] is
+/// polled, its [`Wakers`], and what happens when every waiter leaves.
+/// `RUSTFLAGS="--cfg openmail_loom" cargo test --lib --target-dir target/loom model_check`
+#[cfg(all(test, openmail_loom))]
+mod model_checks {
+    use std::future::poll_fn;
+
+    use loom::thread;
+
+    use super::*;
+
+    /// A secret store whose lookups another thread answers: each lookup registers its
+    /// waker and waits until [`answer`](Self::answer) is called.
+    #[derive(Clone)]
+    struct Remote(Arc<Mutex<Answer>>);
+
+    #[derive(Default)]
+    struct Answer {
+        answered: bool,
+        waker: Option<Waker>,
+        started: usize,
+    }
+
+    impl Remote {
+        fn new() -> Self {
+            Self(Arc::new(Mutex::new(Answer::default())))
+        }
+
+        fn answer(&self) {
+            let waker = {
+                let mut answer = self.0.lock().unwrap();
+                answer.answered = true;
+                answer.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+        }
+
+        fn started(&self) -> usize {
+            self.0.lock().unwrap().started
+        }
+    }
+
+    impl SecretResolver for Remote {
+        fn lookup(&self, _tenant: &Tenant) -> ResolveFuture {
+            let answer = Arc::clone(&self.0);
+            answer.lock().unwrap().started += 1;
+            Box::pin(poll_fn(move |cx| {
+                let mut answer = answer.lock().unwrap();
+                if answer.answered {
+                    // "No such tenant": cached too, and cheap to build.
+                    return Poll::Ready(Ok(None));
+                }
+                answer.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }))
+        }
+    }
+
+    fn tenant() -> Tenant {
+        Tenant::Inbox("inb_a".to_owned())
+    }
+
+    /// Wakes a model thread waiting in [`block_on`].
+    struct Notified(loom::sync::Notify);
+
+    impl Wake for Notified {
+        fn wake(self: Arc<Self>) {
+            self.0.notify();
+        }
+    }
+
+    /// Polls `future` on this model thread, waiting between polls until woken: a wake that
+    /// is lost leaves the thread waiting for good, which loom reports as a deadlock. What
+    /// loom's own `block_on` does, which needs its `futures` feature; a `Notify` rather
+    /// than `thread::park`, whose unpark token would outlive the future and wake a later
+    /// `join`.
+    fn block_on<F: Future>(future: F) -> F::Output {
+        let notified = Arc::new(Notified(loom::sync::Notify::new()));
+        let waker = Waker::from(Arc::clone(&notified));
+        let mut cx = Context::from_waker(&waker);
+        let mut future = std::pin::pin!(future);
+        loop {
+            if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+                return output;
+            }
+            notified.0.wait();
+        }
+    }
+
+    /// A request waits on the lookup, and the store answers from another thread: the
+    /// answer wakes the request, whichever order the registration and the answer come in.
+    #[test]
+    fn model_check_a_lookup_answered_from_another_thread_wakes_its_waiter() {
+        loom::model(|| {
+            let store = Remote::new();
+            let resolver = CachedResolver::new(store.clone());
+            let waiting = resolver.lookup(&tenant());
+            let answering = {
+                let store = store.clone();
+                thread::spawn(move || store.answer())
+            };
+            let found = block_on(waiting);
+            assert!(matches!(found, Ok(None)));
+            answering.join().unwrap();
+            assert_eq!(resolver.lookups_in_flight(), 0);
+            assert_eq!(store.started(), 1);
+        });
+    }
+
+    /// A request for the tenant arrives while another request's poll completes the
+    /// lookup: it joins the flight or finds the cached answer, never a second lookup, and
+    /// it is answered.
+    #[test]
+    fn model_check_a_waiter_that_joins_while_the_lookup_completes_is_answered() {
+        loom::model(|| {
+            let store = Remote::new();
+            store.answer();
+            let resolver = Arc::new(CachedResolver::new(store.clone()));
+            let first = resolver.lookup(&tenant());
+            let joining = {
+                let resolver = Arc::clone(&resolver);
+                thread::spawn(move || block_on(resolver.lookup(&tenant())))
+            };
+            assert!(matches!(block_on(first), Ok(None)));
+            assert!(matches!(joining.join().unwrap(), Ok(None)));
+            assert_eq!(store.started(), 1, "one lookup per tenant at a time");
+            assert_eq!(resolver.lookups_in_flight(), 0);
+        });
+    }
+
+    /// The last request waiting on a lookup leaves while another request for the tenant
+    /// arrives: the newcomer's lookup, joined or started afresh, stays counted against the
+    /// bound for as long as it runs.
+    #[test]
+    fn model_check_a_waiter_that_joins_while_the_last_one_leaves_stays_counted() {
+        loom::model(|| {
+            let store = Remote::new();
+            let resolver = Arc::new(CachedResolver::new(store.clone()));
+            let leaving = resolver.lookup(&tenant());
+            let leaver = thread::spawn(move || drop(leaving));
+            let joined = resolver.lookup(&tenant());
+            leaver.join().unwrap();
+            assert_eq!(
+                resolver.lookups_in_flight(),
+                1,
+                "a running lookup is counted"
+            );
+            drop(joined);
+            assert_eq!(resolver.lookups_in_flight(), 0);
+        });
+    }
+
+    /// Two requests wait on one lookup and both leave, on two threads, one after polling
+    /// it: the lookup is dropped and its slot freed, and the next request starts afresh.
+    #[test]
+    fn model_check_a_lookup_whose_waiters_all_leave_is_dropped() {
+        loom::model(|| {
+            let store = Remote::new();
+            let resolver = CachedResolver::new(store.clone());
+            let handles = Arc::strong_count(&store.0);
+            let first = resolver.lookup(&tenant());
+            let second = resolver.lookup(&tenant());
+            assert_eq!(resolver.lookups_in_flight(), 1);
+            let leaving = thread::spawn(move || {
+                let mut first = first;
+                let mut cx = Context::from_waker(Waker::noop());
+                assert!(first.as_mut().poll(&mut cx).is_pending());
+                drop(first);
+            });
+            drop(second);
+            leaving.join().unwrap();
+            assert_eq!(resolver.lookups_in_flight(), 0);
+            // The lookup future, which held the store's state, is gone.
+            assert_eq!(Arc::strong_count(&store.0), handles);
+            let again = resolver.lookup(&tenant());
+            assert_eq!((store.started(), resolver.lookups_in_flight()), (2, 1));
+            drop(again);
+        });
     }
 }

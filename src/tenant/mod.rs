@@ -37,11 +37,13 @@
 //! | no secret known for the tenant, the matching secret belongs to another tenant (or is an inbox's, on a body that names no inbox it can be held to), or the signature is wrong | `400 signature mismatch`, the same answer for each |
 //! | verified under a secret that covers the body | the inner service's, whatever the body holds ([`Event::Malformed`](crate::Event::Malformed) when the model cannot read it) |
 //! | the resolver failed (database down), or too many lookups are in flight | `503` with `Retry-After`, so OpenMail retries |
+//! | an unknown tenant or a wrong signature, after the lookup, while [`CachedResolver`]'s lookups for tenants never seen to verify are all taken | the same `503`, so the status does not tell which tenants verified before |
 //! | the lookup outlived the body deadline | `503` with `Retry-After` |
 //!
 //! A client learns nothing about which inboxes exist: an unknown inbox gets the same status
-//! and body as a wrong signature, after a MAC over its body like any other. The rejection
-//! hook and `tracing` see the precise reason.
+//! and body as a wrong signature, after the same MACs over its body
+//! ([`REFUSAL_MACS`](crate::protocol::REFUSAL_MACS)), and no refusal waits for a lookup.
+//! The rejection hook and `tracing` see the precise reason.
 //!
 //! ```
 //! use axum::{routing::post, Router};

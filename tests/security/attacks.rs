@@ -295,13 +295,53 @@ async fn refusal(addr: SocketAddr, request: &[u8], lookups: &AtomicUsize) -> Ref
     }
 }
 
-/// A forgery of about 4 MiB (the default body limit) naming `inbox`.
-fn large_forgery(inbox: &str) -> Vec<u8> {
+/// A body of about 4 MiB (the default body limit) naming `inbox`.
+fn large_body(inbox: &str) -> Vec<u8> {
     let pad = "a".repeat(DEFAULT_BODY_LIMIT - 1024);
-    let body = format!(
+    format!(
         r#"{{"event":"message.received","event_id":"evt_t","inbox_id":"{inbox}","pad":"{pad}"}}"#
-    );
-    signed_request("whsec_attacker", body.as_bytes())
+    )
+    .into_bytes()
+}
+
+/// A forgery of [`large_body`] over HTTP/1.1.
+fn large_forgery(inbox: &str) -> Vec<u8> {
+    signed_request("whsec_attacker", &large_body(inbox))
+}
+
+/// [`refusal`] over HTTP/2 (h2c, prior knowledge), the request `body` forged for
+/// `/webhooks`. The head holds the response's headers without its date.
+async fn refusal_h2(addr: SocketAddr, body: Vec<u8>, lookups: &AtomicUsize) -> Refusal {
+    use http_body_util::{BodyExt, Full};
+    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+        .http2_only(true)
+        .build_http::<Full<bytes::Bytes>>();
+    let timestamp = unix_now().to_string();
+    let request = http::Request::post(format!("http://{addr}/webhooks"))
+        .header("x-timestamp", &timestamp)
+        .header("x-signature", sign("whsec_attacker", &timestamp, &body))
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let (macs, looked) = (macs_on_this_thread(), lookups.load(Ordering::SeqCst));
+    let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .expect("answered within 20 s")
+        .unwrap();
+    let status = response.status().as_u16();
+    let head = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| *name != http::header::DATE)
+        .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap()))
+        .collect();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    Refusal {
+        status,
+        head,
+        body: String::from_utf8_lossy(&body).into_owned(),
+        macs: macs_on_this_thread() - macs,
+        lookups: lookups.load(Ordering::SeqCst) - looked,
+    }
 }
 
 /// A secret store that counts lookups: inboxes `inb_*` exist, with the secret
@@ -364,6 +404,14 @@ async fn breach_known_inboxes_cost_more_work_to_refuse_than_unknown_ones() {
         (400, "signature mismatch")
     );
     assert_eq!(known.macs, REFUSAL_MACS as u64);
+    // The same over HTTP/2.
+    let known_h2 = refusal_h2(addr, large_body("inb_known"), &none).await;
+    let unknown_h2 = refusal_h2(addr, large_body("inb_nobody"), &none).await;
+    assert_eq!(known_h2, unknown_h2);
+    assert_eq!(
+        (known_h2.status, known_h2.body.as_str(), known_h2.macs),
+        (400, "signature mismatch", REFUSAL_MACS as u64)
+    );
 
     // Behind a cache, with both answers due for a refresh.
     let store = CountingStore::default();
