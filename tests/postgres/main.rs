@@ -25,3 +25,5 @@ mod postgres_support;
 mod restart;
 #[cfg(feature = "postgres")]
 mod store;
+#[cfg(feature = "postgres")]
+mod throughput;
