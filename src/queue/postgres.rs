@@ -762,22 +762,24 @@ impl Connection {
         }
     }
 
-    /// The open session, or a new one. Callers that arrive while one opens wait for it.
+    /// The open session, or a new one. Callers that arrive while one opens wait for it;
+    /// waiting and opening together take at most [`TIMEOUT`], so that callers never queue
+    /// up behind one another's attempts while PostgreSQL does not answer.
     async fn session(&self) -> Result<Arc<Session>, QueueError> {
-        let mut slot = self.session.lock().await;
-        if let Some(session) = slot.as_ref() {
-            if !session.client.is_closed() {
-                return Ok(Arc::clone(session));
+        tokio::time::timeout(TIMEOUT, async {
+            let mut slot = self.session.lock().await;
+            if let Some(session) = slot.as_ref() {
+                if !session.client.is_closed() {
+                    return Ok(Arc::clone(session));
+                }
             }
-        }
-        *slot = None;
-        let session = tokio::time::timeout(TIMEOUT, self.open())
-            .await
-            .map_err(|_| timed_out("connecting"))?
-            .map_err(QueueError::unavailable)?;
-        let session = Arc::new(session);
-        *slot = Some(Arc::clone(&session));
-        Ok(session)
+            *slot = None;
+            let session = Arc::new(self.open().await.map_err(QueueError::unavailable)?);
+            *slot = Some(Arc::clone(&session));
+            Ok(session)
+        })
+        .await
+        .map_err(|_| timed_out("connecting"))?
     }
 
     async fn open(&self) -> Result<Session, tokio_postgres::Error> {
