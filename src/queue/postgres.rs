@@ -31,21 +31,21 @@ CREATE TABLE openmail_schema (
     version   bigint NOT NULL
 );
 CREATE TABLE openmail_events (
-    key             bytea       PRIMARY KEY,  -- the scoped event id's SHA-256
-    state           smallint    NOT NULL DEFAULT 0, -- 0 waiting or leased, 1 completed, 2 dead
+    key             bytea       PRIMARY KEY,            -- SHA-256 of the scoped event id
+    state           smallint    NOT NULL DEFAULT 0,     -- 0 waiting or leased, 1 completed, 2 dead
     leased          boolean     NOT NULL DEFAULT false,
-    token           bigint      NOT NULL DEFAULT 0, -- claims so far, never reset
+    token           bigint      NOT NULL DEFAULT 0,     -- claims so far, never reset
     attempts        integer     NOT NULL DEFAULT 0,
     received_at     timestamptz NOT NULL DEFAULT now(),
-    due_at          timestamptz NOT NULL DEFAULT now(), -- waiting: claimable from; leased: lease end
-    finished_at     timestamptz,              -- completed or dead at
-    channel         smallint,                 -- the Delivery, until completed
+    due_at          timestamptz NOT NULL DEFAULT now(), -- waiting: due from; leased: lease end
+    finished_at     timestamptz,                        -- completed or dead at
+    channel         smallint,                           -- the Delivery, until completed
     scope_inbox     text,
     timestamp       bigint,
     secret_index    bigint,
     event_id_header text,
-    body            bytea,                    -- the verified bytes, as received
-    error           text                      -- the last failure
+    body            bytea,                              -- the verified bytes, as received
+    error           text                                -- the last failure
 );
 CREATE INDEX openmail_events_due ON openmail_events (due_at) WHERE state = 0;
 CREATE INDEX openmail_events_completed ON openmail_events (finished_at) WHERE state = 1;
