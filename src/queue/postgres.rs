@@ -905,3 +905,31 @@ async fn create_schema(client: &mut Client) -> Result<(), QueueError> {
         .map_err(QueueError::unavailable)?;
     transaction.commit().await.map_err(QueueError::unavailable)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guide_shows_the_schema_and_the_completion_this_build_runs() {
+        let guide = include_str!("../../docs/durable.md");
+        assert!(
+            guide.contains(SCHEMA_V1),
+            "docs/durable.md: update the schema"
+        );
+        assert!(
+            guide.contains(COMPLETE),
+            "docs/durable.md: update the completion"
+        );
+    }
+
+    #[test]
+    fn durations_beyond_the_database_range_are_clamped() {
+        assert_eq!(milliseconds(Duration::from_millis(1_500)), 1_500);
+        assert_eq!(milliseconds(Duration::MAX), LONGEST_MS);
+        assert_eq!(
+            milliseconds(Duration::from_secs(20 * 365 * 24 * 3600)),
+            LONGEST_MS
+        );
+    }
+}
