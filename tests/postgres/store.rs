@@ -560,3 +560,31 @@ async fn a_schema_of_a_newer_version_is_refused() {
         "{error:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_names_the_database_and_never_the_password() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else {
+        panic!("a TCP host");
+    };
+    let database = config.get_dbname().unwrap();
+    // The servers the tests start trust loopback connections, so any password connects;
+    // a server of the user's own gets the password its URL has.
+    let password = config
+        .get_password()
+        .map_or("hunter2_not_shown".to_owned(), |password| {
+            String::from_utf8(password.to_vec()).unwrap()
+        });
+    let with_password = format!(
+        "host={host} port={} user={} password={password} dbname={database}",
+        config.get_ports()[0],
+        config.get_user().unwrap(),
+    );
+    let store = replica(&with_password).await;
+    let debug = format!("{store:?}");
+    assert!(debug.contains(database), "{debug}");
+    assert!(!debug.contains(&password), "{debug}");
+}
