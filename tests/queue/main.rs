@@ -23,6 +23,8 @@ use openmail_webhooks::test_util::Sample;
 use openmail_webhooks::{Channel, Delivery, Event, VerifyOpenMailLayer};
 use tokio::sync::{mpsc, watch};
 
+mod throughput;
+
 const SECRET: &str = "whsec_queue_test";
 
 /// A fresh directory for one test's store.
