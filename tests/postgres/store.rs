@@ -588,3 +588,38 @@ async fn debug_names_the_database_and_never_the_password() {
     assert!(debug.contains(database), "{debug}");
     assert!(!debug.contains(&password), "{debug}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_share_transactions() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    const INSERTS: usize = 64;
+    let store = Arc::new(replica(&url).await);
+    let mut events = Vec::new();
+    for n in 0..INSERTS {
+        events.push(delivery(&awkward_body(&format!("evt_group_{n}"))).await);
+    }
+    let inserts = events.into_iter().map(|event| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.insert(key_of(&event), event, 10_000).await })
+    });
+    for insert in futures_util::future::join_all(inserts).await {
+        assert_eq!(insert.unwrap().unwrap(), Inserted::Stored);
+    }
+    // Each row's `xmin` is the transaction that inserted it: one per commit.
+    let sql = inspect(&url).await;
+    let row = sql
+        .query_one(
+            "SELECT count(*), count(DISTINCT xmin::text) FROM openmail_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, transactions): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(rows, INSERTS as i64);
+    assert!(
+        transactions <= INSERTS as i64 / 2,
+        "{INSERTS} concurrent inserts took {transactions} commits"
+    );
+}
