@@ -489,9 +489,10 @@ fn port_from_env() -> Result<u16, String> {
 fn work_from_env() -> Result<Duration, String> {
     match std::env::var("RECEIVER_WORK_MS") {
         Err(_) => Ok(Duration::ZERO),
-        Ok(ms) => ms.parse().map(Duration::from_millis).map_err(|_| {
-            format!("RECEIVER_WORK_MS must be a number of milliseconds, not {ms:?}")
-        }),
+        Ok(ms) => ms
+            .parse()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("RECEIVER_WORK_MS must be a number of milliseconds, not {ms:?}")),
     }
 }
 
@@ -508,10 +509,12 @@ fn queue_from_env() -> Result<Option<QueueUrl>, String> {
         return Ok(None);
     };
     if std::env::var_os("REDIS_URL").is_some() {
-        return Err("REDIS_URL and OPENMAIL_QUEUE_URL are both set; the queue's store \
+        return Err(
+            "REDIS_URL and OPENMAIL_QUEUE_URL are both set; the queue's store \
                     deduplicates by itself, and stacking Redis deduplication on it would \
                     answer 409 to copies of running events: unset REDIS_URL"
-            .to_owned());
+                .to_owned(),
+        );
     }
     if let Some(path) = url.strip_prefix("sqlite:") {
         let path = std::path::PathBuf::from(path);

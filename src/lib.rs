@@ -53,6 +53,9 @@ mod guides {
     struct Deduplication;
     #[doc = include_str!("../docs/tenants.md")]
     struct Tenants;
+    #[cfg(feature = "sqlite")]
+    #[doc = include_str!("../docs/durable.md")]
+    struct Durable;
     #[cfg(feature = "test-util")]
     #[doc = include_str!("../docs/developing.md")]
     struct Developing;

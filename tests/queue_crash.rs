@@ -183,7 +183,10 @@ async fn a_killed_receiver_runs_every_acknowledged_event_after_restart() {
     let bodies: Vec<(String, String)> = (0..EVENTS)
         .map(|index| {
             let id = format!("evt_crash_{index}");
-            (id.clone(), Sample::message_received().event_id(id).to_json())
+            (
+                id.clone(),
+                Sample::message_received().event_id(id).to_json(),
+            )
         })
         .collect();
     let mut sends = Vec::new();
@@ -205,7 +208,11 @@ async fn a_killed_receiver_runs_every_acknowledged_event_after_restart() {
     let mut acknowledged = HashSet::new();
     for send in sends {
         let (id, status) = send.await.unwrap();
-        assert_eq!(status, StatusCode::OK, "every copy of {id} gets 2xx at its first try");
+        assert_eq!(
+            status,
+            StatusCode::OK,
+            "every copy of {id} gets 2xx at its first try"
+        );
         acknowledged.insert(id);
     }
     assert_eq!(acknowledged.len(), EVENTS);
@@ -284,7 +291,10 @@ async fn a_killed_receiver_runs_every_acknowledged_event_after_restart() {
     assert!(status.success());
     let deadline = Instant::now() + Duration::from_secs(30);
     while second.child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "SIGTERM did not stop the receiver");
+        assert!(
+            Instant::now() < deadline,
+            "SIGTERM did not stop the receiver"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(second.child.wait().unwrap().code(), Some(0));
@@ -296,8 +306,14 @@ async fn a_killed_receiver_runs_every_acknowledged_event_after_restart() {
             |row| Ok((row.get(0)?, row.get(1)?)),
         )
         .unwrap();
-    assert_eq!(rows, EVENTS as i64, "one row per event: no copy, no forgery");
-    assert_eq!(with_body, 0, "completed events keep their key, not their body");
+    assert_eq!(
+        rows, EVENTS as i64,
+        "one row per event: no copy, no forgery"
+    );
+    assert_eq!(
+        with_body, 0,
+        "completed events keep their key, not their body"
+    );
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -60,8 +60,10 @@ struct Config<S> {
     depth_limit: u64,
     retry_after: Duration,
     store_timeout: Duration,
-    on_error: Option<Arc<dyn Fn(&QueueError) + Send + Sync>>,
+    on_error: Option<ErrorHook>,
 }
+
+type ErrorHook = Arc<dyn Fn(&QueueError) + Send + Sync>;
 
 impl<S> Clone for Config<S> {
     fn clone(&self) -> Self {
@@ -232,8 +234,8 @@ fn acknowledge(delivery: &Delivery, duplicate: bool) -> Response<String> {
         "event": event_type,
         "event_id": delivery.event_id(),
     });
-    if duplicate {
-        body["duplicate"] = serde_json::Value::Bool(true);
+    if let (true, Some(fields)) = (duplicate, body.as_object_mut()) {
+        fields.insert("duplicate".to_owned(), serde_json::Value::Bool(true));
     }
     let mut response = Response::new(body.to_string());
     response.headers_mut().insert(

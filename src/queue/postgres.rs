@@ -31,21 +31,21 @@ CREATE TABLE openmail_schema (
     version   bigint NOT NULL
 );
 CREATE TABLE openmail_events (
-    key             bytea       PRIMARY KEY,  -- the scoped event id's SHA-256
-    state           smallint    NOT NULL DEFAULT 0, -- 0 waiting or leased, 1 completed, 2 dead
+    key             bytea       PRIMARY KEY,            -- SHA-256 of the scoped event id
+    state           smallint    NOT NULL DEFAULT 0,     -- 0 waiting or leased, 1 completed, 2 dead
     leased          boolean     NOT NULL DEFAULT false,
-    token           bigint      NOT NULL DEFAULT 0, -- claims so far, never reset
+    token           bigint      NOT NULL DEFAULT 0,     -- claims so far, never reset
     attempts        integer     NOT NULL DEFAULT 0,
     received_at     timestamptz NOT NULL DEFAULT now(),
-    due_at          timestamptz NOT NULL DEFAULT now(), -- waiting: claimable from; leased: lease end
-    finished_at     timestamptz,              -- completed or dead at
-    channel         smallint,                 -- the Delivery, until completed
+    due_at          timestamptz NOT NULL DEFAULT now(), -- waiting: due from; leased: lease end
+    finished_at     timestamptz,                        -- completed or dead at
+    channel         smallint,                           -- the Delivery, until completed
     scope_inbox     text,
     timestamp       bigint,
     secret_index    bigint,
     event_id_header text,
-    body            bytea,                    -- the verified bytes, as received
-    error           text                      -- the last failure
+    body            bytea,                              -- the verified bytes, as received
+    error           text                                -- the last failure
 );
 CREATE INDEX openmail_events_due ON openmail_events (due_at) WHERE state = 0;
 CREATE INDEX openmail_events_completed ON openmail_events (finished_at) WHERE state = 1;
@@ -762,22 +762,24 @@ impl Connection {
         }
     }
 
-    /// The open session, or a new one. Callers that arrive while one opens wait for it.
+    /// The open session, or a new one. Callers that arrive while one opens wait for it;
+    /// waiting and opening together take at most [`TIMEOUT`], so that callers never queue
+    /// up behind one another's attempts while PostgreSQL does not answer.
     async fn session(&self) -> Result<Arc<Session>, QueueError> {
-        let mut slot = self.session.lock().await;
-        if let Some(session) = slot.as_ref() {
-            if !session.client.is_closed() {
-                return Ok(Arc::clone(session));
+        tokio::time::timeout(TIMEOUT, async {
+            let mut slot = self.session.lock().await;
+            if let Some(session) = slot.as_ref() {
+                if !session.client.is_closed() {
+                    return Ok(Arc::clone(session));
+                }
             }
-        }
-        *slot = None;
-        let session = tokio::time::timeout(TIMEOUT, self.open())
-            .await
-            .map_err(|_| timed_out("connecting"))?
-            .map_err(QueueError::unavailable)?;
-        let session = Arc::new(session);
-        *slot = Some(Arc::clone(&session));
-        Ok(session)
+            *slot = None;
+            let session = Arc::new(self.open().await.map_err(QueueError::unavailable)?);
+            *slot = Some(Arc::clone(&session));
+            Ok(session)
+        })
+        .await
+        .map_err(|_| timed_out("connecting"))?
     }
 
     async fn open(&self) -> Result<Session, tokio_postgres::Error> {
@@ -902,4 +904,32 @@ async fn create_schema(client: &mut Client) -> Result<(), QueueError> {
         .await
         .map_err(QueueError::unavailable)?;
     transaction.commit().await.map_err(QueueError::unavailable)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_guide_shows_the_schema_and_the_completion_this_build_runs() {
+        let guide = include_str!("../../docs/durable.md");
+        assert!(
+            guide.contains(SCHEMA_V1),
+            "docs/durable.md: update the schema"
+        );
+        assert!(
+            guide.contains(COMPLETE),
+            "docs/durable.md: update the completion"
+        );
+    }
+
+    #[test]
+    fn durations_beyond_the_database_range_are_clamped() {
+        assert_eq!(milliseconds(Duration::from_millis(1_500)), 1_500);
+        assert_eq!(milliseconds(Duration::MAX), LONGEST_MS);
+        assert_eq!(
+            milliseconds(Duration::from_secs(20 * 365 * 24 * 3600)),
+            LONGEST_MS
+        );
+    }
 }

@@ -136,7 +136,9 @@ fn create_private(path: &Path) -> Result<(), QueueError> {
 fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Result<(), QueueError> {
     let locked = |error| opening(path, error);
     lock_and_tune(connection, durability).map_err(locked)?;
-    connection.execute_batch("BEGIN IMMEDIATE").map_err(locked)?;
+    connection
+        .execute_batch("BEGIN IMMEDIATE")
+        .map_err(locked)?;
     let outcome = (|| {
         let version: i64 = connection
             .pragma_query_value(None, "user_version", |row| row.get(0))
@@ -195,7 +197,9 @@ fn opening(path: &Path, error: rusqlite::Error) -> QueueError {
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |since| i64::try_from(since.as_millis()).unwrap_or(i64::MAX))
+        .map_or(0, |since| {
+            i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+        })
 }
 
 fn ms(duration: Duration) -> i64 {
@@ -338,12 +342,13 @@ impl Writer {
     }
 
     fn count_depth(connection: &Connection) -> rusqlite::Result<u64> {
-        connection.query_row(
-            "SELECT count(*) FROM openmail_events WHERE state = 0",
-            [],
-            |row| row.get::<_, i64>(0),
-        )
-        .map(|count| u64::try_from(count).unwrap_or(0))
+        connection
+            .query_row(
+                "SELECT count(*) FROM openmail_events WHERE state = 0",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
+            .map(|count| u64::try_from(count).unwrap_or(0))
     }
 
     fn execute(&mut self, command: Command) -> Pending {
@@ -414,26 +419,30 @@ impl Writer {
             } => {
                 let now = now_ms();
                 let result = match retry_in {
-                    Some(delay) => self.connection.prepare_cached(
-                        "UPDATE openmail_events SET leased = 0, due_ms = ?3, error = ?4
+                    Some(delay) => self
+                        .connection
+                        .prepare_cached(
+                            "UPDATE openmail_events SET leased = 0, due_ms = ?3, error = ?4
                          WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
-                    )
-                    .and_then(|mut statement| {
-                        statement.execute(params![
-                            &lease.key[..],
-                            lease.token,
-                            now.saturating_add(ms(delay)),
-                            error
-                        ])
-                    }),
-                    None => self.connection.prepare_cached(
-                        "UPDATE openmail_events SET state = 2, leased = 0, finished_ms = ?3,
+                        )
+                        .and_then(|mut statement| {
+                            statement.execute(params![
+                                &lease.key[..],
+                                lease.token,
+                                now.saturating_add(ms(delay)),
+                                error
+                            ])
+                        }),
+                    None => self
+                        .connection
+                        .prepare_cached(
+                            "UPDATE openmail_events SET state = 2, leased = 0, finished_ms = ?3,
                                 error = ?4
                          WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
-                    )
-                    .and_then(|mut statement| {
-                        statement.execute(params![&lease.key[..], lease.token, now, error])
-                    }),
+                        )
+                        .and_then(|mut statement| {
+                            statement.execute(params![&lease.key[..], lease.token, now, error])
+                        }),
                 }
                 .map(|changed| changed == 1);
                 if retry_in.is_none() && matches!(result, Ok(true)) {
@@ -591,7 +600,7 @@ impl Writer {
                         row.get::<_, Vec<u8>>(0)?,
                         row.get::<_, i64>(1)?,
                         row.get::<_, u32>(2)?,
-                        columns_of(row, 3)?,
+                        columns_of(row)?,
                     ))
                 })?;
             let (key, token, attempt, columns) = row;
@@ -618,15 +627,20 @@ impl Writer {
              FROM openmail_events WHERE state <> 1",
             params![now],
             |row| {
+                let count = |index: usize| -> rusqlite::Result<u64> {
+                    Ok(u64::try_from(row.get::<_, i64>(index)?).unwrap_or(0))
+                };
                 let oldest: Option<i64> = row.get(3)?;
-                let mut stats = QueueStats::default();
-                stats.waiting = u64::try_from(row.get::<_, i64>(0)?).unwrap_or(0);
-                stats.in_flight = u64::try_from(row.get::<_, i64>(1)?).unwrap_or(0);
-                stats.dead_letters = u64::try_from(row.get::<_, i64>(2)?).unwrap_or(0);
-                stats.oldest_age = oldest.map(|received| {
-                    Duration::from_millis(u64::try_from(now.saturating_sub(received)).unwrap_or(0))
-                });
-                Ok(stats)
+                Ok(QueueStats {
+                    waiting: count(0)?,
+                    in_flight: count(1)?,
+                    dead_letters: count(2)?,
+                    oldest_age: oldest.map(|received| {
+                        Duration::from_millis(
+                            u64::try_from(now.saturating_sub(received)).unwrap_or(0),
+                        )
+                    }),
+                })
             },
         )
     }
@@ -643,7 +657,7 @@ impl Writer {
                     row.get::<_, Vec<u8>>(0)?,
                     row.get::<_, u32>(1)?,
                     row.get::<_, String>(2)?,
-                    columns_of(row, 3)?,
+                    columns_of(row)?,
                 ))
             })?
             .filter_map(|row| match row {
@@ -662,15 +676,16 @@ impl Writer {
     }
 }
 
-/// The delivery's columns, from `first` on, in the order of the schema.
-fn columns_of(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Columns> {
+/// The delivery's columns, which every query that rebuilds one selects as its columns
+/// 3 to 8, in the order of the schema.
+fn columns_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Columns> {
     Ok(Columns {
-        channel: row.get::<_, Option<i16>>(first)?.unwrap_or(0),
-        scope_inbox: row.get(first + 1)?,
-        timestamp: row.get(first + 2)?,
-        secret_index: row.get(first + 3)?,
-        event_id_header: row.get(first + 4)?,
-        body: Bytes::from(row.get::<_, Option<Vec<u8>>>(first + 5)?.unwrap_or_default()),
+        channel: row.get::<_, Option<i16>>(3)?.unwrap_or(0),
+        scope_inbox: row.get(4)?,
+        timestamp: row.get(5)?,
+        secret_index: row.get(6)?,
+        event_id_header: row.get(7)?,
+        body: Bytes::from(row.get::<_, Option<Vec<u8>>>(8)?.unwrap_or_default()),
     })
 }
 
@@ -743,7 +758,8 @@ impl EventStore for SqliteStore {
     }
 
     async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        self.ask(|reply| Command::DeadLetters { limit, reply }).await
+        self.ask(|reply| Command::DeadLetters { limit, reply })
+            .await
     }
 
     async fn retry_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {

@@ -355,8 +355,14 @@ impl<S: EventStore> Run<S> {
             let response = service.call(request).await.map_err(Into::into)?;
             Ok::<_, BoxError>(response.status())
         });
-        let every = self.settings.lease / 3;
-        let mut renew = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        // The lease is at least 1 s, so a third of it is never zero (which `interval` refuses).
+        let every = self
+            .settings
+            .lease
+            .checked_div(3)
+            .unwrap_or(Duration::from_secs(1));
+        let now = tokio::time::Instant::now();
+        let mut renew = tokio::time::interval_at(now.checked_add(every).unwrap_or(now), every);
         let deadline = tokio::time::sleep(self.settings.attempt_timeout);
         tokio::pin!(deadline);
         let ending = loop {
@@ -438,7 +444,11 @@ impl<S: EventStore> Run<S> {
             error = %error,
             "queue: a handler attempt failed"
         );
-        match self.store.fail(attempt.lease, retry_in, error.clone()).await {
+        match self
+            .store
+            .fail(attempt.lease, retry_in, error.clone())
+            .await
+        {
             Ok(true) if retry_in.is_none() => {
                 let dead = DeadLetter::new(
                     *attempt.lease.key(),

@@ -22,6 +22,10 @@ fn postgres_tests_need_the_postgres_feature() {
 mod postgres_support;
 
 #[cfg(feature = "postgres")]
+mod guide;
+#[cfg(feature = "postgres")]
 mod restart;
 #[cfg(feature = "postgres")]
 mod store;
+#[cfg(feature = "postgres")]
+mod throughput;

@@ -1,7 +1,7 @@
-//! PostgreSQL restarted under a running receiver: while it is down, deliveries get `503`
-//! with `Retry-After` (so OpenMail retries) and the store's calls fail with
-//! [`QueueError::Unavailable`]; once it is back, the same store recovers on its own, and
-//! nothing committed before was lost.
+//! PostgreSQL restarted or hung under a running receiver: while it is down, deliveries get
+//! `503` with `Retry-After` (so OpenMail retries) and the store's calls fail with
+//! [`QueueError::Unavailable`] within a bound; once it is back, the same store recovers on
+//! its own, and nothing committed before was lost.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,6 +17,8 @@ use hyper_util::rt::TokioExecutor;
 use openmail_webhooks::VerifyOpenMailLayer;
 use openmail_webhooks::queue::{EventStore, Ingest, PostgresStore, QueueError};
 use openmail_webhooks::test_util::TestDelivery;
+
+use crate::store::{awkward_body, delivery, key_of};
 
 use crate::postgres_support::{PostgresServer, create_database};
 use crate::store::{SECRET, replica};
@@ -118,4 +120,69 @@ async fn postgres_restarted_mid_run_answers_503_meanwhile_and_the_store_recovers
     assert_eq!(ids, ["evt_during"]);
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.waiting, stats.in_flight), (0, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_postgresql_fails_every_call_within_a_bound_and_the_store_recovers() {
+    let Some(mut server) = PostgresServer::start("the hung PostgreSQL test") else {
+        return;
+    };
+    create_database(&server.url("postgres"), "openmail").await;
+    let store = Arc::new(replica(&server.url("openmail")).await);
+    let stored = delivery(&awkward_body("evt_before_the_hang")).await;
+    store.insert(key_of(&stored), stored, 1_000).await.unwrap();
+
+    tokio::task::block_in_place(|| server.pause());
+    // A call on the open connection times out (5 s) and drops it.
+    assert!(matches!(
+        store.stats().await,
+        Err(QueueError::Unavailable(_))
+    ));
+    // Calls that come then each need a connection, which does not answer either: each
+    // gets its error within the store's bound (5 s) instead of queueing behind the
+    // attempts of the calls before it (20 x 5 s).
+    let start = Instant::now();
+    let mut calls = Vec::new();
+    for n in 0..20 {
+        let store = Arc::clone(&store);
+        calls.push(tokio::spawn(async move {
+            if n % 4 == 0 {
+                let event = delivery(&awkward_body(&format!("evt_hung_{n}"))).await;
+                store.insert(key_of(&event), event, 1_000).await.map(drop)
+            } else {
+                store.stats().await.map(drop)
+            }
+        }));
+    }
+    for call in calls {
+        let outcome = call.await.unwrap();
+        assert!(
+            matches!(outcome, Err(QueueError::Unavailable(_))),
+            "{outcome:?}"
+        );
+    }
+    let took = start.elapsed();
+    assert!(
+        took < Duration::from_secs(50),
+        "20 calls on a hung database took {took:?}"
+    );
+
+    tokio::task::block_in_place(|| server.resume());
+    let start = Instant::now();
+    let stats = loop {
+        match store.stats().await {
+            Ok(stats) => break stats,
+            Err(error) => assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "not recovered: {error}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // An insert whose statement reached the server before its caller gave up commits when
+    // the server resumes; OpenMail, told 503, retries it and gets a duplicate's 200.
+    assert!(
+        (1..=6).contains(&stats.waiting),
+        "the event stored before the hang, and at most the 5 sent during it: {stats:?}"
+    );
 }

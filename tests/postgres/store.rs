@@ -560,3 +560,66 @@ async fn a_schema_of_a_newer_version_is_refused() {
         "{error:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debug_names_the_database_and_never_the_password() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let config: tokio_postgres::Config = url.parse().unwrap();
+    let tokio_postgres::config::Host::Tcp(host) = &config.get_hosts()[0] else {
+        panic!("a TCP host");
+    };
+    let database = config.get_dbname().unwrap();
+    // The servers the tests start trust loopback connections, so any password connects;
+    // a server of the user's own gets the password its URL has.
+    let password = config
+        .get_password()
+        .map_or("hunter2_not_shown".to_owned(), |password| {
+            String::from_utf8(password.to_vec()).unwrap()
+        });
+    let with_password = format!(
+        "host={host} port={} user={} password={password} dbname={database}",
+        config.get_ports()[0],
+        config.get_user().unwrap(),
+    );
+    let store = replica(&with_password).await;
+    let debug = format!("{store:?}");
+    assert!(debug.contains(database), "{debug}");
+    assert!(!debug.contains(&password), "{debug}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_inserts_share_transactions() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    const INSERTS: usize = 64;
+    let store = Arc::new(replica(&url).await);
+    let mut events = Vec::new();
+    for n in 0..INSERTS {
+        events.push(delivery(&awkward_body(&format!("evt_group_{n}"))).await);
+    }
+    let inserts = events.into_iter().map(|event| {
+        let store = Arc::clone(&store);
+        tokio::spawn(async move { store.insert(key_of(&event), event, 10_000).await })
+    });
+    for insert in futures_util::future::join_all(inserts).await {
+        assert_eq!(insert.unwrap().unwrap(), Inserted::Stored);
+    }
+    // Each row's `xmin` is the transaction that inserted it: one per commit.
+    let sql = inspect(&url).await;
+    let row = sql
+        .query_one(
+            "SELECT count(*), count(DISTINCT xmin::text) FROM openmail_events",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (rows, transactions): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!(rows, INSERTS as i64);
+    assert!(
+        transactions <= INSERTS as i64 / 2,
+        "{INSERTS} concurrent inserts took {transactions} commits"
+    );
+}

@@ -32,8 +32,8 @@ use std::sync::{Mutex, OnceLock};
 /// The variable that points the tests at a PostgreSQL of the user's own instead.
 pub const URL_VARIABLE: &str = "OPENMAIL_TEST_POSTGRES_URL";
 
-/// Creates the cluster, then answers `start PORT` and `stop` with one line each (`ok` or
-/// `error: …`); on end of input it stops the server at once and deletes everything.
+/// Creates the cluster, then answers `start PORT`, `stop`, `pause` and `resume` with one
+/// line each (`ok` or `error: …`); on end of input it stops the server at once and deletes everything.
 /// `$1` is the directory of the PostgreSQL binaries.
 const CONTROL: &str = r#"
 bin=$1
@@ -65,6 +65,17 @@ while read -r command port; do
             echo "ok"
         else
             echo "error: pg_ctl stop failed"
+        fi
+        ;;
+    pause | resume)
+        signal=STOP
+        [ "$command" = resume ] && signal=CONT
+        pid=$(head -n 1 "$dir/data/postmaster.pid")
+        # The postmaster and every backend: no connection gets an answer.
+        if kill -s $signal "$pid" $(pgrep -P "$pid"); then
+            echo "ok"
+        else
+            echo "error: kill -s $signal failed"
         fi
         ;;
     *) echo "error: unknown command $command" ;;
@@ -138,6 +149,17 @@ impl PostgresServer {
     pub fn restart(&mut self) {
         let command = format!("start {}", self.port);
         self.expect_ok(&command);
+    }
+
+    /// Stops every process of the server (`SIGSTOP`): connections stay open and the kernel
+    /// still accepts new ones, but nothing is answered, as with a database that hangs.
+    pub fn pause(&mut self) {
+        self.expect_ok("pause");
+    }
+
+    /// Lets a paused server run again (`SIGCONT`).
+    pub fn resume(&mut self) {
+        self.expect_ok("resume");
     }
 
     fn expect_ok(&mut self, command: &str) {

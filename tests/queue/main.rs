@@ -23,14 +23,13 @@ use openmail_webhooks::test_util::Sample;
 use openmail_webhooks::{Channel, Delivery, Event, VerifyOpenMailLayer};
 use tokio::sync::{mpsc, watch};
 
+mod throughput;
+
 const SECRET: &str = "whsec_queue_test";
 
 /// A fresh directory for one test's store.
 fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "openmail-queue-{name}-{}",
-        std::process::id()
-    ));
+    let dir = std::env::temp_dir().join(format!("openmail-queue-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
@@ -75,7 +74,11 @@ async fn deliver(addr: SocketAddr, body: &str) -> (StatusCode, Option<String>, S
         .get(header::RETRY_AFTER)
         .map(|value| value.to_str().unwrap().to_owned());
     let body = response.into_body().collect().await.unwrap().to_bytes();
-    (status, retry_after, String::from_utf8_lossy(&body).into_owned())
+    (
+        status,
+        retry_after,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 fn event(id: &str) -> String {
@@ -106,7 +109,10 @@ async fn a_duplicate_gets_200_and_is_not_stored_twice() {
         assert!(answer.contains(r#""event":"message.received""#), "{answer}");
         duplicates += usize::from(answer.contains(r#""duplicate":true"#));
     }
-    assert_eq!(duplicates, 5, "one copy stored, five acknowledged as duplicates");
+    assert_eq!(
+        duplicates, 5,
+        "one copy stored, five acknowledged as duplicates"
+    );
     assert_eq!(stats(&*store).await.waiting, 1);
 }
 
@@ -211,10 +217,7 @@ struct Seen {
 }
 
 /// A handler that reports each run and then does what `behave` says for that attempt.
-fn handler(
-    seen: mpsc::UnboundedSender<Seen>,
-    behave: fn(u32) -> Behaviour,
-) -> Router {
+fn handler(seen: mpsc::UnboundedSender<Seen>, behave: fn(u32) -> Behaviour) -> Router {
     Router::new().route(
         "/webhooks",
         post(
@@ -265,8 +268,11 @@ async fn stored(store: &Arc<SqliteStore>, id: &str) {
 
 fn start<H>(workers: Workers<SqliteStore, H>) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>)
 where
-    H: tower::Service<Request<openmail_webhooks::body::VerifiedBody>, Response = axum::response::Response, Error = Infallible>
-        + Clone
+    H: tower::Service<
+            Request<openmail_webhooks::body::VerifiedBody>,
+            Response = axum::response::Response,
+            Error = Infallible,
+        > + Clone
         + Send
         + 'static,
     H::Future: Send,
@@ -383,7 +389,10 @@ async fn after_the_last_attempt_the_event_is_a_dead_letter_kept_for_a_retry() {
     let letters = store.dead_letters(10).await.unwrap();
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].delivery().event_id(), Some("evt_dead"));
-    assert!(!letters[0].delivery().body().is_empty(), "kept with its body");
+    assert!(
+        !letters[0].delivery().body().is_empty(),
+        "kept with its body"
+    );
     let current = stats(&*store).await;
     assert_eq!((current.dead_letters, current.depth()), (1, 0));
     // A manual retry runs it again, from attempt 1.
@@ -427,7 +436,10 @@ async fn an_expired_lease_is_claimed_again_and_the_stale_holder_cannot_complete(
     let second = store.claim(8, lease, 8).await.unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].attempt(), 2, "the attempt is counted at claim");
-    assert!(!store.complete(first[0].lease()).await.unwrap(), "stale holder");
+    assert!(
+        !store.complete(first[0].lease()).await.unwrap(),
+        "stale holder"
+    );
     assert!(!store.renew(first[0].lease(), lease).await.unwrap());
     assert!(store.complete(second[0].lease()).await.unwrap());
 }
@@ -499,7 +511,10 @@ async fn a_store_in_use_is_refused_at_open_and_the_file_is_private() {
     }
     let error = SqliteStore::open(&path, Durability::ProcessCrash).unwrap_err();
     assert!(matches!(error, QueueError::Locked { .. }), "{error:?}");
-    assert!(error.to_string().contains("in use by another process"), "{error}");
+    assert!(
+        error.to_string().contains("in use by another process"),
+        "{error}"
+    );
     drop(store);
 }
 
@@ -512,7 +527,13 @@ async fn a_store_of_a_newer_schema_is_refused() {
     drop(db);
     let error = SqliteStore::open(&path, Durability::ProcessCrash).unwrap_err();
     assert!(
-        matches!(error, QueueError::Schema { found: 99, supported: 1 }),
+        matches!(
+            error,
+            QueueError::Schema {
+                found: 99,
+                supported: 1
+            }
+        ),
         "{error:?}"
     );
 }
@@ -531,4 +552,28 @@ async fn concurrent_inserts_all_commit() {
         assert_eq!(send.await.unwrap(), StatusCode::OK);
     }
     assert_eq!(stats(&*store).await.waiting, 64);
+}
+
+#[tokio::test]
+async fn reopening_the_store_takes_back_the_leases_of_the_process_before() {
+    let dir = scratch("reopen");
+    let store = open(&dir);
+    stored(&store, "evt_reopen").await;
+    let lease = Duration::from_secs(3600);
+    assert_eq!(store.claim(8, lease, 8).await.unwrap().len(), 1);
+    drop(store);
+    // As after a crash: the lease had an hour to run, and the new process takes it at once.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let store = loop {
+        match SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash) {
+            Ok(store) => break store,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let claimed = store.claim(8, lease, 8).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].attempt(), 2, "the crashed attempt stays counted");
 }

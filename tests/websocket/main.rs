@@ -38,6 +38,7 @@ mod client;
 mod devtools;
 mod exactly_once;
 mod example;
+mod queue;
 mod secrets;
 mod server;
 #[cfg(feature = "redis")]
