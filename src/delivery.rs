@@ -119,7 +119,7 @@ impl Delivery {
         event_id_header: Option<HeaderValue>,
         body: Bytes,
     ) -> Self {
-        let event = Event::parse(body.clone()).ok().map(Arc::new);
+        let event = Some(Arc::new(Event::parse(body.clone())));
         Self::new(channel, verified, scope, event_id_header, body, None, event)
     }
 
