@@ -9,13 +9,18 @@ const SMALL_FRAME: usize = 4 * 1024;
 /// The size of the chunks small frames are copied into.
 const CHUNK: usize = 16 * 1024;
 
+/// The smallest a chunk starts at. A chunk grows by doubling, up to [`CHUNK`], as its
+/// frames arrive: a body of a few tiny frames leases about its bytes, not a whole chunk,
+/// so streams that each send two bytes cannot hold the budget.
+const FIRST_CHUNK: usize = 64;
+
 /// Collects a body's frames in memory the budget has leased, and joins them once.
 ///
 /// A body that arrives in one frame is kept as that frame: no copy at all. A body that
 /// arrives in several is kept as its frames until it ends, then copied once into one
-/// allocation of exactly its size. Frames shorter than 4 KiB are copied into 16 KiB chunks
-/// as they arrive and let go at once, so a body of 1-byte chunks costs what its bytes cost,
-/// not one allocation per frame. What is held while reading is about the bytes received:
+/// allocation of exactly its size. Frames shorter than 4 KiB are copied, as they arrive,
+/// into chunks that grow with the bytes up to 16 KiB, and let go at once, so a body of
+/// 1-byte chunks costs what its bytes cost, not one allocation per frame. What is held while reading is about the bytes received:
 /// a declared `Content-Length` alone holds nothing.
 #[derive(Debug)]
 pub(crate) struct BodyBuffer {
@@ -131,11 +136,26 @@ fn keep(frames: &mut Vec<Bytes>, small: &mut BytesMut, frame: Bytes) {
         frames.push(frame);
         return;
     }
-    if small.capacity().saturating_sub(small.len()) < frame.len() {
-        if !small.is_empty() {
-            frames.push(small.split().freeze());
+    let needed = small.len().saturating_add(frame.len());
+    if needed > small.capacity() {
+        if needed > CHUNK {
+            // Full: it becomes a frame, and a new chunk starts small again.
+            if !small.is_empty() {
+                frames.push(small.split().freeze());
+            }
+            *small = BytesMut::new();
         }
-        *small = BytesMut::with_capacity(CHUNK);
+        // Doubling keeps the copies linear in the bytes; never past a whole chunk.
+        let grown = small
+            .capacity()
+            .saturating_mul(2)
+            .max(small.len().saturating_add(frame.len()))
+            .max(FIRST_CHUNK)
+            .min(CHUNK);
+        // A new allocation of exactly that size (`reserve` may round up past a chunk).
+        let mut bigger = BytesMut::with_capacity(grown);
+        bigger.extend_from_slice(small);
+        *small = bigger;
     }
     small.extend_from_slice(&frame);
 }
@@ -204,6 +224,23 @@ mod tests {
         assert_eq!(body.len(), 100_000);
         drop((body, lease));
         assert_eq!(budget.held(), 0);
+    }
+
+    /// Issue 19 (6): two frames of one byte leased a whole 16 KiB chunk.
+    #[test]
+    fn a_few_tiny_frames_lease_about_their_bytes() {
+        let budget = Budget::new(1 << 20);
+        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        buffer.push(Bytes::from_static(b"{")).unwrap();
+        buffer.push(Bytes::from_static(b"\"")).unwrap();
+        let held = budget.held();
+        assert!(held <= 2 * FIRST_CHUNK, "{held}");
+        for _ in 0..100 {
+            buffer.push(Bytes::from_static(b"x")).unwrap();
+        }
+        let held = budget.held();
+        assert!(held <= 4 * FIRST_CHUNK, "{held}");
+        assert_eq!(buffer.finish().0.len(), 102);
     }
 
     #[test]

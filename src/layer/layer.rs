@@ -126,7 +126,7 @@ impl VerifyOpenMailLayer {
     /// eight bodies at the limit if that is more, unless set.
     ///
     /// Each body leases what it holds as its bytes arrive: about the bytes received (frames
-    /// under 4 KiB are gathered into 16 KiB chunks), whatever the framing. A declared
+    /// under 4 KiB are gathered into chunks that grow with them up to 16 KiB), whatever the framing. A declared
     /// `Content-Length` that does not fit in what is free is refused before the body is
     /// read, but reserves nothing, so heads that never send their bodies hold no memory.
     /// Bodies over 64 KiB may together hold at most half the budget, so large uploads

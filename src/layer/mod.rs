@@ -70,7 +70,7 @@
 //! - **Memory:** the bodies being read share a
 //!   [`memory_budget`](VerifyOpenMailLayer::memory_budget) (64 MiB by default). Each body
 //!   leases about the bytes it has received, whatever the framing: frames under 4 KiB are
-//!   gathered into 16 KiB chunks as they arrive, so a body of 1-byte chunks holds what its
+//!   gathered, as they arrive, into chunks that grow with them up to 16 KiB, so a body of 1-byte chunks holds what its
 //!   bytes weigh, not one allocation per frame. A multi-frame body is joined once, into one
 //!   allocation of its size. A declared `Content-Length` that cannot fit in what is free is
 //!   refused before the body is read, but reserves nothing: a head that never sends its

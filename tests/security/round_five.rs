@@ -1,0 +1,526 @@
+//! The boundary attacked again over real HTTP/1.1 and HTTP/2 (h2c, raw frames with `h2`),
+//! against the layer alone: the README quickstart on `axum::serve` and the layer on plain
+//! hyper-util, with their defaults or small budgets and deadlines. What must hold:
+//!
+//! - every request is answered (or its connection closed) by its deadline plus slack,
+//!   whatever it stalls on: the head's body, the middle of the body, the end of a chunked
+//!   body, a secret lookup that never answers;
+//! - a signed body reaches the handler, whatever its JSON holds;
+//! - what a body leases from the budget is about the bytes it sent, so streams that each
+//!   send a couple of bytes cannot turn genuine deliveries away with `503`.
+//!
+//! Deadlines here are 1 s with the slack of a busy two-core machine (10 s and more), and
+//! memory is asserted in bytes counted, never in time.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::routing::post;
+use axum::{Extension, Router};
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use openmail_webhooks::body::VerifiedBody;
+use openmail_webhooks::tenant::{CachedResolver, ResolveFuture, SecretResolver, Tenant};
+use openmail_webhooks::{Event, VerifyOpenMailLayer, sign};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceBuilder;
+
+use crate::support::{SECRET, unix_now};
+use crate::wire::read_response;
+
+/// The deadline the attacked servers get: short, so that a test waits seconds, not tens.
+const DEADLINE: Duration = Duration::from_secs(1);
+
+/// How long past its deadline a request may take to be answered on a busy machine. A hang
+/// (no answer at all) is what the tests tell apart from an answer, not one latency from
+/// another.
+const SLACK: Duration = Duration::from_secs(12);
+
+/// What the handler saw: the bodies it was handed, and the event types.
+#[derive(Default)]
+struct Seen {
+    bodies: Mutex<Vec<Bytes>>,
+    types: Mutex<Vec<String>>,
+}
+
+/// The README quickstart: the layer alone around an axum route, on `axum::serve` (which
+/// speaks HTTP/1.1 and h2c).
+async fn quickstart(layer: VerifyOpenMailLayer) -> (SocketAddr, Arc<Seen>) {
+    let seen = Arc::new(Seen::default());
+    let recorder = Arc::clone(&seen);
+    let handle = move |Extension(event): Extension<Arc<Event>>, body: Bytes| {
+        let recorder = Arc::clone(&recorder);
+        async move {
+            recorder.bodies.lock().unwrap().push(body);
+            recorder
+                .types
+                .lock()
+                .unwrap()
+                .push(event.event_type().to_owned());
+            "ok"
+        }
+    };
+    let app = Router::new()
+        .route("/webhooks", post(handle))
+        .layer(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+/// The README's plain hyper 1.x server: the layer around a `service_fn`, each connection
+/// served by hyper-util's auto builder (HTTP/1.1 and h2c).
+async fn plain_hyper(layer: VerifyOpenMailLayer) -> SocketAddr {
+    async fn handle(
+        request: Request<VerifiedBody>,
+    ) -> Result<Response<Full<Bytes>>, Infallible> {
+        let event = request
+            .extensions()
+            .get::<Arc<Event>>()
+            .map(|event| event.event_type().to_owned());
+        Ok(Response::new(Full::new(Bytes::from(format!("{event:?}")))))
+    }
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service_fn(handle);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn event_body(event_id: &str, inbox_id: &str) -> Vec<u8> {
+    format!(r#"{{"event":"message.received","event_id":"{event_id}","inbox_id":"{inbox_id}"}}"#)
+        .into_bytes()
+}
+
+/// An HTTP/1.1 head signed now over `signed` with `secret`, with `framing` as its
+/// `Content-Length` or `Transfer-Encoding` line(s).
+fn h1_head(secret: &str, signed: &[u8], framing: &str) -> Vec<u8> {
+    let timestamp = unix_now().to_string();
+    let signature = sign(secret, &timestamp, signed);
+    format!(
+        "POST /webhooks HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         x-timestamp: {timestamp}\r\nx-signature: {signature}\r\n{framing}\r\n"
+    )
+    .into_bytes()
+}
+
+/// A whole signed HTTP/1.1 request.
+fn h1_signed(secret: &str, body: &[u8]) -> Vec<u8> {
+    let mut request = h1_head(
+        secret,
+        body,
+        &format!("content-length: {}\r\n", body.len()),
+    );
+    request.extend_from_slice(body);
+    request
+}
+
+/// Writes `bytes` on a new connection and reads one answer, within `within`.
+async fn exchange_within(addr: SocketAddr, bytes: &[u8], within: Duration) -> Option<u16> {
+    tokio::time::timeout(within, async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(bytes).await.ok()?;
+        read_response(&mut stream).await.map(|(status, _, _)| status)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// How an HTTP/1.1 client stalls after its head.
+#[derive(Clone, Copy, Debug)]
+enum H1Stall {
+    /// Declares a length and sends nothing.
+    NoBody,
+    /// Sends half of its declared length.
+    HalfBody,
+    /// Sends a whole chunked body but never its last (`0`) chunk.
+    ChunkedWithoutEnd,
+    /// Sends one byte every 200 ms in chunks of one byte, for ever.
+    Trickle,
+    /// Declares more than it sends, then sends the rest after the deadline.
+    LateRest,
+}
+
+/// Runs one stalling client: `Some(status)` when it was answered, `None` when the server
+/// closed the connection without an answer; panics (through the caller's timeout) on a
+/// hang.
+async fn stall(addr: SocketAddr, how: H1Stall, index: usize) -> Option<u16> {
+    let body = event_body(&format!("evt_stall_{index}"), "inb_1");
+    let mut stream = TcpStream::connect(addr).await.ok()?;
+    let head = match how {
+        H1Stall::NoBody | H1Stall::HalfBody | H1Stall::LateRest => h1_head(
+            SECRET,
+            &body,
+            &format!("content-length: {}\r\n", body.len()),
+        ),
+        H1Stall::ChunkedWithoutEnd | H1Stall::Trickle => {
+            h1_head(SECRET, &body, "transfer-encoding: chunked\r\n")
+        }
+    };
+    stream.write_all(&head).await.ok()?;
+    match how {
+        H1Stall::NoBody => {}
+        H1Stall::HalfBody | H1Stall::LateRest => {
+            stream.write_all(&body[..body.len() / 2]).await.ok()?;
+        }
+        H1Stall::ChunkedWithoutEnd => {
+            let chunk = format!("{:x}\r\n", body.len());
+            stream.write_all(chunk.as_bytes()).await.ok()?;
+            stream.write_all(&body).await.ok()?;
+            stream.write_all(b"\r\n").await.ok()?;
+        }
+        H1Stall::Trickle => {
+            let (mut reader, mut writer) = stream.into_split();
+            let writing = tokio::spawn(async move {
+                for byte in body.iter().cycle().take(10_000) {
+                    let chunk = [b'1', b'\r', b'\n', *byte, b'\r', b'\n'];
+                    if writer.write_all(&chunk).await.is_err() {
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+            let mut stream_back = Vec::new();
+            let answer = read_split(&mut reader, &mut stream_back).await;
+            writing.abort();
+            return answer;
+        }
+    }
+    if let H1Stall::LateRest = how {
+        let (mut reader, mut writer) = stream.into_split();
+        let rest = body[body.len() / 2..].to_vec();
+        let writing = tokio::spawn(async move {
+            tokio::time::sleep(DEADLINE * 3).await;
+            let _ = writer.write_all(&rest).await;
+            // Keep the write half open: a closed one would end the wait by itself.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let mut stream_back = Vec::new();
+        let answer = read_split(&mut reader, &mut stream_back).await;
+        writing.abort();
+        return answer;
+    }
+    read_response(&mut stream).await.map(|(status, _, _)| status)
+}
+
+/// [`read_response`] for a read half.
+async fn read_split(reader: &mut tokio::net::tcp::OwnedReadHalf, got: &mut Vec<u8>) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    loop {
+        if let Some(end) = got.windows(4).position(|window| window == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&got[..end]).into_owned();
+            return head.get(9..12)?.parse().ok();
+        }
+        match reader.read(&mut buffer).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => got.extend_from_slice(&buffer[..read]),
+        }
+    }
+}
+
+/// HELD. The quickstart on `axum::serve` with a 1 s deadline and a small budget: clients
+/// that stall at every stage of the body, eight of each at once, are each answered `408`
+/// (or cut off) well within the deadline plus slack, and a genuine delivery afterwards
+/// verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quickstart_h1_stalls_at_every_stage_are_answered_by_the_deadline() {
+    let layer = VerifyOpenMailLayer::new(SECRET)
+        .unwrap()
+        .body_deadline(DEADLINE)
+        .memory_budget(256 * 1024);
+    let (addr, seen) = quickstart(layer).await;
+    let kinds = [
+        H1Stall::NoBody,
+        H1Stall::HalfBody,
+        H1Stall::ChunkedWithoutEnd,
+        H1Stall::Trickle,
+        H1Stall::LateRest,
+    ];
+    let clients: Vec<_> = kinds
+        .iter()
+        .flat_map(|kind| (0..8).map(move |index| (*kind, index)))
+        .map(|(kind, index)| {
+            tokio::spawn(async move {
+                let answer =
+                    tokio::time::timeout(DEADLINE + SLACK, stall(addr, kind, index)).await;
+                (kind, answer)
+            })
+        })
+        .collect();
+    for client in clients {
+        let (kind, answer) = client.await.unwrap();
+        let answer = answer.unwrap_or_else(|_| panic!("{kind:?}: no answer by the deadline"));
+        assert!(
+            matches!(answer, Some(408) | None),
+            "{kind:?}: answered {answer:?}"
+        );
+    }
+    let genuine = exchange_within(
+        addr,
+        &h1_signed(SECRET, &event_body("evt_after_stalls", "inb_1")),
+        SLACK,
+    )
+    .await;
+    assert_eq!(genuine, Some(200));
+    assert_eq!(seen.bodies.lock().unwrap().len(), 1, "only the genuine one");
+}
+
+// =======================================================================================
+// HTTP/2 (h2c, prior knowledge), raw frames.
+
+/// An h2c connection to `addr`, its driver spawned.
+async fn h2_connect(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// An HTTP/2 request head signed now over `signed`, declaring `length` bytes when given.
+fn h2_head(secret: &str, signed: &[u8], length: Option<usize>) -> Request<()> {
+    let timestamp = unix_now().to_string();
+    let signature = sign(secret, &timestamp, signed);
+    let mut request = Request::post("http://localhost/webhooks")
+        .header("content-type", "application/json")
+        .header("x-timestamp", timestamp)
+        .header("x-signature", signature);
+    if let Some(length) = length {
+        request = request.header("content-length", length.to_string());
+    }
+    request.body(()).unwrap()
+}
+
+/// A genuine delivery of about 32 KiB (a message with a body text), the size of an
+/// ordinary email.
+fn ordinary_delivery(event_id: &str) -> Vec<u8> {
+    let text = "Lorem ipsum dolor sit amet. ".repeat(32 * 1024 / 28);
+    format!(
+        r#"{{"event":"message.received","event_id":"{event_id}","inbox_id":"inb_1","message":{{"subject":"hi","body_text":"{text}"}}}}"#
+    )
+    .into_bytes()
+}
+
+/// BREACH (issue 19, finding 6: two tiny frames lease a 16 KiB chunk). On the quickstart
+/// with a 1 MiB budget, 100 HTTP/2 streams each send two DATA frames of one byte and
+/// stall: 200 bytes in all. Each stream's buffer leased a whole 16 KiB chunk for its
+/// second byte, so 64 of them held the 1 MiB budget and an ordinary 32 KiB genuine
+/// delivery got `503` while they lasted (20 times the bytes at the default 64 MiB, with
+/// 4,096 streams: 21 connections of axum's 200). What a body leases must be about what it
+/// sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_one_byte_frames_per_stream_do_not_hold_the_budget() {
+    let layer = VerifyOpenMailLayer::new(SECRET)
+        .unwrap()
+        .memory_budget(1024 * 1024)
+        // The stalled streams last the whole test.
+        .body_deadline(Duration::from_secs(60))
+        .min_body_rate(1, Duration::from_secs(60));
+    let (addr, seen) = quickstart(layer).await;
+    let body = event_body("evt_tiny", "inb_1");
+    let mut held = Vec::new();
+    let mut client = h2_connect(addr).await;
+    for _ in 0..100 {
+        client = client.ready().await.unwrap();
+        let (response, mut stream) = client
+            .send_request(h2_head(SECRET, &body, Some(body.len())), false)
+            .unwrap();
+        stream.send_data(Bytes::from_static(b"{"), false).unwrap();
+        stream.send_data(Bytes::from_static(b"\""), false).unwrap();
+        held.push((response, stream));
+    }
+    // Time for the server to read the frames. (Were it too short on a busy machine, the
+    // deliveries would only pass sooner, never fail.)
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    let mut statuses = Vec::new();
+    for index in 0..3 {
+        let genuine = ordinary_delivery(&format!("evt_ordinary_{index}"));
+        statuses.push(exchange_within(addr, &h1_signed(SECRET, &genuine), SLACK).await);
+    }
+    drop(held);
+    assert_eq!(
+        statuses,
+        [Some(200); 3],
+        "200 bytes on 100 stalled streams turned genuine deliveries away"
+    );
+    assert_eq!(seen.bodies.lock().unwrap().len(), 3);
+}
+
+/// How an HTTP/2 stream stalls after its head.
+#[derive(Clone, Copy, Debug)]
+enum H2Stall {
+    /// Declares a length, sends no DATA.
+    NoBody,
+    /// One DATA frame of one byte, then nothing.
+    OneByte,
+    /// The whole body, without END_STREAM.
+    NoEndStream,
+    /// Half the body, then a RST_STREAM.
+    Reset,
+}
+
+/// HELD. The layer on plain hyper-util, over HTTP/2: streams that stall at every stage of
+/// the body, many on one connection, are each answered (or reset) by the deadline plus
+/// slack, and the connection then serves a genuine delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_hyper_h2_stalls_at_every_stage_are_answered_by_the_deadline() {
+    let layer = VerifyOpenMailLayer::new(SECRET)
+        .unwrap()
+        .body_deadline(DEADLINE)
+        .memory_budget(256 * 1024);
+    let addr = plain_hyper(layer).await;
+    let mut client = h2_connect(addr).await;
+    let kinds = [
+        H2Stall::NoBody,
+        H2Stall::OneByte,
+        H2Stall::NoEndStream,
+        H2Stall::Reset,
+    ];
+    let mut waiting = Vec::new();
+    for index in 0..40 {
+        let kind = kinds[index % kinds.len()];
+        let body = event_body(&format!("evt_h2_stall_{index}"), "inb_1");
+        client = client.ready().await.unwrap();
+        let (response, mut stream) = client
+            .send_request(h2_head(SECRET, &body, Some(body.len())), false)
+            .unwrap();
+        match kind {
+            H2Stall::NoBody => {}
+            H2Stall::OneByte => stream.send_data(Bytes::from_static(b"{"), false).unwrap(),
+            H2Stall::NoEndStream => stream.send_data(Bytes::from(body), false).unwrap(),
+            H2Stall::Reset => {
+                stream
+                    .send_data(Bytes::copy_from_slice(&body[..body.len() / 2]), false)
+                    .unwrap();
+                stream.send_reset(h2::Reason::CANCEL);
+            }
+        }
+        waiting.push((kind, response, stream));
+    }
+    for (kind, response, stream) in waiting {
+        let answer = tokio::time::timeout(DEADLINE + SLACK, response)
+            .await
+            .unwrap_or_else(|_| panic!("{kind:?}: no answer by the deadline"));
+        match (kind, answer) {
+            (H2Stall::Reset, _) => {}
+            (_, Ok(response)) => assert_eq!(
+                response.status(),
+                StatusCode::REQUEST_TIMEOUT,
+                "{kind:?}"
+            ),
+            (_, Err(error)) => panic!("{kind:?}: {error}"),
+        }
+        drop(stream);
+    }
+    let body = event_body("evt_h2_after", "inb_1");
+    client = client.ready().await.unwrap();
+    let (response, mut stream) = client
+        .send_request(h2_head(SECRET, &body, Some(body.len())), false)
+        .unwrap();
+    stream.send_data(Bytes::from(body), true).unwrap();
+    let response = tokio::time::timeout(SLACK, response).await.unwrap().unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// A resolver whose lookups never answer, counting them.
+#[derive(Default)]
+struct NeverAnswers {
+    lookups: AtomicUsize,
+}
+
+impl SecretResolver for NeverAnswers {
+    fn lookup(&self, _tenant: &Tenant) -> ResolveFuture {
+        self.lookups.fetch_add(1, Ordering::SeqCst);
+        Box::pin(std::future::pending())
+    }
+}
+
+/// HELD. A secret store that never answers, behind the cache, on plain hyper over
+/// HTTP/1.1 and HTTP/2: every delivery waiting on it (genuine or forged, one inbox or
+/// several, the client gone or not) is answered `503` with `Retry-After` by its lookup
+/// deadline plus slack, and once they are answered no lookup is left running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lookup_that_never_answers_is_cut_off_and_leaves_nothing_running() {
+    let store = Arc::new(NeverAnswers::default());
+    let cache = Arc::new(CachedResolver::new(Arc::clone(&store)).max_lookups_in_flight(4));
+    let layer = VerifyOpenMailLayer::with_resolver(Arc::clone(&cache)).body_deadline(DEADLINE);
+    let addr = plain_hyper(layer).await;
+    // The body's deadline, then the lookup's own.
+    let within = DEADLINE * 2 + SLACK;
+
+    let mut clients = Vec::new();
+    for index in 0..12 {
+        let inbox = format!("inb_{}", index % 3);
+        let body = event_body(&format!("evt_never_{index}"), &inbox);
+        let secret = if index % 2 == 0 { SECRET } else { "whsec_attacker" };
+        let request = h1_signed(secret, &body);
+        clients.push(tokio::spawn(async move {
+            exchange_within(addr, &request, within).await
+        }));
+    }
+    // Clients that leave while their lookup runs.
+    for index in 0..4 {
+        let request = h1_signed(SECRET, &event_body(&format!("evt_gone_{index}"), "inb_0"));
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(&request).await.unwrap();
+        drop(stream);
+    }
+    let mut client = h2_connect(addr).await;
+    let mut streams = Vec::new();
+    for index in 0..8 {
+        let body = event_body(&format!("evt_never_h2_{index}"), &format!("inb_{}", index % 5));
+        client = client.ready().await.unwrap();
+        let (response, mut stream) = client
+            .send_request(h2_head(SECRET, &body, Some(body.len())), false)
+            .unwrap();
+        stream.send_data(Bytes::from(body), true).unwrap();
+        streams.push((response, stream));
+    }
+    for client in clients {
+        let status = client.await.unwrap();
+        assert_eq!(status, Some(503), "an HTTP/1.1 delivery waiting on the store");
+    }
+    for (response, _stream) in streams {
+        let response = tokio::time::timeout(within, response)
+            .await
+            .expect("an HTTP/2 delivery waiting on the store is answered")
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(response.headers().contains_key("retry-after"));
+    }
+    // The clients that left are cut off by the same deadline; bounded wait for them.
+    for _ in 0..200 {
+        if cache.lookups_in_flight() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(cache.lookups_in_flight(), 0, "a lookup outlived its waiters");
+    let lookups = store.lookups.load(Ordering::SeqCst);
+    assert!((1..=8).contains(&lookups), "{lookups} lookups for 5 inboxes");
+}
