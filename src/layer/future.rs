@@ -447,6 +447,9 @@ fn accept<S>(
         .parse_events
         .then(|| Arc::new(Event::parse(body.clone())));
     let event_id_header = parts.headers.get(EVENT_ID_HEADER).cloned();
+    // The delivery reads its ids from the event when there is one: the claim's copies of
+    // them would be the body's ids held twice, as long as a handler holds the delivery.
+    let claim = claim.filter(|_| event.is_none());
     let delivery = Delivery::webhook(
         verified,
         scope,

@@ -28,7 +28,8 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::tenant::{CachedResolver, ResolveFuture, SecretResolver, Tenant};
-use openmail_webhooks::{Event, VerifyOpenMailLayer, sign};
+use openmail_webhooks::tenant::InboxSecrets;
+use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceBuilder;
@@ -523,4 +524,132 @@ async fn a_lookup_that_never_answers_is_cut_off_and_leaves_nothing_running() {
     assert_eq!(cache.lookups_in_flight(), 0, "a lookup outlived its waiters");
     let lookups = store.lookups.load(Ordering::SeqCst);
     assert!((1..=8).contains(&lookups), "{lookups} lookups for 5 inboxes");
+}
+
+// =======================================================================================
+// Signed bodies: what reaches the handler, and what a held event costs.
+
+/// A server whose handler keeps every event and delivery it is handed, as a queue of
+/// handlers that hold events for minutes would.
+async fn holding(layer: VerifyOpenMailLayer) -> (SocketAddr, Arc<Mutex<Vec<(Arc<Event>, Delivery)>>>) {
+    let held: Arc<Mutex<Vec<(Arc<Event>, Delivery)>>> = Arc::default();
+    let keep = Arc::clone(&held);
+    let handle = move |Extension(event): Extension<Arc<Event>>,
+                       Extension(delivery): Extension<Delivery>| {
+        let keep = Arc::clone(&keep);
+        async move {
+            keep.lock().unwrap().push((event, delivery));
+            "ok"
+        }
+    };
+    let app = Router::new().route("/webhooks", post(handle)).layer(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, held)
+}
+
+/// Sends each body signed with `secret`, one after the other, and returns what the held
+/// events keep beyond their bodies, per event. Each request is built before the
+/// measurement and freed once written, so a held body (one allocation of its size, which
+/// the layer hands on) weighs what its request weighed, and the figure is the rest.
+async fn held_per_event(
+    addr: SocketAddr,
+    held: &Mutex<Vec<(Arc<Event>, Delivery)>>,
+    secret: &str,
+    bodies: &[Vec<u8>],
+) -> usize {
+    // Requests built before the measurement; each one is freed as it is written.
+    let requests: Vec<Vec<u8>> = bodies.iter().map(|body| h1_signed(secret, body)).collect();
+    let before = crate::heap::live();
+    for request in requests {
+        assert_eq!(exchange_within(addr, &request, SLACK).await, Some(200));
+    }
+    // Let connections' buffers go.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = crate::heap::live();
+    assert_eq!(held.lock().unwrap().len(), bodies.len());
+    after.saturating_sub(before) / bodies.len()
+}
+
+/// What a held event may keep beyond its body: the event's and the delivery's fixed parts.
+const HELD_EXTRA: usize = 4 * 1024;
+
+fn with_event_id(index: usize, event_id: &str) -> Vec<u8> {
+    format!(r#"{{"event":"message.received","event_id":"{index}_{event_id}","inbox_id":"inb_1"}}"#)
+        .into_bytes()
+}
+
+/// BREACH (held memory, per-inbox secrets). A tenant-signed 1 MiB body whose `event_id`
+/// is long: with a resolver, the layer read the body's claim to route it, and handed that
+/// claim (a copy of the `event_id`) to the `Delivery` next to the event, which reads the
+/// same ids from the body. A held event kept its body twice (measured: 1,048,858 bytes
+/// beyond the body, against 407 with a static secret). Held events must cost their body
+/// plus a small constant, in both modes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_event_with_a_long_event_id_costs_its_body_once() {
+    let _serial = crate::heap::serial().await;
+    let long = "a".repeat(1024 * 1024);
+    let bodies: Vec<Vec<u8>> = (0..4).map(|index| with_event_id(index, &long)).collect();
+    for resolver in [false, true] {
+        let layer = if resolver {
+            VerifyOpenMailLayer::with_resolver(InboxSecrets::new().account([SECRET]).unwrap())
+        } else {
+            VerifyOpenMailLayer::new(SECRET).unwrap()
+        };
+        let (addr, held) = holding(layer).await;
+        let extra = held_per_event(addr, &held, SECRET, &bodies).await;
+        eprintln!("resolver {resolver}: {extra} bytes per held event beyond its body");
+        assert!(
+            extra <= HELD_EXTRA,
+            "resolver {resolver}: a held event keeps {extra} bytes beyond its 1 MiB body"
+        );
+        let (event, delivery) = held.lock().unwrap().pop().unwrap();
+        assert_eq!(delivery.event_id(), event.event_id());
+        assert_eq!(delivery.event_id().map(str::len), Some(long.len() + 2));
+    }
+}
+
+/// FINDING (held memory, escaped fields): not fixed here. A signed body whose short fields
+/// are written with `\u` escapes keeps their decoded text next to the body, for as long as
+/// the event is held: the event's `decoded` string (src/json.rs `Short::decode`, appended
+/// to by src/event/wire.rs for every escaped id, address, subject, `cc` entry, filename,
+/// type). Measured on 1 MiB bodies: an `event_id` of lone surrogates (`\ud800`, kept as
+/// its escape) +1.0 × the body; a subject, a `cc` list or an unknown event type of
+/// `\u0800` escapes +0.5 ×. The changelog's "body plus at most 2 KiB" holds only for
+/// bodies without escapes. Bounding it needs the short fields decoded on access, as
+/// `body_text` is: a change to the event module's accessors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "reason: finding 2 (escaped short fields are decoded and held beside the body)"]
+async fn a_held_event_with_escaped_fields_costs_its_body_plus_a_constant() {
+    let _serial = crate::heap::serial().await;
+    const SIZE: usize = 1024 * 1024;
+    let shapes: [(&str, fn(usize) -> Vec<u8>); 3] = [
+        ("lone-surrogate event_id", |index| {
+            with_event_id(index, &r"\ud800".repeat(SIZE / 6))
+        }),
+        ("escaped subject", |index| {
+            format!(
+                r#"{{"event":"message.received","event_id":"e{index}","message":{{"subject":"{}"}}}}"#,
+                r"\u0800".repeat(SIZE / 6)
+            )
+            .into_bytes()
+        }),
+        ("escaped cc", |index| {
+            format!(
+                r#"{{"event":"message.received","event_id":"e{index}","message":{{"cc":[{}]}}}}"#,
+                vec![r#""\u0800\u0800""#; SIZE / 15].join(",")
+            )
+            .into_bytes()
+        }),
+    ];
+    for (name, make) in shapes {
+        let (addr, held) = holding(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
+        let bodies: Vec<Vec<u8>> = (0..4).map(make).collect();
+        let extra = held_per_event(addr, &held, SECRET, &bodies).await;
+        assert!(
+            extra <= HELD_EXTRA,
+            "{name}: a held event keeps {extra} bytes beyond its 1 MiB body"
+        );
+    }
 }
