@@ -653,3 +653,152 @@ async fn a_held_event_with_escaped_fields_costs_its_body_plus_a_constant() {
         );
     }
 }
+
+/// Hostile JSON a tenant or the account can sign: every shape the event model cannot read.
+fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
+    let deep = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    vec![
+        ("nesting past the reader's limit", format!(r#"{{"event":"message.received","event_id":"e1","x":{}}}"#, deep(100_000)).into_bytes()),
+        ("nesting at the top", deep(50_000).into_bytes()),
+        ("a huge array of {}", format!(r#"{{"event":"message.received","event_id":"e2","message":{{"attachments":[{}]}}}}"#, vec!["{}"; 200_000].join(",")).into_bytes()),
+        ("a huge array of strings", format!(r#"{{"event":"message.received","event_id":"e3","message":{{"cc":[{}]}}}}"#, vec![r#""a""#; 200_000].join(",")).into_bytes()),
+        ("duplicate envelope keys", br#"{"event":"message.received","event_id":"e4","event_id":"e5","inbox_id":"inb_1"}"#.to_vec()),
+        ("duplicate message keys", br#"{"event":"message.received","event_id":"e6","message":{"subject":"a","subject":"b"}}"#.to_vec()),
+        ("lone surrogates in ids and texts", br#"{"event":"message.received\ud800","event_id":"evt_\ud800","inbox_id":"inb_\udc00","message":{"subject":"\ud83d","body_text":"cut \ud83d","cc":["\udc00"]}}"#.to_vec()),
+        ("NUL escapes and raw control bytes", b"{\"event\":\"message.received\",\"event_id\":\"e\\u0000\",\"message\":{\"subject\":\"a\x00b\x01\"}}".to_vec()),
+        ("invalid UTF-8", b"{\"event\":\"message.received\",\"event_id\":\"e\xff\xfe\",\"message\":{\"subject\":\"\xc3\"}}".to_vec()),
+        ("numbers out of range", br#"{"event":"message.received","event_id":"e7","attempt":1e999,"message":{"attachments":[{"sizeBytes":-99999999999999999999999}]}}"#.to_vec()),
+        ("attempt past u32", br#"{"event":"message.received","event_id":"e8","attempt":4294967296}"#.to_vec()),
+        ("wrong types everywhere", br#"{"event":"message.received","event_id":7,"inbox_id":[],"message":"x","occurred_at":{}}"#.to_vec()),
+        ("event not a string", br#"{"event":null}"#.to_vec()),
+        ("not JSON", b"<html>\x00\xff".to_vec()),
+        ("empty", Vec::new()),
+        ("whitespace only", b" \r\n\t ".to_vec()),
+        ("trailing garbage", br#"{"event":"message.received","event_id":"e9"} {"#.to_vec()),
+        ("a bare string", br#""message.received""#.to_vec()),
+        ("a lifecycle event with a message", br#"{"event":"inbox.suspended","event_id":"e10","reason":{"x":1},"message":{}}"#.to_vec()),
+        ("timestamps out of range", br#"{"event":"message.received","event_id":"e11","occurred_at":"99999-99-99T99:99:99Z","message":{"received_at":"-0001-01-01T00:00:00.000Z"}}"#.to_vec()),
+    ]
+}
+
+/// HELD (the lossless rule). Hostile JSON signed with the account secret reaches the
+/// handler with its exact bytes, over HTTP/1.1 and HTTP/2, on the quickstart: never a 4xx
+/// or 5xx, never a panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_hostile_json_reaches_the_handler_over_both_protocols() {
+    let (addr, seen) = quickstart(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
+    let bodies = hostile_bodies();
+    for (name, body) in &bodies {
+        let status = exchange_within(addr, &h1_signed(SECRET, body), SLACK).await;
+        assert_eq!(status, Some(200), "HTTP/1.1, {name}");
+    }
+    let mut client = h2_connect(addr).await;
+    for (name, body) in &bodies {
+        client = client.ready().await.unwrap();
+        let (response, mut stream) = client
+            .send_request(h2_head(SECRET, body, Some(body.len())), false)
+            .unwrap();
+        // Split into small DATA frames, so the body is gathered from many.
+        let mut frames = body.chunks(997).peekable();
+        if frames.peek().is_none() {
+            stream.send_data(Bytes::new(), true).unwrap();
+        }
+        while let Some(frame) = frames.next() {
+            let last = frames.peek().is_none();
+            stream.send_data(Bytes::copy_from_slice(frame), last).unwrap();
+        }
+        let response = tokio::time::timeout(SLACK, response).await.unwrap().unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "HTTP/2, {name}");
+    }
+    let handled = seen.bodies.lock().unwrap().clone();
+    assert_eq!(handled.len(), bodies.len() * 2);
+    for (index, (name, body)) in bodies.iter().enumerate() {
+        assert_eq!(handled[index], body[..], "HTTP/1.1 bytes, {name}");
+        assert_eq!(handled[bodies.len() + index], body[..], "HTTP/2 bytes, {name}");
+    }
+}
+
+// =======================================================================================
+// The receiver example with per-inbox secrets (`OPENMAIL_INBOX_SECRETS`).
+
+/// The receiver example's app and server, with inbox secrets for `inb_a` and `inb_b`,
+/// and the account's when `account` is set.
+async fn receiver_with_inboxes(account: bool) -> SocketAddr {
+    let mut secrets = InboxSecrets::parse("inb_a:whsec_inbox_a,inb_b:whsec_inbox_b").unwrap();
+    if account {
+        secrets = secrets.account(["whsec_account"]).unwrap();
+    }
+    let app = crate::receiver::app(VerifyOpenMailLayer::with_resolver(secrets));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(crate::receiver::serve(listener, app));
+    addr
+}
+
+/// Status, headers but `date`, and body of one answer over HTTP/1.1.
+async fn whole_answer(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let answer = tokio::time::timeout(SLACK, async {
+        let mut stream = TcpStream::connect(addr).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        read_response(&mut stream).await
+    })
+    .await
+    .unwrap()
+    .expect("an answer");
+    let (status, head, body) = answer;
+    let head = head
+        .lines()
+        .skip(1)
+        .filter(|line| !line.starts_with("date:"))
+        .collect::<Vec<_>>()
+        .join("\n");
+    (status, head, body)
+}
+
+/// HELD (tenant enumeration). On the receiver with per-inbox secrets, with and without an
+/// account secret, every refusal an anonymous client or another tenant can cause (a known
+/// inbox, an unknown one, another tenant's secret, an unreadable claim, an oversized inbox
+/// id, a pod event signed by an inbox) gets the same status, headers and body. Genuine
+/// deliveries of hostile content signed by an inbox reach the handler.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_inbox_refusals_all_look_alike_and_signed_hostile_content_passes() {
+    for account in [true, false] {
+        let addr = receiver_with_inboxes(account).await;
+        let long_inbox = "i".repeat(300);
+        let refusals: Vec<(&str, Vec<u8>)> = vec![
+            ("known inbox, forged", h1_signed("whsec_attacker", &event_body("e1", "inb_a"))),
+            ("unknown inbox, forged", h1_signed("whsec_attacker", &event_body("e2", "inb_zz"))),
+            ("unknown inbox, a tenant's secret", h1_signed("whsec_inbox_a", &event_body("e3", "inb_zz"))),
+            ("another tenant's secret", h1_signed("whsec_inbox_b", &event_body("e4", "inb_a"))),
+            (
+                "unreadable claim, a tenant's secret",
+                h1_signed("whsec_inbox_a", br#"{"event":"message.received","event_id":"e5","inbox_id":"inb_a","inbox_id":"inb_a"}"#),
+            ),
+            ("oversized inbox id", h1_signed("whsec_attacker", &event_body("e6", &long_inbox))),
+            (
+                "pod event, an inbox's secret",
+                h1_signed("whsec_inbox_a", br#"{"event":"pod.suspended","event_id":"e7","inbox_id":null,"pod_id":"pod_1"}"#),
+            ),
+            ("not JSON, forged", h1_signed("whsec_attacker", b"\xff\x00 not json")),
+        ];
+        let mut answers = Vec::new();
+        for (name, request) in &refusals {
+            answers.push((*name, whole_answer(addr, request).await));
+        }
+        let (_, first) = &answers[0];
+        assert_eq!(first.0, 400, "account {account}");
+        for (name, answer) in &answers {
+            assert_eq!(answer, first, "account {account}: {name} is told apart");
+        }
+        let genuine: Vec<(&str, &str, Vec<u8>)> = vec![
+            ("an inbox's own event", "whsec_inbox_a", br#"{"event":"message.received","event_id":"g1","inbox_id":"inb_a","message":{"body_text":"cut \ud83d","cc":["\udc00"]}}"#.to_vec()),
+            ("a huge list", "whsec_inbox_b", format!(r#"{{"event":"message.received","event_id":"g2","inbox_id":"inb_b","message":{{"attachments":[{}]}}}}"#, vec!["{}"; 100_000].join(",")).into_bytes()),
+            ("a future event", "whsec_inbox_a", br#"{"event":"inbox.renamed","event_id":"g3","inbox_id":"inb_a","new":[1,2,{"x":null}]}"#.to_vec()),
+            ("a lone surrogate in the id", "whsec_inbox_a", br#"{"event":"message.received","event_id":"g4\ud800","inbox_id":"inb_a"}"#.to_vec()),
+        ];
+        for (name, secret, body) in genuine {
+            let (status, _, answer) = whole_answer(addr, &h1_signed(secret, &body)).await;
+            assert_eq!(status, 200, "account {account}: {name}: {}", String::from_utf8_lossy(&answer));
+        }
+    }
+}
