@@ -27,8 +27,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::tenant::{CachedResolver, ResolveFuture, SecretResolver, Tenant};
 use openmail_webhooks::tenant::InboxSecrets;
+use openmail_webhooks::tenant::{CachedResolver, ResolveFuture, SecretResolver, Tenant};
 use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -69,9 +69,7 @@ async fn quickstart(layer: VerifyOpenMailLayer) -> (SocketAddr, Arc<Seen>) {
             "ok"
         }
     };
-    let app = Router::new()
-        .route("/webhooks", post(handle))
-        .layer(layer);
+    let app = Router::new().route("/webhooks", post(handle)).layer(layer);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -81,18 +79,14 @@ async fn quickstart(layer: VerifyOpenMailLayer) -> (SocketAddr, Arc<Seen>) {
 /// The README's plain hyper 1.x server: the layer around a `service_fn`, each connection
 /// served by hyper-util's auto builder (HTTP/1.1 and h2c).
 async fn plain_hyper(layer: VerifyOpenMailLayer) -> SocketAddr {
-    async fn handle(
-        request: Request<VerifiedBody>,
-    ) -> Result<Response<Full<Bytes>>, Infallible> {
+    async fn handle(request: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, Infallible> {
         let event = request
             .extensions()
             .get::<Arc<Event>>()
             .map(|event| event.event_type().to_owned());
         Ok(Response::new(Full::new(Bytes::from(format!("{event:?}")))))
     }
-    let service = ServiceBuilder::new()
-        .layer(layer)
-        .service_fn(handle);
+    let service = ServiceBuilder::new().layer(layer).service_fn(handle);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -130,11 +124,7 @@ fn h1_head(secret: &str, signed: &[u8], framing: &str) -> Vec<u8> {
 
 /// A whole signed HTTP/1.1 request.
 fn h1_signed(secret: &str, body: &[u8]) -> Vec<u8> {
-    let mut request = h1_head(
-        secret,
-        body,
-        &format!("content-length: {}\r\n", body.len()),
-    );
+    let mut request = h1_head(secret, body, &format!("content-length: {}\r\n", body.len()));
     request.extend_from_slice(body);
     request
 }
@@ -144,7 +134,9 @@ async fn exchange_within(addr: SocketAddr, bytes: &[u8], within: Duration) -> Op
     tokio::time::timeout(within, async {
         let mut stream = TcpStream::connect(addr).await.ok()?;
         stream.write_all(bytes).await.ok()?;
-        read_response(&mut stream).await.map(|(status, _, _)| status)
+        read_response(&mut stream)
+            .await
+            .map(|(status, _, _)| status)
     })
     .await
     .ok()
@@ -225,7 +217,9 @@ async fn stall(addr: SocketAddr, how: H1Stall, index: usize) -> Option<u16> {
         writing.abort();
         return answer;
     }
-    read_response(&mut stream).await.map(|(status, _, _)| status)
+    read_response(&mut stream)
+        .await
+        .map(|(status, _, _)| status)
 }
 
 /// [`read_response`] for a read half.
@@ -250,6 +244,7 @@ async fn read_split(reader: &mut tokio::net::tcp::OwnedReadHalf, got: &mut Vec<u
 /// verifies.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn quickstart_h1_stalls_at_every_stage_are_answered_by_the_deadline() {
+    let _serial = crate::heap::serial().await;
     let layer = VerifyOpenMailLayer::new(SECRET)
         .unwrap()
         .body_deadline(DEADLINE)
@@ -267,8 +262,7 @@ async fn quickstart_h1_stalls_at_every_stage_are_answered_by_the_deadline() {
         .flat_map(|kind| (0..8).map(move |index| (*kind, index)))
         .map(|(kind, index)| {
             tokio::spawn(async move {
-                let answer =
-                    tokio::time::timeout(DEADLINE + SLACK, stall(addr, kind, index)).await;
+                let answer = tokio::time::timeout(DEADLINE + SLACK, stall(addr, kind, index)).await;
                 (kind, answer)
             })
         })
@@ -335,6 +329,7 @@ fn ordinary_delivery(event_id: &str) -> Vec<u8> {
 /// sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_one_byte_frames_per_stream_do_not_hold_the_budget() {
+    let _serial = crate::heap::serial().await;
     let layer = VerifyOpenMailLayer::new(SECRET)
         .unwrap()
         .memory_budget(1024 * 1024)
@@ -390,6 +385,7 @@ enum H2Stall {
 /// slack, and the connection then serves a genuine delivery.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_hyper_h2_stalls_at_every_stage_are_answered_by_the_deadline() {
+    let _serial = crate::heap::serial().await;
     let layer = VerifyOpenMailLayer::new(SECRET)
         .unwrap()
         .body_deadline(DEADLINE)
@@ -429,11 +425,9 @@ async fn plain_hyper_h2_stalls_at_every_stage_are_answered_by_the_deadline() {
             .unwrap_or_else(|_| panic!("{kind:?}: no answer by the deadline"));
         match (kind, answer) {
             (H2Stall::Reset, _) => {}
-            (_, Ok(response)) => assert_eq!(
-                response.status(),
-                StatusCode::REQUEST_TIMEOUT,
-                "{kind:?}"
-            ),
+            (_, Ok(response)) => {
+                assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT, "{kind:?}")
+            }
             (_, Err(error)) => panic!("{kind:?}: {error}"),
         }
         drop(stream);
@@ -444,7 +438,10 @@ async fn plain_hyper_h2_stalls_at_every_stage_are_answered_by_the_deadline() {
         .send_request(h2_head(SECRET, &body, Some(body.len())), false)
         .unwrap();
     stream.send_data(Bytes::from(body), true).unwrap();
-    let response = tokio::time::timeout(SLACK, response).await.unwrap().unwrap();
+    let response = tokio::time::timeout(SLACK, response)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(response.status(), StatusCode::OK);
 }
 
@@ -467,6 +464,7 @@ impl SecretResolver for NeverAnswers {
 /// deadline plus slack, and once they are answered no lookup is left running.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lookup_that_never_answers_is_cut_off_and_leaves_nothing_running() {
+    let _serial = crate::heap::serial().await;
     let store = Arc::new(NeverAnswers::default());
     let cache = Arc::new(CachedResolver::new(Arc::clone(&store)).max_lookups_in_flight(4));
     let layer = VerifyOpenMailLayer::with_resolver(Arc::clone(&cache)).body_deadline(DEADLINE);
@@ -478,7 +476,11 @@ async fn a_lookup_that_never_answers_is_cut_off_and_leaves_nothing_running() {
     for index in 0..12 {
         let inbox = format!("inb_{}", index % 3);
         let body = event_body(&format!("evt_never_{index}"), &inbox);
-        let secret = if index % 2 == 0 { SECRET } else { "whsec_attacker" };
+        let secret = if index % 2 == 0 {
+            SECRET
+        } else {
+            "whsec_attacker"
+        };
         let request = h1_signed(secret, &body);
         clients.push(tokio::spawn(async move {
             exchange_within(addr, &request, within).await
@@ -494,7 +496,10 @@ async fn a_lookup_that_never_answers_is_cut_off_and_leaves_nothing_running() {
     let mut client = h2_connect(addr).await;
     let mut streams = Vec::new();
     for index in 0..8 {
-        let body = event_body(&format!("evt_never_h2_{index}"), &format!("inb_{}", index % 5));
+        let body = event_body(
+            &format!("evt_never_h2_{index}"),
+            &format!("inb_{}", index % 5),
+        );
         client = client.ready().await.unwrap();
         let (response, mut stream) = client
             .send_request(h2_head(SECRET, &body, Some(body.len())), false)
@@ -504,7 +509,11 @@ async fn a_lookup_that_never_answers_is_cut_off_and_leaves_nothing_running() {
     }
     for client in clients {
         let status = client.await.unwrap();
-        assert_eq!(status, Some(503), "an HTTP/1.1 delivery waiting on the store");
+        assert_eq!(
+            status,
+            Some(503),
+            "an HTTP/1.1 delivery waiting on the store"
+        );
     }
     for (response, _stream) in streams {
         let response = tokio::time::timeout(within, response)
@@ -521,9 +530,16 @@ async fn a_lookup_that_never_answers_is_cut_off_and_leaves_nothing_running() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(cache.lookups_in_flight(), 0, "a lookup outlived its waiters");
+    assert_eq!(
+        cache.lookups_in_flight(),
+        0,
+        "a lookup outlived its waiters"
+    );
     let lookups = store.lookups.load(Ordering::SeqCst);
-    assert!((1..=8).contains(&lookups), "{lookups} lookups for 5 inboxes");
+    assert!(
+        (1..=8).contains(&lookups),
+        "{lookups} lookups for 5 inboxes"
+    );
 }
 
 // =======================================================================================
@@ -531,7 +547,9 @@ async fn a_lookup_that_never_answers_is_cut_off_and_leaves_nothing_running() {
 
 /// A server whose handler keeps every event and delivery it is handed, as a queue of
 /// handlers that hold events for minutes would.
-async fn holding(layer: VerifyOpenMailLayer) -> (SocketAddr, Arc<Mutex<Vec<(Arc<Event>, Delivery)>>>) {
+async fn holding(
+    layer: VerifyOpenMailLayer,
+) -> (SocketAddr, Arc<Mutex<Vec<(Arc<Event>, Delivery)>>>) {
     let held: Arc<Mutex<Vec<(Arc<Event>, Delivery)>>> = Arc::default();
     let keep = Arc::clone(&held);
     let handle = move |Extension(event): Extension<Arc<Event>>,
@@ -686,6 +704,7 @@ fn hostile_bodies() -> Vec<(&'static str, Vec<u8>)> {
 /// or 5xx, never a panic.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_hostile_json_reaches_the_handler_over_both_protocols() {
+    let _serial = crate::heap::serial().await;
     let (addr, seen) = quickstart(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
     let bodies = hostile_bodies();
     for (name, body) in &bodies {
@@ -705,16 +724,25 @@ async fn signed_hostile_json_reaches_the_handler_over_both_protocols() {
         }
         while let Some(frame) = frames.next() {
             let last = frames.peek().is_none();
-            stream.send_data(Bytes::copy_from_slice(frame), last).unwrap();
+            stream
+                .send_data(Bytes::copy_from_slice(frame), last)
+                .unwrap();
         }
-        let response = tokio::time::timeout(SLACK, response).await.unwrap().unwrap();
+        let response = tokio::time::timeout(SLACK, response)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(response.status(), StatusCode::OK, "HTTP/2, {name}");
     }
     let handled = seen.bodies.lock().unwrap().clone();
     assert_eq!(handled.len(), bodies.len() * 2);
     for (index, (name, body)) in bodies.iter().enumerate() {
         assert_eq!(handled[index], body[..], "HTTP/1.1 bytes, {name}");
-        assert_eq!(handled[bodies.len() + index], body[..], "HTTP/2 bytes, {name}");
+        assert_eq!(
+            handled[bodies.len() + index],
+            body[..],
+            "HTTP/2 bytes, {name}"
+        );
     }
 }
 
@@ -762,6 +790,7 @@ async fn whole_answer(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>
 /// deliveries of hostile content signed by an inbox reach the handler.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_inbox_refusals_all_look_alike_and_signed_hostile_content_passes() {
+    let _serial = crate::heap::serial().await;
     for account in [true, false] {
         let addr = receiver_with_inboxes(account).await;
         let long_inbox = "i".repeat(300);
@@ -798,7 +827,193 @@ async fn per_inbox_refusals_all_look_alike_and_signed_hostile_content_passes() {
         ];
         for (name, secret, body) in genuine {
             let (status, _, answer) = whole_answer(addr, &h1_signed(secret, &body)).await;
-            assert_eq!(status, 200, "account {account}: {name}: {}", String::from_utf8_lossy(&answer));
+            assert_eq!(
+                status,
+                200,
+                "account {account}: {name}: {}",
+                String::from_utf8_lossy(&answer)
+            );
         }
     }
+}
+
+/// A resolver whose lookups answer only when `open` is set, so that deliveries wait on it.
+struct Gate {
+    open: tokio::sync::watch::Receiver<bool>,
+    secrets: openmail_webhooks::protocol::TenantSecrets,
+}
+
+impl SecretResolver for Gate {
+    fn lookup(&self, _tenant: &Tenant) -> ResolveFuture {
+        let mut open = self.open.clone();
+        let secrets = self.secrets.clone();
+        Box::pin(async move {
+            let _ = open.wait_for(|open| *open).await;
+            Ok(Some(secrets))
+        })
+    }
+}
+
+/// Forgeries of about 60 KiB (under the large-body threshold, so they may share the whole
+/// budget) whose bulk is in `field`: the event_id, or a field nobody reads.
+fn padded_forgery(index: usize, in_id: bool) -> Vec<u8> {
+    let bulk = "a".repeat(60 * 1024);
+    let body = if in_id {
+        format!(r#"{{"event":"message.received","event_id":"{index}{bulk}","inbox_id":"inb_1"}}"#)
+    } else {
+        format!(
+            r#"{{"event":"message.received","event_id":"{index}","inbox_id":"inb_1","x":"{bulk}"}}"#
+        )
+    };
+    h1_signed("whsec_attacker", body.as_bytes())
+}
+
+/// BREACH (memory outside the budget, per-inbox secrets). While a delivery waits for its
+/// secret lookup, the layer kept the body's claim: copies of its `event_id` and `inbox_id`
+/// as long as the body, which the budget does not count. With a 4 MiB budget, 80
+/// forgeries of 60 KiB waiting on a slow store held 12.8 MiB of heap with their bulk in
+/// the `event_id`, against 8.6 MiB with it in a field nobody reads (the rest is hyper's
+/// per-connection buffers): the budget again, uncounted. Anonymous requests must hold
+/// what the budget counts, whatever field their bytes are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forgeries_waiting_on_a_lookup_hold_no_more_than_the_budget_counts() {
+    let _serial = crate::heap::serial().await;
+    const BUDGET: usize = 4 * 1024 * 1024;
+    let mut growth = Vec::new();
+    for in_id in [false, true] {
+        let (open, gate) = tokio::sync::watch::channel(false);
+        let secrets = openmail_webhooks::protocol::TenantSecrets::account([SECRET]).unwrap();
+        let layer = VerifyOpenMailLayer::with_resolver(Gate {
+            open: gate,
+            secrets,
+        })
+        .memory_budget(BUDGET)
+        .body_deadline(Duration::from_secs(60));
+        let (addr, _seen) = quickstart(layer).await;
+        let requests: Vec<Vec<u8>> = (0..80).map(|index| padded_forgery(index, in_id)).collect();
+        let before = crate::heap::live();
+        let mut streams = Vec::new();
+        for request in &requests {
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(request).await.unwrap();
+            streams.push(stream);
+        }
+        // Time for the server to read them all; too little only lowers the figure.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let held = crate::heap::live().saturating_sub(before);
+        open.send(true).unwrap();
+        let mut statuses = Vec::new();
+        for stream in &mut streams {
+            let answer = tokio::time::timeout(SLACK, read_response(stream))
+                .await
+                .unwrap();
+            let status = answer.map(|(status, _, _)| status);
+            assert!(matches!(status, Some(400 | 503)), "{status:?}");
+            statuses.push(status);
+        }
+        eprintln!("bulk in the event_id {in_id}: heap +{held} bytes while waiting; {statuses:?}");
+        growth.push(held);
+    }
+    let (control, attack) = (growth[0], growth[1]);
+    assert!(
+        attack <= control + BUDGET / 4,
+        "forgeries waiting on a lookup held {attack} bytes with their bulk in the event_id, \
+         {control} with it elsewhere (budget {BUDGET})"
+    );
+}
+
+/// HELD (connection slots, the receiver). `receiver::serve` closes the connection idle
+/// longest when its 1,024 slots are full, and counts a connection with a request in
+/// flight as busy. 1,023 HTTP/2 connections that each always keep stalled anonymous
+/// streams open (a HEADERS frame every half second, each stream cut off with `408` after
+/// the 2 s grace) leave one slot, and a genuine delivery to a handler that takes a moment
+/// still gets it and is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_streams_keep_no_connection_slot_from_a_genuine_delivery() {
+    let _serial = crate::heap::serial().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    // The receiver's routes, with a handler that takes a moment, as an agent does
+    // (`RECEIVER_WORK_MS`).
+    let slow = || async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        "ok"
+    };
+    let app = Router::new()
+        .route("/webhooks", post(slow))
+        .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
+    tokio::spawn(crate::receiver::serve(listener, app));
+
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut attackers = Vec::new();
+    for _ in 0..crate::receiver::CONNECTION_LIMIT - 1 {
+        let Ok(tcp) = TcpStream::connect(addr).await else {
+            break;
+        };
+        let Ok((client, connection)) = h2::client::handshake(tcp).await else {
+            break;
+        };
+        let driver = tokio::spawn(connection);
+        let stopped = Arc::clone(&stopped);
+        attackers.push(tokio::spawn(async move {
+            let mut client = client;
+            let mut open = std::collections::VecDeque::new();
+            // Bounded: at most 80 streams (40 s) per connection.
+            for _ in 0..80 {
+                if stopped.load(Ordering::SeqCst) {
+                    break;
+                }
+                let Ok(ready) = client.ready().await else {
+                    break;
+                };
+                client = ready;
+                let Ok(stream) = client.send_request(h2_head(SECRET, b"{}", Some(100)), false)
+                else {
+                    break;
+                };
+                open.push_back(stream);
+                if open.len() > 5 {
+                    open.pop_front();
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            driver.abort();
+        }));
+        // The connection's first stream is on its way before the next connection opens.
+        tokio::task::yield_now().await;
+    }
+    let opened = attackers.len();
+    // Past the 2 s grace: the first streams were cut off and replaced.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let alive = attackers
+        .iter()
+        .filter(|attacker| !attacker.is_finished())
+        .count();
+    // OpenMail would retry; so does this client, a few times.
+    let mut answers = Vec::new();
+    for index in 0..5 {
+        let answer = exchange_within(
+            addr,
+            &h1_signed(
+                SECRET,
+                &event_body(&format!("evt_slot_victim_{index}"), "inb_1"),
+            ),
+            Duration::from_secs(3),
+        )
+        .await;
+        answers.push(answer);
+        if answer == Some(200) {
+            break;
+        }
+    }
+    stopped.store(true, Ordering::SeqCst);
+    for attacker in attackers {
+        attacker.abort();
+    }
+    eprintln!("{opened} attacking connections, {alive} alive; genuine deliveries: {answers:?}");
+    assert!(
+        answers.contains(&Some(200)),
+        "no genuine delivery was answered while {alive} connections each kept stalled streams \
+         open: {answers:?}"
+    );
 }
