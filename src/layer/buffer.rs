@@ -150,8 +150,7 @@ fn keep(frames: &mut Vec<Bytes>, small: &mut BytesMut, frame: Bytes) {
             .capacity()
             .saturating_mul(2)
             .max(small.len().saturating_add(frame.len()))
-            .max(FIRST_CHUNK)
-            .min(CHUNK);
+            .clamp(FIRST_CHUNK, CHUNK);
         // A new allocation of exactly that size (`reserve` may round up past a chunk).
         let mut bigger = BytesMut::with_capacity(grown);
         bigger.extend_from_slice(small);

@@ -545,12 +545,15 @@ async fn a_lookup_that_never_answers_is_cut_off_and_leaves_nothing_running() {
 // =======================================================================================
 // Signed bodies: what reaches the handler, and what a held event costs.
 
+/// What a holding handler keeps: every event and delivery it was handed.
+type Held = Arc<Mutex<Vec<(Arc<Event>, Delivery)>>>;
+
 /// A server whose handler keeps every event and delivery it is handed, as a queue of
 /// handlers that hold events for minutes would.
 async fn holding(
     layer: VerifyOpenMailLayer,
 ) -> (SocketAddr, Arc<Mutex<Vec<(Arc<Event>, Delivery)>>>) {
-    let held: Arc<Mutex<Vec<(Arc<Event>, Delivery)>>> = Arc::default();
+    let held: Held = Arc::default();
     let keep = Arc::clone(&held);
     let handle = move |Extension(event): Extension<Arc<Event>>,
                        Extension(delivery): Extension<Delivery>| {
@@ -642,7 +645,8 @@ async fn a_held_event_with_a_long_event_id_costs_its_body_once() {
 async fn a_held_event_with_escaped_fields_costs_its_body_plus_a_constant() {
     let _serial = crate::heap::serial().await;
     const SIZE: usize = 1024 * 1024;
-    let shapes: [(&str, fn(usize) -> Vec<u8>); 3] = [
+    type Shape = (&'static str, fn(usize) -> Vec<u8>);
+    let shapes: [Shape; 3] = [
         ("lone-surrogate event_id", |index| {
             with_event_id(index, &r"\ud800".repeat(SIZE / 6))
         }),
