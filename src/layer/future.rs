@@ -84,8 +84,8 @@ struct Read<S> {
     parts: Parts,
     head: SignedHead,
     body: Bytes,
-    /// `None` when the body's claim cannot be read: it then names no inbox.
-    claim: Option<Claim>,
+    /// The inbox the body's claim names, for the scope check once the secrets arrive.
+    inbox: ClaimedInbox,
     tenant: Tenant,
     resolver: Arc<dyn SecretResolver>,
     inner: S,
@@ -93,6 +93,18 @@ struct Read<S> {
     deadline: Deadline,
     // Held until the body is handed on: the budget counts it while the lookup runs.
     _lease: super::budget::Lease,
+}
+
+/// The inbox a body's claim names, as kept while its lookup runs. Only a routable id is
+/// kept: the claim holds copies of the body's `event_id` and `inbox_id`, as long as the
+/// body, which the memory budget does not count, so it is not kept while an anonymous
+/// request waits. A longer id is read again from the body once the secrets arrive.
+enum ClaimedInbox {
+    /// No inbox: none named, or a claim that cannot be read.
+    None,
+    Id(String),
+    /// Longer than [`MAX_CLAIMED_ID_LEN`].
+    Long,
 }
 
 /// What a stage hands to the next one.
@@ -314,15 +326,7 @@ impl<S> Reading<S> {
                 return match ring.check(&head, timestamp_of(&parts), &body) {
                     Ok(verified) => {
                         drop(lease);
-                        accept(
-                            parts,
-                            verified,
-                            SecretScope::Account,
-                            body,
-                            None,
-                            inner,
-                            config,
-                        )
+                        accept(parts, verified, SecretScope::Account, body, inner, config)
                     }
                     Err(error) => Err((Rejection::Verify(error), config)),
                 };
@@ -335,6 +339,12 @@ impl<S> Reading<S> {
             .and_then(Claim::inbox_id)
             .filter(|inbox| inbox.len() <= MAX_CLAIMED_ID_LEN);
         let tenant = resolver.route(&TenantRequest::new(&parts, claimed));
+        let inbox = match claim.as_ref().and_then(Claim::inbox_id) {
+            None => ClaimedInbox::None,
+            Some(inbox) if inbox.len() <= MAX_CLAIMED_ID_LEN => ClaimedInbox::Id(inbox.to_owned()),
+            Some(_) => ClaimedInbox::Long,
+        };
+        drop(claim);
         if matches!(&tenant, Tenant::Inbox(inbox) if inbox.len() > MAX_CLAIMED_ID_LEN) {
             head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
             return Err((Rejection::UnknownTenant { tenant }, config));
@@ -346,7 +356,7 @@ impl<S> Reading<S> {
                 parts,
                 head,
                 body,
-                claim,
+                inbox,
                 tenant,
                 resolver,
                 inner,
@@ -387,24 +397,27 @@ impl<S> Read<S> {
                 return Err((Rejection::SecretLookup(error), self.config));
             }
         };
-        match secrets.check(
-            &self.head,
-            timestamp_of(&self.parts),
-            &self.body,
-            self.claim.as_ref().and_then(Claim::inbox_id),
-        ) {
+        let reread;
+        let inbox_id = match &self.inbox {
+            ClaimedInbox::None => None,
+            ClaimedInbox::Id(inbox) => Some(inbox.as_str()),
+            ClaimedInbox::Long => {
+                reread = Claim::read(&self.body).ok();
+                reread.as_ref().and_then(Claim::inbox_id)
+            }
+        };
+        match secrets.check(&self.head, timestamp_of(&self.parts), &self.body, inbox_id) {
             Ok(verified) => {
                 self.resolver.verified(&self.tenant);
                 let (verified, scope) = verified.into_parts();
                 let Self {
                     parts,
                     body,
-                    claim,
                     inner,
                     config,
                     ..
                 } = self;
-                accept(parts, verified, scope, body, claim, inner, config)
+                accept(parts, verified, scope, body, inner, config)
             }
             Err(error) => Err(self.refuse(Rejection::Verify(error))),
         }
@@ -439,7 +452,6 @@ fn accept<S>(
     verified: Verified,
     scope: SecretScope,
     body: Bytes,
-    claim: Option<Claim>,
     inner: S,
     config: Arc<Config>,
 ) -> Result<Next<S>, Refusal> {
@@ -447,12 +459,15 @@ fn accept<S>(
         .parse_events
         .then(|| Arc::new(Event::parse(body.clone())));
     let event_id_header = parts.headers.get(EVENT_ID_HEADER).cloned();
+    // No claim: the delivery reads its ids from the event when there is one, and from the
+    // body when asked otherwise. A claim's copies of them would be the body's ids held
+    // twice, for as long as a handler holds the delivery.
     let delivery = Delivery::webhook(
         verified,
         scope,
         event_id_header,
         body.clone(),
-        claim,
+        None,
         event.clone(),
     );
     if let Some(event) = event {

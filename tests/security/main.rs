@@ -25,4 +25,5 @@ mod receiver;
 mod attacks;
 mod boundary;
 mod hostile;
+mod round_five;
 mod wire;
