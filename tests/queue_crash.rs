@@ -317,3 +317,34 @@ async fn a_killed_receiver_runs_every_acknowledged_event_after_restart() {
     drop(db);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn queue_mode_refuses_redis_beside_it_and_urls_it_cannot_use() {
+    let binary = receiver_binary();
+    let refused = |vars: &[(&str, &str)], says: &str| {
+        let output = Command::new(&binary)
+            .env_clear()
+            .env("OPENMAIL_WEBHOOK_SECRET", SECRET)
+            .env("PORT", free_port().to_string())
+            .envs(vars.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{vars:?}: {stderr}");
+        assert!(stderr.contains(says), "{vars:?}: {stderr}");
+        assert!(output.stdout.is_empty());
+    };
+    refused(
+        &[
+            ("OPENMAIL_QUEUE_URL", "sqlite:/tmp/never-created.db"),
+            ("REDIS_URL", "redis://127.0.0.1:6379/"),
+        ],
+        "REDIS_URL and OPENMAIL_QUEUE_URL are both set",
+    );
+    refused(
+        &[("OPENMAIL_QUEUE_URL", "sqlite:relative.db")],
+        "absolute path",
+    );
+    refused(&[("OPENMAIL_QUEUE_URL", "mysql://db/")], "must be sqlite:");
+    refused(&[("RECEIVER_WORK_MS", "soon")], "RECEIVER_WORK_MS");
+}
