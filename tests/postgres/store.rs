@@ -200,8 +200,9 @@ async fn an_expired_lease_is_claimed_again_and_its_stale_holder_can_no_longer_se
     let event = delivery(&awkward_body("evt_lease")).await;
     first.insert(key_of(&event), event, 1_000).await.unwrap();
 
+    // Long enough for the checks below on a busy machine, short enough to wait out.
     let stale = first
-        .claim(1, Duration::from_millis(300), MAX_ATTEMPTS)
+        .claim(1, Duration::from_secs(3), MAX_ATTEMPTS)
         .await
         .unwrap();
     assert_eq!(stale.len(), 1);
@@ -470,12 +471,15 @@ async fn replicas_claiming_at_once_never_get_the_same_event() {
         assert_eq!(inserted, Inserted::Stored);
     }
 
-    // Four workers per replica, each claiming a few at a time and completing them.
+    // Four workers per replica, each claiming a few at a time and completing them, all
+    // starting together.
+    let start = Arc::new(tokio::sync::Barrier::new(8));
     let mut workers = Vec::new();
     for (replica_index, store) in replicas.iter().enumerate() {
         for _ in 0..4 {
-            let store = Arc::clone(store);
+            let (store, start) = (Arc::clone(store), Arc::clone(&start));
             workers.push(tokio::spawn(async move {
+                start.wait().await;
                 let mut seen = Vec::new();
                 loop {
                     let claimed = store.claim(3, LEASE, MAX_ATTEMPTS).await.unwrap();

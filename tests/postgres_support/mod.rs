@@ -39,6 +39,11 @@ const CONTROL: &str = r#"
 bin=$1
 dir=$(mktemp -d "${TMPDIR:-/tmp}/openmail-pg.XXXXXX") || { echo "error: mktemp failed"; exit 1; }
 cleanup() {
+    # A paused server (a test that failed before resuming it) would never act on the stop.
+    if [ -f "$dir/data/postmaster.pid" ]; then
+        pid=$(head -n 1 "$dir/data/postmaster.pid")
+        kill -s CONT "$pid" $(pgrep -P "$pid") 2>/dev/null
+    fi
     "$bin/pg_ctl" -D "$dir/data" -m immediate -w stop >/dev/null 2>&1
     rm -rf "$dir"
 }
