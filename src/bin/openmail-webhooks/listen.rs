@@ -21,9 +21,10 @@
 //!   `failed <event_id> <status or error> after <n> attempts`. The WebSocket client retries
 //!   a non-`2xx` with backoff, without holding up the events behind it, and resumes after
 //!   the last event forwarded when the connection comes back.
-//! - The resume position (the last event handled in order) is kept in memory, for
-//!   reconnections, or with `--resume-file PATH` in a file, so that a restarted `listen`
-//!   also gets the events that occurred while it was stopped (OpenMail replays up to 100).
+//! - The resume position (the last event done with in order: forwarded, or reported
+//!   failed) is kept in memory, for reconnections, or with `--resume-file PATH` in a file,
+//!   so that a restarted `listen` also gets the events that occurred while it was stopped
+//!   (OpenMail replays up to 100).
 //! - An event that still fails after its retries is reported (`failed …`) and given up
 //!   on: the resume position moves past it, so that one bad event cannot hold back the
 //!   ones after it (OpenMail's WebSocket never sends it again).
@@ -89,9 +90,10 @@ options:
   --allow-plain-ws   let --forward-to sign events from a plain ws://
                      OPENMAIL_WS_URL (a local test server you started); without
                      it, that combination is refused
-  --resume-file PATH keep the resume position (the last event handled) in
-                     PATH, so that a restarted listen gets the events it
-                     missed while stopped, up to 100 (default: in memory, for
+  --resume-file PATH keep the resume position (the last event done with:
+                     forwarded, or reported failed) in PATH, so that a
+                     restarted listen gets the events it missed while
+                     stopped, up to 100 (default: in memory, for
                      reconnections only)
   -h, --help         print this help
 
