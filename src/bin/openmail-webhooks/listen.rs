@@ -16,11 +16,12 @@
 //!   plain HTTP carries them in cleartext), signed with
 //!   `OPENMAIL_WEBHOOK_SECRET` as OpenMail signs a webhook: the body byte for byte,
 //!   `Content-Type: application/json`, a fresh `X-Timestamp` and its `X-Signature` on every
-//!   attempt, and `X-Event-Id` set to the event's `event_id`. One stdout line reports each
-//!   event's outcome: `forwarded <event_id> <status>` once the receiver answered `2xx`, or
-//!   `failed <event_id> <status or error> after <n> attempts`. The WebSocket client retries
-//!   a non-`2xx` with backoff, without holding up the events behind it, and resumes after
-//!   the last event forwarded when the connection comes back.
+//!   attempt, and `X-Event-Id` set to the event's `event_id` (left out when the id cannot
+//!   be a header value). One stdout line reports each event's outcome: `forwarded
+//!   <event_id> <status>` once the receiver answered `2xx`, or `failed <event_id> <status
+//!   or error> after <n> attempts`. The WebSocket client retries a non-`2xx` with backoff
+//!   (a `409` longer, without using the retries), without holding up the events behind
+//!   it, and resumes after the last event done with when the connection comes back.
 //! - The resume position (the last event done with in order: forwarded, or reported
 //!   failed) is kept in memory, for reconnections, or with `--resume-file PATH` in a file,
 //!   so that a restarted `listen` also gets the events that occurred while it was stopped
