@@ -144,8 +144,25 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::Channel;
+    use crate::websocket::DEFAULT_IN_FLIGHT_RETRIES;
+
+    #[test]
+    fn the_in_flight_tries_span_one_to_two_minutes_by_default() {
+        // The client's default retry schedule: 1 s doubling to 30 s, jittered down to half.
+        let backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
+        let most: Duration = (0..DEFAULT_IN_FLIGHT_RETRIES)
+            .map(|step| backoff.delay(step, 1.0))
+            .sum();
+        let least: Duration = (0..DEFAULT_IN_FLIGHT_RETRIES)
+            .map(|step| backoff.delay(step, 0.0))
+            .sum();
+        assert_eq!(most, Duration::from_secs(121));
+        assert!(least >= Duration::from_secs(60), "{least:?}");
+    }
 
     #[test]
     fn the_request_carries_what_the_webhook_layer_inserts() {

@@ -211,7 +211,8 @@ pub const DEFAULT_HANDLER_RETRIES: u32 = 3;
 /// How many times an event answered `409` (the same event in flight elsewhere, as the
 /// deduplication layer answers) is tried again before it counts as failed. These tries
 /// follow the [`handler_retries`](WebSocketClient::handler_retries) schedule (1 s
-/// doubling to 30 s by default: about 2 min in all) and use none of its retries.
+/// doubling to 30 s, with jitter, by default: 1 to 2 min in all) and use none of its
+/// retries.
 pub const DEFAULT_IN_FLIGHT_RETRIES: u32 = 8;
 
 /// How long connecting may take unless [`WebSocketClient::connect_timeout`] says

@@ -856,9 +856,13 @@ async fn a_server_error_answering_a_resumed_subscribe_does_not_drop_the_position
         .wait("evt_missed replayed", 1, handled("evt_missed"))
         .await;
     assert_eq!(gaps(&statuses), [], "no gap: the position was kept");
+    // Usually the second subscription finds it; on a busy machine the test may store it
+    // a connection later, which the tries allow for.
     let subscribes = server.client_messages_of("subscribe");
-    assert_eq!(subscribes.len(), 2, "{subscribes:?}");
-    assert_eq!(subscribes[1]["last_event_id"], "evt_late");
+    assert!(subscribes.len() >= 2, "{subscribes:?}");
+    for subscribe in &subscribes {
+        assert_eq!(subscribe["last_event_id"], "evt_late", "{subscribes:?}");
+    }
     assert_eq!(app.called(), ["evt_missed"]);
     client.stop().await.unwrap();
 }

@@ -881,10 +881,14 @@ mod listen {
     }
 
     impl Listen {
+        /// `listen ARGS`; with `--forward-to`, also `--allow-plain-ws`, since the test
+        /// server speaks plain `ws://`.
         fn spawn(args: &[&str], ws_url: &str, api_key: &str) -> Self {
+            let plain = args.contains(&"--forward-to") && ws_url.starts_with("ws://");
             let mut child = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"))
                 .arg("listen")
                 .args(args)
+                .args(plain.then_some("--allow-plain-ws"))
                 .env("OPENMAIL_API_KEY", api_key)
                 .env("OPENMAIL_WS_URL", ws_url)
                 .env("OPENMAIL_WEBHOOK_SECRET", SECRET)
@@ -1228,6 +1232,19 @@ mod listen {
         let (code, stderr) = run(&[], &insecure);
         assert_eq!(code, 2);
         assert!(stderr.contains("loopback"), "{stderr}");
+
+        // A plain ws:// server is not authenticated: signing what it sends needs a flag.
+        let plain = [
+            ("OPENMAIL_API_KEY", API_KEY),
+            ("OPENMAIL_WS_URL", "ws://127.0.0.1:9/v1/ws"),
+            ("OPENMAIL_WEBHOOK_SECRET", SECRET),
+        ];
+        let (code, stderr) = run(&["--forward-to", "http://127.0.0.1:9/webhooks"], &plain);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains("--allow-plain-ws") && stderr.contains("could send events"),
+            "{stderr}"
+        );
 
         let (code, stderr) = run(&["--bogus"], &key);
         assert_eq!(code, 2);

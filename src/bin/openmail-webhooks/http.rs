@@ -103,9 +103,10 @@ pub fn signed_request(
         .map_err(|error| format!("cannot build the request: {error}"))
 }
 
-/// The `X-Event-Id` value for `event_id`, when it can be one: visible ASCII.
+/// The `X-Event-Id` value for `event_id`, when it can be one: not empty, and no control
+/// character or non-ASCII.
 pub fn event_id_header(event_id: &str) -> Option<HeaderValue> {
-    if event_id.is_empty() || !event_id.bytes().all(|byte| byte.is_ascii_graphic()) {
+    if event_id.is_empty() {
         return None;
     }
     HeaderValue::from_str(event_id).ok()
@@ -166,4 +167,34 @@ pub async fn post(client: &HttpClient, request: Request<Full<Bytes>>) -> Result<
                 DELIVERY_TIMEOUT.as_secs()
             )
         })?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pinned_request_goes_to_the_address_and_keeps_the_host_as_written() {
+        let url: Uri = "http://localhost:3000/webhooks".parse().unwrap();
+        let connect = pinned(&url, loopback(&url).unwrap()).unwrap();
+        let mut request =
+            signed_request(&connect, "whsec_x", 1_790_000_000, "evt_1", Bytes::new()).unwrap();
+        keep_host(&mut request, &url);
+        assert_eq!(request.uri(), "http://127.0.0.1:3000/webhooks");
+        assert_eq!(request.headers()[HOST], "localhost:3000");
+        assert_eq!(request.headers()["x-event-id"], "evt_1");
+    }
+
+    #[test]
+    fn an_event_id_that_is_not_a_header_value_leaves_the_header_out() {
+        let url: Uri = "http://127.0.0.1:3000/webhooks".parse().unwrap();
+        for event_id in ["evt_\n", "evt_\u{1b}", "evt_é", ""] {
+            let request =
+                signed_request(&url, "whsec_x", 1_790_000_000, event_id, Bytes::new()).unwrap();
+            assert!(
+                request.headers().get("x-event-id").is_none(),
+                "{event_id:?}"
+            );
+        }
+    }
 }

@@ -16,21 +16,24 @@
 //!   plain HTTP carries them in cleartext), signed with
 //!   `OPENMAIL_WEBHOOK_SECRET` as OpenMail signs a webhook: the body byte for byte,
 //!   `Content-Type: application/json`, a fresh `X-Timestamp` and its `X-Signature` on every
-//!   attempt, and `X-Event-Id` set to the event's `event_id`. One stdout line reports each
-//!   event's outcome: `forwarded <event_id> <status>` once the receiver answered `2xx`, or
-//!   `failed <event_id> <status or error> after <n> attempts`. The WebSocket client retries
-//!   a non-`2xx` with backoff, without holding up the events behind it, and resumes after
-//!   the last event forwarded when the connection comes back.
-//! - The resume position (the last event handled in order) is kept in memory, for
-//!   reconnections, or with `--resume-file PATH` in a file, so that a restarted `listen`
-//!   also gets the events that occurred while it was stopped (OpenMail replays up to 100).
+//!   attempt, and `X-Event-Id` set to the event's `event_id` (left out when the id cannot
+//!   be a header value). One stdout line reports each event's outcome: `forwarded
+//!   <event_id> <status>` once the receiver answered `2xx`, or `failed <event_id> <status
+//!   or error> after <n> attempts`. The WebSocket client retries a non-`2xx` with backoff
+//!   (a `409` longer, without using the retries), without holding up the events behind
+//!   it, and resumes after the last event done with when the connection comes back.
+//! - The resume position (the last event done with in order: forwarded, or reported
+//!   failed) is kept in memory, for reconnections, or with `--resume-file PATH` in a file,
+//!   so that a restarted `listen` also gets the events that occurred while it was stopped
+//!   (OpenMail replays up to 100).
 //! - An event that still fails after its retries is reported (`failed …`) and given up
 //!   on: the resume position moves past it, so that one bad event cannot hold back the
 //!   ones after it (OpenMail's WebSocket never sends it again).
 //! - Whatever the WebSocket server sends, `listen --forward-to` signs with the webhook
 //!   secret. Over the default `wss://` the server is OpenMail, authenticated by TLS; over
 //!   a plain `ws://` `OPENMAIL_WS_URL` (loopback only), any local process holding that
-//!   port is trusted alike, so `listen` warns about it.
+//!   port would be trusted alike, so `--forward-to` refuses a `ws://` URL unless
+//!   `--allow-plain-ws` says it is a server you started, and then warns.
 //! - Connections, reconnections, replays and failures are reported on stderr, escaped.
 //! - Exit status: `0` after Ctrl-C (or SIGTERM); `2` for a usage error, a missing variable,
 //!   or a key OpenMail refuses (close code `4001`); `1` for any other error that stops it.
@@ -81,12 +84,17 @@ options:
                      (127.0.0.1, ::1, or localhost, which means 127.0.0.1)
                      unless --allow-remote is given. Whatever the WebSocket
                      server sends is signed: with a plain ws:// OPENMAIL_WS_URL,
-                     any local process holding its port can have events signed
+                     any local process holding its port could have events
+                     signed, so that needs --allow-plain-ws
   --allow-remote     let --forward-to send events to another machine, in
                      cleartext over plain HTTP
-  --resume-file PATH keep the resume position (the last event handled) in
-                     PATH, so that a restarted listen gets the events it
-                     missed while stopped, up to 100 (default: in memory, for
+  --allow-plain-ws   let --forward-to sign events from a plain ws://
+                     OPENMAIL_WS_URL (a local test server you started); without
+                     it, that combination is refused
+  --resume-file PATH keep the resume position (the last event done with:
+                     forwarded, or reported failed) in PATH, so that a
+                     restarted listen gets the events it missed while
+                     stopped, up to 100 (default: in memory, for
                      reconnections only)
   -h, --help         print this help
 
@@ -108,6 +116,7 @@ struct Options {
     event_types: Vec<String>,
     resume_file: Option<PathBuf>,
     allow_remote: bool,
+    allow_plain_ws: bool,
 }
 
 /// Parses the arguments that follow `listen`. `None` asks for the help.
@@ -120,6 +129,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         event_types: Vec::new(),
         resume_file: None,
         allow_remote: false,
+        allow_plain_ws: false,
     };
     while let Some(arg) = args.next() {
         let (name, inline) = match arg.split_once('=') {
@@ -134,7 +144,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
             "-h" | "--help" => return Ok(None),
             "--json" if inline.is_none() => options.json = true,
             "--allow-remote" if inline.is_none() => options.allow_remote = true,
-            "--allow-remote" => return Err("--allow-remote takes no value".to_owned()),
+            "--allow-plain-ws" if inline.is_none() => options.allow_plain_ws = true,
+            "--allow-remote" | "--allow-plain-ws" => {
+                return Err(format!("{name} takes no value"));
+            }
             "--forward-to" => {
                 let url = value("a URL")?;
                 options.forward_to = Some(parse_url(&url, "listen --forward-to")?);
@@ -521,20 +534,28 @@ pub async fn main(
             }
         }
     }
-    if forward.is_some()
-        && url
-            .get(..5)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("ws://"))
-    {
+    let plain_ws = url
+        .get(..5)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("ws://"));
+    if let Some(forward) = forward.as_ref().filter(|_| plain_ws) {
+        if !options.allow_plain_ws {
+            let _ = writeln!(
+                err,
+                "listen: {} is plain ws://, and nothing authenticates that server: any \
+                 process on this machine holding its port could send events, which \
+                 --forward-to would sign with OPENMAIL_WEBHOOK_SECRET. Use wss://, or add \
+                 --allow-plain-ws for a server you started",
+                shown_url(&url),
+            );
+            return 2;
+        }
         let _ = writeln!(
             err,
             "listen: warning: {} is plain ws://, so nothing authenticates the server: any \
              process on this machine holding that port can send events, and listen signs \
-             them for {}; use it only with a server you started",
+             them for {}",
             shown_url(&url),
-            forward
-                .as_ref()
-                .map_or_else(String::new, |forward| forward.url.to_string()),
+            forward.url,
         );
     }
     let _ = writeln!(
@@ -599,6 +620,7 @@ mod tests {
                 event_types: Vec::new(),
                 resume_file: None,
                 allow_remote: false,
+                allow_plain_ws: false,
             })
         );
         let options = parse(&["--inbox-id", "inb_a", "--inbox-id=inb_b", "--event", "x"])
