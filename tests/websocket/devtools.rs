@@ -672,6 +672,72 @@ mod send {
             format!("openmail-webhooks {}\n", env!("CARGO_PKG_VERSION"))
         );
     }
+
+    /// On Unix an argument is any bytes. Where the tool needs text (the command, an
+    /// option's value, the URL) one that is not UTF-8 is a usage error that shows it,
+    /// escaped; a FILE is a path, and is sent whatever its name's bytes.
+    #[cfg(unix)]
+    #[test]
+    fn an_argument_that_is_not_utf8_is_a_usage_error_or_a_path() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+
+        let run = |args: &[&OsStr]| {
+            let output = Command::new(env!("CARGO_BIN_EXE_openmail-webhooks"))
+                .args(args)
+                .env("OPENMAIL_WEBHOOK_SECRET", SECRET)
+                .env("OPENMAIL_API_KEY", "om_not_used")
+                .env_remove("OPENMAIL_WS_URL")
+                .output()
+                .unwrap();
+            (
+                output.status.code(),
+                String::from_utf8_lossy(&output.stdout).into_owned(),
+                String::from_utf8_lossy(&output.stderr).into_owned(),
+            )
+        };
+        let text = OsStr::new;
+        let bad = OsStr::from_bytes(b"evt_\xff\x1b[2J");
+        let inline = OsStr::from_bytes(b"--event-id=evt_\xff\x1b[2J");
+        let url = text("http://127.0.0.1:9/webhooks");
+        for (args, says) in [
+            (vec![bad], "unknown command"),
+            (
+                vec![text("send"), text("--event-id"), bad, url],
+                "--event-id",
+            ),
+            (vec![text("send"), inline, url], "--event-id"),
+            (vec![text("send"), text("--event"), bad, url], "--event"),
+            (vec![text("send"), bad], "URL"),
+            (vec![text("listen"), text("--inbox-id"), bad], "--inbox-id"),
+            (
+                vec![text("listen"), text("--forward-to"), bad],
+                "--forward-to",
+            ),
+            (vec![text("listen"), bad], "unexpected argument"),
+        ] {
+            let (code, _, stderr) = run(&args);
+            assert_eq!(code, Some(2), "{args:?}: {stderr}");
+            assert!(stderr.contains(says), "{args:?}: {stderr}");
+            assert!(
+                stderr.contains(r#""evt_\xFF\u{1b}[2J""#),
+                "{args:?}: {stderr}"
+            );
+            assert!(stderr.contains("usage: "), "{args:?}: {stderr}");
+        }
+
+        let python = PythonReceiver::start(SECRET);
+        let dir = std::env::temp_dir();
+        let mut name = format!("openmail-send-{}-", std::process::id()).into_bytes();
+        name.extend_from_slice(b"\xff.json");
+        let path = dir.join(OsStr::from_bytes(&name));
+        let body = r#"{"event":"message.received","event_id":"evt_path"}"#;
+        std::fs::write(&path, body).unwrap();
+        let (code, stdout, stderr) = run(&[text("send"), text(&python.url()), path.as_os_str()]);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(code, Some(0), "{stdout}{stderr}");
+        assert!(stdout.contains("X-Event-Id evt_path"), "{stdout}");
+    }
 }
 
 mod test_util {

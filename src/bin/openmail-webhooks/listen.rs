@@ -50,12 +50,14 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Full;
+use lexopt::{Arg, Parser};
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::websocket::{
     DEFAULT_URL, HandlerFailure, Status, Subscription, WebSocketClient, WebSocketError,
 };
 use openmail_webhooks::{Clock, Delivery, LogSafe, SystemClock};
 
+use crate::args;
 use crate::http::{
     HttpClient, client, keep_host, loopback, parse_url, pinned, post, signed_request,
 };
@@ -120,8 +122,7 @@ struct Options {
 }
 
 /// Parses the arguments that follow `listen`. `None` asks for the help.
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>, String> {
-    let mut args = args.into_iter();
+fn parse_args(mut parser: Parser) -> Result<Option<Options>, String> {
     let mut options = Options {
         json: false,
         forward_to: None,
@@ -131,40 +132,45 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Option<Options>,
         allow_remote: false,
         allow_plain_ws: false,
     };
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value)),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |what: &str| match inline {
-            Some(value) => Ok(value.to_owned()),
-            None => args.next().ok_or(format!("{name} needs {what}")),
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--json" if inline.is_none() => options.json = true,
-            "--allow-remote" if inline.is_none() => options.allow_remote = true,
-            "--allow-plain-ws" if inline.is_none() => options.allow_plain_ws = true,
-            "--allow-remote" | "--allow-plain-ws" => {
-                return Err(format!("{name} takes no value"));
+    while let Some(arg) = parser.next().map_err(args::error)? {
+        match arg {
+            Arg::Short('h') | Arg::Long("help") => return Ok(None),
+            Arg::Long("json") => {
+                args::no_value(&mut parser, "--json")?;
+                options.json = true;
             }
-            "--forward-to" => {
-                let url = value("a URL")?;
+            Arg::Long("allow-remote") => {
+                args::no_value(&mut parser, "--allow-remote")?;
+                options.allow_remote = true;
+            }
+            Arg::Long("allow-plain-ws") => {
+                args::no_value(&mut parser, "--allow-plain-ws")?;
+                options.allow_plain_ws = true;
+            }
+            Arg::Long("forward-to") => {
+                let url = args::text(&mut parser, "--forward-to", "a URL")?;
                 options.forward_to = Some(parse_url(&url, "listen --forward-to")?);
             }
-            "--inbox-id" => options.inbox_ids.push(value("an inbox id")?),
-            "--event" => options.event_types.push(value("an event type")?),
-            "--resume-file" => options.resume_file = Some(PathBuf::from(value("a path")?)),
-            "--json" => return Err("--json takes no value".to_owned()),
-            option if option.starts_with('-') => {
-                return Err(format!("unknown option {}", LogSafe::new(option)));
+            Arg::Long("inbox-id") => {
+                let inbox_id = args::text(&mut parser, "--inbox-id", "an inbox id")?;
+                options.inbox_ids.push(inbox_id);
             }
-            other => {
+            Arg::Long("event") => {
+                let event_type = args::text(&mut parser, "--event", "an event type")?;
+                options.event_types.push(event_type);
+            }
+            // A path, whatever its bytes.
+            Arg::Long("resume-file") => {
+                let path = args::value(&mut parser, "--resume-file", "a path")?;
+                options.resume_file = Some(PathBuf::from(path));
+            }
+            Arg::Value(other) => {
                 return Err(format!(
-                    "unexpected argument {:?}: listen takes options only",
-                    LogSafe::new(other)
+                    "unexpected argument {}: listen takes options only",
+                    args::shown(&other)
                 ));
             }
+            option => return Err(args::unknown(option)),
         }
     }
     if let Some(url) = &options.forward_to
@@ -466,12 +472,12 @@ async fn stop_requested() {
 
 /// `listen`, from the arguments after its name to the exit code.
 pub async fn main(
-    args: impl IntoIterator<Item = String>,
+    parser: Parser,
     environment: Environment,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> u8 {
-    let options = match parse_args(args) {
+    let options = match parse_args(parser) {
         Ok(Some(options)) => options,
         Ok(None) => {
             let _ = write!(out, "{USAGE}");
@@ -606,7 +612,7 @@ mod tests {
     use super::*;
 
     fn parse(args: &[&str]) -> Result<Option<Options>, String> {
-        parse_args(args.iter().map(|arg| arg.to_string()))
+        parse_args(Parser::from_args(args))
     }
 
     #[test]
@@ -662,6 +668,24 @@ mod tests {
             parse(&["extra"])
                 .unwrap_err()
                 .contains("unexpected argument")
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_resume_file_is_a_path_whatever_its_bytes() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt;
+
+        let path = OsStr::from_bytes(b"resume-\xff");
+        let options = parse_args(Parser::from_args([OsStr::new("--resume-file"), path]))
+            .unwrap()
+            .unwrap();
+        assert_eq!(options.resume_file.unwrap(), path);
+        let error = parse_args(Parser::from_args([OsStr::new("--event"), path])).unwrap_err();
+        assert_eq!(
+            error,
+            r#"--event needs an event type in UTF-8, not "resume-\xFF""#
         );
     }
 

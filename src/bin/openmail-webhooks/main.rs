@@ -28,6 +28,7 @@
     )
 )]
 
+mod args;
 mod http;
 mod listen;
 mod resume;
@@ -56,41 +57,56 @@ options:
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let mut args = std::env::args().skip(1);
+    // `args_os`, not `args`, which panics on an argument that is not UTF-8. The command is
+    // the first argument, matched whole; what follows it is the subcommand's, for lexopt.
+    let mut args = std::env::args_os().skip(1);
+    let command = args.next();
+    let parser = lexopt::Parser::from_args(args);
     let mut out = std::io::stdout();
     let mut err = std::io::stderr();
-    let code = match args.next().as_deref() {
-        Some("send") => {
+    let code = match command
+        .as_deref()
+        .map(|command| command.to_str().ok_or(command))
+    {
+        Some(Ok("send")) => {
             send::main(
-                args,
+                parser,
                 std::env::var("OPENMAIL_WEBHOOK_SECRET").ok(),
                 &mut out,
                 &mut err,
             )
             .await
         }
-        Some("listen") => {
+        Some(Ok("listen")) => {
             listen::main(
-                args,
+                parser,
                 listen::Environment::from_process(),
                 &mut out,
                 &mut err,
             )
             .await
         }
-        Some("-h" | "--help" | "help") => {
+        Some(Ok("-h" | "--help" | "help")) => {
             let _ = write!(out, "{USAGE}");
             0
         }
-        Some("-V" | "--version") => {
+        Some(Ok("-V" | "--version")) => {
             let _ = writeln!(out, "openmail-webhooks {}", env!("CARGO_PKG_VERSION"));
             0
         }
-        Some(other) => {
+        Some(Ok(other)) => {
             let _ = writeln!(
                 err,
-                "openmail-webhooks: unknown command {:?}\n\n{USAGE}",
-                openmail_webhooks::LogSafe::new(other)
+                "openmail-webhooks: unknown command {}\n\n{USAGE}",
+                args::shown(std::ffi::OsStr::new(other))
+            );
+            2
+        }
+        Some(Err(other)) => {
+            let _ = writeln!(
+                err,
+                "openmail-webhooks: unknown command {} (not UTF-8)\n\n{USAGE}",
+                args::shown(other)
             );
             2
         }

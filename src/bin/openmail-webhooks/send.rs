@@ -33,9 +33,11 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::Uri;
+use lexopt::{Arg, Parser};
 use openmail_webhooks::test_util::Sample;
 use openmail_webhooks::{Clock, LogSafe, SystemClock};
 
+use crate::args;
 use crate::http::{ANSWER_KEPT, client, event_id_header, parse_url, post, signed_request};
 
 /// The help text, also printed after a usage error.
@@ -126,8 +128,7 @@ enum Command {
 }
 
 /// Parses the arguments that follow `send`. The error says what is wrong.
-fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut args = args.into_iter();
+fn parse_args(mut parser: Parser) -> Result<Command, String> {
     let mut positional = Vec::new();
     let mut event_type = None;
     let mut event_id = None;
@@ -138,37 +139,37 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     let mut as_openmail = false;
     let mut speedup = None;
     let mut print_body = false;
-    while let Some(arg) = args.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value)),
-            _ => (arg.clone(), None),
-        };
-        let mut value = |what: &str| match inline {
-            Some(value) => Ok(value.to_owned()),
-            None => args.next().ok_or(format!("{name} needs {what}")),
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Ok(Command::Help),
-            "--event" => event_type = Some(value("an event type")?),
-            "--event-id" => event_id = Some(value("an id")?),
-            "--inbox-id" => inbox_id = Some(value("an id")?),
-            "--attempt" => attempt = Some(number(&name, &value("a number")?, 1)?),
-            "--times" => times = Some(number(&name, &value("a number")?, 1)?),
-            "--as-openmail" if inline.is_none() => as_openmail = true,
-            "--print-body" if inline.is_none() => print_body = true,
-            "--as-openmail" | "--print-body" => return Err(format!("{name} takes no value")),
-            "--speedup" => speedup = Some(number(&name, &value("a number")?, 1)?),
-            "--skew" => {
-                let seconds = value("a number of seconds")?;
+    while let Some(arg) = parser.next().map_err(args::error)? {
+        match arg {
+            Arg::Short('h') | Arg::Long("help") => return Ok(Command::Help),
+            Arg::Long("event") => {
+                event_type = Some(args::text(&mut parser, "--event", "an event type")?);
+            }
+            Arg::Long("event-id") => {
+                event_id = Some(args::text(&mut parser, "--event-id", "an id")?)
+            }
+            Arg::Long("inbox-id") => {
+                inbox_id = Some(args::text(&mut parser, "--inbox-id", "an id")?)
+            }
+            Arg::Long("attempt") => attempt = Some(number(&mut parser, "--attempt", 1)?),
+            Arg::Long("times") => times = Some(number(&mut parser, "--times", 1)?),
+            Arg::Long("as-openmail") => {
+                args::no_value(&mut parser, "--as-openmail")?;
+                as_openmail = true;
+            }
+            Arg::Long("print-body") => {
+                args::no_value(&mut parser, "--print-body")?;
+                print_body = true;
+            }
+            Arg::Long("speedup") => speedup = Some(number(&mut parser, "--speedup", 1)?),
+            Arg::Long("skew") => {
+                let seconds = args::text(&mut parser, "--skew", "a number of seconds")?;
                 skew = seconds.parse().map_err(|_| {
                     format!("--skew takes whole seconds, such as -400 or 400, not {seconds:?}")
                 })?;
             }
-            "--" => positional.extend(args.by_ref()),
-            option if option.starts_with('-') && option.len() > 1 => {
-                return Err(format!("unknown option {option}"));
-            }
-            _ => positional.push(arg),
+            Arg::Value(value) => positional.push(value),
+            option => return Err(args::unknown(option)),
         }
     }
 
@@ -189,11 +190,16 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     };
 
     let mut positional = positional.into_iter();
-    let url = parse_url(&positional.next().ok_or("URL is missing")?, "send")?;
+    let url = args::utf8(
+        positional.next().ok_or("URL is missing")?,
+        "URL is not UTF-8:",
+    )?;
+    let url = parse_url(&url, "send")?;
     let file = positional.next();
     if let Some(extra) = positional.next() {
         return Err(format!(
-            "unexpected argument {extra:?}: give one URL and at most one FILE"
+            "unexpected argument {}: give one URL and at most one FILE",
+            args::shown(&extra)
         ));
     }
 
@@ -250,7 +256,9 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     }))
 }
 
-fn number(option: &str, value: &str, at_least: u32) -> Result<u32, String> {
+/// The value of `option`, a whole number from `at_least` up.
+fn number(parser: &mut Parser, option: &str, at_least: u32) -> Result<u32, String> {
+    let value = args::text(parser, option, "a number")?;
     match value.parse::<u32>() {
         Ok(number) if number >= at_least => Ok(number),
         _ => Err(format!(
@@ -473,12 +481,12 @@ fn printable(response: &[u8], length: u64) -> String {
 /// `send`, from the arguments after its name to the exit code. Results go to `out`,
 /// problems to `err`.
 pub async fn main(
-    args: impl IntoIterator<Item = String>,
+    parser: Parser,
     secret: Option<String>,
     out: &mut impl Write,
     err: &mut impl Write,
 ) -> u8 {
-    let options = match parse_args(args) {
+    let options = match parse_args(parser) {
         Ok(Command::Help) => {
             let _ = write!(out, "{USAGE}");
             return 0;
@@ -509,17 +517,19 @@ pub async fn main(
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
 
     fn error(args: &[&str]) -> String {
-        match parse_args(args.iter().map(|arg| arg.to_string())) {
+        match parse_args(Parser::from_args(args)) {
             Err(message) => message,
             Ok(_) => panic!("{args:?} should be refused"),
         }
     }
 
     fn options(args: &[&str]) -> Options {
-        match parse_args(args.iter().map(|arg| arg.to_string())).unwrap() {
+        match parse_args(Parser::from_args(args)).unwrap() {
             Command::Send(options) => options,
             Command::Help => panic!("{args:?} asked for help"),
         }
@@ -572,6 +582,21 @@ mod tests {
         let json = sample.to_json();
         assert!(json.contains(r#""event_id":"evt_x""#), "{json}");
         assert!(json.contains(r#""inbox_id":"inb_y""#), "{json}");
+    }
+
+    #[test]
+    fn flags_take_no_value_and_a_double_dash_ends_the_options() {
+        assert!(error(&["--as-openmail=yes", URL]).contains("--as-openmail takes no value"));
+        assert!(error(&["--print-body=1", URL]).contains("--print-body takes no value"));
+        assert!(error(&["--speedup", "10", URL]).contains("add --as-openmail"));
+        assert!(error(&["--as-openmail", "--times", "2", URL]).contains("don't go together"));
+        let parsed = options(&["--as-openmail", "--speedup=10", "--print-body", URL]);
+        assert_eq!(parsed.as_openmail, Some(10));
+        assert_eq!(parsed.times, OPENMAIL_ATTEMPTS);
+        assert!(parsed.print_body);
+        let parsed = options(&[URL, "--", "--print-body"]);
+        assert!(!parsed.print_body);
+        assert!(matches!(parsed.body, BodySource::File(path) if path == Path::new("--print-body")));
     }
 
     #[test]
