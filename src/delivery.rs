@@ -109,8 +109,8 @@ impl Delivery {
         )
     }
 
-    /// A delivery an event store kept, as it was verified. Its event is parsed again when
-    /// the body is one (it always is when the layer parsed it before it was stored).
+    /// A delivery an event store kept, as it was verified. Its event is parsed again; a
+    /// body the model cannot read is [`Event::Malformed`], as it was when first verified.
     #[cfg_attr(not(feature = "queue"), allow(dead_code))]
     pub(crate) fn stored(
         channel: Channel,
@@ -119,7 +119,7 @@ impl Delivery {
         event_id_header: Option<HeaderValue>,
         body: Bytes,
     ) -> Self {
-        let event = Event::parse(body.clone()).ok().map(Arc::new);
+        let event = Some(Arc::new(Event::parse(body.clone())));
         Self::new(channel, verified, scope, event_id_header, body, None, event)
     }
 
