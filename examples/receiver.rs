@@ -159,8 +159,10 @@ pub fn app_with_store(layer: VerifyOpenMailLayer, store: Arc<dyn DedupStore>) ->
 /// and answers once it is committed. [`handler`] runs it later, in the workers.
 pub fn queue_app<S: EventStore>(layer: VerifyOpenMailLayer, store: Arc<S>) -> Router {
     let ingest = Ingest::new(store).on_error(|error| eprintln!("queue: {}", chain(error)));
+    // POST alone, as inline: a signed GET or PUT gets `405` and is neither stored nor
+    // handled.
     Router::new()
-        .route_service("/webhooks", ingest)
+        .route("/webhooks", axum::routing::post_service(ingest))
         .layer(bounded(layer))
 }
 

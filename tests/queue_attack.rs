@@ -95,3 +95,56 @@ async fn a_completed_events_body_does_not_stay_readable_in_the_sqlite_files() {
     }
     drop(receiver);
 }
+
+/// Inline, the receiver answers anything but `POST` with `405` and handles nothing. Queue
+/// mode must not store (and then handle) a signed `GET` or `PUT`: OpenMail only POSTs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_mode_stores_only_posts() {
+    let binary = receiver_binary(&[]);
+    let dir = TempDir::new("methods");
+    let store = dir.0.join("events.db");
+    let receiver = Receiver::start(
+        &binary,
+        &format!("sqlite:{}", store.display()),
+        free_port(),
+        0,
+    );
+    let client = client();
+    for (method, event_id) in [
+        (Method::GET, "evt_get"),
+        (Method::PUT, "evt_put"),
+        (Method::DELETE, "evt_delete"),
+    ] {
+        let body =
+            format!(r#"{{"event":"message.received","event_id":"{event_id}","inbox_id":"inb_1"}}"#);
+        let (status, _) = deliver(
+            &client,
+            receiver.address(),
+            method.clone(),
+            body.as_bytes(),
+            SECRET,
+        )
+        .await;
+        assert_eq!(
+            status,
+            StatusCode::METHOD_NOT_ALLOWED,
+            "{method} was answered {status}"
+        );
+    }
+    // A POST after them is handled; by then the others would have been too.
+    let body = r#"{"event":"message.received","event_id":"evt_post","inbox_id":"inb_1"}"#;
+    let (status, _) = deliver(
+        &client,
+        receiver.address(),
+        Method::POST,
+        body.as_bytes(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    receiver
+        .wait_handled("evt_post", Duration::from_secs(30))
+        .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.lines().len(), 1, "{:?}", receiver.lines());
+}
