@@ -1,5 +1,6 @@
 //! Attacks on the receiver's queue mode over a real PostgreSQL, with real receiver
-//! processes: PostgreSQL restarted while a handler completes.
+//! processes: PostgreSQL restarted while a handler completes, and PostgreSQL crashing
+//! right after acknowledgements.
 //!
 //! `cargo test --features postgres --test queue_attack_postgres` (without PostgreSQL
 //! installed, the tests skip loudly unless `CI` is set; see `tests/postgres_support`).
@@ -90,5 +91,89 @@ mod restart_at_completion {
             "one process handled the event twice: {:?}",
             receiver.lines()
         );
+    }
+}
+
+#[cfg(feature = "postgres")]
+mod crash_after_acknowledgement {
+    use std::process::Command;
+    use std::time::{Duration, Instant};
+
+    use crate::postgres_support::{PostgresServer, create_database};
+    use crate::support::{Receiver, client, free_port, post, receiver_binary};
+
+    async fn connect(url: &str) -> Option<tokio_postgres::Client> {
+        let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+            .await
+            .ok()?;
+        tokio::spawn(connection);
+        Some(client)
+    }
+
+    fn signal(signal: &str, pid: i32) {
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "could not send {signal} to {pid}");
+    }
+
+    /// A PostgreSQL server process that dies (as when the kernel's OOM killer picks one)
+    /// makes the server restart every process and recover from its write-ahead log. An
+    /// acknowledged event must be in the table afterwards: the receiver's `2xx` promised
+    /// it was stored. With `synchronous_commit = off`, a commit returns before its WAL is
+    /// written: the WAL writer writes it within `wal_writer_delay`. The WAL writer is
+    /// stopped here so that this window stays open; it is killed to crash the server.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_acknowledged_before_a_postgres_crash_are_still_stored() {
+        let Some(server) = PostgresServer::start("the crash-after-acknowledgement test") else {
+            return;
+        };
+        create_database(&server.url("postgres"), "openmail").await;
+        let url = server.url("openmail");
+        let binary = receiver_binary(&["postgres"]);
+        // Handlers that take longer than the test: the events stay stored.
+        let receiver = Receiver::start(&binary, &url, free_port(), 600_000);
+        let admin = connect(&server.url("postgres")).await.unwrap();
+        let wal_writer: i32 = admin
+            .query_one(
+                "SELECT pid FROM pg_stat_activity WHERE backend_type = 'walwriter'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        drop(admin);
+        signal("-STOP", wal_writer);
+
+        let client = client();
+        const EVENTS: usize = 10;
+        for index in 0..EVENTS {
+            let body = format!(
+                r#"{{"event":"message.received","event_id":"evt_crash_{index}","inbox_id":"inb_1"}}"#
+            );
+            assert_eq!(post(&client, receiver.address(), &body).await, 200);
+        }
+        signal("-KILL", wal_writer);
+
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let stored: i64 = loop {
+            // Connections are refused during recovery.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if let Some(client) = connect(&url).await {
+                if let Ok(row) = client
+                    .query_one("SELECT count(*) FROM openmail_events", &[])
+                    .await
+                {
+                    break row.get(0);
+                }
+            }
+            assert!(Instant::now() < deadline, "PostgreSQL did not recover");
+        };
+        assert_eq!(
+            stored, EVENTS as i64,
+            "acknowledged events were lost when PostgreSQL crashed"
+        );
+        drop(receiver);
     }
 }
