@@ -353,7 +353,7 @@ impl Writer {
     /// `secure_delete` zeroed the body) and truncates the log, so that the deleted bodies
     /// are in neither. At most one checkpoint per [`ERASE_WITHIN`] under load.
     fn checkpoint_erased(&mut self, after: Duration) {
-        if !self.erased.is_some_and(|erased| erased.elapsed() >= after) {
+        if self.erased.is_none_or(|erased| erased.elapsed() < after) {
             return;
         }
         let checkpointed = self
