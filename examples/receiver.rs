@@ -61,7 +61,9 @@
 //!   (mode 0600) when missing, used by one process at a time: a file another process uses
 //!   stops the receiver at start with a message on stderr and exit code 1.
 //! - `OPENMAIL_QUEUE_URL=postgres://USER@HOST:PORT/DB`: the PostgreSQL store, shared by
-//!   replicas (needs `--features postgres`). Any other value: exit code 2.
+//!   replicas (needs `--features postgres`), committing with the server's
+//!   `synchronous_commit` (`on` if it is `off`), so that an acknowledged event survives a
+//!   crash of PostgreSQL too. Any other value: exit code 2.
 //! - A verified delivery gets `200` with `{"ok":true,"event":"<type>","event_id":"<id>"}`
 //!   once the event is committed to the store, and every copy of it, concurrent or while
 //!   its handler runs or after it completed, gets `200` with `"duplicate":true` added: no
@@ -159,8 +161,10 @@ pub fn app_with_store(layer: VerifyOpenMailLayer, store: Arc<dyn DedupStore>) ->
 /// and answers once it is committed. [`handler`] runs it later, in the workers.
 pub fn queue_app<S: EventStore>(layer: VerifyOpenMailLayer, store: Arc<S>) -> Router {
     let ingest = Ingest::new(store).on_error(|error| eprintln!("queue: {}", chain(error)));
+    // POST alone, as inline: a signed GET or PUT gets `405` and is neither stored nor
+    // handled.
     Router::new()
-        .route_service("/webhooks", ingest)
+        .route("/webhooks", axum::routing::post_service(ingest))
         .layer(bounded(layer))
 }
 
@@ -627,7 +631,11 @@ async fn main() -> ExitCode {
             QueueUrl::Postgres(url) => {
                 use openmail_webhooks::queue::PostgresStore;
                 // Creates the tables when missing; replicas starting together all succeed.
-                let store = match PostgresStore::connect(&url, Durability::ProcessCrash).await {
+                // `PowerLoss`: each acknowledged commit is written (and flushed) before the
+                // `200`. With `ProcessCrash` (`synchronous_commit = off`), a crash of any
+                // PostgreSQL process, after which the server restarts and recovers, loses
+                // the events acknowledged in the last moments.
+                let store = match PostgresStore::connect(&url, Durability::PowerLoss).await {
                     Ok(store) => Arc::new(store),
                     Err(error) => {
                         eprintln!("receiver: {}", chain(&error));

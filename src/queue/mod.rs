@@ -18,8 +18,11 @@
 //! answered `2xx`; the event is then marked completed. A crash (of the process, or of the
 //! machine under [`Durability::PowerLoss`]) between the handler's effects and that mark
 //! runs the handler again once the event's lease expires (at once, for SQLite, whose
-//! store is used by one process: a restart takes every lease back). So does a store that
-//! cannot record the completion.
+//! store is used by one process: a restart takes every lease back). A store that cannot
+//! record the completion (PostgreSQL restarting) does not: the workers that ran the
+//! handler remember the event and, when they claim it again after its lease expired,
+//! record the completion without running it again. Only another process claiming it first
+//! (a replica) runs it again then.
 //!
 //! # Duplicates
 //!

@@ -22,6 +22,10 @@ const SCHEMA_VERSION: i64 = 1;
 /// append) for the whole group.
 const GROUP_LIMIT: usize = 512;
 
+/// How long after an event completed the writer checkpoints the write-ahead log into the
+/// file and truncates it: the log's older frames hold the body until then.
+const ERASE_WITHIN: Duration = Duration::from_secs(1);
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS openmail_events (
     id              INTEGER PRIMARY KEY,
@@ -58,6 +62,10 @@ CREATE INDEX IF NOT EXISTS openmail_events_finished ON openmail_events (finished
 ///   crashed counted.
 /// - **Write-ahead log**, and `synchronous` as the [`Durability`] says: `NORMAL` (the
 ///   default) survives the process's crash, `FULL` a power loss too.
+/// - **Completed bodies erased from the files**, not only from their rows:
+///   `secure_delete` zeroes the bytes a completion deletes, and about a second after a
+///   completion the write-ahead log (whose older frames still hold the body as it was
+///   stored) is checkpointed into the file and truncated.
 /// - **Group commit.** One thread owns the connection. Commands that arrive while it
 ///   commits wait for the next transaction and share it, so concurrent acknowledgements
 ///   cost one commit together, not one each.
@@ -97,7 +105,11 @@ impl SqliteStore {
         prepare(&connection, durability, &path)?;
         let depth = Writer::count_depth(&connection).map_err(|error| opening(&path, error))?;
         let (commands, receiver) = mpsc::channel();
-        let writer = Writer { connection, depth };
+        let writer = Writer {
+            connection,
+            depth,
+            erased: None,
+        };
         std::thread::Builder::new()
             .name("openmail-sqlite".to_owned())
             .spawn(move || writer.run(&receiver))
@@ -162,7 +174,13 @@ fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Resu
         Ok(())
     })();
     match outcome {
-        Ok(()) => connection.execute_batch("COMMIT").map_err(locked),
+        Ok(()) => {
+            connection.execute_batch("COMMIT").map_err(locked)?;
+            // A process killed before its checkpoint left deleted bodies in the log.
+            connection
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(locked)
+        }
         Err(error) => {
             let _ = connection.execute_batch("ROLLBACK");
             Err(error)
@@ -178,6 +196,9 @@ fn lock_and_tune(connection: &Connection, durability: Durability) -> rusqlite::R
     // shared-memory file, and the write below takes the lock for the connection's life.
     connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
+    // A completed event's body is deleted from its row; without this, its bytes would stay
+    // in the freed pages (an overflow page is freed whole) for anyone who reads the file.
+    connection.pragma_update(None, "secure_delete", "ON")?;
     let synchronous = match durability {
         Durability::PowerLoss => "FULL",
         Durability::ProcessCrash => "NORMAL",
@@ -301,11 +322,25 @@ struct Writer {
     /// Events waiting or leased, as last committed: the depth limit's count, kept here so
     /// that an insert does not count the table.
     depth: u64,
+    /// When a body was first deleted since the last checkpoint: its bytes are still in the
+    /// write-ahead log, in the frame that stored it.
+    erased: Option<std::time::Instant>,
 }
 
 impl Writer {
     fn run(mut self, commands: &mpsc::Receiver<Command>) {
-        while let Ok(first) = commands.recv() {
+        loop {
+            let first = match commands.recv_timeout(ERASE_WITHIN) {
+                Ok(command) => command,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.checkpoint_erased(Duration::ZERO);
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.checkpoint_erased(Duration::ZERO);
+                    return;
+                }
+            };
             let mut group = vec![first];
             while group.len() < GROUP_LIMIT {
                 match commands.try_recv() {
@@ -314,6 +349,25 @@ impl Writer {
                 }
             }
             self.commit_group(group);
+            self.checkpoint_erased(ERASE_WITHIN);
+        }
+    }
+
+    /// When a body was deleted at least `after` ago: copies the log into the file (where
+    /// `secure_delete` zeroed the body) and truncates the log, so that the deleted bodies
+    /// are in neither. At most one checkpoint per [`ERASE_WITHIN`] under load.
+    fn checkpoint_erased(&mut self, after: Duration) {
+        if self.erased.is_none_or(|erased| erased.elapsed() < after) {
+            return;
+        }
+        let checkpointed = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                row.get::<_, i64>(0)
+            });
+        // `0`: not blocked (this connection is the file's only one), so the log is empty.
+        if let Ok(0) = checkpointed {
+            self.erased = None;
         }
     }
 
@@ -408,6 +462,7 @@ impl Writer {
                     .map(|changed| changed == 1);
                 if let Ok(true) = result {
                     self.depth = self.depth.saturating_sub(1);
+                    self.erased.get_or_insert_with(std::time::Instant::now);
                 }
                 pending(reply, result)
             }

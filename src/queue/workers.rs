@@ -1,8 +1,9 @@
 //! [`Workers`]: run stored events through the user's service.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::{Future, poll_fn};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
@@ -234,6 +235,7 @@ where
         let (cancel, cancelled) = watch::channel(false);
         let mut running = JoinSet::new();
         let mut purge = tokio::time::interval(Duration::from_secs(3600));
+        let unrecorded = Unrecorded::default();
         tokio::pin!(shutdown);
         loop {
             // Reap finished runs so the set does not grow.
@@ -267,6 +269,7 @@ where
                     settings: Arc::clone(&settings),
                     on_dead_letter: on_dead_letter.clone(),
                     cancelled: cancelled.clone(),
+                    unrecorded: unrecorded.clone(),
                 };
                 running.spawn(async move {
                     run.attempt(service, claimed).await;
@@ -314,12 +317,41 @@ fn report_store_error(_what: &str, _error: &QueueError) {
     );
 }
 
+/// The keys of events whose handler finished here with a `2xx` while the store could not
+/// record the completion (it was unreachable, as during a PostgreSQL restart). When such
+/// an event's lease expires and these workers claim it again, they record the completion
+/// without running the handler a second time: without a crash of this process, an event
+/// is handled once. A key leaves the set once its completion is recorded here; one that
+/// another process claimed meanwhile stays (32 bytes each, only ever after a store
+/// failure).
+#[derive(Clone, Default)]
+struct Unrecorded(Arc<Mutex<HashSet<[u8; 32]>>>);
+
+impl Unrecorded {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn contains(&self, key: &[u8; 32]) -> bool {
+        self.lock().contains(key)
+    }
+
+    fn insert(&self, key: [u8; 32]) {
+        self.lock().insert(key);
+    }
+
+    fn remove(&self, key: &[u8; 32]) {
+        self.lock().remove(key);
+    }
+}
+
 /// What one handler run needs.
 struct Run<S> {
     store: Arc<S>,
     settings: Arc<Settings>,
     on_dead_letter: Option<DeadLetterHook>,
     cancelled: watch::Receiver<bool>,
+    unrecorded: Unrecorded,
 }
 
 /// How one attempt ended.
@@ -340,6 +372,11 @@ impl<S: EventStore> Run<S> {
         B: Send + 'static,
     {
         let lease = claimed.lease();
+        if self.unrecorded.contains(lease.key()) {
+            // Handled here already; only the completion is missing.
+            self.complete(lease).await;
+            return;
+        }
         let attempt = WorkerAttempt {
             number: claimed.attempt(),
             last: claimed.attempt() >= self.settings.max_attempts,
@@ -414,13 +451,20 @@ impl<S: EventStore> Run<S> {
         }
     }
 
-    /// Records the completion, retrying a failing store a few times: until it lands, the
-    /// event would run again when its lease expires.
+    /// Records the completion, retrying a failing store a few times. Until it lands, the
+    /// key stays in [`Unrecorded`], so that these workers complete the event without
+    /// running it again when they claim it after its lease expired.
     async fn complete(&self, lease: Lease) {
+        self.unrecorded.insert(lease.key);
         let mut wait = Duration::from_millis(100);
         for _ in 0..5 {
             match self.store.complete(lease).await {
-                Ok(_) => return,
+                Ok(true) => {
+                    self.unrecorded.remove(&lease.key);
+                    return;
+                }
+                // Another claim holds it now; a later claim here finds the key.
+                Ok(false) => return,
                 Err(error) => report_store_error("complete", &error),
             }
             tokio::time::sleep(wait).await;
