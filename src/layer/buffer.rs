@@ -21,10 +21,12 @@ const CHUNK: usize = 16 * 1024;
 /// each frame is let go once copied: the frames and the body are never held together, and
 /// the buffer is the body when it ends. The declared length only caps how far the buffer
 /// grows, never what it reserves ahead, since a client may declare 4 MiB and send nothing:
-/// the buffer doubles from 256 bytes (or the first two frames) as the bytes come, and its
-/// last step stops at the declared length, so a body that sends what it declared ends in
-/// one allocation of exactly its size. The room not yet used is never more than the bytes
-/// received (or 256 bytes).
+/// the buffer doubles from 256 bytes (or the first two frames) as the bytes come, and once
+/// doubling would reach half the declared length it steps straight to that length, so a
+/// body that sends what it declared ends in one allocation of exactly its size, and no
+/// buffer given up on the way is as large as half of it (each leaves a hole in the
+/// allocator's heap). The buffer is never more than four times the bytes received (or 256
+/// bytes), nor more than the declared length while the body keeps to it.
 ///
 /// A body of unknown length is kept as its frames until it ends, then copied once into one
 /// allocation of exactly its size. Frames shorter than 4 KiB are copied into chunks as they
@@ -142,9 +144,9 @@ impl BodyBuffer {
     /// Copies `frame` into `joined`, growing it first if it lacks room, with `later` more
     /// bytes already known to follow (the second of the first two frames).
     ///
-    /// The buffer doubles, from 256 bytes or what the frames need, and stops at `declared`
-    /// unless the body outgrows it; the lease is grown to the new capacity before the
-    /// buffer is.
+    /// The buffer doubles, from 256 bytes or what the frames need, and takes the last step
+    /// to `declared` (at most four times what has arrived) unless the body outgrows it; the
+    /// lease is grown to the new capacity before the buffer is.
     fn copy(
         &mut self,
         joined: &mut Vec<u8>,
@@ -160,8 +162,15 @@ impl BodyBuffer {
                 .saturating_mul(2)
                 .max(FIRST_CHUNK)
                 .max(needed);
+            // The last step goes straight to the declared length once doubling would reach
+            // half of it: every buffer given up on the way is then under a quarter of the
+            // body, so the holes growth leaves in the allocator's heap stay small.
             let capacity = if needed <= declared {
-                doubled.min(declared)
+                if doubled.saturating_mul(2) >= declared {
+                    declared
+                } else {
+                    doubled
+                }
             } else {
                 doubled
             };
@@ -454,7 +463,7 @@ mod tests {
                 let held = budget.held();
                 assert_eq!(held, held_by(&buffer), "{length} B in {frame} B frames");
                 assert!(
-                    held <= (2 * received).max(FIRST_CHUNK).min(length),
+                    held <= (4 * received).max(FIRST_CHUNK).min(length),
                     "{length} B in {frame} B frames: {held} B held for {received} B"
                 );
             }
@@ -520,7 +529,7 @@ mod tests {
                     Data::Growing(joined) => joined.len(),
                     _ => 5000,
                 };
-                assert!(budget.held() <= (2 * received).max(FIRST_CHUNK));
+                assert!(budget.held() <= (4 * received).max(FIRST_CHUNK));
             }
             let (joined, _lease) = buffer.finish();
             assert_eq!(joined, body);
