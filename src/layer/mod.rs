@@ -73,8 +73,8 @@
 //!   gathered as they arrive into chunks that grow with the body (256 bytes to 16 KiB), so
 //!   a body of 1-byte chunks holds what its bytes weigh, not one allocation per frame, and
 //!   one of two tiny frames holds 256 bytes. A multi-frame body with a declared
-//!   `Content-Length` is copied as it arrives into one buffer that doubles toward that
-//!   length and stops at it, each frame let go once copied, so the frames and the body are
+//!   `Content-Length` is copied as it arrives into one buffer that grows toward that
+//!   length (at most four times the bytes received) and stops at it, each frame let go once copied, so the frames and the body are
 //!   never held together; one of unknown length is joined once at its end. Either way the
 //!   body ends in one allocation of its size. A declared `Content-Length` that cannot fit
 //!   in what is free is refused before the body is read, but reserves nothing: a head that
