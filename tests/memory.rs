@@ -38,8 +38,9 @@ const SMALL_CONSTANT: usize = 2 * 1024;
 
 /// A multi-frame body of unknown length is kept as a list of its frames (one `Bytes`
 /// handle, 32 bytes, per frame of 4 KiB or more; smaller frames are copied into chunks of
-/// up to 16 KiB) and joined once at the end. The list grows by doubling, so it allocates at most twice its final size. Under
-/// the default 4 MiB limit and hyper's 16 KiB frames that is at most 256 handles.
+/// up to 16 KiB) and joined once at the end. The list grows by doubling, so it allocates
+/// at most twice its final size. Under the default 4 MiB limit and hyper's 16 KiB frames
+/// that is at most 256 handles.
 fn frame_list(framing: Framing, size: usize) -> usize {
     match framing {
         Framing::FramesWithoutLength => {
