@@ -14,20 +14,37 @@ const CHUNK: usize = 16 * 1024;
 
 /// Collects a body's frames in memory the budget has leased, and joins them once.
 ///
-/// A body that arrives in one frame is kept as that frame: no copy at all. A body that
-/// arrives in several is kept as its frames until it ends, then copied once into one
+/// A body that arrives in one frame is kept as that frame: no copy at all.
+///
+/// A body whose length was declared (`Content-Length`, or an exact size hint) and that
+/// arrives in several frames is copied, frame by frame as they arrive, into one buffer, and
+/// each frame is let go once copied: the frames and the body are never held together, and
+/// the buffer is the body when it ends. The declared length only caps how far the buffer
+/// grows, never what it reserves ahead, since a client may declare 4 MiB and send nothing:
+/// the buffer doubles from 256 bytes (or the first two frames) as the bytes come, and once
+/// doubling would reach half the declared length it steps straight to that length, so a
+/// body that sends what it declared ends in one allocation of exactly its size, and no
+/// buffer given up on the way is as large as half of it (each leaves a hole in the
+/// allocator's heap). The buffer is never more than four times the bytes received (or 256
+/// bytes), nor more than the declared length while the body keeps to it.
+///
+/// A body of unknown length is kept as its frames until it ends, then copied once into one
 /// allocation of exactly its size. Frames shorter than 4 KiB are copied into chunks as they
 /// arrive and let go at once, so a body of 1-byte chunks costs what its bytes cost, not one
 /// allocation per frame. The chunks grow with the body: each new one is as large as the
 /// body so far, from 256 bytes up to 16 KiB, and a chunk is filled to its last byte before
 /// the next is started, so the room not yet used is never more than the bytes received (or
-/// 256 bytes). The lease counts every chunk whole, and is cut to the body's size once it is
-/// joined. What is held while reading is about the bytes received: a declared
+/// 256 bytes).
+///
+/// The lease counts every buffer and chunk by its capacity, and is cut to the body's size
+/// once it is joined. What is held while reading is about the bytes received: a declared
 /// `Content-Length` alone holds nothing, and two tiny frames hold a few hundred bytes.
 #[derive(Debug)]
 pub(crate) struct BodyBuffer {
     data: Data,
     lease: Lease,
+    /// The length the body declared, which caps the growth of [`Data::Growing`].
+    declared: Option<usize>,
 }
 
 #[derive(Debug, Default)]
@@ -35,6 +52,9 @@ enum Data {
     #[default]
     Empty,
     One(Bytes),
+    /// A body of declared length, copied into one buffer as its frames arrive.
+    Growing(Vec<u8>),
+    /// A body of unknown length: its large frames as they came, its small ones in chunks.
     Many {
         frames: Vec<Bytes>,
         chunk: BytesMut,
@@ -47,11 +67,13 @@ enum Data {
 pub(crate) struct OverBudget;
 
 impl BodyBuffer {
-    /// A buffer for one body, leasing from the budget as it grows.
-    pub(crate) fn new(lease: Lease) -> Self {
+    /// A buffer for one body, leasing from the budget as it grows. `declared` is the
+    /// body's length when its head declared one.
+    pub(crate) fn new(lease: Lease, declared: Option<usize>) -> Self {
         Self {
             data: Data::Empty,
             lease,
+            declared,
         }
     }
 
@@ -68,14 +90,29 @@ impl BodyBuffer {
                 self.data = Data::One(chunk);
                 return Ok(());
             }
-            Data::One(first) => {
-                let mut frames = Vec::new();
-                let mut small = BytesMut::new();
-                let length = first.len();
-                // Sized for both frames at once when both are small.
-                let both = length.saturating_add(chunk.len());
-                keep(&mut frames, &mut small, first, both);
-                (frames, small, length)
+            Data::One(first) => match self.declared {
+                Some(declared) => {
+                    let mut joined = Vec::new();
+                    let copied = self.copy(&mut joined, &first, chunk.len(), declared);
+                    let copied = copied.and_then(|()| self.copy(&mut joined, &chunk, 0, declared));
+                    self.data = Data::Growing(joined);
+                    return copied;
+                }
+                None => {
+                    let mut frames = Vec::new();
+                    let mut small = BytesMut::new();
+                    let length = first.len();
+                    // Sized for both frames at once when both are small.
+                    let both = length.saturating_add(chunk.len());
+                    keep(&mut frames, &mut small, first, both);
+                    (frames, small, length)
+                }
+            },
+            Data::Growing(mut joined) => {
+                let declared = self.declared.unwrap_or(0);
+                let copied = self.copy(&mut joined, &chunk, 0, declared);
+                self.data = Data::Growing(joined);
+                return copied;
             }
             Data::Many {
                 frames,
@@ -104,13 +141,66 @@ impl BodyBuffer {
         if fits { Ok(()) } else { Err(OverBudget) }
     }
 
+    /// Copies `frame` into `joined`, growing it first if it lacks room, with `later` more
+    /// bytes already known to follow (the second of the first two frames).
+    ///
+    /// The buffer doubles, from 256 bytes or what the frames need, and takes the last step
+    /// to `declared` (at most four times what has arrived) unless the body outgrows it; the
+    /// lease is grown to the new capacity before the buffer is.
+    fn copy(
+        &mut self,
+        joined: &mut Vec<u8>,
+        frame: &[u8],
+        later: usize,
+        declared: usize,
+    ) -> Result<(), OverBudget> {
+        let length = joined.len().saturating_add(frame.len());
+        if length > joined.capacity() {
+            let needed = length.saturating_add(later);
+            let doubled = joined
+                .capacity()
+                .saturating_mul(2)
+                .max(FIRST_CHUNK)
+                .max(needed);
+            // The last step goes straight to the declared length once doubling would reach
+            // half of it: every buffer given up on the way is then under a quarter of the
+            // body, so the holes growth leaves in the allocator's heap stay small.
+            let capacity = if needed <= declared {
+                if doubled.saturating_mul(2) >= declared {
+                    declared
+                } else {
+                    doubled
+                }
+            } else {
+                doubled
+            };
+            if !self.lease.grow_to(capacity) {
+                return Err(OverBudget);
+            }
+            joined.reserve_exact(capacity.saturating_sub(joined.len()));
+            // `reserve_exact` may give more than asked; the lease counts what it gave.
+            if !self.lease.grow_to(joined.capacity()) {
+                return Err(OverBudget);
+            }
+        }
+        joined.extend_from_slice(frame);
+        Ok(())
+    }
+
     /// The whole body as one contiguous `Bytes`, and the lease that still covers it until
     /// the request is verified, cut to what the body holds now.
     pub(crate) fn finish(self) -> (Bytes, Lease) {
-        let Self { data, mut lease } = self;
+        let Self {
+            data, mut lease, ..
+        } = self;
         let bytes = match data {
             Data::Empty => Bytes::new(),
             Data::One(bytes) => bytes,
+            Data::Growing(mut joined) => {
+                // Only a body shorter than it declared leaves room: `Bytes` would keep it.
+                joined.shrink_to_fit();
+                Bytes::from(joined)
+            }
             Data::Many {
                 frames,
                 chunk,
@@ -165,12 +255,14 @@ fn keep(frames: &mut Vec<Bytes>, small: &mut BytesMut, frame: Bytes, length: usi
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::super::budget::Budget;
     use super::*;
 
     fn collect(chunks: &[&[u8]]) -> Bytes {
         let budget = Budget::new(1 << 20);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), None);
         for chunk in chunks {
             buffer.push(Bytes::copy_from_slice(chunk)).unwrap();
         }
@@ -190,7 +282,7 @@ mod tests {
     fn a_single_frame_is_not_copied() {
         let frame = Bytes::from_static(b"one frame");
         let budget = Budget::new(1024);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), None);
         buffer.push(frame.clone()).unwrap();
         assert_eq!(buffer.finish().0.as_ptr(), frame.as_ptr());
     }
@@ -198,7 +290,7 @@ mod tests {
     #[test]
     fn large_frames_are_kept_as_they_are_until_the_end() {
         let budget = Budget::new(1 << 20);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), None);
         let frame = Bytes::from(vec![b'x'; 64 * 1024]);
         for _ in 0..4 {
             buffer.push(frame.clone()).unwrap();
@@ -217,7 +309,7 @@ mod tests {
     #[test]
     fn tiny_frames_hold_about_what_they_carry_and_the_lease_counts_it() {
         let budget = Budget::new(1 << 20);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), None);
         for _ in 0..100_000 {
             buffer.push(Bytes::from_static(b"x")).unwrap();
         }
@@ -232,7 +324,7 @@ mod tests {
     #[test]
     fn a_body_over_the_budget_is_refused_and_nothing_stays_leased() {
         let budget = Budget::new(16 * 1024);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), None);
         let chunk = Bytes::from(vec![b'x'; 4096]);
         let mut refused = false;
         for _ in 0..10 {
@@ -253,6 +345,7 @@ mod tests {
         match &buffer.data {
             Data::Empty => 0,
             Data::One(bytes) => bytes.len(),
+            Data::Growing(joined) => joined.capacity(),
             Data::Many {
                 frames,
                 chunk,
@@ -270,7 +363,7 @@ mod tests {
     #[test]
     fn two_tiny_frames_lease_the_smallest_chunk_not_a_whole_one() {
         let budget = Budget::new(1 << 20);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), None);
         buffer.push(Bytes::from_static(b"{\"event\":")).unwrap();
         buffer.push(Bytes::from_static(b"\"x\"}")).unwrap();
         assert_eq!(budget.held(), FIRST_CHUNK);
@@ -298,7 +391,7 @@ mod tests {
             SMALL_FRAME,
         ] {
             let budget = Budget::new(1 << 20);
-            let mut buffer = BodyBuffer::new(Lease::new(&budget));
+            let mut buffer = BodyBuffer::new(Lease::new(&budget), None);
             let frame = Bytes::from(vec![b'x'; size]);
             let mut received = 0;
             while received < 200 * 1024 {
@@ -325,7 +418,7 @@ mod tests {
     #[test]
     fn small_frames_after_a_large_one_fill_their_chunk_before_the_next() {
         let budget = Budget::new(1 << 20);
-        let mut buffer = BodyBuffer::new(Lease::new(&budget));
+        let mut buffer = BodyBuffer::new(Lease::new(&budget), None);
         let mut expected = Vec::new();
         for (index, size) in [5000, 3, 4000, 70, 9000, 1, 2, 3999, 300]
             .into_iter()
@@ -337,5 +430,128 @@ mod tests {
             assert_eq!(budget.held(), held_by(&buffer));
         }
         assert_eq!(buffer.finish().0, Bytes::from(expected));
+    }
+
+    fn declared(budget: &Arc<Budget>, length: usize) -> BodyBuffer {
+        BodyBuffer::new(Lease::new(budget), Some(length))
+    }
+
+    /// With a declared length, the frames are copied into one buffer as they arrive and
+    /// let go, and that buffer, grown no further than the declared length, is the body.
+    #[test]
+    fn a_declared_body_is_copied_as_it_arrives_into_one_buffer_of_its_size() {
+        for (length, frame) in [
+            (3 * 1024 * 1024, 16 * 1024),
+            (3 * 1024 * 1024 + 5, 16 * 1024),
+            (100_000, 1),
+            (100_000, 3000),
+            (100_000, 64 * 1024),
+            (1000, 999),
+        ] {
+            let budget = Budget::new(16 << 20);
+            let mut buffer = declared(&budget, length);
+            let body: Vec<u8> = (0..length).map(|index| index as u8).collect();
+            let mut received = 0;
+            for piece in body.chunks(frame) {
+                let piece = Bytes::copy_from_slice(piece);
+                received += piece.len();
+                buffer.push(piece.clone()).unwrap();
+                if received > piece.len() {
+                    // Copied and let go: no frame after the first stays pinned.
+                    assert!(piece.is_unique(), "{length} B in {frame} B frames");
+                }
+                let held = budget.held();
+                assert_eq!(held, held_by(&buffer), "{length} B in {frame} B frames");
+                assert!(
+                    held <= (4 * received).max(FIRST_CHUNK).min(length),
+                    "{length} B in {frame} B frames: {held} B held for {received} B"
+                );
+            }
+            let (joined, lease) = buffer.finish();
+            assert_eq!(joined, body, "{length} B in {frame} B frames");
+            assert_eq!(budget.held(), length, "{length} B in {frame} B frames");
+            drop((joined, lease));
+            assert_eq!(budget.held(), 0);
+        }
+    }
+
+    /// The buffer ends at exactly the declared length: what `finish` hands on is one
+    /// allocation of the body's size, not a doubled capacity (3 MiB would end at 4 MiB).
+    #[test]
+    fn the_buffer_stops_at_the_declared_length() {
+        let length = 3 * 1024 * 1024;
+        let budget = Budget::new(16 << 20);
+        let mut buffer = declared(&budget, length);
+        let frame = Bytes::from(vec![b'x'; 16 * 1024]);
+        for _ in 0..length / frame.len() {
+            buffer.push(frame.clone()).unwrap();
+        }
+        let Data::Growing(joined) = &buffer.data else {
+            panic!("one growing buffer");
+        };
+        assert_eq!((joined.len(), joined.capacity()), (length, length));
+        let pointer = joined.as_ptr();
+        let (body, _lease) = buffer.finish();
+        assert_eq!(body.as_ptr(), pointer, "handed on without a further copy");
+        assert_eq!(budget.held(), length);
+    }
+
+    /// A declared length reserves nothing: two tiny frames of a body that declared 4 MiB
+    /// lease the smallest chunk, as they would without the declaration.
+    #[test]
+    fn a_declared_length_reserves_nothing_ahead() {
+        let budget = Budget::new(1 << 20);
+        let mut buffer = declared(&budget, 4 * 1024 * 1024);
+        buffer.push(Bytes::from_static(b"{\"event\":")).unwrap();
+        assert_eq!(budget.held(), 9);
+        buffer.push(Bytes::from_static(b"\"x\"}")).unwrap();
+        assert_eq!(budget.held(), FIRST_CHUNK);
+        assert_eq!(held_by(&buffer), FIRST_CHUNK);
+        let (body, lease) = buffer.finish();
+        assert_eq!(&body[..], b"{\"event\":\"x\"}");
+        assert_eq!(budget.held(), body.len(), "cut to the joined body");
+        drop((body, lease));
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// A body that sends more or less than it declared is still read whole (the server
+    /// enforces the length, not the buffer), and one that sends less is not handed on with
+    /// room to spare.
+    #[test]
+    fn a_body_that_breaks_its_declared_length_is_still_joined_exactly() {
+        for (declared_length, sent) in [(64 * 1024, 200 * 1024), (200 * 1024, 64 * 1024)] {
+            let budget = Budget::new(16 << 20);
+            let mut buffer = declared(&budget, declared_length);
+            let body: Vec<u8> = (0..sent).map(|index| (index % 251) as u8).collect();
+            for piece in body.chunks(5000) {
+                buffer.push(Bytes::copy_from_slice(piece)).unwrap();
+                let received = match &buffer.data {
+                    Data::Growing(joined) => joined.len(),
+                    _ => 5000,
+                };
+                assert!(budget.held() <= (4 * received).max(FIRST_CHUNK));
+            }
+            let (joined, _lease) = buffer.finish();
+            assert_eq!(joined, body);
+            assert_eq!(budget.held(), sent);
+        }
+    }
+
+    #[test]
+    fn a_declared_body_over_the_budget_is_refused_and_nothing_stays_leased() {
+        let budget = Budget::new(64 * 1024);
+        let mut buffer = declared(&budget, 1024 * 1024);
+        let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+        let mut refused = false;
+        for _ in 0..64 {
+            if buffer.push(chunk.clone()).is_err() {
+                refused = true;
+                break;
+            }
+        }
+        assert!(refused);
+        assert!(budget.held() <= 64 * 1024);
+        drop(buffer);
+        assert_eq!(budget.held(), 0);
     }
 }

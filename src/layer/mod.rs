@@ -72,12 +72,16 @@
 //!   leases about the bytes it has received, whatever the framing: frames under 4 KiB are
 //!   gathered as they arrive into chunks that grow with the body (256 bytes to 16 KiB), so
 //!   a body of 1-byte chunks holds what its bytes weigh, not one allocation per frame, and
-//!   one of two tiny frames holds 256 bytes. A multi-frame body is joined once, into one
-//!   allocation of its size. A declared `Content-Length` that cannot fit in what is free is
-//!   refused before the body is read, but reserves nothing: a head that never sends its
-//!   body holds no memory. Bodies over 64 KiB share half the budget, so large uploads
-//!   cannot crowd out OpenMail's small deliveries. When the budget is full the answer is
-//!   `503` with `Retry-After`.
+//!   one of two tiny frames holds 256 bytes. A multi-frame body with a declared
+//!   `Content-Length` is copied as it arrives into one buffer that grows toward that
+//!   length (at most four times the bytes received) and stops at it, each frame let go
+//!   once copied, so the frames and the body are never held together; one of unknown
+//!   length is joined once at its end. Either way the body ends in one allocation of its
+//!   size. A declared `Content-Length` that cannot fit in what is free is refused before
+//!   the body is read, but reserves nothing: a head that never sends its body holds no
+//!   memory. Bodies over 64 KiB share half the budget, so large uploads cannot crowd out
+//!   OpenMail's small deliveries. When the budget is full the answer is `503` with
+//!   `Retry-After`.
 //! - **Time:** a body must arrive within the
 //!   [`body_deadline`](VerifyOpenMailLayer::body_deadline) (10 s), and, after a 2 s grace,
 //!   at the [`min_body_rate`](VerifyOpenMailLayer::min_body_rate) (64 KiB/s), so a stalled

@@ -103,7 +103,9 @@ fn check_head<B: Body>(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     // hyper reports the declared length as the body's size hint; other bodies may know it too.
-    let at_least = request.body().size_hint().lower();
+    let hint = request.body().size_hint();
+    let at_least = hint.lower();
+    let exact = declared.or(hint.exact());
     let length = declared.into_iter().chain([at_least]).max().unwrap_or(0);
     if length > limit {
         return Err(Rejection::PayloadTooLarge {
@@ -120,7 +122,10 @@ fn check_head<B: Body>(
         });
     }
     let lease = Lease::new(&config.budget);
-    Ok((head, BodyBuffer::new(lease)))
+    // Within the limit too, once the limit has been checked; it caps the buffer's growth
+    // and reserves nothing.
+    let exact = exact.and_then(|exact| usize::try_from(exact).ok());
+    Ok((head, BodyBuffer::new(lease, exact)))
 }
 
 impl<S: fmt::Debug> fmt::Debug for VerifyOpenMail<S> {
