@@ -360,11 +360,11 @@ impl Writer {
         if self.erased.is_none_or(|erased| erased.elapsed() < after) {
             return;
         }
-        let checkpointed = self
-            .connection
-            .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                row.get::<_, i64>(0)
-            });
+        let checkpointed =
+            self.connection
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                    row.get::<_, i64>(0)
+                });
         // `0`: not blocked (this connection is the file's only one), so the log is empty.
         if let Ok(0) = checkpointed {
             self.erased = None;
