@@ -400,6 +400,13 @@ impl std::error::Error for SharedLookupError {
 
 /// One tenant's lookup, polled by whichever waiting request is polled, so that no request
 /// depends on another staying alive.
+// Why not `futures_util::future::Shared`, which does the same sharing: its wake path runs
+// on its own atomics and std mutex, which loom cannot see or interleave, so the model
+// checks below would lose the part where a lost wake hangs every waiter. Those checks
+// found two real races here (a second lookup between caching the answer and leaving the
+// map; a join onto a flight whose last waiter was leaving, uncounted against the bound),
+// both in how the flight meets the cache's lock, which `Shared` would not remove. The
+// machinery stays, model-checked, until a checker can see inside `Shared`.
 struct Flight {
     /// Whether the tenant had verified before: its lookup counts against the whole bound
     /// rather than the half for strangers.
