@@ -17,6 +17,7 @@ pub mod body;
 pub mod dedup;
 mod delivery;
 pub mod event;
+mod expiry;
 mod json;
 pub mod layer;
 mod log_safe;

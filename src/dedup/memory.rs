@@ -1,10 +1,10 @@
-use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::LONGEST_TTL;
 use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
+use crate::expiry::ExpiryMap;
 
 /// A key's digest: what the store keeps, 32 bytes whatever the ids.
 type Digest = [u8; 32];
@@ -60,21 +60,11 @@ pub struct MemoryStore {
     capacity: usize,
 }
 
-#[derive(Default)]
-struct State {
-    entries: HashMap<Digest, Entry>,
-    /// Every entry, by deadline; the sequence number tells apart equal deadlines.
-    expiry: BTreeMap<(Instant, u64), Digest>,
-    sequence: u64,
-}
-
-struct Entry {
-    /// The holder's token while reserved; `None` once done. Kept as two `u64`s, which
-    /// align to 8 where a `u128` aligns to 16: 16 bytes less a hash map slot.
-    token: Option<[u64; 2]>,
-    deadline: Instant,
-    sequence: u64,
-}
+/// Every event's digest, with its holder's token and its deadline.
+///
+/// The token is the holder's while reserved, `None` once done. It is kept as two `u64`s,
+/// which align to 8 where a `u128` aligns to 16: 16 bytes less a hash map slot.
+type State = ExpiryMap<Digest, Option<[u64; 2]>>;
 
 impl MemoryStore {
     /// A store for [`DEFAULT_CAPACITY`] events.
@@ -97,7 +87,7 @@ impl MemoryStore {
 
     /// How many events it holds now, expired ones not yet dropped included.
     pub fn len(&self) -> usize {
-        self.lock().entries.len()
+        self.lock().len()
     }
 
     /// Whether it holds no event.
@@ -119,18 +109,18 @@ impl MemoryStore {
         let now = Instant::now();
         let key = reservation.key().digest();
         let mut state = self.lock();
-        state.drop_expired(now);
-        match state.entries.get(key) {
-            Some(entry) if entry.token.is_some() => return Ok(ReserveOutcome::InFlight),
-            Some(_) => return Ok(ReserveOutcome::Done),
+        state.remove_expired(now);
+        match state.get(key) {
+            Some((Some(_), _)) => return Ok(ReserveOutcome::InFlight),
+            Some((None, _)) => return Ok(ReserveOutcome::Done),
             None => {}
         }
-        if state.entries.len() >= self.capacity {
+        if state.len() >= self.capacity {
             return Err(StoreError::Full {
                 capacity: self.capacity,
             });
         }
-        state.put(
+        state.insert(
             *key,
             Some(split(reservation.token_value())),
             deadline(now, lease),
@@ -146,8 +136,8 @@ impl MemoryStore {
         let now = Instant::now();
         let key = reservation.key().digest();
         let mut state = self.lock();
-        state.drop_expired(now);
-        match state.entries.get(key).map(|entry| entry.token) {
+        state.remove_expired(now);
+        match state.get(key).map(|(token, _)| *token) {
             Some(None) => return Ok(()),
             Some(Some(token)) if token != split(reservation.token_value()) => {
                 return Err(StoreError::LeaseLost);
@@ -155,14 +145,14 @@ impl MemoryStore {
             Some(Some(_)) => {}
             // The lease ran out and nobody took the event over: it was processed all the
             // same, and is marked done if there is room.
-            None if state.entries.len() >= self.capacity => {
+            None if state.len() >= self.capacity => {
                 return Err(StoreError::Full {
                     capacity: self.capacity,
                 });
             }
             None => {}
         }
-        state.put(*key, None, deadline(now, retention));
+        state.insert(*key, None, deadline(now, retention));
         Ok(())
     }
 
@@ -170,44 +160,10 @@ impl MemoryStore {
         let key = reservation.key().digest();
         let mut state = self.lock();
         let ours = state
-            .entries
             .get(key)
-            .is_some_and(|entry| entry.token == Some(split(reservation.token_value())));
+            .is_some_and(|(token, _)| *token == Some(split(reservation.token_value())));
         if ours {
             state.remove(key);
-        }
-    }
-}
-
-impl State {
-    fn put(&mut self, key: Digest, token: Option<[u64; 2]>, deadline: Instant) {
-        self.remove(&key);
-        let sequence = self.sequence;
-        self.sequence = self.sequence.wrapping_add(1);
-        self.expiry.insert((deadline, sequence), key);
-        self.entries.insert(
-            key,
-            Entry {
-                token,
-                deadline,
-                sequence,
-            },
-        );
-    }
-
-    fn remove(&mut self, key: &Digest) {
-        if let Some(entry) = self.entries.remove(key) {
-            self.expiry.remove(&(entry.deadline, entry.sequence));
-        }
-    }
-
-    fn drop_expired(&mut self, now: Instant) {
-        while let Some(entry) = self.expiry.first_entry() {
-            if entry.key().0 > now {
-                break;
-            }
-            let key = entry.remove();
-            self.entries.remove(&key);
         }
     }
 }
