@@ -631,11 +631,9 @@ async fn main() -> ExitCode {
             QueueUrl::Postgres(url) => {
                 use openmail_webhooks::queue::PostgresStore;
                 // Creates the tables when missing; replicas starting together all succeed.
-                // `PowerLoss`: each acknowledged commit is written (and flushed) before the
-                // `200`. With `ProcessCrash` (`synchronous_commit = off`), a crash of any
-                // PostgreSQL process, after which the server restarts and recovers, loses
-                // the events acknowledged in the last moments.
-                let store = match PostgresStore::connect(&url, Durability::PowerLoss).await {
+                // Each acknowledged commit is flushed before the `200`, whatever the
+                // `Durability`: PostgreSQL's own process crashes lose nothing acknowledged.
+                let store = match PostgresStore::connect(&url, Durability::ProcessCrash).await {
                     Ok(store) => Arc::new(store),
                     Err(error) => {
                         eprintln!("receiver: {}", chain(&error));

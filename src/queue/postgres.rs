@@ -181,14 +181,14 @@ const LONGEST_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
 ///   together in the next one: one round trip and one commit for the group, on a
 ///   connection of their own. Claims, completions and the rest go over a second
 ///   connection, pipelined.
-/// - **Durability** is `synchronous_commit`, set for the store's own connections:
-///   [`Durability::ProcessCrash`] sets it `off`: a commit returns before its WAL reaches
-///   the disk, so a crash of the receiver loses nothing, but a crash of the database
-///   server or of its machine may lose the last commits, about 0.6 s of them with the
-///   default `wal_writer_delay`, already acknowledged; the database stays consistent.
-///   [`Durability::PowerLoss`] waits for the flush: it sets `on` when the server's
-///   setting is `off`, and otherwise keeps the server's setting (`on`, `local`, or the
-///   `remote_*` levels of synchronous replication, which also wait for a standby).
+/// - **Durability** is `synchronous_commit`, set for the store's own connections, and
+///   every [`Durability`] waits for the WAL flush: with `off`, a crash of one PostgreSQL
+///   server process (the postmaster then restarts them all) loses the commits still in its
+///   WAL buffers, already acknowledged, and a process crash is what
+///   [`Durability::ProcessCrash`] promises to survive. So both levels set `on` when the
+///   server's setting is `off`, and otherwise keep the server's setting (`on`, `local`, or
+///   the `remote_*` levels of synchronous replication, which also wait for a standby).
+///   Group commit keeps the flushes few.
 /// - **Schema** created at connect, when missing, under a transaction-scoped advisory
 ///   lock (`pg_advisory_xact_lock`), so replicas starting together each succeed: one
 ///   creates, the others wait and find it. Its version is in `openmail_schema`; a newer
@@ -688,16 +688,13 @@ struct Settings {
 }
 
 impl Settings {
-    fn new(durability: Durability) -> Self {
-        let synchronous_commit = match durability {
-            Durability::ProcessCrash => "SET synchronous_commit = off",
-            // Keeps the server's level unless it is `off`: `local` and the `remote_*`
-            // levels wait for the local flush too, and the latter for a standby as well.
-            _ => {
-                "SELECT set_config('synchronous_commit', 'on', false) \
-                 WHERE current_setting('synchronous_commit') = 'off'"
-            }
-        };
+    fn new(_durability: Durability) -> Self {
+        // Every level flushes (see the type's docs): `off` loses acknowledged events when a
+        // PostgreSQL process crashes. Keeps the server's level unless it is `off`: `local`
+        // and the `remote_*` levels wait for the local flush too, and the latter for a
+        // standby as well.
+        let synchronous_commit = "SELECT set_config('synchronous_commit', 'on', false) \
+             WHERE current_setting('synchronous_commit') = 'off'";
         Self { synchronous_commit }
     }
 }

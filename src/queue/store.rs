@@ -249,9 +249,9 @@ impl DeadLetter {
 pub enum Durability {
     /// A committed event survives the receiver's crash or `SIGKILL`, not the machine's
     /// power loss or kernel crash, which may lose the last commits. SQLite: WAL with
-    /// `synchronous=NORMAL` (no `fsync` per commit). PostgreSQL: `synchronous_commit=off`
-    /// for the store's own transactions (a database server crash may lose the last
-    /// commits too).
+    /// `synchronous=NORMAL` (no `fsync` per commit). PostgreSQL: the same as
+    /// [`PowerLoss`](Self::PowerLoss), since `synchronous_commit=off` would lose the last
+    /// commits when a PostgreSQL server process crashes.
     #[default]
     ProcessCrash,
     /// A committed event survives a power loss too: every commit waits for `fsync`.
