@@ -6,8 +6,8 @@
 //!
 //! - **Load.** A client of its own (hyper's HTTP/1.1 connections, `CONNECTIONS` of them,
 //!   32 by default) posts pre-signed deliveries, each a different event (`Sample`'s
-//!   `message.received` with a fresh `event_id`, 0.8 KiB), so every request is a new event
-//!   and none is answered as a duplicate. A run stops after `DURATION` seconds (5) or when
+//!   `message.received` with a fresh `event_id`, under 1 KiB), so every request is a new
+//!   event and none is answered as a duplicate. A run stops after `DURATION` seconds (5) or when
 //!   its deliveries (`REQUESTS`, 50,000) are sent; any answer but `200` aborts the bench.
 //!   Each configuration also runs over one connection, for the latency of one request
 //!   without queueing behind the others.
