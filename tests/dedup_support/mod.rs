@@ -592,8 +592,39 @@ pub mod behaviours {
     pub async fn two_replicas_process_a_concurrent_burst_once(backend: &impl Backend) {
         const EVENTS: usize = 8;
         const DELIVERIES: usize = 24;
-        let handler = Handler::new(|_| Action::Succeed(Duration::from_millis(100)));
+        // Each event's first attempt is held in the handler until every event has seen a
+        // duplicate arrive while it was in flight, so that the burst overlaps however the
+        // machine schedules it (a fixed 100 ms of work did not on a busy machine).
+        let gate = Arc::new(tokio::sync::Notify::new());
+        let handler = Handler::new({
+            let gate = Arc::clone(&gate);
+            move |attempt| match attempt {
+                1 => Action::SucceedAfter(Arc::clone(&gate)),
+                _ => Action::Succeed(Duration::ZERO),
+            }
+        });
         let log = DecisionLog::default();
+        let opener = tokio::spawn({
+            let gate = Arc::clone(&gate);
+            let log = log.clone();
+            async move {
+                // Bounded: after 30 s the gate opens anyway, and the assertions below
+                // say what never overlapped.
+                let give_up = tokio::time::Instant::now() + Duration::from_secs(30);
+                while tokio::time::Instant::now() < give_up
+                    && !(0..EVENTS).all(|event| {
+                        log.count("duplicate_in_flight", &format!("evt_burst_{event}")) > 0
+                    })
+                {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                // A first attempt may reach the gate after a notification: keep opening.
+                loop {
+                    gate.notify_waiters();
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        });
         let replicas = Arc::new([
             ReplicaConfig::new(backend.store().await, &handler, &log)
                 .start()
@@ -616,7 +647,8 @@ pub mod behaviours {
                         .deliver_until_settled(
                             replica,
                             &event_body(&event_id),
-                            250,
+                            // 30 s of retries: room for the gate above on a busy machine.
+                            1500,
                             Duration::from_millis(20),
                         )
                         .await;
@@ -635,6 +667,7 @@ pub mod behaviours {
                 *processed_answers.entry(event_id).or_default() += 1;
             }
         }
+        opener.abort();
         for event in 0..EVENTS {
             let event_id = format!("evt_burst_{event}");
             assert_eq!(

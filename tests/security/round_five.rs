@@ -16,7 +16,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::routing::post;
 use axum::{Extension, Router};
@@ -574,6 +574,13 @@ async fn holding(
 /// events keep beyond their bodies, per event. Each request is built before the
 /// measurement and freed once written, so a held body (one allocation of its size, which
 /// the layer hands on) weighs what its request weighed, and the figure is the rest.
+///
+/// The heap counts the whole process, and the server's connections free their buffers
+/// only once they have seen each client leave, which on a busy machine takes a while. So
+/// the figure is the least one seen while the live bytes settle: sampled every 50 ms
+/// until it is within [`HELD_EXTRA`], for at most 10 s. Transient allocations only ever
+/// add to a sample, and a copy the held events keep never goes, so a regression (1 MiB
+/// per event) still shows in every sample.
 async fn held_per_event(
     addr: SocketAddr,
     held: &Mutex<Vec<(Arc<Event>, Delivery)>>,
@@ -586,11 +593,18 @@ async fn held_per_event(
     for request in requests {
         assert_eq!(exchange_within(addr, &request, SLACK).await, Some(200));
     }
-    // Let connections' buffers go.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let after = crate::heap::live();
     assert_eq!(held.lock().unwrap().len(), bodies.len());
-    after.saturating_sub(before) / bodies.len()
+    let settle = Instant::now() + Duration::from_secs(10);
+    let mut least = usize::MAX;
+    loop {
+        // Let connections' buffers go.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let per_event = crate::heap::live().saturating_sub(before) / bodies.len();
+        least = least.min(per_event);
+        if least <= HELD_EXTRA || Instant::now() >= settle {
+            return least;
+        }
+    }
 }
 
 /// What a held event may keep beyond its body: the event's and the delivery's fixed parts.
@@ -962,8 +976,9 @@ async fn stalled_streams_keep_no_connection_slot_from_a_genuine_delivery() {
         attackers.push(tokio::spawn(async move {
             let mut client = client;
             let mut open = std::collections::VecDeque::new();
-            // Bounded: at most 80 streams (40 s) per connection.
-            for _ in 0..80 {
+            // Bounded: at most 240 streams (120 s) per connection, longer than the
+            // genuine deliveries below may take, so the attack lasts while they are tried.
+            for _ in 0..240 {
                 if stopped.load(Ordering::SeqCst) {
                     break;
                 }
@@ -993,9 +1008,15 @@ async fn stalled_streams_keep_no_connection_slot_from_a_genuine_delivery() {
         .iter()
         .filter(|attacker| !attacker.is_finished())
         .count();
-    // OpenMail would retry; so does this client, a few times.
+    // OpenMail would retry; so does this client, each try bounded, for up to a minute
+    // (OpenMail's own retries span hours). On a busy two-core machine the 1,023 attacking
+    // connections take most of the CPU, so a single try may miss its 3 s; what matters is
+    // that a genuine delivery gets through while the attack lasts (the attackers run on
+    // until `stopped`, past this budget).
     let mut answers = Vec::new();
-    for index in 0..5 {
+    let budget = Instant::now() + Duration::from_secs(60);
+    let mut index = 0;
+    while Instant::now() < budget {
         let answer = exchange_within(
             addr,
             &h1_signed(
@@ -1005,19 +1026,33 @@ async fn stalled_streams_keep_no_connection_slot_from_a_genuine_delivery() {
             Duration::from_secs(3),
         )
         .await;
+        index += 1;
         answers.push(answer);
         if answer == Some(200) {
             break;
         }
+        // A refusal can be immediate: pace the retries as a sender would.
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let alive_at_answer = attackers
+        .iter()
+        .filter(|attacker| !attacker.is_finished())
+        .count();
     stopped.store(true, Ordering::SeqCst);
     for attacker in attackers {
         attacker.abort();
     }
-    eprintln!("{opened} attacking connections, {alive} alive; genuine deliveries: {answers:?}");
+    eprintln!(
+        "{opened} attacking connections, {alive} alive, {alive_at_answer} alive at the last \
+         genuine delivery; {} tries, the last ones {:?}",
+        answers.len(),
+        &answers[answers.len().saturating_sub(5)..]
+    );
     assert!(
         answers.contains(&Some(200)),
-        "no genuine delivery was answered while {alive} connections each kept stalled streams \
-         open: {answers:?}"
+        "no genuine delivery was answered in {} tries while {alive} connections each kept \
+         stalled streams open; the last ones {:?}",
+        answers.len(),
+        &answers[answers.len().saturating_sub(5)..]
     );
 }

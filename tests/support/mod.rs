@@ -201,7 +201,7 @@ pub async fn send_head_only(
     head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut answer = vec![0u8; 256];
-    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), stream.read(&mut answer))
         .await
         .expect("the server answers without waiting for the body")
         .unwrap();

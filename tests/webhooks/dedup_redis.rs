@@ -226,7 +226,7 @@ mod with_redis {
         assert_eq!(handler.attempts("evt_mid_reserve"), 0);
 
         // Both commands ran: nothing is left, and OpenMail's retry is processed.
-        tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::time::timeout(Duration::from_secs(20), async {
             while !keys(&mut connection).await.is_empty() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -285,8 +285,9 @@ mod with_redis {
             "{refused:?}"
         );
         assert_eq!(refused.retry_after.as_deref(), Some("30"));
-        // The response timeout is 1 s; a loose bound, not a benchmark.
-        assert!(waited < Duration::from_secs(4), "answered after {waited:?}");
+        // The response timeout is 1 s; a loose bound, not a benchmark, that only tells
+        // the timeout from a wait for Redis.
+        assert!(waited < Duration::from_secs(8), "answered after {waited:?}");
         assert_eq!(handler.attempts("evt_hung"), 0);
         assert_eq!(
             log.count(
@@ -298,7 +299,7 @@ mod with_redis {
 
         // Redis ran the late SET NX and then the release: only evt_before's marker is left.
         let before = format!("openmail:dedup:{}", key("evt_before").hex());
-        tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::time::timeout(Duration::from_secs(20), async {
             while keys(&mut connection).await != [before.clone()] {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -330,7 +331,7 @@ mod with_redis {
             let (replica, sender) = (Arc::clone(&replica), sender.clone());
             tokio::spawn(async move { sender.deliver(&replica, &event_body("evt_slow")).await })
         };
-        tokio::time::timeout(Duration::from_secs(5), async {
+        tokio::time::timeout(Duration::from_secs(20), async {
             while handler.attempts("evt_slow") == 0 {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }

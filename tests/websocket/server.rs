@@ -282,21 +282,21 @@ async fn close_codes_on_demand_and_dropped_connections() {
     for code in [1001u16, 4008, 4029] {
         let mut socket = connect(&server).await;
         server
-            .wait_until("a connection", Duration::from_secs(5), |s| {
+            .wait_until("a connection", Duration::from_secs(20), |s| {
                 s.connections() == 1
             })
             .await;
         server.close_all(code, "bye");
         assert_eq!(next(&mut socket).await, json!({"close": code}));
         server
-            .wait_until("no connection", Duration::from_secs(5), |s| {
+            .wait_until("no connection", Duration::from_secs(20), |s| {
                 s.connections() == 0
             })
             .await;
     }
     let mut socket = connect(&server).await;
     server
-        .wait_until("a connection", Duration::from_secs(5), |s| {
+        .wait_until("a connection", Duration::from_secs(20), |s| {
             s.connections() == 1
         })
         .await;
