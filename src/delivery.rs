@@ -81,7 +81,6 @@ impl Delivery {
         scope: SecretScope,
         event_id_header: Option<HeaderValue>,
         body: Bytes,
-        claim: Option<Claim>,
         event: Option<Arc<Event>>,
     ) -> Self {
         Self::new(
@@ -90,7 +89,6 @@ impl Delivery {
             scope,
             event_id_header,
             body,
-            claim,
             event,
         )
     }
@@ -104,7 +102,6 @@ impl Delivery {
             SecretScope::Account,
             None,
             body,
-            None,
             event,
         )
     }
@@ -120,7 +117,7 @@ impl Delivery {
         body: Bytes,
     ) -> Self {
         let event = Some(Arc::new(Event::parse(body.clone())));
-        Self::new(channel, verified, scope, event_id_header, body, None, event)
+        Self::new(channel, verified, scope, event_id_header, body, event)
     }
 
     /// The parsed event, when there is one.
@@ -135,13 +132,8 @@ impl Delivery {
         scope: SecretScope,
         event_id_header: Option<HeaderValue>,
         body: Bytes,
-        claim: Option<Claim>,
         event: Option<Arc<Event>>,
     ) -> Self {
-        let cell = OnceLock::new();
-        if let Some(claim) = claim {
-            let _ = cell.set(Some(claim));
-        }
         Self {
             inner: Arc::new(Inner {
                 channel,
@@ -150,7 +142,7 @@ impl Delivery {
                 event_id_header,
                 body,
                 event,
-                claim: cell,
+                claim: OnceLock::new(),
             }),
         }
     }
@@ -219,8 +211,7 @@ impl Delivery {
             .and_then(|value| value.to_str().ok())
     }
 
-    /// The claim, read from the body the first time it is asked for unless the layer
-    /// already knew it.
+    /// The claim, read from the body the first time it is asked for.
     fn claim(&self) -> Option<&Claim> {
         self.inner
             .claim

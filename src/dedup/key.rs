@@ -248,7 +248,6 @@ mod tests {
             None,
             body,
             None,
-            None,
         );
         assert_eq!(DedupKey::from_delivery(&webhook).unwrap(), from_websocket);
 

@@ -333,18 +333,16 @@ impl<S> Reading<S> {
             }
             SecretSource::Resolver(resolver) => Arc::clone(resolver),
         };
-        let claim = Claim::read(&body).ok();
-        let claimed = claim
-            .as_ref()
-            .and_then(Claim::inbox_id)
-            .filter(|inbox| inbox.len() <= MAX_CLAIMED_ID_LEN);
-        let tenant = resolver.route(&TenantRequest::new(&parts, claimed));
-        let inbox = match claim.as_ref().and_then(Claim::inbox_id) {
+        let inbox = match Claim::read(&body).ok().as_ref().and_then(Claim::inbox_id) {
             None => ClaimedInbox::None,
             Some(inbox) if inbox.len() <= MAX_CLAIMED_ID_LEN => ClaimedInbox::Id(inbox.to_owned()),
             Some(_) => ClaimedInbox::Long,
         };
-        drop(claim);
+        let claimed = match &inbox {
+            ClaimedInbox::Id(inbox) => Some(inbox.as_str()),
+            ClaimedInbox::None | ClaimedInbox::Long => None,
+        };
+        let tenant = resolver.route(&TenantRequest::new(&parts, claimed));
         if matches!(&tenant, Tenant::Inbox(inbox) if inbox.len() > MAX_CLAIMED_ID_LEN) {
             head.burn_macs(REFUSAL_MACS, timestamp_of(&parts), &body);
             return Err((Rejection::UnknownTenant { tenant }, config));
@@ -467,7 +465,6 @@ fn accept<S>(
         scope,
         event_id_header,
         body.clone(),
-        None,
         event.clone(),
     );
     if let Some(event) = event {
