@@ -20,7 +20,7 @@ use super::{Config, Rejection, SecretSource};
 use crate::body::{ResponseBody, VerifiedBody};
 use crate::protocol::{
     Claim, EVENT_ID_HEADER, MAX_CLAIMED_ID_LEN, REFUSAL_MACS, SecretScope, SignedHead,
-    TIMESTAMP_HEADER, Verified, VerifyError,
+    TIMESTAMP_HEADER, Verified,
 };
 use crate::tenant::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
 use crate::{Delivery, Event};
@@ -481,7 +481,10 @@ fn accept<S>(
 pub(crate) fn reject<B>(config: &Config, rejection: Rejection) -> Response<ResponseBody<B>> {
     #[cfg(feature = "tracing")]
     match &rejection {
-        Rejection::Verify(VerifyError::SignatureMismatch | VerifyError::TenantMismatch { .. })
+        Rejection::Verify(
+            crate::protocol::VerifyError::SignatureMismatch
+            | crate::protocol::VerifyError::TenantMismatch { .. },
+        )
         | Rejection::UnknownTenant { .. } => {
             tracing::warn!(reason = %rejection, "OpenMail webhook rejected");
         }

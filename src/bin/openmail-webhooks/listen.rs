@@ -173,10 +173,12 @@ fn parse_args(mut parser: Parser) -> Result<Option<Options>, String> {
             option => return Err(args::unknown(option)),
         }
     }
-    if let Some(url) = &options.forward_to
-        && !options.allow_remote
-        && loopback(url).is_none()
-    {
+    // Not a let chain: the crate's rust-version (1.85) predates them.
+    let remote = options
+        .forward_to
+        .as_ref()
+        .filter(|url| !options.allow_remote && loopback(url).is_none());
+    if let Some(url) = remote {
         return Err(format!(
             "--forward-to {url} is not on this machine: the events are email content, \
              and plain HTTP would carry them in cleartext. Use 127.0.0.1, ::1 or \
