@@ -108,7 +108,8 @@ impl Delivery {
 
     /// A delivery an event store kept, as it was verified, with its event parsed again
     /// (every verified body parses to an event, if only `Malformed`).
-    #[cfg_attr(not(feature = "queue"), allow(dead_code))]
+    // Only the stores build one.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn stored(
         channel: Channel,
         verified: Option<Verified>,

@@ -132,6 +132,8 @@ pub struct Claimed {
 }
 
 impl Claimed {
+    // Only the stores build one.
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
     pub(crate) fn new(lease: Lease, attempt: u32, delivery: Delivery) -> Self {
         Self {
             lease,
@@ -322,6 +324,8 @@ impl StdError for QueueError {
 
 /// The columns a store keeps to rebuild a [`Delivery`], encoded the same way by every
 /// backend.
+// Only the stores use them.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Columns {
     /// `0` webhook, `1` WebSocket.
@@ -337,6 +341,7 @@ pub(crate) struct Columns {
     pub(crate) body: Bytes,
 }
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 impl Columns {
     pub(crate) fn from_delivery(delivery: &Delivery) -> Self {
         let verified = delivery.verified();
