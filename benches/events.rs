@@ -1,10 +1,15 @@
 //! The layer's event parse against a validating skim of the same bytes.
 //!
-//! Each group is one body; inside it, three functions read the same bytes, so their ratios
+//! Each group is one body; inside it, four functions read the same bytes, so their ratios
 //! compare like with like in one run:
 //!
 //! - `event`: [`Event::parse`], what the layer runs on every verified body (the event is
 //!   dropped inside the timing, as the layer's would be);
+//! - `serde`: the same model read by `serde_json` into borrowed `#[derive(Deserialize)]`
+//!   structs (`support/serde_event.rs`), the candidate to replace the crate's own reader.
+//!   Before timing anything, the bench checks that it exposes what [`Event::parse`]
+//!   exposes, field for field, on every body here, on the documented fixtures, and on
+//!   bodies that must still become events (lone surrogates, not JSON, no string `event`);
 //! - `skim`: `serde_json::from_slice::<IgnoredAny>`, which checks the JSON's syntax and
 //!   builds nothing: the floor for any parse that must look at every byte;
 //! - `value`: `serde_json::from_slice::<Value>`, what a handler pays that parses the body
@@ -22,10 +27,17 @@
 //! `fixture/<name>` runs the documented fixtures at their own size.
 //!
 //! Times are the benchmark thread's CPU time (`support::ThreadCpuTime`). Run
-//! `cargo bench --bench events`: after criterion's groups it prints the target's ratio
-//! measured interleaved (see `interleaved`), which is the figure to compare with 1.3.
-//! Criterion's own medians time `event` and `skim` seconds apart; on a shared machine
-//! their ratio moves by ±30 % from run to run, so read them for absolute times.
+//! `cargo bench --bench events`: after criterion's groups it prints both parses' ratios to
+//! the skim measured interleaved (see `interleaved`), which are the figures to compare
+//! with 1.3 (the crate's target) and 1.5 (the bar a serde parse had to clear to replace
+//! it), and the memory each parsed event holds beyond its body, counted by the allocator.
+//! Criterion's own medians time the functions seconds apart; on a shared machine their
+//! ratio moves by ±30 % from run to run, so read them for absolute times.
+//!
+//! The interleaved table adds a third family, `lone_surrogate/<size>`: `escaped_text`
+//! with a lone surrogate escape in its subject, which serde_json refuses in a string it
+//! decodes, so the serde parse pays its fallback. BENCHMARKS.md ("The parse: serde_json
+//! borrowed against the bespoke reader") has the figures and the decision.
 //!
 //! # Figures
 //!
@@ -45,6 +57,11 @@
 
 mod support;
 
+#[path = "../tests/heap/mod.rs"]
+mod heap;
+#[path = "support/serde_event.rs"]
+mod serde_event;
+
 use std::hint::black_box;
 use std::time::Duration;
 
@@ -52,6 +69,7 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group};
 use openmail_webhooks::Event;
 use serde::de::IgnoredAny;
+use serde_event::{SerdeEvent, assert_same};
 use serde_json::{Value, json};
 use support::{ThreadCpuTime, label};
 
@@ -148,11 +166,16 @@ fn group(c: &mut Criterion<ThreadCpuTime>, name: &str, body: &Bytes) {
         "{name}"
     );
     assert!(serde_json::from_slice::<Value>(body).is_ok());
+    // The serde parse must expose what the crate's does, or its time means nothing.
+    assert_same(body);
 
     let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Bytes(body.len() as u64));
     group.bench_function("event", |b| {
         b.iter(|| Event::parse(black_box(body.clone())))
+    });
+    group.bench_function("serde", |b| {
+        b.iter(|| SerdeEvent::parse(black_box(body.clone())))
     });
     group.bench_function("skim", |b| {
         b.iter(|| serde_json::from_slice::<IgnoredAny>(black_box(body)))
@@ -163,7 +186,50 @@ fn group(c: &mut Criterion<ThreadCpuTime>, name: &str, body: &Bytes) {
     group.finish();
 }
 
+/// The serde parse keeps the lossless rule as the crate's does: every documented fixture,
+/// and bodies serde_json alone would refuse, become the same event (malformed ones
+/// compared by what they keep: type, ids, time).
+fn same_on_the_corpus() {
+    let directory = format!("{}/tests/fixtures/events", env!("CARGO_MANIFEST_DIR"));
+    let mut fixtures = 0;
+    for entry in std::fs::read_dir(&directory).expect("the fixtures") {
+        let path = entry.expect("a fixture").path();
+        if path
+            .extension()
+            .is_some_and(|extension| extension == "json")
+        {
+            assert_same(&Bytes::from(std::fs::read(&path).expect("a fixture")));
+            fixtures += 1;
+        }
+    }
+    assert!(fixtures >= 10, "{fixtures} fixtures in {directory}");
+    let bodies: [&[u8]; 14] = [
+        // Lone surrogates: in a short text, in an id, in a large text, in a key.
+        br#"{"event":"message.received","event_id":"evt_1","message":{"subject":"cut \ud83d"}}"#,
+        br#"{"event":"message.received","event_id":"evt_\ud800","inbox_id":"inb_\uDC00x"}"#,
+        br#"{"event":"message.received","event_id":"evt_1","message":{"body_text":"a\ud83d\nb"}}"#,
+        br#"{"event":"setup.test","event_id":"evt_1","note\ud800":"x"}"#,
+        // Not JSON, not UTF-8, not an object, no string `event`.
+        b"<html>",
+        b"{\"event\":\"message.received\",\"event_id\":\"evt_\xff\"}",
+        b"[1,2]",
+        br#"{"event_id":"evt_1","inbox_id":"inb_1"}"#,
+        br#"{"event":7,"event_id":"evt_1","occurred_at":"2024-03-21T10:05:00Z"}"#,
+        // A known type whose fields don't fit; a duplicated envelope field.
+        br#"{"event":"message.received","event_id":"evt_1","message":{"subject":5}}"#,
+        br#"{"event":"inbox.suspended","event_id":"evt_1","occurred_at":"2024-02-30T00:00:00Z"}"#,
+        br#"{"event":"inbox.suspended","inbox_id":"inb_1"}"#,
+        br#"{"event":"inbox.suspended","event_id":"evt_1","event_id":"evt_2"}"#,
+        // A field another type reads, of the wrong shape: ignored.
+        br#"{"event":"pod.suspended","event_id":"evt_1","attempt":"x","message":[]}"#,
+    ];
+    for body in bodies {
+        assert_same(&Bytes::copy_from_slice(body));
+    }
+}
+
 fn parse(c: &mut Criterion<ThreadCpuTime>) {
+    same_on_the_corpus();
     for size in SIZES {
         group(
             c,
@@ -195,48 +261,92 @@ criterion_group! {
     targets = parse
 }
 
-/// The target's ratio measured so that load on a shared machine cancels out: the parse and
-/// the skim take turns on the same body, 41 rounds of about 2 ms each, and each keeps
-/// its fastest round. Criterion's medians above time the two seconds apart, and on a
-/// machine whose load shifts between them, their ratio moves by ±30 %; the interleaved
-/// minimum moved by up to 0.07 between runs on a loaded machine, and by 0.04 on a quiet
-/// one.
+/// The target's ratio measured so that load on a shared machine cancels out: the parses
+/// and the skim take turns on the same body, 41 rounds of about 2 ms each, and each keeps
+/// its fastest round. Criterion's medians above time them seconds apart, and on a machine
+/// whose load shifts between them, their ratio moves by ±30 %; the interleaved minimum
+/// moved by up to 0.07 between runs on a loaded machine, and by 0.04 on a quiet one.
+///
+/// Two parses: `bespoke`, the crate's [`Event::parse`], and `serde`, the same model read
+/// by `serde_json` (`support/serde_event.rs`). `held` is what the parsed event keeps
+/// beyond the body, counted by the allocator (`tests/heap`), as a multiple of the body:
+/// the issue's target for a held delivery is at most 1.15.
 fn interleaved() {
-    println!("\nevent ÷ skim, interleaved (fastest of 41 rounds each, thread CPU time)\n");
-    println!("| body | size | event | skim | event ÷ skim |");
-    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "\nbespoke and serde parses ÷ skim, interleaved (fastest of 41 rounds each, thread CPU \
+         time); held = (body + what the event keeps) ÷ body\n"
+    );
+    println!(
+        "| body | size | bespoke | serde | skim | bespoke ÷ skim | serde ÷ skim | held, bespoke | held, serde |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for size in SIZES {
         for (family, body) in [
             ("escaped_text", escaped_text(size)),
             ("documented", documented(size)),
+            ("lone_surrogate", lone_surrogate(size)),
         ] {
+            assert_same(&body);
             let iterations = (2_000_000 / size).max(2);
-            let mut fastest = [f64::MAX; 2];
+            let mut fastest = [f64::MAX; 3];
             for _ in 0..41 {
                 for (which, fastest) in fastest.iter_mut().enumerate() {
                     let start = cpu_time::ThreadTime::now();
                     for _ in 0..iterations {
-                        if which == 0 {
-                            black_box(Event::parse(black_box(body.clone())));
-                        } else {
-                            black_box(
-                                serde_json::from_slice::<IgnoredAny>(black_box(&body)).is_ok(),
-                            );
+                        match which {
+                            0 => drop(black_box(Event::parse(black_box(body.clone())))),
+                            1 => drop(black_box(SerdeEvent::parse(black_box(body.clone())))),
+                            _ => {
+                                black_box(
+                                    serde_json::from_slice::<IgnoredAny>(black_box(&body)).is_ok(),
+                                );
+                            }
                         }
                     }
                     let each = start.elapsed().as_secs_f64() / iterations as f64;
                     *fastest = fastest.min(each);
                 }
             }
+            let held = |kept: usize| (body.len() + kept) as f64 / body.len() as f64;
             println!(
-                "| {family} | {} | {:.2} µs | {:.2} µs | {:.2} |",
+                "| {family} | {} | {:.2} µs | {:.2} µs | {:.2} µs | {:.2} | {:.2} | {:.3} | {:.3} |",
                 label(size),
                 fastest[0] * 1e6,
                 fastest[1] * 1e6,
-                fastest[0] / fastest[1],
+                fastest[2] * 1e6,
+                fastest[0] / fastest[2],
+                fastest[1] / fastest[2],
+                held(kept(&body, Event::parse)),
+                held(kept(&body, SerdeEvent::parse)),
             );
         }
     }
+}
+
+/// The bytes an event parsed from `body` keeps on the heap beyond the body itself.
+fn kept<T>(body: &Bytes, parse: fn(Bytes) -> T) -> usize {
+    // A clone of a body made from a `Vec` shares it on the first clone, which allocates;
+    // the layer's body is shared already.
+    let body = body.clone();
+    let before = heap::live();
+    let event = parse(body.clone());
+    let kept = heap::live().saturating_sub(before);
+    drop(event);
+    kept
+}
+
+/// An `escaped_text` body whose subject was cut inside an emoji, as `JSON.stringify`
+/// writes it: a lone surrogate escape, which serde_json refuses in a string it decodes.
+fn lone_surrogate(size: usize) -> Bytes {
+    let body = escaped_text(size);
+    let text = std::str::from_utf8(&body).expect("UTF-8");
+    let cut = text.replacen(
+        r#""subject":"Quarterly report""#,
+        r#""subject":"Quarterly report \ud83d""#,
+        1,
+    );
+    assert_ne!(cut, text);
+    Bytes::from(cut)
 }
 
 /// Criterion's options that take a value as the next argument.
