@@ -14,8 +14,9 @@
 //!   [`Timestamp::as_str`].
 //!
 //! Why not `time`, `chrono` or `jiff`? The crate would have to pick one for every user,
-//! and applications already use different ones; the parse itself is some sixty lines of
-//! checked arithmetic over a fixed grammar. Validation is strict (RFC 3339 section 5.6:
+//! and applications already use different ones; the parse itself is about 290 lines
+//! (240 without comments) of checked arithmetic over a fixed grammar, with a shortcut for
+//! the form OpenMail sends. Validation is strict (RFC 3339 section 5.6:
 //! four-digit year, real calendar dates, `T`, an optional fraction, `Z` or `±HH:MM`), so a
 //! malformed time is caught here rather than in the application.
 
