@@ -1276,3 +1276,22 @@ fn lists_read_the_same_forwards_backwards_and_by_index() {
         value["message"]["attachments"][0]["filename"]
     );
 }
+
+/// docs/events.md: the parse checks more than `serde_json`'s `IgnoredAny` skim, which the
+/// `events` benchmark compares it with: the skim lets invalid UTF-8 through in a string it
+/// skips, the parse does not (the body is not JSON, so it is malformed without a type).
+#[test]
+fn the_parse_refuses_invalid_utf8_that_the_ignored_any_skim_lets_through() {
+    let body = b"{\"event\":\"message.received\",\"event_id\":\"evt_1\",\"note\":\"\xff\"}";
+    assert!(serde_json::from_slice::<serde::de::IgnoredAny>(body).is_ok());
+    let event = Event::parse(Bytes::from_static(body));
+    let Event::Malformed(malformed) = &event else {
+        panic!("{event:?}")
+    };
+    assert_eq!(event.event_type(), "");
+    assert!(
+        malformed.error().starts_with("the body is not JSON"),
+        "{}",
+        malformed.error()
+    );
+}
