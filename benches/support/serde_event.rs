@@ -493,9 +493,7 @@ impl SerdeEvent {
     fn parse_text(text: &str, original: &[u8], body: &Bytes) -> Option<Self> {
         let wire: Wire<'_> = serde_json::from_str(text).ok()?;
         let mut builder = Builder::new(text, original);
-        let Some(event) = wire.event else {
-            return None;
-        };
+        let event = wire.event?;
         let kind = Kind::of(&event.0);
         let event_type = builder.short(Some(event));
         let mut parts = Parts {
@@ -539,14 +537,19 @@ impl SerdeEvent {
             return Self::unreadable(body);
         };
         let mut builder = Builder::new(text, &body);
-        let mut parts = Parts::default();
         // Leniently: what does not fit is left out.
-        parts.event_id = builder.id(envelope.event_id, "event_id").ok().flatten();
-        parts.inbox_id = builder.id(envelope.inbox_id, "inbox_id").ok().flatten();
-        parts.occurred_at = envelope
+        let event_id = builder.id(envelope.event_id, "event_id").ok().flatten();
+        let inbox_id = builder.id(envelope.inbox_id, "inbox_id").ok().flatten();
+        let occurred_at = envelope
             .occurred_at
             .and_then(|raw| serde_json::from_str::<Str<'_>>(raw.get()).ok())
             .and_then(|stamp| builder.stamp(Some(stamp), "occurred_at").ok().flatten());
+        let mut parts = Parts {
+            event_id,
+            inbox_id,
+            occurred_at,
+            ..Parts::default()
+        };
         let event = envelope
             .event
             .and_then(|raw| serde_json::from_str::<Str<'_>>(raw.get()).ok());
