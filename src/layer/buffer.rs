@@ -19,14 +19,14 @@ const CHUNK: usize = 16 * 1024;
 /// A body whose length was declared (`Content-Length`, or an exact size hint) and that
 /// arrives in several frames is copied, frame by frame as they arrive, into one buffer, and
 /// each frame is let go once copied: the frames and the body are never held together, and
-/// the buffer is the body when it ends. The declared length only caps how far the buffer
-/// grows, never what it reserves ahead, since a client may declare 4 MiB and send nothing:
-/// the buffer doubles from 256 bytes (or the first two frames) as the bytes come, and once
-/// doubling would reach half the declared length it steps straight to that length, so a
-/// body that sends what it declared ends in one allocation of exactly its size, and no
-/// buffer given up on the way is as large as half of it (each leaves a hole in the
-/// allocator's heap). The buffer is never more than four times the bytes received (or 256
-/// bytes), nor more than the declared length while the body keeps to it.
+/// the buffer is the body when it ends. The declared length only sets the sizes the buffer
+/// grows through, never what it reserves ahead, since a client may declare 4 MiB and send
+/// nothing: each size is the declared length divided by four as often as it still holds
+/// the bytes received, so the buffer is never more than four times those bytes, nor more
+/// than the declared length while the body keeps to it, and a body that sends what it
+/// declared ends in one allocation of exactly its size. The buffers given up on the way add
+/// up to a third of the body (doubling from 256 bytes gave up two thirds, in pieces that
+/// stayed resident in the allocator's heap).
 ///
 /// A body of unknown length is kept as its frames until it ends, then copied once into one
 /// allocation of exactly its size. Frames shorter than 4 KiB are copied into chunks as they
@@ -144,9 +144,11 @@ impl BodyBuffer {
     /// Copies `frame` into `joined`, growing it first if it lacks room, with `later` more
     /// bytes already known to follow (the second of the first two frames).
     ///
-    /// The buffer doubles, from 256 bytes or what the frames need, and takes the last step
-    /// to `declared` (at most four times what has arrived) unless the body outgrows it; the
-    /// lease is grown to the new capacity before the buffer is.
+    /// The buffer grows through the declared length divided by four as often as the result
+    /// still holds what has arrived: a 3 MiB body goes 3 B, 12 B, … 192 KiB, 768 KiB,
+    /// 3 MiB. Each size is under four times what has arrived, and the buffers given up on
+    /// the way add up to a third of the body. A body that outgrows its declared length
+    /// doubles. The lease is grown to the new capacity before the buffer is.
     fn copy(
         &mut self,
         joined: &mut Vec<u8>,
@@ -157,22 +159,22 @@ impl BodyBuffer {
         let length = joined.len().saturating_add(frame.len());
         if length > joined.capacity() {
             let needed = length.saturating_add(later);
-            let doubled = joined
-                .capacity()
-                .saturating_mul(2)
-                .max(FIRST_CHUNK)
-                .max(needed);
-            // The last step goes straight to the declared length once doubling would reach
-            // half of it: every buffer given up on the way is then under a quarter of the
-            // body, so the holes growth leaves in the allocator's heap stay small.
             let capacity = if needed <= declared {
-                if doubled.saturating_mul(2) >= declared {
-                    declared
-                } else {
-                    doubled
+                // Where glibc's allocator has raised its mmap threshold, a buffer that grows
+                // moves and leaves its old place resident in the heap until something fits
+                // there; growing by doubling left up to the whole body behind, in pieces too
+                // small to hold a later body (BENCHMARKS.md, "Held deliveries").
+                let mut size = declared;
+                while size > 4 && size.div_ceil(4) >= needed {
+                    size = size.div_ceil(4);
                 }
+                size
             } else {
-                doubled
+                joined
+                    .capacity()
+                    .saturating_mul(2)
+                    .max(FIRST_CHUNK)
+                    .max(needed)
             };
             if !self.lease.grow_to(capacity) {
                 return Err(OverBudget);
@@ -463,7 +465,7 @@ mod tests {
                 let held = budget.held();
                 assert_eq!(held, held_by(&buffer), "{length} B in {frame} B frames");
                 assert!(
-                    held <= (4 * received).max(FIRST_CHUNK).min(length),
+                    held <= (4 * received).min(length),
                     "{length} B in {frame} B frames: {held} B held for {received} B"
                 );
             }
@@ -472,6 +474,39 @@ mod tests {
             assert_eq!(budget.held(), length, "{length} B in {frame} B frames");
             drop((joined, lease));
             assert_eq!(budget.held(), 0);
+        }
+    }
+
+    /// Every buffer the body grows out of is freed, and where glibc serves it from its heap
+    /// its pages stay resident until something fits there: together they are at most a
+    /// third of the body (doubling gave up two thirds: 1 MiB, 512 KiB, … for 3 MiB).
+    #[test]
+    fn the_buffers_given_up_on_the_way_add_up_to_a_third_of_the_body() {
+        for (length, frame) in [
+            (3 * 1024 * 1024, 16 * 1024),
+            (3 * 1024 * 1024, 1500),
+            (4 * 1024 * 1024, 64 * 1024),
+            (100_000, 1),
+            (100_000, 3000),
+        ] {
+            let budget = Budget::new(16 << 20);
+            let mut buffer = declared(&budget, length);
+            let mut capacity = 0;
+            let mut given_up = 0;
+            for piece in vec![b'x'; length].chunks(frame) {
+                buffer.push(Bytes::copy_from_slice(piece)).unwrap();
+                if let Data::Growing(joined) = &buffer.data {
+                    if joined.capacity() != capacity {
+                        given_up += capacity;
+                        capacity = joined.capacity();
+                    }
+                }
+            }
+            assert_eq!(capacity, length, "{length} B in {frame} B frames");
+            assert!(
+                given_up * 3 <= length + 64,
+                "{length} B in {frame} B frames: {given_up} B given up"
+            );
         }
     }
 
@@ -496,8 +531,8 @@ mod tests {
         assert_eq!(budget.held(), length);
     }
 
-    /// A declared length reserves nothing: two tiny frames of a body that declared 4 MiB
-    /// lease the smallest chunk, as they would without the declaration.
+    /// A declared length reserves nothing: two tiny frames (13 bytes) of a body that
+    /// declared 4 MiB lease 16 bytes, 4 MiB divided by four ten times.
     #[test]
     fn a_declared_length_reserves_nothing_ahead() {
         let budget = Budget::new(1 << 20);
@@ -505,8 +540,8 @@ mod tests {
         buffer.push(Bytes::from_static(b"{\"event\":")).unwrap();
         assert_eq!(budget.held(), 9);
         buffer.push(Bytes::from_static(b"\"x\"}")).unwrap();
-        assert_eq!(budget.held(), FIRST_CHUNK);
-        assert_eq!(held_by(&buffer), FIRST_CHUNK);
+        assert_eq!(budget.held(), 16);
+        assert_eq!(held_by(&buffer), 16);
         let (body, lease) = buffer.finish();
         assert_eq!(&body[..], b"{\"event\":\"x\"}");
         assert_eq!(budget.held(), body.len(), "cut to the joined body");
