@@ -201,19 +201,19 @@ impl BodyBuffer {
             Data::Growing(mut joined) => {
                 // Only a body shorter than it declared leaves room: `Bytes` would keep it.
                 joined.shrink_to_fit();
-                Bytes::from(joined)
+                hand_on(joined)
             }
             Data::Many {
                 frames,
                 chunk,
                 length,
             } => {
-                let mut joined = BytesMut::with_capacity(length);
+                let mut joined = Vec::with_capacity(length);
                 for frame in frames {
                     joined.extend_from_slice(&frame);
                 }
                 joined.extend_from_slice(&chunk);
-                joined.freeze()
+                hand_on(joined)
             }
         };
         // The frames and chunks are gone; what stays is one allocation of the body's size.
@@ -224,6 +224,45 @@ impl BodyBuffer {
     /// The budget's size, for messages.
     pub(crate) fn budget_limit(&self) -> usize {
         self.lease.budget_limit()
+    }
+}
+
+/// The smallest block glibc's allocator maps on its own: blocks under it come from its
+/// heaps whatever it has seen freed.
+const MAPPED: usize = 128 * 1024;
+
+/// The joined body as `Bytes`: a large one is given back to the allocator in two steps
+/// when its last handle goes ([`Released`]).
+fn hand_on(joined: Vec<u8>) -> Bytes {
+    if joined.len() >= MAPPED {
+        Bytes::from_owner(Released(joined))
+    } else {
+        Bytes::from(joined)
+    }
+}
+
+/// A large body that shrinks to one byte before it is freed.
+///
+/// glibc's allocator gives a block of 128 KiB or more its own mapping, which grows in
+/// place, until a mapped block is freed whole: it then raises its threshold for mapping to
+/// that block's size (up to 32 MiB), so every later body under it grows in the heap, where
+/// a growing buffer moves and leaves its old place resident. After one round of 3 MiB
+/// bodies, 16 held 3 MiB deliveries cost 1.2 to 1.3 × their bodies in RSS instead of 1.03
+/// (BENCHMARKS.md, "Held deliveries"). Shrinking first gives the pages back just the same
+/// (glibc remaps the block to one page) and teaches the threshold nothing. Elsewhere it
+/// costs one `realloc` of one byte per large body.
+struct Released(Vec<u8>);
+
+impl AsRef<[u8]> for Released {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.clear();
+        self.0.shrink_to(1);
     }
 }
 
