@@ -291,13 +291,13 @@ fn a_multi_frame_body_is_copied_exactly_once() {
             assert_eq!(delivered.status, StatusCode::OK, "{context}");
             // Exactly one allocation as large as half the body, of exactly the body's
             // size. Without a length the frames are kept and joined into it at the end;
-            // with one they are copied as they arrive into a buffer that doubles, then
-            // steps to the length once doubling would reach half of it, so every size
-            // before the last is under half the body and all together are at most twice
-            // it (the counter takes each reallocation for a copy, though the allocator may
-            // move nothing).
+            // with one they are copied as they arrive into a buffer that grows through
+            // the length divided by fours, so every size before the last is at most a
+            // quarter of the body and all together are at most four thirds of it (the
+            // counter takes each reallocation for a copy, though the allocator may move
+            // nothing).
             let grown = match framing {
-                Framing::Frames => 2 * size,
+                Framing::Frames => size + size / 3 + 64,
                 _ => size,
             };
             assert_eq!(used.large, 1, "{context}");
