@@ -570,14 +570,17 @@ const CLIENT_WRITE: usize = 16 * 1024;
 /// nothing). The handler holds each delivery until all have arrived. Returns the statuses.
 async fn held_deliveries(body: Bytes, hold: Arc<tokio::sync::Barrier>) -> Vec<u16> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    held_deliveries_on(listener, body, hold).await
+    held_deliveries_on(listener, body, hold, false).await
 }
 
-/// [`held_deliveries`] on a listener of the caller's.
+/// [`held_deliveries`] on a listener of the caller's, over HTTP/1.1 or, with `http2`,
+/// over HTTP/2 without TLS (h2c), one connection per delivery, in DATA frames of
+/// [`CLIENT_WRITE`] bytes.
 async fn held_deliveries_on(
     listener: tokio::net::TcpListener,
     body: Bytes,
     hold: Arc<tokio::sync::Barrier>,
+    http2: bool,
 ) -> Vec<u16> {
     use axum::Extension;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -613,6 +616,37 @@ async fn held_deliveries_on(
         body.len(),
     );
     let head = Bytes::from(head);
+    if http2 {
+        let signature = sign(SECRET, &timestamp, &body);
+        let mut clients = Vec::new();
+        for _ in 0..HELD {
+            let request = Request::post("http://localhost/webhooks")
+                .header("content-type", "application/json")
+                .header("x-timestamp", timestamp.as_str())
+                .header("x-signature", signature.as_str())
+                .header("content-length", body.len())
+                .body(Frames::split(&body, CLIENT_WRITE))
+                .unwrap();
+            clients.push(tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(stream),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(connection);
+                let response = sender.send_request(request).await.unwrap();
+                response.status().as_u16()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for client in clients {
+            statuses.push(client.await.unwrap());
+        }
+        server.abort();
+        return statuses;
+    }
     let mut clients = Vec::new();
     for _ in 0..HELD {
         let (head, body) = (head.clone(), body.clone());
@@ -703,6 +737,9 @@ const HELD_RSS_BEFORE: &str = "OPENMAIL_HELD_RSS_BEFORE";
 /// Set to `default` to leave the server's sockets their default receive buffer.
 const HELD_RSS_SOCKETS: &str = "OPENMAIL_HELD_RSS_SOCKETS";
 
+/// Set to `2` to send the deliveries over HTTP/2 (h2c) rather than HTTP/1.1.
+const HELD_RSS_HTTP: &str = "OPENMAIL_HELD_RSS_HTTP";
+
 /// The receive buffer of the server's sockets in [`held_deliveries_in_rss`]: hyper reads
 /// at most this much at a time, so its read buffer stays small and the figure is what
 /// the layer holds. With the default, a client that keeps the socket full lets hyper grow
@@ -737,6 +774,7 @@ fn held_deliveries_in_rss() {
         _ => Before::Nothing,
     };
     let small_window = std::env::var(HELD_RSS_SOCKETS).as_deref() != Ok("default");
+    let http2 = std::env::var(HELD_RSS_HTTP).as_deref() == Ok("2");
     let body = Bytes::from(built_in_place(HELD_BODY));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -751,7 +789,8 @@ fn held_deliveries_in_rss() {
             }
             socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
             let hold = Arc::new(tokio::sync::Barrier::new(HELD));
-            let statuses = held_deliveries_on(socket.listen(1024).unwrap(), body, hold).await;
+            let listener = socket.listen(1024).unwrap();
+            let statuses = held_deliveries_on(listener, body, hold, http2).await;
             assert_eq!(statuses, [200; HELD]);
         })
     };
@@ -780,21 +819,29 @@ fn held_deliveries_in_rss() {
 /// 1.15 × their bodies each, in a fresh process and after a round of the same deliveries.
 /// Before, the round's freed bodies raised glibc's mmap threshold, and the next bodies
 /// doubled toward their length in the heap, where the buffers they grew out of stayed
-/// resident: 1.15 to 1.24 × after a round (median 1.23), against 1.03 fresh.
+/// resident: 1.13 to 1.27 × after a round over HTTP/1.1, 1.16 to 1.31 × over HTTP/2,
+/// against 1.03 fresh.
 ///
-/// Each state is measured three times, each in a process of its own, and the median is
-/// held to the bound, so one run disturbed by the machine's load decides nothing.
+/// Over HTTP/1.1 fresh and after a round, and over HTTP/2 (h2c) after a round (fresh it
+/// measured 1.02 to 1.04 before as after). Each is measured three times, each in a process
+/// of its own, and the median is held to the bound, so one run disturbed by the machine's
+/// load decides nothing.
 #[cfg(target_os = "linux")]
 #[test]
 fn held_deliveries_peak_rss_is_at_most_1_15_times_their_bodies() {
     let program = std::env::current_exe().unwrap();
-    for before in ["nothing", "large-bodies"] {
+    for (http, before) in [
+        ("1.1", "nothing"),
+        ("1.1", "large-bodies"),
+        ("2", "large-bodies"),
+    ] {
         let mut figures: Vec<f64> = (0..3)
             .map(|_| {
                 let output = std::process::Command::new(&program)
                     .args(["held_deliveries_in_rss", "--exact", "--ignored"])
                     .args(["--nocapture", "--test-threads=1"])
                     .env(HELD_RSS_BEFORE, before)
+                    .env(HELD_RSS_HTTP, http)
                     .env_remove(HELD_RSS_SOCKETS)
                     .output()
                     .unwrap();
@@ -812,10 +859,10 @@ fn held_deliveries_peak_rss_is_at_most_1_15_times_their_bodies() {
             })
             .collect();
         figures.sort_by(f64::total_cmp);
-        eprintln!("{before} before: peak RSS {figures:?} × the body each");
+        eprintln!("HTTP/{http}, {before} before: peak RSS {figures:?} × the body each");
         assert!(
             figures[1] <= 1.15,
-            "{before} before: peak RSS {figures:?} × the body each"
+            "HTTP/{http}, {before} before: peak RSS {figures:?} × the body each"
         );
     }
 }
