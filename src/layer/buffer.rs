@@ -25,8 +25,11 @@ const CHUNK: usize = 16 * 1024;
 /// the bytes received, so the buffer is never more than four times those bytes, nor more
 /// than the declared length while the body keeps to it, and a body that sends what it
 /// declared ends in one allocation of exactly its size. The buffers given up on the way add
-/// up to a third of the body (doubling from 256 bytes gave up two thirds, in pieces that
-/// stayed resident in the allocator's heap).
+/// up to at most a third of the body (doubling from 256 bytes gave up two thirds, in pieces
+/// that stayed resident in the allocator's heap).
+///
+/// A joined body of 128 KiB or more is handed on so that it shrinks to one byte before it
+/// is freed ([`Released`]), which keeps glibc from moving later bodies into its heap.
 ///
 /// A body of unknown length is kept as its frames until it ends, then copied once into one
 /// allocation of exactly its size. Frames shorter than 4 KiB are copied into chunks as they
