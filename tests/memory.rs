@@ -291,13 +291,13 @@ fn a_multi_frame_body_is_copied_exactly_once() {
             assert_eq!(delivered.status, StatusCode::OK, "{context}");
             // Exactly one allocation as large as half the body, of exactly the body's
             // size. Without a length the frames are kept and joined into it at the end;
-            // with one they are copied as they arrive into a buffer that doubles, then
-            // steps to the length once doubling would reach half of it, so every size
-            // before the last is under half the body and all together are at most twice
-            // it (the counter takes each reallocation for a copy, though the allocator may
-            // move nothing).
+            // with one they are copied as they arrive into a buffer that grows through
+            // the length divided by fours, so every size before the last is at most a
+            // quarter of the body and all together are at most four thirds of it (the
+            // counter takes each reallocation for a copy, though the allocator may move
+            // nothing).
             let grown = match framing {
-                Framing::Frames => 2 * size,
+                Framing::Frames => size + size / 3 + 64,
                 _ => size,
             };
             assert_eq!(used.large, 1, "{context}");
@@ -564,25 +564,27 @@ const HELD_BODY: usize = 3 * 1024 * 1024;
 /// size or whatever hyper's reads gather, as from a real sender.
 const CLIENT_WRITE: usize = 16 * 1024;
 
-/// How the handler holds each delivery.
-#[derive(Clone)]
-enum Hold {
-    /// Until every delivery has arrived: all of them are held together, whatever the
-    /// machine's speed.
-    UntilAllArrive(Arc<tokio::sync::Barrier>),
-    /// For a while, as a slow handler does.
-    For(std::time::Duration),
-}
-
 /// Serves the layer on `axum::serve` and sends it [`HELD`] genuine deliveries of
 /// [`HELD_BODY`] bytes at once, each on its own connection with a `Content-Length`, written
 /// [`CLIENT_WRITE`] bytes at a time from one shared buffer (the client allocates almost
-/// nothing). The handler holds each delivery as `hold` says. Returns the statuses.
-async fn held_deliveries(body: Bytes, hold: Hold) -> Vec<u16> {
+/// nothing). The handler holds each delivery until all have arrived. Returns the statuses.
+async fn held_deliveries(body: Bytes, hold: Arc<tokio::sync::Barrier>) -> Vec<u16> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    held_deliveries_on(listener, body, hold, false).await
+}
+
+/// [`held_deliveries`] on a listener of the caller's, over HTTP/1.1 or, with `http2`,
+/// over HTTP/2 without TLS (h2c), one connection per delivery, in DATA frames of
+/// [`CLIENT_WRITE`] bytes.
+async fn held_deliveries_on(
+    listener: tokio::net::TcpListener,
+    body: Bytes,
+    hold: Arc<tokio::sync::Barrier>,
+    http2: bool,
+) -> Vec<u16> {
     use axum::Extension;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let layer = VerifyOpenMailLayer::new(SECRET)
         .unwrap()
@@ -594,12 +596,9 @@ async fn held_deliveries(body: Bytes, hold: Hold) -> Vec<u16> {
             axum::routing::post(move |Extension(delivery): Extension<Delivery>| {
                 let hold = hold.clone();
                 async move {
-                    match hold {
-                        Hold::UntilAllArrive(barrier) => {
-                            barrier.wait().await;
-                        }
-                        Hold::For(duration) => tokio::time::sleep(duration).await,
-                    }
+                    // Until every delivery has arrived: all of them are held together,
+                    // whatever the machine's speed.
+                    hold.wait().await;
                     drop(delivery);
                     StatusCode::OK
                 }
@@ -617,6 +616,37 @@ async fn held_deliveries(body: Bytes, hold: Hold) -> Vec<u16> {
         body.len(),
     );
     let head = Bytes::from(head);
+    if http2 {
+        let signature = sign(SECRET, &timestamp, &body);
+        let mut clients = Vec::new();
+        for _ in 0..HELD {
+            let request = Request::post("http://localhost/webhooks")
+                .header("content-type", "application/json")
+                .header("x-timestamp", timestamp.as_str())
+                .header("x-signature", signature.as_str())
+                .header("content-length", body.len())
+                .body(Frames::split(&body, CLIENT_WRITE))
+                .unwrap();
+            clients.push(tokio::spawn(async move {
+                let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(stream),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(connection);
+                let response = sender.send_request(request).await.unwrap();
+                response.status().as_u16()
+            }));
+        }
+        let mut statuses = Vec::new();
+        for client in clients {
+            statuses.push(client.await.unwrap());
+        }
+        server.abort();
+        return statuses;
+    }
     let mut clients = Vec::new();
     for _ in 0..HELD {
         let (head, body) = (head.clone(), body.clone());
@@ -667,7 +697,7 @@ fn concurrent_held_deliveries_cost_at_most_1_15_times_their_bodies() {
         .enable_all()
         .build()
         .unwrap();
-    let hold = Hold::UntilAllArrive(Arc::new(tokio::sync::Barrier::new(HELD)));
+    let hold = Arc::new(tokio::sync::Barrier::new(HELD));
     let (statuses, used) = measure(HELD_BODY / 2, || {
         runtime.block_on(held_deliveries(body.clone(), hold))
     });
@@ -682,12 +712,53 @@ fn concurrent_held_deliveries_cost_at_most_1_15_times_their_bodies() {
     );
 }
 
-/// The same in resident memory, as a server sees it: a multi-threaded runtime, a handler
-/// that holds each delivery for 2 s, and the process's peak RSS (`VmHWM`, reset first)
-/// over what it held before. Run by hand, since RSS depends on the allocator and the
-/// machine: `cargo test --test memory held_deliveries_in_rss -- --ignored --nocapture`.
+/// What the process holding the deliveries in [`held_deliveries_in_rss`] did before: the
+/// state glibc's allocator is in when they arrive.
+#[derive(Clone, Copy, Debug)]
+enum Before {
+    /// Nothing large: a fresh process, glibc's mmap threshold at its start (128 KiB), so
+    /// every buffer over it is a mapping of its own, which grows in place.
+    Nothing,
+    /// A round of the same deliveries, held and let go. Freeing a mapped 3 MiB block whole
+    /// would raise the threshold to 3 MiB, and the next bodies would grow in the heap,
+    /// where a buffer that moves leaves its old place resident.
+    LargeBodies,
+    /// The application freed a 2 MiB block: the threshold is 2 MiB, so the 3 MiB bodies
+    /// are mappings of their own but the buffers they grow out of come from the heap.
+    /// Measured by hand, not held to the bound: what the application frees is not the
+    /// layer's to decide.
+    LargeFree,
+}
+
+/// Names the state [`held_deliveries_in_rss`] measures in: `nothing`, `large-bodies` or
+/// `large-free`.
+const HELD_RSS_BEFORE: &str = "OPENMAIL_HELD_RSS_BEFORE";
+
+/// Set to `default` to leave the server's sockets their default receive buffer.
+const HELD_RSS_SOCKETS: &str = "OPENMAIL_HELD_RSS_SOCKETS";
+
+/// Set to `2` to send the deliveries over HTTP/2 (h2c) rather than HTTP/1.1.
+const HELD_RSS_HTTP: &str = "OPENMAIL_HELD_RSS_HTTP";
+
+/// The receive buffer of the server's sockets in [`held_deliveries_in_rss`]: hyper reads
+/// at most this much at a time, so its read buffer stays small and the figure is what
+/// the layer holds. With the default, a client that keeps the socket full lets hyper grow
+/// each connection's read buffer toward its 400 KiB limit, up to 0.15 × more for 3 MiB
+/// bodies: a cost of the server's `max_buf_size`, not of the layer.
+const RECEIVE_BUFFER: u32 = 16 * 1024;
+
+/// [`HELD`] deliveries of 3 MiB held together by the handler, in resident memory, as a
+/// server sees it: a multi-threaded runtime, the layer alone on `axum::serve`, and the
+/// process's peak RSS (`VmHWM`, reset first) over what it held idle, per delivery, over
+/// the body.
+///
+/// RSS depends on what the allocator did before, so this runs in a process of its own,
+/// in the state [`HELD_RSS_BEFORE`] names, and prints its figure;
+/// [`held_deliveries_peak_rss_is_at_most_1_15_times_their_bodies`] starts it. By hand:
+/// `OPENMAIL_HELD_RSS_BEFORE=large-bodies cargo test --test memory held_deliveries_in_rss
+/// -- --ignored --nocapture`.
 #[test]
-#[ignore = "a measurement: prints peak RSS; run by hand"]
+#[ignore = "a measurement in a process of its own, started by the test after it"]
 fn held_deliveries_in_rss() {
     fn status_kib(field: &str) -> usize {
         std::fs::read_to_string("/proc/self/status")
@@ -697,27 +768,134 @@ fn held_deliveries_in_rss() {
             .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap()
     }
-    let _serial = SERIAL
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    let body = Bytes::from(payload(HELD_BODY));
+    let before = match std::env::var(HELD_RSS_BEFORE).as_deref() {
+        Ok("large-bodies") => Before::LargeBodies,
+        Ok("large-free") => Before::LargeFree,
+        _ => Before::Nothing,
+    };
+    let small_window = std::env::var(HELD_RSS_SOCKETS).as_deref() != Ok("default");
+    let http2 = std::env::var(HELD_RSS_HTTP).as_deref() == Ok("2");
+    let body = Bytes::from(built_in_place(HELD_BODY));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
+    let round = |body: Bytes| {
+        runtime.block_on(async {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            if small_window {
+                socket.set_recv_buffer_size(RECEIVE_BUFFER).unwrap();
+            }
+            socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+            let hold = Arc::new(tokio::sync::Barrier::new(HELD));
+            let listener = socket.listen(1024).unwrap();
+            let statuses = held_deliveries_on(listener, body, hold, http2).await;
+            assert_eq!(statuses, [200; HELD]);
+        })
+    };
+    // Touches the code, the threads' stacks and the runtime first, so the figure is the
+    // deliveries' alone.
+    round(Bytes::from(payload(4096)));
+    let idle = status_kib("VmRSS:");
+    match before {
+        Before::Nothing => {}
+        Before::LargeBodies => round(body.clone()),
+        Before::LargeFree => drop(std::hint::black_box(vec![1u8; 2 * 1024 * 1024])),
+    }
     // Resets VmHWM to the current RSS.
     std::fs::write("/proc/self/clear_refs", "5").unwrap();
-    let before = status_kib("VmRSS:");
-    let statuses = runtime.block_on(held_deliveries(
-        body,
-        Hold::For(std::time::Duration::from_secs(2)),
-    ));
+    round(body);
     let peak = status_kib("VmHWM:");
-    assert_eq!(statuses, vec![200; HELD]);
-    let per_delivery = (peak - before) as f64 * 1024.0 / (HELD * HELD_BODY) as f64;
-    eprintln!(
-        "{HELD} deliveries of 3 MiB held 2 s: RSS {before} kB before, peak {peak} kB: \
-         {per_delivery:.3} × the body each"
+    let per_delivery = (peak - idle) as f64 * 1024.0 / (HELD * HELD_BODY) as f64;
+    println!(
+        "{before:?} before, {HELD} held deliveries of 3 MiB: RSS {idle} kB idle, peak \
+         {peak} kB: {per_delivery:.3} × the body each"
     );
+    println!("held-rss-ratio {per_delivery:.3}");
+}
+
+/// The goal from issue 21 in resident memory: 16 held 3 MiB deliveries peak at most at
+/// 1.15 × their bodies each, in a fresh process and after a round of the same deliveries.
+/// Before, the round's freed bodies raised glibc's mmap threshold, and the next bodies
+/// doubled toward their length in the heap, where the buffers they grew out of stayed
+/// resident: 1.13 to 1.27 × after a round over HTTP/1.1, 1.16 to 1.31 × over HTTP/2,
+/// against 1.03 fresh.
+///
+/// Over HTTP/1.1 fresh and after a round, and over HTTP/2 (h2c) after a round (fresh it
+/// measured 1.02 to 1.04 before as after). Each is measured three times, each in a process
+/// of its own, and the median is held to the bound, so one run disturbed by the machine's
+/// load decides nothing.
+#[cfg(target_os = "linux")]
+#[test]
+fn held_deliveries_peak_rss_is_at_most_1_15_times_their_bodies() {
+    let program = std::env::current_exe().unwrap();
+    for (http, before) in [
+        ("1.1", "nothing"),
+        ("1.1", "large-bodies"),
+        ("2", "large-bodies"),
+    ] {
+        let mut figures: Vec<f64> = (0..3)
+            .map(|_| {
+                let output = std::process::Command::new(&program)
+                    .args(["held_deliveries_in_rss", "--exact", "--ignored"])
+                    .args(["--nocapture", "--test-threads=1"])
+                    .env(HELD_RSS_BEFORE, before)
+                    .env(HELD_RSS_HTTP, http)
+                    .env_remove(HELD_RSS_SOCKETS)
+                    .output()
+                    .unwrap();
+                let stdout = String::from_utf8_lossy(&output.stdout);
+                stdout
+                    .lines()
+                    .find_map(|line| line.strip_prefix("held-rss-ratio "))
+                    .and_then(|figure| figure.parse().ok())
+                    .unwrap_or_else(|| {
+                        panic!(
+                            "no figure from the measuring process: {stdout}{}",
+                            String::from_utf8_lossy(&output.stderr)
+                        )
+                    })
+            })
+            .collect();
+        figures.sort_by(f64::total_cmp);
+        eprintln!("HTTP/{http}, {before} before: peak RSS {figures:?} × the body each");
+        assert!(
+            figures[1] <= 1.15,
+            "HTTP/{http}, {before} before: peak RSS {figures:?} × the body each"
+        );
+    }
+}
+
+/// A `message.received` event of `size` bytes, written into one allocation of that size:
+/// building it frees nothing large, so the process that holds the deliveries starts with
+/// glibc's mmap threshold where a fresh process has it.
+fn built_in_place(size: usize) -> Vec<u8> {
+    let template = payload(4096);
+    let field = b"\"body_text\":\"";
+    let start = template
+        .windows(field.len())
+        .position(|window| window == field)
+        .unwrap()
+        + field.len();
+    let end = start
+        + template[start..]
+            .iter()
+            .position(|&byte| byte == b'"')
+            .unwrap();
+    let line_end = template[start..end]
+        .windows(2)
+        .position(|window| window == b"\\n")
+        .unwrap()
+        + 2;
+    let line = &template[start..start + line_end];
+    let tail = &template[end..];
+    let mut body = Vec::with_capacity(size);
+    body.extend_from_slice(&template[..start]);
+    while body.len() + line.len() + tail.len() <= size {
+        body.extend_from_slice(line);
+    }
+    body.resize(size - tail.len(), b'.');
+    body.extend_from_slice(tail);
+    body
 }

@@ -19,14 +19,17 @@ const CHUNK: usize = 16 * 1024;
 /// A body whose length was declared (`Content-Length`, or an exact size hint) and that
 /// arrives in several frames is copied, frame by frame as they arrive, into one buffer, and
 /// each frame is let go once copied: the frames and the body are never held together, and
-/// the buffer is the body when it ends. The declared length only caps how far the buffer
-/// grows, never what it reserves ahead, since a client may declare 4 MiB and send nothing:
-/// the buffer doubles from 256 bytes (or the first two frames) as the bytes come, and once
-/// doubling would reach half the declared length it steps straight to that length, so a
-/// body that sends what it declared ends in one allocation of exactly its size, and no
-/// buffer given up on the way is as large as half of it (each leaves a hole in the
-/// allocator's heap). The buffer is never more than four times the bytes received (or 256
-/// bytes), nor more than the declared length while the body keeps to it.
+/// the buffer is the body when it ends. The declared length only sets the sizes the buffer
+/// grows through, never what it reserves ahead, since a client may declare 4 MiB and send
+/// nothing: each size is the declared length divided by four as often as it still holds
+/// the bytes received, so the buffer is never more than four times those bytes, nor more
+/// than the declared length while the body keeps to it, and a body that sends what it
+/// declared ends in one allocation of exactly its size. The buffers given up on the way add
+/// up to at most a third of the body (doubling from 256 bytes gave up two thirds, in pieces
+/// that stayed resident in the allocator's heap).
+///
+/// A joined body of 128 KiB or more is handed on so that it shrinks to one byte before it
+/// is freed ([`Released`]), which keeps glibc from moving later bodies into its heap.
 ///
 /// A body of unknown length is kept as its frames until it ends, then copied once into one
 /// allocation of exactly its size. Frames shorter than 4 KiB are copied into chunks as they
@@ -144,9 +147,11 @@ impl BodyBuffer {
     /// Copies `frame` into `joined`, growing it first if it lacks room, with `later` more
     /// bytes already known to follow (the second of the first two frames).
     ///
-    /// The buffer doubles, from 256 bytes or what the frames need, and takes the last step
-    /// to `declared` (at most four times what has arrived) unless the body outgrows it; the
-    /// lease is grown to the new capacity before the buffer is.
+    /// The buffer grows through the declared length divided by four as often as the result
+    /// still holds what has arrived: a 3 MiB body goes 3 B, 12 B, … 192 KiB, 768 KiB,
+    /// 3 MiB. Each size is under four times what has arrived, and the buffers given up on
+    /// the way add up to a third of the body. A body that outgrows its declared length
+    /// doubles. The lease is grown to the new capacity before the buffer is.
     fn copy(
         &mut self,
         joined: &mut Vec<u8>,
@@ -157,22 +162,22 @@ impl BodyBuffer {
         let length = joined.len().saturating_add(frame.len());
         if length > joined.capacity() {
             let needed = length.saturating_add(later);
-            let doubled = joined
-                .capacity()
-                .saturating_mul(2)
-                .max(FIRST_CHUNK)
-                .max(needed);
-            // The last step goes straight to the declared length once doubling would reach
-            // half of it: every buffer given up on the way is then under a quarter of the
-            // body, so the holes growth leaves in the allocator's heap stay small.
             let capacity = if needed <= declared {
-                if doubled.saturating_mul(2) >= declared {
-                    declared
-                } else {
-                    doubled
+                // Where glibc's allocator has raised its mmap threshold, a buffer that grows
+                // moves and leaves its old place resident in the heap until something fits
+                // there; growing by doubling left up to the whole body behind, in pieces too
+                // small to hold a later body (BENCHMARKS.md, "Held deliveries").
+                let mut size = declared;
+                while size > 4 && size.div_ceil(4) >= needed {
+                    size = size.div_ceil(4);
                 }
+                size
             } else {
-                doubled
+                joined
+                    .capacity()
+                    .saturating_mul(2)
+                    .max(FIRST_CHUNK)
+                    .max(needed)
             };
             if !self.lease.grow_to(capacity) {
                 return Err(OverBudget);
@@ -199,19 +204,19 @@ impl BodyBuffer {
             Data::Growing(mut joined) => {
                 // Only a body shorter than it declared leaves room: `Bytes` would keep it.
                 joined.shrink_to_fit();
-                Bytes::from(joined)
+                hand_on(joined)
             }
             Data::Many {
                 frames,
                 chunk,
                 length,
             } => {
-                let mut joined = BytesMut::with_capacity(length);
+                let mut joined = Vec::with_capacity(length);
                 for frame in frames {
                     joined.extend_from_slice(&frame);
                 }
                 joined.extend_from_slice(&chunk);
-                joined.freeze()
+                hand_on(joined)
             }
         };
         // The frames and chunks are gone; what stays is one allocation of the body's size.
@@ -222,6 +227,45 @@ impl BodyBuffer {
     /// The budget's size, for messages.
     pub(crate) fn budget_limit(&self) -> usize {
         self.lease.budget_limit()
+    }
+}
+
+/// The smallest block glibc's allocator maps on its own: blocks under it come from its
+/// heaps whatever it has seen freed.
+const MAPPED: usize = 128 * 1024;
+
+/// The joined body as `Bytes`: a large one is given back to the allocator in two steps
+/// when its last handle goes ([`Released`]).
+fn hand_on(joined: Vec<u8>) -> Bytes {
+    if joined.len() >= MAPPED {
+        Bytes::from_owner(Released(joined))
+    } else {
+        Bytes::from(joined)
+    }
+}
+
+/// A large body that shrinks to one byte before it is freed.
+///
+/// glibc's allocator gives a block of 128 KiB or more its own mapping, which grows in
+/// place, until a mapped block is freed whole: it then raises its threshold for mapping to
+/// that block's size (up to 32 MiB), so every later body under it grows in the heap, where
+/// a growing buffer moves and leaves its old place resident. After one round of 3 MiB
+/// bodies, 16 held 3 MiB deliveries cost 1.2 to 1.3 × their bodies in RSS instead of 1.03
+/// (BENCHMARKS.md, "Held deliveries"). Shrinking first gives the pages back just the same
+/// (glibc remaps the block to one page) and teaches the threshold nothing. Elsewhere it
+/// costs one `realloc` of one byte per large body.
+struct Released(Vec<u8>);
+
+impl AsRef<[u8]> for Released {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl Drop for Released {
+    fn drop(&mut self) {
+        self.0.clear();
+        self.0.shrink_to(1);
     }
 }
 
@@ -463,7 +507,7 @@ mod tests {
                 let held = budget.held();
                 assert_eq!(held, held_by(&buffer), "{length} B in {frame} B frames");
                 assert!(
-                    held <= (4 * received).max(FIRST_CHUNK).min(length),
+                    held <= (4 * received).min(length),
                     "{length} B in {frame} B frames: {held} B held for {received} B"
                 );
             }
@@ -472,6 +516,39 @@ mod tests {
             assert_eq!(budget.held(), length, "{length} B in {frame} B frames");
             drop((joined, lease));
             assert_eq!(budget.held(), 0);
+        }
+    }
+
+    /// Every buffer the body grows out of is freed, and where glibc serves it from its heap
+    /// its pages stay resident until something fits there: together they are at most a
+    /// third of the body (doubling gave up two thirds: 1 MiB, 512 KiB, … for 3 MiB).
+    #[test]
+    fn the_buffers_given_up_on_the_way_add_up_to_a_third_of_the_body() {
+        for (length, frame) in [
+            (3 * 1024 * 1024, 16 * 1024),
+            (3 * 1024 * 1024, 1500),
+            (4 * 1024 * 1024, 64 * 1024),
+            (100_000, 1),
+            (100_000, 3000),
+        ] {
+            let budget = Budget::new(16 << 20);
+            let mut buffer = declared(&budget, length);
+            let mut capacity = 0;
+            let mut given_up = 0;
+            for piece in vec![b'x'; length].chunks(frame) {
+                buffer.push(Bytes::copy_from_slice(piece)).unwrap();
+                if let Data::Growing(joined) = &buffer.data {
+                    if joined.capacity() != capacity {
+                        given_up += capacity;
+                        capacity = joined.capacity();
+                    }
+                }
+            }
+            assert_eq!(capacity, length, "{length} B in {frame} B frames");
+            assert!(
+                given_up * 3 <= length + 64,
+                "{length} B in {frame} B frames: {given_up} B given up"
+            );
         }
     }
 
@@ -496,8 +573,8 @@ mod tests {
         assert_eq!(budget.held(), length);
     }
 
-    /// A declared length reserves nothing: two tiny frames of a body that declared 4 MiB
-    /// lease the smallest chunk, as they would without the declaration.
+    /// A declared length reserves nothing: two tiny frames (13 bytes) of a body that
+    /// declared 4 MiB lease 16 bytes, 4 MiB divided by four ten times.
     #[test]
     fn a_declared_length_reserves_nothing_ahead() {
         let budget = Budget::new(1 << 20);
@@ -505,8 +582,8 @@ mod tests {
         buffer.push(Bytes::from_static(b"{\"event\":")).unwrap();
         assert_eq!(budget.held(), 9);
         buffer.push(Bytes::from_static(b"\"x\"}")).unwrap();
-        assert_eq!(budget.held(), FIRST_CHUNK);
-        assert_eq!(held_by(&buffer), FIRST_CHUNK);
+        assert_eq!(budget.held(), 16);
+        assert_eq!(held_by(&buffer), 16);
         let (body, lease) = buffer.finish();
         assert_eq!(&body[..], b"{\"event\":\"x\"}");
         assert_eq!(budget.held(), body.len(), "cut to the joined body");
