@@ -150,7 +150,7 @@ fn refusals(c: &mut Criterion) {
         ),
     ];
     let forged = |inbox: &str| {
-        let pad = "a".repeat(openmail_webhooks::layer::DEFAULT_BODY_LIMIT - 1024);
+        let pad = "a".repeat(4 * 1024 * 1024 - 1024);
         Bytes::from(format!(
             r#"{{"event":"message.received","event_id":"evt_1","inbox_id":"{inbox}","pad":"{pad}"}}"#
         ))

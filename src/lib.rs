@@ -19,7 +19,7 @@ mod delivery;
 pub mod event;
 mod expiry;
 mod json;
-pub mod layer;
+pub mod verify;
 mod log_safe;
 pub mod protocol;
 #[cfg(feature = "queue")]
@@ -36,11 +36,15 @@ pub mod websocket;
 pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
 pub use delivery::{Channel, Delivery};
 pub use event::Event;
-pub use layer::{Rejection, VerifyOpenMail, VerifyOpenMailLayer};
+pub use verify::layer::VerifyOpenMailLayer;
 pub use log_safe::{LOG_SAFE_MAX_CHARS, LogSafe};
 pub use protocol::{
     Clock, ConfigError, Secret, SystemClock, Verified, Verifier, VerifyError, sign,
 };
+
+/// The `Retry-After` of every retryable answer the crate sends (the `503`s, and
+/// deduplication's `409`): OpenMail's first retry interval.
+pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 // The guides in docs/ are read on the repository, next to the README; their code blocks
 // compile and run as doctests too.

@@ -22,14 +22,14 @@ use crate::receiver;
 use crate::support::{SECRET, unix_now};
 use axum::{Router, routing::post};
 use openmail_webhooks::dedup::DeduplicateLayer;
-use openmail_webhooks::layer::DEFAULT_BODY_LIMIT;
 use openmail_webhooks::protocol::REFUSAL_MACS;
 use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
 use openmail_webhooks::test_util::macs_on_this_thread;
-use openmail_webhooks::{Rejection, VerifyOpenMailLayer, sign};
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -39,6 +39,9 @@ use crate::wire::read_text_response as read_response;
 // Heap measurement: the pattern of the `hostile` tests.
 
 use crate::heap::{KIB, MIB, live, peak, reset_peak, serial};
+
+/// The layer's default body limit, 4 MiB (`VerifyOpenMailLayer::body_limit`).
+const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Servers and raw HTTP/1.1.

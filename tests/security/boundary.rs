@@ -33,7 +33,8 @@ use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
-use openmail_webhooks::{Rejection, VerifyOpenMailLayer, sign};
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 

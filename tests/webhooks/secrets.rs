@@ -12,7 +12,8 @@ use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::protocol::TenantSecrets;
 use openmail_webhooks::tenant::InboxSecrets;
-use openmail_webhooks::{Rejection, Secret, Verifier, VerifyOpenMailLayer, sign};
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{Secret, Verifier, VerifyOpenMailLayer, sign};
 use tower::{Layer, ServiceExt};
 
 const SECRETS: [&str; 3] = [

@@ -17,7 +17,8 @@ use openmail_webhooks::protocol::{SecretScope, TenantSecrets};
 use openmail_webhooks::tenant::{
     CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
 };
-use openmail_webhooks::{Delivery, Rejection, VerifyOpenMailLayer};
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{Delivery, VerifyOpenMailLayer};
 use tower::{Layer, ServiceExt};
 
 fn message(inbox: &str) -> Vec<u8> {
