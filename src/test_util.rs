@@ -104,7 +104,7 @@ pub const STALE_BY_SECS: i64 = 301;
 
 /// How many HMAC-SHA256 computations verification has run on the calling thread, since
 /// the thread started: one per secret tried, plus those a refusal runs so that it costs
-/// the same whatever the tenant ([`REFUSAL_MACS`](crate::protocol::REFUSAL_MACS)).
+/// the same whatever the tenant (four, for up to four secrets).
 /// Signing ([`sign`], this module's builders) is not counted.
 ///
 /// Take the difference around a request to see what it cost, as a count rather than a

@@ -79,8 +79,8 @@
 //!   events, as they are to OpenMail, where U+FFFD would make them one. Only an id that
 //!   spells that escape with a literal backslash (`"evt_\\ud800"` in JSON) reads the
 //!   same; OpenMail's ids are ASCII letters, digits and `_`.
-//!   [`Claim`](crate::protocol::Claim), which reads the same two ids before the signature
-//!   is checked, reads them the same way.
+//!   The claim the layer reads before the signature is checked
+//!   ([`Tenant::claimed_by`](crate::tenant::Tenant::claimed_by)) reads them the same way.
 //!
 //! [`UnknownEvent::json`] and [`MalformedEvent::json`] do not fail: a lone surrogate reads
 //! as U+FFFD there too, and a body that is not JSON is the string of its text.
@@ -96,9 +96,10 @@
 //!   [`Malformed`](Event::Malformed) without a type, an `event_id` or an `inbox_id`
 //!   (so deduplication does not key it), and its [`error`](MalformedEvent::error) says
 //!   which field was named twice. These fields name the event's type, deduplicate it,
-//!   route it and scope it to a tenant; [`Claim`](crate::protocol::Claim), which reads
-//!   them before the signature is checked, cannot be read either, and with per-inbox
-//!   secrets such a body verifies only under the account's secret.
+//!   route it and scope it to a tenant; the claim the layer reads before the signature is
+//!   checked cannot be read either, so the body names no inbox
+//!   ([`Tenant::claimed_by`](crate::tenant::Tenant::claimed_by) is the account), and with
+//!   per-inbox secrets it verifies only under the account's secret.
 //! - **Any other field the model reads for the event's type, twice** (`occurred_at`,
 //!   `attempt`, `message`, or `body_text` inside `message`, …): the event is
 //!   [`Malformed`](Event::Malformed), and its [`error`](MalformedEvent::error) says

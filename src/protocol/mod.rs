@@ -11,10 +11,9 @@
 //!   replay tolerance and the [`Clock`], and runs the check;
 //! - [`sign`] produces exactly the `X-Signature` OpenMail sends, for tests and tools;
 //! - [`VerifyError`] says precisely what was wrong;
-//! - for multi-tenant receivers, [`Claim`] reads the inbox a body names before it is
-//!   verified, and [`Verifier::verify_tenant`] checks the signature against that inbox's
-//!   [`TenantSecrets`] and that the secret which matched covers the inbox. The tower
-//!   layer runs the same check.
+//! - for multi-tenant receivers, [`TenantVerifier`](crate::tenant::TenantVerifier) checks
+//!   the signature against the secrets of the inbox the body names and that the secret
+//!   which matched covers the inbox. The tower layer runs the same check.
 //!
 //! ```
 //! use openmail_webhooks::{sign, Verifier};
@@ -33,15 +32,13 @@ mod claim;
 mod error;
 mod secret;
 mod signature;
-mod tenant;
 mod timestamp;
 mod verifier;
 
-pub use claim::{Claim, ClaimError, MAX_CLAIMED_ID_LEN};
+pub(crate) use claim::{Claim, MAX_CLAIMED_ID_LEN};
 pub use error::{ConfigError, VerifyError};
 pub use secret::Secret;
 pub use signature::sign;
-pub use tenant::{REFUSAL_MACS, SecretScope, TenantSecrets, TenantVerified};
 pub use timestamp::{Clock, SystemClock};
 pub use verifier::{DEFAULT_TOLERANCE, Verified, Verifier};
 

@@ -198,12 +198,6 @@ impl Verifier {
         Ok(Self::from_ring(secrets))
     }
 
-    /// A verifier whose own list is empty, so that its `verify` refuses everything: the
-    /// replay window alone, for tenant checks.
-    pub(crate) fn without_secrets() -> Self {
-        Self::from_ring(Box::new([]))
-    }
-
     fn from_ring(secrets: Box<[Secret]>) -> Self {
         Self {
             ring: Arc::new(SecretRing {

@@ -27,7 +27,7 @@
 //! # Duplicates
 //!
 //! The store's key is the one [`DedupKey`](crate::dedup::DedupKey) computes: the verified
-//! body's `inbox_id` (which the secret's [`SecretScope`](crate::protocol::SecretScope)
+//! body's `inbox_id` (which the secret's [`Tenant`](crate::tenant::Tenant)
 //! covers) and its `event_id`, exact bytes, hashed to 32 bytes. A delivery whose key is
 //! already stored, waiting, running, completed within the retention or dead, gets the same
 //! `200` and is not stored again; so there is no `409` here, and [`Ingest`] replaces

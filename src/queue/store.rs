@@ -10,7 +10,8 @@ use bytes::Bytes;
 use http::HeaderValue;
 use tower::BoxError;
 
-use crate::protocol::{SecretScope, Verified};
+use crate::protocol::Verified;
+use crate::tenant::Tenant;
 use crate::{Channel, Delivery};
 
 /// Where acknowledged events wait for the workers: a durable table of events keyed by a
@@ -351,8 +352,8 @@ impl Columns {
                 Channel::WebSocket => 1,
             },
             scope_inbox: match delivery.scope() {
-                SecretScope::Account => None,
-                SecretScope::Inbox(inbox) => Some(inbox.clone()),
+                Tenant::Account => None,
+                Tenant::Inbox(inbox) => Some(inbox.clone()),
             },
             timestamp: verified.map(|verified| verified.timestamp()),
             secret_index: verified
@@ -379,7 +380,7 @@ impl Columns {
         };
         let scope = self
             .scope_inbox
-            .map_or(SecretScope::Account, SecretScope::Inbox);
+            .map_or(Tenant::Account, Tenant::Inbox);
         let event_id_header = self
             .event_id_header
             .and_then(|value| HeaderValue::from_str(&value).ok());

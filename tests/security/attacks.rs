@@ -22,10 +22,12 @@ use crate::receiver;
 use crate::support::{SECRET, unix_now};
 use axum::{Router, routing::post};
 use openmail_webhooks::dedup::DeduplicateLayer;
-use openmail_webhooks::protocol::REFUSAL_MACS;
-use openmail_webhooks::protocol::TenantSecrets;
+/// Every refusal after the body costs this many MACs, whatever the tenant (the layer's
+/// constant, stated in `docs/tenants.md`).
+const REFUSAL_MACS: usize = 4;
+use openmail_webhooks::tenant::TenantSecrets;
 use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
+    CachedResolver, InboxSecrets, SecretResolver, Tenant,
 };
 use openmail_webhooks::test_util::macs_on_this_thread;
 use openmail_webhooks::verify::Rejection;
@@ -39,6 +41,15 @@ use crate::wire::read_text_response as read_response;
 // Heap measurement: the pattern of the `hostile` tests.
 
 use crate::heap::{KIB, MIB, live, peak, reset_peak, serial};
+
+/// What a resolver's `lookup` returns.
+type ResolveFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Option<openmail_webhooks::tenant::TenantSecrets>, tower::BoxError>,
+            > + Send,
+    >,
+>;
 
 /// The layer's default body limit, 4 MiB (`VerifyOpenMailLayer::body_limit`).
 const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
@@ -371,7 +382,7 @@ impl SecretResolver for CountingStore {
                 return Ok(None);
             }
             let secret = format!("whsec_{inbox}");
-            Ok(Some(TenantSecrets::inbox(inbox, [secret])?))
+            Ok(Some(TenantSecrets::for_inbox(inbox, [secret])?))
         })
     }
 }
@@ -524,7 +535,7 @@ impl SecretResolver for SlowStore {
             tokio::time::sleep(delay).await;
             match tenant {
                 Tenant::Inbox(inbox) if inbox.starts_with("inb_real_") => {
-                    Ok(Some(TenantSecrets::inbox(inbox, ["whsec_real"])?))
+                    Ok(Some(TenantSecrets::for_inbox(inbox, ["whsec_real"])?))
                 }
                 _ => Ok(None),
             }

@@ -879,9 +879,10 @@ fn a_duplicated_envelope_key_leaves_the_envelope_unread() {
             "{body}"
         );
         // The claim reader, which reads the same fields before the signature is checked,
-        // refuses the same bodies.
-        assert!(
-            openmail_webhooks::protocol::Claim::read(body.as_bytes()).is_err(),
+        // refuses the same bodies: they name no tenant but the account.
+        assert_eq!(
+            openmail_webhooks::tenant::Tenant::claimed_by(body.as_bytes()),
+            openmail_webhooks::tenant::Tenant::Account,
             "{body}"
         );
     }

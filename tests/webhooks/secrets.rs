@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::protocol::TenantSecrets;
+use openmail_webhooks::tenant::TenantSecrets;
 use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::verify::Rejection;
 use openmail_webhooks::{Secret, Verifier, VerifyOpenMailLayer, sign};
@@ -118,7 +118,7 @@ fn debug_output_never_shows_a_secret() {
         .unwrap()
         .account([SECRETS[2]])
         .unwrap();
-    let tenant = TenantSecrets::inbox("inb_a", SECRETS).unwrap();
+    let tenant = TenantSecrets::for_inbox("inb_a", SECRETS).unwrap();
     let resolved = VerifyOpenMailLayer::with_resolver(tenants.clone());
     for (what, shown) in [
         ("Secret", format!("{secret:?} {secret:#?}")),
