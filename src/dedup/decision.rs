@@ -54,15 +54,12 @@ pub enum Decision {
         /// Whether the inner service was called for this delivery all the same: always
         /// after a failed `complete` or `release` (which leave the inner service's
         /// response as it was), and after a failed reservation only with
-        /// [`StoreFailure::FailOpen`](super::StoreFailure::FailOpen).
+        /// [`OnStoreError::FailOpen`](super::OnStoreError::FailOpen).
         passed_through: bool,
     },
-    /// The verified body has no `event_id`, so the delivery went to the inner service
-    /// without deduplication: a verified event is never refused for it.
-    Unkeyed {
-        /// What was missing.
-        reason: Unkeyed,
-    },
+    /// The verified body has no top-level string `event_id`, so the delivery went to the
+    /// inner service without deduplication: a verified event is never refused for it.
+    NoEventId,
     /// The request carries no verified [`Delivery`](crate::Delivery): the layer is not
     /// inside [`VerifyOpenMailLayer`](crate::VerifyOpenMailLayer) (or the WebSocket
     /// dispatcher). A wiring mistake, refused with `500` without calling the inner service,
@@ -71,7 +68,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// The event's key, unless the delivery had none ([`Unkeyed`](Self::Unkeyed),
+    /// The event's key, unless the delivery had none ([`NoEventId`](Self::NoEventId),
     /// [`Unverified`](Self::Unverified)).
     pub fn key(&self) -> Option<&DedupKey> {
         match self {
@@ -81,7 +78,7 @@ impl Decision {
             | Self::DuplicateInFlight { key }
             | Self::Released { key, .. }
             | Self::StoreFailed { key, .. } => Some(key),
-            Self::Unkeyed { .. } | Self::Unverified => None,
+            Self::NoEventId | Self::Unverified => None,
         }
     }
 
@@ -150,8 +147,8 @@ impl fmt::Display for Decision {
                     ),
                 }
             }
-            Self::Unkeyed { reason } => {
-                write!(f, "not deduplicated: {reason}")
+            Self::NoEventId => {
+                f.write_str("not deduplicated: the verified body has no string `event_id`")
             }
             Self::Unverified => f.write_str(
                 "refused with 500: the request carries no verified Delivery; \
@@ -203,22 +200,6 @@ impl fmt::Display for StoreStep {
             Self::Reserve => "reserving the event",
             Self::Complete => "marking the event done",
             Self::Release => "releasing the reservation",
-        })
-    }
-}
-
-/// Why a verified delivery could not be deduplicated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Unkeyed {
-    /// The verified body has no top-level string `event_id`.
-    NoEventId,
-}
-
-impl fmt::Display for Unkeyed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::NoEventId => "the verified body has no string `event_id`",
         })
     }
 }

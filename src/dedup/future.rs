@@ -10,7 +10,7 @@ use tower::Service;
 
 use super::layer::Config;
 use super::{
-    Decision, ReleaseReason, Reservation, ReserveOutcome, StoreError, StoreFailure, StoreFuture,
+    Decision, ReleaseReason, Reservation, ReserveOutcome, OnStoreError, StoreError, StoreFuture,
     StoreStep,
 };
 use crate::body::ResponseBody;
@@ -324,7 +324,7 @@ fn reserved<S, R, F, T, E>(
             // answer OpenMail's retries with 409; the token check makes it harmless if not.
             hold.armed = false;
             config.store.abandon(hold.reservation.clone());
-            let passed_through = config.store_failure == StoreFailure::FailOpen;
+            let passed_through = config.on_store_error == OnStoreError::FailOpen;
             config.report(Decision::StoreFailed {
                 key,
                 step: StoreStep::Reserve,

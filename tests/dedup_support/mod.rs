@@ -280,7 +280,7 @@ pub fn describe(decision: &Decision) -> String {
             };
             format!("store_failed: {step} {error} passed_through={passed_through}")
         }
-        Decision::Unkeyed { reason } => format!("unkeyed: {reason:?}"),
+        Decision::NoEventId => "unkeyed: NoEventId".to_owned(),
         Decision::Unverified => "unverified".into(),
         _ => "other".into(),
     }
