@@ -33,14 +33,15 @@ pub mod test_util;
 #[cfg_attr(docsrs, doc(cfg(feature = "websocket")))]
 pub mod websocket;
 
-pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
+// The root holds what the quickstart and the common cases use; every other item has its
+// one path in its module.
 pub use delivery::{Channel, Delivery};
-pub use event::Event;
+pub use event::kind::Event;
+pub use log_safe::LogSafe;
+pub use protocol::error::{ConfigError, VerifyError};
+pub use protocol::signature::sign;
+pub use protocol::verifier::Verifier;
 pub use verify::layer::VerifyOpenMailLayer;
-pub use log_safe::{LOG_SAFE_MAX_CHARS, LogSafe};
-pub use protocol::{
-    Clock, ConfigError, Secret, SystemClock, Verified, Verifier, VerifyError, sign,
-};
 
 /// The `Retry-After` of every retryable answer the crate sends (the `503`s, and
 /// deduplication's `409`): OpenMail's first retry interval.

@@ -96,7 +96,8 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Uri};
 
 use crate::protocol::{EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use crate::{Clock, SystemClock, sign};
+use crate::protocol::{Clock, SystemClock};
+use crate::sign;
 
 /// How far [`TestDelivery::stale`] moves `X-Timestamp` into the past: one second more than
 /// the default 300 s tolerance.

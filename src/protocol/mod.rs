@@ -7,9 +7,9 @@
 //!
 //! - [`Secret`] holds one pre-keyed HMAC state, so each check clones a keyed state
 //!   instead of re-deriving it from the secret;
-//! - [`Verifier`] holds the accepted secrets (more than one during a rotation), the
+//! - [`Verifier`](crate::Verifier) holds the accepted secrets (more than one during a rotation), the
 //!   replay tolerance and the [`Clock`], and runs the check;
-//! - [`sign`] produces exactly the `X-Signature` OpenMail sends, for tests and tools;
+//! - [`sign`](crate::sign) produces exactly the `X-Signature` OpenMail sends, for tests and tools;
 //! - [`VerifyError`] says precisely what was wrong;
 //! - for multi-tenant receivers, [`TenantVerifier`](crate::tenant::TenantVerifier) checks
 //!   the signature against the secrets of the inbox the body names and that the secret
@@ -29,18 +29,19 @@
 //! ```
 
 mod claim;
-mod error;
+pub(crate) mod error;
 mod secret;
-mod signature;
+pub(crate) mod signature;
 mod timestamp;
-mod verifier;
+pub(crate) mod verifier;
+
+pub use secret::Secret;
+pub use timestamp::Clock;
+pub use verifier::Verified;
 
 pub(crate) use claim::{Claim, MAX_CLAIMED_ID_LEN};
-pub use error::{ConfigError, VerifyError};
-pub use secret::Secret;
-pub use signature::sign;
-pub use timestamp::{Clock, SystemClock};
-pub use verifier::{DEFAULT_TOLERANCE, Verified, Verifier};
+pub(crate) use error::{ConfigError, VerifyError};
+pub(crate) use timestamp::SystemClock;
 
 #[cfg(feature = "test-util")]
 pub(crate) use secret::macs_on_this_thread;

@@ -4,7 +4,7 @@ use super::VerifyError;
 
 /// Where "now" comes from when a timestamp is checked against the tolerance.
 ///
-/// The default is [`SystemClock`]. Tests pin time with a closure:
+/// The default is the operating system's wall clock. Tests pin time with a closure:
 ///
 /// ```
 /// use openmail_webhooks::Verifier;
@@ -19,7 +19,7 @@ pub trait Clock: Send + Sync + 'static {
 
 /// The operating system's wall clock.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> i64 {

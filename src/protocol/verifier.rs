@@ -15,7 +15,7 @@ use super::{
 };
 
 /// OpenMail's replay window: deliveries more than 300 s from now, either way, are refused.
-pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Checks OpenMail signatures against one or more secrets.
 ///
@@ -219,13 +219,13 @@ impl Verifier {
     }
 
     /// How far `X-Timestamp` may be from now, in either direction. Whole seconds count;
-    /// the boundary itself is accepted. Defaults to [`DEFAULT_TOLERANCE`].
+    /// the boundary itself is accepted. 300 s unless set: OpenMail's replay window.
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
         self.freshness.tolerance(tolerance);
         self
     }
 
-    /// Where "now" comes from. Defaults to [`SystemClock`].
+    /// Where "now" comes from, in Unix seconds; the system clock unless set.
     pub fn clock(mut self, clock: impl Clock) -> Self {
         self.freshness.clock(clock);
         self

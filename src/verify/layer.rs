@@ -11,7 +11,8 @@ use super::deadline::Pace;
 use super::{Rejection, VerifyOpenMail};
 use crate::protocol::{Freshness, SecretRing};
 use crate::tenant::SecretResolver;
-use crate::{Clock, ConfigError, Verifier};
+use crate::protocol::Clock;
+use crate::{ConfigError, Verifier};
 
 /// The default body limit: 4 MiB (see [`VerifyOpenMailLayer::body_limit`] for why).
 pub(crate) const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;

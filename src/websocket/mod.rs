@@ -15,7 +15,8 @@
 //! use std::sync::Arc;
 //! use axum::{routing::post, Extension, Router};
 //! use openmail_webhooks::websocket::WebSocketClient;
-//! use openmail_webhooks::{DeduplicateLayer, Event, VerifyOpenMailLayer};
+//! use openmail_webhooks::dedup::DeduplicateLayer;
+//! use openmail_webhooks::{Event, VerifyOpenMailLayer};
 //!
 //! async fn handle(Extension(event): Extension<Arc<Event>>) -> &'static str {
 //!     println!("{} {:?}", event.event_type(), event.event_id());
@@ -50,7 +51,7 @@
 //! replays what came after the resume position, so the same event may come by both.
 //! Every connection whose subscription matches receives every event, so two replicas each
 //! holding a connection both receive it. Put the service behind one
-//! [`DeduplicateLayer`](crate::DeduplicateLayer), shared by the webhook route and the
+//! [`DeduplicateLayer`](crate::dedup::DeduplicateLayer), shared by the webhook route and the
 //! WebSocket, with one store shared by the replicas (a
 //! [`RedisStore`](crate::dedup::RedisStore)): it keys on the event's `event_id`, whichever
 //! channel it came by. The dedup layer answers a duplicate `200`, which counts as handled

@@ -13,7 +13,8 @@ use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::tenant::TenantSecrets;
 use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::verify::Rejection;
-use openmail_webhooks::{Secret, Verifier, VerifyOpenMailLayer, sign};
+use openmail_webhooks::protocol::Secret;
+use openmail_webhooks::{Verifier, VerifyOpenMailLayer, sign};
 use tower::{Layer, ServiceExt};
 
 const SECRETS: [&str; 3] = [

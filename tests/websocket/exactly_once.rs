@@ -13,7 +13,8 @@ use crate::websocket_support::{TestServer, event};
 use axum::http::StatusCode;
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer};
 use openmail_webhooks::websocket::Status;
-use openmail_webhooks::{Channel, MemoryStore, VerifyOpenMailLayer};
+use openmail_webhooks::dedup::MemoryStore;
+use openmail_webhooks::{Channel, VerifyOpenMailLayer};
 use tokio::task::JoinSet;
 
 const EVENTS: usize = 30;

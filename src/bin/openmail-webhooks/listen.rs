@@ -55,7 +55,7 @@ use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::websocket::{
     DEFAULT_URL, HandlerFailure, Status, Subscription, WebSocketClient, WebSocketError,
 };
-use openmail_webhooks::{Clock, Delivery, LogSafe, SystemClock};
+use openmail_webhooks::{Delivery, LogSafe};
 
 use crate::args;
 use crate::http::{
@@ -366,7 +366,7 @@ impl Forward {
         let request = match signed_request(
             &self.connect,
             &self.secret,
-            SystemClock.now(),
+            crate::unix_now(),
             event_id,
             delivery.body().clone(),
         ) {
