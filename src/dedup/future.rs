@@ -11,7 +11,6 @@ use tower::Service;
 use super::layer::Config;
 use super::{
     Decision, ReleaseReason, Reservation, ReserveOutcome, OnStoreError, StoreError, StoreFuture,
-    StoreStep,
 };
 use crate::body::ResponseBody;
 
@@ -106,18 +105,8 @@ impl Hold {
         let decision = match (settle, result) {
             (Settle::Complete, Ok(())) => Decision::Completed { key },
             (Settle::Release(reason), Ok(())) => Decision::Released { key, reason },
-            (Settle::Complete, Err(error)) => Decision::StoreFailed {
-                key,
-                step: StoreStep::Complete,
-                error,
-                passed_through: true,
-            },
-            (Settle::Release(_), Err(error)) => Decision::StoreFailed {
-                key,
-                step: StoreStep::Release,
-                error,
-                passed_through: true,
-            },
+            (Settle::Complete, Err(error)) => Decision::CompleteFailed { key, error },
+            (Settle::Release(_), Err(error)) => Decision::ReleaseFailed { key, error },
         };
         self.config.report(decision);
     }
@@ -325,9 +314,8 @@ fn reserved<S, R, F, T, E>(
             hold.armed = false;
             config.store.abandon(hold.reservation.clone());
             let passed_through = config.on_store_error == OnStoreError::FailOpen;
-            config.report(Decision::StoreFailed {
+            config.report(Decision::ReserveFailed {
                 key,
-                step: StoreStep::Reserve,
                 error,
                 passed_through,
             });

@@ -258,7 +258,9 @@ fn trace(decision: &Decision) {
         Decision::First { .. } | Decision::Completed { .. } | Decision::NoEventId => {
             tracing::debug!(event_id, inbox_id, %decision, "OpenMail webhook deduplication");
         }
-        Decision::StoreFailed { .. } => {
+        Decision::ReserveFailed { .. }
+        | Decision::CompleteFailed { .. }
+        | Decision::ReleaseFailed { .. } => {
             tracing::warn!(event_id, inbox_id, %decision, "OpenMail webhook deduplication");
         }
         Decision::Unverified => tracing::error!(%decision, "OpenMail webhook deduplication"),

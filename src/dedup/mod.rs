@@ -110,7 +110,8 @@
 //! `tracing` feature, to `tracing`: [`Decision::First`], [`Completed`](Decision::Completed),
 //! [`DuplicateDone`](Decision::DuplicateDone),
 //! [`DuplicateInFlight`](Decision::DuplicateInFlight), [`Released`](Decision::Released),
-//! [`StoreFailed`](Decision::StoreFailed), [`NoEventId`](Decision::NoEventId) and
+//! [`ReserveFailed`](Decision::ReserveFailed), [`CompleteFailed`](Decision::CompleteFailed),
+//! [`ReleaseFailed`](Decision::ReleaseFailed), [`NoEventId`](Decision::NoEventId) and
 //! [`Unverified`](Decision::Unverified). Their `Display`, and the fields logged with them,
 //! show ids through [`LogSafe`](crate::LogSafe): escaped and cut short.
 //!
@@ -140,7 +141,7 @@ mod redis;
 mod service;
 mod store;
 
-pub use decision::{Decision, ReleaseReason, StoreStep};
+pub use decision::{Decision, ReleaseReason};
 pub use future::ResponseFuture;
 pub use key::DedupKey;
 pub use layer::{DeduplicateLayer, OnStoreError};

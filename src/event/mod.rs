@@ -241,7 +241,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-pub use address::{Mailbox, Mailboxes};
+pub use address::Mailbox;
 pub use fallback::{MalformedEvent, UnknownEvent};
 pub use lifecycle::{Lifecycle, Reason};
 pub use message::{Attachment, Attachments, ExtractionMethod, Message, MessageReceived};

@@ -36,12 +36,11 @@ mod timestamp;
 pub(crate) mod verifier;
 
 pub use secret::Secret;
-pub use timestamp::Clock;
 pub use verifier::Verified;
 
 pub(crate) use claim::{Claim, MAX_CLAIMED_ID_LEN};
 pub(crate) use error::{ConfigError, VerifyError};
-pub(crate) use timestamp::SystemClock;
+pub(crate) use timestamp::{Clock, SystemClock};
 
 #[cfg(feature = "test-util")]
 pub(crate) use secret::macs_on_this_thread;

@@ -225,8 +225,17 @@ impl Verifier {
         self
     }
 
-    /// Where "now" comes from, in Unix seconds; the system clock unless set.
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    /// Where "now" comes from, in whole seconds since the Unix epoch; the system clock
+    /// unless set. Tests pin time with a closure:
+    ///
+    /// ```
+    /// use openmail_webhooks::Verifier;
+    ///
+    /// let verifier = Verifier::new("whsec_test")?.clock(|| 1_790_000_000);
+    /// assert_eq!(verifier.now(), 1_790_000_000);
+    /// # Ok::<(), openmail_webhooks::ConfigError>(())
+    /// ```
+    pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.freshness.clock(clock);
         self
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderMap;
 
 use super::Tenant;
-use crate::protocol::{Claim, Clock, Freshness, Secret, SignedHead, Verified, signed_headers};
+use crate::protocol::{Claim, Freshness, Secret, SignedHead, Verified, signed_headers};
 use crate::{ConfigError, VerifyError};
 
 /// How many MACs every refused tenant delivery costs, whatever the tenant: a refusal that
@@ -188,7 +188,7 @@ impl TenantVerifier {
     }
 
     /// Where "now" comes from, in Unix seconds; the system clock unless set.
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.freshness.clock(clock);
         self
     }

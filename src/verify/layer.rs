@@ -11,7 +11,6 @@ use super::deadline::Pace;
 use super::{Rejection, VerifyOpenMail};
 use crate::protocol::{Freshness, SecretRing};
 use crate::tenant::SecretResolver;
-use crate::protocol::Clock;
 use crate::{ConfigError, Verifier};
 
 /// The default body limit: 4 MiB (see [`VerifyOpenMailLayer::body_limit`] for why).
@@ -207,7 +206,7 @@ impl VerifyOpenMailLayer {
     }
 
     /// Where "now" comes from; see [`Verifier::clock`].
-    pub fn clock(self, clock: impl Clock) -> Self {
+    pub fn clock(self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.map_config(|config| config.freshness.clock(clock))
     }
 
