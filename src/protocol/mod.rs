@@ -8,7 +8,7 @@
 //! - [`Secret`] holds one pre-keyed HMAC state, so each check clones a keyed state
 //!   instead of re-deriving it from the secret;
 //! - [`Verifier`](crate::Verifier) holds the accepted secrets (more than one during a rotation), the
-//!   replay tolerance and the [`Clock`], and runs the check;
+//!   replay tolerance and the clock, and runs the check;
 //! - [`sign`](crate::sign) produces exactly the `X-Signature` OpenMail sends, for tests and tools;
 //! - [`VerifyError`] says precisely what was wrong;
 //! - for multi-tenant receivers, [`TenantVerifier`](crate::tenant::TenantVerifier) checks
