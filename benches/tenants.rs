@@ -18,9 +18,7 @@ use http::{Request, Response};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::tenant::TenantSecrets;
-use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, SecretResolver, Tenant,
-};
+use openmail_webhooks::tenant::{CachedResolver, InboxSecrets, SecretResolver, Tenant};
 use openmail_webhooks::{VerifyOpenMailLayer, sign};
 use tower::{Layer, Service, ServiceExt};
 

@@ -97,14 +97,7 @@ impl Delivery {
     /// An event that arrived over the account's WebSocket.
     #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     pub(crate) fn websocket(body: Bytes, event: Option<Arc<Event>>) -> Self {
-        Self::new(
-            Channel::WebSocket,
-            None,
-            Tenant::Account,
-            None,
-            body,
-            event,
-        )
+        Self::new(Channel::WebSocket, None, Tenant::Account, None, body, event)
     }
 
     /// A delivery an event store kept, as it was verified, with its event parsed again

@@ -19,7 +19,6 @@ mod delivery;
 pub mod event;
 mod expiry;
 mod json;
-pub mod verify;
 mod log_safe;
 pub mod protocol;
 #[cfg(feature = "queue")]
@@ -29,6 +28,7 @@ pub mod tenant;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
+pub mod verify;
 #[cfg(feature = "websocket")]
 #[cfg_attr(docsrs, doc(cfg(feature = "websocket")))]
 pub mod websocket;

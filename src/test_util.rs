@@ -95,8 +95,8 @@ pub use sample::Sample;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Uri};
 
-use crate::protocol::{EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::protocol::{Clock, SystemClock};
+use crate::protocol::{EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use crate::sign;
 
 /// How far [`TestDelivery::stale`] moves `X-Timestamp` into the past: one second more than

@@ -10,9 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use openmail_webhooks::dedup::{
-    DedupKey, DedupStore, MemoryStore, Reservation, StoreError,
-};
+use openmail_webhooks::dedup::{DedupKey, DedupStore, MemoryStore, Reservation, StoreError};
 
 struct Counting;
 

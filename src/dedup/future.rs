@@ -10,7 +10,7 @@ use tower::Service;
 
 use super::layer::Config;
 use super::{
-    Decision, ReleaseReason, Reservation, ReserveOutcome, OnStoreError, StoreError, StoreFuture,
+    Decision, OnStoreError, ReleaseReason, Reservation, ReserveOutcome, StoreError, StoreFuture,
 };
 use crate::body::ResponseBody;
 

@@ -201,7 +201,10 @@ impl DedupStore for MemoryStore {
         ))
     }
 
-    fn release(&self, reservation: Reservation) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>> {
+    fn release(
+        &self,
+        reservation: Reservation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>> {
         self.release_now(&reservation);
         Box::pin(std::future::ready(Ok(())))
     }

@@ -240,7 +240,10 @@ impl DedupStore for RedisStore {
         })
     }
 
-    fn release(&self, reservation: Reservation) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>> {
+    fn release(
+        &self,
+        reservation: Reservation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>> {
         let mut connection = self.connection.clone();
         let key = self.key(&reservation);
         let scripts = Arc::clone(&self.scripts);

@@ -13,7 +13,8 @@ use tower::BoxError;
 use super::DedupKey;
 
 /// The future a [`DedupStore`] returns, as the crate names it inside.
-pub(crate) type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+pub(crate) type StoreFuture<T> =
+    Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
 /// Where the deduplication state lives: reservations (leases) and done markers, keyed by
 /// a [`DedupKey`] (the verified inbox and the `event_id`, as a fixed-size digest).
@@ -196,7 +197,10 @@ pub trait DedupStore: Send + Sync + 'static {
     /// Deletes this holder's reservation, so that the next delivery of the event is
     /// processed. Does nothing when the stored reservation carries another token, or when
     /// the event is done.
-    fn release(&self, reservation: Reservation) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
+    fn release(
+        &self,
+        reservation: Reservation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
 
     /// Called synchronously, from `Drop`, when the layer's response future is dropped
     /// while it holds `reservation` and before the inner service answered: the client

@@ -1,7 +1,7 @@
 use std::fmt;
 
-use crate::tenant::Tenant;
 use crate::LogSafe;
+use crate::tenant::Tenant;
 
 /// Why a delivery failed verification.
 ///

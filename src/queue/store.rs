@@ -378,9 +378,7 @@ impl Columns {
             )),
             _ => None,
         };
-        let scope = self
-            .scope_inbox
-            .map_or(Tenant::Account, Tenant::Inbox);
+        let scope = self.scope_inbox.map_or(Tenant::Account, Tenant::Inbox);
         let event_id_header = self
             .event_id_header
             .and_then(|value| HeaderValue::from_str(&value).ok());

@@ -244,10 +244,7 @@ mod tests {
             scopes(&Tenant::Inbox("inb_a".into())),
             [Tenant::Inbox("inb_a".into()), Tenant::Account]
         );
-        assert_eq!(
-            scopes(&Tenant::Inbox("inb_b".into())),
-            [Tenant::Account]
-        );
+        assert_eq!(scopes(&Tenant::Inbox("inb_b".into())), [Tenant::Account]);
         assert_eq!(scopes(&Tenant::Account), [Tenant::Account]);
         let without_account = InboxSecrets::new().inbox("inb_a", ["whsec_a"]).unwrap();
         assert!(without_account.secrets_of(&Tenant::Account).is_none());

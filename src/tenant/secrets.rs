@@ -272,9 +272,7 @@ mod tests {
             .and(TenantSecrets::for_account(["whsec_account"]).unwrap());
         let body = br#"{"event_id":"e","inbox_id":"inb_z","pod_id":"p"}"#;
         let signature = sign("whsec_account", TS, body);
-        let verified = verifier()
-            .verify(&secrets, TS, &signature, body)
-            .unwrap();
+        let verified = verifier().verify(&secrets, TS, &signature, body).unwrap();
         assert_eq!(
             secrets.scopes().nth(verified.secret_index()),
             Some(&Tenant::Account)
@@ -311,5 +309,4 @@ mod tests {
             );
         }
     }
-
 }

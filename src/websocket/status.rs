@@ -17,7 +17,7 @@ use crate::LogSafe;
 /// [`LogSafe`](crate::LogSafe)), and so should any other way of printing them.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub enum Status {
+pub enum ClientStatus {
     /// Opening a connection; `attempt` counts from 1 since the last good connection.
     Connecting {
         /// The attempt's number.
@@ -300,7 +300,7 @@ impl fmt::Display for List<'_> {
     }
 }
 
-impl fmt::Display for Status {
+impl fmt::Display for ClientStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),

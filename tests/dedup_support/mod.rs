@@ -22,9 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use openmail_webhooks::dedup::{
-    Decision, DedupKey, DedupStore, DeduplicateLayer, StoreError,
-};
+use openmail_webhooks::dedup::{Decision, DedupKey, DedupStore, DeduplicateLayer, StoreError};
 use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::{Delivery, VerifyOpenMailLayer, sign};
 use tokio::net::TcpListener;

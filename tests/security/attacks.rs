@@ -26,9 +26,7 @@ use openmail_webhooks::dedup::DeduplicateLayer;
 /// constant, stated in `docs/tenants.md`).
 const REFUSAL_MACS: usize = 4;
 use openmail_webhooks::tenant::TenantSecrets;
-use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, SecretResolver, Tenant,
-};
+use openmail_webhooks::tenant::{CachedResolver, InboxSecrets, SecretResolver, Tenant};
 use openmail_webhooks::test_util::macs_on_this_thread;
 use openmail_webhooks::verify::Rejection;
 use openmail_webhooks::{VerifyOpenMailLayer, sign};

@@ -30,9 +30,7 @@ use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::tenant::TenantSecrets;
-use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, SecretResolver, Tenant,
-};
+use openmail_webhooks::tenant::{CachedResolver, InboxSecrets, SecretResolver, Tenant};
 use openmail_webhooks::verify::Rejection;
 use openmail_webhooks::{VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;

@@ -25,7 +25,7 @@ mod with_redis {
     use std::time::Duration;
 
     use axum::http::StatusCode;
-    use openmail_webhooks::dedup::{DedupStore, RedisStore, Reservation, OnStoreError};
+    use openmail_webhooks::dedup::{DedupStore, OnStoreError, RedisStore, Reservation};
     use redis::aio::MultiplexedConnection;
 
     use crate::dedup_behaviours;

@@ -10,10 +10,10 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::tenant::TenantSecrets;
-use openmail_webhooks::tenant::InboxSecrets;
-use openmail_webhooks::verify::Rejection;
 use openmail_webhooks::protocol::Secret;
+use openmail_webhooks::tenant::InboxSecrets;
+use openmail_webhooks::tenant::TenantSecrets;
+use openmail_webhooks::verify::Rejection;
 use openmail_webhooks::{Verifier, VerifyOpenMailLayer, sign};
 use tower::{Layer, ServiceExt};
 

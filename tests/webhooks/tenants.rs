@@ -14,9 +14,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::tenant::TenantSecrets;
-use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, SecretResolver, Tenant,
-};
+use openmail_webhooks::tenant::{CachedResolver, InboxSecrets, SecretResolver, Tenant};
 use openmail_webhooks::verify::Rejection;
 use openmail_webhooks::{Delivery, VerifyOpenMailLayer};
 use tower::{Layer, ServiceExt};

@@ -34,8 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::Uri;
 use lexopt::{Arg, Parser};
-use openmail_webhooks::test_util::Sample;
 use openmail_webhooks::LogSafe;
+use openmail_webhooks::test_util::Sample;
 
 use crate::args;
 use crate::http::{ANSWER_KEPT, client, event_id_header, parse_url, post, signed_request};
