@@ -27,7 +27,7 @@ use openmail_webhooks::dedup::DeduplicateLayer;
 const REFUSAL_MACS: usize = 4;
 use openmail_webhooks::tenant::TenantSecrets;
 use openmail_webhooks::tenant::{CachedResolver, InboxSecrets, SecretResolver, Tenant};
-use openmail_webhooks::test_util::macs_on_this_thread;
+use openmail_webhooks::test_util::TestDelivery;
 use openmail_webhooks::verify::Rejection;
 use openmail_webhooks::{VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
@@ -265,7 +265,7 @@ async fn breach_declared_lengths_with_no_body_pin_the_memory_budget() {
 
 /// Serves `app` with `axum::serve` (the layer alone, without the receiver's server
 /// settings) on this test's runtime. On a current-thread runtime the layer then verifies
-/// on the test's thread, where [`macs_on_this_thread`] counts.
+/// on the test's thread, where [`TestDelivery::macs_on_this_thread`] counts.
 async fn serve_here(app: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -285,7 +285,10 @@ struct Refusal {
 }
 
 async fn refusal(addr: SocketAddr, request: &[u8], lookups: &AtomicUsize) -> Refusal {
-    let (macs, looked) = (macs_on_this_thread(), lookups.load(Ordering::SeqCst));
+    let (macs, looked) = (
+        TestDelivery::macs_on_this_thread(),
+        lookups.load(Ordering::SeqCst),
+    );
     let (status, head, body) = tokio::time::timeout(Duration::from_secs(20), async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(request).await.unwrap();
@@ -302,7 +305,7 @@ async fn refusal(addr: SocketAddr, request: &[u8], lookups: &AtomicUsize) -> Ref
             .map(str::to_owned)
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
-        macs: macs_on_this_thread() - macs,
+        macs: TestDelivery::macs_on_this_thread() - macs,
         lookups: lookups.load(Ordering::SeqCst) - looked,
     }
 }
@@ -334,7 +337,10 @@ async fn refusal_h2(addr: SocketAddr, body: Vec<u8>, lookups: &AtomicUsize) -> R
         .header("x-signature", sign("whsec_attacker", &timestamp, &body))
         .body(Full::new(bytes::Bytes::from(body)))
         .unwrap();
-    let (macs, looked) = (macs_on_this_thread(), lookups.load(Ordering::SeqCst));
+    let (macs, looked) = (
+        TestDelivery::macs_on_this_thread(),
+        lookups.load(Ordering::SeqCst),
+    );
     let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
         .await
         .expect("answered within 20 s")
@@ -351,7 +357,7 @@ async fn refusal_h2(addr: SocketAddr, body: Vec<u8>, lookups: &AtomicUsize) -> R
         status,
         head,
         body: String::from_utf8_lossy(&body).into_owned(),
-        macs: macs_on_this_thread() - macs,
+        macs: TestDelivery::macs_on_this_thread() - macs,
         lookups: lookups.load(Ordering::SeqCst) - looked,
     }
 }

@@ -671,7 +671,7 @@ async fn cost(
     request: Request<Frames>,
 ) -> Cost {
     let (macs, looked) = (
-        openmail_webhooks::test_util::macs_on_this_thread(),
+        openmail_webhooks::test_util::TestDelivery::macs_on_this_thread(),
         lookups.load(Ordering::SeqCst),
     );
     let response = layer
@@ -689,7 +689,7 @@ async fn cost(
         status,
         headers,
         body,
-        macs: openmail_webhooks::test_util::macs_on_this_thread() - macs,
+        macs: openmail_webhooks::test_util::TestDelivery::macs_on_this_thread() - macs,
         lookups: lookups.load(Ordering::SeqCst) - looked,
     }
 }
