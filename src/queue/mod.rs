@@ -74,7 +74,11 @@ pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;
-pub use store::{
-    Claimed, DeadLetter, Durability, EventStore, Inserted, Lease, QueueError, QueueStats,
-};
+pub use store::{DeadLetter, Durability, EventStore, QueueError, QueueStats};
+
+// The store contract, sealed inside the crate, is reachable under `test-util` for the
+// crate's own store tests only: hidden, and not part of the API.
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub use store::{Backend, Claimed, Inserted, Lease};
 pub use workers::{WorkerAttempt, Workers};

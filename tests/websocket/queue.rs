@@ -13,7 +13,7 @@ use crate::websocket_support::{TestServer, event};
 use axum::Router;
 use axum::http::StatusCode;
 use openmail_webhooks::VerifyOpenMailLayer;
-use openmail_webhooks::queue::{Durability, EventStore, Ingest, SqliteStore};
+use openmail_webhooks::queue::{Backend, Durability, EventStore, Ingest, SqliteStore};
 use openmail_webhooks::websocket::ClientStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
