@@ -43,8 +43,8 @@ pub use protocol::signature::sign;
 pub use protocol::verifier::Verifier;
 pub use verify::layer::VerifyOpenMailLayer;
 
-/// The `Retry-After` of every retryable answer the crate sends (the `503`s, and
-/// deduplication's `409`): OpenMail's first retry interval.
+/// The `Retry-After` of the verifying layer's `503`s and of deduplication's `409` and
+/// `503`: OpenMail's first retry interval.
 pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 // The guides in docs/ are read on the repository, next to the README; their code blocks
