@@ -10,7 +10,7 @@ use tower::{BoxError, Service};
 use super::backoff::Backoff;
 use super::endpoint::Endpoint;
 use super::resume::{MemoryResumeStore, ResumeStore};
-use super::status::{ClientStatus, DeadLetter};
+use super::status::ClientStatus;
 use super::subscription::Subscription;
 use super::transport::Dial;
 use super::{
@@ -22,7 +22,6 @@ use super::{
 use crate::body::VerifiedBody;
 
 type StatusHook = Arc<dyn Fn(&ClientStatus) + Send + Sync + 'static>;
-type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync + 'static>;
 
 /// A client for OpenMail's WebSocket that hands each event to a tower `Service`, the same
 /// one that serves verified webhooks. See the [module docs](super) for what it does.
@@ -46,7 +45,6 @@ pub(crate) struct Config {
     pub(crate) dispatch_path: String,
     tls: Option<Arc<ClientConfig>>,
     on_status: Option<StatusHook>,
-    on_dead_letter: Option<DeadLetterHook>,
     pub(crate) reconnect: Backoff,
     pub(crate) retry: Backoff,
     pub(crate) retries: u32,
@@ -90,12 +88,6 @@ impl Config {
             hook(&status);
         }
     }
-
-    pub(crate) fn dead_letter(&self, letter: &DeadLetter) {
-        if let Some(hook) = &self.on_dead_letter {
-            hook(letter);
-        }
-    }
 }
 
 impl WebSocketClient {
@@ -125,7 +117,6 @@ impl WebSocketClient {
                 dispatch_path: "/webhooks".to_owned(),
                 tls: None,
                 on_status: None,
-                on_dead_letter: None,
                 reconnect: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                 retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                 retries: DEFAULT_HANDLER_RETRIES,
@@ -184,21 +175,11 @@ impl WebSocketClient {
     }
 
     /// Calls `hook` with each [`ClientStatus`]: connections, reconnections, possible gaps,
-    /// skipped messages, each event's outcome. Keep it quick: it runs on the client's
-    /// task.
+    /// skipped messages, each event's outcome, and the events the client gave up on
+    /// ([`ClientStatus::HandlerFailed`], with the event: keep it there to handle it later).
+    /// Keep it quick: it runs on the client's task.
     pub fn on_status(mut self, hook: impl Fn(&ClientStatus) + Send + Sync + 'static) -> Self {
         self.config.on_status = Some(Arc::new(hook));
-        self
-    }
-
-    /// Calls `hook` with each event the service failed on every attempt, after
-    /// [`ClientStatus::HandlerFailed`] is reported. The client gives up on such an event: the
-    /// resume position moves past it, and the WebSocket will not deliver it again, so
-    /// keep it here (its bytes are [`DeadLetter::event`]'s
-    /// [`raw`](crate::Event::raw)) to handle it later. Without a hook, it is only
-    /// reported. Keep it quick: it runs on the client's task.
-    pub fn on_dead_letter(mut self, hook: impl Fn(&DeadLetter) + Send + Sync + 'static) -> Self {
-        self.config.on_dead_letter = Some(Arc::new(hook));
         self
     }
 

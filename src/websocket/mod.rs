@@ -70,9 +70,8 @@
 //!   wait does the client stop reading, until some finish.
 //! - A failed event is retried in process: [`handler_retries`](WebSocketClient::handler_retries)
 //!   more attempts (3 by default), 1 s, 2 s, then 4 s apart, with jitter. Then the client
-//!   **gives up on it**: it is reported ([`ClientStatus::HandlerFailed`]), handed to the
-//!   [dead-letter hook](WebSocketClient::on_dead_letter) when one is set, and the resume
-//!   position moves past it.
+//!   **gives up on it**: it is reported ([`ClientStatus::HandlerFailed`], which carries the
+//!   event and its bytes: the dead letter), and the resume position moves past it.
 //! - **The socket does not redeliver**: OpenMail counts an event as delivered once it is
 //!   sent. So the resume position, the `last_event_id` the next connection sends, is a
 //!   low watermark: the last event of the longest run of settled events (handled, or
@@ -91,7 +90,7 @@
 //!   Events would be lost silently, many of them, for one failure. This client instead
 //!   loses none silently: the failure is reported and dead-lettered, with the event's
 //!   bytes, and the stream goes on. An application that wants such an event retried
-//!   keeps it from the dead-letter hook and runs it again later.
+//!   keeps it from the [status hook](WebSocketClient::on_status) and runs it again later.
 //! - The position is loaded from a [`ResumeStore`] before the first connection and saved
 //!   each time it advances. [`MemoryResumeStore`], the default, survives reconnections but not a
 //!   restart; [`RedisResumeStore`] (with the `redis` feature) or your own store survives both.
@@ -192,7 +191,7 @@ pub use error::WebSocketError;
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use resume::RedisResumeStore;
 pub use resume::{MemoryResumeStore, ResumeStore};
-pub use status::{ClientStatus, DeadLetter, GapReason, HandlerFailure, SkipReason};
+pub use status::{ClientStatus, GapReason, HandlerFailure, SkipReason};
 pub use subscription::Subscription;
 /// The rustls the client is built with, for [`WebSocketClient::tls_config`].
 pub use tokio_rustls::rustls;

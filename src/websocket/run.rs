@@ -21,7 +21,7 @@ use tower::{BoxError, Service};
 use super::client::Config;
 use super::dispatch::{self, Handling, Outcome};
 use super::message::{Control, Incoming, classify};
-use super::status::{ClientStatus, DeadLetter, GapReason, SkipReason};
+use super::status::{ClientStatus, GapReason, SkipReason};
 use super::tracker::{Arrival, Finish, Key, Tracker};
 use super::transport::{self, Transport};
 use super::{MAX_BUFFERED_BYTES, MAX_TRACKED_EVENTS, REPLAY_LIMIT, WebSocketError};
@@ -551,13 +551,11 @@ where
             return;
         };
         self.buffered = self.buffered.saturating_sub(event.raw().len());
-        let event_id = event.event_id().map(str::to_owned);
-        let event_type = event.event_type().to_owned();
         let finish = match outcome {
             Outcome::Handled { status, attempts } => {
                 self.report(ClientStatus::EventHandled {
-                    event_id,
-                    event_type,
+                    event_id: event.event_id().map(str::to_owned),
+                    event_type: event.event_type().to_owned(),
                     status,
                     attempts,
                 });
@@ -565,12 +563,6 @@ where
             }
             Outcome::Failed { attempts, failure } => {
                 self.report(ClientStatus::HandlerFailed {
-                    event_id,
-                    event_type,
-                    attempts,
-                    failure: failure.clone(),
-                });
-                self.config.dead_letter(&DeadLetter {
                     event,
                     attempts,
                     failure,

@@ -12,8 +12,8 @@ use crate::websocket_support::{API_KEY, AuthMethod, Ended, ServerOptions, TestSe
 use axum::http::StatusCode;
 use openmail_webhooks::Channel;
 use openmail_webhooks::websocket::{
-    ClientStatus, DeadLetter, GapReason, HandlerFailure, MemoryResumeStore, SkipReason,
-    Subscription, WebSocketClient, WebSocketError,
+    ClientStatus, GapReason, HandlerFailure, MemoryResumeStore, SkipReason, Subscription,
+    WebSocketClient, WebSocketError,
 };
 use serde_json::json;
 use tokio::sync::Notify;
@@ -578,18 +578,19 @@ async fn a_failed_event_is_retried_reported_dead_lettered_and_the_position_moves
         ("evt_2", _) => Action::Status(StatusCode::INTERNAL_SERVER_ERROR),
         _ => Action::Ok,
     });
-    let letters = Arc::new(std::sync::Mutex::new(Vec::<DeadLetter>::new()));
     let resume = MemoryResumeStore::new();
-    let client = {
-        let letters = Arc::clone(&letters);
-        Running::spawn(
-            fast_client(&server, &statuses)
-                .resume_store(resume.clone())
-                .on_dead_letter(move |letter: &DeadLetter| {
-                    letters.lock().unwrap().push(letter.clone())
-                }),
-            app.router(),
-        )
+    let client = Running::spawn(
+        fast_client(&server, &statuses).resume_store(resume.clone()),
+        app.router(),
+    );
+    // The dead letters: the events the client gave up on, as its status hook sees them.
+    let letters = || {
+        statuses.picked(|status| match status {
+            ClientStatus::HandlerFailed {
+                event, attempts, ..
+            } => Some((Arc::clone(event), *attempts)),
+            _ => None,
+        })
     };
     server.wait_subscribed(1).await;
     for index in 1..=9 {
@@ -597,7 +598,7 @@ async fn a_failed_event_is_retried_reported_dead_lettered_and_the_position_moves
     }
     statuses
         .wait("evt_2 failed", 1, |status| {
-            matches!(status, ClientStatus::HandlerFailed { event_id: Some(id), .. } if id == "evt_2")
+            matches!(status, ClientStatus::HandlerFailed { event, .. } if event.event_id() == Some("evt_2"))
         })
         .await;
     statuses.wait("evt_9", 1, handled("evt_9")).await;
@@ -615,12 +616,12 @@ async fn a_failed_event_is_retried_reported_dead_lettered_and_the_position_moves
     ));
     // The dead letter carries the event's bytes as received, once.
     {
-        let letters = letters.lock().unwrap();
+        let letters = letters();
         assert_eq!(letters.len(), 1);
-        assert_eq!(letters[0].event.event_id(), Some("evt_2"));
-        assert_eq!(letters[0].attempts, 3);
+        assert_eq!(letters[0].0.event_id(), Some("evt_2"));
+        assert_eq!(letters[0].1, 3);
         assert_eq!(
-            letters[0].event.raw(),
+            letters[0].0.raw(),
             event("evt_2", "inb_a", "message.received").as_bytes()
         );
     }
@@ -641,7 +642,7 @@ async fn a_failed_event_is_retried_reported_dead_lettered_and_the_position_moves
     server.push_event("evt_10", "inb_a");
     statuses.wait("evt_10", 1, handled("evt_10")).await;
     assert_eq!(app.calls_for("evt_2"), 3);
-    assert_eq!(letters.lock().unwrap().len(), 1);
+    assert_eq!(letters().len(), 1);
     client.stop().await.unwrap();
 }
 
@@ -728,11 +729,14 @@ async fn a_409_in_flight_elsewhere_is_tried_again_later_without_using_the_retrie
         .await;
     let failed = statuses.picked(|status| match status {
         ClientStatus::HandlerFailed {
-            event_id: Some(id),
+            event,
             attempts,
             failure,
-            ..
-        } => Some((id.clone(), *attempts, failure.to_string())),
+        } => Some((
+            event.event_id().unwrap_or_default().to_owned(),
+            *attempts,
+            failure.to_string(),
+        )),
         _ => None,
     });
     assert_eq!(

@@ -331,12 +331,13 @@ impl Shared {
                 }
             }
             ClientStatus::HandlerFailed {
-                event_id,
+                event,
                 attempts,
                 failure,
                 ..
             } => {
-                self.finished(event_id.as_deref());
+                let event_id = event.event_id();
+                self.finished(event_id);
                 let outcome = match failure {
                     HandlerFailure::Status(status) => status.to_string(),
                     other => format!("- ({other})"),
@@ -344,7 +345,7 @@ impl Shared {
                 let _ = writeln!(
                     std::io::stdout().lock(),
                     "failed {} {outcome} after {attempts} attempts",
-                    LogSafe::or_dash(event_id.as_deref()),
+                    LogSafe::or_dash(event_id),
                 );
                 let _ = writeln!(std::io::stderr().lock(), "listen: {status}");
             }
