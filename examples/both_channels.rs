@@ -38,7 +38,7 @@ use axum::{Extension, Json, Router, routing::post};
 use bytes::Bytes;
 use http::{HeaderValue, Response, header};
 use openmail_webhooks::dedup::{Decision, DedupStore, DeduplicateLayer, MemoryStore};
-use openmail_webhooks::websocket::{Status, WebSocketClient};
+use openmail_webhooks::websocket::{ClientStatus, WebSocketClient};
 use openmail_webhooks::{Event, LogSafe, VerifyOpenMailLayer};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
@@ -54,7 +54,7 @@ pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 pub type Lines = Arc<dyn Fn(String) + Send + Sync>;
 
 /// Where the WebSocket's statuses go: stderr in the binary.
-pub type Statuses = Arc<dyn Fn(&Status) + Send + Sync>;
+pub type Statuses = Arc<dyn Fn(&ClientStatus) + Send + Sync>;
 
 /// What the environment configures.
 #[derive(Debug, Clone)]

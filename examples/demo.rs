@@ -15,8 +15,10 @@ use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use openmail_webhooks::layer::DEFAULT_BODY_LIMIT;
 use openmail_webhooks::{Event, VerifyOpenMailLayer, sign};
+
+/// The layer's default body limit, 4 MiB (`VerifyOpenMailLayer::body_limit`).
+const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 const SAMPLE: &str = r#"{"event":"message.received","event_id":"evt_demo_1","occurred_at":"2026-11-28T10:05:00.000Z","inbox_id":"inb_demo","thread_id":"thr_demo","message":{"id":"msg_demo","from":"Ada Lovelace <ada@example.com>","to":"agent@openmail.sh","cc":[],"subject":"Hello","body_text":"Hi there","attachments":[]}}"#;
 

@@ -19,10 +19,19 @@
 use std::sync::{Arc, Mutex};
 
 use axum::{Extension, Router, routing::post};
-use openmail_webhooks::protocol::TenantSecrets;
-use openmail_webhooks::tenant::{CachedResolver, ResolveFuture, SecretResolver, Tenant};
+use openmail_webhooks::tenant::TenantSecrets;
+use openmail_webhooks::tenant::{CachedResolver, SecretResolver, Tenant};
 use openmail_webhooks::{Delivery, Event, LogSafe, VerifyOpenMailLayer};
 use rusqlite::Connection;
+
+/// What a resolver's `lookup` returns.
+type ResolveFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Option<openmail_webhooks::tenant::TenantSecrets>, tower::BoxError>,
+            > + Send,
+    >,
+>;
 
 /// Resolves secrets with one query per lookup.
 #[derive(Clone)]
@@ -67,11 +76,11 @@ impl SecretResolver for SqliteSecrets {
                     };
                     let account = this.secrets_of("*")?;
                     let own = match inbox {
-                        Some(inbox) if !own.is_empty() => TenantSecrets::inbox(inbox, own).ok(),
+                        Some(inbox) if !own.is_empty() => TenantSecrets::for_inbox(inbox, own).ok(),
                         _ => None,
                     };
                     let account = (!account.is_empty())
-                        .then(|| TenantSecrets::account(account).ok())
+                        .then(|| TenantSecrets::for_account(account).ok())
                         .flatten();
                     Ok(match (own, account) {
                         (Some(own), Some(account)) => Some(own.and(account)),

@@ -59,7 +59,7 @@ impl Body for VerifiedBody {
 
 pin_project! {
     /// The response body: the inner service's, or a short answer of the crate's own (a
-    /// rejection from [`VerifyOpenMail`](crate::VerifyOpenMail), or a duplicate's answer
+    /// rejection from [`VerifyOpenMail`](crate::verify::VerifyOpenMail), or a duplicate's answer
     /// from [`Deduplicate`](crate::dedup::Deduplicate)).
     pub struct ResponseBody<B> {
         #[pin]

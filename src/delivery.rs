@@ -7,7 +7,8 @@ use std::sync::{Arc, OnceLock};
 use bytes::Bytes;
 use http::HeaderValue;
 
-use crate::protocol::{Claim, SecretScope, Verified};
+use crate::protocol::{Claim, Verified};
+use crate::tenant::Tenant;
 use crate::{Event, LogSafe};
 
 /// How an event reached the receiver.
@@ -65,7 +66,7 @@ pub struct Delivery {
 struct Inner {
     channel: Channel,
     verified: Option<Verified>,
-    scope: SecretScope,
+    scope: Tenant,
     event_id_header: Option<HeaderValue>,
     body: Bytes,
     /// The parsed event, when the layer parsed one: the ids are read from it.
@@ -78,7 +79,7 @@ impl Delivery {
     /// A webhook delivery whose signature verified.
     pub(crate) fn webhook(
         verified: Verified,
-        scope: SecretScope,
+        scope: Tenant,
         event_id_header: Option<HeaderValue>,
         body: Bytes,
         event: Option<Arc<Event>>,
@@ -96,14 +97,7 @@ impl Delivery {
     /// An event that arrived over the account's WebSocket.
     #[cfg_attr(not(feature = "websocket"), allow(dead_code))]
     pub(crate) fn websocket(body: Bytes, event: Option<Arc<Event>>) -> Self {
-        Self::new(
-            Channel::WebSocket,
-            None,
-            SecretScope::Account,
-            None,
-            body,
-            event,
-        )
+        Self::new(Channel::WebSocket, None, Tenant::Account, None, body, event)
     }
 
     /// A delivery an event store kept, as it was verified, with its event parsed again
@@ -113,7 +107,7 @@ impl Delivery {
     pub(crate) fn stored(
         channel: Channel,
         verified: Option<Verified>,
-        scope: SecretScope,
+        scope: Tenant,
         event_id_header: Option<HeaderValue>,
         body: Bytes,
     ) -> Self {
@@ -130,7 +124,7 @@ impl Delivery {
     fn new(
         channel: Channel,
         verified: Option<Verified>,
-        scope: SecretScope,
+        scope: Tenant,
         event_id_header: Option<HeaderValue>,
         body: Bytes,
         event: Option<Arc<Event>>,
@@ -175,10 +169,10 @@ impl Delivery {
         self.inner.verified.map(|verified| verified.secret_index())
     }
 
-    /// Who vouched for the event: [`SecretScope::Account`] for the account's webhook
-    /// secret or API key, [`SecretScope::Inbox`] for an inbox's own webhook secret. That
+    /// Who vouched for the event: [`Tenant::Account`] for the account's webhook
+    /// secret or API key, [`Tenant::Inbox`] for an inbox's own webhook secret. That
     /// scope covers [`inbox_id`](Self::inbox_id).
-    pub fn scope(&self) -> &SecretScope {
+    pub fn scope(&self) -> &Tenant {
         &self.inner.scope
     }
 
@@ -247,7 +241,7 @@ mod tests {
         assert_eq!(delivery.inbox_id(), Some("inb_a"));
         assert_eq!(delivery.channel(), Channel::WebSocket);
         assert_eq!(delivery.timestamp(), None);
-        assert_eq!(delivery.scope(), &SecretScope::Account);
+        assert_eq!(delivery.scope(), &Tenant::Account);
         let unreadable = Delivery::websocket(Bytes::from_static(b"[1,2]"), None);
         assert_eq!(unreadable.event_id(), None);
     }

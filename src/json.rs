@@ -1,6 +1,6 @@
 //! The strict JSON reader under the event parse and the claim: it checks every byte of the
 //! body and records where strings are, without copying them. Both readers of a body, the
-//! [`Claim`](crate::protocol::Claim) read before the signature is checked and the event
+//! `protocol::Claim` read before the signature is checked and the event
 //! parse after it, use it, so they accept the same bodies.
 //!
 //! It accepts what `serde_json::from_slice::<serde_json::Value>` accepts (UTF-8

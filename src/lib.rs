@@ -19,7 +19,6 @@ mod delivery;
 pub mod event;
 mod expiry;
 mod json;
-pub mod layer;
 mod log_safe;
 pub mod protocol;
 #[cfg(feature = "queue")]
@@ -29,18 +28,24 @@ pub mod tenant;
 #[cfg(feature = "test-util")]
 #[cfg_attr(docsrs, doc(cfg(feature = "test-util")))]
 pub mod test_util;
+pub mod verify;
 #[cfg(feature = "websocket")]
 #[cfg_attr(docsrs, doc(cfg(feature = "websocket")))]
 pub mod websocket;
 
-pub use dedup::{DedupStore, DeduplicateLayer, MemoryStore};
+// The root holds what the quickstart and the common cases use; every other item has its
+// one path in its module.
 pub use delivery::{Channel, Delivery};
-pub use event::Event;
-pub use layer::{Rejection, VerifyOpenMail, VerifyOpenMailLayer};
-pub use log_safe::{LOG_SAFE_MAX_CHARS, LogSafe};
-pub use protocol::{
-    Clock, ConfigError, Secret, SystemClock, Verified, Verifier, VerifyError, sign,
-};
+pub use event::kind::Event;
+pub use log_safe::LogSafe;
+pub use protocol::error::{ConfigError, VerifyError};
+pub use protocol::signature::sign;
+pub use protocol::verifier::Verifier;
+pub use verify::layer::VerifyOpenMailLayer;
+
+/// The `Retry-After` of the verifying layer's `503`s and of deduplication's `409` and
+/// `503`: OpenMail's first retry interval.
+pub(crate) const RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(30);
 
 // The guides in docs/ are read on the repository, next to the README; their code blocks
 // compile and run as doctests too.

@@ -20,14 +20,14 @@
 use std::fmt::{self, Write as _};
 
 /// How many characters of a value are shown before it is cut short.
-pub const LOG_SAFE_MAX_CHARS: usize = 96;
+const LOG_SAFE_MAX_CHARS: usize = 96;
 
 /// Displays a string from an untrusted source on one line, escaped and cut short.
 ///
 /// - Control characters (newlines, tabs, escape, C1 controls), the backslash, and the
 ///   Unicode characters that move or reorder text (line and paragraph separators, bidi
 ///   overrides and isolates) are written as Rust escapes, such as `\n` or `\u{1b}`.
-/// - At most [`LOG_SAFE_MAX_CHARS`] characters are shown; a longer value ends with
+/// - At most 96 characters are shown; a longer value ends with
 ///   `…(+N bytes)`, where N counts the bytes left out.
 #[derive(Clone, Copy)]
 pub struct LogSafe<'a>(&'a str);

@@ -95,42 +95,13 @@ pub use sample::Sample;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Request, Uri};
 
+use crate::protocol::{Clock, SystemClock};
 use crate::protocol::{EVENT_ID_HEADER, SIGNATURE_HEADER, TIMESTAMP_HEADER};
-use crate::{Clock, SystemClock, sign};
+use crate::sign;
 
 /// How far [`TestDelivery::stale`] moves `X-Timestamp` into the past: one second more than
 /// the default 300 s tolerance.
-pub const STALE_BY_SECS: i64 = 301;
-
-/// How many HMAC-SHA256 computations verification has run on the calling thread, since
-/// the thread started: one per secret tried, plus those a refusal runs so that it costs
-/// the same whatever the tenant ([`REFUSAL_MACS`](crate::protocol::REFUSAL_MACS)).
-/// Signing ([`sign`], this module's builders) is not counted.
-///
-/// Take the difference around a request to see what it cost, as a count rather than a
-/// time, which a busy machine cannot skew. The layer verifies on the thread that polls
-/// the request: under `tower::ServiceExt::oneshot`, or with a server on a current-thread
-/// runtime, that is the test's own thread.
-///
-/// ```
-/// use openmail_webhooks::test_util::{TestDelivery, macs_on_this_thread};
-/// use openmail_webhooks::Verifier;
-///
-/// let delivery = TestDelivery::new("whsec_test", r#"{"event_id":"evt_1"}"#);
-/// let verifier = Verifier::new("whsec_other")?;
-/// let before = macs_on_this_thread();
-/// let refused = verifier.verify(
-///     delivery.unix_timestamp().to_string(),
-///     delivery.signature(),
-///     delivery.body().as_bytes(),
-/// );
-/// assert!(refused.is_err());
-/// assert_eq!(macs_on_this_thread() - before, 1);
-/// # Ok::<(), openmail_webhooks::ConfigError>(())
-/// ```
-pub fn macs_on_this_thread() -> u64 {
-    crate::protocol::macs_on_this_thread()
-}
+const STALE_BY_SECS: i64 = 301;
 
 /// One delivery as OpenMail would send it, and its forgeries.
 ///
@@ -146,6 +117,36 @@ pub struct TestDelivery {
 }
 
 impl TestDelivery {
+    /// How many HMAC-SHA256 computations verification has run on the calling thread, since
+    /// the thread started: one per secret tried, plus those a refusal runs so that it costs
+    /// the same whatever the tenant (four, for up to four secrets).
+    /// Signing ([`sign`], this module's builders) is not counted.
+    ///
+    /// Take the difference around a request to see what it cost, as a count rather than a
+    /// time, which a busy machine cannot skew. The layer verifies on the thread that polls
+    /// the request: under `tower::ServiceExt::oneshot`, or with a server on a current-thread
+    /// runtime, that is the test's own thread.
+    ///
+    /// ```
+    /// use openmail_webhooks::test_util::TestDelivery;
+    /// use openmail_webhooks::Verifier;
+    ///
+    /// let delivery = TestDelivery::new("whsec_test", r#"{"event_id":"evt_1"}"#);
+    /// let verifier = Verifier::new("whsec_other")?;
+    /// let before = TestDelivery::macs_on_this_thread();
+    /// let refused = verifier.verify(
+    ///     delivery.unix_timestamp().to_string(),
+    ///     delivery.signature(),
+    ///     delivery.body().as_bytes(),
+    /// );
+    /// assert!(refused.is_err());
+    /// assert_eq!(TestDelivery::macs_on_this_thread() - before, 1);
+    /// # Ok::<(), openmail_webhooks::ConfigError>(())
+    /// ```
+    pub fn macs_on_this_thread() -> u64 {
+        crate::protocol::macs_on_this_thread()
+    }
+
     /// A delivery of `body`, signed with `secret` (exactly as OpenMail shows it, a `whsec_`
     /// prefix included) at the system clock's current time, to `/webhooks`.
     ///
@@ -207,7 +208,7 @@ impl TestDelivery {
         self.build(self.timestamp, self.signature(), body)
     }
 
-    /// A correctly signed delivery whose `X-Timestamp` is [`STALE_BY_SECS`] before this
+    /// A correctly signed delivery whose `X-Timestamp` is 301 s (one more than the default tolerance) before this
     /// delivery's time: outside the default tolerance, as a replay or a skewed clock looks.
     /// For another distance, set [`timestamp`](Self::timestamp) and call
     /// [`request`](Self::request).

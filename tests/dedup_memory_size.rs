@@ -10,9 +10,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
-use openmail_webhooks::dedup::{
-    DEFAULT_CAPACITY, DedupKey, DedupStore, MemoryStore, Reservation, StoreError,
-};
+use openmail_webhooks::dedup::{DedupKey, DedupStore, MemoryStore, Reservation, StoreError};
 
 struct Counting;
 
@@ -61,11 +59,13 @@ async fn process(store: &MemoryStore, event_id: &str) -> Result<(), StoreError> 
 async fn memory_per_event_is_fixed_and_bounded() {
     // A full store of the default capacity, with OpenMail-style ids of 32 bytes.
     let store = MemoryStore::new();
+    let capacity = store.capacity();
+    assert_eq!(capacity, 100_000, "the default capacity the docs state");
     let before = live();
-    for index in 0..DEFAULT_CAPACITY {
+    for index in 0..capacity {
         process(&store, &format!("evt_{index:028}")).await.unwrap();
     }
-    assert_eq!(store.len(), DEFAULT_CAPACITY);
+    assert_eq!(store.len(), capacity);
     let held = live() - before;
 
     // Full: a new event is refused, nothing is evicted, and nothing more is held.
@@ -78,14 +78,14 @@ async fn memory_per_event_is_fixed_and_bounded() {
     }
     let held_after_refusals = live() - before;
     // Printed only now: the test harness's capture of stderr allocates too.
-    let per_event = held / DEFAULT_CAPACITY as isize;
+    let per_event = held / capacity as isize;
     eprintln!(
         "MemoryStore at capacity: {held} bytes, {per_event} bytes an event, {:.1} MiB",
         held as f64 / (1024.0 * 1024.0)
     );
     assert!(per_event <= 215, "{per_event} bytes an event");
     assert!(held <= 21 * 1024 * 1024, "{held} bytes");
-    assert_eq!(store.len(), DEFAULT_CAPACITY);
+    assert_eq!(store.len(), capacity);
     assert!(
         held_after_refusals <= held,
         "{held_after_refusals} > {held}"

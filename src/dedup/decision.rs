@@ -9,8 +9,9 @@ use super::{DedupKey, StoreError};
 /// see it.
 ///
 /// A first delivery reports [`First`](Self::First) and then one of
-/// [`Completed`](Self::Completed), [`Released`](Self::Released) or
-/// [`StoreFailed`](Self::StoreFailed). `Display` says what happened and, for failures,
+/// [`Completed`](Self::Completed), [`Released`](Self::Released),
+/// [`CompleteFailed`](Self::CompleteFailed) or [`ReleaseFailed`](Self::ReleaseFailed);
+/// one the store could not reserve reports [`ReserveFailed`](Self::ReserveFailed). `Display` says what happened and, for failures,
 /// what to check; the ids in it are escaped and cut short ([`LogSafe`](crate::LogSafe)).
 #[derive(Debug)]
 #[non_exhaustive]
@@ -43,26 +44,36 @@ pub enum Decision {
         /// Why.
         reason: ReleaseReason,
     },
-    /// A call to the store failed, or the store is full.
-    StoreFailed {
+    /// [`DedupStore::reserve`](super::DedupStore::reserve) failed, or the store is full.
+    ReserveFailed {
         /// The event's key.
         key: DedupKey,
-        /// Which call.
-        step: StoreStep,
         /// What went wrong.
         error: StoreError,
-        /// Whether the inner service was called for this delivery all the same: always
-        /// after a failed `complete` or `release` (which leave the inner service's
-        /// response as it was), and after a failed reservation only with
-        /// [`StoreFailure::FailOpen`](super::StoreFailure::FailOpen).
+        /// Whether the inner service was called for this delivery all the same: only with
+        /// [`OnStoreError::FailOpen`](super::OnStoreError::FailOpen).
         passed_through: bool,
     },
-    /// The verified body has no `event_id`, so the delivery went to the inner service
-    /// without deduplication: a verified event is never refused for it.
-    Unkeyed {
-        /// What was missing.
-        reason: Unkeyed,
+    /// [`DedupStore::complete`](super::DedupStore::complete) failed after the inner
+    /// service answered `2xx`; its response goes out as it was, and the reservation stays
+    /// until its lease expires.
+    CompleteFailed {
+        /// The event's key.
+        key: DedupKey,
+        /// What went wrong.
+        error: StoreError,
     },
+    /// [`DedupStore::release`](super::DedupStore::release) failed; the inner service's
+    /// response goes out as it was, and the reservation stays until its lease expires.
+    ReleaseFailed {
+        /// The event's key.
+        key: DedupKey,
+        /// What went wrong.
+        error: StoreError,
+    },
+    /// The verified body has no top-level string `event_id`, so the delivery went to the
+    /// inner service without deduplication: a verified event is never refused for it.
+    NoEventId,
     /// The request carries no verified [`Delivery`](crate::Delivery): the layer is not
     /// inside [`VerifyOpenMailLayer`](crate::VerifyOpenMailLayer) (or the WebSocket
     /// dispatcher). A wiring mistake, refused with `500` without calling the inner service,
@@ -71,7 +82,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// The event's key, unless the delivery had none ([`Unkeyed`](Self::Unkeyed),
+    /// The event's key, unless the delivery had none ([`NoEventId`](Self::NoEventId),
     /// [`Unverified`](Self::Unverified)).
     pub fn key(&self) -> Option<&DedupKey> {
         match self {
@@ -80,8 +91,10 @@ impl Decision {
             | Self::DuplicateDone { key }
             | Self::DuplicateInFlight { key }
             | Self::Released { key, .. }
-            | Self::StoreFailed { key, .. } => Some(key),
-            Self::Unkeyed { .. } | Self::Unverified => None,
+            | Self::ReserveFailed { key, .. }
+            | Self::CompleteFailed { key, .. }
+            | Self::ReleaseFailed { key, .. } => Some(key),
+            Self::NoEventId | Self::Unverified => None,
         }
     }
 
@@ -96,7 +109,7 @@ impl Decision {
     pub fn reaches_inner(&self) -> bool {
         match self {
             Self::DuplicateDone { .. } | Self::DuplicateInFlight { .. } | Self::Unverified => false,
-            Self::StoreFailed { passed_through, .. } => *passed_through,
+            Self::ReserveFailed { passed_through, .. } => *passed_through,
             _ => true,
         }
     }
@@ -123,35 +136,34 @@ impl fmt::Display for Decision {
                     "{key}: reservation released ({reason}), a retry will be processed"
                 )
             }
-            Self::StoreFailed {
+            Self::ReserveFailed {
                 key,
-                step,
                 error,
                 passed_through,
             } => {
-                write!(f, "{key}: {step} failed: {error}")?;
-                // A log line, not an error: the causes go on it too.
-                let mut source = std::error::Error::source(error);
-                while let Some(cause) = source {
-                    write!(f, ": {cause}")?;
-                    source = cause.source();
-                }
-                match (step, passed_through) {
-                    (StoreStep::Reserve, true) => f.write_str(" (processed without deduplication)"),
-                    (StoreStep::Reserve, false) => {
-                        f.write_str(" (answered 503, so OpenMail retries)")
-                    }
-                    (StoreStep::Complete, _) => {
-                        f.write_str(" (processed; the reservation stays until its lease expires)")
-                    }
-                    (StoreStep::Release, _) => f.write_str(
-                        " (the reservation stays until its lease expires; a retry before \
-                         then is answered as in flight)",
-                    ),
+                write!(f, "{key}: reserving the event failed: {error}")?;
+                write_causes(f, error)?;
+                if *passed_through {
+                    f.write_str(" (processed without deduplication)")
+                } else {
+                    f.write_str(" (answered 503, so OpenMail retries)")
                 }
             }
-            Self::Unkeyed { reason } => {
-                write!(f, "not deduplicated: {reason}")
+            Self::CompleteFailed { key, error } => {
+                write!(f, "{key}: marking the event done failed: {error}")?;
+                write_causes(f, error)?;
+                f.write_str(" (processed; the reservation stays until its lease expires)")
+            }
+            Self::ReleaseFailed { key, error } => {
+                write!(f, "{key}: releasing the reservation failed: {error}")?;
+                write_causes(f, error)?;
+                f.write_str(
+                    " (the reservation stays until its lease expires; a retry before \
+                     then is answered as in flight)",
+                )
+            }
+            Self::NoEventId => {
+                f.write_str("not deduplicated: the verified body has no string `event_id`")
             }
             Self::Unverified => f.write_str(
                 "refused with 500: the request carries no verified Delivery; \
@@ -185,40 +197,13 @@ impl fmt::Display for ReleaseReason {
     }
 }
 
-/// Which store call failed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StoreStep {
-    /// [`DedupStore::reserve`](super::DedupStore::reserve).
-    Reserve,
-    /// [`DedupStore::complete`](super::DedupStore::complete).
-    Complete,
-    /// [`DedupStore::release`](super::DedupStore::release).
-    Release,
-}
-
-impl fmt::Display for StoreStep {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::Reserve => "reserving the event",
-            Self::Complete => "marking the event done",
-            Self::Release => "releasing the reservation",
-        })
+/// A store error's causes, on the same line: a log line, not an error, so the causes go on
+/// it too.
+fn write_causes(f: &mut fmt::Formatter<'_>, error: &StoreError) -> fmt::Result {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        write!(f, ": {cause}")?;
+        source = cause.source();
     }
-}
-
-/// Why a verified delivery could not be deduplicated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum Unkeyed {
-    /// The verified body has no top-level string `event_id`.
-    NoEventId,
-}
-
-impl fmt::Display for Unkeyed {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::NoEventId => "the verified body has no string `event_id`",
-        })
-    }
+    Ok(())
 }

@@ -10,8 +10,7 @@ use tower::Service;
 
 use super::layer::Config;
 use super::{
-    Decision, ReleaseReason, Reservation, ReserveOutcome, StoreError, StoreFailure, StoreFuture,
-    StoreStep,
+    Decision, OnStoreError, ReleaseReason, Reservation, ReserveOutcome, StoreError, StoreFuture,
 };
 use crate::body::ResponseBody;
 
@@ -106,18 +105,8 @@ impl Hold {
         let decision = match (settle, result) {
             (Settle::Complete, Ok(())) => Decision::Completed { key },
             (Settle::Release(reason), Ok(())) => Decision::Released { key, reason },
-            (Settle::Complete, Err(error)) => Decision::StoreFailed {
-                key,
-                step: StoreStep::Complete,
-                error,
-                passed_through: true,
-            },
-            (Settle::Release(_), Err(error)) => Decision::StoreFailed {
-                key,
-                step: StoreStep::Release,
-                error,
-                passed_through: true,
-            },
+            (Settle::Complete, Err(error)) => Decision::CompleteFailed { key, error },
+            (Settle::Release(_), Err(error)) => Decision::ReleaseFailed { key, error },
         };
         self.config.report(decision);
     }
@@ -324,10 +313,9 @@ fn reserved<S, R, F, T, E>(
             // answer OpenMail's retries with 409; the token check makes it harmless if not.
             hold.armed = false;
             config.store.abandon(hold.reservation.clone());
-            let passed_through = config.store_failure == StoreFailure::FailOpen;
-            config.report(Decision::StoreFailed {
+            let passed_through = config.on_store_error == OnStoreError::FailOpen;
+            config.report(Decision::ReserveFailed {
                 key,
-                step: StoreStep::Reserve,
                 error,
                 passed_through,
             });

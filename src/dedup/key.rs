@@ -14,7 +14,7 @@ const DOMAIN: &[u8] = b"openmail-webhooks dedup v1\0";
 /// both from the verified body's top level, kept as a fixed-size digest.
 ///
 /// **Scoped to the inbox.** An inbox's own secret only ever verifies bodies that name that
-/// inbox (its [`SecretScope`](crate::protocol::SecretScope) covers nothing else), so a
+/// inbox (its [`Tenant`](crate::tenant::Tenant) covers nothing else), so a
 /// tenant holding one inbox's secret can only ever reserve keys under that inbox: it cannot
 /// make another inbox's `evt_X` look like a duplicate by sending its own `evt_X` first. The
 /// account (the account webhook's secret, or the API key of the WebSocket) is trusted for
@@ -244,7 +244,7 @@ mod tests {
         let verified = verifier.verify(&timestamp, signature, &body).unwrap();
         let webhook = Delivery::webhook(
             verified,
-            crate::protocol::SecretScope::Inbox("inb_a".into()),
+            crate::tenant::Tenant::Inbox("inb_a".into()),
             None,
             body,
             None,

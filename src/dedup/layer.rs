@@ -8,36 +8,20 @@ use tower_layer::Layer;
 
 use super::{Decision, DedupKey, DedupStore, Deduplicate, MemoryStore};
 
-/// How long a reservation holds an event before another delivery may take it over: 60 s.
-///
-/// OpenMail waits 15 s for an answer, so a handler still running after that is answered
-/// by no one and OpenMail retries anyway; 60 s is four times that. When a replica crashes
-/// while holding a reservation, the retry that comes 30 s after OpenMail's timeout is
-/// still answered as in flight, and the one after that (60 s later) is processed, which
-/// leaves three of OpenMail's five attempts.
-pub const DEFAULT_LEASE: Duration = Duration::from_secs(60);
+/// The default lease; [`DeduplicateLayer::lease`] says why 60 s.
+const DEFAULT_LEASE: Duration = Duration::from_secs(60);
 
-/// How long a processed event stays marked done: 30 minutes.
-///
-/// OpenMail retries a delivery it did not see answered `2xx` four times, 30 s, 60 s,
-/// 2 min and 4 min apart, and waits up to 15 s for each attempt: the last attempt
-/// starts at most 8 min 30 s after the first. Every attempt carries its own signed
-/// timestamp and can be replayed while it is within the 300 s tolerance, and up to twice
-/// that when OpenMail's clock runs ahead of this one. So a duplicate can arrive up to
-/// about 18.5 minutes after the first delivery; 30 minutes covers that with margin.
-pub const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 60);
-
-/// The `Retry-After` of the layer's own retryable answers (`409` and `503`): 30 s,
-/// OpenMail's first retry interval.
-pub const DEFAULT_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// The default retention; [`DeduplicateLayer::retention`] says why 30 minutes.
+pub(crate) const DEFAULT_RETENTION: Duration = Duration::from_secs(30 * 60);
 
 type DecisionHook = Arc<dyn Fn(&Decision) + Send + Sync>;
 type DuplicateResponder = Arc<dyn Fn(&DedupKey) -> Response<Bytes> + Send + Sync>;
 
-/// What to do with a delivery when the store cannot be asked whether it is a duplicate.
+/// What to do with a delivery when the store cannot be asked whether it is a duplicate
+/// (it failed with a [`StoreError`](super::StoreError), or did not answer in time).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum StoreFailure {
+pub enum OnStoreError {
     /// Answer `503` with `Retry-After`, so OpenMail retries: the default.
     ///
     /// Nothing is processed twice, and nothing is lost while the store comes back within
@@ -63,12 +47,12 @@ pub enum StoreFailure {
 /// ```
 /// use std::time::Duration;
 /// use axum::{routing::post, Router};
-/// use openmail_webhooks::dedup::{DeduplicateLayer, MemoryStore, StoreFailure};
+/// use openmail_webhooks::dedup::{DeduplicateLayer, MemoryStore, OnStoreError};
 /// use openmail_webhooks::VerifyOpenMailLayer;
 ///
 /// let dedup = DeduplicateLayer::new(MemoryStore::new())
 ///     .lease(Duration::from_secs(120))
-///     .on_store_failure(StoreFailure::FailClosed)
+///     .on_store_error(OnStoreError::FailClosed)
 ///     .on_decision(|decision| eprintln!("{decision}"));
 /// let app: Router = Router::new()
 ///     .route("/webhooks", post(|| async { "ok" }))
@@ -86,7 +70,7 @@ pub(crate) struct Config {
     pub(crate) store: Arc<dyn DedupStore>,
     pub(crate) lease: Duration,
     pub(crate) retention: Duration,
-    pub(crate) store_failure: StoreFailure,
+    pub(crate) on_store_error: OnStoreError,
     pub(crate) retry_after: Duration,
     pub(crate) on_decision: Option<DecisionHook>,
     pub(crate) duplicate_response: Option<DuplicateResponder>,
@@ -106,8 +90,8 @@ impl DeduplicateLayer {
                 store,
                 lease: DEFAULT_LEASE,
                 retention: DEFAULT_RETENTION,
-                store_failure: StoreFailure::default(),
-                retry_after: DEFAULT_RETRY_AFTER,
+                on_store_error: OnStoreError::default(),
+                retry_after: crate::RETRY_AFTER,
                 on_decision: None,
                 duplicate_response: None,
             }),
@@ -119,26 +103,41 @@ impl DeduplicateLayer {
         Self::new(MemoryStore::new())
     }
 
-    /// How long a reservation holds an event; [`DEFAULT_LEASE`] unless set. Keep it above
-    /// the handler's longest run: a lease that runs out mid-run lets a retry process the
-    /// event concurrently. Stores keep it to the millisecond, rounded up.
+    /// How long a reservation holds an event before another delivery may take it over;
+    /// 60 s unless set. Keep it above the handler's longest run: a lease that runs out
+    /// mid-run lets a retry process the event concurrently. Stores keep it to the
+    /// millisecond, rounded up.
+    ///
+    /// Why 60 s: OpenMail waits 15 s for an answer, so a handler still running after that
+    /// is answered by no one and OpenMail retries anyway; 60 s is four times that. When a
+    /// replica crashes while holding a reservation, the retry that comes 30 s after
+    /// OpenMail's timeout is still answered as in flight, and the one after that (60 s
+    /// later) is processed, which leaves three of OpenMail's five attempts.
     pub fn lease(self, lease: Duration) -> Self {
         self.map_config(|config| config.lease = lease)
     }
 
-    /// How long a processed event stays marked done; [`DEFAULT_RETENTION`] unless set.
+    /// How long a processed event stays marked done; 30 minutes unless set.
+    ///
+    /// Why 30 minutes: OpenMail retries a delivery it did not see answered `2xx` four
+    /// times, 30 s, 60 s, 2 min and 4 min apart, and waits up to 15 s for each attempt: the
+    /// last attempt starts at most 8 min 30 s after the first. Every attempt carries its
+    /// own signed timestamp and can be replayed while it is within the 300 s tolerance, and
+    /// up to twice that when OpenMail's clock runs ahead of this one. So a duplicate can
+    /// arrive up to about 18.5 minutes after the first delivery; 30 minutes covers that
+    /// with margin.
     pub fn retention(self, retention: Duration) -> Self {
         self.map_config(|config| config.retention = retention)
     }
 
     /// What to do when a reservation cannot be made because the store failed;
-    /// [`StoreFailure::FailClosed`] unless set.
-    pub fn on_store_failure(self, policy: StoreFailure) -> Self {
-        self.map_config(|config| config.store_failure = policy)
+    /// [`OnStoreError::FailClosed`] unless set.
+    pub fn on_store_error(self, policy: OnStoreError) -> Self {
+        self.map_config(|config| config.on_store_error = policy)
     }
 
-    /// The `Retry-After` of the `409` and `503` answers; [`DEFAULT_RETRY_AFTER`] unless
-    /// set. Sent in whole seconds, rounded up.
+    /// The `Retry-After` of the `409` and `503` answers; 30 s (OpenMail's first retry
+    /// interval) unless set. Sent in whole seconds, rounded up.
     pub fn retry_after(self, retry_after: Duration) -> Self {
         self.map_config(|config| config.retry_after = retry_after)
     }
@@ -256,10 +255,12 @@ fn trace(decision: &Decision) {
         decision.key().and_then(DedupKey::inbox_id),
     ));
     match decision {
-        Decision::First { .. } | Decision::Completed { .. } | Decision::Unkeyed { .. } => {
+        Decision::First { .. } | Decision::Completed { .. } | Decision::NoEventId => {
             tracing::debug!(event_id, inbox_id, %decision, "OpenMail webhook deduplication");
         }
-        Decision::StoreFailed { .. } => {
+        Decision::ReserveFailed { .. }
+        | Decision::CompleteFailed { .. }
+        | Decision::ReleaseFailed { .. } => {
             tracing::warn!(event_id, inbox_id, %decision, "OpenMail webhook deduplication");
         }
         Decision::Unverified => tracing::error!(%decision, "OpenMail webhook deduplication"),
@@ -294,7 +295,7 @@ impl fmt::Debug for Config {
         f.debug_struct("Config")
             .field("lease", &self.lease)
             .field("retention", &self.retention)
-            .field("store_failure", &self.store_failure)
+            .field("on_store_error", &self.on_store_error)
             .field("retry_after", &self.retry_after)
             .field("on_decision", &self.on_decision.is_some())
             .field("duplicate_response", &self.duplicate_response.is_some())

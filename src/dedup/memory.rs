@@ -3,19 +3,17 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use super::LONGEST_TTL;
-use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
+use std::future::Future;
+use std::pin::Pin;
+
+use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError};
 use crate::expiry::ExpiryMap;
 
 /// A key's digest: what the store keeps, 32 bytes whatever the ids.
 type Digest = [u8; 32];
 
-/// The default capacity of a [`MemoryStore`]: 100,000 events.
-///
-/// That is 55 events a second, every second, for the whole
-/// [default retention](super::DEFAULT_RETENTION) of 30 minutes. Beyond it new events are
-/// answered `503` until markers expire (see [`MemoryStore`]). At capacity the store holds
-/// about 20 MiB, whatever the length of the event ids.
-pub const DEFAULT_CAPACITY: usize = 100_000;
+/// The default capacity of a [`MemoryStore`]; [`MemoryStore::new`] says why.
+const DEFAULT_CAPACITY: usize = 100_000;
 
 /// Reservations and done markers in this process's memory: the default store.
 ///
@@ -30,7 +28,7 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// it later. A reservation or done marker is never evicted while it is live: forgetting a
 /// processed event's marker would let a replay of it, inside the replay window, be
 /// processed a second time. Size the capacity above the events you receive in one
-/// [retention](super::DEFAULT_RETENTION).
+/// [retention](super::DeduplicateLayer::retention).
 ///
 /// A tenant that holds a valid secret can fill the store by sending signed events, and
 /// then other events get `503` (never processed twice, and not lost while the store frees
@@ -40,7 +38,7 @@ pub const DEFAULT_CAPACITY: usize = 100_000;
 /// **Memory.** Each event costs the same, whatever its `event_id`: the store keeps the
 /// 32-byte [digest](super::DedupKey::digest) of the key, in a hash map slot (digest,
 /// token, deadline) and in an expiry index (a B-tree). A full store of the
-/// [default capacity](DEFAULT_CAPACITY) measures 213 bytes an event, 20.4 MiB in all;
+/// [default capacity](MemoryStore::new) measures 213 bytes an event, 20.4 MiB in all;
 /// budget 21 MiB. A test counts every allocation: 32-byte and 64 KiB ids cost the same,
 /// byte for byte, and 4 MiB ids add nothing.
 ///
@@ -67,7 +65,12 @@ pub struct MemoryStore {
 type State = ExpiryMap<Digest, Option<[u64; 2]>>;
 
 impl MemoryStore {
-    /// A store for [`DEFAULT_CAPACITY`] events.
+    /// A store for 100,000 events, the default.
+    ///
+    /// That is 55 events a second, every second, for the whole default
+    /// [retention](super::DeduplicateLayer::retention) of 30 minutes. Beyond it new events
+    /// are answered `503` until markers expire (see [`MemoryStore`]). At capacity the store
+    /// holds about 20 MiB, whatever the length of the event ids.
     pub fn new() -> Self {
         Self::with_capacity(DEFAULT_CAPACITY)
     }
@@ -180,17 +183,28 @@ fn deadline(now: Instant, ttl: Duration) -> Instant {
 }
 
 impl DedupStore for MemoryStore {
-    fn reserve(&self, reservation: Reservation, lease: Duration) -> StoreFuture<ReserveOutcome> {
+    fn reserve(
+        &self,
+        reservation: Reservation,
+        lease: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<ReserveOutcome, StoreError>> + Send + 'static>> {
         Box::pin(std::future::ready(self.reserve_now(&reservation, lease)))
     }
 
-    fn complete(&self, reservation: Reservation, retention: Duration) -> StoreFuture<()> {
+    fn complete(
+        &self,
+        reservation: Reservation,
+        retention: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>> {
         Box::pin(std::future::ready(
             self.complete_now(&reservation, retention),
         ))
     }
 
-    fn release(&self, reservation: Reservation) -> StoreFuture<()> {
+    fn release(
+        &self,
+        reservation: Reservation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>> {
         self.release_now(&reservation);
         Box::pin(std::future::ready(Ok(())))
     }

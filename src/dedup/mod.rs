@@ -17,8 +17,8 @@
 //! | first, inner service answers otherwise, fails, or the request is dropped | releases the reservation, so OpenMail's retry is processed | the inner service's |
 //! | duplicate of a processed event | does not call the inner service | `200` ([configurable](DeduplicateLayer::duplicate_response)) |
 //! | duplicate while the first is in flight | does not call the inner service | `409` with `Retry-After` |
-//! | the store fails, does not answer in time, or is full | [fails closed](StoreFailure::FailClosed), by default | `503` with `Retry-After` |
-//! | verified, but the body has no `event_id` | passes it through, reports [`Unkeyed`] | the inner service's |
+//! | the store fails, does not answer in time, or is full | [fails closed](OnStoreError::FailClosed), by default | `503` with `Retry-After` |
+//! | verified, but the body has no `event_id` | passes it through, reports [`Decision::NoEventId`] | the inner service's |
 //! | not verified: no [`Delivery`](crate::Delivery) in the extensions | refuses it, reports [`Decision::Unverified`] | `500` |
 //!
 //! **Why `409` for a duplicate in flight.** OpenMail retries anything but `2xx`, so the
@@ -75,11 +75,12 @@
 //!
 //! # Leases and retention
 //!
-//! A reservation is a lease of [`DEFAULT_LEASE`] (60 s), far beyond OpenMail's 15 s
+//! A reservation is a [lease](DeduplicateLayer::lease) of 60 s, far beyond OpenMail's 15 s
 //! timeout: if the replica that holds it crashes, a retry after the lease is processed.
-//! A done marker lives for [`DEFAULT_RETENTION`] (30 min), which covers OpenMail's retries
-//! (the last attempt starts at most 8 min 30 s after the first) plus the replay window of
-//! that attempt's timestamp, with margin. The constants' docs give the arithmetic. No
+//! A done marker lives for the [retention](DeduplicateLayer::retention), 30 min, which
+//! covers OpenMail's retries (the last attempt starts at most 8 min 30 s after the first)
+//! plus the replay window of that attempt's timestamp, with margin. The builder methods'
+//! docs give the arithmetic. No
 //! store forgets a reservation or a marker before then: a full [`MemoryStore`] refuses new
 //! events with `503` rather than evict a live marker, which would let a replay through.
 //!
@@ -109,7 +110,8 @@
 //! `tracing` feature, to `tracing`: [`Decision::First`], [`Completed`](Decision::Completed),
 //! [`DuplicateDone`](Decision::DuplicateDone),
 //! [`DuplicateInFlight`](Decision::DuplicateInFlight), [`Released`](Decision::Released),
-//! [`StoreFailed`](Decision::StoreFailed), [`Unkeyed`](Decision::Unkeyed) and
+//! [`ReserveFailed`](Decision::ReserveFailed), [`CompleteFailed`](Decision::CompleteFailed),
+//! [`ReleaseFailed`](Decision::ReleaseFailed), [`NoEventId`](Decision::NoEventId) and
 //! [`Unverified`](Decision::Unverified). Their `Display`, and the fields logged with them,
 //! show ids through [`LogSafe`](crate::LogSafe): escaped and cut short.
 //!
@@ -139,18 +141,18 @@ mod redis;
 mod service;
 mod store;
 
-pub use decision::{Decision, ReleaseReason, StoreStep, Unkeyed};
+pub use decision::{Decision, ReleaseReason};
 pub use future::ResponseFuture;
 pub use key::DedupKey;
-pub use layer::{
-    DEFAULT_LEASE, DEFAULT_RETENTION, DEFAULT_RETRY_AFTER, DeduplicateLayer, StoreFailure,
-};
-pub use memory::{DEFAULT_CAPACITY, MemoryStore};
+pub use layer::{DeduplicateLayer, OnStoreError};
+pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub use redis::RedisStore;
 pub use service::Deduplicate;
-pub use store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
+pub use store::{DedupStore, Reservation, ReserveOutcome, StoreError};
+
+pub(crate) use store::StoreFuture;
 
 /// The longest lease or retention a store keeps; longer ones are cut to this, so that no
 /// deadline overflows a clock and Redis accepts every expiry.

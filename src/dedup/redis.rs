@@ -6,7 +6,10 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Script, Value};
 
 use super::LONGEST_TTL;
-use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError, StoreFuture};
+use std::future::Future;
+use std::pin::Pin;
+
+use super::store::{DedupStore, Reservation, ReserveOutcome, StoreError};
 
 /// The value of a done marker. Reservations hold their token (32 hex digits), which never
 /// equals it.
@@ -120,7 +123,7 @@ impl RedisStore {
 
     /// Like [`connect`](Self::connect), but connects on first use: the application starts
     /// even while Redis is down, and deliveries meet the
-    /// [store failure policy](super::StoreFailure) until it is back. Needs a tokio runtime.
+    /// [store error policy](super::OnStoreError) until it is back. Needs a tokio runtime.
     pub fn connect_lazy(url: &str) -> Result<Self, StoreError> {
         let client = Client::open(url).map_err(StoreError::unavailable)?;
         let connection = ConnectionManager::new_lazy_with_config(client, Self::connection_config())
@@ -178,7 +181,11 @@ fn milliseconds(ttl: Duration) -> u64 {
 }
 
 impl DedupStore for RedisStore {
-    fn reserve(&self, reservation: Reservation, lease: Duration) -> StoreFuture<ReserveOutcome> {
+    fn reserve(
+        &self,
+        reservation: Reservation,
+        lease: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<ReserveOutcome, StoreError>> + Send + 'static>> {
         let mut connection = self.connection.clone();
         let key = self.key(&reservation);
         Box::pin(async move {
@@ -208,7 +215,11 @@ impl DedupStore for RedisStore {
         })
     }
 
-    fn complete(&self, reservation: Reservation, retention: Duration) -> StoreFuture<()> {
+    fn complete(
+        &self,
+        reservation: Reservation,
+        retention: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>> {
         let mut connection = self.connection.clone();
         let key = self.key(&reservation);
         let scripts = Arc::clone(&self.scripts);
@@ -229,7 +240,10 @@ impl DedupStore for RedisStore {
         })
     }
 
-    fn release(&self, reservation: Reservation) -> StoreFuture<()> {
+    fn release(
+        &self,
+        reservation: Reservation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>> {
         let mut connection = self.connection.clone();
         let key = self.key(&reservation);
         let scripts = Arc::clone(&self.scripts);

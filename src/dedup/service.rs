@@ -7,7 +7,7 @@ use tower::Service;
 
 use super::future::ResponseFuture;
 use super::layer::Config;
-use super::{Decision, DedupKey, DedupStore, DeduplicateLayer, Reservation, Unkeyed};
+use super::{Decision, DedupKey, DedupStore, DeduplicateLayer, Reservation};
 use crate::Delivery;
 use crate::body::ResponseBody;
 
@@ -76,9 +76,7 @@ where
             Some(key) => ResponseFuture::reserving(request, inner, Reservation::new(key), config),
             None => {
                 // Verified, but nothing to key on: never lose a verified event.
-                config.report(Decision::Unkeyed {
-                    reason: Unkeyed::NoEventId,
-                });
+                config.report(Decision::NoEventId);
                 ResponseFuture::pass_through(request, inner)
             }
         }

@@ -12,12 +12,9 @@ use tower::BoxError;
 
 use super::DedupKey;
 
-/// The future a [`DedupStore`] returns: boxed, `Send` and `'static`.
-///
-/// `'static` for the same reason as tower's `Service::call`: the layer keeps the future in
-/// its own response future, so a store clones what it needs (a pool handle, an `Arc`)
-/// into the future instead of borrowing itself.
-pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
+/// The future a [`DedupStore`] returns, as the crate names it inside.
+pub(crate) type StoreFuture<T> =
+    Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 
 /// Where the deduplication state lives: reservations (leases) and done markers, keyed by
 /// a [`DedupKey`] (the verified inbox and the `event_id`, as a fixed-size digest).
@@ -91,9 +88,12 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 /// use std::sync::{Arc, Mutex};
 /// use std::time::{Duration, Instant};
 /// use axum::{routing::post, Extension, Router};
+/// use std::{future::Future, pin::Pin};
 /// use openmail_webhooks::dedup::{
-///     DedupStore, DeduplicateLayer, Reservation, ReserveOutcome, StoreError, StoreFuture,
+///     DedupStore, DeduplicateLayer, Reservation, ReserveOutcome, StoreError,
 /// };
+///
+/// type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'static>>;
 ///
 /// #[derive(Default)]
 /// struct Database {
@@ -166,12 +166,21 @@ pub type StoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + S
 ///     .layer(Extension(inbox.clone()))
 ///     .layer(DeduplicateLayer::new(inbox));
 /// ```
+///
+/// Its futures are boxed, `Send` and `'static`: `'static` for the same reason as tower's
+/// `Service::call`, since the layer keeps the future in its own response future, so a
+/// store clones what it needs (a pool handle, an `Arc`) into the future instead of
+/// borrowing itself.
 pub trait DedupStore: Send + Sync + 'static {
     /// Reserves `reservation.key()` for `lease`, unless it is done or another
     /// reservation's lease is still running. The check and the write must be one atomic
     /// step: two replicas asking at once must not both get
     /// [`Reserved`](ReserveOutcome::Reserved).
-    fn reserve(&self, reservation: Reservation, lease: Duration) -> StoreFuture<ReserveOutcome>;
+    fn reserve(
+        &self,
+        reservation: Reservation,
+        lease: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<ReserveOutcome, StoreError>> + Send + 'static>>;
 
     /// Replaces this holder's reservation with a done marker that lives for `retention`.
     ///
@@ -179,12 +188,19 @@ pub trait DedupStore: Send + Sync + 'static {
     /// marked it). When the key is absent (the lease ran out and nobody took it over),
     /// it writes the marker all the same: the event was processed. Fails with
     /// [`StoreError::LeaseLost`] when another holder's reservation is there.
-    fn complete(&self, reservation: Reservation, retention: Duration) -> StoreFuture<()>;
+    fn complete(
+        &self,
+        reservation: Reservation,
+        retention: Duration,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
 
     /// Deletes this holder's reservation, so that the next delivery of the event is
     /// processed. Does nothing when the stored reservation carries another token, or when
     /// the event is done.
-    fn release(&self, reservation: Reservation) -> StoreFuture<()>;
+    fn release(
+        &self,
+        reservation: Reservation,
+    ) -> Pin<Box<dyn Future<Output = Result<(), StoreError>> + Send + 'static>>;
 
     /// Called synchronously, from `Drop`, when the layer's response future is dropped
     /// while it holds `reservation` and before the inner service answered: the client

@@ -2,7 +2,7 @@
 //!
 //! `message.from` is one mailbox, `message.to` is one string that may hold several
 //! comma-separated mailboxes, and each `cc` entry is one mailbox. [`Mailbox`] splits the
-//! display name from the address; [`Mailboxes`] walks a list, splitting on commas that
+//! display name from the address; [`Mailbox::list`] walks a list, splitting on commas that
 //! are neither inside a quoted display name (`"Lovelace, Ada" <ada@example.com>`) nor
 //! inside angle brackets.
 //!
@@ -11,13 +11,13 @@
 //! Encoded words (`=?UTF-8?…?=`) are left as they are.
 //!
 //! ```
-//! use openmail_webhooks::event::{Mailbox, Mailboxes};
+//! use openmail_webhooks::event::Mailbox;
 //!
 //! let from = Mailbox::parse("Ada Lovelace <ada@example.com>").unwrap();
 //! assert_eq!(from.name(), Some("Ada Lovelace"));
 //! assert_eq!(from.address(), "ada@example.com");
 //!
-//! let to: Vec<&str> = Mailboxes::new(r#"inbox@openmail.sh, "Smith, Jane" <jane@example.com>"#)
+//! let to: Vec<&str> = Mailbox::list(r#"inbox@openmail.sh, "Smith, Jane" <jane@example.com>"#)
 //!     .map(|mailbox| mailbox.address())
 //!     .collect();
 //! assert_eq!(to, ["inbox@openmail.sh", "jane@example.com"]);
@@ -34,6 +34,12 @@ pub struct Mailbox<'a> {
 }
 
 impl<'a> Mailbox<'a> {
+    /// The mailboxes of the comma-separated list in `text`, in order, skipping empty
+    /// entries. Commas inside a quoted display name or angle brackets do not split.
+    pub fn list(text: &'a str) -> impl Iterator<Item = Mailbox<'a>> + Clone + fmt::Debug {
+        Mailboxes::new(text)
+    }
+
     /// Splits `Name <address>`, `"Quoted, Name" <address>`, `<address>`,
     /// `address (Name)` or a bare `address`. Returns `None` when there is no address.
     pub fn parse(text: &'a str) -> Option<Self> {
@@ -92,13 +98,13 @@ impl fmt::Display for Mailbox<'_> {
 
 /// The mailboxes of a comma-separated list, in order, skipping empty entries.
 #[derive(Debug, Clone)]
-pub struct Mailboxes<'a> {
+pub(crate) struct Mailboxes<'a> {
     rest: &'a str,
 }
 
 impl<'a> Mailboxes<'a> {
     /// Walks the list in `text`.
-    pub fn new(text: &'a str) -> Self {
+    pub(crate) fn new(text: &'a str) -> Self {
         Self { rest: text }
     }
 }

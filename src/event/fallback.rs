@@ -48,7 +48,8 @@ pub struct UnknownEvent {
 /// [`event_type`](Self::event_type), and [`field`](Self::field) is `event` when the body
 /// is an object. A body whose envelope cannot be read (not JSON, not an object, or
 /// naming `event`, `event_id`, `inbox_id` or `pod_id` twice) has no `event_id`, `inbox_id`
-/// nor `occurred_at` either, as [`Claim`](crate::protocol::Claim) has none for it.
+/// nor `occurred_at` either, as the claim the layer reads before the signature is checked
+/// has none for it.
 ///
 /// ```
 /// use bytes::Bytes;

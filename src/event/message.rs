@@ -28,7 +28,7 @@ use serde::ser::SerializeSeq;
 use serde::{Serialize, Serializer};
 
 use super::time::Stamp;
-use super::{Length, Mailbox, Mailboxes, Timestamp};
+use super::{Length, Mailbox, Timestamp};
 use crate::json::{Decoded, Reader, Replay, Short, Span};
 
 /// The `message.received` event.
@@ -283,8 +283,8 @@ impl Message {
     }
 
     /// The mailboxes in `to`, which may list several, separated by commas.
-    pub fn to_mailboxes(&self) -> Mailboxes<'_> {
-        Mailboxes::new(self.to().unwrap_or_default())
+    pub fn to_mailboxes(&self) -> impl Iterator<Item = Mailbox<'_>> + Clone + fmt::Debug {
+        Mailbox::list(self.to().unwrap_or_default())
     }
 
     /// The mailboxes in `cc`, skipping entries without an address.

@@ -6,14 +6,14 @@ use crate::json::{Reader, Syntax, line_column};
 /// The longest `inbox_id` a claim may route on, in bytes. OpenMail's ids are a few dozen
 /// bytes; a longer one never keys a lookup, a cache entry or a log line: the layer routes
 /// such a delivery as if it named no inbox, so only the account's secret can verify it.
-pub const MAX_CLAIMED_ID_LEN: usize = 255;
+pub(crate) const MAX_CLAIMED_ID_LEN: usize = 255;
 
 /// What a body says about itself at its top level: its `event_id` and the `inbox_id` it
 /// belongs to, read before (or without) a full parse.
 ///
 /// Only the top-level object is visited: no tree is built, other values are checked and
 /// skipped, and, unless the JSON escapes them, no string is copied twice. Until the
-/// signature verifies under a secret whose [`SecretScope`](super::SecretScope) covers it, a
+/// signature verifies under a secret whose [`Tenant`](crate::tenant::Tenant) covers it, a
 /// claim is untrusted.
 ///
 /// A body that is not JSON, whose top level is not an object, or that names `event`,
@@ -24,25 +24,15 @@ pub const MAX_CLAIMED_ID_LEN: usize = 255;
 /// claim cannot be read, the [`Event`](crate::Event) is malformed and has no ids either.
 /// An id holding a lone surrogate escape keeps that escape, as the event's does (see
 /// [the event docs](crate::event#json-and-lone-surrogates)).
-///
-/// ```
-/// use openmail_webhooks::protocol::Claim;
-///
-/// let claim = Claim::read(br#"{"event":"message.received","event_id":"evt_1","inbox_id":"inb_a"}"#)?;
-/// assert_eq!(claim.event_id(), Some("evt_1"));
-/// assert_eq!(claim.inbox_id(), Some("inb_a"));
-/// assert!(Claim::read(br#"{"inbox_id":"inb_a","inbox_id":"inb_b"}"#).is_err());
-/// # Ok::<(), openmail_webhooks::protocol::ClaimError>(())
-/// ```
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Claim {
+pub(crate) struct Claim {
     event_id: Option<String>,
     inbox_id: Option<String>,
 }
 
 /// Why a body's [`Claim`] could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ClaimError {
+pub(crate) struct ClaimError {
     reason: String,
 }
 
@@ -63,7 +53,7 @@ const ENVELOPE: [&str; 4] = ["event", "event_id", "inbox_id", "pod_id"];
 
 impl Claim {
     /// Reads the claim from a body exactly as received.
-    pub fn read(body: &[u8]) -> Result<Self, ClaimError> {
+    pub(crate) fn read(body: &[u8]) -> Result<Self, ClaimError> {
         let not_json = |syntax: Syntax| {
             let (line, column) = line_column(body, syntax.at);
             ClaimError {
@@ -123,12 +113,12 @@ impl Claim {
     }
 
     /// The top-level `event_id`, when it is a string.
-    pub fn event_id(&self) -> Option<&str> {
+    pub(crate) fn event_id(&self) -> Option<&str> {
         self.event_id.as_deref()
     }
 
     /// The top-level `inbox_id`, when it is a string (`null` on pod events).
-    pub fn inbox_id(&self) -> Option<&str> {
+    pub(crate) fn inbox_id(&self) -> Option<&str> {
         self.inbox_id.as_deref()
     }
 }

@@ -1,7 +1,7 @@
 use std::fmt;
 
-use super::SecretScope;
 use crate::LogSafe;
+use crate::tenant::Tenant;
 
 /// Why a delivery failed verification.
 ///
@@ -44,11 +44,11 @@ pub enum VerifyError {
     SignatureMismatch,
     /// Per-inbox secrets: the signature verified under a secret whose scope does not cover
     /// the inbox the body names. One tenant's secret never authenticates another's events,
-    /// nor a body that names no inbox or whose [`Claim`](super::Claim) cannot be read: only
+    /// nor a body that names no inbox or whose top-level ids cannot be read: only
     /// the account's secret authenticates those.
     TenantMismatch {
-        /// The scope of the secret that matched.
-        scope: SecretScope,
+        /// The tenant whose secret matched, which is all it may authenticate.
+        scope: Tenant,
         /// The body's top-level `inbox_id`; `None` when it names none or its claim cannot
         /// be read.
         inbox_id: Option<String>,

@@ -7,14 +7,13 @@
 //!
 //! - [`Secret`] holds one pre-keyed HMAC state, so each check clones a keyed state
 //!   instead of re-deriving it from the secret;
-//! - [`Verifier`] holds the accepted secrets (more than one during a rotation), the
-//!   replay tolerance and the [`Clock`], and runs the check;
-//! - [`sign`] produces exactly the `X-Signature` OpenMail sends, for tests and tools;
+//! - [`Verifier`](crate::Verifier) holds the accepted secrets (more than one during a rotation), the
+//!   replay tolerance and the clock, and runs the check;
+//! - [`sign`](crate::sign) produces exactly the `X-Signature` OpenMail sends, for tests and tools;
 //! - [`VerifyError`] says precisely what was wrong;
-//! - for multi-tenant receivers, [`Claim`] reads the inbox a body names before it is
-//!   verified, and [`Verifier::verify_tenant`] checks the signature against that inbox's
-//!   [`TenantSecrets`] and that the secret which matched covers the inbox. The tower
-//!   layer runs the same check.
+//! - for multi-tenant receivers, [`TenantVerifier`](crate::tenant::TenantVerifier) checks
+//!   the signature against the secrets of the inbox the body names and that the secret
+//!   which matched covers the inbox. The tower layer runs the same check.
 //!
 //! ```
 //! use openmail_webhooks::{sign, Verifier};
@@ -30,20 +29,18 @@
 //! ```
 
 mod claim;
-mod error;
+pub(crate) mod error;
 mod secret;
-mod signature;
-mod tenant;
+pub(crate) mod signature;
 mod timestamp;
-mod verifier;
+pub(crate) mod verifier;
 
-pub use claim::{Claim, ClaimError, MAX_CLAIMED_ID_LEN};
-pub use error::{ConfigError, VerifyError};
 pub use secret::Secret;
-pub use signature::sign;
-pub use tenant::{REFUSAL_MACS, SecretScope, TenantSecrets, TenantVerified};
-pub use timestamp::{Clock, SystemClock};
-pub use verifier::{DEFAULT_TOLERANCE, Verified, Verifier};
+pub use verifier::Verified;
+
+pub(crate) use claim::{Claim, MAX_CLAIMED_ID_LEN};
+pub(crate) use error::{ConfigError, VerifyError};
+pub(crate) use timestamp::{Clock, SystemClock};
 
 #[cfg(feature = "test-util")]
 pub(crate) use secret::macs_on_this_thread;

@@ -2,24 +2,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::VerifyError;
 
-/// Where "now" comes from when a timestamp is checked against the tolerance.
-///
-/// The default is [`SystemClock`]. Tests pin time with a closure:
-///
-/// ```
-/// use openmail_webhooks::Verifier;
-///
-/// let verifier = Verifier::new("whsec_test")?.clock(|| 1_790_000_000);
-/// # Ok::<(), openmail_webhooks::ConfigError>(())
-/// ```
-pub trait Clock: Send + Sync + 'static {
+/// Where "now" comes from when a timestamp is checked against the tolerance: the
+/// operating system's wall clock, or the closure given to a `clock` builder method.
+pub(crate) trait Clock: Send + Sync + 'static {
     /// The current time in whole seconds since the Unix epoch.
     fn now(&self) -> i64;
 }
 
 /// The operating system's wall clock.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
+pub(crate) struct SystemClock;
 
 impl Clock for SystemClock {
     fn now(&self) -> i64 {

@@ -15,7 +15,7 @@ use super::{
 };
 
 /// OpenMail's replay window: deliveries more than 300 s from now, either way, are refused.
-pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
+const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 
 /// Checks OpenMail signatures against one or more secrets.
 ///
@@ -198,12 +198,6 @@ impl Verifier {
         Ok(Self::from_ring(secrets))
     }
 
-    /// A verifier whose own list is empty, so that its `verify` refuses everything: the
-    /// replay window alone, for tenant checks.
-    pub(crate) fn without_secrets() -> Self {
-        Self::from_ring(Box::new([]))
-    }
-
     fn from_ring(secrets: Box<[Secret]>) -> Self {
         Self {
             ring: Arc::new(SecretRing {
@@ -225,14 +219,23 @@ impl Verifier {
     }
 
     /// How far `X-Timestamp` may be from now, in either direction. Whole seconds count;
-    /// the boundary itself is accepted. Defaults to [`DEFAULT_TOLERANCE`].
+    /// the boundary itself is accepted. 300 s unless set: OpenMail's replay window.
     pub fn tolerance(mut self, tolerance: Duration) -> Self {
         self.freshness.tolerance(tolerance);
         self
     }
 
-    /// Where "now" comes from. Defaults to [`SystemClock`].
-    pub fn clock(mut self, clock: impl Clock) -> Self {
+    /// Where "now" comes from, in whole seconds since the Unix epoch; the system clock
+    /// unless set. Tests pin time with a closure:
+    ///
+    /// ```
+    /// use openmail_webhooks::Verifier;
+    ///
+    /// let verifier = Verifier::new("whsec_test")?.clock(|| 1_790_000_000);
+    /// assert_eq!(verifier.now(), 1_790_000_000);
+    /// # Ok::<(), openmail_webhooks::ConfigError>(())
+    /// ```
+    pub fn clock(mut self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.freshness.clock(clock);
         self
     }

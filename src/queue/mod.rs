@@ -27,7 +27,7 @@
 //! # Duplicates
 //!
 //! The store's key is the one [`DedupKey`](crate::dedup::DedupKey) computes: the verified
-//! body's `inbox_id` (which the secret's [`SecretScope`](crate::protocol::SecretScope)
+//! body's `inbox_id` (which the secret's [`Tenant`](crate::tenant::Tenant)
 //! covers) and its `event_id`, exact bytes, hashed to 32 bytes. A delivery whose key is
 //! already stored, waiting, running, completed within the retention or dead, gets the same
 //! `200` and is not stored again; so there is no `409` here, and [`Ingest`] replaces
@@ -74,7 +74,11 @@ pub use postgres::PostgresStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use sqlite::SqliteStore;
-pub use store::{
-    Claimed, DeadLetter, Durability, EventStore, Inserted, Lease, QueueError, QueueStats,
-};
+pub use store::{DeadLetter, Durability, EventStore, QueueError, QueueStats};
+
+// The store contract, sealed inside the crate, is reachable under `test-util` for the
+// crate's own store tests only: hidden, and not part of the API.
+#[cfg(feature = "test-util")]
+#[doc(hidden)]
+pub use store::{Backend, Claimed, Inserted, Lease};
 pub use workers::{WorkerAttempt, Workers};

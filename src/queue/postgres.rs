@@ -11,8 +11,8 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
-use super::store::{Columns, Durability, EventStore, Inserted, Lease, QueueError, QueueStats};
-use super::{Claimed, DeadLetter};
+use super::store::{Backend, Columns, Durability, Inserted, Lease, QueueError, QueueStats};
+use super::store::{Claimed, DeadLetter};
 use crate::Delivery;
 
 /// The schema version this build creates and expects, in `openmail_schema`.
@@ -162,7 +162,7 @@ const DEPTH_REFRESH: Duration = Duration::from_secs(1);
 /// and timestamps past its range, and a `Duration::MAX` lease means "forever" anyway.
 const LONGEST_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
 
-/// The [`EventStore`] for several replicas: one PostgreSQL database that every replica
+/// The [`EventStore`](super::EventStore) for several replicas: one PostgreSQL database that every replica
 /// points at.
 ///
 /// - **Replicas share the work.** A claim locks due rows with `FOR UPDATE SKIP LOCKED`,
@@ -302,7 +302,7 @@ impl PostgresStore {
     }
 }
 
-impl EventStore for PostgresStore {
+impl Backend for PostgresStore {
     async fn insert(
         &self,
         key: [u8; 32],
@@ -398,7 +398,7 @@ impl EventStore for PostgresStore {
         self.change_one(|s| &s.release, &[&key, &lease.token]).await
     }
 
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn queue_stats(&self) -> Result<QueueStats, QueueError> {
         let rows = self.query(|s| &s.stats, &[]).await?;
         let row = rows
             .first()
@@ -416,7 +416,7 @@ impl EventStore for PostgresStore {
         })
     }
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    async fn list_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self.query(|s| &s.dead_letters, &[&limit]).await?;
         let mut letters = Vec::with_capacity(rows.len());
@@ -438,7 +438,7 @@ impl EventStore for PostgresStore {
         Ok(letters)
     }
 
-    async fn retry_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+    async fn requeue_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
         let key = &key[..];
         self.change_one(|s| &s.retry_dead_letter, &[&key]).await
     }

@@ -9,8 +9,8 @@ use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use super::store::{Columns, Durability, EventStore, Inserted, Lease, QueueError, QueueStats};
-use super::{Claimed, DeadLetter};
+use super::store::{Backend, Columns, Durability, Inserted, Lease, QueueError, QueueStats};
+use super::store::{Claimed, DeadLetter};
 use crate::Delivery;
 
 /// The schema version this build writes, in SQLite's `user_version`. A file of a newer
@@ -50,7 +50,7 @@ CREATE INDEX IF NOT EXISTS openmail_events_finished ON openmail_events (finished
     WHERE state <> 0;
 ";
 
-/// The embedded [`EventStore`]: one SQLite file, no server, for one machine.
+/// The embedded [`EventStore`](super::EventStore): one SQLite file, no server, for one machine.
 ///
 /// - **Created with mode `0600`** when missing (SQLite gives its WAL file the same mode):
 ///   the bodies are users' email.
@@ -744,7 +744,7 @@ fn columns_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Columns> {
     })
 }
 
-impl EventStore for SqliteStore {
+impl Backend for SqliteStore {
     async fn insert(
         &self,
         key: [u8; 32],
@@ -808,16 +808,16 @@ impl EventStore for SqliteStore {
         self.ask(|reply| Command::Release { lease, reply }).await
     }
 
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn queue_stats(&self) -> Result<QueueStats, QueueError> {
         self.ask(|reply| Command::Stats { reply }).await
     }
 
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    async fn list_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.ask(|reply| Command::DeadLetters { limit, reply })
             .await
     }
 
-    async fn retry_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+    async fn requeue_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
         self.ask(|reply| Command::RetryDeadLetter { key, reply })
             .await
     }

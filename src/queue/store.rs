@@ -10,7 +10,8 @@ use bytes::Bytes;
 use http::HeaderValue;
 use tower::BoxError;
 
-use crate::protocol::{SecretScope, Verified};
+use crate::protocol::Verified;
+use crate::tenant::Tenant;
 use crate::{Channel, Delivery};
 
 /// Where acknowledged events wait for the workers: a durable table of events keyed by a
@@ -18,10 +19,44 @@ use crate::{Channel, Delivery};
 /// for deduplication) or dead-lettered.
 ///
 /// The crate's stores implement it ([`SqliteStore`](super::SqliteStore) with the `sqlite`
-/// feature, `PostgresStore` with `postgres`); [`Ingest`](super::Ingest) and
-/// [`Workers`](super::Workers) are generic over it. Its values are opaque, so a store
-/// outside the crate cannot forge a [`Delivery`]: a stored event is always one the crate
-/// verified.
+/// feature, `PostgresStore` with `postgres`), and only they do: it is sealed, so that a
+/// stored event is always one the crate verified, and the contract between the store and
+/// the workers ([`Backend`]) can change without a breaking release. [`Ingest`](super::Ingest)
+/// and [`Workers`](super::Workers) are generic over it; its own methods are what an
+/// operator asks of a store.
+pub trait EventStore: Backend {
+    /// How many events wait, are leased and are dead, and the age of the oldest waiting or
+    /// leased one.
+    fn stats(&self) -> impl Future<Output = Result<QueueStats, QueueError>> + Send {
+        Backend::queue_stats(self)
+    }
+
+    /// Up to `limit` dead letters, oldest first, with their bodies.
+    fn dead_letters(
+        &self,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send {
+        Backend::list_dead_letters(self, limit)
+    }
+
+    /// Makes the dead letter `key` ([`DeadLetter::key`]) due again, with its attempts reset.
+    /// `Ok(false)`: no dead letter has that key.
+    fn retry_dead_letter(
+        &self,
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send {
+        Backend::requeue_dead_letter(self, key)
+    }
+}
+
+impl<S: Backend> EventStore for S {}
+
+/// The contract between a store and the workers, which [`EventStore`] seals: public only in
+/// this crate-private module (and, hidden, under `test-util` for the crate's own store
+/// tests), so no store outside the crate implements it.
+///
+/// Its values are opaque, so a store outside the crate could not forge a [`Delivery`]
+/// either.
 ///
 /// Every method is one transaction of the backend: it has happened when its future returns
 /// `Ok`, and not at all when it returns `Err` (or, for a commit whose answer was lost, it
@@ -29,14 +64,14 @@ use crate::{Channel, Delivery};
 ///
 /// | state | how it gets there | leaves by |
 /// |---|---|---|
-/// | waiting (due now or at a retry time) | [`insert`](Self::insert), [`fail`](Self::fail) with a retry, [`release`](Self::release), a lease that expired, [`retry_dead_letter`](Self::retry_dead_letter) | [`claim`](Self::claim) |
+/// | waiting (due now or at a retry time) | [`insert`](Self::insert), [`fail`](Self::fail) with a retry, [`release`](Self::release), a lease that expired, [`requeue_dead_letter`](Backend::requeue_dead_letter) | [`claim`](Self::claim) |
 /// | leased (in flight) | [`claim`](Self::claim), which counts the attempt | [`complete`](Self::complete), [`fail`](Self::fail), [`release`](Self::release), the lease expiring |
 /// | completed: the key alone | [`complete`](Self::complete) | [`purge`](Self::purge) after the retention |
-/// | dead letter: kept with its body | [`fail`](Self::fail) without a retry, or a claim of an event whose last attempt's lease expired | [`retry_dead_letter`](Self::retry_dead_letter) |
+/// | dead letter: kept with its body | [`fail`](Self::fail) without a retry, or a claim of an event whose last attempt's lease expired | [`requeue_dead_letter`](Backend::requeue_dead_letter) |
 ///
 /// The key of an event in any state makes a later insert of the same key a
 /// [`Inserted::Duplicate`].
-pub trait EventStore: Send + Sync + 'static {
+pub trait Backend: Send + Sync + 'static {
     /// Stores a verified delivery under `key`, unless an event with that key is already
     /// there in any state ([`Inserted::Duplicate`]), or `depth_limit` events are waiting or
     /// leased ([`Inserted::Full`]; a duplicate is still reported as a duplicate). The event
@@ -89,17 +124,17 @@ pub trait EventStore: Send + Sync + 'static {
 
     /// How many events wait, are leased and are dead, and the age of the oldest waiting or
     /// leased one.
-    fn stats(&self) -> impl Future<Output = Result<QueueStats, QueueError>> + Send;
+    fn queue_stats(&self) -> impl Future<Output = Result<QueueStats, QueueError>> + Send;
 
     /// Up to `limit` dead letters, oldest first, with their bodies.
-    fn dead_letters(
+    fn list_dead_letters(
         &self,
         limit: usize,
     ) -> impl Future<Output = Result<Vec<DeadLetter>, QueueError>> + Send;
 
     /// Makes the dead letter `key` due again, with its attempts reset. `Ok(false)`: no dead
     /// letter has that key.
-    fn retry_dead_letter(
+    fn requeue_dead_letter(
         &self,
         key: [u8; 32],
     ) -> impl Future<Output = Result<bool, QueueError>> + Send;
@@ -109,7 +144,7 @@ pub trait EventStore: Send + Sync + 'static {
     fn purge(&self, retention: Duration) -> impl Future<Output = Result<u64, QueueError>> + Send;
 }
 
-/// What [`EventStore::insert`] did.
+/// What [`Backend::insert`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Inserted {
@@ -142,8 +177,8 @@ impl Claimed {
         }
     }
 
-    /// The lease, which [`complete`](EventStore::complete), [`fail`](EventStore::fail),
-    /// [`renew`](EventStore::renew) and [`release`](EventStore::release) take.
+    /// The lease, which [`complete`](Backend::complete), [`fail`](Backend::fail),
+    /// [`renew`](Backend::renew) and [`release`](Backend::release) take.
     pub fn lease(&self) -> Lease {
         self.lease
     }
@@ -165,7 +200,8 @@ impl Claimed {
 ///
 /// A handler that writes to the database the store lives in can complete the event in its
 /// own transaction with these two values (see the [module docs](super)); it finds them in
-/// [`WorkerAttempt::lease`](super::WorkerAttempt::lease).
+/// [`WorkerAttempt::key`](super::WorkerAttempt::key) and
+/// [`WorkerAttempt::token`](super::WorkerAttempt::token).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Lease {
     pub(crate) key: [u8; 32],
@@ -351,8 +387,8 @@ impl Columns {
                 Channel::WebSocket => 1,
             },
             scope_inbox: match delivery.scope() {
-                SecretScope::Account => None,
-                SecretScope::Inbox(inbox) => Some(inbox.clone()),
+                Tenant::Account => None,
+                Tenant::Inbox(inbox) => Some(inbox.clone()),
             },
             timestamp: verified.map(|verified| verified.timestamp()),
             secret_index: verified
@@ -377,9 +413,7 @@ impl Columns {
             )),
             _ => None,
         };
-        let scope = self
-            .scope_inbox
-            .map_or(SecretScope::Account, SecretScope::Inbox);
+        let scope = self.scope_inbox.map_or(Tenant::Account, Tenant::Inbox);
         let event_id_header = self
             .event_id_header
             .and_then(|value| HeaderValue::from_str(&value).ok());

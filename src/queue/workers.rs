@@ -50,10 +50,17 @@ impl WorkerAttempt {
         self.last
     }
 
-    /// The lease this attempt holds: what a handler needs to complete the event in its
-    /// own transaction, when it writes to the store's database.
-    pub fn lease(&self) -> Lease {
-        self.lease
+    /// The key of the event this attempt holds a lease on: with [`token`](Self::token),
+    /// what a handler needs to complete the event in its own transaction, when it writes to
+    /// the store's database (see `docs/durable.md`).
+    pub fn key(&self) -> &[u8; 32] {
+        self.lease.key()
+    }
+
+    /// The lease's token: the store's count of claims of this event, never reset, so a
+    /// holder whose lease expired and was claimed again can no longer complete the event.
+    pub fn token(&self) -> i64 {
+        self.lease.token()
     }
 }
 

@@ -15,7 +15,7 @@ use tower::BoxError;
 
 use super::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
 use crate::expiry::ExpiryMap;
-use crate::protocol::TenantSecrets;
+use crate::tenant::TenantSecrets;
 
 /// Keeps a resolver's answers for a while, so that hot tenants cost no lookup, and bounds
 /// the lookups that anonymous requests can cause.
@@ -42,9 +42,8 @@ use crate::protocol::TenantSecrets;
 ///   the reserve, therefore gets the same status, headers and body as one naming any
 ///   other inbox, and the same MACs. (The lookup itself still takes its time.)
 /// - **At most `capacity` tenants** (default 10,000) are kept; when full, the entry closest
-///   to expiring goes, in O(log n). A claimed `inbox_id` is at most
-///   [`MAX_CLAIMED_ID_LEN`](crate::protocol::MAX_CLAIMED_ID_LEN) bytes, so the cache's
-///   keys are bounded in bytes as well as in number.
+///   to expiring goes, in O(log n). A claimed `inbox_id` is at most 255
+///   bytes (a longer one routes as the account), so the cache's keys are bounded in bytes as well as in number.
 /// - **Rotation.** [`invalidate`](Self::invalidate) forgets one tenant. And when a delivery
 ///   is refused ([`refused`](SecretResolver::refused)), the tenant's answer is forgotten
 ///   if it is older than the refresh interval (default 10 s), so the next delivery looks
@@ -272,7 +271,10 @@ impl<R: SecretResolver> SecretResolver for CachedResolver<R> {
         self.inner.route(request)
     }
 
-    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+    fn lookup(
+        &self,
+        tenant: &Tenant,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<TenantSecrets>, BoxError>> + Send>> {
         let mut state = self.cache.lock();
         if let Some((entry, expires)) = state.entries.get(tenant) {
             if expires > Instant::now() {
@@ -571,7 +573,7 @@ mod tests {
                 }
                 Ok(match tenant {
                     Tenant::Inbox(inbox) if inbox.starts_with("inb_") => Some(
-                        TenantSecrets::inbox(inbox.clone(), [format!("whsec_{inbox}")])?,
+                        TenantSecrets::for_inbox(inbox.clone(), [format!("whsec_{inbox}")])?,
                     ),
                     _ => None,
                 })

@@ -1,10 +1,12 @@
 use std::collections::HashMap;
 use std::fmt;
-use std::future::ready;
+use std::future::{Future, ready};
+use std::pin::Pin;
 
-use super::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
+use tower::BoxError;
+
+use super::{SecretResolver, Tenant, TenantRequest, TenantSecrets};
 use crate::ConfigError;
-use crate::protocol::TenantSecrets;
 
 /// A fixed map of per-inbox secrets, with an optional account-wide fallback.
 ///
@@ -93,7 +95,7 @@ impl InboxSecrets {
         I::Item: AsRef<[u8]>,
     {
         let inbox_id = inbox_id.into();
-        let secrets = TenantSecrets::inbox(inbox_id.clone(), secrets)?;
+        let secrets = TenantSecrets::for_inbox(inbox_id.clone(), secrets)?;
         self.inboxes.insert(inbox_id, secrets);
         Ok(self)
     }
@@ -105,7 +107,7 @@ impl InboxSecrets {
         I: IntoIterator,
         I::Item: AsRef<[u8]>,
     {
-        self.account = Some(TenantSecrets::account(secrets)?);
+        self.account = Some(TenantSecrets::for_account(secrets)?);
         Ok(self)
     }
 
@@ -184,7 +186,10 @@ impl SecretResolver for InboxSecrets {
         }
     }
 
-    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+    fn lookup(
+        &self,
+        tenant: &Tenant,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<TenantSecrets>, BoxError>> + Send>> {
         Box::pin(ready(Ok(self.secrets_of(tenant))))
     }
 }
@@ -192,7 +197,7 @@ impl SecretResolver for InboxSecrets {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::SecretScope;
+    use crate::tenant::Tenant;
 
     #[test]
     fn parse_groups_rotations_and_reports_bad_entries_without_secrets() {
@@ -230,20 +235,17 @@ mod tests {
             .unwrap()
             .account(["whsec_account"])
             .unwrap();
-        let scopes = |tenant: &Tenant| -> Vec<SecretScope> {
+        let scopes = |tenant: &Tenant| -> Vec<Tenant> {
             map.secrets_of(tenant)
                 .map(|secrets| secrets.scopes().cloned().collect())
                 .unwrap_or_default()
         };
         assert_eq!(
             scopes(&Tenant::Inbox("inb_a".into())),
-            [SecretScope::Inbox("inb_a".into()), SecretScope::Account]
+            [Tenant::Inbox("inb_a".into()), Tenant::Account]
         );
-        assert_eq!(
-            scopes(&Tenant::Inbox("inb_b".into())),
-            [SecretScope::Account]
-        );
-        assert_eq!(scopes(&Tenant::Account), [SecretScope::Account]);
+        assert_eq!(scopes(&Tenant::Inbox("inb_b".into())), [Tenant::Account]);
+        assert_eq!(scopes(&Tenant::Account), [Tenant::Account]);
         let without_account = InboxSecrets::new().inbox("inb_a", ["whsec_a"]).unwrap();
         assert!(without_account.secrets_of(&Tenant::Account).is_none());
     }

@@ -20,17 +20,16 @@
 //! 1. The head is checked as always (headers present and well-formed, timestamp fresh):
 //!    forgeries are still refused before the body is read.
 //! 2. The body is read within the limit, and only its top-level `event_id` and `inbox_id`
-//!    are extracted ([`Claim`](crate::protocol::Claim)), without building a tree. This
-//!    claim is untrusted. A claim that cannot be read (not JSON, an envelope key twice),
-//!    or an `inbox_id` over [`MAX_CLAIMED_ID_LEN`](crate::protocol::MAX_CLAIMED_ID_LEN)
-//!    bytes, names no inbox: the default routing then looks up the account.
-//! 3. The resolver names the [`Tenant`] and looks up its secrets, each with a
-//!    [`SecretScope`](crate::protocol::SecretScope).
+//!    are extracted, without building a tree. This claim is untrusted. A claim that cannot
+//!    be read (not JSON, an envelope key twice), or an `inbox_id` over 255 bytes, names no
+//!    inbox: the default routing then looks up the account ([`Tenant::claimed_by`]).
+//! 3. The resolver names the [`Tenant`] and looks up its [`TenantSecrets`], each secret
+//!    with the tenant it belongs to.
 //! 4. The signature is checked against them, over the buffered body, and the secret that
-//!    matched must cover the inbox the body names: inbox A's secret never authenticates an
-//!    event naming inbox B, whatever the URL. This is
-//!    [`Verifier::verify_tenant`](crate::Verifier::verify_tenant), the same function a
-//!    serverless receiver calls without tower.
+//!    matched must [cover](Tenant::covers) the inbox the body names: inbox A's secret
+//!    never authenticates an event naming inbox B, whatever the URL. This is
+//!    [`TenantVerifier::verify`], the same check a serverless receiver runs without
+//!    tower.
 //!
 //! | outcome | status |
 //! |---|---|
@@ -41,8 +40,8 @@
 //! | the lookup outlived the body deadline | `503` with `Retry-After` |
 //!
 //! A client learns nothing about which inboxes exist: an unknown inbox gets the same status
-//! and body as a wrong signature, after the same MACs over its body
-//! ([`REFUSAL_MACS`](crate::protocol::REFUSAL_MACS)), and no refusal waits for a lookup.
+//! and body as a wrong signature, after the same MACs over its body (four, whatever the
+//! tenant's number of secrets up to four), and no refusal waits for a lookup.
 //! The rejection hook and `tracing` see the precise reason.
 //!
 //! ```
@@ -61,7 +60,12 @@
 mod cache;
 mod inboxes;
 mod resolver;
+mod secrets;
 
 pub use cache::CachedResolver;
 pub use inboxes::{InboxSecrets, SecretListError};
-pub use resolver::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
+pub use resolver::{SecretResolver, Tenant, TenantRequest};
+pub use secrets::{TenantSecrets, TenantVerifier};
+
+pub(crate) use resolver::ResolveFuture;
+pub(crate) use secrets::REFUSAL_MACS;

@@ -6,23 +6,24 @@ use http::request::Parts;
 use http::{HeaderMap, Uri};
 use tower::BoxError;
 
+use super::TenantSecrets;
 use crate::LogSafe;
-use crate::protocol::TenantSecrets;
+use crate::protocol::{Claim, MAX_CLAIMED_ID_LEN};
 
-/// The future a [`SecretResolver`] returns.
-///
-/// `Ok(None)` means no secret is known for the tenant (the layer refuses the delivery as it
-/// refuses any forgery); `Err` means the lookup itself failed (the layer answers `503` with
-/// `Retry-After`, so OpenMail retries).
-pub type ResolveFuture =
+/// The future [`SecretResolver::lookup`] returns, as the crate names it inside.
+pub(crate) type ResolveFuture =
     Pin<Box<dyn Future<Output = Result<Option<TenantSecrets>, BoxError>> + Send>>;
 
-/// Whose secrets a delivery needs: what a [`SecretResolver`] routes on, and the only thing
-/// its lookup sees.
+/// A tenant: one inbox, or the account.
 ///
-/// Because the lookup gets nothing but this value, a cache keyed on it
-/// ([`CachedResolver`](super::CachedResolver)) can never store one tenant's answer under
-/// another's key.
+/// - Whose secrets a delivery needs: what a [`SecretResolver`] routes on, and the only
+///   thing its lookup sees. Because the lookup gets nothing but this value, a cache keyed
+///   on it ([`CachedResolver`](super::CachedResolver)) can never store one tenant's answer
+///   under another's key.
+/// - Whose secret verified a delivery, which is what that secret may authenticate
+///   ([`covers`](Self::covers)): an inbox's secret only events naming that inbox, the
+///   account's any event ([`TenantSecrets::scopes`](super::TenantSecrets::scopes),
+///   [`Delivery::scope`](crate::Delivery::scope)).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum Tenant {
@@ -31,6 +32,39 @@ pub enum Tenant {
     Inbox(String),
     /// No inbox named: the account webhook's secrets (pod events, for example).
     Account,
+}
+
+impl Tenant {
+    /// The tenant a body claims to belong to, read from its top-level `inbox_id` before
+    /// (or without) a full parse: [`Tenant::Inbox`], or [`Tenant::Account`] when the body
+    /// names no inbox, names one over 255 bytes, or cannot be read (not JSON, an envelope
+    /// key twice). This is the layer's default routing, for receivers that look up secrets
+    /// themselves ([`TenantVerifier`](super::TenantVerifier)). Untrusted until the
+    /// signature verifies under a secret that [`covers`](Self::covers) the body.
+    ///
+    /// ```
+    /// use openmail_webhooks::tenant::Tenant;
+    ///
+    /// let body = br#"{"event":"message.received","event_id":"evt_1","inbox_id":"inb_a"}"#;
+    /// assert_eq!(Tenant::claimed_by(body), Tenant::Inbox("inb_a".into()));
+    /// assert_eq!(Tenant::claimed_by(br#"{"inbox_id":"a","inbox_id":"b"}"#), Tenant::Account);
+    /// ```
+    pub fn claimed_by(body: &[u8]) -> Self {
+        let claim = Claim::read(body).ok();
+        match claim.as_ref().and_then(Claim::inbox_id) {
+            Some(inbox) if inbox.len() <= MAX_CLAIMED_ID_LEN => Self::Inbox(inbox.to_owned()),
+            _ => Self::Account,
+        }
+    }
+
+    /// Whether this tenant's secret may authenticate a body whose top-level `inbox_id` is
+    /// `inbox_id`: the account's any body, an inbox's only a body naming that inbox.
+    pub fn covers(&self, inbox_id: Option<&str>) -> bool {
+        match self {
+            Self::Account => true,
+            Self::Inbox(inbox) => inbox_id == Some(inbox.as_str()),
+        }
+    }
 }
 
 impl std::fmt::Display for Tenant {
@@ -52,22 +86,25 @@ impl std::fmt::Display for Tenant {
 ///    tenant.
 ///
 /// The layer then accepts the delivery only if a returned secret verifies it **and** that
-/// secret's [`SecretScope`](crate::protocol::SecretScope) covers the inbox the body names.
+/// secret's tenant [`covers`](Tenant::covers) the inbox the body names.
 ///
 /// ```
-/// use openmail_webhooks::protocol::TenantSecrets;
-/// use openmail_webhooks::tenant::{ResolveFuture, SecretResolver, Tenant};
+/// use std::{future::Future, pin::Pin};
+/// use openmail_webhooks::tenant::{SecretResolver, Tenant, TenantSecrets};
+/// use tower::BoxError;
+///
+/// type Lookup = Pin<Box<dyn Future<Output = Result<Option<TenantSecrets>, BoxError>> + Send>>;
 ///
 /// struct FromDatabase; // holds a connection pool in real code
 ///
 /// impl SecretResolver for FromDatabase {
-///     fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+///     fn lookup(&self, tenant: &Tenant) -> Lookup {
 ///         let tenant = tenant.clone();
 ///         Box::pin(async move {
 ///             let Tenant::Inbox(inbox) = tenant else { return Ok(None) };
 ///             // let secret = sqlx::query_scalar("SELECT secret FROM inboxes WHERE id = ?")...
 ///             let secret = format!("whsec_for_{inbox}");
-///             Ok(Some(TenantSecrets::inbox(inbox, [secret])?))
+///             Ok(Some(TenantSecrets::for_inbox(inbox, [secret])?))
 ///         })
 ///     }
 /// }
@@ -83,7 +120,15 @@ pub trait SecretResolver: Send + Sync + 'static {
     }
 
     /// Starts the lookup of one tenant's secrets.
-    fn lookup(&self, tenant: &Tenant) -> ResolveFuture;
+    ///
+    /// `Ok(None)` means no secret is known for the tenant (the layer refuses the delivery
+    /// as it refuses any forgery); `Err` means the lookup itself failed (the layer answers
+    /// `503` with `Retry-After`, so OpenMail retries).
+    #[allow(clippy::type_complexity)]
+    fn lookup(
+        &self,
+        tenant: &Tenant,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<TenantSecrets>, BoxError>> + Send>>;
 
     /// Called when a delivery for `tenant` is refused after its lookup: this resolver knew
     /// no secret for the tenant, or the secrets it returned did not verify the delivery.
@@ -123,7 +168,10 @@ impl<R: SecretResolver + ?Sized> SecretResolver for Arc<R> {
         (**self).route(request)
     }
 
-    fn lookup(&self, tenant: &Tenant) -> ResolveFuture {
+    fn lookup(
+        &self,
+        tenant: &Tenant,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<TenantSecrets>, BoxError>> + Send>> {
         (**self).lookup(tenant)
     }
 

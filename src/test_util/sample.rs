@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::TestDelivery;
-use crate::{Clock, SystemClock};
+use crate::protocol::{Clock, SystemClock};
 
 /// A realistic OpenMail event body, built in one line, for the tests of your handlers.
 ///

@@ -9,8 +9,8 @@ use tower::{BoxError, Service};
 
 use super::backoff::Backoff;
 use super::endpoint::Endpoint;
-use super::resume::{MemoryResume, ResumeStore};
-use super::status::{DeadLetter, Status};
+use super::resume::{MemoryResumeStore, ResumeStore};
+use super::status::ClientStatus;
 use super::subscription::Subscription;
 use super::transport::Dial;
 use super::{
@@ -21,8 +21,7 @@ use super::{
 };
 use crate::body::VerifiedBody;
 
-type StatusHook = Arc<dyn Fn(&Status) + Send + Sync + 'static>;
-type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync + 'static>;
+type StatusHook = Arc<dyn Fn(&ClientStatus) + Send + Sync + 'static>;
 
 /// A client for OpenMail's WebSocket that hands each event to a tower `Service`, the same
 /// one that serves verified webhooks. See the [module docs](super) for what it does.
@@ -46,7 +45,6 @@ pub(crate) struct Config {
     pub(crate) dispatch_path: String,
     tls: Option<Arc<ClientConfig>>,
     on_status: Option<StatusHook>,
-    on_dead_letter: Option<DeadLetterHook>,
     pub(crate) reconnect: Backoff,
     pub(crate) retry: Backoff,
     pub(crate) retries: u32,
@@ -70,18 +68,18 @@ impl Config {
         }
     }
 
-    pub(crate) fn report(&self, status: Status) {
+    pub(crate) fn report(&self, status: ClientStatus) {
         #[cfg(feature = "tracing")]
         match &status {
-            Status::Reconnecting { .. }
-            | Status::PossibleGap { .. }
-            | Status::SkippedMessage { .. }
-            | Status::ServerError { .. }
-            | Status::HandlerFailed { .. }
-            | Status::ResumeSaveFailed { .. } => {
+            ClientStatus::Reconnecting { .. }
+            | ClientStatus::PossibleGap { .. }
+            | ClientStatus::SkippedMessage { .. }
+            | ClientStatus::ServerError { .. }
+            | ClientStatus::HandlerFailed { .. }
+            | ClientStatus::ResumeSaveFailed { .. } => {
                 tracing::warn!(%status, "OpenMail WebSocket");
             }
-            Status::EventHandled { .. } | Status::AlreadyHandled { .. } => {
+            ClientStatus::EventHandled { .. } | ClientStatus::AlreadyHandled { .. } => {
                 tracing::debug!(%status, "OpenMail WebSocket");
             }
             _ => tracing::info!(%status, "OpenMail WebSocket"),
@@ -90,16 +88,11 @@ impl Config {
             hook(&status);
         }
     }
-
-    pub(crate) fn dead_letter(&self, letter: &DeadLetter) {
-        if let Some(hook) = &self.on_dead_letter {
-            hook(letter);
-        }
-    }
 }
 
 impl WebSocketClient {
-    /// A client for the account whose API key is `api_key`, connecting to [`DEFAULT_URL`]
+    /// A client for the account whose API key is `api_key`, connecting to OpenMail's endpoint,
+    /// `wss://api.openmail.sh/v1/ws`,
     /// and subscribing to every event. Surrounding whitespace (a newline read from a
     /// file) is trimmed; an empty key, or one with characters an HTTP header cannot
     /// carry, is refused.
@@ -120,11 +113,10 @@ impl WebSocketClient {
                 authorization,
                 endpoint: Endpoint::parse(DEFAULT_URL)?,
                 subscription: Subscription::all(),
-                resume: Arc::new(MemoryResume::new()),
+                resume: Arc::new(MemoryResumeStore::new()),
                 dispatch_path: "/webhooks".to_owned(),
                 tls: None,
                 on_status: None,
-                on_dead_letter: None,
                 reconnect: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                 retry: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
                 retries: DEFAULT_HANDLER_RETRIES,
@@ -140,7 +132,8 @@ impl WebSocketClient {
         })
     }
 
-    /// Connects to `url` instead of [`DEFAULT_URL`] (staging, a proxy, a test server).
+    /// Connects to `url` instead of `wss://api.openmail.sh/v1/ws` (staging, a proxy, a test
+    /// server).
     /// `wss://` goes anywhere, with the certificate verified; `ws://` only to a literal
     /// loopback address (`127.0.0.0/8`, `::1`), since events carry no signature and only
     /// TLS protects them and the key. The name `localhost` is taken to mean `127.0.0.1`
@@ -158,7 +151,7 @@ impl WebSocketClient {
         self
     }
 
-    /// Where the resume position is kept; in memory ([`MemoryResume`]) unless set.
+    /// Where the resume position is kept; in memory ([`MemoryResumeStore`]) unless set.
     pub fn resume_store(mut self, store: impl ResumeStore) -> Self {
         self.config.resume = Arc::new(store);
         self
@@ -181,22 +174,12 @@ impl WebSocketClient {
         self
     }
 
-    /// Calls `hook` with each [`Status`]: connections, reconnections, possible gaps,
-    /// skipped messages, each event's outcome. Keep it quick: it runs on the client's
-    /// task.
-    pub fn on_status(mut self, hook: impl Fn(&Status) + Send + Sync + 'static) -> Self {
+    /// Calls `hook` with each [`ClientStatus`]: connections, reconnections, possible gaps,
+    /// skipped messages, each event's outcome, and the events the client gave up on
+    /// ([`ClientStatus::HandlerFailed`], with the event: keep it there to handle it later).
+    /// Keep it quick: it runs on the client's task.
+    pub fn on_status(mut self, hook: impl Fn(&ClientStatus) + Send + Sync + 'static) -> Self {
         self.config.on_status = Some(Arc::new(hook));
-        self
-    }
-
-    /// Calls `hook` with each event the service failed on every attempt, after
-    /// [`Status::HandlerFailed`] is reported. The client gives up on such an event: the
-    /// resume position moves past it, and the WebSocket will not deliver it again, so
-    /// keep it here (its bytes are [`DeadLetter::event`]'s
-    /// [`raw`](crate::Event::raw)) to handle it later. Without a hook, it is only
-    /// reported. Keep it quick: it runs on the client's task.
-    pub fn on_dead_letter(mut self, hook: impl Fn(&DeadLetter) + Send + Sync + 'static) -> Self {
-        self.config.on_dead_letter = Some(Arc::new(hook));
         self
     }
 
@@ -211,58 +194,55 @@ impl WebSocketClient {
 
     /// How a failed event is retried in process: `retries` more attempts after the first,
     /// the first after `initial_delay`, doubling up to 30 s, with jitter. 3 retries from
-    /// 1 s unless set ([`DEFAULT_HANDLER_RETRIES`]). A `409` (the event in flight
-    /// elsewhere) is tried again on the same schedule, up to
-    /// [`DEFAULT_IN_FLIGHT_RETRIES`] times, without using these retries.
+    /// 1 s unless set. A `409` (the event in flight elsewhere, as the deduplication layer
+    /// answers) is tried again on the same schedule, up to 8 times (1 to 2 min in all with
+    /// the default schedule), without using these retries.
     pub fn handler_retries(mut self, retries: u32, initial_delay: Duration) -> Self {
         self.config.retries = retries;
         self.config.retry = Backoff::new(initial_delay, Duration::from_secs(30));
         self
     }
 
-    /// How many events the service handles at once; [`DEFAULT_CONCURRENCY`] unless set
-    /// (at least 1).
+    /// How many events the service handles at once; 16 unless set (at least 1).
     pub fn concurrency(mut self, limit: usize) -> Self {
         self.config.concurrency = limit.max(1);
         self
     }
 
-    /// How long connecting (TCP, TLS and the upgrade) may take;
-    /// [`DEFAULT_CONNECT_TIMEOUT`] unless set.
+    /// How long connecting (TCP, TLS and the upgrade) may take; 10 s unless set.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.config.connect_timeout = timeout;
         self
     }
 
-    /// How long to wait for `subscribed`; [`DEFAULT_SUBSCRIBE_TIMEOUT`] unless set.
+    /// How long to wait for `subscribed`; 10 s unless set.
     pub fn subscribe_timeout(mut self, timeout: Duration) -> Self {
         self.config.subscribe_timeout = timeout;
         self
     }
 
-    /// How often the client sends an application-level `ping`;
-    /// [`DEFAULT_PING_INTERVAL`] unless set (at least 1 s, for the server's rate limit).
+    /// How often the client sends an application-level `ping`; 30 s, as often as the
+    /// server pings, unless set (at least 1 s, for the server's rate limit).
     pub fn ping_interval(mut self, interval: Duration) -> Self {
         self.config.ping_interval = interval.max(Duration::from_secs(1));
         self
     }
 
     /// How long a `ping` may go without its `pong` before the connection is presumed dead
-    /// and replaced; [`DEFAULT_PONG_TIMEOUT`] unless set.
+    /// and replaced; 10 s, what the server allows the client, unless set.
     pub fn pong_timeout(mut self, timeout: Duration) -> Self {
         self.config.pong_timeout = timeout;
         self
     }
 
-    /// The largest message accepted, in bytes; [`DEFAULT_MAX_MESSAGE_SIZE`] unless set. A
-    /// larger one ends the connection.
+    /// The largest message accepted, in bytes; 16 MiB (four times the webhook layer's
+    /// default body limit) unless set. A larger one ends the connection.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.config.max_message_size = bytes;
         self
     }
 
-    /// How long stopping waits for events being handled; [`DEFAULT_SHUTDOWN_GRACE`]
-    /// unless set. Those still running after it are abandoned, not counted as handled,
+    /// How long stopping waits for events being handled; 10 s unless set. Those still running after it are abandoned, not counted as handled,
     /// and replayed by the next run (when the position is persisted).
     pub fn shutdown_grace(mut self, grace: Duration) -> Self {
         self.config.shutdown_grace = grace;

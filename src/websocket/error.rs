@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::LogSafe;
 
 /// The cause an error carries: shared, so that [`WebSocketError`] and
-/// [`Status`](super::Status) can be cloned and kept.
+/// [`ClientStatus`](super::ClientStatus) can be cloned and kept.
 pub(crate) type Source = Arc<dyn StdError + Send + Sync + 'static>;
 
 /// What went wrong with the WebSocket client: a configuration it refused, the reason a
@@ -16,7 +16,7 @@ pub(crate) type Source = Arc<dyn StdError + Send + Sync + 'static>;
 /// retrying cannot fix ([`Unauthorized`](Self::Unauthorized),
 /// [`SubscribeRefused`](Self::SubscribeRefused),
 /// [`InvalidDispatchPath`](Self::InvalidDispatchPath)); every other one ends a connection,
-/// is reported in [`Status::Reconnecting`](super::Status::Reconnecting), and the client
+/// is reported in [`ClientStatus::Reconnecting`](super::ClientStatus::Reconnecting), and the client
 /// connects again.
 ///
 /// None of them shows the API key. Values that came from the server (a close reason, an

@@ -15,7 +15,8 @@
 //! use std::sync::Arc;
 //! use axum::{routing::post, Extension, Router};
 //! use openmail_webhooks::websocket::WebSocketClient;
-//! use openmail_webhooks::{DeduplicateLayer, Event, VerifyOpenMailLayer};
+//! use openmail_webhooks::dedup::DeduplicateLayer;
+//! use openmail_webhooks::{Event, VerifyOpenMailLayer};
 //!
 //! async fn handle(Extension(event): Extension<Arc<Event>>) -> &'static str {
 //!     println!("{} {:?}", event.event_type(), event.event_id());
@@ -50,12 +51,12 @@
 //! replays what came after the resume position, so the same event may come by both.
 //! Every connection whose subscription matches receives every event, so two replicas each
 //! holding a connection both receive it. Put the service behind one
-//! [`DeduplicateLayer`](crate::DeduplicateLayer), shared by the webhook route and the
+//! [`DeduplicateLayer`](crate::dedup::DeduplicateLayer), shared by the webhook route and the
 //! WebSocket, with one store shared by the replicas (a
 //! [`RedisStore`](crate::dedup::RedisStore)): it keys on the event's `event_id`, whichever
 //! channel it came by. The dedup layer answers a duplicate `200`, which counts as handled
 //! here, and one still in flight `409`, which is not a failure: it is tried again on the
-//! retry schedule, up to [`DEFAULT_IN_FLIGHT_RETRIES`] times, without using the event's
+//! retry schedule, up to 8 times, without using the event's
 //! retries, by when the first copy is usually done. (Any `409` counts as "in flight
 //! elsewhere", the service's own included.) A `409` past that bound counts as a failure.
 //!
@@ -65,13 +66,12 @@
 //! - Events are handled concurrently, at most [`concurrency`](WebSocketClient::concurrency)
 //!   at once (16 by default), so one slow or failing event does not hold up later ones.
 //!   The socket keeps being read meanwhile (which also answers the server's pings); only
-//!   when more than [`MAX_BUFFERED_BYTES`] of events, or [`MAX_TRACKED_EVENTS`] events,
+//!   when more than 64 MiB of events, or 10,000 events since the resume position,
 //!   wait does the client stop reading, until some finish.
 //! - A failed event is retried in process: [`handler_retries`](WebSocketClient::handler_retries)
 //!   more attempts (3 by default), 1 s, 2 s, then 4 s apart, with jitter. Then the client
-//!   **gives up on it**: it is reported ([`Status::HandlerFailed`]), handed to the
-//!   [dead-letter hook](WebSocketClient::on_dead_letter) when one is set, and the resume
-//!   position moves past it.
+//!   **gives up on it**: it is reported ([`ClientStatus::HandlerFailed`], which carries the
+//!   event and its bytes: the dead letter), and the resume position moves past it.
 //! - **The socket does not redeliver**: OpenMail counts an event as delivered once it is
 //!   sent. So the resume position, the `last_event_id` the next connection sends, is a
 //!   low watermark: the last event of the longest run of settled events (handled, or
@@ -80,29 +80,29 @@
 //!   interrupted. The next connection (after any disconnect, or after a restart when the
 //!   position is persisted) asks for the events after it. Those come back: the ones this
 //!   process has settled or is handling are recognised and not handed to the service
-//!   again ([`Status::AlreadyHandled`]); across processes, the dedup layer recognises
+//!   again ([`ClientStatus::AlreadyHandled`]); across processes, the dedup layer recognises
 //!   them.
 //! - **A deliberate departure from OpenMail's guidance.** OpenMail's docs say to resume
 //!   from the last event "successfully handled". Taken literally, one event that fails
 //!   for good (a bug, a poison message) pins the position for ever: every later event
 //!   stays tracked behind it, the replay after a reconnect or a restart brings at most
-//!   100 of them, and past [`MAX_TRACKED_EVENTS`] the socket is no longer read at all.
+//!   100 of them, and past 10,000 tracked events the socket is no longer read at all.
 //!   Events would be lost silently, many of them, for one failure. This client instead
 //!   loses none silently: the failure is reported and dead-lettered, with the event's
 //!   bytes, and the stream goes on. An application that wants such an event retried
-//!   keeps it from the dead-letter hook and runs it again later.
+//!   keeps it from the [status hook](WebSocketClient::on_status) and runs it again later.
 //! - The position is loaded from a [`ResumeStore`] before the first connection and saved
-//!   each time it advances. [`MemoryResume`], the default, survives reconnections but not a
-//!   restart; [`RedisResume`] (with the `redis` feature) or your own store survives both.
+//!   each time it advances. [`MemoryResumeStore`], the default, survives reconnections but not a
+//!   restart; [`RedisResumeStore`] (with the `redis` feature) or your own store survives both.
 //! - Events without an `event_id` are handled like the others, but cannot be a position.
 //!
 //! # When events may be missed
 //!
-//! A replay brings at most [`REPLAY_LIMIT`] (100) events. OpenMail delivers events that
+//! A replay brings at most 100 events. OpenMail delivers events that
 //! occur while no WebSocket is connected by webhook, **but only if a webhook URL is set**
 //! for the account or the inbox; without one, they are stored and marked failed, and the
 //! 101st and later are lost to this client. The client reports
-//! [`Status::PossibleGap`] when:
+//! [`ClientStatus::PossibleGap`] when:
 //! - it starts with no stored position ([`GapReason::NoResumePosition`]): nothing before
 //!   this connection is replayed;
 //! - the server answers the `subscribe` that carries the position with an `error`
@@ -161,7 +161,7 @@
 //!   service as an event, as [`Event::Malformed`](crate::Event::Malformed) when the model
 //!   cannot read it (not JSON, no string `event`). A control message of an unknown type or
 //!   with fields that don't fit it, and a binary frame, are reported as
-//!   [`Status::SkippedMessage`] and skipped; none ends the stream.
+//!   [`ClientStatus::SkippedMessage`] and skipped; none ends the stream.
 //!
 //! # Stopping
 //!
@@ -189,63 +189,63 @@ pub use client::WebSocketClient;
 pub use error::WebSocketError;
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
-pub use resume::RedisResume;
-pub use resume::{MemoryResume, ResumeFuture, ResumeStore};
-pub use status::{DeadLetter, GapReason, HandlerFailure, SkipReason, Status};
+pub use resume::RedisResumeStore;
+pub use resume::{MemoryResumeStore, ResumeStore};
+pub use status::{ClientStatus, GapReason, HandlerFailure, SkipReason};
 pub use subscription::Subscription;
 /// The rustls the client is built with, for [`WebSocketClient::tls_config`].
 pub use tokio_rustls::rustls;
 
 /// OpenMail's WebSocket endpoint.
-pub const DEFAULT_URL: &str = "wss://api.openmail.sh/v1/ws";
+pub(crate) const DEFAULT_URL: &str = "wss://api.openmail.sh/v1/ws";
 
 /// The most events OpenMail replays after `last_event_id`.
-pub const REPLAY_LIMIT: usize = 100;
+pub(crate) const REPLAY_LIMIT: usize = 100;
 
 /// Events handled at once unless [`WebSocketClient::concurrency`] says otherwise.
-pub const DEFAULT_CONCURRENCY: usize = 16;
+pub(crate) const DEFAULT_CONCURRENCY: usize = 16;
 
 /// Retries of a failed event unless [`WebSocketClient::handler_retries`] says otherwise.
-pub const DEFAULT_HANDLER_RETRIES: u32 = 3;
+pub(crate) const DEFAULT_HANDLER_RETRIES: u32 = 3;
 
 /// How many times an event answered `409` (the same event in flight elsewhere, as the
 /// deduplication layer answers) is tried again before it counts as failed. These tries
 /// follow the [`handler_retries`](WebSocketClient::handler_retries) schedule (1 s
 /// doubling to 30 s, with jitter, by default: 1 to 2 min in all) and use none of its
 /// retries.
-pub const DEFAULT_IN_FLIGHT_RETRIES: u32 = 8;
+pub(crate) const DEFAULT_IN_FLIGHT_RETRIES: u32 = 8;
 
 /// How long connecting may take unless [`WebSocketClient::connect_timeout`] says
 /// otherwise.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long `subscribed` may take unless [`WebSocketClient::subscribe_timeout`] says
 /// otherwise.
-pub const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How often the client pings unless [`WebSocketClient::ping_interval`] says otherwise:
 /// as often as the server pings.
-pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(30);
 
 /// How long a `pong` may take unless [`WebSocketClient::pong_timeout`] says otherwise:
 /// what the server allows the client.
-pub const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_PONG_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The largest message accepted unless [`WebSocketClient::max_message_size`] says
 /// otherwise: 16 MiB, four times the webhook layer's default body limit.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+pub(crate) const DEFAULT_MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 /// How long stopping waits for events being handled unless
 /// [`WebSocketClient::shutdown_grace`] says otherwise.
-pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Bytes of events received and not yet handled past which the client stops reading the
 /// socket until some are: the memory bound of the events in flight (plus one message).
-pub const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_BUFFERED_BYTES: usize = 64 * 1024 * 1024;
 
 /// Events received since the resume position past which the client stops reading the
 /// socket: the bound of what it tracks. An event still being handled holds the position
 /// and keeps later events tracked; at this many, the client stops reading until some
 /// finish. (A failed event does not hold it: the client gives up on it after its
 /// retries; see the module docs.)
-pub const MAX_TRACKED_EVENTS: usize = 10_000;
+pub(crate) const MAX_TRACKED_EVENTS: usize = 10_000;

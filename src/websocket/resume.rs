@@ -5,10 +5,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use tower::BoxError;
 
-/// The future a [`ResumeStore`] returns: boxed, `Send` and `'static`, like the
-/// deduplication stores' futures.
-pub type ResumeFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Send + 'static>>;
-
 /// Where the resume position lives: the `event_id` of the last event handled in order,
 /// which the next connection sends as `last_event_id` so that OpenMail replays what came
 /// after it.
@@ -16,25 +12,37 @@ pub type ResumeFuture<T> = Pin<Box<dyn Future<Output = Result<T, BoxError>> + Se
 /// The client [`load`](Self::load)s it once, before its first connection, and
 /// [`save`](Self::save)s it each time it advances (saves are made one at a time, newest
 /// last; a burst of advances saves only the latest). Keep it where a restarted process
-/// finds it: in memory ([`MemoryResume`], the default), a restart forgets it, and the
+/// finds it: in memory ([`MemoryResumeStore`], the default), a restart forgets it, and the
 /// events that occur while the process is down are not replayed.
 ///
 /// Give each process (each replica, each subscription) its own position: two processes
 /// sharing one would each resume from wherever the other got to.
+///
+/// Its futures are boxed, `Send` and `'static`, like the deduplication stores' futures.
 pub trait ResumeStore: Send + Sync + 'static {
     /// The stored position, if any.
-    fn load(&self) -> ResumeFuture<Option<String>>;
+    fn load(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<String>, BoxError>> + Send + 'static>>;
 
     /// Stores `event_id` as the position.
-    fn save(&self, event_id: &str) -> ResumeFuture<()>;
+    fn save(
+        &self,
+        event_id: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>>;
 }
 
 impl<T: ResumeStore + ?Sized> ResumeStore for Arc<T> {
-    fn load(&self) -> ResumeFuture<Option<String>> {
+    fn load(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<String>, BoxError>> + Send + 'static>> {
         (**self).load()
     }
 
-    fn save(&self, event_id: &str) -> ResumeFuture<()> {
+    fn save(
+        &self,
+        event_id: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>> {
         (**self).save(event_id)
     }
 }
@@ -42,11 +50,11 @@ impl<T: ResumeStore + ?Sized> ResumeStore for Arc<T> {
 /// The position in memory: the default. It survives reconnections, not a restart.
 /// Clones share the position, so a test or the application can read it.
 #[derive(Clone, Default)]
-pub struct MemoryResume {
+pub struct MemoryResumeStore {
     position: Arc<Mutex<Option<String>>>,
 }
 
-impl MemoryResume {
+impl MemoryResumeStore {
     /// No position yet.
     pub fn new() -> Self {
         Self::default()
@@ -68,21 +76,26 @@ impl MemoryResume {
     }
 }
 
-impl ResumeStore for MemoryResume {
-    fn load(&self) -> ResumeFuture<Option<String>> {
+impl ResumeStore for MemoryResumeStore {
+    fn load(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<String>, BoxError>> + Send + 'static>> {
         let position = self.position();
         Box::pin(async move { Ok(position) })
     }
 
-    fn save(&self, event_id: &str) -> ResumeFuture<()> {
+    fn save(
+        &self,
+        event_id: &str,
+    ) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>> {
         *self.position.lock().unwrap_or_else(PoisonError::into_inner) = Some(event_id.to_owned());
         Box::pin(async { Ok(()) })
     }
 }
 
-impl fmt::Debug for MemoryResume {
+impl fmt::Debug for MemoryResumeStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("MemoryResume")
+        f.debug_struct("MemoryResumeStore")
             .field(
                 "position",
                 &self.position().as_deref().map(crate::LogSafe::new),
@@ -92,7 +105,7 @@ impl fmt::Debug for MemoryResume {
 }
 
 #[cfg(feature = "redis")]
-pub use redis_store::RedisResume;
+pub use redis_store::RedisResumeStore;
 
 #[cfg(feature = "redis")]
 mod redis_store {
@@ -104,7 +117,10 @@ mod redis_store {
     use redis::aio::{ConnectionManager, ConnectionManagerConfig};
     use tower::BoxError;
 
-    use super::{ResumeFuture, ResumeStore};
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use super::ResumeStore;
 
     /// The position in Redis, under one key (`openmail:ws:last_event_id` unless
     /// [`key`](Self::key) changes it): it survives a restart, and a replacement process
@@ -116,22 +132,22 @@ mod redis_store {
     /// reconnection retries. Cloning shares the connection.
     ///
     /// ```no_run
-    /// use openmail_webhooks::websocket::{RedisResume, WebSocketClient};
+    /// use openmail_webhooks::websocket::{RedisResumeStore, WebSocketClient};
     ///
     /// # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    /// let resume = RedisResume::connect("redis://127.0.0.1:6379/")
+    /// let resume = RedisResumeStore::connect("redis://127.0.0.1:6379/")
     ///     .await?
     ///     .key("myapp:openmail:ws:replica-1");
     /// let client = WebSocketClient::new("om_live_...")?.resume_store(resume);
     /// # Ok(()) }
     /// ```
     #[derive(Clone)]
-    pub struct RedisResume {
+    pub struct RedisResumeStore {
         connection: ConnectionManager,
         key: Arc<str>,
     }
 
-    impl RedisResume {
+    impl RedisResumeStore {
         /// Connects to the Redis at `url` (`redis://[:password@]host:port/db`), and fails
         /// if it cannot be reached now.
         pub async fn connect(url: &str) -> Result<Self, BoxError> {
@@ -166,8 +182,11 @@ mod redis_store {
         }
     }
 
-    impl ResumeStore for RedisResume {
-        fn load(&self) -> ResumeFuture<Option<String>> {
+    impl ResumeStore for RedisResumeStore {
+        fn load(
+            &self,
+        ) -> Pin<Box<dyn Future<Output = Result<Option<String>, BoxError>> + Send + 'static>>
+        {
             let mut connection = self.connection.clone();
             let key = Arc::clone(&self.key);
             Box::pin(async move {
@@ -179,7 +198,10 @@ mod redis_store {
             })
         }
 
-        fn save(&self, event_id: &str) -> ResumeFuture<()> {
+        fn save(
+            &self,
+            event_id: &str,
+        ) -> Pin<Box<dyn Future<Output = Result<(), BoxError>> + Send + 'static>> {
             let mut connection = self.connection.clone();
             let key = Arc::clone(&self.key);
             let event_id = event_id.to_owned();
@@ -194,10 +216,10 @@ mod redis_store {
         }
     }
 
-    impl fmt::Debug for RedisResume {
+    impl fmt::Debug for RedisResumeStore {
         // The connection's own Debug shows its address, which may carry a password.
         fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-            f.debug_struct("RedisResume")
+            f.debug_struct("RedisResumeStore")
                 .field("key", &self.key)
                 .finish_non_exhaustive()
         }

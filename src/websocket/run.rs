@@ -21,7 +21,7 @@ use tower::{BoxError, Service};
 use super::client::Config;
 use super::dispatch::{self, Handling, Outcome};
 use super::message::{Control, Incoming, classify};
-use super::status::{DeadLetter, GapReason, SkipReason, Status};
+use super::status::{ClientStatus, GapReason, SkipReason};
 use super::tracker::{Arrival, Finish, Key, Tracker};
 use super::transport::{self, Transport};
 use super::{MAX_BUFFERED_BYTES, MAX_TRACKED_EVENTS, REPLAY_LIMIT, WebSocketError};
@@ -167,7 +167,7 @@ async fn save_positions(config: Arc<Config>, mut positions: watch::Receiver<Opti
             continue;
         };
         if let Err(error) = config.resume.save(&position).await {
-            config.report(Status::ResumeSaveFailed {
+            config.report(ClientStatus::ResumeSaveFailed {
                 error: WebSocketError::ResumeStore {
                     source: Arc::from(error),
                 },
@@ -183,7 +183,7 @@ where
     S::Error: Into<BoxError>,
     B: 'static,
 {
-    fn report(&self, status: Status) {
+    fn report(&self, status: ClientStatus) {
         self.config.report(status);
     }
 
@@ -196,7 +196,7 @@ where
         let mut attempt: u32 = 0;
         loop {
             attempt = attempt.saturating_add(1);
-            self.report(Status::Connecting { attempt });
+            self.report(ClientStatus::Connecting { attempt });
             let (error, good) = match self.connection(shutdown.as_mut()).await {
                 Ended::Shutdown => return Ok(()),
                 Ended::Fatal(error) => return Err(error),
@@ -215,7 +215,7 @@ where
                 _ => backoff.jittered(failures),
             };
             failures = failures.saturating_add(1);
-            self.report(Status::Reconnecting {
+            self.report(ClientStatus::Reconnecting {
                 delay,
                 reason: error,
             });
@@ -260,7 +260,7 @@ where
             match loaded {
                 Ok(position) => {
                     if position.is_none() {
-                        self.report(Status::PossibleGap {
+                        self.report(ClientStatus::PossibleGap {
                             reason: GapReason::NoResumePosition,
                         });
                     }
@@ -297,7 +297,7 @@ where
 
         let beyond = self.tracker.reconnect();
         if beyond > 0 {
-            self.report(Status::PossibleGap {
+            self.report(ClientStatus::PossibleGap {
                 reason: GapReason::BeyondReplay { unhandled: beyond },
             });
         }
@@ -418,7 +418,7 @@ where
         let text = match message {
             Message::Text(text) => Bytes::from(text),
             Message::Binary(bytes) => {
-                self.report(Status::SkippedMessage {
+                self.report(ClientStatus::SkippedMessage {
                     reason: SkipReason::Binary { len: bytes.len() },
                 });
                 return None;
@@ -433,17 +433,17 @@ where
         };
         match classify(text) {
             Incoming::Event(event) => self.event(event, session),
-            Incoming::Skip(reason) => self.report(Status::SkippedMessage { reason }),
+            Incoming::Skip(reason) => self.report(ClientStatus::SkippedMessage { reason }),
             Incoming::Control(Control::Pong) => session.pong_deadline = None,
             Incoming::Control(Control::Unsubscribed { inbox_ids }) => {
-                self.report(Status::Unsubscribed { inbox_ids });
+                self.report(ClientStatus::Unsubscribed { inbox_ids });
             }
             Incoming::Control(Control::Subscribed {
                 inbox_ids,
                 event_types,
             }) => {
                 let resumed = session.awaiting.take().map(|(_, from)| from);
-                self.report(Status::Subscribed {
+                self.report(ClientStatus::Subscribed {
                     inbox_ids,
                     event_types,
                 });
@@ -452,7 +452,7 @@ where
                     self.tracker.replayed();
                     if let Some(from) = resumed {
                         self.position_refusals = 0;
-                        self.report(Status::Resumed { from });
+                        self.report(ClientStatus::Resumed { from });
                     }
                     if let Some((_, quiet)) = &mut session.replay {
                         *quiet = Some(after(REPLAY_QUIET));
@@ -460,7 +460,7 @@ where
                 }
             }
             Incoming::Control(Control::Error { message }) => {
-                self.report(Status::ServerError {
+                self.report(ClientStatus::ServerError {
                     message: message.clone(),
                 });
                 // An error outside a subscription's answer is only reported.
@@ -488,7 +488,7 @@ where
                     });
                 }
                 self.position_refusals = 0;
-                self.report(Status::PossibleGap {
+                self.report(ClientStatus::PossibleGap {
                     reason: GapReason::PositionUnknown { last_event_id },
                 });
                 self.tracker.forget_position();
@@ -509,7 +509,7 @@ where
             if *count >= REPLAY_LIMIT {
                 let replayed = *count;
                 session.replay = None;
-                self.report(Status::PossibleGap {
+                self.report(ClientStatus::PossibleGap {
                     reason: GapReason::ReplayLimitReached { replayed },
                 });
             } else if let Some(quiet) = quiet {
@@ -532,7 +532,7 @@ where
             Arrival::GaveUp => self.advance(),
             Arrival::AlreadyHandled => {
                 if let Some(event_id) = event.event_id() {
-                    self.report(Status::AlreadyHandled {
+                    self.report(ClientStatus::AlreadyHandled {
                         event_id: event_id.to_owned(),
                     });
                 }
@@ -551,26 +551,18 @@ where
             return;
         };
         self.buffered = self.buffered.saturating_sub(event.raw().len());
-        let event_id = event.event_id().map(str::to_owned);
-        let event_type = event.event_type().to_owned();
         let finish = match outcome {
             Outcome::Handled { status, attempts } => {
-                self.report(Status::EventHandled {
-                    event_id,
-                    event_type,
+                self.report(ClientStatus::EventHandled {
+                    event_id: event.event_id().map(str::to_owned),
+                    event_type: event.event_type().to_owned(),
                     status,
                     attempts,
                 });
                 Finish::Handled
             }
             Outcome::Failed { attempts, failure } => {
-                self.report(Status::HandlerFailed {
-                    event_id,
-                    event_type,
-                    attempts,
-                    failure: failure.clone(),
-                });
-                self.config.dead_letter(&DeadLetter {
+                self.report(ClientStatus::HandlerFailed {
                     event,
                     attempts,
                     failure,

@@ -17,7 +17,7 @@ use crate::LogSafe;
 /// [`LogSafe`](crate::LogSafe)), and so should any other way of printing them.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
-pub enum Status {
+pub enum ClientStatus {
     /// Opening a connection; `attempt` counts from 1 since the last good connection.
     Connecting {
         /// The attempt's number.
@@ -86,14 +86,14 @@ pub enum Status {
         event_id: String,
     },
     /// The service failed an event on every attempt, and the client gave up on it: the
-    /// resume position moves past it, and the event goes to the
-    /// [dead-letter hook](super::WebSocketClient::on_dead_letter), if one is set. The
-    /// WebSocket never delivers it again (see the module docs).
+    /// resume position moves past it, and the WebSocket never delivers it again (see the
+    /// module docs). This is the dead letter: keep `event` (its bytes are
+    /// [`Event::raw`](crate::Event::raw)), in a table, a file or a queue, to handle it
+    /// later; without a [status hook](super::WebSocketClient::on_status), it is only
+    /// reported.
     HandlerFailed {
-        /// The event's `event_id`, as received.
-        event_id: Option<String>,
-        /// The event's type.
-        event_type: String,
+        /// The event, with its bytes as received.
+        event: std::sync::Arc<crate::Event>,
         /// Attempts made.
         attempts: u32,
         /// The last attempt's failure.
@@ -155,21 +155,6 @@ pub enum SkipReason {
         /// The parser's explanation.
         detail: String,
     },
-}
-
-/// An event the service failed on every attempt, handed to the
-/// [dead-letter hook](super::WebSocketClient::on_dead_letter) so that the application can
-/// keep it (in a table, a file, a queue) and handle it later: the WebSocket will not
-/// deliver it again, and the resume position has moved past it.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct DeadLetter {
-    /// The event, with its bytes as received ([`Event::raw`](crate::Event::raw)).
-    pub event: std::sync::Arc<crate::Event>,
-    /// Attempts made.
-    pub attempts: u32,
-    /// The last attempt's failure.
-    pub failure: HandlerFailure,
 }
 
 /// Why the service failed an event.
@@ -300,7 +285,7 @@ impl fmt::Display for List<'_> {
     }
 }
 
-impl fmt::Display for Status {
+impl fmt::Display for ClientStatus {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Connecting { attempt } => write!(f, "connecting (attempt {attempt})"),
@@ -352,16 +337,15 @@ impl fmt::Display for Status {
                 LogSafe::new(event_id)
             ),
             Self::HandlerFailed {
-                event_id,
-                event_type,
+                event,
                 attempts,
                 failure,
             } => write!(
                 f,
                 "handler failed {} {} after {attempts} attempts ({failure}); given up, the \
                  resume position moves past it",
-                LogSafe::new(event_type),
-                LogSafe::or_dash(event_id.as_deref()),
+                LogSafe::new(event.event_type()),
+                LogSafe::or_dash(event.event_id()),
             ),
             Self::ResumeSaveFailed { error } => {
                 write!(

@@ -22,9 +22,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use openmail_webhooks::dedup::{
-    Decision, DedupKey, DedupStore, DeduplicateLayer, StoreError, StoreStep,
-};
+use openmail_webhooks::dedup::{Decision, DedupKey, DedupStore, DeduplicateLayer, StoreError};
 use openmail_webhooks::tenant::InboxSecrets;
 use openmail_webhooks::{Delivery, VerifyOpenMailLayer, sign};
 use tokio::net::TcpListener;
@@ -260,30 +258,27 @@ pub fn describe(decision: &Decision) -> String {
         Decision::DuplicateDone { .. } => "duplicate_done".into(),
         Decision::DuplicateInFlight { .. } => "duplicate_in_flight".into(),
         Decision::Released { reason, .. } => format!("released: {reason}"),
-        Decision::StoreFailed {
-            step,
+        Decision::ReserveFailed {
             error,
             passed_through,
             ..
-        } => {
-            let step = match step {
-                StoreStep::Reserve => "reserve",
-                StoreStep::Complete => "complete",
-                StoreStep::Release => "release",
-                _ => "other",
-            };
-            let error = match error {
-                StoreError::Unavailable(_) => "unavailable",
-                StoreError::LeaseLost => "lease_lost",
-                StoreError::Full { .. } => "full",
-                _ => "other",
-            };
-            format!("store_failed: {step} {error} passed_through={passed_through}")
-        }
-        Decision::Unkeyed { reason } => format!("unkeyed: {reason:?}"),
+        } => store_failed("reserve", error, *passed_through),
+        Decision::CompleteFailed { error, .. } => store_failed("complete", error, true),
+        Decision::ReleaseFailed { error, .. } => store_failed("release", error, true),
+        Decision::NoEventId => "unkeyed: NoEventId".to_owned(),
         Decision::Unverified => "unverified".into(),
         _ => "other".into(),
     }
+}
+
+fn store_failed(step: &str, error: &StoreError, passed_through: bool) -> String {
+    let error = match error {
+        StoreError::Unavailable(_) => "unavailable",
+        StoreError::LeaseLost => "lease_lost",
+        StoreError::Full { .. } => "full",
+        _ => "other",
+    };
+    format!("store_failed: {step} {error} passed_through={passed_through}")
 }
 
 /// One replica: a real HTTP server on an ephemeral loopback port, with its own layers.

@@ -3,7 +3,9 @@
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use openmail_webhooks::queue::{Durability, EventStore, Inserted, PostgresStore, QueueStats};
+use openmail_webhooks::queue::{
+    Backend, Durability, EventStore, Inserted, PostgresStore, QueueStats,
+};
 
 use crate::postgres_support;
 use crate::store::{awkward_body, delivery, inspect, key_of};

@@ -15,7 +15,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use openmail_webhooks::VerifyOpenMailLayer;
-use openmail_webhooks::queue::{EventStore, Ingest, PostgresStore, QueueError};
+use openmail_webhooks::queue::{Backend, EventStore, Ingest, PostgresStore, QueueError};
 use openmail_webhooks::test_util::TestDelivery;
 
 use crate::store::{awkward_body, delivery, key_of};

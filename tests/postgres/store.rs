@@ -10,7 +10,7 @@ use http::{Request, Response};
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::dedup::DedupKey;
 use openmail_webhooks::queue::{
-    Durability, EventStore, Inserted, PostgresStore, QueueError, QueueStats,
+    Backend, Durability, EventStore, Inserted, PostgresStore, QueueError, QueueStats,
 };
 use openmail_webhooks::test_util::TestDelivery;
 use openmail_webhooks::{Channel, Delivery, VerifyOpenMailLayer};

@@ -16,8 +16,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use openmail_webhooks::queue::{
-    Claimed, DeadLetter, Durability, EventStore, Ingest, Inserted, Lease, QueueError, QueueStats,
-    SqliteStore, WorkerAttempt, Workers,
+    Backend, Claimed, DeadLetter, Durability, EventStore, Ingest, Inserted, Lease, QueueError,
+    QueueStats, SqliteStore, WorkerAttempt, Workers,
 };
 use openmail_webhooks::test_util::Sample;
 use openmail_webhooks::{Channel, Delivery, Event, VerifyOpenMailLayer};
@@ -143,7 +143,7 @@ fn down<T>() -> Result<T, QueueError> {
     Err(QueueError::Unavailable("connection refused".into()))
 }
 
-impl EventStore for Unreachable {
+impl Backend for Unreachable {
     async fn insert(&self, _: [u8; 32], _: Delivery, _: u64) -> Result<Inserted, QueueError> {
         down()
     }
@@ -162,13 +162,13 @@ impl EventStore for Unreachable {
     async fn release(&self, _: Lease) -> Result<bool, QueueError> {
         down()
     }
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn queue_stats(&self) -> Result<QueueStats, QueueError> {
         down()
     }
-    async fn dead_letters(&self, _: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    async fn list_dead_letters(&self, _: usize) -> Result<Vec<DeadLetter>, QueueError> {
         down()
     }
-    async fn retry_dead_letter(&self, _: [u8; 32]) -> Result<bool, QueueError> {
+    async fn requeue_dead_letter(&self, _: [u8; 32]) -> Result<bool, QueueError> {
         down()
     }
     async fn purge(&self, _: Duration) -> Result<u64, QueueError> {

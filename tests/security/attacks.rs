@@ -22,14 +22,14 @@ use crate::receiver;
 use crate::support::{SECRET, unix_now};
 use axum::{Router, routing::post};
 use openmail_webhooks::dedup::DeduplicateLayer;
-use openmail_webhooks::layer::DEFAULT_BODY_LIMIT;
-use openmail_webhooks::protocol::REFUSAL_MACS;
-use openmail_webhooks::protocol::TenantSecrets;
-use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
-};
-use openmail_webhooks::test_util::macs_on_this_thread;
-use openmail_webhooks::{Rejection, VerifyOpenMailLayer, sign};
+/// Every refusal after the body costs this many MACs, whatever the tenant (the layer's
+/// constant, stated in `docs/tenants.md`).
+const REFUSAL_MACS: usize = 4;
+use openmail_webhooks::tenant::TenantSecrets;
+use openmail_webhooks::tenant::{CachedResolver, InboxSecrets, SecretResolver, Tenant};
+use openmail_webhooks::test_util::TestDelivery;
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -39,6 +39,18 @@ use crate::wire::read_text_response as read_response;
 // Heap measurement: the pattern of the `hostile` tests.
 
 use crate::heap::{KIB, MIB, live, peak, reset_peak, serial};
+
+/// What a resolver's `lookup` returns.
+type ResolveFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Option<openmail_webhooks::tenant::TenantSecrets>, tower::BoxError>,
+            > + Send,
+    >,
+>;
+
+/// The layer's default body limit, 4 MiB (`VerifyOpenMailLayer::body_limit`).
+const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 // ---------------------------------------------------------------------------------------
 // Servers and raw HTTP/1.1.
@@ -253,7 +265,7 @@ async fn breach_declared_lengths_with_no_body_pin_the_memory_budget() {
 
 /// Serves `app` with `axum::serve` (the layer alone, without the receiver's server
 /// settings) on this test's runtime. On a current-thread runtime the layer then verifies
-/// on the test's thread, where [`macs_on_this_thread`] counts.
+/// on the test's thread, where [`TestDelivery::macs_on_this_thread`] counts.
 async fn serve_here(app: Router) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -273,7 +285,10 @@ struct Refusal {
 }
 
 async fn refusal(addr: SocketAddr, request: &[u8], lookups: &AtomicUsize) -> Refusal {
-    let (macs, looked) = (macs_on_this_thread(), lookups.load(Ordering::SeqCst));
+    let (macs, looked) = (
+        TestDelivery::macs_on_this_thread(),
+        lookups.load(Ordering::SeqCst),
+    );
     let (status, head, body) = tokio::time::timeout(Duration::from_secs(20), async {
         let mut stream = TcpStream::connect(addr).await.unwrap();
         stream.write_all(request).await.unwrap();
@@ -290,7 +305,7 @@ async fn refusal(addr: SocketAddr, request: &[u8], lookups: &AtomicUsize) -> Ref
             .map(str::to_owned)
             .collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
-        macs: macs_on_this_thread() - macs,
+        macs: TestDelivery::macs_on_this_thread() - macs,
         lookups: lookups.load(Ordering::SeqCst) - looked,
     }
 }
@@ -322,7 +337,10 @@ async fn refusal_h2(addr: SocketAddr, body: Vec<u8>, lookups: &AtomicUsize) -> R
         .header("x-signature", sign("whsec_attacker", &timestamp, &body))
         .body(Full::new(bytes::Bytes::from(body)))
         .unwrap();
-    let (macs, looked) = (macs_on_this_thread(), lookups.load(Ordering::SeqCst));
+    let (macs, looked) = (
+        TestDelivery::macs_on_this_thread(),
+        lookups.load(Ordering::SeqCst),
+    );
     let response = tokio::time::timeout(Duration::from_secs(20), client.request(request))
         .await
         .expect("answered within 20 s")
@@ -339,7 +357,7 @@ async fn refusal_h2(addr: SocketAddr, body: Vec<u8>, lookups: &AtomicUsize) -> R
         status,
         head,
         body: String::from_utf8_lossy(&body).into_owned(),
-        macs: macs_on_this_thread() - macs,
+        macs: TestDelivery::macs_on_this_thread() - macs,
         lookups: lookups.load(Ordering::SeqCst) - looked,
     }
 }
@@ -368,7 +386,7 @@ impl SecretResolver for CountingStore {
                 return Ok(None);
             }
             let secret = format!("whsec_{inbox}");
-            Ok(Some(TenantSecrets::inbox(inbox, [secret])?))
+            Ok(Some(TenantSecrets::for_inbox(inbox, [secret])?))
         })
     }
 }
@@ -521,7 +539,7 @@ impl SecretResolver for SlowStore {
             tokio::time::sleep(delay).await;
             match tenant {
                 Tenant::Inbox(inbox) if inbox.starts_with("inb_real_") => {
-                    Ok(Some(TenantSecrets::inbox(inbox, ["whsec_real"])?))
+                    Ok(Some(TenantSecrets::for_inbox(inbox, ["whsec_real"])?))
                 }
                 _ => Ok(None),
             }

@@ -29,11 +29,10 @@ use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::protocol::TenantSecrets;
-use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
-};
-use openmail_webhooks::{Rejection, VerifyOpenMailLayer, sign};
+use openmail_webhooks::tenant::TenantSecrets;
+use openmail_webhooks::tenant::{CachedResolver, InboxSecrets, SecretResolver, Tenant};
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -44,6 +43,15 @@ use tower::{Layer, Service, ServiceExt};
 // Heap measurement: the system allocator, counting live bytes and their peak.
 
 use crate::heap::{KIB, MIB, peak_growth, reset_peak, serial};
+
+/// What a resolver's `lookup` returns.
+type ResolveFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Option<openmail_webhooks::tenant::TenantSecrets>, tower::BoxError>,
+            > + Send,
+    >,
+>;
 
 // ---------------------------------------------------------------------------------------
 // Servers and clients on loopback.
@@ -391,7 +399,7 @@ impl SecretResolver for Database {
                 .unwrap()
                 .clone()
                 .unwrap_or_else(|| format!("whsec_{inbox}"));
-            Ok(Some(TenantSecrets::inbox(inbox, [secret])?))
+            Ok(Some(TenantSecrets::for_inbox(inbox, [secret])?))
         })
     }
 }
@@ -708,15 +716,15 @@ async fn request_values_reach_the_application_escaped_and_cut_short() {
     // Far over any header limit: the server refuses it before the layer; it must not
     // reach the log either way.
     let _ = exchange(addr, &genuine(&huge, "whsec_forger", &event("e", "x"))).await;
-    let verifier = openmail_webhooks::Verifier::for_tenants();
+    let verifier = openmail_webhooks::tenant::TenantVerifier::new();
     let body = format!(
         r#"{{"event_id":"e","inbox_id":"inb_a\n{}\u001b[2J"}}"#,
         "z".repeat(3 * MIB)
     );
     let timestamp = unix_now().to_string();
     let error = verifier
-        .verify_tenant(
-            &TenantSecrets::inbox("inb_b", ["whsec_b"]).unwrap(),
+        .verify(
+            &TenantSecrets::for_inbox("inb_b", ["whsec_b"]).unwrap(),
             &timestamp,
             sign("whsec_b", &timestamp, body.as_bytes()),
             body.as_bytes(),

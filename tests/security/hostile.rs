@@ -20,7 +20,8 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::{Delivery, Event, Rejection, VerifyOpenMailLayer, sign};
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 

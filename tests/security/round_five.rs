@@ -28,7 +28,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::tenant::InboxSecrets;
-use openmail_webhooks::tenant::{CachedResolver, ResolveFuture, SecretResolver, Tenant};
+use openmail_webhooks::tenant::{CachedResolver, SecretResolver, Tenant};
 use openmail_webhooks::{Delivery, Event, VerifyOpenMailLayer, sign};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -36,6 +36,15 @@ use tower::ServiceBuilder;
 
 use crate::support::{SECRET, unix_now};
 use crate::wire::read_response;
+
+/// What a resolver's `lookup` returns.
+type ResolveFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Option<openmail_webhooks::tenant::TenantSecrets>, tower::BoxError>,
+            > + Send,
+    >,
+>;
 
 /// The deadline the attacked servers get: short, so that a test waits seconds, not tens.
 const DEADLINE: Duration = Duration::from_secs(1);
@@ -858,7 +867,7 @@ async fn per_inbox_refusals_all_look_alike_and_signed_hostile_content_passes() {
 /// A resolver whose lookups answer only when `open` is set, so that deliveries wait on it.
 struct Gate {
     open: tokio::sync::watch::Receiver<bool>,
-    secrets: openmail_webhooks::protocol::TenantSecrets,
+    secrets: openmail_webhooks::tenant::TenantSecrets,
 }
 
 impl SecretResolver for Gate {
@@ -900,7 +909,7 @@ async fn forgeries_waiting_on_a_lookup_hold_no_more_than_the_budget_counts() {
     let mut growth = Vec::new();
     for in_id in [false, true] {
         let (open, gate) = tokio::sync::watch::channel(false);
-        let secrets = openmail_webhooks::protocol::TenantSecrets::account([SECRET]).unwrap();
+        let secrets = openmail_webhooks::tenant::TenantSecrets::for_account([SECRET]).unwrap();
         let layer = VerifyOpenMailLayer::with_resolver(Gate {
             open: gate,
             secrets,

@@ -26,13 +26,22 @@ use http::Request;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
-use openmail_webhooks::protocol::TenantSecrets;
-use openmail_webhooks::tenant::{ResolveFuture, SecretResolver, Tenant};
+use openmail_webhooks::tenant::TenantSecrets;
+use openmail_webhooks::tenant::{SecretResolver, Tenant};
 use openmail_webhooks::{Event, VerifyOpenMailLayer, sign};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::support::{SECRET, unix_now};
+
+/// What a resolver's `lookup` returns.
+type ResolveFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Option<openmail_webhooks::tenant::TenantSecrets>, tower::BoxError>,
+            > + Send,
+    >,
+>;
 
 /// How long past its deadline a request may wait for its answer on a busy machine.
 const SLACK: Duration = Duration::from_secs(8);

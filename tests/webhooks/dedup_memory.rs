@@ -195,12 +195,12 @@ async fn the_handler_sees_its_reservation_and_the_duplicate_answer_is_configurab
 
 #[tokio::test]
 async fn a_store_full_of_reservations_fails_closed_by_default_and_open_on_request() {
-    use openmail_webhooks::dedup::StoreFailure;
+    use openmail_webhooks::dedup::OnStoreError;
     use tower::{ServiceBuilder, service_fn};
 
     for (policy, expected) in [
-        (StoreFailure::FailClosed, StatusCode::SERVICE_UNAVAILABLE),
-        (StoreFailure::FailOpen, StatusCode::OK),
+        (OnStoreError::FailClosed, StatusCode::SERVICE_UNAVAILABLE),
+        (OnStoreError::FailOpen, StatusCode::OK),
     ] {
         let store = MemoryStore::with_capacity(1);
         store
@@ -216,7 +216,7 @@ async fn a_store_full_of_reservations_fails_closed_by_default_and_open_on_reques
             .layer(VerifyOpenMailLayer::new(SECRET).unwrap())
             .layer(
                 DeduplicateLayer::new(store)
-                    .on_store_failure(policy)
+                    .on_store_error(policy)
                     .retry_after(Duration::from_millis(1500))
                     .on_decision(move |decision| hook_log.record(decision)),
             )
@@ -230,7 +230,7 @@ async fn a_store_full_of_reservations_fails_closed_by_default_and_open_on_reques
             .await
             .unwrap();
         assert_eq!(response.status(), expected);
-        let passed_through = policy == StoreFailure::FailOpen;
+        let passed_through = policy == OnStoreError::FailOpen;
         if !passed_through {
             assert_eq!(response.headers()["retry-after"], "2");
         }

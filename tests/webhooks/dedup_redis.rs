@@ -25,7 +25,7 @@ mod with_redis {
     use std::time::Duration;
 
     use axum::http::StatusCode;
-    use openmail_webhooks::dedup::{DedupStore, RedisStore, Reservation, StoreFailure};
+    use openmail_webhooks::dedup::{DedupStore, OnStoreError, RedisStore, Reservation};
     use redis::aio::MultiplexedConnection;
 
     use crate::dedup_behaviours;
@@ -79,7 +79,7 @@ mod with_redis {
             .start()
             .await;
         let mut open = ReplicaConfig::new(backend.store().await, &handler, &log);
-        open.configure = |layer| layer.on_store_failure(StoreFailure::FailOpen);
+        open.configure = |layer| layer.on_store_error(OnStoreError::FailOpen);
         let open = open.start().await;
         let sender = Sender::default();
 

@@ -11,7 +11,8 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::{Delivery, Event, Rejection, VerifyError, VerifyOpenMailLayer};
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{Delivery, Event, VerifyError, VerifyOpenMailLayer};
 use tower::{Layer, Service, ServiceBuilder, ServiceExt};
 
 /// What the inner service saw, echoed back as text.

@@ -10,9 +10,11 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::protocol::TenantSecrets;
+use openmail_webhooks::protocol::Secret;
 use openmail_webhooks::tenant::InboxSecrets;
-use openmail_webhooks::{Rejection, Secret, Verifier, VerifyOpenMailLayer, sign};
+use openmail_webhooks::tenant::TenantSecrets;
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{Verifier, VerifyOpenMailLayer, sign};
 use tower::{Layer, ServiceExt};
 
 const SECRETS: [&str; 3] = [
@@ -117,7 +119,7 @@ fn debug_output_never_shows_a_secret() {
         .unwrap()
         .account([SECRETS[2]])
         .unwrap();
-    let tenant = TenantSecrets::inbox("inb_a", SECRETS).unwrap();
+    let tenant = TenantSecrets::for_inbox("inb_a", SECRETS).unwrap();
     let resolved = VerifyOpenMailLayer::with_resolver(tenants.clone());
     for (what, shown) in [
         ("Secret", format!("{secret:?} {secret:#?}")),

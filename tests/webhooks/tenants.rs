@@ -13,12 +13,20 @@ use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::Full;
 use openmail_webhooks::body::VerifiedBody;
-use openmail_webhooks::protocol::{SecretScope, TenantSecrets};
-use openmail_webhooks::tenant::{
-    CachedResolver, InboxSecrets, ResolveFuture, SecretResolver, Tenant,
-};
-use openmail_webhooks::{Delivery, Rejection, VerifyOpenMailLayer};
+use openmail_webhooks::tenant::TenantSecrets;
+use openmail_webhooks::tenant::{CachedResolver, InboxSecrets, SecretResolver, Tenant};
+use openmail_webhooks::verify::Rejection;
+use openmail_webhooks::{Delivery, VerifyOpenMailLayer};
 use tower::{Layer, ServiceExt};
+
+/// What a resolver's `lookup` returns.
+type ResolveFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Option<openmail_webhooks::tenant::TenantSecrets>, tower::BoxError>,
+            > + Send,
+    >,
+>;
 
 fn message(inbox: &str) -> Vec<u8> {
     format!(r#"{{"event":"message.received","event_id":"evt_{inbox}","inbox_id":"{inbox}"}}"#)
@@ -41,8 +49,8 @@ fn delivery(path: &str, secret: &str, body: &[u8]) -> Request<Frames> {
 async fn whoami(request: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, Infallible> {
     let delivery = request.extensions().get::<Delivery>().unwrap();
     let scope = match delivery.scope() {
-        SecretScope::Inbox(inbox) => format!("inbox:{inbox}"),
-        SecretScope::Account => "account".to_owned(),
+        Tenant::Inbox(inbox) => format!("inbox:{inbox}"),
+        Tenant::Account => "account".to_owned(),
         other => format!("{other:?}"),
     };
     Ok(Response::new(Full::new(Bytes::from(format!(
@@ -321,10 +329,10 @@ impl SecretResolver for Scripted {
                 Some("inb_down") => Err("database unreachable".into()),
                 Some("inb_slow") => {
                     release.notified().await;
-                    Ok(Some(TenantSecrets::inbox("inb_slow", ["whsec_slow"])?))
+                    Ok(Some(TenantSecrets::for_inbox("inb_slow", ["whsec_slow"])?))
                 }
                 Some("inb_missing") => Ok(None),
-                Some(inbox) => Ok(Some(TenantSecrets::inbox(
+                Some(inbox) => Ok(Some(TenantSecrets::for_inbox(
                     inbox,
                     [format!("whsec_{inbox}")],
                 )?)),
@@ -641,7 +649,7 @@ impl SecretResolver for Gated {
                 return Ok(None);
             }
             let secret = format!("whsec_{inbox}");
-            Ok(Some(TenantSecrets::inbox(inbox, [secret])?))
+            Ok(Some(TenantSecrets::for_inbox(inbox, [secret])?))
         })
     }
 }
@@ -663,7 +671,7 @@ async fn cost(
     request: Request<Frames>,
 ) -> Cost {
     let (macs, looked) = (
-        openmail_webhooks::test_util::macs_on_this_thread(),
+        openmail_webhooks::test_util::TestDelivery::macs_on_this_thread(),
         lookups.load(Ordering::SeqCst),
     );
     let response = layer
@@ -681,7 +689,7 @@ async fn cost(
         status,
         headers,
         body,
-        macs: openmail_webhooks::test_util::macs_on_this_thread() - macs,
+        macs: openmail_webhooks::test_util::TestDelivery::macs_on_this_thread() - macs,
         lookups: lookups.load(Ordering::SeqCst) - looked,
     }
 }

@@ -12,31 +12,41 @@ use crate::websocket_support::{API_KEY, AuthMethod, Ended, ServerOptions, TestSe
 use axum::http::StatusCode;
 use openmail_webhooks::Channel;
 use openmail_webhooks::websocket::{
-    DEFAULT_IN_FLIGHT_RETRIES, DeadLetter, GapReason, HandlerFailure, MemoryResume, REPLAY_LIMIT,
-    SkipReason, Status, Subscription, WebSocketClient, WebSocketError,
+    ClientStatus, GapReason, HandlerFailure, MemoryResumeStore, SkipReason, Subscription,
+    WebSocketClient, WebSocketError,
 };
 use serde_json::json;
 use tokio::sync::Notify;
 use tokio_tungstenite::tungstenite::Message;
 
-fn handled(event_id: &str) -> impl Fn(&Status) -> bool + '_ {
-    move |status| matches!(status, Status::EventHandled { event_id: Some(id), .. } if id == event_id)
+/// The tries of an event answered `409` before it counts as failed, as
+/// `WebSocketClient::handler_retries` states.
+const DEFAULT_IN_FLIGHT_RETRIES: u32 = 8;
+/// The most events OpenMail replays after `last_event_id`.
+const REPLAY_LIMIT: usize = 100;
+/// What a [`openmail_webhooks::websocket::ResumeStore`] returns.
+type ResumeFuture<T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<T, tower::BoxError>> + Send + 'static>,
+>;
+
+fn handled(event_id: &str) -> impl Fn(&ClientStatus) -> bool + '_ {
+    move |status| matches!(status, ClientStatus::EventHandled { event_id: Some(id), .. } if id == event_id)
 }
 
-fn is_subscribed(status: &Status) -> bool {
-    matches!(status, Status::Subscribed { .. })
+fn is_subscribed(status: &ClientStatus) -> bool {
+    matches!(status, ClientStatus::Subscribed { .. })
 }
 
-fn reconnect_reason(status: &Status) -> Option<WebSocketError> {
+fn reconnect_reason(status: &ClientStatus) -> Option<WebSocketError> {
     match status {
-        Status::Reconnecting { reason, .. } => Some(reason.clone()),
+        ClientStatus::Reconnecting { reason, .. } => Some(reason.clone()),
         _ => None,
     }
 }
 
 fn gaps(statuses: &Statuses) -> Vec<GapReason> {
     statuses.picked(|status| match status {
-        Status::PossibleGap { reason } => Some(reason.clone()),
+        ClientStatus::PossibleGap { reason } => Some(reason.clone()),
         _ => None,
     })
 }
@@ -73,7 +83,7 @@ async fn events_reach_the_service_as_the_webhook_layer_delivers_them() {
     assert!(handshakes[0].authorized);
     assert_eq!(handshakes[0].target, "/v1/ws");
     assert_eq!(
-        statuses.count(|s| matches!(s, Status::Connecting { attempt: 1 })),
+        statuses.count(|s| matches!(s, ClientStatus::Connecting { attempt: 1 })),
         1
     );
     assert_eq!(
@@ -134,7 +144,7 @@ async fn the_subscription_is_sent_with_its_filters_and_confirmed() {
         })]
     );
     let confirmed = statuses.picked(|status| match status {
-        Status::Subscribed {
+        ClientStatus::Subscribed {
             inbox_ids,
             event_types,
         } => Some((inbox_ids.clone(), event_types.clone())),
@@ -288,7 +298,7 @@ async fn after_1001_the_client_reconnects_and_resumes_from_the_last_handled_even
     let server = TestServer::start().await;
     let statuses = Statuses::default();
     let app = App::succeeding();
-    let resume = MemoryResume::new();
+    let resume = MemoryResumeStore::new();
     let client = Running::spawn(
         fast_client(&server, &statuses).resume_store(resume.clone()),
         app.router(),
@@ -321,7 +331,7 @@ async fn after_1001_the_client_reconnects_and_resumes_from_the_last_handled_even
     assert_eq!(subscribes[0].get("last_event_id"), None);
     assert_eq!(subscribes[1]["last_event_id"], "evt_3");
     let resumed = statuses.picked(|status| match status {
-        Status::Resumed { from } => Some(from.clone()),
+        ClientStatus::Resumed { from } => Some(from.clone()),
         _ => None,
     });
     assert_eq!(resumed, ["evt_3"]);
@@ -368,7 +378,7 @@ async fn reconnect_delays_double_with_jitter_and_start_over_after_a_good_connect
     );
     let delays = |statuses: &Statuses| {
         statuses.picked(|status| match status {
-            Status::Reconnecting { delay, .. } => Some(*delay),
+            ClientStatus::Reconnecting { delay, .. } => Some(*delay),
             _ => None,
         })
     };
@@ -386,7 +396,7 @@ async fn reconnect_delays_double_with_jitter_and_start_over_after_a_good_connect
         );
     }
     let attempts = statuses.picked(|status| match status {
-        Status::Connecting { attempt } => Some(*attempt),
+        ClientStatus::Connecting { attempt } => Some(*attempt),
         _ => None,
     });
     assert_eq!(attempts[..5], [1, 2, 3, 4, 5]);
@@ -406,7 +416,7 @@ async fn reconnect_delays_double_with_jitter_and_start_over_after_a_good_connect
     // And the attempts count from 1 again.
     statuses
         .wait("attempt 1 again", 2, |s| {
-            matches!(s, Status::Connecting { attempt: 1 })
+            matches!(s, ClientStatus::Connecting { attempt: 1 })
         })
         .await;
     client.stop().await.unwrap();
@@ -457,7 +467,7 @@ async fn close_4008_and_4029_back_off_and_other_codes_reconnect() {
     }
     statuses.wait("subscribed", 5, is_subscribed).await;
     let reconnects = statuses.picked(|status| match status {
-        Status::Reconnecting { delay, reason } => Some((*delay, reason.close_code())),
+        ClientStatus::Reconnecting { delay, reason } => Some((*delay, reason.close_code())),
         _ => None,
     });
     let codes: Vec<Option<u16>> = reconnects.iter().map(|(_, code)| *code).collect();
@@ -515,7 +525,7 @@ async fn control_messages_are_kept_apart_and_everything_else_is_an_event() {
     statuses.wait("evt_after", 1, handled("evt_after")).await;
 
     let skipped = statuses.picked(|status| match status {
-        Status::SkippedMessage { reason } => Some(reason.clone()),
+        ClientStatus::SkippedMessage { reason } => Some(reason.clone()),
         _ => None,
     });
     // What is not a control message is an event, which the service gets (below); only
@@ -525,13 +535,14 @@ async fn control_messages_are_kept_apart_and_everything_else_is_an_event() {
     assert!(matches!(skipped[1], SkipReason::MalformedControl { .. }));
     assert!(matches!(skipped[2], SkipReason::Binary { len: 2 }));
     let errors = statuses.picked(|status| match status {
-        Status::ServerError { message } => Some(message.clone()),
+        ClientStatus::ServerError { message } => Some(message.clone()),
         _ => None,
     });
     assert_eq!(errors, ["something\nodd"]);
     assert_eq!(
-        statuses
-            .count(|s| matches!(s, Status::Unsubscribed { inbox_ids } if inbox_ids == &["inb_z"])),
+        statuses.count(
+            |s| matches!(s, ClientStatus::Unsubscribed { inbox_ids } if inbox_ids == &["inb_z"])
+        ),
         1
     );
     // Printed, what came from the server stays on one line.
@@ -567,18 +578,19 @@ async fn a_failed_event_is_retried_reported_dead_lettered_and_the_position_moves
         ("evt_2", _) => Action::Status(StatusCode::INTERNAL_SERVER_ERROR),
         _ => Action::Ok,
     });
-    let letters = Arc::new(std::sync::Mutex::new(Vec::<DeadLetter>::new()));
-    let resume = MemoryResume::new();
-    let client = {
-        let letters = Arc::clone(&letters);
-        Running::spawn(
-            fast_client(&server, &statuses)
-                .resume_store(resume.clone())
-                .on_dead_letter(move |letter: &DeadLetter| {
-                    letters.lock().unwrap().push(letter.clone())
-                }),
-            app.router(),
-        )
+    let resume = MemoryResumeStore::new();
+    let client = Running::spawn(
+        fast_client(&server, &statuses).resume_store(resume.clone()),
+        app.router(),
+    );
+    // The dead letters: the events the client gave up on, as its status hook sees them.
+    let letters = || {
+        statuses.picked(|status| match status {
+            ClientStatus::HandlerFailed {
+                event, attempts, ..
+            } => Some((Arc::clone(event), *attempts)),
+            _ => None,
+        })
     };
     server.wait_subscribed(1).await;
     for index in 1..=9 {
@@ -586,12 +598,12 @@ async fn a_failed_event_is_retried_reported_dead_lettered_and_the_position_moves
     }
     statuses
         .wait("evt_2 failed", 1, |status| {
-            matches!(status, Status::HandlerFailed { event_id: Some(id), .. } if id == "evt_2")
+            matches!(status, ClientStatus::HandlerFailed { event, .. } if event.event_id() == Some("evt_2"))
         })
         .await;
     statuses.wait("evt_9", 1, handled("evt_9")).await;
     let failure = statuses.picked(|status| match status {
-        Status::HandlerFailed {
+        ClientStatus::HandlerFailed {
             attempts, failure, ..
         } => Some((*attempts, failure.clone())),
         _ => None,
@@ -604,12 +616,12 @@ async fn a_failed_event_is_retried_reported_dead_lettered_and_the_position_moves
     ));
     // The dead letter carries the event's bytes as received, once.
     {
-        let letters = letters.lock().unwrap();
+        let letters = letters();
         assert_eq!(letters.len(), 1);
-        assert_eq!(letters[0].event.event_id(), Some("evt_2"));
-        assert_eq!(letters[0].attempts, 3);
+        assert_eq!(letters[0].0.event_id(), Some("evt_2"));
+        assert_eq!(letters[0].1, 3);
         assert_eq!(
-            letters[0].event.raw(),
+            letters[0].0.raw(),
             event("evt_2", "inb_a", "message.received").as_bytes()
         );
     }
@@ -630,7 +642,7 @@ async fn a_failed_event_is_retried_reported_dead_lettered_and_the_position_moves
     server.push_event("evt_10", "inb_a");
     statuses.wait("evt_10", 1, handled("evt_10")).await;
     assert_eq!(app.calls_for("evt_2"), 3);
-    assert_eq!(letters.lock().unwrap().len(), 1);
+    assert_eq!(letters().len(), 1);
     client.stop().await.unwrap();
 }
 
@@ -647,7 +659,7 @@ async fn an_event_given_up_on_behind_a_slow_one_is_not_run_again_by_the_replay()
             _ => Action::Ok,
         })
     };
-    let resume = MemoryResume::starting_at("evt_0");
+    let resume = MemoryResumeStore::starting_at("evt_0");
     server.store_only(&event("evt_0", "inb_a", "message.received"));
     let client = Running::spawn(
         fast_client(&server, &statuses).resume_store(resume.clone()),
@@ -660,7 +672,7 @@ async fn an_event_given_up_on_behind_a_slow_one_is_not_run_again_by_the_replay()
     statuses.wait("evt_ok", 1, handled("evt_ok")).await;
     statuses
         .wait("evt_bad failed", 1, |status| {
-            matches!(status, Status::HandlerFailed { .. })
+            matches!(status, ClientStatus::HandlerFailed { .. })
         })
         .await;
     // The slow one holds the position; the replay after a reconnect brings all three.
@@ -677,7 +689,7 @@ async fn an_event_given_up_on_behind_a_slow_one_is_not_run_again_by_the_replay()
     assert_eq!(app.calls_for("evt_bad"), 3, "given up on: not run again");
     assert_eq!(app.calls_for("evt_ok"), 1);
     assert_eq!(
-        statuses.count(|s| matches!(s, Status::HandlerFailed { .. })),
+        statuses.count(|s| matches!(s, ClientStatus::HandlerFailed { .. })),
         1
     );
     client.stop().await.unwrap();
@@ -699,7 +711,7 @@ async fn a_409_in_flight_elsewhere_is_tried_again_later_without_using_the_retrie
     server.push_event("evt_stuck", "inb_a");
     statuses.wait("evt_busy", 1, handled("evt_busy")).await;
     let attempts = statuses.picked(|status| match status {
-        Status::EventHandled {
+        ClientStatus::EventHandled {
             event_id: Some(id),
             attempts,
             ..
@@ -712,16 +724,19 @@ async fn a_409_in_flight_elsewhere_is_tried_again_later_without_using_the_retrie
     // then the retries.
     statuses
         .wait("evt_stuck failed", 1, |status| {
-            matches!(status, Status::HandlerFailed { .. })
+            matches!(status, ClientStatus::HandlerFailed { .. })
         })
         .await;
     let failed = statuses.picked(|status| match status {
-        Status::HandlerFailed {
-            event_id: Some(id),
+        ClientStatus::HandlerFailed {
+            event,
             attempts,
             failure,
-            ..
-        } => Some((id.clone(), *attempts, failure.to_string())),
+        } => Some((
+            event.event_id().unwrap_or_default().to_owned(),
+            *attempts,
+            failure.to_string(),
+        )),
         _ => None,
     });
     assert_eq!(
@@ -751,7 +766,7 @@ async fn a_slow_event_does_not_hold_later_ones_but_holds_the_position() {
             _ => Action::Ok,
         })
     };
-    let resume = MemoryResume::starting_at("evt_0");
+    let resume = MemoryResumeStore::starting_at("evt_0");
     server.store_only(&event("evt_0", "inb_a", "message.received"));
     let client = Running::spawn(
         fast_client(&server, &statuses).resume_store(resume.clone()),
@@ -797,7 +812,9 @@ async fn concurrency_is_bounded() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     statuses
-        .wait("all six", 6, |s| matches!(s, Status::EventHandled { .. }))
+        .wait("all six", 6, |s| {
+            matches!(s, ClientStatus::EventHandled { .. })
+        })
         .await;
     client.stop().await.unwrap();
 }
@@ -807,7 +824,7 @@ async fn an_unknown_resume_position_is_reported_and_the_client_subscribes_withou
     let server = TestServer::start().await;
     let statuses = Statuses::default();
     let client = Running::spawn(
-        fast_client(&server, &statuses).resume_store(MemoryResume::starting_at("evt_gone")),
+        fast_client(&server, &statuses).resume_store(MemoryResumeStore::starting_at("evt_gone")),
         App::succeeding().router(),
     );
     statuses.wait("subscribed", 1, is_subscribed).await;
@@ -844,12 +861,12 @@ async fn a_server_error_answering_a_resumed_subscribe_does_not_drop_the_position
     let client = Running::spawn(
         fast_client(&server, &statuses)
             .reconnect_backoff(Duration::from_millis(400), Duration::from_millis(800))
-            .resume_store(MemoryResume::starting_at("evt_late")),
+            .resume_store(MemoryResumeStore::starting_at("evt_late")),
         app.router(),
     );
     statuses
         .wait("the server's error", 1, |s| {
-            matches!(s, Status::ServerError { .. })
+            matches!(s, ClientStatus::ServerError { .. })
         })
         .await;
     server.store_only(&event("evt_late", "inb_a", "message.received"));
@@ -883,13 +900,13 @@ async fn a_replay_that_reaches_100_warns_that_more_may_be_missed() {
     let statuses = Statuses::default();
     let app = App::succeeding();
     let client = Running::spawn(
-        fast_client(&server, &statuses).resume_store(MemoryResume::starting_at("evt_start")),
+        fast_client(&server, &statuses).resume_store(MemoryResumeStore::starting_at("evt_start")),
         app.router(),
     );
     statuses.wait("evt_099", 1, handled("evt_099")).await;
     statuses
         .wait("the gap warning", 1, |s| {
-            matches!(s, Status::PossibleGap { .. })
+            matches!(s, ClientStatus::PossibleGap { .. })
         })
         .await;
     assert_eq!(
@@ -901,7 +918,7 @@ async fn a_replay_that_reaches_100_warns_that_more_may_be_missed() {
     let shown = statuses
         .all()
         .iter()
-        .find(|s| matches!(s, Status::PossibleGap { .. }))
+        .find(|s| matches!(s, ClientStatus::PossibleGap { .. }))
         .unwrap()
         .to_string();
     assert!(shown.contains("only if a webhook URL is set"), "{shown}");
@@ -918,7 +935,7 @@ async fn a_short_replay_does_not_warn() {
     }
     let statuses = Statuses::default();
     let client = Running::spawn(
-        fast_client(&server, &statuses).resume_store(MemoryResume::starting_at("evt_start")),
+        fast_client(&server, &statuses).resume_store(MemoryResumeStore::starting_at("evt_start")),
         App::succeeding().router(),
     );
     statuses.wait("evt_4", 1, handled("evt_4")).await;
@@ -953,7 +970,7 @@ async fn unhandled_events_beyond_the_replay_window_are_reported_at_the_reconnect
     let client = Running::spawn(
         fast_client(&server, &statuses)
             .handler_retries(0, Duration::from_millis(1))
-            .resume_store(MemoryResume::starting_at("evt_start")),
+            .resume_store(MemoryResumeStore::starting_at("evt_start")),
         app.router(),
     );
     server.wait_subscribed(1).await;
@@ -964,7 +981,7 @@ async fn unhandled_events_beyond_the_replay_window_are_reported_at_the_reconnect
         .wait("108 outcomes", 108, |s| {
             matches!(
                 s,
-                Status::EventHandled { .. } | Status::HandlerFailed { .. }
+                ClientStatus::EventHandled { .. } | ClientStatus::HandlerFailed { .. }
             )
         })
         .await;
@@ -1039,7 +1056,7 @@ async fn plain_ws_is_refused_beyond_loopback() {
 async fn shutdown_closes_with_1000_and_saves_the_position() {
     let server = TestServer::start().await;
     let statuses = Statuses::default();
-    let resume = MemoryResume::new();
+    let resume = MemoryResumeStore::new();
     let client = Running::spawn(
         fast_client(&server, &statuses).resume_store(resume.clone()),
         App::succeeding().router(),
@@ -1073,7 +1090,7 @@ struct Flaky {
 }
 
 impl openmail_webhooks::websocket::ResumeStore for Flaky {
-    fn load(&self) -> openmail_webhooks::websocket::ResumeFuture<Option<String>> {
+    fn load(&self) -> ResumeFuture<Option<String>> {
         let mut left = self.failures_left.lock().unwrap();
         let result = if *left > 0 {
             *left -= 1;
@@ -1084,7 +1101,7 @@ impl openmail_webhooks::websocket::ResumeStore for Flaky {
         Box::pin(async move { result })
     }
 
-    fn save(&self, _event_id: &str) -> openmail_webhooks::websocket::ResumeFuture<()> {
+    fn save(&self, _event_id: &str) -> ResumeFuture<()> {
         Box::pin(async { Ok(()) })
     }
 }
@@ -1132,7 +1149,7 @@ async fn stopping_waits_for_the_grace_then_leaves_unfinished_events_for_the_next
             _ => Action::Ok,
         })
     };
-    let resume = MemoryResume::new();
+    let resume = MemoryResumeStore::new();
     let client = Running::spawn(
         fast_client(&server, &statuses)
             .resume_store(resume.clone())

@@ -746,7 +746,8 @@ mod test_util {
 
     use axum::{Extension, Router, routing::post};
     use openmail_webhooks::test_util::TestDelivery;
-    use openmail_webhooks::{Event, Rejection, VerifyError, VerifyOpenMailLayer};
+    use openmail_webhooks::verify::Rejection;
+    use openmail_webhooks::{Event, VerifyError, VerifyOpenMailLayer};
     use tower::ServiceExt;
 
     use super::*;

@@ -11,9 +11,10 @@ use crate::websocket_support::harness::{App, Running, Statuses, fast_client};
 use crate::websocket_support::webhook::{SECRET, Sender, WebhookServer};
 use crate::websocket_support::{TestServer, event};
 use axum::http::StatusCode;
+use openmail_webhooks::dedup::MemoryStore;
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer};
-use openmail_webhooks::websocket::Status;
-use openmail_webhooks::{Channel, MemoryStore, VerifyOpenMailLayer};
+use openmail_webhooks::websocket::ClientStatus;
+use openmail_webhooks::{Channel, VerifyOpenMailLayer};
 use tokio::task::JoinSet;
 
 const EVENTS: usize = 30;
@@ -29,7 +30,7 @@ async fn wait_outcomes(statuses: &Statuses, count: usize) {
         .wait("every event's outcome", count, |status| {
             matches!(
                 status,
-                Status::EventHandled { .. } | Status::HandlerFailed { .. }
+                ClientStatus::EventHandled { .. } | ClientStatus::HandlerFailed { .. }
             )
         })
         .await;
@@ -76,7 +77,7 @@ async fn events_arriving_by_webhook_and_websocket_are_handled_once() {
                 server.push(&body);
                 statuses
                     .wait("the WebSocket copy", 1, |status| {
-                        matches!(status, Status::EventHandled { event_id: Some(id), .. } if id == event_id)
+                        matches!(status, ClientStatus::EventHandled { event_id: Some(id), .. } if id == event_id)
                     })
                     .await;
                 deliveries.spawn(delivery);
@@ -103,7 +104,7 @@ async fn events_arriving_by_webhook_and_websocket_are_handled_once() {
     }
     assert_eq!(app.calls().len(), EVENTS);
     assert_eq!(
-        statuses.count(|s| matches!(s, Status::HandlerFailed { .. })),
+        statuses.count(|s| matches!(s, ClientStatus::HandlerFailed { .. })),
         0
     );
     let by_webhook = app
@@ -151,7 +152,7 @@ async fn two_replicas_sharing_a_memory_store_handle_each_event_once() {
     for statuses in &all_statuses {
         wait_outcomes(statuses, EVENTS).await;
         assert_eq!(
-            statuses.count(|s| matches!(s, Status::HandlerFailed { .. })),
+            statuses.count(|s| matches!(s, ClientStatus::HandlerFailed { .. })),
             0
         );
     }

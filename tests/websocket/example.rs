@@ -15,7 +15,7 @@ use crate::websocket_support::harness::Statuses;
 use crate::websocket_support::webhook::{SECRET, Sender};
 use crate::websocket_support::{API_KEY, TestServer, event};
 use axum::http::StatusCode;
-use openmail_webhooks::websocket::Status;
+use openmail_webhooks::websocket::ClientStatus;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -112,7 +112,7 @@ impl Example {
     async fn wait_websocket(&self, event_id: &str) {
         self.statuses
             .wait(event_id, 1, |status| {
-                matches!(status, Status::EventHandled { event_id: Some(id), .. } if id == event_id)
+                matches!(status, ClientStatus::EventHandled { event_id: Some(id), .. } if id == event_id)
             })
             .await;
     }

@@ -13,8 +13,8 @@ use crate::websocket_support::{TestServer, event};
 use axum::Router;
 use axum::http::StatusCode;
 use openmail_webhooks::VerifyOpenMailLayer;
-use openmail_webhooks::queue::{Durability, EventStore, Ingest, SqliteStore};
-use openmail_webhooks::websocket::Status;
+use openmail_webhooks::queue::{Backend, Durability, EventStore, Ingest, SqliteStore};
+use openmail_webhooks::websocket::ClientStatus;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_events_go_through_the_same_ingest_and_are_stored_once() {
@@ -44,7 +44,7 @@ async fn websocket_events_go_through_the_same_ingest_and_are_stored_once() {
     server.push(&event("evt_ws_2", "inb_a", "message.received"));
     statuses
         .wait("both events stored", 2, |status| {
-            matches!(status, Status::EventHandled { .. })
+            matches!(status, ClientStatus::EventHandled { .. })
         })
         .await;
     // Stored, not run: nothing has claimed them.

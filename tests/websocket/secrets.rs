@@ -13,7 +13,7 @@ use std::time::Duration;
 use crate::websocket_support::harness::{App, Running, Statuses};
 use crate::websocket_support::tls::TestCa;
 use crate::websocket_support::{ServerOptions, TestServer};
-use openmail_webhooks::websocket::{Status, WebSocketClient};
+use openmail_webhooks::websocket::{ClientStatus, WebSocketClient};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tracing_subscriber::filter::LevelFilter;
@@ -108,12 +108,14 @@ async fn the_api_key_appears_in_no_log_debug_display_or_error() {
     server.push_event("evt_1", "inb_a");
     server.broadcast_text("not json");
     statuses
-        .wait("evt_1", 1, |s| matches!(s, Status::EventHandled { .. }))
+        .wait("evt_1", 1, |s| {
+            matches!(s, ClientStatus::EventHandled { .. })
+        })
         .await;
     server.close_all(1001, "");
     statuses
         .wait("subscribed again", 2, |s| {
-            matches!(s, Status::Subscribed { .. })
+            matches!(s, ClientStatus::Subscribed { .. })
         })
         .await;
     server.revoke(KEY);
@@ -146,7 +148,7 @@ async fn the_api_key_appears_in_no_log_debug_display_or_error() {
     );
     tls_statuses
         .wait("a refused certificate", 1, |s| {
-            matches!(s, Status::Reconnecting { .. })
+            matches!(s, ClientStatus::Reconnecting { .. })
         })
         .await;
     refused.stop().await.unwrap();

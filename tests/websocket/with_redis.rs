@@ -1,5 +1,5 @@
 //! The WebSocket client with Redis, against a real `redis-server`: the resume position
-//! survives a restart in `RedisResume`, and two replicas plus the webhook, deduplicating
+//! survives a restart in `RedisResumeStore`, and two replicas plus the webhook, deduplicating
 //! in one `RedisStore`, handle each event once.
 //!
 //! Each test starts its own `redis-server` from `PATH` on a free port. Without it the
@@ -17,11 +17,11 @@ use crate::websocket_support::{TestServer, event};
 use axum::http::StatusCode;
 use openmail_webhooks::VerifyOpenMailLayer;
 use openmail_webhooks::dedup::{DedupStore, DeduplicateLayer, RedisStore};
-use openmail_webhooks::websocket::{GapReason, RedisResume, ResumeStore, Status};
+use openmail_webhooks::websocket::{ClientStatus, GapReason, RedisResumeStore, ResumeStore};
 use tokio::task::JoinSet;
 
-fn handled(event_id: &str) -> impl Fn(&Status) -> bool + '_ {
-    move |status| matches!(status, Status::EventHandled { event_id: Some(id), .. } if id == event_id)
+fn handled(event_id: &str) -> impl Fn(&ClientStatus) -> bool + '_ {
+    move |status| matches!(status, ClientStatus::EventHandled { event_id: Some(id), .. } if id == event_id)
 }
 
 #[tokio::test]
@@ -29,12 +29,12 @@ async fn redis_resume_loads_what_it_saved_under_its_key() {
     let Some(redis) = RedisServer::start("a Redis resume test") else {
         return;
     };
-    let store = RedisResume::connect(&redis.url()).await.unwrap();
+    let store = RedisResumeStore::connect(&redis.url()).await.unwrap();
     assert_eq!(store.load().await.unwrap(), None);
     store.save("evt_1").await.unwrap();
     store.save("evt_2").await.unwrap();
     assert_eq!(store.load().await.unwrap().as_deref(), Some("evt_2"));
-    let other = RedisResume::connect(&redis.url())
+    let other = RedisResumeStore::connect(&redis.url())
         .await
         .unwrap()
         .key("replica-2:last_event_id");
@@ -51,7 +51,7 @@ async fn a_restarted_client_resumes_from_the_position_in_redis() {
     let app = App::succeeding();
 
     let first = Statuses::default();
-    let resume = RedisResume::connect(&redis.url()).await.unwrap();
+    let resume = RedisResumeStore::connect(&redis.url()).await.unwrap();
     let client = Running::spawn(
         fast_client(&server, &first).resume_store(resume),
         app.router(),
@@ -67,7 +67,7 @@ async fn a_restarted_client_resumes_from_the_position_in_redis() {
     server.push_event("evt_4", "inb_a");
 
     let second = Statuses::default();
-    let resume = RedisResume::connect(&redis.url()).await.unwrap();
+    let resume = RedisResumeStore::connect(&redis.url()).await.unwrap();
     let client = Running::spawn(
         fast_client(&server, &second).resume_store(resume),
         app.router(),
@@ -75,12 +75,12 @@ async fn a_restarted_client_resumes_from_the_position_in_redis() {
     second.wait("evt_4", 1, handled("evt_4")).await;
     assert_eq!(app.called(), ["evt_1", "evt_2", "evt_3", "evt_4"]);
     let resumed = second.picked(|status| match status {
-        Status::Resumed { from } => Some(from.clone()),
+        ClientStatus::Resumed { from } => Some(from.clone()),
         _ => None,
     });
     assert_eq!(resumed, ["evt_2"]);
     let gaps = second.picked(|status| match status {
-        Status::PossibleGap { reason } => Some(reason.clone()),
+        ClientStatus::PossibleGap { reason } => Some(reason.clone()),
         _ => None,
     });
     assert!(!gaps.contains(&GapReason::NoResumePosition), "{gaps:?}");
@@ -94,7 +94,7 @@ async fn a_redis_that_cannot_save_is_reported_and_the_client_goes_on() {
     };
     let server = TestServer::start().await;
     let statuses = Statuses::default();
-    let resume = RedisResume::connect(&redis.url()).await.unwrap();
+    let resume = RedisResumeStore::connect(&redis.url()).await.unwrap();
     let client = Running::spawn(
         fast_client(&server, &statuses).resume_store(resume),
         App::succeeding().router(),
@@ -105,7 +105,7 @@ async fn a_redis_that_cannot_save_is_reported_and_the_client_goes_on() {
     statuses.wait("evt_1", 1, handled("evt_1")).await;
     statuses
         .wait("the failed save", 1, |s| {
-            matches!(s, Status::ResumeSaveFailed { .. })
+            matches!(s, ClientStatus::ResumeSaveFailed { .. })
         })
         .await;
     server.push_event("evt_2", "inb_a");
@@ -167,12 +167,12 @@ async fn two_replicas_and_the_webhook_sharing_a_redis_store_handle_each_event_on
             .wait("every event's outcome", event_ids.len(), |status| {
                 matches!(
                     status,
-                    Status::EventHandled { .. } | Status::HandlerFailed { .. }
+                    ClientStatus::EventHandled { .. } | ClientStatus::HandlerFailed { .. }
                 )
             })
             .await;
         assert_eq!(
-            statuses.count(|s| matches!(s, Status::HandlerFailed { .. })),
+            statuses.count(|s| matches!(s, ClientStatus::HandlerFailed { .. })),
             0
         );
     }

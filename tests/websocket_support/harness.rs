@@ -10,7 +10,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::routing::post;
 use axum::{Extension, Router};
 use bytes::Bytes;
-use openmail_webhooks::websocket::{Status, WebSocketClient, WebSocketError};
+use openmail_webhooks::websocket::{ClientStatus, WebSocketClient, WebSocketError};
 use openmail_webhooks::{Channel, Delivery, Event};
 use tokio::sync::{Notify, oneshot};
 use tokio::task::JoinHandle;
@@ -20,24 +20,24 @@ use super::{API_KEY, TestServer};
 /// Every status the client reported, in order.
 #[derive(Clone, Default)]
 pub struct Statuses {
-    log: Arc<Mutex<Vec<Status>>>,
+    log: Arc<Mutex<Vec<ClientStatus>>>,
     changed: Arc<Notify>,
 }
 
 impl Statuses {
-    pub fn hook(&self) -> impl Fn(&Status) + Send + Sync + 'static + use<> {
+    pub fn hook(&self) -> impl Fn(&ClientStatus) + Send + Sync + 'static + use<> {
         let statuses = self.clone();
-        move |status: &Status| {
+        move |status: &ClientStatus| {
             statuses.log.lock().unwrap().push(status.clone());
             statuses.changed.notify_waiters();
         }
     }
 
-    pub fn all(&self) -> Vec<Status> {
+    pub fn all(&self) -> Vec<ClientStatus> {
         self.log.lock().unwrap().clone()
     }
 
-    pub fn count(&self, matches: impl Fn(&Status) -> bool) -> usize {
+    pub fn count(&self, matches: impl Fn(&ClientStatus) -> bool) -> usize {
         self.log
             .lock()
             .unwrap()
@@ -47,12 +47,12 @@ impl Statuses {
     }
 
     /// The statuses that `pick` maps to something, in order.
-    pub fn picked<T>(&self, pick: impl Fn(&Status) -> Option<T>) -> Vec<T> {
+    pub fn picked<T>(&self, pick: impl Fn(&ClientStatus) -> Option<T>) -> Vec<T> {
         self.log.lock().unwrap().iter().filter_map(pick).collect()
     }
 
     /// Waits until `count` statuses match, or panics naming `what` with the log.
-    pub async fn wait(&self, what: &str, count: usize, matches: impl Fn(&Status) -> bool) {
+    pub async fn wait(&self, what: &str, count: usize, matches: impl Fn(&ClientStatus) -> bool) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let notified = self.changed.notified();

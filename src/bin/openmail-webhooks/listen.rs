@@ -53,15 +53,18 @@ use http_body_util::Full;
 use lexopt::{Arg, Parser};
 use openmail_webhooks::body::VerifiedBody;
 use openmail_webhooks::websocket::{
-    DEFAULT_URL, HandlerFailure, Status, Subscription, WebSocketClient, WebSocketError,
+    ClientStatus, HandlerFailure, Subscription, WebSocketClient, WebSocketError,
 };
-use openmail_webhooks::{Clock, Delivery, LogSafe, SystemClock};
+use openmail_webhooks::{Delivery, LogSafe};
 
 use crate::args;
 use crate::http::{
     HttpClient, client, keep_host, loopback, parse_url, pinned, post, signed_request,
 };
 use crate::resume::FileResume;
+
+/// The endpoint `WebSocketClient` connects to unless told otherwise.
+const DEFAULT_URL: &str = "wss://api.openmail.sh/v1/ws";
 
 /// The help text, also printed after a usage error.
 pub const USAGE: &str = "\
@@ -306,9 +309,9 @@ impl Shared {
 
     /// Reports what the WebSocket client is doing: outcomes of forwarded events on stdout,
     /// everything else on stderr.
-    fn status(&self, status: &Status) {
+    fn status(&self, status: &ClientStatus) {
         match status {
-            Status::EventHandled {
+            ClientStatus::EventHandled {
                 event_id,
                 status,
                 attempts,
@@ -327,13 +330,14 @@ impl Shared {
                     );
                 }
             }
-            Status::HandlerFailed {
-                event_id,
+            ClientStatus::HandlerFailed {
+                event,
                 attempts,
                 failure,
                 ..
             } => {
-                self.finished(event_id.as_deref());
+                let event_id = event.event_id();
+                self.finished(event_id);
                 let outcome = match failure {
                     HandlerFailure::Status(status) => status.to_string(),
                     other => format!("- ({other})"),
@@ -341,7 +345,7 @@ impl Shared {
                 let _ = writeln!(
                     std::io::stdout().lock(),
                     "failed {} {outcome} after {attempts} attempts",
-                    LogSafe::or_dash(event_id.as_deref()),
+                    LogSafe::or_dash(event_id),
                 );
                 let _ = writeln!(std::io::stderr().lock(), "listen: {status}");
             }
@@ -366,7 +370,7 @@ impl Forward {
         let request = match signed_request(
             &self.connect,
             &self.secret,
-            SystemClock.now(),
+            crate::unix_now(),
             event_id,
             delivery.body().clone(),
         ) {
@@ -432,7 +436,7 @@ fn one_line_json(body: &[u8]) -> String {
 
 /// A status as `listen` reports it on stderr: its `Display`, which shows a
 /// reconnection's whole cause chain, escaped.
-fn status_line(status: &Status) -> String {
+fn status_line(status: &ClientStatus) -> String {
     format!("listen: {status}")
 }
 
@@ -587,7 +591,7 @@ pub async fn main(
                 .inbox_ids(options.inbox_ids)
                 .event_types(options.event_types),
         )
-        .on_status(move |status: &Status| reporter.status(status))
+        .on_status(move |status: &ClientStatus| reporter.status(status))
         .serve_with_shutdown(Listen { shared }, stop_requested())
         .await;
     match result {
@@ -765,7 +769,7 @@ mod tests {
         assert!(!line.contains(['\n', '\u{1b}']), "{line}");
         assert!(line.contains(r"bad\nlisten: stopped\u{1b}[2J"), "{line}");
         // A reconnection's chain, as listen prints it.
-        let status = Status::Reconnecting {
+        let status = ClientStatus::Reconnecting {
             delay: std::time::Duration::from_secs(1),
             reason: error,
         };

@@ -117,3 +117,13 @@ async fn main() -> ExitCode {
     };
     ExitCode::from(code)
 }
+
+/// The system clock in whole Unix seconds (0 for a clock set before 1970, which the
+/// receiver will refuse as stale anyway).
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            i64::try_from(since.as_secs()).unwrap_or(i64::MAX)
+        })
+}

@@ -7,7 +7,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use openmail_webhooks::websocket::{ResumeFuture, ResumeStore};
+use openmail_webhooks::websocket::ResumeStore;
+
+/// What a [`ResumeStore`] returns.
+type ResumeFuture<T> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<T, tower::BoxError>> + Send + 'static>,
+>;
 
 /// The position as one line in a file: the `event_id` of the last event handled in order.
 ///

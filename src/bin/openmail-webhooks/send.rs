@@ -34,8 +34,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::Uri;
 use lexopt::{Arg, Parser};
+use openmail_webhooks::LogSafe;
 use openmail_webhooks::test_util::Sample;
-use openmail_webhooks::{Clock, LogSafe, SystemClock};
 
 use crate::args;
 use crate::http::{ANSWER_KEPT, client, event_id_header, parse_url, post, signed_request};
@@ -350,12 +350,12 @@ async fn run(options: &Options, secret: &str, out: &mut impl Write) -> Result<bo
             );
             tokio::time::sleep(delay).await;
         }
-        let mut now = SystemClock.now();
+        let mut now = crate::unix_now();
         let mut body = body_at(options, &file, delivery, now)?;
         // The same body in the same second would carry the same signature as the last one.
         if previous.as_ref() == Some(&(now, body.clone())) {
             next_second().await;
-            now = SystemClock.now();
+            now = crate::unix_now();
             body = body_at(options, &file, delivery, now)?;
         }
         let timestamp = now.saturating_add(options.skew);

@@ -122,17 +122,15 @@ mod budget;
 mod buffer;
 mod deadline;
 mod future;
-#[allow(clippy::module_inception)]
-mod layer;
+pub(crate) mod layer;
 mod rejection;
 mod service;
 
 pub use future::ResponseFuture;
-pub use layer::{DEFAULT_BODY_LIMIT, VerifyOpenMailLayer};
-pub use rejection::{RETRY_AFTER_SECS, Rejection};
+pub use rejection::Rejection;
 pub use service::VerifyOpenMail;
 
-pub(crate) use layer::{Config, SecretSource};
+pub(crate) use layer::{Config, SecretSource, VerifyOpenMailLayer};
 
 #[cfg(doc)]
 use crate::VerifyError;

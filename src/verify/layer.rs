@@ -11,16 +11,10 @@ use super::deadline::Pace;
 use super::{Rejection, VerifyOpenMail};
 use crate::protocol::{Freshness, SecretRing};
 use crate::tenant::SecretResolver;
-use crate::{Clock, ConfigError, Verifier};
+use crate::{ConfigError, Verifier};
 
-/// The default body limit: 4 MiB.
-///
-/// An OpenMail `message.received` payload carries the plain-text body plus, for each
-/// attachment, up to 50,000 characters of extracted text (up to 200 KB of UTF-8). A
-/// long thread with a dozen parsed attachments stays well under 4 MiB, while one
-/// request can pin at most 4 MiB of memory. Raise it with
-/// [`VerifyOpenMailLayer::body_limit`] if your inboxes receive more.
-pub const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
+/// The default body limit: 4 MiB (see [`VerifyOpenMailLayer::body_limit`] for why).
+pub(crate) const DEFAULT_BODY_LIMIT: usize = 4 * 1024 * 1024;
 
 type RejectionHook = Arc<dyn Fn(&Rejection) + Send + Sync>;
 type RejectionResponder = Arc<dyn Fn(&Rejection) -> Response<Bytes> + Send + Sync>;
@@ -110,9 +104,14 @@ impl VerifyOpenMailLayer {
         }
     }
 
-    /// The largest body accepted, in bytes; [`DEFAULT_BODY_LIMIT`] unless set. A larger
-    /// `Content-Length` is refused before the body is read, and a streamed body at the
-    /// frame that crosses the limit.
+    /// The largest body accepted, in bytes; 4 MiB unless set. A larger `Content-Length` is
+    /// refused before the body is read, and a streamed body at the frame that crosses the
+    /// limit.
+    ///
+    /// Why 4 MiB: an OpenMail `message.received` payload carries the plain-text body plus,
+    /// for each attachment, up to 50,000 characters of extracted text (up to 200 KB of
+    /// UTF-8). A long thread with a dozen parsed attachments stays well under 4 MiB, while
+    /// one request can pin at most 4 MiB of memory. Raise it if your inboxes receive more.
     pub fn body_limit(self, limit: usize) -> Self {
         self.map_config(|config| {
             config.body_limit = limit;
@@ -207,7 +206,7 @@ impl VerifyOpenMailLayer {
     }
 
     /// Where "now" comes from; see [`Verifier::clock`].
-    pub fn clock(self, clock: impl Clock) -> Self {
+    pub fn clock(self, clock: impl Fn() -> i64 + Send + Sync + 'static) -> Self {
         self.map_config(|config| config.freshness.clock(clock))
     }
 

@@ -9,10 +9,6 @@ use tower::BoxError;
 use crate::VerifyError;
 use crate::tenant::Tenant;
 
-/// The `Retry-After` of the layer's `503` answers, in seconds: OpenMail's first retry
-/// interval.
-pub const RETRY_AFTER_SECS: u64 = 30;
-
 /// Why the layer refused a request.
 ///
 /// `Display` gives the precise reason for the application's logs, with every value taken
@@ -93,11 +89,10 @@ impl Rejection {
         }
     }
 
-    /// The `Retry-After` the default response sends: [`RETRY_AFTER_SECS`] with every
-    /// `503`, nothing otherwise.
+    /// The `Retry-After` the default response sends: 30 s (OpenMail's first retry
+    /// interval) with every `503`, nothing otherwise.
     pub fn retry_after(&self) -> Option<Duration> {
-        (self.status() == StatusCode::SERVICE_UNAVAILABLE)
-            .then_some(Duration::from_secs(RETRY_AFTER_SECS))
+        (self.status() == StatusCode::SERVICE_UNAVAILABLE).then_some(crate::RETRY_AFTER)
     }
 
     /// A short reason, safe to send to the client.

@@ -19,10 +19,9 @@ use super::deadline::Deadline;
 use super::{Config, Rejection, SecretSource};
 use crate::body::{ResponseBody, VerifiedBody};
 use crate::protocol::{
-    Claim, EVENT_ID_HEADER, MAX_CLAIMED_ID_LEN, REFUSAL_MACS, SecretScope, SignedHead,
-    TIMESTAMP_HEADER, Verified,
+    Claim, EVENT_ID_HEADER, MAX_CLAIMED_ID_LEN, SignedHead, TIMESTAMP_HEADER, Verified,
 };
-use crate::tenant::{ResolveFuture, SecretResolver, Tenant, TenantRequest};
+use crate::tenant::{REFUSAL_MACS, ResolveFuture, SecretResolver, Tenant, TenantRequest};
 use crate::{Delivery, Event};
 
 pin_project! {
@@ -326,7 +325,7 @@ impl<S> Reading<S> {
                 return match ring.check(&head, timestamp_of(&parts), &body) {
                     Ok(verified) => {
                         drop(lease);
-                        accept(parts, verified, SecretScope::Account, body, inner, config)
+                        accept(parts, verified, Tenant::Account, body, inner, config)
                     }
                     Err(error) => Err((Rejection::Verify(error), config)),
                 };
@@ -375,7 +374,7 @@ impl<S> Read<S> {
     /// look the tenant up afresh for a later delivery, in case its secret was rotated.
     fn verify(
         self,
-        found: Result<Option<crate::protocol::TenantSecrets>, BoxError>,
+        found: Result<Option<crate::tenant::TenantSecrets>, BoxError>,
     ) -> Result<Next<S>, Refusal> {
         let secrets = match found {
             Ok(Some(secrets)) => secrets,
@@ -407,7 +406,7 @@ impl<S> Read<S> {
         match secrets.check(&self.head, timestamp_of(&self.parts), &self.body, inbox_id) {
             Ok(verified) => {
                 self.resolver.verified(&self.tenant);
-                let (verified, scope) = verified.into_parts();
+                let (verified, scope) = verified;
                 let Self {
                     parts,
                     body,
@@ -448,7 +447,7 @@ fn timestamp_of(parts: &Parts) -> &[u8] {
 fn accept<S>(
     mut parts: Parts,
     verified: Verified,
-    scope: SecretScope,
+    scope: Tenant,
     body: Bytes,
     inner: S,
     config: Arc<Config>,
