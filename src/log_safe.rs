@@ -17,7 +17,7 @@
 //! assert!(LogSafe::new(&huge).to_string().len() < 200);
 //! ```
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 /// How many characters of a value are shown before it is cut short.
 pub const LOG_SAFE_MAX_CHARS: usize = 96;
@@ -96,6 +96,8 @@ impl fmt::Debug for LogSafe<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
 
     fn shown(value: &str) -> String {
