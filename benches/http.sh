@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# End to end on loopback: the README's quickstart and the receiver example against two
+# End to end on loopback: the README's quickstart and the receiver example against three
 # axum servers (examples/bench_baseline.rs), all replaying one genuine signed 4 KiB
 # delivery with wrk.
 #
 #   quickstart  the README's quickstart: VerifyOpenMailLayer on the route, a handler that
 #               reads the typed event (the layer alone)
-#   receiver    examples/receiver.rs: the layer, deduplication in memory, connection
-#               limits and timeouts
+#   stack       the layer with the receiver's stack: its deadline, memory budget,
+#               deduplication in memory and duplicate log line, served by axum::serve
+#   receiver    examples/receiver.rs: that stack, plus its connection limits and timeouts
 #   by-hand     the documentation's recipe written into an axum handler
 #   unverified  reads the body and answers, checking nothing (the ceiling)
 #
-# All four print one line per request and answer JSON, so what differs is the check, the
-# parse and, for the receiver, deduplication: the replayed delivery is handled once, and
-# every request after that is answered as a duplicate (200), which still verifies, parses
-# and looks the event up, and logs the decision to stderr instead of the stdout line.
+# All of them print one line per request and answer JSON, so what differs is the check, the
+# parse and, for the stack and the receiver, deduplication: the replayed delivery is handled
+# once, and every request after that is answered as a duplicate (200), which still
+# verifies, parses and looks the event up, and logs the decision to stderr instead of the
+# stdout line. receiver / stack is what the receiver's connection handling costs.
 # Each server gets one tokio worker pinned to CPU 0 and wrk runs on CPU 1; the
 # servers take turns, ROUNDS times, and the median counts. Besides requests per second the
 # script reads each server's CPU time from /proc, so it also reports CPU microseconds per
 # request, which other load on the machine disturbs less. With perf installed it then
-# profiles the quickstart and the unverified route and says where the difference goes.
+# profiles the quickstart against the unverified route, and the receiver against the
+# stack, and says where the differences go.
 #
 # Environment: DURATION (s per run, default 10), ROUNDS (default 3), CONNECTIONS
 # (default 32), PROFILE (1 to profile, default 1 when perf exists), BODY_SIZE (default 4096).
@@ -32,8 +35,9 @@ CONNECTIONS=${CONNECTIONS:-32}
 BODY_SIZE=${BODY_SIZE:-4096}
 if command -v perf >/dev/null 2>&1; then PROFILE=${PROFILE:-1}; else PROFILE=0; fi
 SECRET=whsec_http_bench_5b0e7d21c9a4
-SERVERS=(unverified by-hand quickstart receiver)
-declare -A PORT=([unverified]=18201 [by-hand]=18202 [quickstart]=18204 [receiver]=18203)
+SERVERS=(unverified by-hand quickstart stack receiver)
+declare -A PORT=([unverified]=18201 [by-hand]=18202 [quickstart]=18204 [stack]=18205
+    [receiver]=18203)
 
 if ! command -v wrk >/dev/null 2>&1; then
     echo "installing wrk" >&2
@@ -116,8 +120,9 @@ start() {
         receiver) command=("$bin/receiver") ;;
         *) command=("$bin/bench_baseline" "$server") ;;
     esac
-    # Both streams go to /dev/null: the receiver logs each duplicate to stderr, the others
-    # print their line to stdout, and writing either to a file would time the file system.
+    # Both streams go to /dev/null: the stack and the receiver log each duplicate to
+    # stderr, the others print their line to stdout, and writing either to a file would
+    # time the file system.
     OPENMAIL_WEBHOOK_SECRET=$SECRET PORT=$port TOKIO_WORKER_THREADS=1 \
         taskset -c 0 "${command[@]}" >/dev/null 2>&1 &
     PID[$server]=$!
@@ -156,7 +161,7 @@ run() {
     echo "$rps $cpu_us"
 }
 
-# The receiver deduplicates by event_id: the first delivery is handled, every replay after
+# The stack and the receiver deduplicate by event_id: the first delivery is handled, every replay after
 # it is answered as a duplicate (200). Deliver it once, alone, before the load starts, so
 # that concurrent first deliveries do not meet the 409 for "still being handled".
 prime() {
@@ -207,13 +212,17 @@ for n in ("quickstart", "receiver"):
     print(f"{n} / by-hand = {rps[n] / rps['by-hand']:.2f} × requests/s, "
           f"{cpu['by-hand'] / cpu[n]:.2f} × by CPU per request")
 print("(targets for the layer alone, the quickstart: ≥ 0.82 × unverified, ≥ 1.18 × by-hand)")
+print(f"receiver / stack = {rps['receiver'] / rps['stack']:.2f} × requests/s, "
+      f"{cpu['stack'] / cpu['receiver']:.2f} × by CPU per request (target ≥ 0.8 ×)")
+rounds = [float(r) / float(s) for r, s in zip(rps_runs["receiver"].split(), rps_runs["stack"].split())]
+print("receiver / stack round by round: " + ", ".join(f"{ratio:.2f}" for ratio in rounds))
 for n in names[1:]:
     print(f"{n} spends {cpu[n] - cpu['unverified']:.1f} µs CPU/request more than the "
           f"unverified route")
 PY
 
 if [ "$PROFILE" = 1 ]; then
-    for server in quickstart unverified; do
+    for server in quickstart unverified receiver stack; do
         sign
         perf record -q -F 2999 -p "${PID[$server]}" -o "$work/$server.perf" \
             -- sleep "$DURATION" 2>/dev/null &
@@ -229,8 +238,11 @@ if [ "$PROFILE" = 1 ]; then
         perf report -i "$work/$server.perf" --stdio --no-children --sort sym \
             --percent-limit 0 2>/dev/null >"$work/$server.report" || true
     done
-    python3 - "$work/quickstart.report" "$work/unverified.report" \
-        "$(cat "$work/quickstart.cpu")" "$(cat "$work/unverified.cpu")" <<'PY'
+    for pair in "quickstart unverified" "receiver stack"; do
+    read -r subject_name base_name <<<"$pair"
+    python3 - "$work/$subject_name.report" "$work/$base_name.report" \
+        "$(cat "$work/$subject_name.cpu")" "$(cat "$work/$base_name.cpu")" \
+        "$subject_name" "$base_name" <<'PY'
 import re, sys
 categories = [
     ("HMAC-SHA256", r"sha2::|hmac::|sha256"),
@@ -241,7 +253,7 @@ categories = [
     ("tokio / mio", r"tokio|mio::"),
     ("allocator", r"malloc|free|_int_|cfree|realloc"),
     ("memcpy / memset", r"mem(move|cpy|set)"),
-    ("stdout", r"stdio|LineWriter|BufWriter"),
+    ("stdout and stderr", r"stdio|LineWriter|BufWriter|Stderr|libc_write"),
 ]
 def load(path):
     shares, top = {}, []
@@ -258,8 +270,10 @@ def load(path):
 subject, subject_top = load(sys.argv[1])
 unverified, _ = load(sys.argv[2])
 subject_cpu, unverified_cpu = float(sys.argv[3]), float(sys.argv[4])
-print("\nWhere the server's CPU goes (perf samples × CPU time per request, profiled runs):\n")
-print("| category | quickstart µs/request | unverified µs/request | difference |")
+subject_name, base_name = sys.argv[5], sys.argv[6]
+print(f"\n{subject_name} against {base_name}: where the server's CPU goes "
+      "(perf samples × CPU time per request, profiled runs):\n")
+print(f"| category | {subject_name} µs/request | {base_name} µs/request | difference |")
 print("|---|---:|---:|---:|")
 for name in sorted(set(subject) | set(unverified), key=lambda n: -subject.get(n, 0)):
     mine = subject.get(name, 0) / 100 * subject_cpu
@@ -267,8 +281,9 @@ for name in sorted(set(subject) | set(unverified), key=lambda n: -subject.get(n,
     print(f"| {name} | {mine:.2f} | {theirs:.2f} | {mine - theirs:+.2f} |")
 print(f"| total | {subject_cpu:.2f} | {unverified_cpu:.2f} | "
       f"{subject_cpu - unverified_cpu:+.2f} |")
-print("\nThe quickstart's hottest symbols:\n")
+print(f"\nThe {subject_name}'s hottest symbols:\n")
 for share, symbol in subject_top:
     print(f"  {share:5.1f} %  {symbol[:110]}")
 PY
+    done
 fi

@@ -5,6 +5,7 @@
 //! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3001 cargo run --release --example bench_baseline -- unverified
 //! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3002 cargo run --release --example bench_baseline -- by-hand
 //! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3003 cargo run --release --example bench_baseline -- quickstart
+//! OPENMAIL_WEBHOOK_SECRET=whsec_... PORT=3004 cargo run --release --example bench_baseline -- stack
 //! ```
 //!
 //! - `unverified`: `POST /webhooks` reads the body and answers, verifying nothing. It is the
@@ -15,8 +16,13 @@
 //! - `quickstart`: the README's quickstart, `VerifyOpenMailLayer` on the route and a
 //!   handler that reads the typed event: the layer alone, without the receiver example's
 //!   deduplication and connection management.
+//! - `stack`: the receiver example's stack, served by `axum::serve`: the layer with its
+//!   deadline, memory budget and rejection log, in-memory deduplication that logs the
+//!   duplicate line to stderr as the receiver does (one `write` per line) and answers
+//!   duplicates with the same JSON, and the same handler. What the receiver adds is its
+//!   connection management, so the ratio of the two is what that costs.
 //!
-//! All three answer a delivery as the receiver example does (one line on stdout, `200` with
+//! All of them answer a delivery as the receiver example does (one line on stdout, `200` with
 //! `{"ok":true,"event":…,"event_id":…}`, the quickstart adding its `signed_at`), so that
 //! the only difference left is how the delivery is checked and parsed.
 
@@ -30,6 +36,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json, Router, body::Bytes, routing::post};
 use hmac::{KeyInit, Mac};
+use openmail_webhooks::dedup::{Decision, DeduplicateLayer};
 use openmail_webhooks::{Delivery, Event, LogSafe, VerifyOpenMailLayer};
 use serde_json::{Value, json};
 
@@ -104,6 +111,55 @@ async fn quickstart(
     }))
 }
 
+/// The receiver example's handler.
+async fn stack(Extension(event): Extension<Arc<Event>>) -> Json<Value> {
+    println!(
+        "handled {} {} inbox={}",
+        LogSafe::or_dash(Some(event.event_type()).filter(|kind| !kind.is_empty())),
+        LogSafe::or_dash(event.event_id()),
+        LogSafe::or_dash(event.inbox_id()),
+    );
+    Json(json!({
+        "ok": true,
+        "event": event.event_type(),
+        "event_id": event.event_id(),
+    }))
+}
+
+/// The receiver example's layers and log lines.
+fn stack_app(layer: VerifyOpenMailLayer) -> Router {
+    let layer = layer
+        .body_deadline(std::time::Duration::from_secs(10))
+        .memory_budget(64 * 1024 * 1024)
+        .on_rejection(|rejection| log_line(format_args!("rejected: {rejection}")));
+    let dedup = DeduplicateLayer::in_memory()
+        .on_decision(|decision| match decision {
+            Decision::First { .. } | Decision::Completed { .. } => {}
+            _ => log_line(format_args!("dedup: {decision}")),
+        })
+        .duplicate_response(|key| {
+            let body = json!({ "ok": true, "duplicate": true, "event_id": key.event_id() });
+            let mut response = axum::http::Response::new(Bytes::from(body.to_string()));
+            response.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                axum::http::HeaderValue::from_static("application/json"),
+            );
+            response
+        });
+    Router::new()
+        .route("/webhooks", post(stack))
+        .layer(dedup)
+        .layer(layer)
+}
+
+/// The receiver example's way to write a line to stderr: in one `write`.
+fn log_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write as _;
+    let mut text = line.to_string();
+    text.push('\n');
+    let _ = std::io::stderr().write_all(text.as_bytes());
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let mode = std::env::args().nth(1).unwrap_or_default();
@@ -121,7 +177,8 @@ async fn main() -> ExitCode {
         "by-hand" if !secret.is_empty() => Router::new()
             .route("/webhooks", post(by_hand))
             .with_state(Arc::new(secret)),
-        "quickstart" => match VerifyOpenMailLayer::new(secret) {
+        "quickstart" | "stack" => match VerifyOpenMailLayer::new(secret) {
+            Ok(layer) if mode == "stack" => stack_app(layer),
             Ok(layer) => Router::new()
                 .route("/webhooks", post(quickstart))
                 .layer(layer),
@@ -132,8 +189,8 @@ async fn main() -> ExitCode {
         },
         _ => {
             eprintln!(
-                "usage: bench_baseline unverified|by-hand|quickstart \
-                 (by-hand and quickstart need OPENMAIL_WEBHOOK_SECRET)"
+                "usage: bench_baseline unverified|by-hand|quickstart|stack \
+                 (all but unverified need OPENMAIL_WEBHOOK_SECRET)"
             );
             return ExitCode::from(2);
         }

@@ -17,7 +17,7 @@
 //! assert!(LogSafe::new(&huge).to_string().len() < 200);
 //! ```
 
-use std::fmt::{self, Write as _};
+use std::fmt;
 
 /// How many characters of a value are shown before it is cut short.
 const LOG_SAFE_MAX_CHARS: usize = 96;
@@ -54,24 +54,37 @@ fn needs_escape(c: char) -> bool {
 
 impl fmt::Display for LogSafe<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Plain characters go out in runs, one `write_str` each: behind an unbuffered
+        // writer such as stderr every call is a system call, and `eprintln!` of an id
+        // written a character at a time cost more than verifying the delivery.
+        let mut run = 0;
         for (shown, (at, c)) in self.0.char_indices().enumerate() {
             if shown == LOG_SAFE_MAX_CHARS {
+                write_run(f, self.0.get(run..at))?;
                 let left = self.0.len().saturating_sub(at);
                 return write!(f, "…(+{left} bytes)");
             }
             if needs_escape(c) {
-                for escaped in c.escape_debug() {
-                    f.write_char(escaped)?;
-                }
+                write_run(f, self.0.get(run..at))?;
+                run = at.saturating_add(c.len_utf8());
+                let escaped = c.escape_debug();
                 // `escape_debug` leaves some format characters as they are.
-                if c.escape_debug().len() == 1 {
+                if escaped.len() == 1 {
                     write!(f, "\\u{{{:x}}}", u32::from(c))?;
+                } else {
+                    write!(f, "{escaped}")?;
                 }
-            } else {
-                f.write_char(c)?;
             }
         }
-        Ok(())
+        write_run(f, self.0.get(run..))
+    }
+}
+
+/// Writes a run of plain characters, if there is one.
+fn write_run(f: &mut fmt::Formatter<'_>, run: Option<&str>) -> fmt::Result {
+    match run {
+        Some(run) if !run.is_empty() => f.write_str(run),
+        _ => Ok(()),
     }
 }
 
@@ -83,6 +96,8 @@ impl fmt::Debug for LogSafe<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::fmt::Write as _;
+
     use super::*;
 
     fn shown(value: &str) -> String {
@@ -128,6 +143,46 @@ mod tests {
         assert!(out.ends_with("…(+20 bytes)"), "{out}");
         let exact = "x".repeat(LOG_SAFE_MAX_CHARS);
         assert_eq!(shown(&exact), exact);
+    }
+
+    /// Counts the writes a `Display` makes, as an unbuffered writer would see them.
+    #[derive(Default)]
+    struct Writes {
+        calls: usize,
+        text: String,
+    }
+
+    impl fmt::Write for Writes {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            self.calls += 1;
+            self.text.push_str(s);
+            Ok(())
+        }
+    }
+
+    fn writes(value: &str) -> Writes {
+        let mut writes = Writes::default();
+        write!(writes, "{}", LogSafe::new(value)).unwrap();
+        writes
+    }
+
+    #[test]
+    fn plain_characters_are_written_in_runs() {
+        // Behind stderr each write is a system call: an id must not cost one per character.
+        let id = writes("evt_7f3a9c21d4");
+        assert_eq!((id.calls, id.text.as_str()), (1, "evt_7f3a9c21d4"));
+        // A run, the escape, a run.
+        let escaped = writes("inb\nx\u{1b}yz");
+        assert_eq!(escaped.text, r"inb\nx\u{1b}yz");
+        assert_eq!(escaped.calls, 5);
+        let long = writes(&"x".repeat(LOG_SAFE_MAX_CHARS + 4));
+        assert_eq!(
+            long.text,
+            format!("{}…(+4 bytes)", "x".repeat(LOG_SAFE_MAX_CHARS))
+        );
+        // The shown run, then the marker's three pieces.
+        assert!(long.calls <= 4, "{} writes", long.calls);
+        assert_eq!(writes("").calls, 0);
     }
 
     #[test]
