@@ -243,6 +243,13 @@ enum Command {
         max_attempts: u32,
         reply: Reply<Vec<Claimed>>,
     },
+    CompleteAndClaim {
+        completed: Vec<Lease>,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+        reply: Reply<(Vec<bool>, Vec<Claimed>)>,
+    },
     Renew {
         lease: Lease,
         lease_for: Duration,
@@ -286,6 +293,7 @@ impl Command {
         match self {
             Self::Insert { reply, .. } => drop(reply.send(Err(error()))),
             Self::Claim { reply, .. } => drop(reply.send(Err(error()))),
+            Self::CompleteAndClaim { reply, .. } => drop(reply.send(Err(error()))),
             Self::Renew { reply, .. }
             | Self::Complete { reply, .. }
             | Self::Fail { reply, .. }
@@ -447,23 +455,17 @@ impl Writer {
                 pending(reply, result)
             }
             Command::Complete { lease, reply } => {
-                let result = self
-                    .connection
-                    .prepare_cached(
-                        "UPDATE openmail_events
-                         SET state = 1, leased = 0, finished_ms = ?3, body = NULL,
-                             channel = NULL, scope_inbox = NULL, timestamp = NULL,
-                             secret_index = NULL, event_id_header = NULL, error = NULL
-                         WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
-                    )
-                    .and_then(|mut statement| {
-                        statement.execute(params![&lease.key[..], lease.token, now_ms()])
-                    })
-                    .map(|changed| changed == 1);
-                if let Ok(true) = result {
-                    self.depth = self.depth.saturating_sub(1);
-                    self.erased.get_or_insert_with(std::time::Instant::now);
-                }
+                let result = self.complete(lease);
+                pending(reply, result)
+            }
+            Command::CompleteAndClaim {
+                completed,
+                limit,
+                lease,
+                max_attempts,
+                reply,
+            } => {
+                let result = self.complete_and_claim(completed, limit, lease, max_attempts);
                 pending(reply, result)
             }
             Command::Fail {
@@ -600,6 +602,64 @@ impl Writer {
             Ok(Inserted::Stored)
         } else {
             Ok(Inserted::Duplicate)
+        }
+    }
+
+    fn complete(&mut self, lease: Lease) -> rusqlite::Result<bool> {
+        let changed = self
+            .connection
+            .prepare_cached(
+                "UPDATE openmail_events
+                 SET state = 1, leased = 0, finished_ms = ?3, body = NULL,
+                     channel = NULL, scope_inbox = NULL, timestamp = NULL,
+                     secret_index = NULL, event_id_header = NULL, error = NULL
+                 WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
+            )?
+            .execute(params![&lease.key[..], lease.token, now_ms()])?;
+        if changed == 1 {
+            self.depth = self.depth.saturating_sub(1);
+            self.erased.get_or_insert_with(std::time::Instant::now);
+        }
+        Ok(changed == 1)
+    }
+
+    /// All or nothing, inside the group's transaction (a savepoint). Completed first: a
+    /// completed event is no longer due, so the claim cannot take it again.
+    fn complete_and_claim(
+        &mut self,
+        completed: Vec<Lease>,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> rusqlite::Result<(Vec<bool>, Vec<Claimed>)> {
+        let (depth, erased) = (self.depth, self.erased);
+        self.connection
+            .execute_batch("SAVEPOINT complete_and_claim")?;
+        let result = completed
+            .into_iter()
+            .map(|held| self.complete(held))
+            .collect::<rusqlite::Result<Vec<bool>>>()
+            .and_then(|recorded| {
+                let claimed = if limit == 0 {
+                    Vec::new()
+                } else {
+                    self.claim(limit, lease, max_attempts)?
+                };
+                Ok((recorded, claimed))
+            });
+        match result {
+            Ok(settled) => {
+                self.connection
+                    .execute_batch("RELEASE complete_and_claim")?;
+                Ok(settled)
+            }
+            Err(error) => {
+                let _ = self
+                    .connection
+                    .execute_batch("ROLLBACK TO complete_and_claim; RELEASE complete_and_claim");
+                (self.depth, self.erased) = (depth, erased);
+                Err(error)
+            }
         }
     }
 
@@ -768,6 +828,23 @@ impl EventStore for SqliteStore {
         max_attempts: u32,
     ) -> Result<Vec<Claimed>, QueueError> {
         self.ask(|reply| Command::Claim {
+            limit,
+            lease,
+            max_attempts,
+            reply,
+        })
+        .await
+    }
+
+    async fn complete_and_claim(
+        &self,
+        completed: Vec<Lease>,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<(Vec<bool>, Vec<Claimed>), QueueError> {
+        self.ask(|reply| Command::CompleteAndClaim {
+            completed,
             limit,
             lease,
             max_attempts,
