@@ -23,6 +23,7 @@ use openmail_webhooks::test_util::Sample;
 use openmail_webhooks::{Channel, Delivery, Event, VerifyOpenMailLayer};
 use tokio::sync::{mpsc, watch};
 
+mod grouping;
 mod throughput;
 
 const SECRET: &str = "whsec_queue_test";
