@@ -315,16 +315,12 @@ where
                     Err(error) => report_store_error("claim", &error),
                 }
             }
-            if !idle {
-                continue;
-            }
             let polling = free > 0 || !events.completed.is_empty();
+            // Shutdown first, also while every call fills the slots (then the loop goes on
+            // at once): runs end while the store commits, so there may always be more.
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
-                Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
-                    events.finished(finished);
-                }
                 _ = purge.tick() => {
                     match store.purge(settings.retention).await {
                         Ok(_purged) => {
@@ -333,6 +329,10 @@ where
                         }
                         Err(error) => report_store_error("purge", &error),
                     }
+                }
+                () = std::future::ready(()), if !idle => {}
+                Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
+                    events.finished(finished);
                 }
                 () = tokio::time::sleep(settings.poll_interval), if polling => {}
             }

@@ -308,3 +308,131 @@ async fn a_run_whose_lease_cannot_be_renewed_stops_before_it_can_run_again() {
     stop.send(true).unwrap();
     running.await.unwrap();
 }
+
+/// The SQLite store, slow as a store whose commit waits for a flush: each
+/// `complete_and_claim` first waits until every event claimed so far ran or was released
+/// (at most 2 s), then a little more, so that every run ended when the call returns.
+struct Paced {
+    inner: Arc<SqliteStore>,
+    handled: Arc<AtomicUsize>,
+    claimed: AtomicUsize,
+    released: AtomicUsize,
+}
+
+impl EventStore for Paced {
+    async fn insert(
+        &self,
+        key: [u8; 32],
+        delivery: Delivery,
+        limit: u64,
+    ) -> Result<Inserted, QueueError> {
+        self.inner.insert(key, delivery, limit).await
+    }
+    async fn claim(
+        &self,
+        limit: usize,
+        lease: Duration,
+        max: u32,
+    ) -> Result<Vec<Claimed>, QueueError> {
+        self.inner.claim(limit, lease, max).await
+    }
+    async fn complete_and_claim(
+        &self,
+        completed: Vec<Lease>,
+        limit: usize,
+        lease: Duration,
+        max: u32,
+    ) -> Result<(Vec<bool>, Vec<Claimed>), QueueError> {
+        for _ in 0..200 {
+            let done = self.handled.load(Ordering::SeqCst) + self.released.load(Ordering::SeqCst);
+            if done >= self.claimed.load(Ordering::SeqCst) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let settled = self
+            .inner
+            .complete_and_claim(completed, limit, lease, max)
+            .await?;
+        self.claimed.fetch_add(settled.1.len(), Ordering::SeqCst);
+        Ok(settled)
+    }
+    async fn renew(&self, lease: Lease, lease_for: Duration) -> Result<bool, QueueError> {
+        self.inner.renew(lease, lease_for).await
+    }
+    async fn complete(&self, lease: Lease) -> Result<bool, QueueError> {
+        self.inner.complete(lease).await
+    }
+    async fn fail(
+        &self,
+        lease: Lease,
+        retry: Option<Duration>,
+        error: String,
+    ) -> Result<bool, QueueError> {
+        self.inner.fail(lease, retry, error).await
+    }
+    async fn release(&self, lease: Lease) -> Result<bool, QueueError> {
+        self.released.fetch_add(1, Ordering::SeqCst);
+        self.inner.release(lease).await
+    }
+    async fn stats(&self) -> Result<QueueStats, QueueError> {
+        self.inner.stats().await
+    }
+    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+        self.inner.dead_letters(limit).await
+    }
+    async fn retry_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+        self.inner.retry_dead_letter(key).await
+    }
+    async fn purge(&self, retention: Duration) -> Result<u64, QueueError> {
+        self.inner.purge(retention).await
+    }
+}
+
+// Several threads, so that runs end while the loop waits for the store, as in production.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_stops_claiming_while_every_call_still_fills_the_slots() {
+    const EVENTS: usize = 200;
+    let dir = scratch("busy-shutdown");
+    let sqlite = open(&dir);
+    for n in 0..EVENTS {
+        stored(&sqlite, &format!("evt_busy_{n}")).await;
+    }
+    let handled = Arc::new(AtomicUsize::new(0));
+    let store = Arc::new(Paced {
+        inner: Arc::clone(&sqlite),
+        handled: Arc::clone(&handled),
+        claimed: AtomicUsize::new(0),
+        released: AtomicUsize::new(0),
+    });
+    let (ran, mut runs) = mpsc::unbounded_channel();
+    let handler = Router::new().route(
+        "/webhooks",
+        post(move || {
+            handled.fetch_add(1, Ordering::SeqCst);
+            let _ = ran.send(());
+            async { StatusCode::OK }
+        }),
+    );
+    let (stop, running) = run(Workers::new(store, handler).concurrency(8));
+    // Shutdown once 40 events ran. Every run ends while the store commits, so each call
+    // finds slots free again and claims as many as it may: work never runs out.
+    for _ in 0..40 {
+        runs.recv().await.unwrap();
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    let mut ran = 40;
+    while runs.try_recv().is_ok() {
+        ran += 1;
+    }
+    // The call under way and the runs it feeds may finish; nothing is claimed after.
+    assert!(
+        ran <= 40 + 32,
+        "{ran} of {EVENTS} events ran though shutdown began after 40"
+    );
+    let after = stats(&*sqlite).await;
+    assert_eq!(after.in_flight, 0, "{after:?}");
+    assert_eq!(after.waiting as usize, EVENTS - ran, "{after:?}");
+}
