@@ -665,11 +665,11 @@ async fn completions_and_the_next_claim_are_one_statement_and_one_commit() {
     // Each row's `xmin` is the transaction that last wrote it: the seven completions and
     // the four claims are one commit.
     let sql = inspect(&url).await;
-    let mut written: Vec<&[u8]> = completed[..7]
+    let mut written: Vec<Vec<u8>> = completed[..7]
         .iter()
-        .map(|lease| &lease.key()[..])
+        .map(|lease| lease.key().to_vec())
         .collect();
-    written.extend(rest.iter().map(|claim| &claim.lease().key()[..]));
+    written.extend(rest.iter().map(|claim| claim.lease().key().to_vec()));
     let row = sql
         .query_one(
             "SELECT count(*), count(DISTINCT xmin::text) FROM openmail_events \
