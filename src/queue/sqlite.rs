@@ -192,7 +192,11 @@ fn lock_file(path: &Path) -> Result<std::fs::File, QueueError> {
         .map_err(|error| {
             QueueError::unavailable(format!("cannot open {}: {error}", path.display()))
         })?;
-    match file.try_lock() {
+    // The `sqlite` feature needs Rust 1.89 anyway (rusqlite 0.43, as Cargo.toml says), the
+    // release that made `File::try_lock` stable; the crate's 1.85 is for the other features.
+    #[allow(clippy::incompatible_msrv)]
+    let locked = file.try_lock();
+    match locked {
         Ok(()) => Ok(file),
         Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::Locked {
             what: path.display().to_string(),

@@ -488,7 +488,7 @@ impl Held {
     /// the run has stopped before any claim (this process's included) can take it again.
     fn give_up_at(&self) -> Instant {
         self.until
-            .checked_sub(self.length / 10)
+            .checked_sub(self.length.checked_div(10).unwrap_or_default())
             .unwrap_or(self.until)
     }
 
