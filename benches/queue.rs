@@ -24,7 +24,8 @@
 //!   1,000,000 with `DEPTH_1M=1`; or the list in `DEPTHS`, such as `DEPTHS=1000,1000000`)
 //!   waiting events by one bulk `INSERT … SELECT` in one
 //!   transaction, not over HTTP.
-//! - **Workers.** [`Workers`] with the receiver's concurrency (8) and a handler that
+//! - **Workers.** [`Workers`] with the receiver's concurrency (8, and the default prefetch
+//!   of as many events) and a handler that
 //!   answers `200` at once: drained alone for `DURATION`, then again while the load runs,
 //!   to see whether they keep up with the acknowledgements.
 //!

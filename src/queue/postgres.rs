@@ -95,6 +95,51 @@ WHERE e.key = picked.key AND picked.attempts < $3::int4
 RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
     e.secret_index, e.event_id_header, e.body";
 
+/// [`COMPLETE`] for each lease of the arrays `$4` (keys) and `$5` (tokens), then [`CLAIM`]
+/// (`$1` to `$3`), in one statement: one commit, one WAL flush. The claim passes over the
+/// keys being completed, since both parts see the same snapshot (where those events may
+/// look due, their lease expired) and one statement must not change a row twice. The rows:
+/// `true` and the key of each completion recorded, then `false` and each claimed event as
+/// [`CLAIM`] returns it.
+const COMPLETE_AND_CLAIM: &str = "\
+WITH done AS (
+    UPDATE openmail_events AS e
+    SET state = 1, leased = false, finished_at = now(), body = NULL, channel = NULL,
+        scope_inbox = NULL, timestamp = NULL, secret_index = NULL, event_id_header = NULL,
+        error = NULL
+    FROM unnest($4::bytea[], $5::int8[]) AS d(key, token)
+    WHERE e.key = d.key AND e.token = d.token AND e.state = 0 AND e.leased
+    RETURNING e.key
+), picked AS MATERIALIZED (
+    SELECT key, attempts FROM openmail_events
+    WHERE state = 0 AND due_at <= now() AND key <> ALL($4::bytea[])
+    ORDER BY due_at
+    LIMIT $1
+    FOR UPDATE SKIP LOCKED
+), exhausted AS (
+    UPDATE openmail_events AS e
+    SET state = 2, leased = false, finished_at = now(),
+        error = format('attempt %s of %s never finished: its process stopped or lost the lease',
+            picked.attempts, $3::int4)
+    FROM picked
+    WHERE e.key = picked.key AND picked.attempts >= $3::int4
+), claimed AS (
+    UPDATE openmail_events AS e
+    SET leased = true, token = e.token + 1, attempts = e.attempts + 1,
+        due_at = now() + $2::int8 * interval '1 millisecond'
+    FROM picked
+    WHERE e.key = picked.key AND picked.attempts < $3::int4
+    RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
+        e.secret_index, e.event_id_header, e.body
+)
+SELECT true, key, NULL::int8, NULL::int4, NULL::int2, NULL::text, NULL::int8, NULL::int8,
+    NULL::text, NULL::bytea
+FROM done
+UNION ALL
+SELECT false, key, token, attempts, channel, scope_inbox, timestamp, secret_index,
+    event_id_header, body
+FROM claimed";
+
 const RENEW: &str = "\
 UPDATE openmail_events SET due_at = now() + $3::int8 * interval '1 millisecond'
 WHERE key = $1 AND token = $2 AND state = 0 AND leased";
@@ -335,23 +380,45 @@ impl Backend for PostgresStore {
         let rows = self
             .query(|s| &s.claim, &[&limit, &lease, &max_attempts])
             .await?;
-        let mut claimed = Vec::with_capacity(rows.len());
-        for row in rows {
-            let key: Vec<u8> = row.try_get(0).map_err(QueueError::unavailable)?;
-            let token: i64 = row.try_get(1).map_err(QueueError::unavailable)?;
-            let attempts: i32 = row.try_get(2).map_err(QueueError::unavailable)?;
-            let columns = columns_of(&row, 3)?;
-            // The key column only ever holds keys of 32 bytes, which the insert wrote.
-            let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
-                continue;
-            };
-            claimed.push(Claimed::new(
-                Lease { key, token },
-                u32::try_from(attempts).unwrap_or(0),
-                columns.into_delivery(),
-            ));
+        rows.iter()
+            .filter_map(|row| claimed_of(row, 0).transpose())
+            .collect()
+    }
+
+    async fn complete_and_claim(
+        &self,
+        completed: Vec<Lease>,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<(Vec<bool>, Vec<Claimed>), QueueError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let lease = milliseconds(lease);
+        let max_attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
+        let keys: Vec<&[u8]> = completed.iter().map(|held| &held.key[..]).collect();
+        let tokens: Vec<i64> = completed.iter().map(|held| held.token).collect();
+        let rows = self
+            .query(
+                |s| &s.complete_and_claim,
+                &[&limit, &lease, &max_attempts, &keys, &tokens],
+            )
+            .await?;
+        let mut recorded_keys = HashSet::new();
+        let mut claimed = Vec::new();
+        for row in &rows {
+            let completion: bool = row.try_get(0).map_err(QueueError::unavailable)?;
+            if completion {
+                let key: &[u8] = row.try_get(1).map_err(QueueError::unavailable)?;
+                recorded_keys.insert(key.to_vec());
+            } else if let Some(event) = claimed_of(row, 1)? {
+                claimed.push(event);
+            }
         }
-        Ok(claimed)
+        let recorded = completed
+            .iter()
+            .map(|held| recorded_keys.contains(&held.key[..]))
+            .collect();
+        Ok((recorded, claimed))
     }
 
     async fn renew(&self, lease: Lease, lease_for: Duration) -> Result<bool, QueueError> {
@@ -454,6 +521,24 @@ impl Backend for PostgresStore {
             })
             .await
     }
+}
+
+/// A claimed event from the columns `first` on: key, token, attempts, then the delivery's.
+/// `None` for a key that is not 32 bytes, which the insert never writes.
+fn claimed_of(row: &Row, first: usize) -> Result<Option<Claimed>, QueueError> {
+    let column = |offset: usize| first.saturating_add(offset);
+    let key: Vec<u8> = row.try_get(column(0)).map_err(QueueError::unavailable)?;
+    let token: i64 = row.try_get(column(1)).map_err(QueueError::unavailable)?;
+    let attempts: i32 = row.try_get(column(2)).map_err(QueueError::unavailable)?;
+    let columns = columns_of(row, column(3))?;
+    let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
+        return Ok(None);
+    };
+    Ok(Some(Claimed::new(
+        Lease { key, token },
+        u32::try_from(attempts).unwrap_or(0),
+        columns.into_delivery(),
+    )))
 }
 
 /// The delivery's columns, from `first` on, in the order of the schema.
@@ -705,6 +790,7 @@ struct Statements {
     existing: Statement,
     depth: Statement,
     claim: Statement,
+    complete_and_claim: Statement,
     renew: Statement,
     complete: Statement,
     retry: Statement,
@@ -723,6 +809,7 @@ impl Statements {
             existing: client.prepare(EXISTING).await?,
             depth: client.prepare(DEPTH).await?,
             claim: client.prepare(CLAIM).await?,
+            complete_and_claim: client.prepare(COMPLETE_AND_CLAIM).await?,
             renew: client.prepare(RENEW).await?,
             complete: client.prepare(COMPLETE).await?,
             retry: client.prepare(RETRY).await?,

@@ -26,6 +26,16 @@ const GROUP_LIMIT: usize = 512;
 /// file and truncates it: the log's older frames hold the body until then.
 const ERASE_WITHIN: Duration = Duration::from_secs(1);
 
+/// How often, at most, the checkpointer copies the write-ahead log into the file while
+/// commits arrive: often enough that the writer's truncation finds little left to copy.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+
+/// How long the write-ahead log may grow (in frames, a page each: 64 MiB of 4 KiB pages)
+/// before the writer truncates it even without a completed body in it: the checkpointer
+/// copies the log without stopping the writer, but the log only starts over when a copy
+/// catches up between two commits, which a steady load may never allow.
+const LOG_LIMIT_FRAMES: i64 = 16_384;
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS openmail_events (
     id              INTEGER PRIMARY KEY,
@@ -52,12 +62,14 @@ CREATE INDEX IF NOT EXISTS openmail_events_finished ON openmail_events (finished
 
 /// The embedded [`EventStore`](super::EventStore): one SQLite file, no server, for one machine.
 ///
-/// - **Created with mode `0600`** when missing (SQLite gives its WAL file the same mode):
-///   the bodies are users' email.
-/// - **One process at a time.** The file is opened with `locking_mode=EXCLUSIVE` and
-///   written at once, so the lock is held until the store is dropped; a second process
-///   gets [`QueueError::Locked`] from [`open`](Self::open). Since no other process can
-///   hold a lease, opening hands every lease of the previous process back at once: after
+/// - **Created with mode `0600`** when missing (SQLite gives its WAL and shared-memory
+///   files the same mode): the bodies are users' email.
+/// - **One process at a time.** Opening takes an advisory lock on the file (`flock` on
+///   Unix, `LockFileEx` on Windows), held until the store is dropped; a second store, in
+///   this process or another, gets [`QueueError::Locked`] from [`open`](Self::open).
+///   (Other programs that ignore the lock, such as the `sqlite3` shell, may read the file;
+///   do not write to it.) Since no other store can hold a lease, opening hands every
+///   lease of the previous process back at once: after
 ///   a crash, its events run again as soon as the store reopens, with the attempt that
 ///   crashed counted.
 /// - **Write-ahead log**, and `synchronous` as the [`Durability`] says: `NORMAL` (the
@@ -69,6 +81,12 @@ CREATE INDEX IF NOT EXISTS openmail_events_finished ON openmail_events (finished
 /// - **Group commit.** One thread owns the connection. Commands that arrive while it
 ///   commits wait for the next transaction and share it, so concurrent acknowledgements
 ///   cost one commit together, not one each.
+/// - **Checkpoints beside the writer.** A second thread copies the write-ahead log into
+///   the file every 100 ms while commits arrive, on a connection of its own, without
+///   stopping the writer (`PASSIVE`); SQLite's automatic checkpoint, which runs inside a
+///   commit and holds every command queued behind it, is off. The writer itself only
+///   truncates the log: about a second after a completion (see above), or when the log
+///   passed 16,384 pages because the copies never caught up with a steady load.
 /// - **Versioned schema** in `user_version`; the tables are created on first open. The SQL
 ///   is in the module's source, table `openmail_events`.
 ///
@@ -82,6 +100,11 @@ pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     path: PathBuf,
 }
+
+// Two connections share the file (the writer's, and the checkpointer's, which copies the
+// log into the file without stopping the writer), so SQLite's own `locking_mode=EXCLUSIVE`
+// cannot keep other processes out; an advisory lock on the file, held by the checkpointer
+// thread until both connections are closed, does.
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -101,15 +124,31 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, QueueError> {
         let path = path.as_ref().to_path_buf();
         create_private(&path)?;
+        let lock = lock_file(&path)?;
         let connection = Connection::open(&path).map_err(|error| opening(&path, error))?;
         prepare(&connection, durability, &path)?;
         let depth = Writer::count_depth(&connection).map_err(|error| opening(&path, error))?;
+        let checkpoints = Connection::open(&path).map_err(|error| opening(&path, error))?;
+        tune(&checkpoints, durability).map_err(|error| opening(&path, error))?;
         let (commands, receiver) = mpsc::channel();
+        let (wrote, written) = mpsc::channel();
+        let (too_long, long_log) = mpsc::channel();
         let writer = Writer {
             connection,
             depth,
             erased: None,
+            wrote,
+            long_log,
         };
+        let checkpointer = Checkpointer {
+            connection: checkpoints,
+            too_long,
+            _lock: lock,
+        };
+        std::thread::Builder::new()
+            .name("openmail-sqlite-checkpoint".to_owned())
+            .spawn(move || checkpointer.run(&written))
+            .map_err(QueueError::unavailable)?;
         std::thread::Builder::new()
             .name("openmail-sqlite".to_owned())
             .spawn(move || writer.run(&receiver))
@@ -143,11 +182,41 @@ fn create_private(path: &Path) -> Result<(), QueueError> {
     }
 }
 
-/// Locks the file, sets the journal and durability, creates or checks the schema, and
-/// takes back the leases of the previous process.
+/// Takes the advisory lock that keeps other processes' stores out of the file, for as long
+/// as the returned file is open.
+fn lock_file(path: &Path) -> Result<std::fs::File, QueueError> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|error| {
+            QueueError::unavailable(format!("cannot open {}: {error}", path.display()))
+        })?;
+    // The `sqlite` feature needs Rust 1.89 anyway (rusqlite 0.43, as Cargo.toml says), the
+    // release that made `File::try_lock` stable; the crate's 1.85 is for the other features.
+    #[allow(clippy::incompatible_msrv)]
+    let locked = file.try_lock();
+    match locked {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::Locked {
+            what: path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(error)) => Err(QueueError::unavailable(format!(
+            "cannot lock {}: {error}",
+            path.display()
+        ))),
+    }
+}
+
+/// Sets the journal and durability, creates or checks the schema, and takes back the
+/// leases of the previous process.
 fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Result<(), QueueError> {
     let locked = |error| opening(path, error);
-    lock_and_tune(connection, durability).map_err(locked)?;
+    tune(connection, durability).map_err(locked)?;
+    // The checkpointer copies the log into the file; the writer only truncates it.
+    connection
+        .pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(locked)?;
     connection
         .execute_batch("BEGIN IMMEDIATE")
         .map_err(locked)?;
@@ -188,13 +257,11 @@ fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Resu
     }
 }
 
-/// Takes the lock and sets the journal and the durability.
-fn lock_and_tune(connection: &Connection, durability: Durability) -> rusqlite::Result<()> {
-    // A lock held elsewhere is an answer, not something to wait for.
+/// Sets the journal and the durability.
+fn tune(connection: &Connection, durability: Durability) -> rusqlite::Result<()> {
+    // The only other connection is the checkpointer's, which never takes the write lock:
+    // a lock held is an answer (retry the checkpoint later), not something to wait for.
     connection.busy_timeout(Duration::ZERO)?;
-    // Exclusive before WAL: the WAL index then lives in this process's memory, not in a
-    // shared-memory file, and the write below takes the lock for the connection's life.
-    connection.pragma_update(None, "locking_mode", "EXCLUSIVE")?;
     connection.pragma_update(None, "journal_mode", "WAL")?;
     // A completed event's body is deleted from its row; without this, its bytes would stay
     // in the freed pages (an overflow page is freed whole) for anyone who reads the file.
@@ -243,6 +310,13 @@ enum Command {
         max_attempts: u32,
         reply: Reply<Vec<Claimed>>,
     },
+    CompleteAndClaim {
+        completed: Vec<Lease>,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+        reply: Reply<(Vec<bool>, Vec<Claimed>)>,
+    },
     Renew {
         lease: Lease,
         lease_for: Duration,
@@ -286,6 +360,7 @@ impl Command {
         match self {
             Self::Insert { reply, .. } => drop(reply.send(Err(error()))),
             Self::Claim { reply, .. } => drop(reply.send(Err(error()))),
+            Self::CompleteAndClaim { reply, .. } => drop(reply.send(Err(error()))),
             Self::Renew { reply, .. }
             | Self::Complete { reply, .. }
             | Self::Fail { reply, .. }
@@ -325,10 +400,21 @@ struct Writer {
     /// When a body was first deleted since the last checkpoint: its bytes are still in the
     /// write-ahead log, in the frame that stored it.
     erased: Option<std::time::Instant>,
+    /// Tells the checkpointer that a group committed.
+    wrote: mpsc::Sender<()>,
+    /// The checkpointer found the log past [`LOG_LIMIT_FRAMES`].
+    long_log: mpsc::Receiver<()>,
 }
 
 impl Writer {
     fn run(mut self, commands: &mpsc::Receiver<Command>) {
+        self.serve(commands);
+        // The last truncation may have to wait for a copy under way.
+        let _ = self.connection.busy_timeout(Duration::from_secs(2));
+        self.checkpoint_erased(Duration::ZERO);
+    }
+
+    fn serve(&mut self, commands: &mpsc::Receiver<Command>) {
         loop {
             let first = match commands.recv_timeout(ERASE_WITHIN) {
                 Ok(command) => command,
@@ -336,10 +422,7 @@ impl Writer {
                     self.checkpoint_erased(Duration::ZERO);
                     continue;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    self.checkpoint_erased(Duration::ZERO);
-                    return;
-                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => return,
             };
             let mut group = vec![first];
             while group.len() < GROUP_LIMIT {
@@ -349,13 +432,21 @@ impl Writer {
                 }
             }
             self.commit_group(group);
-            self.checkpoint_erased(ERASE_WITHIN);
+            let _ = self.wrote.send(());
+            if self.long_log.try_iter().count() > 0 {
+                self.erased.get_or_insert_with(std::time::Instant::now);
+                self.checkpoint_erased(Duration::ZERO);
+            } else {
+                self.checkpoint_erased(ERASE_WITHIN);
+            }
         }
     }
 
     /// When a body was deleted at least `after` ago: copies the log into the file (where
     /// `secure_delete` zeroed the body) and truncates the log, so that the deleted bodies
-    /// are in neither. At most one checkpoint per [`ERASE_WITHIN`] under load.
+    /// are in neither. At most one per [`ERASE_WITHIN`] under load, and short: the
+    /// checkpointer has copied most of the log already. Busy (the checkpointer is copying):
+    /// tried again after the next group.
     fn checkpoint_erased(&mut self, after: Duration) {
         if self.erased.is_none_or(|erased| erased.elapsed() < after) {
             return;
@@ -365,7 +456,7 @@ impl Writer {
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
                     row.get::<_, i64>(0)
                 });
-        // `0`: not blocked (this connection is the file's only one), so the log is empty.
+        // `0`: not blocked, so the log is empty.
         if let Ok(0) = checkpointed {
             self.erased = None;
         }
@@ -447,23 +538,17 @@ impl Writer {
                 pending(reply, result)
             }
             Command::Complete { lease, reply } => {
-                let result = self
-                    .connection
-                    .prepare_cached(
-                        "UPDATE openmail_events
-                         SET state = 1, leased = 0, finished_ms = ?3, body = NULL,
-                             channel = NULL, scope_inbox = NULL, timestamp = NULL,
-                             secret_index = NULL, event_id_header = NULL, error = NULL
-                         WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
-                    )
-                    .and_then(|mut statement| {
-                        statement.execute(params![&lease.key[..], lease.token, now_ms()])
-                    })
-                    .map(|changed| changed == 1);
-                if let Ok(true) = result {
-                    self.depth = self.depth.saturating_sub(1);
-                    self.erased.get_or_insert_with(std::time::Instant::now);
-                }
+                let result = self.complete(lease);
+                pending(reply, result)
+            }
+            Command::CompleteAndClaim {
+                completed,
+                limit,
+                lease,
+                max_attempts,
+                reply,
+            } => {
+                let result = self.complete_and_claim(completed, limit, lease, max_attempts);
                 pending(reply, result)
             }
             Command::Fail {
@@ -603,6 +688,64 @@ impl Writer {
         }
     }
 
+    fn complete(&mut self, lease: Lease) -> rusqlite::Result<bool> {
+        let changed = self
+            .connection
+            .prepare_cached(
+                "UPDATE openmail_events
+                 SET state = 1, leased = 0, finished_ms = ?3, body = NULL,
+                     channel = NULL, scope_inbox = NULL, timestamp = NULL,
+                     secret_index = NULL, event_id_header = NULL, error = NULL
+                 WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
+            )?
+            .execute(params![&lease.key[..], lease.token, now_ms()])?;
+        if changed == 1 {
+            self.depth = self.depth.saturating_sub(1);
+            self.erased.get_or_insert_with(std::time::Instant::now);
+        }
+        Ok(changed == 1)
+    }
+
+    /// All or nothing, inside the group's transaction (a savepoint). Completed first: a
+    /// completed event is no longer due, so the claim cannot take it again.
+    fn complete_and_claim(
+        &mut self,
+        completed: Vec<Lease>,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> rusqlite::Result<(Vec<bool>, Vec<Claimed>)> {
+        let (depth, erased) = (self.depth, self.erased);
+        self.connection
+            .execute_batch("SAVEPOINT complete_and_claim")?;
+        let result = completed
+            .into_iter()
+            .map(|held| self.complete(held))
+            .collect::<rusqlite::Result<Vec<bool>>>()
+            .and_then(|recorded| {
+                let claimed = if limit == 0 {
+                    Vec::new()
+                } else {
+                    self.claim(limit, lease, max_attempts)?
+                };
+                Ok((recorded, claimed))
+            });
+        match result {
+            Ok(settled) => {
+                self.connection
+                    .execute_batch("RELEASE complete_and_claim")?;
+                Ok(settled)
+            }
+            Err(error) => {
+                let _ = self
+                    .connection
+                    .execute_batch("ROLLBACK TO complete_and_claim; RELEASE complete_and_claim");
+                (self.depth, self.erased) = (depth, erased);
+                Err(error)
+            }
+        }
+    }
+
     fn claim(
         &mut self,
         limit: usize,
@@ -731,6 +874,48 @@ impl Writer {
     }
 }
 
+/// The thread that copies the write-ahead log into the file with `PASSIVE` checkpoints on a
+/// connection of its own, which never take the write lock: the writer's commits go on
+/// meanwhile, where an automatic checkpoint would stop them (copying and `fsync`ing a
+/// thousand pages inside a commit, every thousand pages). It holds the file's lock.
+struct Checkpointer {
+    connection: Connection,
+    too_long: mpsc::Sender<()>,
+    _lock: std::fs::File,
+}
+
+impl Checkpointer {
+    fn run(self, wrote: &mpsc::Receiver<()>) {
+        loop {
+            match wrote.recv() {
+                Ok(()) => {}
+                // The writer is gone, its connection closed: so is this one, then the lock.
+                Err(_) => return,
+            }
+            // Let commits gather, then copy them all; a writer that went meanwhile is not
+            // kept waiting for the lock.
+            let now = std::time::Instant::now();
+            let until = now.checked_add(CHECKPOINT_EVERY).unwrap_or(now);
+            loop {
+                let left = until.saturating_duration_since(std::time::Instant::now());
+                match wrote.recv_timeout(left) {
+                    Ok(()) => {}
+                    Err(mpsc::RecvTimeoutError::Timeout) => break,
+                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            let log = self
+                .connection
+                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                    row.get::<_, i64>(1)
+                });
+            if log.is_ok_and(|frames| frames > LOG_LIMIT_FRAMES) {
+                let _ = self.too_long.send(());
+            }
+        }
+    }
+}
+
 /// The delivery's columns, which every query that rebuilds one selects as its columns
 /// 3 to 8, in the order of the schema.
 fn columns_of(row: &rusqlite::Row<'_>) -> rusqlite::Result<Columns> {
@@ -768,6 +953,23 @@ impl Backend for SqliteStore {
         max_attempts: u32,
     ) -> Result<Vec<Claimed>, QueueError> {
         self.ask(|reply| Command::Claim {
+            limit,
+            lease,
+            max_attempts,
+            reply,
+        })
+        .await
+    }
+
+    async fn complete_and_claim(
+        &self,
+        completed: Vec<Lease>,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<(Vec<bool>, Vec<Claimed>), QueueError> {
+        self.ask(|reply| Command::CompleteAndClaim {
+            completed,
             limit,
             lease,
             max_attempts,

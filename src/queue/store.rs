@@ -95,6 +95,41 @@ pub trait Backend: Send + Sync + 'static {
         max_attempts: u32,
     ) -> impl Future<Output = Result<Vec<Claimed>, QueueError>> + Send;
 
+    /// [`complete`](Self::complete)s each of `completed`, then [`claim`](Self::claim)s up to
+    /// `limit` due events (`0`: none), in **one transaction**: one commit, so one WAL flush,
+    /// for the whole group. It is what [`Workers`](super::Workers) call, with the
+    /// completions that gathered while their previous call committed and a claim for every
+    /// free slot, so that a store whose commit waits for a flush still drains many events
+    /// per flush.
+    ///
+    /// Returns, for each of `completed` in order, whether the lease was still this holder's
+    /// (what [`complete`](Self::complete) returns), and the claimed events. None of
+    /// `completed` is claimed again by the same call. On `Err` nothing happened.
+    ///
+    /// The default calls [`complete`](Self::complete) for each and then
+    /// [`claim`](Self::claim): one transaction each, and on `Err` some completions may have
+    /// happened (their retry then returns `false`). The crate's stores override it.
+    fn complete_and_claim(
+        &self,
+        completed: Vec<Lease>,
+        limit: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> impl Future<Output = Result<(Vec<bool>, Vec<Claimed>), QueueError>> + Send {
+        async move {
+            let mut recorded = Vec::with_capacity(completed.len());
+            for held in completed {
+                recorded.push(self.complete(held).await?);
+            }
+            let claimed = if limit == 0 {
+                Vec::new()
+            } else {
+                self.claim(limit, lease, max_attempts).await?
+            };
+            Ok((recorded, claimed))
+        }
+    }
+
     /// Extends `lease` to `lease_for` from now. `Ok(false)`: the lease is no longer this
     /// holder's (it expired and the event was claimed again, or it completed).
     fn renew(

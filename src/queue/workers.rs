@@ -1,15 +1,16 @@
 //! [`Workers`]: run stored events through the user's service.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::{Future, poll_fn};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, Uri};
 use tokio::sync::{Semaphore, watch};
-use tokio::task::JoinSet;
+use tokio::task::{Id, JoinSet};
+use tokio::time::Instant;
 use tower::{BoxError, Service};
 
 use super::store::{Claimed, DeadLetter, EventStore, Lease, QueueError};
@@ -73,9 +74,16 @@ type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 ///
 /// - **Bounded:** at most [`concurrency`](Self::concurrency) handler runs at once (8), each
 ///   limited to [`attempt_timeout`](Self::attempt_timeout) (10 min).
+/// - **Grouped:** completions that finish while the store commits are recorded together,
+///   with a claim for every free slot, in one transaction
+///   ([`EventStore::complete_and_claim`]): one commit, so one flush, for many events. Up to
+///   [`prefetch`](Self::prefetch) events (as many as the concurrency) are claimed ahead of
+///   free slots, so that handlers keep running while the store commits.
 /// - **Leased:** a claim leases the event for [`lease`](Self::lease) (30 s), renewed every
-///   third of it while the handler runs. An event whose worker died is claimed again once
-///   its lease expires (SQLite: at once when the store reopens).
+///   third of it while the event waits for a slot and while its handler runs. An event
+///   whose worker died is claimed again once its lease expires (SQLite: at once when the
+///   store reopens). A run whose lease could not be renewed is cancelled before the lease
+///   ends, so that no claim, here or elsewhere, runs the event while it still runs here.
 /// - **Retried:** a `2xx` completes the event; any other status, an error, a panic or the
 ///   time limit is a failed attempt, retried after a backoff doubling from
 ///   [`backoff`](Self::backoff) (10 s) up to 10 min, until
@@ -83,8 +91,9 @@ type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 ///   reported to [`on_dead_letter`](Self::on_dead_letter) and `tracing`, and kept with its
 ///   body for [`EventStore::dead_letters`] and [`EventStore::retry_dead_letter`].
 /// - **Graceful:** when the `shutdown` future given to [`run`](Self::run) completes, no
-///   new event is claimed, running handlers get [`shutdown_grace`](Self::shutdown_grace)
-///   (10 s) to finish, and the leases of the rest are released, their attempts uncounted.
+///   new event is claimed or started, the prefetched events are released, running handlers
+///   get [`shutdown_grace`](Self::shutdown_grace) (10 s) to finish, the leases of the rest
+///   are released (their attempts uncounted), and the completions are recorded.
 /// - **Housekeeping:** completed keys older than [`retention`](Self::retention) (7 days)
 ///   are purged at start and hourly.
 ///
@@ -119,6 +128,8 @@ pub struct Workers<S, H> {
 struct Settings {
     path: Uri,
     concurrency: usize,
+    /// `None`: as many as `concurrency`.
+    prefetch: Option<usize>,
     attempt_timeout: Duration,
     lease: Duration,
     max_attempts: u32,
@@ -153,6 +164,7 @@ where
             settings: Settings {
                 path: Uri::from_static("/webhooks"),
                 concurrency: 8,
+                prefetch: None,
                 attempt_timeout: Duration::from_secs(600),
                 lease: Duration::from_secs(30),
                 max_attempts: 8,
@@ -175,6 +187,16 @@ where
     /// How many handler runs at once, at least 1; 8 by default.
     pub fn concurrency(mut self, runs: usize) -> Self {
         self.settings.concurrency = runs.max(1);
+        self
+    }
+
+    /// How many events are claimed ahead of free slots, to wait here (their leases renewed)
+    /// until a handler run ends; as many as the [`concurrency`](Self::concurrency) by
+    /// default, `0` for none. With instant handlers they keep every slot busy while the
+    /// store commits the next group; with slow handlers they wait here instead of on
+    /// another replica, and a crash of this process counts an attempt for each of them.
+    pub fn prefetch(mut self, events: usize) -> Self {
+        self.settings.prefetch = Some(events);
         self
     }
 
@@ -229,7 +251,7 @@ where
     }
 
     /// Runs until `shutdown` completes, then shuts down gracefully (see above) and
-    /// returns. Spawns one tokio task per handler run.
+    /// returns. Spawns one tokio task per claimed event.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             store,
@@ -238,54 +260,71 @@ where
             on_dead_letter,
         } = self;
         let settings = Arc::new(settings);
+        let capacity = settings
+            .concurrency
+            .saturating_add(settings.prefetch.unwrap_or(settings.concurrency));
         let permits = Arc::new(Semaphore::new(settings.concurrency));
+        let (stop, stopping) = watch::channel(false);
         let (cancel, cancelled) = watch::channel(false);
         let mut running = JoinSet::new();
         let mut purge = tokio::time::interval(Duration::from_secs(3600));
-        let unrecorded = Unrecorded::default();
+        let mut events = Events::default();
         tokio::pin!(shutdown);
         loop {
-            // Reap finished runs so the set does not grow.
-            while running.try_join_next().is_some() {}
-            let free = permits.available_permits();
-            let claimed = if free == 0 {
-                Vec::new()
-            } else {
+            while let Some(finished) = running.try_join_next_with_id() {
+                events.finished(finished);
+            }
+            let free = capacity.saturating_sub(events.held.len());
+            // Nothing to claim or record: wait for a run to end.
+            let mut idle = true;
+            if free > 0 || !events.completed.is_empty() {
+                let claimed_at = Instant::now();
                 match store
-                    .claim(free, settings.lease, settings.max_attempts)
+                    .complete_and_claim(
+                        events.completed.clone(),
+                        free,
+                        settings.lease,
+                        settings.max_attempts,
+                    )
                     .await
                 {
-                    Ok(claimed) => claimed,
-                    Err(error) => {
-                        report_store_error("claim", &error);
-                        Vec::new()
+                    Ok((recorded, claimed)) => {
+                        events.recorded(&recorded);
+                        idle = claimed.len() < free;
+                        for claimed in claimed {
+                            let key = *claimed.lease().key();
+                            if events.unrecorded.contains(&key) {
+                                // Handled here already; only the completion is missing.
+                                events.completed.push(claimed.lease());
+                                continue;
+                            }
+                            if events.is_held(&key) {
+                                // Its lease expired while its run here was still ending: hand
+                                // it back rather than run it twice at once.
+                                if let Err(error) = store.release(claimed.lease()).await {
+                                    report_store_error("release", &error);
+                                }
+                                continue;
+                            }
+                            let run = Run {
+                                store: Arc::clone(&store),
+                                settings: Arc::clone(&settings),
+                                on_dead_letter: on_dead_letter.clone(),
+                                permits: Arc::clone(&permits),
+                                stopping: stopping.clone(),
+                                cancelled: cancelled.clone(),
+                            };
+                            let service = service.clone();
+                            let task = running.spawn(run.attempt(service, claimed, claimed_at));
+                            events.held.insert(task.id(), key);
+                        }
                     }
+                    Err(error) => report_store_error("claim", &error),
                 }
-            };
-            // Every slot taken, or nothing more due: wait for a run to end or the poll.
-            let idle = free == 0 || claimed.len() < free;
-            for claimed in claimed {
-                let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-                    // Cannot happen: at most `free` were claimed. Hand it back if it does.
-                    let _ = store.release(claimed.lease()).await;
-                    continue;
-                };
-                let service = service.clone();
-                let run = Run {
-                    store: Arc::clone(&store),
-                    settings: Arc::clone(&settings),
-                    on_dead_letter: on_dead_letter.clone(),
-                    cancelled: cancelled.clone(),
-                    unrecorded: unrecorded.clone(),
-                };
-                running.spawn(async move {
-                    run.attempt(service, claimed).await;
-                    drop(permit);
-                });
             }
-            if !idle {
-                continue;
-            }
+            let polling = free > 0 || !events.completed.is_empty();
+            // Shutdown first, also while every call fills the slots (then the loop goes on
+            // at once): runs end while the store commits, so there may always be more.
             tokio::select! {
                 biased;
                 () = &mut shutdown => break,
@@ -298,19 +337,101 @@ where
                         Err(error) => report_store_error("purge", &error),
                     }
                 }
-                Some(_) = running.join_next(), if !running.is_empty() => {}
-                () = tokio::time::sleep(settings.poll_interval) => {}
+                () = std::future::ready(()), if !idle => {}
+                Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
+                    events.finished(finished);
+                }
+                () = tokio::time::sleep(settings.poll_interval), if polling => {}
             }
         }
-        // Stop claiming; give running handlers the grace, then cancel and release.
+        // Start nothing more: the prefetched events are released at once. Give running
+        // handlers the grace, then cancel and release them.
+        let _ = stop.send(true);
         let drained = tokio::time::timeout(settings.shutdown_grace, async {
-            while running.join_next().await.is_some() {}
+            while let Some(finished) = running.join_next_with_id().await {
+                events.finished(finished);
+            }
         })
         .await;
         if drained.is_err() {
             let _ = cancel.send(true);
-            while running.join_next().await.is_some() {}
+            while let Some(finished) = running.join_next_with_id().await {
+                events.finished(finished);
+            }
         }
+        // Record the last completions, retrying a failing store a few times.
+        let mut wait = Duration::from_millis(100);
+        for _ in 0..5 {
+            if events.completed.is_empty() {
+                break;
+            }
+            match store
+                .complete_and_claim(
+                    events.completed.clone(),
+                    0,
+                    settings.lease,
+                    settings.max_attempts,
+                )
+                .await
+            {
+                Ok((recorded, _)) => events.recorded(&recorded),
+                Err(error) => {
+                    report_store_error("complete", &error);
+                    tokio::time::sleep(wait).await;
+                    wait = wait.saturating_mul(2);
+                }
+            }
+        }
+    }
+}
+
+/// The loop's account of the events it claimed.
+#[derive(Default)]
+struct Events {
+    /// The key of each claimed event whose task has not ended, waiting for a slot or
+    /// running: what counts against the capacity, and what a new claim must not run again.
+    held: HashMap<Id, [u8; 32]>,
+    /// Handled here with a `2xx`, their completion not recorded yet: recorded with the next
+    /// claim, and retried with each one after until the store answers.
+    completed: Vec<Lease>,
+    /// The keys of events handled here whose completion the store has not recorded (it was
+    /// unreachable, as during a PostgreSQL restart, or the lease expired meanwhile). When
+    /// such an event is claimed here again, its completion is recorded without running the
+    /// handler a second time: without a crash of this process, an event is handled once.
+    /// A key leaves once its completion is recorded; one whose lease another process took
+    /// stays (32 bytes each, only ever after a store failure).
+    unrecorded: HashSet<[u8; 32]>,
+}
+
+impl Events {
+    /// A task ended; `Some` lease: its handler answered `2xx`.
+    fn finished(&mut self, finished: Result<(Id, Option<Lease>), tokio::task::JoinError>) {
+        let id = match finished {
+            Ok((id, handled)) => {
+                if let Some(lease) = handled {
+                    self.unrecorded.insert(lease.key);
+                    self.completed.push(lease);
+                }
+                id
+            }
+            // A run's own code does not panic (the handler runs in a task of its own); if it
+            // ever did, its event's lease expires and it runs again.
+            Err(error) => error.id(),
+        };
+        self.held.remove(&id);
+    }
+
+    /// What the store said of `completed`, in order: recorded ones leave `unrecorded`.
+    fn recorded(&mut self, recorded: &[bool]) {
+        for (lease, recorded) in self.completed.drain(..).zip(recorded) {
+            if *recorded {
+                self.unrecorded.remove(&lease.key);
+            }
+        }
+    }
+
+    fn is_held(&self, key: &[u8; 32]) -> bool {
+        self.held.values().any(|held| held == key)
     }
 }
 
@@ -324,54 +445,88 @@ fn report_store_error(_what: &str, _error: &QueueError) {
     );
 }
 
-/// The keys of events whose handler finished here with a `2xx` while the store could not
-/// record the completion (it was unreachable, as during a PostgreSQL restart). When such
-/// an event's lease expires and these workers claim it again, they record the completion
-/// without running the handler a second time: without a crash of this process, an event
-/// is handled once. A key leaves the set once its completion is recorded here; one that
-/// another process claimed meanwhile stays (32 bytes each, only ever after a store
-/// failure).
-#[derive(Clone, Default)]
-struct Unrecorded(Arc<Mutex<HashSet<[u8; 32]>>>);
-
-impl Unrecorded {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashSet<[u8; 32]>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn contains(&self, key: &[u8; 32]) -> bool {
-        self.lock().contains(key)
-    }
-
-    fn insert(&self, key: [u8; 32]) {
-        self.lock().insert(key);
-    }
-
-    fn remove(&self, key: &[u8; 32]) {
-        self.lock().remove(key);
-    }
-}
-
 /// What one handler run needs.
 struct Run<S> {
     store: Arc<S>,
     settings: Arc<Settings>,
     on_dead_letter: Option<DeadLetterHook>,
+    permits: Arc<Semaphore>,
+    /// Shutdown began: an event still waiting for a slot is released, not started.
+    stopping: watch::Receiver<bool>,
+    /// The grace is over: a running handler is cancelled and its event released.
     cancelled: watch::Receiver<bool>,
-    unrecorded: Unrecorded,
 }
 
 /// How one attempt ended.
 enum Ending {
     Handled,
     Failed(String),
-    /// The lease was taken over, or shutdown cancelled the attempt: the store decides.
+    /// The lease was taken over, or could not be renewed before it ended: the store
+    /// decides.
     LeaseLost,
     Cancelled,
 }
 
+/// A lease held by a run, renewed every third of it. `until` is where it ends at the
+/// latest on this clock: the store counts it from when it ran the claim or the renewal,
+/// and this from just before asking.
+struct Held {
+    lease: Lease,
+    length: Duration,
+    renew: tokio::time::Interval,
+    until: Instant,
+}
+
+impl Held {
+    fn new(lease: Lease, length: Duration, claimed_at: Instant) -> Self {
+        // The lease is at least 1 s, so a third of it is never zero (which `interval`
+        // refuses).
+        let every = length.checked_div(3).unwrap_or(Duration::from_secs(1));
+        let first = claimed_at.checked_add(every).unwrap_or(claimed_at);
+        Self {
+            lease,
+            length,
+            renew: tokio::time::interval_at(first, every),
+            until: claimed_at.checked_add(length).unwrap_or(claimed_at),
+        }
+    }
+
+    /// When to give the event up unrenewed: a tenth of the lease before it ends, so that
+    /// the run has stopped before any claim (this process's included) can take it again.
+    fn give_up_at(&self) -> Instant {
+        self.until
+            .checked_sub(self.length.checked_div(10).unwrap_or_default())
+            .unwrap_or(self.until)
+    }
+
+    /// Renews; `false` once the lease is no longer this holder's. A failing store leaves
+    /// the lease as it was: the next renewal may succeed.
+    async fn renew<S: EventStore>(&mut self, store: &S) -> bool {
+        let asked_at = Instant::now();
+        match store.renew(self.lease, self.length).await {
+            Ok(true) => {
+                self.until = asked_at.checked_add(self.length).unwrap_or(asked_at);
+                true
+            }
+            Ok(false) => false,
+            Err(error) => {
+                report_store_error("renew", &error);
+                true
+            }
+        }
+    }
+}
+
 impl<S: EventStore> Run<S> {
-    async fn attempt<H, B>(mut self, mut service: H, claimed: Claimed)
+    /// Waits for a slot, runs the handler, and records a failure or a release itself.
+    /// Returns the lease when the handler answered `2xx`: the loop records the completion
+    /// with the next claim.
+    async fn attempt<H, B>(
+        self,
+        mut service: H,
+        claimed: Claimed,
+        claimed_at: Instant,
+    ) -> Option<Lease>
     where
         H: Service<Request<VerifiedBody>, Response = Response<B>> + Send + 'static,
         H::Future: Send,
@@ -379,11 +534,27 @@ impl<S: EventStore> Run<S> {
         B: Send + 'static,
     {
         let lease = claimed.lease();
-        if self.unrecorded.contains(lease.key()) {
-            // Handled here already; only the completion is missing.
-            self.complete(lease).await;
-            return;
-        }
+        let mut held = Held::new(lease, self.settings.lease, claimed_at);
+        let mut stopping = self.stopping.clone();
+        let mut cancelled = self.cancelled.clone();
+        // A prefetched event waits here for a slot, its lease renewed.
+        let _permit = loop {
+            let give_up_at = held.give_up_at();
+            tokio::select! {
+                biased;
+                true = raised(&mut stopping) => {
+                    self.release(lease).await;
+                    return None;
+                }
+                Ok(permit) = Arc::clone(&self.permits).acquire_owned() => break permit,
+                _ = held.renew.tick() => {
+                    if !held.renew(self.store.as_ref()).await {
+                        return None;
+                    }
+                }
+                () = tokio::time::sleep_until(give_up_at) => return None,
+            }
+        };
         let attempt = WorkerAttempt {
             number: claimed.attempt(),
             last: claimed.attempt() >= self.settings.max_attempts,
@@ -399,18 +570,13 @@ impl<S: EventStore> Run<S> {
             let response = service.call(request).await.map_err(Into::into)?;
             Ok::<_, BoxError>(response.status())
         });
-        // The lease is at least 1 s, so a third of it is never zero (which `interval` refuses).
-        let every = self
-            .settings
-            .lease
-            .checked_div(3)
-            .unwrap_or(Duration::from_secs(1));
-        let now = tokio::time::Instant::now();
-        let mut renew = tokio::time::interval_at(now.checked_add(every).unwrap_or(now), every);
         let deadline = tokio::time::sleep(self.settings.attempt_timeout);
         tokio::pin!(deadline);
         let ending = loop {
+            let give_up_at = held.give_up_at();
             tokio::select! {
+                // The outcome first: a handler that finished is never cancelled or released.
+                biased;
                 outcome = &mut handler => break match outcome {
                     Ok(Ok(status)) if status.is_success() => Ending::Handled,
                     Ok(Ok(status)) => Ending::Failed(format!("the handler answered {status}")),
@@ -419,63 +585,47 @@ impl<S: EventStore> Run<S> {
                     Err(_) => Ending::Failed("the handler was cancelled".to_owned()),
                 },
                 () = &mut deadline => {
-                    handler.abort();
+                    stop(handler).await;
                     break Ending::Failed(format!(
                         "the handler did not finish within {:?}",
                         self.settings.attempt_timeout
                     ));
                 }
-                _ = renew.tick() => match self.store.renew(lease, self.settings.lease).await {
-                    Ok(true) => {}
-                    Ok(false) => {
-                        handler.abort();
+                true = raised(&mut cancelled) => {
+                    stop(handler).await;
+                    break Ending::Cancelled;
+                }
+                _ = held.renew.tick() => {
+                    if !held.renew(self.store.as_ref()).await {
+                        stop(handler).await;
                         break Ending::LeaseLost;
                     }
-                    // The lease still runs; the next renewal may succeed.
-                    Err(error) => report_store_error("renew", &error),
-                },
-                Ok(()) = self.cancelled.changed() => {
-                    handler.abort();
-                    break Ending::Cancelled;
+                }
+                () = tokio::time::sleep_until(give_up_at) => {
+                    stop(handler).await;
+                    break Ending::LeaseLost;
                 }
             }
         };
         match ending {
-            Ending::Handled => self.complete(lease).await,
+            Ending::Handled => return Some(lease),
             Ending::Failed(error) => self.fail(&claimed, attempt, error).await,
             Ending::LeaseLost => {
                 #[cfg(feature = "tracing")]
                 tracing::warn!(
                     event_id = ?claimed.delivery().event_id().map(crate::LogSafe::new),
-                    "queue: lost an event's lease while its handler ran; cancelled this run"
+                    "queue: lost an event's lease, or could not renew it, while its handler ran; \
+                     cancelled this run"
                 );
             }
-            Ending::Cancelled => {
-                if let Err(error) = self.store.release(lease).await {
-                    report_store_error("release", &error);
-                }
-            }
+            Ending::Cancelled => self.release(lease).await,
         }
+        None
     }
 
-    /// Records the completion, retrying a failing store a few times. Until it lands, the
-    /// key stays in [`Unrecorded`], so that these workers complete the event without
-    /// running it again when they claim it after its lease expired.
-    async fn complete(&self, lease: Lease) {
-        self.unrecorded.insert(lease.key);
-        let mut wait = Duration::from_millis(100);
-        for _ in 0..5 {
-            match self.store.complete(lease).await {
-                Ok(true) => {
-                    self.unrecorded.remove(&lease.key);
-                    return;
-                }
-                // Another claim holds it now; a later claim here finds the key.
-                Ok(false) => return,
-                Err(error) => report_store_error("complete", &error),
-            }
-            tokio::time::sleep(wait).await;
-            wait = wait.saturating_mul(2);
+    async fn release(&self, lease: Lease) {
+        if let Err(error) = self.store.release(lease).await {
+            report_store_error("release", &error);
         }
     }
 
@@ -522,6 +672,18 @@ impl<S: EventStore> Run<S> {
             Err(error) => report_store_error("fail", &error),
         }
     }
+}
+
+/// Waits until the flag is raised; `false` if its sender went away first.
+async fn raised(flag: &mut watch::Receiver<bool>) -> bool {
+    flag.wait_for(|raised| *raised).await.is_ok()
+}
+
+/// Cancels the handler and waits until it has stopped (its future dropped), so that
+/// nothing of this run is still running when its event may be claimed again.
+async fn stop<T>(mut handler: tokio::task::JoinHandle<T>) {
+    handler.abort();
+    let _ = (&mut handler).await;
 }
 
 /// The request the service gets: what [`VerifyOpenMailLayer`](crate::VerifyOpenMailLayer)

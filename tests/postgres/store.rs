@@ -627,3 +627,85 @@ async fn concurrent_inserts_share_transactions() {
         "{INSERTS} concurrent inserts took {transactions} commits"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completions_and_the_next_claim_are_one_statement_and_one_commit() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    const EVENTS: usize = 12;
+    let store = replica(&url).await;
+    for n in 0..EVENTS {
+        let event = delivery(&awkward_body(&format!("evt_settle_{n}"))).await;
+        store.insert(key_of(&event), event, 10_000).await.unwrap();
+    }
+    let (recorded, first) = store
+        .complete_and_claim(Vec::new(), 8, LEASE, MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    assert!(recorded.is_empty());
+    assert_eq!(first.len(), 8, "one call claims for every free slot");
+    assert!(first.iter().all(|claim| claim.attempt() == 1));
+
+    // Eight completions (one of them stale) and a claim of the rest, together.
+    let completed: Vec<_> = first.iter().map(|claim| claim.lease()).collect();
+    assert!(
+        store.complete(completed[7]).await.unwrap(),
+        "completed alone first"
+    );
+    let (recorded, rest) = store
+        .complete_and_claim(completed.clone(), 8, LEASE, MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    assert_eq!(recorded, [true, true, true, true, true, true, true, false]);
+    assert_eq!(rest.len(), EVENTS - 8);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.in_flight), (0, (EVENTS - 8) as u64));
+
+    // Each row's `xmin` is the transaction that last wrote it: the seven completions and
+    // the four claims are one commit.
+    let sql = inspect(&url).await;
+    let mut written: Vec<Vec<u8>> = completed[..7]
+        .iter()
+        .map(|lease| lease.key().to_vec())
+        .collect();
+    written.extend(rest.iter().map(|claim| claim.lease().key().to_vec()));
+    let row = sql
+        .query_one(
+            "SELECT count(*), count(DISTINCT xmin::text) FROM openmail_events \
+             WHERE key = ANY($1::bytea[])",
+            &[&written],
+        )
+        .await
+        .unwrap();
+    let (rows, transactions): (i64, i64) = (row.get(0), row.get(1));
+    assert_eq!((rows, transactions), (11, 1));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_whose_lease_just_expired_is_recorded_and_not_claimed_again() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let event = delivery(&awkward_body("evt_settle_expired")).await;
+    store.insert(key_of(&event), event, 1_000).await.unwrap();
+    let claimed = store
+        .claim(1, Duration::from_millis(100), MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    // Its lease ended, nobody claimed it since: it is due, and still this holder's.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (recorded, again) = store
+        .complete_and_claim(vec![claimed[0].lease()], 8, LEASE, MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    assert_eq!(recorded, [true]);
+    assert!(
+        again.is_empty(),
+        "claimed the event it completed: {again:?}"
+    );
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.in_flight), (0, 0));
+}
