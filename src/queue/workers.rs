@@ -75,8 +75,8 @@ type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 /// - **Bounded:** at most [`concurrency`](Self::concurrency) handler runs at once (8), each
 ///   limited to [`attempt_timeout`](Self::attempt_timeout) (10 min).
 /// - **Grouped:** completions that finish while the store commits are recorded together,
-///   with a claim for every free slot, in one transaction
-///   ([`EventStore::complete_and_claim`]): one commit, so one flush, for many events. Up to
+///   with a claim for every free slot, in one transaction:
+///   one commit, so one flush, for many events. Up to
 ///   [`prefetch`](Self::prefetch) events (as many as the concurrency) are claimed ahead of
 ///   free slots, so that handlers keep running while the store commits.
 /// - **Leased:** a claim leases the event for [`lease`](Self::lease) (30 s), renewed every

@@ -10,13 +10,14 @@ use axum::{Router, routing::post};
 use http::StatusCode;
 use openmail_webhooks::Delivery;
 use openmail_webhooks::queue::{
-    Claimed, DeadLetter, EventStore, Inserted, Lease, QueueError, QueueStats, SqliteStore, Workers,
+    Backend, Claimed, DeadLetter, EventStore, Inserted, Lease, QueueError, QueueStats, SqliteStore,
+    Workers,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 
 use super::{open, scratch, stats, stored};
 
-/// One call of [`EventStore::complete_and_claim`]: how many completions it carried, how many
+/// One call of [`Backend::complete_and_claim`]: how many completions it carried, how many
 /// events it asked for, and how many it got.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Call {
@@ -54,7 +55,7 @@ impl Counting {
     }
 }
 
-impl EventStore for Counting {
+impl Backend for Counting {
     async fn insert(
         &self,
         key: [u8; 32],
@@ -116,13 +117,13 @@ impl EventStore for Counting {
     async fn release(&self, lease: Lease) -> Result<bool, QueueError> {
         self.inner.release(lease).await
     }
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn queue_stats(&self) -> Result<QueueStats, QueueError> {
         self.inner.stats().await
     }
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    async fn list_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.inner.dead_letters(limit).await
     }
-    async fn retry_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+    async fn requeue_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
         self.inner.retry_dead_letter(key).await
     }
     async fn purge(&self, retention: Duration) -> Result<u64, QueueError> {
@@ -319,7 +320,7 @@ struct Paced {
     released: AtomicUsize,
 }
 
-impl EventStore for Paced {
+impl Backend for Paced {
     async fn insert(
         &self,
         key: [u8; 32],
@@ -376,13 +377,13 @@ impl EventStore for Paced {
         self.released.fetch_add(1, Ordering::SeqCst);
         self.inner.release(lease).await
     }
-    async fn stats(&self) -> Result<QueueStats, QueueError> {
+    async fn queue_stats(&self) -> Result<QueueStats, QueueError> {
         self.inner.stats().await
     }
-    async fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
+    async fn list_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
         self.inner.dead_letters(limit).await
     }
-    async fn retry_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+    async fn requeue_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
         self.inner.retry_dead_letter(key).await
     }
     async fn purge(&self, retention: Duration) -> Result<u64, QueueError> {
