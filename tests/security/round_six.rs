@@ -1,0 +1,227 @@
+//! The body buffer and its memory bounds attacked over real HTTP/2 (h2c) and HTTP/1.1 on
+//! loopback, against the layer alone: the README quickstart on `axum::serve` with its
+//! defaults, and the layer on plain hyper-util. HTTP/2 frames are written by hand here
+//! (HPACK literals, DATA, and frames of an unknown type, which a server must ignore), so
+//! that a test decides exactly which bytes share the server's read buffer.
+//!
+//! What must hold: a body holds about the bytes it sent, whatever its framing and however
+//! it stalls, counted by the process's allocator ([`crate::heap`]), not only by the
+//! layer's own budget; and every lease is returned when its request ends.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::post;
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::Full;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use hyper_util::service::TowerToHyperService;
+use openmail_webhooks::body::VerifiedBody;
+use openmail_webhooks::{VerifyOpenMailLayer, sign};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tower::ServiceBuilder;
+
+use crate::heap::{KIB, live};
+use crate::support::{SECRET, unix_now};
+
+/// The README quickstart: the layer alone around an axum route, on `axum::serve`.
+async fn quickstart(layer: VerifyOpenMailLayer) -> SocketAddr {
+    let app = Router::new()
+        .route("/webhooks", post(|| async { "ok" }))
+        .layer(layer);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The README's plain hyper 1.x server: the layer around a `service_fn`, each connection
+/// served by hyper-util's auto builder (HTTP/1.1 and h2c).
+async fn plain_hyper(layer: VerifyOpenMailLayer) -> SocketAddr {
+    async fn handle(_: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+        Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    }
+    let service = ServiceBuilder::new().layer(layer).service_fn(handle);
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let service = TowerToHyperService::new(service.clone());
+            tokio::spawn(async move {
+                let _ = auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP/2 by hand.
+
+const DATA: u8 = 0x0;
+const HEADERS: u8 = 0x1;
+const SETTINGS: u8 = 0x4;
+/// A frame type no HTTP/2 extension uses: the server reads it whole and ignores it.
+const UNKNOWN: u8 = 0xfa;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let length = u32::try_from(payload.len()).unwrap();
+    out.extend_from_slice(&length.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// An HPACK integer with a 7-bit prefix.
+fn hpack_length(out: &mut Vec<u8>, mut value: usize) {
+    if value < 127 {
+        out.push(value as u8);
+        return;
+    }
+    out.push(127);
+    value -= 127;
+    while value >= 128 {
+        out.push((value % 128) as u8 | 0x80);
+        value /= 128;
+    }
+    out.push(value as u8);
+}
+
+/// A header block of literals without indexing, not Huffman-coded.
+fn header_block(fields: &[(&str, &str)]) -> Vec<u8> {
+    let mut block = Vec::new();
+    for (name, value) in fields {
+        block.push(0x00);
+        hpack_length(&mut block, name.len());
+        block.extend_from_slice(name.as_bytes());
+        hpack_length(&mut block, value.len());
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// A signed request head (over an empty body: these are forgeries) declaring `length`.
+fn signed_headers_frame(out: &mut Vec<u8>, stream: u32, length: Option<usize>) {
+    let timestamp = unix_now().to_string();
+    let signature = sign(SECRET, &timestamp, b"never sent");
+    let length = length.map(|length| length.to_string());
+    let mut fields = vec![
+        (":method", "POST"),
+        (":scheme", "http"),
+        (":path", "/webhooks"),
+        (":authority", "localhost"),
+        ("content-type", "application/json"),
+        ("x-timestamp", timestamp.as_str()),
+        ("x-signature", signature.as_str()),
+    ];
+    if let Some(length) = &length {
+        fields.push(("content-length", length.as_str()));
+    }
+    frame(out, HEADERS, END_HEADERS, stream, &header_block(&fields));
+}
+
+/// An h2c connection written by hand: the preface and empty settings (and an
+/// acknowledgement of the server's), with everything the server sends read and dropped.
+struct RawH2 {
+    writer: tokio::net::tcp::OwnedWriteHalf,
+    draining: tokio::task::JoinHandle<()>,
+}
+
+impl RawH2 {
+    async fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut reader, mut writer) = stream.into_split();
+        let draining = tokio::spawn(async move {
+            let mut sink = vec![0u8; 64 * KIB];
+            while let Ok(read) = reader.read(&mut sink).await {
+                if read == 0 {
+                    break;
+                }
+            }
+        });
+        let mut hello = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        frame(&mut hello, SETTINGS, 0, 0, &[]);
+        frame(&mut hello, SETTINGS, 0x1, 0, &[]);
+        writer.write_all(&hello).await.unwrap();
+        Self { writer, draining }
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).await.unwrap();
+    }
+}
+
+impl Drop for RawH2 {
+    fn drop(&mut self) {
+        self.draining.abort();
+    }
+}
+
+/// Ignored bytes that fill the server's read buffer, so the next frame is read into a
+/// buffer of its own.
+fn filler(out: &mut Vec<u8>) {
+    frame(out, UNKNOWN, 0, 0, &vec![0u8; 16 * KIB - 64]);
+}
+
+/// Heap growth while `streams` h2 streams on `connections` connections each send a head
+/// and `tiny` DATA frames of one byte, then stall; with filler around each frame.
+async fn stalled_h2_heap(addr: SocketAddr, streams: usize, tiny: usize) -> usize {
+    const PER_CONNECTION: usize = 100;
+    let before = live();
+    let mut connections = Vec::new();
+    let mut sent = 0;
+    while sent < streams {
+        let mut connection = RawH2::connect(addr).await;
+        let mut bytes = Vec::new();
+        for index in 0..PER_CONNECTION.min(streams - sent) {
+            let id = u32::try_from(2 * index + 1).unwrap();
+            signed_headers_frame(&mut bytes, id, Some(100));
+            filler(&mut bytes);
+            for _ in 0..tiny {
+                frame(&mut bytes, DATA, 0, id, b"{");
+                filler(&mut bytes);
+            }
+        }
+        connection.send(&bytes).await;
+        drop(bytes);
+        sent += PER_CONNECTION.min(streams - sent);
+        connections.push(connection);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = live().saturating_sub(before);
+    drop(connections);
+    grown
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probe_one_tiny_frame_per_h2_stream() {
+    let _serial = crate::heap::serial().await;
+    let layer = VerifyOpenMailLayer::new(SECRET)
+        .unwrap()
+        .body_deadline(Duration::from_secs(60))
+        .min_body_rate(0, Duration::ZERO);
+    let addr = quickstart(layer.clone()).await;
+    for tiny in [0, 1, 2, 0, 1, 2] {
+        let grown = stalled_h2_heap(addr, 400, tiny).await;
+        eprintln!(
+            "{tiny} tiny frames: heap +{grown} B ({} per stream), budget {}",
+            grown / 400,
+            layer.buffered_bytes()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
