@@ -10,7 +10,6 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -29,11 +28,16 @@ use tower::ServiceBuilder;
 
 use crate::heap::{KIB, live};
 use crate::support::{SECRET, unix_now};
+use crate::wire::read_response;
 
-/// The README quickstart: the layer alone around an axum route, on `axum::serve`.
+/// The README quickstart: the layer alone around an axum route, on `axum::serve`. Both
+/// servers answer with the length of the verified body their handler was handed.
 async fn quickstart(layer: VerifyOpenMailLayer) -> SocketAddr {
     let app = Router::new()
-        .route("/webhooks", post(|| async { "ok" }))
+        .route(
+            "/webhooks",
+            post(|body: Bytes| async move { body.len().to_string() }),
+        )
         .layer(layer);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -44,8 +48,9 @@ async fn quickstart(layer: VerifyOpenMailLayer) -> SocketAddr {
 /// The README's plain hyper 1.x server: the layer around a `service_fn`, each connection
 /// served by hyper-util's auto builder (HTTP/1.1 and h2c).
 async fn plain_hyper(layer: VerifyOpenMailLayer) -> SocketAddr {
-    async fn handle(_: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, Infallible> {
-        Ok(Response::new(Full::new(Bytes::from_static(b"ok"))))
+    async fn handle(request: Request<VerifiedBody>) -> Result<Response<Full<Bytes>>, Infallible> {
+        let length = http_body::Body::size_hint(request.body()).lower();
+        Ok(Response::new(Full::new(Bytes::from(length.to_string()))))
     }
     let service = ServiceBuilder::new().layer(layer).service_fn(handle);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -290,4 +295,185 @@ async fn one_tiny_frame_per_stalled_h2_stream_holds_its_bytes_not_the_read_buffe
             "{name}: {STREAMS} one-byte bodies held {extra} B more than no body"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Growth steps: what a declared body leases at each, and what it gives back.
+
+/// What a body of declared length `declared` leases once `received` bytes of it are in:
+/// the declared length divided by four (rounded up) as often as it still holds them.
+fn declared_capacity(declared: usize, received: usize) -> usize {
+    let mut size = declared;
+    while size > 4 && size.div_ceil(4) >= received {
+        size = size.div_ceil(4);
+    }
+    size
+}
+
+/// Where a body of `declared` bytes has just outgrown each buffer size: one byte past each
+/// of the declared length's divisions by four, smallest first, then the whole body.
+fn growth_boundaries(declared: usize) -> Vec<usize> {
+    let mut sizes = Vec::new();
+    let mut size = declared;
+    while size > 4 {
+        size = size.div_ceil(4);
+        sizes.push(size + 1);
+    }
+    sizes.reverse();
+    sizes.push(declared);
+    sizes
+}
+
+/// A genuine delivery of `size` bytes.
+fn genuine_body(size: usize) -> Vec<u8> {
+    let head = br#"{"event":"message.received","event_id":"evt_steps","inbox_id":"inb_1","x":""#;
+    let mut body = head.to_vec();
+    body.resize(size - 2, b'a');
+    body.extend_from_slice(b"\"}");
+    body
+}
+
+/// Waits until the layer leases `expected`, for as long as a busy machine may need.
+async fn until_leased(layer: &VerifyOpenMailLayer, expected: usize) -> bool {
+    for _ in 0..400 {
+        if layer.buffered_bytes() == expected {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
+}
+
+/// HELD. A genuine delivery of declared length that stalls one byte past every size its
+/// buffer grows through (the declared length divided by fours), over h2c and HTTP/1.1, on
+/// `axum::serve` and plain hyper: at each stall the layer leases exactly the buffer the
+/// rule gives (at most four times the bytes received, never past the declared length),
+/// and the delivery is then handed on whole and answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genuine_body_stalling_at_every_growth_step_leases_what_the_rule_says() {
+    let _serial = crate::heap::serial().await;
+    const SIZE: usize = 300_000;
+    let body = genuine_body(SIZE);
+    let layer = || {
+        VerifyOpenMailLayer::new(SECRET)
+            .unwrap()
+            .body_deadline(Duration::from_secs(120))
+            .min_body_rate(0, Duration::ZERO)
+    };
+    let quickstart_layer = layer();
+    let hyper_layer = layer();
+    let servers = [
+        (
+            "axum::serve",
+            quickstart(quickstart_layer.clone()).await,
+            quickstart_layer,
+        ),
+        (
+            "plain hyper",
+            plain_hyper(hyper_layer.clone()).await,
+            hyper_layer,
+        ),
+    ];
+    let boundaries = growth_boundaries(SIZE);
+    for (name, addr, layer) in servers {
+        // HTTP/2.
+        let mut client = h2_client(addr).await;
+        client = client.ready().await.unwrap();
+        let (response, mut stream) = client.send_request(signed_h2_head(&body), false).unwrap();
+        stream.reserve_capacity(SIZE);
+        let mut sent = 0;
+        for &boundary in &boundaries {
+            let end = boundary == SIZE;
+            stream
+                .send_data(Bytes::copy_from_slice(&body[sent..boundary]), end)
+                .unwrap();
+            sent = boundary;
+            if end {
+                break;
+            }
+            let expected = declared_capacity(SIZE, sent);
+            assert!(expected <= 4 * sent && expected <= SIZE);
+            assert!(
+                until_leased(&layer, expected).await,
+                "{name}, h2c: {sent} B in, {} B leased, expected {expected}",
+                layer.buffered_bytes()
+            );
+        }
+        let response = tokio::time::timeout(Duration::from_secs(30), response)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(response.status(), 200, "{name}, h2c");
+        let mut answer = response.into_body();
+        let answer = answer.data().await.unwrap().unwrap();
+        assert_eq!(answer, SIZE.to_string(), "{name}, h2c");
+        assert!(
+            until_leased(&layer, 0).await,
+            "{name}, h2c: a lease outlived its request"
+        );
+
+        // HTTP/1.1, written in the same steps.
+        let mut connection = TcpStream::connect(addr).await.unwrap();
+        connection.write_all(&signed_h1_head(&body)).await.unwrap();
+        let mut sent = 0;
+        for &boundary in &boundaries {
+            connection.write_all(&body[sent..boundary]).await.unwrap();
+            sent = boundary;
+            if boundary == SIZE {
+                break;
+            }
+            let expected = declared_capacity(SIZE, sent);
+            assert!(
+                until_leased(&layer, expected).await,
+                "{name}, HTTP/1.1: {sent} B in, {} B leased, expected {expected}",
+                layer.buffered_bytes()
+            );
+        }
+        let (status, _, answer) =
+            tokio::time::timeout(Duration::from_secs(30), read_response(&mut connection))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            (status, answer),
+            (200, SIZE.to_string().into_bytes()),
+            "{name}, HTTP/1.1"
+        );
+        assert!(
+            until_leased(&layer, 0).await,
+            "{name}, HTTP/1.1: a lease outlived its request"
+        );
+    }
+}
+
+/// An h2c client to `addr`, its connection driven.
+async fn h2_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(connection);
+    client
+}
+
+/// An HTTP/2 request head signed now over `body`, declaring its length.
+fn signed_h2_head(body: &[u8]) -> Request<()> {
+    let timestamp = unix_now().to_string();
+    Request::post("http://localhost/webhooks")
+        .header("content-type", "application/json")
+        .header("x-signature", sign(SECRET, &timestamp, body))
+        .header("x-timestamp", timestamp)
+        .header("content-length", body.len().to_string())
+        .body(())
+        .unwrap()
+}
+
+/// An HTTP/1.1 request head signed now over `body`, declaring its length.
+fn signed_h1_head(body: &[u8]) -> Vec<u8> {
+    let timestamp = unix_now().to_string();
+    let signature = sign(SECRET, &timestamp, body);
+    format!(
+        "POST /webhooks HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\n\
+         x-timestamp: {timestamp}\r\nx-signature: {signature}\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes()
 }
