@@ -10,6 +10,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -476,4 +477,156 @@ fn signed_h1_head(body: &[u8]) -> Vec<u8> {
         body.len()
     )
     .into_bytes()
+}
+
+/// How a declared body ends early, one byte past a growth step.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Ending {
+    /// h2c: RST_STREAM.
+    Reset,
+    /// h2c: END_STREAM before the declared length (a lie the server catches).
+    ShortEndStream,
+    /// h2c: one more DATA frame than the declared length allows.
+    Overlong,
+    /// h2c: nothing more, past the deadline.
+    H2Stall,
+    /// HTTP/1.1: the connection closed.
+    Close,
+    /// HTTP/1.1: nothing more, past the deadline.
+    H1Stall,
+}
+
+/// Starts one declared body of `SIZE` bytes that sends `sent` bytes, then ends as
+/// `ending` says; returns the status it got, if any.
+async fn end_early(
+    addr: SocketAddr,
+    body: Arc<Vec<u8>>,
+    sent: usize,
+    ending: Ending,
+) -> Option<u16> {
+    let size = body.len();
+    match ending {
+        Ending::Close | Ending::H1Stall => {
+            let mut connection = TcpStream::connect(addr).await.ok()?;
+            connection.write_all(&signed_h1_head(&body)).await.ok()?;
+            connection.write_all(&body[..sent]).await.ok()?;
+            if ending == Ending::Close {
+                drop(connection);
+                return None;
+            }
+            read_response(&mut connection)
+                .await
+                .map(|(status, ..)| status)
+        }
+        _ => {
+            let mut client = h2_client(addr).await.ready().await.ok()?;
+            let (response, mut stream) = client.send_request(signed_h2_head(&body), false).ok()?;
+            stream.reserve_capacity(size);
+            stream
+                .send_data(
+                    Bytes::copy_from_slice(&body[..sent]),
+                    ending == Ending::ShortEndStream,
+                )
+                .ok()?;
+            match ending {
+                Ending::Reset => {
+                    // The server has the bytes before the reset.
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                    stream.send_reset(h2::Reason::CANCEL);
+                    return None;
+                }
+                Ending::Overlong => {
+                    stream
+                        .send_data(Bytes::copy_from_slice(&body[sent..]), false)
+                        .ok()?;
+                    stream.send_data(Bytes::from_static(b" "), true).ok()?;
+                }
+                _ => {}
+            }
+            let status = response
+                .await
+                .ok()
+                .map(|response| response.status().as_u16());
+            drop(stream);
+            status
+        }
+    }
+}
+
+/// HELD (leases). Declared bodies that end early one byte past every growth step (reset,
+/// closed, a short or overlong HTTP/2 body the server catches, stalled past the deadline),
+/// over h2c and HTTP/1.1, on `axum::serve` and plain hyper: none is answered `5xx` or
+/// `200`, a stalled one gets `408` by its deadline, and every lease is returned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_ending_early_at_every_growth_step_return_their_leases() {
+    let _serial = crate::heap::serial().await;
+    const SIZE: usize = 300_000;
+    let body = Arc::new(genuine_body(SIZE));
+    let layer = || {
+        VerifyOpenMailLayer::new(SECRET)
+            .unwrap()
+            .body_deadline(Duration::from_secs(1))
+            .min_body_rate(0, Duration::ZERO)
+    };
+    let quickstart_layer = layer();
+    let hyper_layer = layer();
+    let servers = [
+        (
+            "axum::serve",
+            quickstart(quickstart_layer.clone()).await,
+            quickstart_layer,
+        ),
+        (
+            "plain hyper",
+            plain_hyper(hyper_layer.clone()).await,
+            hyper_layer,
+        ),
+    ];
+    let endings = [
+        Ending::Reset,
+        Ending::ShortEndStream,
+        Ending::Overlong,
+        Ending::H2Stall,
+        Ending::Close,
+        Ending::H1Stall,
+    ];
+    let mut boundaries = growth_boundaries(SIZE);
+    boundaries.pop();
+    for (name, addr, layer) in servers {
+        let mut clients = Vec::new();
+        for &ending in &endings {
+            for &sent in &boundaries {
+                let body = Arc::clone(&body);
+                clients.push((
+                    ending,
+                    sent,
+                    tokio::spawn(tokio::time::timeout(
+                        Duration::from_secs(20),
+                        end_early(addr, body, sent, ending),
+                    )),
+                ));
+            }
+        }
+        for (ending, sent, client) in clients {
+            let status = client
+                .await
+                .unwrap()
+                .unwrap_or_else(|_| panic!("{name}, {ending:?} at {sent} B: no answer"));
+            let expected: &[Option<u16>] = match ending {
+                Ending::H2Stall | Ending::H1Stall => &[Some(408)],
+                Ending::Reset | Ending::Close => &[None],
+                // The server resets the stream, or the layer sees the body fail.
+                Ending::ShortEndStream | Ending::Overlong => &[None, Some(400)],
+            };
+            assert!(
+                expected.contains(&status),
+                "{name}, {ending:?} at {sent} B: {status:?}"
+            );
+        }
+        assert!(
+            until_leased(&layer, 0).await,
+            "{name}: {} B still leased after every body ended",
+            layer.buffered_bytes()
+        );
+    }
 }
