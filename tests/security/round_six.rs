@@ -186,6 +186,17 @@ fn filler(out: &mut Vec<u8>) {
 /// Heap growth while `streams` h2 streams on `connections` connections each send a head
 /// and `tiny` DATA frames of one byte, then stall; with filler around each frame.
 async fn stalled_h2_heap(addr: SocketAddr, streams: usize, tiny: usize) -> usize {
+    stalled_h2_heap_with(addr, streams, tiny, 1, Some(100)).await
+}
+
+/// [`stalled_h2_heap`] with DATA frames of `size` bytes and a declared length.
+async fn stalled_h2_heap_with(
+    addr: SocketAddr,
+    streams: usize,
+    tiny: usize,
+    size: usize,
+    declared: Option<usize>,
+) -> usize {
     const PER_CONNECTION: usize = 100;
     let before = live();
     let mut connections = Vec::new();
@@ -195,10 +206,10 @@ async fn stalled_h2_heap(addr: SocketAddr, streams: usize, tiny: usize) -> usize
         let mut bytes = Vec::new();
         for index in 0..PER_CONNECTION.min(streams - sent) {
             let id = u32::try_from(2 * index + 1).unwrap();
-            signed_headers_frame(&mut bytes, id, Some(100));
+            signed_headers_frame(&mut bytes, id, declared);
             filler(&mut bytes);
             for _ in 0..tiny {
-                frame(&mut bytes, DATA, 0, id, b"{");
+                frame(&mut bytes, DATA, 0, id, &vec![b'{'; size]);
                 filler(&mut bytes);
             }
         }
@@ -627,6 +638,145 @@ async fn bodies_ending_early_at_every_growth_step_return_their_leases() {
             until_leased(&layer, 0).await,
             "{name}: {} B still leased after every body ended",
             layer.buffered_bytes()
+        );
+    }
+}
+
+/// HELD (declared lengths that lie). Over HTTP/1.1, on `axum::serve` and plain hyper:
+/// a `Content-Length` beside chunked framing (small or at the limit) does not stop a
+/// genuine delivery, which reaches the handler whole; a length over the limit is refused on
+/// its head (`413`); a body sent after `Content-Length: 0` is not read as the body; a
+/// length at the limit with a short body waits for it and gets `408`; malformed or
+/// overflowing lengths are refused by the server. Nothing is answered `5xx`, and nothing
+/// stays leased.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_declared_lengths_that_lie_are_refused_or_read_as_sent() {
+    let _serial = crate::heap::serial().await;
+    let layer = || {
+        VerifyOpenMailLayer::new(SECRET)
+            .unwrap()
+            .body_deadline(Duration::from_secs(1))
+    };
+    let quickstart_layer = layer();
+    let hyper_layer = layer();
+    let servers = [
+        (
+            "axum::serve",
+            quickstart(quickstart_layer.clone()).await,
+            quickstart_layer,
+        ),
+        (
+            "plain hyper",
+            plain_hyper(hyper_layer.clone()).await,
+            hyper_layer,
+        ),
+    ];
+    let body = genuine_body(1000);
+    let mut chunked = format!("{:x}\r\n", body.len()).into_bytes();
+    chunked.extend_from_slice(&body);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let mut with_extension_and_trailer = format!("{:x};a=b\r\n", body.len()).into_bytes();
+    with_extension_and_trailer.extend_from_slice(&body);
+    with_extension_and_trailer.extend_from_slice(b"\r\n0\r\nx-trailer: 1\r\n\r\n");
+    let genuine = (200, b"1000".to_vec());
+    // Any client error the server picks; what matters is that it is one.
+    let refused = (400, Vec::new());
+    let cases: Vec<(&str, &str, &[u8], (u16, Vec<u8>))> = vec![
+        (
+            "a small length and chunked",
+            "content-length: 10\r\ntransfer-encoding: chunked\r\n",
+            &chunked,
+            genuine.clone(),
+        ),
+        (
+            "chunked and the limit",
+            "transfer-encoding: chunked\r\ncontent-length: 4194304\r\n",
+            &chunked,
+            genuine.clone(),
+        ),
+        (
+            "chunked with an extension and a trailer",
+            "transfer-encoding: chunked\r\n",
+            &with_extension_and_trailer,
+            genuine.clone(),
+        ),
+        (
+            "the length twice",
+            "content-length: 1000\r\ncontent-length: 1000\r\n",
+            &body,
+            genuine.clone(),
+        ),
+        (
+            "0, then a body",
+            "content-length: 0\r\n",
+            &body,
+            (400, b"signature mismatch".to_vec()),
+        ),
+        (
+            "the limit, short",
+            "content-length: 4194304\r\n",
+            &body,
+            (408, b"request body timed out".to_vec()),
+        ),
+        (
+            "past the limit",
+            "content-length: 4194305\r\n",
+            b"",
+            (413, b"payload too large".to_vec()),
+        ),
+        (
+            "u64::MAX",
+            "content-length: 18446744073709551615\r\n",
+            b"",
+            refused.clone(),
+        ),
+        (
+            "past u64",
+            "content-length: 18446744073709551616\r\n",
+            b"",
+            refused.clone(),
+        ),
+        (
+            "a list",
+            "content-length: 1000, 1000\r\n",
+            &body,
+            refused.clone(),
+        ),
+        (
+            "a sign",
+            "content-length: +1000\r\n",
+            &body,
+            refused.clone(),
+        ),
+    ];
+    for (server, addr, layer) in &servers {
+        for (name, framing, rest, expected) in &cases {
+            let timestamp = unix_now().to_string();
+            let signature = sign(SECRET, &timestamp, &body);
+            let head = format!(
+                "POST /webhooks HTTP/1.1\r\nhost: localhost\r\nx-timestamp: {timestamp}\r\n\
+                 x-signature: {signature}\r\n{framing}\r\n"
+            );
+            let mut stream = TcpStream::connect(addr).await.unwrap();
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let _ = stream.write_all(rest).await;
+            let answer = tokio::time::timeout(Duration::from_secs(20), read_response(&mut stream))
+                .await
+                .unwrap_or_else(|_| panic!("{server}, {name}: no answer"));
+            let (status, _, answer) = answer.unwrap_or_else(|| panic!("{server}, {name}: closed"));
+            if expected.0 == 400 && expected.1.is_empty() {
+                assert!((400..500).contains(&status), "{server}, {name}: {status}");
+            } else {
+                assert_eq!(
+                    (status, &answer),
+                    (expected.0, &expected.1),
+                    "{server}, {name}"
+                );
+            }
+        }
+        assert!(
+            until_leased(layer, 0).await,
+            "{server}: a lease outlived its request"
         );
     }
 }
