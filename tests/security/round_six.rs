@@ -780,3 +780,126 @@ async fn http1_declared_lengths_that_lie_are_refused_or_read_as_sent() {
         );
     }
 }
+
+/// Opens an h2c stream for a forged body declaring `declared` bytes, sends `sent` of them
+/// and keeps the stream open; the response, when it comes, goes to the returned task.
+async fn hold_h2_stream(
+    client: &mut h2::client::SendRequest<Bytes>,
+    declared: usize,
+    sent: usize,
+) -> (tokio::task::JoinHandle<Option<u16>>, h2::SendStream<Bytes>) {
+    let timestamp = unix_now().to_string();
+    let request = Request::post("http://localhost/webhooks")
+        .header("x-signature", sign("whsec_forger", &timestamp, b""))
+        .header("x-timestamp", timestamp)
+        .header("content-length", declared.to_string())
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(request, false).unwrap();
+    stream.reserve_capacity(sent);
+    stream
+        .send_data(Bytes::from(vec![b' '; sent]), false)
+        .unwrap();
+    let response = tokio::spawn(async move {
+        response
+            .await
+            .ok()
+            .map(|response| response.status().as_u16())
+    });
+    (response, stream)
+}
+
+/// HELD (the budget at the growth steps). With a 2 MiB budget, on `axum::serve` and plain
+/// hyper over h2c: small declared bodies (64 KiB) and large ones (256 KiB) that each stall
+/// one byte past a quarter of their length lease their whole length, four times what they
+/// sent, and the layer counts it exactly: the large ones fill their half of the budget and
+/// the one past it gets `503`, while the small ones and a genuine delivery still fit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_one_byte_past_a_quarter_lease_their_length_and_the_budget_holds() {
+    let _serial = crate::heap::serial().await;
+    const BUDGET: usize = 2 * 1024 * 1024;
+    const SMALL: usize = 64 * KIB;
+    const LARGE: usize = 256 * KIB;
+    let layer = || {
+        VerifyOpenMailLayer::new(SECRET)
+            .unwrap()
+            .memory_budget(BUDGET)
+            .body_deadline(Duration::from_secs(60))
+            .min_body_rate(0, Duration::ZERO)
+    };
+    let quickstart_layer = layer();
+    let hyper_layer = layer();
+    let servers = [
+        (
+            "axum::serve",
+            quickstart(quickstart_layer.clone()).await,
+            quickstart_layer,
+        ),
+        (
+            "plain hyper",
+            plain_hyper(hyper_layer.clone()).await,
+            hyper_layer,
+        ),
+    ];
+    for (name, addr, layer) in servers {
+        let mut client = h2_client(addr).await;
+        let mut held = Vec::new();
+        for _ in 0..10 {
+            client = client.ready().await.unwrap();
+            held.push(hold_h2_stream(&mut client, SMALL, SMALL / 4 + 1).await);
+        }
+        let small_leases = 10 * declared_capacity(SMALL, SMALL / 4 + 1);
+        assert_eq!(small_leases, 10 * SMALL);
+        assert!(
+            until_leased(&layer, small_leases).await,
+            "{name}: {} B leased",
+            layer.buffered_bytes()
+        );
+        // Bytes past 64 KiB count against half the budget: five of these fit, not six.
+        let mut large = Vec::new();
+        for _ in 0..6 {
+            client = client.ready().await.unwrap();
+            large.push(hold_h2_stream(&mut client, LARGE, LARGE / 4 + 1).await);
+        }
+        let mut refused = 0;
+        for _ in 0..400 {
+            refused = large
+                .iter()
+                .filter(|(answer, _)| answer.is_finished())
+                .count();
+            if refused == 1 && layer.buffered_bytes() == small_leases + 5 * LARGE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(refused, 1, "{name}: {} B leased", layer.buffered_bytes());
+        assert_eq!(layer.buffered_bytes(), small_leases + 5 * LARGE, "{name}");
+        for (answer, _) in large.iter_mut().filter(|(answer, _)| answer.is_finished()) {
+            assert_eq!(answer.await.unwrap(), Some(503), "{name}");
+        }
+        // A genuine delivery of 32 KiB still fits.
+        let body = genuine_body(32 * KIB);
+        let mut connection = TcpStream::connect(addr).await.unwrap();
+        connection.write_all(&signed_h1_head(&body)).await.unwrap();
+        connection.write_all(&body).await.unwrap();
+        let (status, _, answer) =
+            tokio::time::timeout(Duration::from_secs(30), read_response(&mut connection))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            (status, answer),
+            (200, (32 * KIB).to_string().into_bytes()),
+            "{name}"
+        );
+        // The attack ends: every stream is reset.
+        for (answer, mut stream) in held.into_iter().chain(large) {
+            stream.send_reset(h2::Reason::CANCEL);
+            answer.abort();
+        }
+        assert!(
+            until_leased(&layer, 0).await,
+            "{name}: a lease outlived its stream"
+        );
+    }
+}
