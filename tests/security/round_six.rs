@@ -903,3 +903,78 @@ async fn bodies_one_byte_past_a_quarter_lease_their_length_and_the_budget_holds(
         );
     }
 }
+
+/// Heap growth while `connections` HTTP/1.1 connections each send a signed head declaring
+/// 100 bytes and `sent` bytes of the body, then stall.
+async fn stalled_h1_heap(addr: SocketAddr, connections: usize, sent: usize) -> usize {
+    let before = live();
+    let mut open = Vec::new();
+    for _ in 0..connections {
+        let mut connection = TcpStream::connect(addr).await.unwrap();
+        let timestamp = unix_now().to_string();
+        let signature = sign(SECRET, &timestamp, b"never sent");
+        let head = format!(
+            "POST /webhooks HTTP/1.1\r\nhost: localhost\r\nx-timestamp: {timestamp}\r\n\
+             x-signature: {signature}\r\ncontent-length: 100\r\n\r\n"
+        );
+        connection.write_all(head.as_bytes()).await.unwrap();
+        // Apart from the head, so that the body's bytes are a read of their own.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        connection.write_all(&vec![b'{'; sent]).await.unwrap();
+        open.push(connection);
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = live().saturating_sub(before);
+    drop(open);
+    settle().await;
+    grown
+}
+
+/// HELD. The HTTP/1.1 side of the breach above: connections that each send a head and one
+/// byte of their body, then stall, hold no more than connections that send the head
+/// alone (plus the copied byte), on `axum::serve` and plain hyper.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_byte_per_stalled_http1_body_holds_its_bytes_not_the_read_buffer() {
+    let _serial = crate::heap::serial().await;
+    const CONNECTIONS: usize = 200;
+    let layer = || {
+        VerifyOpenMailLayer::new(SECRET)
+            .unwrap()
+            .body_deadline(Duration::from_secs(60))
+            .min_body_rate(0, Duration::ZERO)
+    };
+    let quickstart_layer = layer();
+    let hyper_layer = layer();
+    let servers = [
+        (
+            "axum::serve",
+            quickstart(quickstart_layer.clone()).await,
+            quickstart_layer,
+        ),
+        (
+            "plain hyper",
+            plain_hyper(hyper_layer.clone()).await,
+            hyper_layer,
+        ),
+    ];
+    for (name, addr, layer) in servers {
+        let mut control = usize::MAX;
+        let mut attack = usize::MAX;
+        for _ in 0..2 {
+            control = control.min(stalled_h1_heap(addr, CONNECTIONS, 0).await);
+            attack = attack.min(stalled_h1_heap(addr, CONNECTIONS, 1).await);
+        }
+        assert!(
+            until_leased(&layer, 0).await,
+            "{name}: a lease outlived its connection"
+        );
+        eprintln!(
+            "{name}: {CONNECTIONS} stalled HTTP/1.1 bodies: heap +{control} B with no byte, +{attack} B with one"
+        );
+        let extra = attack.saturating_sub(control);
+        assert!(
+            extra <= CONNECTIONS * KIB,
+            "{name}: {CONNECTIONS} one-byte bodies held {extra} B more than no body"
+        );
+    }
+}
