@@ -978,3 +978,94 @@ async fn one_byte_per_stalled_http1_body_holds_its_bytes_not_the_read_buffer() {
         );
     }
 }
+
+/// HELD (a genuine delivery is never refused for its framing). A signed delivery sent in
+/// DATA frames of one byte, with and without a declared length, over h2c, and in chunks
+/// of one byte over HTTP/1.1, on `axum::serve` and plain hyper, reaches the handler
+/// whole, and nothing stays leased. (Over h2c the body is 1,500 bytes: the server's `h2`
+/// closes a connection that sends a few thousand small DATA frames, before the layer.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_genuine_delivery_in_one_byte_frames_is_handed_on_whole() {
+    let _serial = crate::heap::serial().await;
+    const SIZE: usize = 6 * KIB;
+    const H2_SIZE: usize = 1500;
+    let body = genuine_body(SIZE);
+    let h2_body = genuine_body(H2_SIZE);
+    let layer = || {
+        VerifyOpenMailLayer::new(SECRET)
+            .unwrap()
+            .body_deadline(Duration::from_secs(60))
+            .min_body_rate(0, Duration::ZERO)
+    };
+    let quickstart_layer = layer();
+    let hyper_layer = layer();
+    let servers = [
+        (
+            "axum::serve",
+            quickstart(quickstart_layer.clone()).await,
+            quickstart_layer,
+        ),
+        (
+            "plain hyper",
+            plain_hyper(hyper_layer.clone()).await,
+            hyper_layer,
+        ),
+    ];
+    for (name, addr, layer) in servers {
+        for declared in [true, false] {
+            let mut client = h2_client(addr).await.ready().await.unwrap();
+            let mut head = signed_h2_head(&h2_body);
+            if !declared {
+                head.headers_mut().remove("content-length");
+            }
+            let (response, mut stream) = client.send_request(head, false).unwrap();
+            stream.reserve_capacity(H2_SIZE);
+            for (index, byte) in h2_body.iter().enumerate() {
+                stream
+                    .send_data(Bytes::copy_from_slice(&[*byte]), index + 1 == H2_SIZE)
+                    .unwrap();
+            }
+            let response = tokio::time::timeout(Duration::from_secs(60), response)
+                .await
+                .unwrap()
+                .unwrap_or_else(|error| panic!("{name}, h2c, declared {declared}: {error:?}"));
+            assert_eq!(response.status(), 200, "{name}, h2c, declared {declared}");
+            let answer = response.into_body().data().await.unwrap().unwrap();
+            assert_eq!(
+                answer,
+                H2_SIZE.to_string(),
+                "{name}, h2c, declared {declared}"
+            );
+        }
+        let mut connection = TcpStream::connect(addr).await.unwrap();
+        let mut request = signed_h1_head(&body);
+        let length = format!("content-length: {SIZE}\r\n");
+        let at = request
+            .windows(length.len())
+            .position(|window| window == length.as_bytes())
+            .unwrap();
+        request.splice(
+            at..at + length.len(),
+            b"transfer-encoding: chunked\r\n".iter().copied(),
+        );
+        for byte in &body {
+            request.extend_from_slice(&[b'1', b'\r', b'\n', *byte, b'\r', b'\n']);
+        }
+        request.extend_from_slice(b"0\r\n\r\n");
+        connection.write_all(&request).await.unwrap();
+        let (status, _, answer) =
+            tokio::time::timeout(Duration::from_secs(60), read_response(&mut connection))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            (status, answer),
+            (200, SIZE.to_string().into_bytes()),
+            "{name}, HTTP/1.1"
+        );
+        assert!(
+            until_leased(&layer, 0).await,
+            "{name}: a lease outlived its request"
+        );
+    }
+}
