@@ -80,7 +80,6 @@ const HEADERS: u8 = 0x1;
 const SETTINGS: u8 = 0x4;
 /// A frame type no HTTP/2 extension uses: the server reads it whole and ignores it.
 const UNKNOWN: u8 = 0xfa;
-const END_STREAM: u8 = 0x1;
 const END_HEADERS: u8 = 0x4;
 
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
@@ -642,6 +641,10 @@ async fn bodies_ending_early_at_every_growth_step_return_their_leases() {
     }
 }
 
+/// A case of [`http1_declared_lengths_that_lie_are_refused_or_read_as_sent`]: its name, its
+/// framing headers, what follows the head, and the status and body expected.
+type Framing<'a> = (&'a str, &'a str, &'a [u8], (u16, Vec<u8>));
+
 /// HELD (declared lengths that lie). Over HTTP/1.1, on `axum::serve` and plain hyper:
 /// a `Content-Length` beside chunked framing (small or at the limit) does not stop a
 /// genuine delivery, which reaches the handler whole; a length over the limit is refused on
@@ -681,7 +684,7 @@ async fn http1_declared_lengths_that_lie_are_refused_or_read_as_sent() {
     let genuine = (200, b"1000".to_vec());
     // Any client error the server picks; what matters is that it is one.
     let refused = (400, Vec::new());
-    let cases: Vec<(&str, &str, &[u8], (u16, Vec<u8>))> = vec![
+    let cases: Vec<Framing> = vec![
         (
             "a small length and chunked",
             "content-length: 10\r\ntransfer-encoding: chunked\r\n",
