@@ -14,7 +14,10 @@ const CHUNK: usize = 16 * 1024;
 
 /// Collects a body's frames in memory the budget has leased, and joins them once.
 ///
-/// A body that arrives in one frame is kept as that frame: no copy at all.
+/// A body that arrives in one frame is kept as that frame: no copy at all. A frame is a
+/// slice of the buffer the server read it into, so a first frame under 4 KiB is copied out
+/// if the body then has to wait ([`BodyBuffer::settle`]): one byte of a stalled stream
+/// would otherwise hold the server's whole read buffer while the lease counts one byte.
 ///
 /// A body whose length was declared (`Content-Length`, or an exact size hint) and that
 /// arrives in several frames is copied, frame by frame as they arrive, into one buffer, and
@@ -142,6 +145,51 @@ impl BodyBuffer {
             length,
         };
         if fits { Ok(()) } else { Err(OverBudget) }
+    }
+
+    /// The body waits for its next frame. A first frame under 4 KiB that has been kept as
+    /// it came is copied now into what the next frame would have been copied into (the
+    /// declared-length buffer, or a chunk), because a frame is a slice of the buffer the
+    /// server read it into: one byte kept while its stream stalls held the server's whole
+    /// read buffer (8 KiB over HTTP/2, where the next frames go to a new one), and the
+    /// lease counted one byte. A body that arrives without waiting is still never copied,
+    /// nor is one that has sent all it declared. When the budget cannot lease the copy,
+    /// the frame stays as it is.
+    pub(crate) fn settle(&mut self) {
+        let small_first = matches!(&self.data, Data::One(first)
+            if first.len() < SMALL_FRAME && self.declared != Some(first.len()));
+        if !small_first {
+            return;
+        }
+        let Data::One(first) = std::mem::take(&mut self.data) else {
+            return;
+        };
+        let length = first.len();
+        match self.declared {
+            Some(declared) => {
+                let mut joined = Vec::new();
+                if self.copy(&mut joined, &first, 0, declared).is_ok() {
+                    self.data = Data::Growing(joined);
+                    return;
+                }
+            }
+            None => {
+                let mut frames = Vec::new();
+                let mut small = BytesMut::new();
+                keep(&mut frames, &mut small, first.clone(), length);
+                let held = small.capacity();
+                if frames.is_empty() && self.lease.grow_to(held) {
+                    self.data = Data::Many {
+                        frames,
+                        chunk: small,
+                        length,
+                    };
+                    return;
+                }
+            }
+        }
+        self.lease.shrink_to(length);
+        self.data = Data::One(first);
     }
 
     /// Copies `frame` into `joined`, growing it first if it lacks room, with `later` more
@@ -611,6 +659,67 @@ mod tests {
             let (joined, _lease) = buffer.finish();
             assert_eq!(joined, body);
             assert_eq!(budget.held(), sent);
+        }
+    }
+
+    /// A small first frame kept while the body waits is copied out, so it no longer holds
+    /// the buffer it was read into, and the lease counts the copy; a body that sent all it
+    /// declared, or a first frame of 4 KiB or more, is left as it is.
+    #[test]
+    fn a_small_first_frame_is_copied_out_when_the_body_waits() {
+        for declared_length in [Some(4 * 1024 * 1024), Some(100), None] {
+            let budget = Budget::new(1 << 20);
+            let mut buffer = BodyBuffer::new(Lease::new(&budget), declared_length);
+            let read_buffer = Bytes::from(vec![b'{'; 8 * 1024]);
+            buffer.push(read_buffer.slice(..1)).unwrap();
+            buffer.settle();
+            assert!(read_buffer.is_unique(), "{declared_length:?}: still pinned");
+            assert_eq!(budget.held(), held_by(&buffer), "{declared_length:?}");
+            let expected = match declared_length {
+                // 4 MiB divided by four ten times, and 100 by four three times.
+                Some(4194304) => 4,
+                Some(_) => 2,
+                None => FIRST_CHUNK,
+            };
+            assert_eq!(budget.held(), expected, "{declared_length:?}");
+            buffer.settle();
+            buffer.push(Bytes::from_static(b"}")).unwrap();
+            assert_eq!(budget.held(), held_by(&buffer), "{declared_length:?}");
+            let (body, lease) = buffer.finish();
+            assert_eq!(&body[..], b"{}");
+            drop((body, lease));
+            assert_eq!(budget.held(), 0);
+        }
+        for (declared_length, size) in [(Some(9), 9), (None, SMALL_FRAME), (Some(100), SMALL_FRAME)]
+        {
+            let budget = Budget::new(1 << 20);
+            let mut buffer = BodyBuffer::new(Lease::new(&budget), declared_length);
+            let frame = Bytes::from(vec![b'x'; size]);
+            buffer.push(frame.clone()).unwrap();
+            buffer.settle();
+            assert_eq!(
+                buffer.finish().0.as_ptr(),
+                frame.as_ptr(),
+                "{declared_length:?}"
+            );
+        }
+    }
+
+    /// A copy the budget cannot lease leaves the frame as it was, and the lease with it.
+    #[test]
+    fn a_first_frame_the_budget_cannot_copy_stays_as_it_came() {
+        for declared_length in [Some(1000), None] {
+            let budget = Budget::new(200);
+            let mut buffer = BodyBuffer::new(Lease::new(&budget), declared_length);
+            let frame = Bytes::from(vec![b'x'; 150]);
+            buffer.push(frame.clone()).unwrap();
+            buffer.settle();
+            assert_eq!(budget.held(), 150, "{declared_length:?}");
+            assert_eq!(
+                buffer.finish().0.as_ptr(),
+                frame.as_ptr(),
+                "{declared_length:?}"
+            );
         }
     }
 

@@ -182,6 +182,7 @@ where
                 StateProj::Reading { body, reading } => {
                     let frame = match body.poll_frame(cx) {
                         Poll::Pending => {
+                            reading.buffer.settle();
                             if reading.deadline.poll_expired(cx) {
                                 Some(Err(reading.timed_out()))
                             } else {

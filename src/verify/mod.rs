@@ -72,7 +72,9 @@
 //!   leases about the bytes it has received, whatever the framing: frames under 4 KiB are
 //!   gathered as they arrive into chunks that grow with the body (256 bytes to 16 KiB), so
 //!   a body of 1-byte chunks holds what its bytes weigh, not one allocation per frame, and
-//!   one of two tiny frames holds 256 bytes. A multi-frame body with a declared
+//!   one of two tiny frames holds 256 bytes; a small first frame is copied out of the
+//!   server's read buffer once its body has to wait, so a stalled byte never holds that
+//!   buffer. A multi-frame body with a declared
 //!   `Content-Length` is copied as it arrives into one buffer that grows toward that
 //!   length (at most four times the bytes received) and stops at it, each frame let go
 //!   once copied, so the frames and the body are never held together; one of unknown

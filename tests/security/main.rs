@@ -26,4 +26,5 @@ mod attacks;
 mod boundary;
 mod hostile;
 mod round_five;
+mod round_six;
 mod wire;
