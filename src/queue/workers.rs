@@ -260,9 +260,7 @@ where
             on_dead_letter,
         } = self;
         let settings = Arc::new(settings);
-        let capacity = settings
-            .concurrency
-            .saturating_add(settings.prefetch.unwrap_or(settings.concurrency));
+        let mut prefetch = Prefetch::new(settings.concurrency, settings.prefetch);
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let (stop, stopping) = watch::channel(false);
         let (cancel, cancelled) = watch::channel(false);
@@ -274,6 +272,7 @@ where
             while let Some(finished) = running.try_join_next_with_id() {
                 events.finished(finished);
             }
+            let capacity = settings.concurrency.saturating_add(prefetch.events);
             let free = capacity.saturating_sub(events.held.len());
             // Nothing to claim or record: wait for a run to end.
             let mut idle = true;
@@ -291,6 +290,9 @@ where
                     Ok((recorded, claimed)) => {
                         events.recorded(&recorded);
                         idle = claimed.len() < free;
+                        // Before this call's events take them: a permit nobody waits for is
+                        // a slot that idled while the store committed.
+                        prefetch.adapt(free, claimed.len(), permits.available_permits() > 0);
                         for claimed in claimed {
                             let key = *claimed.lease().key();
                             if events.unrecorded.contains(&key) {
@@ -382,6 +384,61 @@ where
                 }
             }
         }
+    }
+}
+
+/// How many events the loop claims ahead of free slots.
+///
+/// Set by [`Workers::prefetch`], it stays as set. By default it starts at the concurrency
+/// and adapts to the backlog: a claim that came back full, after a previous one that came
+/// back full too, while a slot idled (no prefetched event was left to take it while the
+/// store committed) doubles it, up to 8 × the concurrency; a claim that came back short
+/// (the backlog is drained) halves it, down to the concurrency again. Slow handlers never
+/// grow it: their slots are busy and the prefetched events wait for them. (The first full
+/// claim after an idle spell does not count: its slots idled for want of events.) A store whose commit waits for a flush drains at most
+/// `concurrency + prefetch` events per flush, so this is what lets it keep up with instant
+/// handlers.
+struct Prefetch {
+    events: usize,
+    least: usize,
+    most: usize,
+    /// The last claim came back full: there is a backlog.
+    backlog: bool,
+}
+
+impl Prefetch {
+    fn new(concurrency: usize, set: Option<usize>) -> Self {
+        match set {
+            Some(events) => Self {
+                events,
+                least: events,
+                most: events,
+                backlog: false,
+            },
+            None => Self {
+                events: concurrency,
+                least: concurrency,
+                most: concurrency.saturating_mul(8),
+                backlog: false,
+            },
+        }
+    }
+
+    /// After a call that asked for `asked` events and got `got`; `starved`: a slot was free
+    /// with no event waiting for it when the call returned.
+    fn adapt(&mut self, asked: usize, got: usize, starved: bool) {
+        if asked == 0 {
+            return;
+        }
+        let full = got >= asked;
+        self.events = if !full {
+            (self.events / 2).max(self.least)
+        } else if starved && self.backlog {
+            self.events.saturating_mul(2).min(self.most)
+        } else {
+            self.events
+        };
+        self.backlog = full;
     }
 }
 
