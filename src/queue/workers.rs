@@ -76,9 +76,10 @@ type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 ///   limited to [`attempt_timeout`](Self::attempt_timeout) (10 min).
 /// - **Grouped:** completions that finish while the store commits are recorded together,
 ///   with a claim for every free slot, in one transaction:
-///   one commit, so one flush, for many events. Up to
-///   [`prefetch`](Self::prefetch) events (as many as the concurrency) are claimed ahead of
-///   free slots, so that handlers keep running while the store commits.
+///   one commit, so one flush, for many events. Events are claimed ahead of free slots
+///   (the [`prefetch`](Self::prefetch): as many as the concurrency, more while a backlog
+///   leaves slots idle on the store's commits, up to 8 × the concurrency), so that
+///   handlers keep running while the store commits.
 /// - **Leased:** a claim leases the event for [`lease`](Self::lease) (30 s), renewed every
 ///   third of it while the event waits for a slot and while its handler runs. An event
 ///   whose worker died is claimed again once its lease expires (SQLite: at once when the
@@ -191,10 +192,18 @@ where
     }
 
     /// How many events are claimed ahead of free slots, to wait here (their leases renewed)
-    /// until a handler run ends; as many as the [`concurrency`](Self::concurrency) by
-    /// default, `0` for none. With instant handlers they keep every slot busy while the
-    /// store commits the next group; with slow handlers they wait here instead of on
-    /// another replica, and a crash of this process counts an attempt for each of them.
+    /// until a handler run ends; `0` for none. With instant handlers they keep every slot
+    /// busy while the store commits the next group; with slow handlers they wait here
+    /// instead of on another replica, and a crash of this process counts an attempt for
+    /// each of them.
+    ///
+    /// Unset, it adapts: as many as the [`concurrency`](Self::concurrency) at first;
+    /// doubled when two claims in a row came back full and a slot idled while the second
+    /// committed (the handlers outran the store), up to 8 × the concurrency; halved back
+    /// once a claim comes back short. A store whose commit waits for a flush drains at most
+    /// `concurrency + prefetch` events per commit, so instant handlers on PostgreSQL need
+    /// more than the concurrency to keep up; slow handlers keep their slots busy and never
+    /// grow it. Set, it stays fixed.
     pub fn prefetch(mut self, events: usize) -> Self {
         self.settings.prefetch = Some(events);
         self
