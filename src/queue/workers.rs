@@ -771,3 +771,51 @@ fn request(path: &Uri, claimed: &Claimed, attempt: WorkerAttempt) -> Request<Ver
     extensions.insert(attempt);
     request
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Prefetch;
+
+    #[test]
+    fn the_prefetch_doubles_on_a_second_full_starved_claim_up_to_eight_times_the_concurrency() {
+        let mut prefetch = Prefetch::new(8, None);
+        assert_eq!(prefetch.events, 8);
+        // The first full claim only shows a backlog: its slots idled for want of events.
+        prefetch.adapt(16, 16, true);
+        assert_eq!(prefetch.events, 8);
+        let mut grown = Vec::new();
+        for _ in 0..5 {
+            let asked = 8 + prefetch.events;
+            prefetch.adapt(asked, asked, true);
+            grown.push(prefetch.events);
+        }
+        assert_eq!(grown, [16, 32, 64, 64, 64]);
+        // No slot idled: handlers are the bound, not the store.
+        prefetch.adapt(1, 1, false);
+        assert_eq!(prefetch.events, 64);
+        // A call with nothing to claim says nothing of the backlog.
+        prefetch.adapt(0, 0, true);
+        assert_eq!(prefetch.events, 64);
+        let mut shrunk = Vec::new();
+        for _ in 0..4 {
+            prefetch.adapt(72, 3, true);
+            shrunk.push(prefetch.events);
+        }
+        assert_eq!(shrunk, [32, 16, 8, 8]);
+        // A short claim ends the backlog: the next full one does not grow it yet.
+        prefetch.adapt(16, 16, true);
+        assert_eq!(prefetch.events, 8);
+    }
+
+    #[test]
+    fn a_prefetch_that_was_set_stays_as_set() {
+        for set in [0, 3] {
+            let mut prefetch = Prefetch::new(8, Some(set));
+            for _ in 0..4 {
+                prefetch.adapt(8 + set, 8 + set, true);
+            }
+            prefetch.adapt(8 + set, 0, true);
+            assert_eq!(prefetch.events, set);
+        }
+    }
+}
