@@ -25,7 +25,7 @@
 //!   waiting events by one bulk `INSERT … SELECT` in one
 //!   transaction, not over HTTP.
 //! - **Workers.** [`Workers`] with the receiver's concurrency (8, and the default prefetch
-//!   of as many events) and a handler that
+//!   of as many events, growing with the backlog; `PREFETCH=N` fixes it) and a handler that
 //!   answers `200` at once: drained alone for `DURATION`, then again while the load runs,
 //!   to see whether they keep up with the acknowledgements.
 //!
@@ -499,11 +499,18 @@ async fn run_workers<S: EventStore>(
         counter.fetch_add(1, Ordering::Relaxed);
         async { Ok::<_, std::convert::Infallible>(Response::new(String::new())) }
     });
-    Workers::new(store, handler)
+    let workers = Workers::new(store, handler)
         .concurrency(8)
-        .shutdown_grace(Duration::from_secs(30))
-        .run(shutdown)
-        .await;
+        .shutdown_grace(Duration::from_secs(30));
+    // `PREFETCH=8`: a fixed prefetch, as before it adapted to the backlog.
+    let workers = match std::env::var("PREFETCH")
+        .ok()
+        .and_then(|set| set.parse().ok())
+    {
+        Some(events) => workers.prefetch(events),
+        None => workers,
+    };
+    workers.run(shutdown).await;
 }
 
 /// Opens the SQLite store, waiting for the previous opener's thread to let go of the

@@ -76,9 +76,10 @@ type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 ///   limited to [`attempt_timeout`](Self::attempt_timeout) (10 min).
 /// - **Grouped:** completions that finish while the store commits are recorded together,
 ///   with a claim for every free slot, in one transaction:
-///   one commit, so one flush, for many events. Up to
-///   [`prefetch`](Self::prefetch) events (as many as the concurrency) are claimed ahead of
-///   free slots, so that handlers keep running while the store commits.
+///   one commit, so one flush, for many events. Events are claimed ahead of free slots
+///   (the [`prefetch`](Self::prefetch): as many as the concurrency, more while a backlog
+///   leaves slots idle on the store's commits, up to 8 × the concurrency), so that
+///   handlers keep running while the store commits.
 /// - **Leased:** a claim leases the event for [`lease`](Self::lease) (30 s), renewed every
 ///   third of it while the event waits for a slot and while its handler runs. An event
 ///   whose worker died is claimed again once its lease expires (SQLite: at once when the
@@ -191,10 +192,18 @@ where
     }
 
     /// How many events are claimed ahead of free slots, to wait here (their leases renewed)
-    /// until a handler run ends; as many as the [`concurrency`](Self::concurrency) by
-    /// default, `0` for none. With instant handlers they keep every slot busy while the
-    /// store commits the next group; with slow handlers they wait here instead of on
-    /// another replica, and a crash of this process counts an attempt for each of them.
+    /// until a handler run ends; `0` for none. With instant handlers they keep every slot
+    /// busy while the store commits the next group; with slow handlers they wait here
+    /// instead of on another replica, and a crash of this process counts an attempt for
+    /// each of them.
+    ///
+    /// Unset, it adapts: as many as the [`concurrency`](Self::concurrency) at first;
+    /// doubled when two claims in a row came back full and a slot idled while the second
+    /// committed (the handlers outran the store), up to 8 × the concurrency; halved back
+    /// once a claim comes back short. A store whose commit waits for a flush drains at most
+    /// `concurrency + prefetch` events per commit, so instant handlers on PostgreSQL need
+    /// more than the concurrency to keep up; slow handlers keep their slots busy and never
+    /// grow it. Set, it stays fixed.
     pub fn prefetch(mut self, events: usize) -> Self {
         self.settings.prefetch = Some(events);
         self
@@ -260,9 +269,7 @@ where
             on_dead_letter,
         } = self;
         let settings = Arc::new(settings);
-        let capacity = settings
-            .concurrency
-            .saturating_add(settings.prefetch.unwrap_or(settings.concurrency));
+        let mut prefetch = Prefetch::new(settings.concurrency, settings.prefetch);
         let permits = Arc::new(Semaphore::new(settings.concurrency));
         let (stop, stopping) = watch::channel(false);
         let (cancel, cancelled) = watch::channel(false);
@@ -274,6 +281,7 @@ where
             while let Some(finished) = running.try_join_next_with_id() {
                 events.finished(finished);
             }
+            let capacity = settings.concurrency.saturating_add(prefetch.events);
             let free = capacity.saturating_sub(events.held.len());
             // Nothing to claim or record: wait for a run to end.
             let mut idle = true;
@@ -291,6 +299,9 @@ where
                     Ok((recorded, claimed)) => {
                         events.recorded(&recorded);
                         idle = claimed.len() < free;
+                        // Before this call's events take them: a permit nobody waits for is
+                        // a slot that idled while the store committed.
+                        prefetch.adapt(free, claimed.len(), permits.available_permits() > 0);
                         for claimed in claimed {
                             let key = *claimed.lease().key();
                             if events.unrecorded.contains(&key) {
@@ -382,6 +393,61 @@ where
                 }
             }
         }
+    }
+}
+
+/// How many events the loop claims ahead of free slots.
+///
+/// Set by [`Workers::prefetch`], it stays as set. By default it starts at the concurrency
+/// and adapts to the backlog: a claim that came back full, after a previous one that came
+/// back full too, while a slot idled (no prefetched event was left to take it while the
+/// store committed) doubles it, up to 8 × the concurrency; a claim that came back short
+/// (the backlog is drained) halves it, down to the concurrency again. Slow handlers never
+/// grow it: their slots are busy and the prefetched events wait for them. (The first full
+/// claim after an idle spell does not count: its slots idled for want of events.) A store whose commit waits for a flush drains at most
+/// `concurrency + prefetch` events per flush, so this is what lets it keep up with instant
+/// handlers.
+struct Prefetch {
+    events: usize,
+    least: usize,
+    most: usize,
+    /// The last claim came back full: there is a backlog.
+    backlog: bool,
+}
+
+impl Prefetch {
+    fn new(concurrency: usize, set: Option<usize>) -> Self {
+        match set {
+            Some(events) => Self {
+                events,
+                least: events,
+                most: events,
+                backlog: false,
+            },
+            None => Self {
+                events: concurrency,
+                least: concurrency,
+                most: concurrency.saturating_mul(8),
+                backlog: false,
+            },
+        }
+    }
+
+    /// After a call that asked for `asked` events and got `got`; `starved`: a slot was free
+    /// with no event waiting for it when the call returned.
+    fn adapt(&mut self, asked: usize, got: usize, starved: bool) {
+        if asked == 0 {
+            return;
+        }
+        let full = got >= asked;
+        self.events = if !full {
+            (self.events / 2).max(self.least)
+        } else if starved && self.backlog {
+            self.events.saturating_mul(2).min(self.most)
+        } else {
+            self.events
+        };
+        self.backlog = full;
     }
 }
 
@@ -704,4 +770,52 @@ fn request(path: &Uri, claimed: &Claimed, attempt: WorkerAttempt) -> Request<Ver
     extensions.insert(delivery.clone());
     extensions.insert(attempt);
     request
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Prefetch;
+
+    #[test]
+    fn the_prefetch_doubles_on_a_second_full_starved_claim_up_to_eight_times_the_concurrency() {
+        let mut prefetch = Prefetch::new(8, None);
+        assert_eq!(prefetch.events, 8);
+        // The first full claim only shows a backlog: its slots idled for want of events.
+        prefetch.adapt(16, 16, true);
+        assert_eq!(prefetch.events, 8);
+        let mut grown = Vec::new();
+        for _ in 0..5 {
+            let asked = 8 + prefetch.events;
+            prefetch.adapt(asked, asked, true);
+            grown.push(prefetch.events);
+        }
+        assert_eq!(grown, [16, 32, 64, 64, 64]);
+        // No slot idled: handlers are the bound, not the store.
+        prefetch.adapt(1, 1, false);
+        assert_eq!(prefetch.events, 64);
+        // A call with nothing to claim says nothing of the backlog.
+        prefetch.adapt(0, 0, true);
+        assert_eq!(prefetch.events, 64);
+        let mut shrunk = Vec::new();
+        for _ in 0..4 {
+            prefetch.adapt(72, 3, true);
+            shrunk.push(prefetch.events);
+        }
+        assert_eq!(shrunk, [32, 16, 8, 8]);
+        // A short claim ends the backlog: the next full one does not grow it yet.
+        prefetch.adapt(16, 16, true);
+        assert_eq!(prefetch.events, 8);
+    }
+
+    #[test]
+    fn a_prefetch_that_was_set_stays_as_set() {
+        for set in [0, 3] {
+            let mut prefetch = Prefetch::new(8, Some(set));
+            for _ in 0..4 {
+                prefetch.adapt(8 + set, 8 + set, true);
+            }
+            prefetch.adapt(8 + set, 0, true);
+            assert_eq!(prefetch.events, set);
+        }
+    }
 }

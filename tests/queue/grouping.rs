@@ -318,6 +318,20 @@ struct Paced {
     handled: Arc<AtomicUsize>,
     claimed: AtomicUsize,
     released: AtomicUsize,
+    /// What each call asked for.
+    limits: Mutex<Vec<usize>>,
+}
+
+impl Paced {
+    fn new(inner: Arc<SqliteStore>, handled: Arc<AtomicUsize>) -> Self {
+        Self {
+            inner,
+            handled,
+            claimed: AtomicUsize::new(0),
+            released: AtomicUsize::new(0),
+            limits: Mutex::new(Vec::new()),
+        }
+    }
 }
 
 impl Backend for Paced {
@@ -352,6 +366,7 @@ impl Backend for Paced {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+        self.limits.lock().unwrap().push(limit);
         let settled = self
             .inner
             .complete_and_claim(completed, limit, lease, max)
@@ -394,19 +409,14 @@ impl Backend for Paced {
 // Several threads, so that runs end while the loop waits for the store, as in production.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_stops_claiming_while_every_call_still_fills_the_slots() {
-    const EVENTS: usize = 200;
+    const EVENTS: usize = 400;
     let dir = scratch("busy-shutdown");
     let sqlite = open(&dir);
     for n in 0..EVENTS {
         stored(&sqlite, &format!("evt_busy_{n}")).await;
     }
     let handled = Arc::new(AtomicUsize::new(0));
-    let store = Arc::new(Paced {
-        inner: Arc::clone(&sqlite),
-        handled: Arc::clone(&handled),
-        claimed: AtomicUsize::new(0),
-        released: AtomicUsize::new(0),
-    });
+    let store = Arc::new(Paced::new(Arc::clone(&sqlite), Arc::clone(&handled)));
     let (ran, mut runs) = mpsc::unbounded_channel();
     let handler = Router::new().route(
         "/webhooks",
@@ -428,12 +438,113 @@ async fn shutdown_stops_claiming_while_every_call_still_fills_the_slots() {
     while runs.try_recv().is_ok() {
         ran += 1;
     }
-    // The call under way and the runs it feeds may finish; nothing is claimed after.
+    // The call under way and the runs it feeds may finish, each at most the 8 slots and
+    // the largest prefetch (64); nothing is claimed after.
     assert!(
-        ran <= 40 + 32,
+        ran <= 40 + 2 * 72,
         "{ran} of {EVENTS} events ran though shutdown began after 40"
     );
     let after = stats(&*sqlite).await;
     assert_eq!(after.in_flight, 0, "{after:?}");
     assert_eq!(after.waiting as usize, EVENTS - ran, "{after:?}");
+}
+
+/// Instant handlers and a store that answers each call only once every event claimed so
+/// far ran (a commit slower than the handlers, as PostgreSQL's flush is): every call finds
+/// its slots idle, so the prefetch doubles while the backlog fills the claims, up to 8 ×
+/// the concurrency, and halves back once the backlog is drained.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_prefetch_grows_while_slots_idle_on_a_backlog_and_shrinks_once_drained() {
+    const EVENTS: usize = 300;
+    let dir = scratch("prefetch-grows");
+    let sqlite = open(&dir);
+    for n in 0..EVENTS {
+        stored(&sqlite, &format!("evt_grow_{n}")).await;
+    }
+    let handled = Arc::new(AtomicUsize::new(0));
+    let store = Arc::new(Paced::new(Arc::clone(&sqlite), Arc::clone(&handled)));
+    let (ran, mut runs) = mpsc::unbounded_channel();
+    let handler = Router::new().route(
+        "/webhooks",
+        post(move || {
+            handled.fetch_add(1, Ordering::SeqCst);
+            let _ = ran.send(());
+            async { StatusCode::OK }
+        }),
+    );
+    let (stop, running) = run(Workers::new(Arc::clone(&store), handler).concurrency(8));
+    for _ in 0..EVENTS {
+        runs.recv().await.unwrap();
+    }
+    // The drained store answers short claims: the prefetch halves back to 8 (72 → 40 →
+    // 24 → 16 asked).
+    let mut waited = 0;
+    while store.limits.lock().unwrap().last() != Some(&16) {
+        assert!(waited < 3000, "{:?}", store.limits.lock().unwrap());
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        waited += 1;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    let limits = store.limits.lock().unwrap().clone();
+    // 8 slots and 8 prefetched at first; more once slots idled on a backlog (how many a
+    // call asks for depends on the runs that ended before it began), never more than 8
+    // slots and 64 prefetched.
+    assert_eq!(limits[0], 16, "{limits:?}");
+    let most = *limits.iter().max().unwrap();
+    assert!(most > 16 && most <= 72, "{limits:?}");
+    assert_eq!(runs.try_recv().ok(), None, "an event ran twice");
+    assert_eq!(stats(&*sqlite).await.depth(), 0);
+}
+
+/// Handlers slower than the store: the prefetched events wait for slots, no slot idles,
+/// and the prefetch stays at the concurrency however long the backlog.
+#[tokio::test]
+async fn slow_handlers_keep_the_prefetch_at_the_concurrency() {
+    const EVENTS: usize = 40;
+    let dir = scratch("prefetch-slow");
+    let sqlite = open(&dir);
+    for n in 0..EVENTS {
+        stored(&sqlite, &format!("evt_slow_{n}")).await;
+    }
+    let store = Arc::new(Counting::new(Arc::clone(&sqlite), false, false));
+    let finish = Arc::new(Semaphore::new(0));
+    let (ran, mut runs) = mpsc::unbounded_channel();
+    let handler = {
+        let finish = Arc::clone(&finish);
+        Router::new().route(
+            "/webhooks",
+            post(move || {
+                let _ = ran.send(());
+                let finish = Arc::clone(&finish);
+                async move {
+                    finish.acquire().await.unwrap().forget();
+                    StatusCode::OK
+                }
+            }),
+        )
+    };
+    let workers = Workers::new(Arc::clone(&store), handler)
+        .concurrency(2)
+        .shutdown_grace(Duration::from_millis(100));
+    let (stop, running) = run(workers);
+    // One handler at a time finishes, once the call that followed the previous one
+    // returned; each start after the first two is a prefetched event taking the freed slot.
+    runs.recv().await.unwrap();
+    runs.recv().await.unwrap();
+    for finished in 1..=20 {
+        finish.add_permits(1);
+        runs.recv().await.unwrap();
+        let mut waited = 0;
+        while store.calls().len() < 1 + finished {
+            assert!(waited < 3000, "{:?}", store.calls());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            waited += 1;
+        }
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    let calls = store.calls();
+    assert_eq!(calls[0].limit, 4, "{calls:?}");
+    assert!(calls.iter().all(|call| call.limit <= 4), "{calls:?}");
 }
