@@ -243,3 +243,67 @@ async fn a_crash_counts_no_attempt_for_events_that_never_started() {
         receiver.stderr()
     );
 }
+
+/// An event that crashes the process each time ends in the dead letters once its attempts
+/// are used up; docs/durable.md promises that such an event, like one whose last attempt
+/// failed, is reported to `Workers::on_dead_letter` (the receiver prints a `queue: dead
+/// letter` line on stderr). Here the crashes are `SIGKILL`s while the handler runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "fails: an event whose attempts a crash used up is dead-lettered inside the \
+            claim, which tells the workers nothing, so on_dead_letter is never called for it"]
+async fn an_event_that_crashed_every_attempt_is_reported_as_a_dead_letter() {
+    const MAX_ATTEMPTS: usize = 8;
+    let binary = receiver_binary(&[]);
+    let dir = TempDir::new("crash-dead-letter");
+    let store = dir.0.join("events.db");
+    let url = format!("sqlite:{}", store.display());
+    let port = free_port();
+    let client = client();
+    let mut receiver = Some(Receiver::start(&binary, &url, port, 600_000));
+    let body = r#"{"event":"message.received","event_id":"evt_poison","inbox_id":"inb_1"}"#;
+    let (status, _) = deliver(
+        &client,
+        receiver.as_ref().unwrap().address(),
+        Method::POST,
+        body.as_bytes(),
+        SECRET,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    for crash in 1..=MAX_ATTEMPTS {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !stored_events(&store).iter().any(|e| e.0) {
+            assert!(Instant::now() < deadline, "the event was never claimed");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        drop(receiver.take()); // SIGKILL while its handler runs
+        if crash < MAX_ATTEMPTS {
+            receiver = Some(Receiver::start(&binary, &url, port, 600_000));
+        }
+    }
+    let receiver = Receiver::start(&binary, &url, port, 0);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_events(&store).iter().any(|e| e.2 == 0) {
+        assert!(Instant::now() < deadline, "the event is still pending");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        stored_events(&store),
+        vec![(false, MAX_ATTEMPTS as i64, 2)],
+        "not a dead letter after {MAX_ATTEMPTS} crashed attempts"
+    );
+    assert_eq!(receiver.handled("evt_poison"), 0);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !receiver
+        .stderr()
+        .iter()
+        .any(|line| line.starts_with("queue: dead letter evt_poison"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the dead letter was never reported: {:?}",
+            receiver.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
