@@ -307,3 +307,90 @@ async fn an_event_that_crashed_every_attempt_is_reported_as_a_dead_letter() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// `SIGTERM` is graceful: running handlers finish within the grace (10 s), the events
+/// claimed ahead of free slots are handed back with their attempts uncounted, and none of
+/// it runs twice. A receiver restarted afterwards runs exactly what had not run, and one
+/// restarted with nothing pending handles nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_running_handlers_and_hands_back_the_prefetched_events() {
+    const EVENTS: usize = 16;
+    const WORK_MS: u64 = 3000;
+    let binary = receiver_binary(&[]);
+    let dir = TempDir::new("sigterm-prefetch");
+    let store = dir.0.join("events.db");
+    let url = format!("sqlite:{}", store.display());
+    let port = free_port();
+    let client = client();
+    let mut first = Receiver::start(&binary, &url, port, WORK_MS);
+    let ids: Vec<String> = (0..EVENTS)
+        .map(|index| format!("evt_term_{index}"))
+        .collect();
+    for id in &ids {
+        let body =
+            format!(r#"{{"event":"message.received","event_id":"{id}","inbox_id":"inb_1"}}"#);
+        let (status, _) = deliver(
+            &client,
+            first.address(),
+            Method::POST,
+            body.as_bytes(),
+            SECRET,
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    // All 16 claimed: 8 running, 8 waiting for a slot.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while stored_events(&store).iter().filter(|e| e.0).count() < EVENTS {
+        assert!(
+            Instant::now() < deadline,
+            "the events were never all claimed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        first.lines().len(),
+        0,
+        "handlers finished before the SIGTERM"
+    );
+    let stopping = Instant::now();
+    assert_eq!(first.terminate(), Some(0));
+    let stopped_in = stopping.elapsed();
+    // Within the grace and a generous margin for a loaded machine.
+    assert!(
+        stopped_in < Duration::from_secs(30),
+        "SIGTERM took {stopped_in:?}"
+    );
+    let ran_first: Vec<&String> = ids.iter().filter(|id| first.handled(id) > 0).collect();
+    assert_eq!(
+        ran_first.len(),
+        8,
+        "the 8 running handlers must finish within the grace, and nothing waiting may start: {:?}",
+        first.lines()
+    );
+    let events = stored_events(&store);
+    assert_eq!(events.iter().filter(|e| e.2 == 1).count(), 8, "{events:?}");
+    for (leased, attempts, state) in &events {
+        assert!(!leased, "a lease survived the graceful stop: {events:?}");
+        if *state == 0 {
+            assert_eq!(
+                *attempts, 0,
+                "a handed-back event kept an attempt: {events:?}"
+            );
+        }
+    }
+
+    // The rest run once after a restart; a second restart handles nothing.
+    let mut second = Receiver::start(&binary, &url, port, 0);
+    for id in ids.iter().filter(|id| first.handled(id) == 0) {
+        second.wait_handled(id, Duration::from_secs(30)).await;
+    }
+    assert_eq!(second.lines().len(), 8, "{:?}", second.lines());
+    assert_eq!(second.terminate(), Some(0));
+    let third = Receiver::start(&binary, &url, port, 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(third.lines(), Vec::<String>::new());
+    for id in &ids {
+        assert_eq!(first.handled(id) + second.handled(id), 1, "{id}");
+    }
+}
