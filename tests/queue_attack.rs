@@ -249,8 +249,6 @@ async fn a_crash_counts_no_attempt_for_events_that_never_started() {
 /// failed, is reported to `Workers::on_dead_letter` (the receiver prints a `queue: dead
 /// letter` line on stderr). Here the crashes are `SIGKILL`s while the handler runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: an event whose attempts a crash used up is dead-lettered inside the \
-            claim, which tells the workers nothing, so on_dead_letter is never called for it"]
 async fn an_event_that_crashed_every_attempt_is_reported_as_a_dead_letter() {
     const MAX_ATTEMPTS: usize = 8;
     let binary = receiver_binary(&[]);
