@@ -392,3 +392,172 @@ async fn sigterm_finishes_running_handlers_and_hands_back_the_prefetched_events(
         assert_eq!(first.handled(id) + second.handled(id), 1, "{id}");
     }
 }
+
+/// Kill and restart cycles under load: deliveries keep arriving (two concurrent copies of
+/// each) while `SIGKILL` falls at a random moment, during group commits, checkpoints and
+/// prefetched claims. OpenMail's part is played by resending every delivery that got no
+/// `2xx`. Then: every acknowledged event was handled; no process printed an event twice;
+/// an event printed well before a kill (its completion committed by then) was not handled
+/// again; and after a graceful stop, a restart handles nothing.
+///
+/// `OPENMAIL_ATTACK_CYCLES=50 cargo test --test queue_attack kill_and_restart` hunts longer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_and_restart_under_load_loses_nothing_and_repeats_only_crashed_runs() {
+    // More for a longer hunt: OPENMAIL_ATTACK_CYCLES=50.
+    let cycles: usize = std::env::var("OPENMAIL_ATTACK_CYCLES")
+        .ok()
+        .and_then(|cycles| cycles.parse().ok())
+        .unwrap_or(4);
+    const PER_CYCLE: usize = 40;
+    let binary = receiver_binary(&[]);
+    let dir = TempDir::new("kill-cycles");
+    let store = dir.0.join("events.db");
+    let url = format!("sqlite:{}", store.display());
+    let port = free_port();
+    let client = client();
+    let body = |id: &str| {
+        format!(r#"{{"event":"message.received","event_id":"{id}","inbox_id":"inb_1"}}"#)
+    };
+    // A cheap pseudo-random sequence: the kill moments differ from run to run.
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    let mut random = move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+
+    let mut acknowledged = std::collections::HashSet::new();
+    let mut unacknowledged: Vec<String> = Vec::new();
+    let mut finished: Vec<Receiver> = Vec::new();
+    // Events each killed process had printed 1.5 s before its kill: committed by then.
+    let mut settled_before_kill: Vec<Vec<String>> = Vec::new();
+    for cycle in 0..cycles {
+        let receiver = Receiver::start(&binary, &url, port, 100);
+        let address = receiver.address();
+        let mut ids: Vec<String> = std::mem::take(&mut unacknowledged);
+        ids.extend((0..PER_CYCLE).map(|index| format!("evt_{cycle}_{index}")));
+        let sender = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for id in ids {
+                    let text = body(&id);
+                    let copy = |client: support::HttpClient, text: String| async move {
+                        let timestamp = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_secs()
+                            .to_string();
+                        let request = http::Request::builder()
+                            .method(Method::POST)
+                            .uri(format!("http://{address}/webhooks"))
+                            .header("content-type", "application/json")
+                            .header("x-timestamp", &timestamp)
+                            .header(
+                                "x-signature",
+                                openmail_webhooks::sign(SECRET, &timestamp, text.as_bytes()),
+                            )
+                            .body(http_body_util::Full::new(bytes::Bytes::from(text)))
+                            .unwrap();
+                        match client.request(request).await {
+                            Ok(response) => Some(response.status()),
+                            Err(_) => None,
+                        }
+                    };
+                    let (first, second) = tokio::join!(
+                        copy(client.clone(), text.clone()),
+                        copy(client.clone(), text)
+                    );
+                    let statuses = [first, second];
+                    for status in statuses.iter().flatten() {
+                        assert!(
+                            *status == StatusCode::OK,
+                            "{id} was answered {status} while the store was reachable"
+                        );
+                    }
+                    outcomes.push((id, statuses.contains(&Some(StatusCode::OK))));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                outcomes
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(1500 + random(1500))).await;
+        let printed: Vec<String> = receiver
+            .lines()
+            .iter()
+            .filter_map(|line| line.split(' ').nth(2).map(str::to_owned))
+            .collect();
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let mut killed = receiver;
+        let _ = killed.child.kill();
+        let _ = killed.child.wait();
+        settled_before_kill.push(printed);
+        for (id, acked) in sender.await.unwrap() {
+            if acked {
+                acknowledged.insert(id);
+            } else {
+                unacknowledged.push(id);
+            }
+        }
+        finished.push(killed);
+    }
+
+    // The last process gets everything: the retries of unacknowledged deliveries, then
+    // every stored event.
+    let last = Receiver::start(&binary, &url, port, 100);
+    for id in std::mem::take(&mut unacknowledged) {
+        assert_eq!(
+            support::post(&client, last.address(), &body(&id)).await,
+            StatusCode::OK
+        );
+        acknowledged.insert(id);
+    }
+    let total = |id: &str| finished.iter().map(|r| r.handled(id)).sum::<usize>() + last.handled(id);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &acknowledged {
+        while total(id) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{id} was acknowledged and never handled: {:?}",
+                last.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut last = last;
+    assert_eq!(last.terminate(), Some(0));
+    for (index, process) in finished.iter().chain(std::iter::once(&last)).enumerate() {
+        for id in &acknowledged {
+            assert!(
+                process.handled(id) <= 1,
+                "process {index} handled {id} {} times",
+                process.handled(id)
+            );
+        }
+    }
+    for (index, printed) in settled_before_kill.iter().enumerate() {
+        for id in printed {
+            let later: usize = finished[index + 1..]
+                .iter()
+                .map(|r| r.handled(id))
+                .sum::<usize>()
+                + last.handled(id);
+            assert_eq!(
+                later, 0,
+                "{id} completed 1.5 s before process {index} was killed, and ran again"
+            );
+        }
+    }
+    let after = Receiver::start(&binary, &url, port, 0);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        after.lines(),
+        Vec::<String>::new(),
+        "a restart with nothing pending"
+    );
+}
