@@ -561,3 +561,69 @@ async fn kill_and_restart_under_load_loses_nothing_and_repeats_only_crashed_runs
         "a restart with nothing pending"
     );
 }
+
+/// A completed event's body leaves the files also while deliveries keep arriving and
+/// completing, with the checkpointer copying the log beside the writer: the freed space
+/// in the file is zeroed (`secure_delete`; the test fails without it) and the log's frames
+/// that held it are overwritten or truncated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_body_leaves_the_sqlite_files_under_a_steady_load() {
+    let binary = receiver_binary(&[]);
+    let dir = TempDir::new("erase-load");
+    let store = dir.0.join("events.db");
+    let receiver = Receiver::start(
+        &binary,
+        &format!("sqlite:{}", store.display()),
+        free_port(),
+        0,
+    );
+    let address = receiver.address();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for connection in 0..4 {
+        let stop = std::sync::Arc::clone(&stop);
+        load.push(tokio::spawn(async move {
+            let client = client();
+            let mut index = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let body = format!(
+                    r#"{{"event":"message.received","event_id":"evt_load_{connection}_{index}","inbox_id":"inb_1","message":{{"body_text":"{}"}}}}"#,
+                    "public ".repeat(200)
+                );
+                assert_eq!(support::post(&client, address, &body).await, StatusCode::OK);
+                index += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let client = client();
+    let private = format!("PRIVATE-UNDER-LOAD-{}", "y".repeat(10_000));
+    let body = serde_json::json!({
+        "event": "message.received",
+        "event_id": "evt_private",
+        "inbox_id": "inb_1",
+        "message": { "body_text": private },
+    })
+    .to_string();
+    assert_eq!(support::post(&client, address, &body).await, StatusCode::OK);
+    receiver
+        .wait_handled("evt_private", Duration::from_secs(30))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let found = files_contain(&dir.0, b"PRIVATE-UNDER-LOAD-");
+        if found.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a completed body still readable under load in {found:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(receiver.handled("evt_load_0_0") <= 1);
+}
