@@ -169,16 +169,16 @@ fn stored_events(store: &std::path::Path) -> Vec<(bool, i64, i64)> {
 /// An attempt is counted when an event is claimed, so that an event that crashes the
 /// process each time ends in the dead letters. The workers also claim events ahead of free
 /// slots (the prefetch): those wait here and never start a handler before a crash, so a
-/// crash must not count an attempt for them, or a crash loop dead-letters healthy events
-/// that never ran. The receiver runs 8 handlers at once: a `SIGKILL` can interrupt at most
-/// 8 attempts, so each one may add at most 8 to the attempts stored, and after 8 crashes
-/// at most 8 events (those that were running each time) may be dead letters.
+/// crash that counts an attempt for them too makes a crash loop dead-letter healthy events
+/// that never ran. The receiver runs 8 handlers at once, so a `SIGKILL` interrupts at most
+/// 8 runs: after 8 crashes, at most 8 events (those that were running each time) may be
+/// dead letters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: a prefetched claim counts its attempt, so a crash counts one for each of \
-            the 8 prefetched events too (16 after one crash), and 8 crashes dead-letter all \
-            16 events, 8 of which never started; see docs/durable.md, How the workers use \
-            the store"]
-async fn a_crash_counts_no_attempt_for_events_that_never_started() {
+#[ignore = "fails: a prefetched claim counts its attempt, so each crash counts one for \
+            the 8 events waiting for a slot too (16 per crash), and after 8 crashes all 16 \
+            events are dead letters, 8 of which never started; see docs/durable.md, How the \
+            workers use the store"]
+async fn a_crash_loop_does_not_dead_letter_events_that_never_started() {
     const EVENTS: usize = 16;
     const CONCURRENCY: i64 = 8;
     const CRASHES: i64 = 8;
@@ -192,6 +192,8 @@ async fn a_crash_counts_no_attempt_for_events_that_never_started() {
     // Handlers that never finish within the test: every claimed event is running or waiting
     // for a slot when the process dies.
     let mut receiver = Some(Receiver::start(&binary, &url, port, 600_000));
+    // The attempts stored after each crash; at most 8 more each time would be exact.
+    let mut counted = Vec::new();
     for index in 0..EVENTS {
         let body = format!(
             r#"{{"event":"message.received","event_id":"evt_{index}","inbox_id":"inb_1"}}"#
@@ -216,20 +218,14 @@ async fn a_crash_counts_no_attempt_for_events_that_never_started() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
         drop(receiver.take()); // SIGKILL
-        let attempts: i64 = stored_events(&store).iter().map(|e| e.1).sum();
-        assert!(
-            attempts <= crash * CONCURRENCY,
-            "after {crash} crashes of a receiver running {CONCURRENCY} handlers at once, \
-             {attempts} attempts were counted: events that never started a handler were \
-             counted as crashed attempts"
-        );
+        counted.push(stored_events(&store).iter().map(|e| e.1).sum::<i64>());
         if crash < CRASHES {
             receiver = Some(Receiver::start(&binary, &url, port, 600_000));
         }
     }
 
     // Handlers that finish at once: the events that never ran are still handled.
-    let receiver = Receiver::start(&binary, &url, port, 0);
+    let _receiver = Receiver::start(&binary, &url, port, 0);
     let deadline = Instant::now() + Duration::from_secs(30);
     while stored_events(&store).iter().any(|e| e.2 == 0) {
         assert!(Instant::now() < deadline, "events still pending");
@@ -239,8 +235,8 @@ async fn a_crash_counts_no_attempt_for_events_that_never_started() {
     assert!(
         dead <= CONCURRENCY as usize,
         "{dead} of {EVENTS} events are dead letters after {CRASHES} crashes that \
-         interrupted at most {CONCURRENCY} runs each: {:?}",
-        receiver.stderr()
+         interrupted at most {CONCURRENCY} runs each (attempts stored after each crash: \
+         {counted:?})"
     );
 }
 
