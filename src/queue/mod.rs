@@ -80,5 +80,5 @@ pub use store::{DeadLetter, Durability, EventStore, QueueError, QueueStats};
 // crate's own store tests only: hidden, and not part of the API.
 #[cfg(feature = "test-util")]
 #[doc(hidden)]
-pub use store::{Backend, Claimed, Inserted, Lease};
+pub use store::{Backend, Claimed, Inserted, Lease, Settled};
 pub use workers::{WorkerAttempt, Workers};

@@ -12,7 +12,7 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, Config, NoTls, Row, Statement};
 
 use super::store::{Backend, Columns, Durability, Inserted, Lease, QueueError, QueueStats};
-use super::store::{Claimed, DeadLetter};
+use super::store::{Claimed, DeadLetter, Settled};
 use crate::Delivery;
 
 /// The schema version this build creates and expects, in `openmail_schema`.
@@ -99,8 +99,9 @@ RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
 /// (`$1` to `$3`), in one statement: one commit, one WAL flush. The claim passes over the
 /// keys being completed, since both parts see the same snapshot (where those events may
 /// look due, their lease expired) and one statement must not change a row twice. The rows:
-/// `true` and the key of each completion recorded, then `false` and each claimed event as
-/// [`CLAIM`] returns it.
+/// `1` and the key of each completion recorded, `0` and each claimed event as [`CLAIM`]
+/// returns it, and `2`, each event dead-lettered instead (its attempts used up) as a claimed
+/// one, with its error last.
 const COMPLETE_AND_CLAIM: &str = "\
 WITH done AS (
     UPDATE openmail_events AS e
@@ -123,6 +124,8 @@ WITH done AS (
             picked.attempts, $3::int4)
     FROM picked
     WHERE e.key = picked.key AND picked.attempts >= $3::int4
+    RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
+        e.secret_index, e.event_id_header, e.body, e.error
 ), claimed AS (
     UPDATE openmail_events AS e
     SET leased = true, token = e.token + 1, attempts = e.attempts + 1,
@@ -132,13 +135,17 @@ WITH done AS (
     RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
         e.secret_index, e.event_id_header, e.body
 )
-SELECT true, key, NULL::int8, NULL::int4, NULL::int2, NULL::text, NULL::int8, NULL::int8,
-    NULL::text, NULL::bytea
+SELECT 1::int2, key, NULL::int8, NULL::int4, NULL::int2, NULL::text, NULL::int8, NULL::int8,
+    NULL::text, NULL::bytea, NULL::text
 FROM done
 UNION ALL
-SELECT false, key, token, attempts, channel, scope_inbox, timestamp, secret_index,
-    event_id_header, body
-FROM claimed";
+SELECT 0::int2, key, token, attempts, channel, scope_inbox, timestamp, secret_index,
+    event_id_header, body, NULL::text
+FROM claimed
+UNION ALL
+SELECT 2::int2, key, token, attempts, channel, scope_inbox, timestamp, secret_index,
+    event_id_header, body, error
+FROM exhausted";
 
 const RENEW: &str = "\
 UPDATE openmail_events SET due_at = now() + $3::int8 * interval '1 millisecond'
@@ -391,7 +398,7 @@ impl Backend for PostgresStore {
         limit: usize,
         lease: Duration,
         max_attempts: u32,
-    ) -> Result<(Vec<bool>, Vec<Claimed>), QueueError> {
+    ) -> Result<Settled, QueueError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         let lease = milliseconds(lease);
         let max_attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
@@ -405,20 +412,33 @@ impl Backend for PostgresStore {
             .await?;
         let mut recorded_keys = HashSet::new();
         let mut claimed = Vec::new();
+        let mut dead = Vec::new();
         for row in &rows {
-            let completion: bool = row.try_get(0).map_err(QueueError::unavailable)?;
-            if completion {
-                let key: &[u8] = row.try_get(1).map_err(QueueError::unavailable)?;
-                recorded_keys.insert(key.to_vec());
-            } else if let Some(event) = claimed_of(row, 1)? {
-                claimed.push(event);
+            let kind: i16 = row.try_get(0).map_err(QueueError::unavailable)?;
+            match kind {
+                1 => {
+                    let key: &[u8] = row.try_get(1).map_err(QueueError::unavailable)?;
+                    recorded_keys.insert(key.to_vec());
+                }
+                0 => claimed.extend(claimed_of(row, 1)?),
+                _ => {
+                    let error: Option<String> = row.try_get(10).map_err(QueueError::unavailable)?;
+                    if let Some(event) = claimed_of(row, 1)? {
+                        dead.push(DeadLetter::new(
+                            event.lease.key,
+                            event.attempt,
+                            error.unwrap_or_default(),
+                            event.delivery,
+                        ));
+                    }
+                }
             }
         }
         let recorded = completed
             .iter()
             .map(|held| recorded_keys.contains(&held.key[..]))
             .collect();
-        Ok((recorded, claimed))
+        Ok((recorded, claimed, dead))
     }
 
     async fn renew(&self, lease: Lease, lease_for: Duration) -> Result<bool, QueueError> {

@@ -10,7 +10,7 @@ use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use super::store::{Backend, Columns, Durability, Inserted, Lease, QueueError, QueueStats};
-use super::store::{Claimed, DeadLetter};
+use super::store::{Claimed, DeadLetter, Settled};
 use crate::Delivery;
 
 /// The schema version this build writes, in SQLite's `user_version`. A file of a newer
@@ -315,7 +315,7 @@ enum Command {
         limit: usize,
         lease: Duration,
         max_attempts: u32,
-        reply: Reply<(Vec<bool>, Vec<Claimed>)>,
+        reply: Reply<Settled>,
     },
     Renew {
         lease: Lease,
@@ -513,7 +513,10 @@ impl Writer {
                 max_attempts,
                 reply,
             } => {
-                let result = self.claim(limit, lease, max_attempts);
+                // The dead letters are reported by the workers' grouped call alone.
+                let result = self
+                    .claim(limit, lease, max_attempts)
+                    .map(|(claimed, _dead)| claimed);
                 pending(reply, result)
             }
             Command::Renew {
@@ -714,7 +717,7 @@ impl Writer {
         limit: usize,
         lease: Duration,
         max_attempts: u32,
-    ) -> rusqlite::Result<(Vec<bool>, Vec<Claimed>)> {
+    ) -> rusqlite::Result<Settled> {
         let (depth, erased) = (self.depth, self.erased);
         self.connection
             .execute_batch("SAVEPOINT complete_and_claim")?;
@@ -723,12 +726,12 @@ impl Writer {
             .map(|held| self.complete(held))
             .collect::<rusqlite::Result<Vec<bool>>>()
             .and_then(|recorded| {
-                let claimed = if limit == 0 {
-                    Vec::new()
+                let (claimed, dead) = if limit == 0 {
+                    (Vec::new(), Vec::new())
                 } else {
                     self.claim(limit, lease, max_attempts)?
                 };
-                Ok((recorded, claimed))
+                Ok((recorded, claimed, dead))
             });
         match result {
             Ok(settled) => {
@@ -746,12 +749,14 @@ impl Writer {
         }
     }
 
+    /// Claims up to `limit` due events; also returns those it dead-lettered instead, their
+    /// attempts used up.
     fn claim(
         &mut self,
         limit: usize,
         lease: Duration,
         max_attempts: u32,
-    ) -> rusqlite::Result<Vec<Claimed>> {
+    ) -> rusqlite::Result<(Vec<Claimed>, Vec<DeadLetter>)> {
         let now = now_ms();
         let due: Vec<(i64, u32)> = self
             .connection
@@ -765,23 +770,45 @@ impl Writer {
             )?
             .collect::<rusqlite::Result<_>>()?;
         let mut claimed = Vec::with_capacity(due.len());
+        let mut dead = Vec::new();
         for (id, attempts) in due {
             if attempts >= max_attempts {
-                self.connection
+                let (key, attempts, error, columns) = self
+                    .connection
                     .prepare_cached(
                         "UPDATE openmail_events SET state = 2, leased = 0, finished_ms = ?2,
                              error = ?3
-                         WHERE id = ?1",
+                         WHERE id = ?1
+                         RETURNING key, attempts, error, channel, scope_inbox, timestamp,
+                             secret_index, event_id_header, body",
                     )?
-                    .execute(params![
-                        id,
-                        now,
-                        format!(
-                            "attempt {attempts} of {max_attempts} never finished: its \
-                             process stopped or lost the lease"
-                        )
-                    ])?;
+                    .query_row(
+                        params![
+                            id,
+                            now,
+                            format!(
+                                "attempt {attempts} of {max_attempts} never finished: its \
+                                 process stopped or lost the lease"
+                            )
+                        ],
+                        |row| {
+                            Ok((
+                                row.get::<_, Vec<u8>>(0)?,
+                                row.get::<_, u32>(1)?,
+                                row.get::<_, String>(2)?,
+                                columns_of(row)?,
+                            ))
+                        },
+                    )?;
                 self.depth = self.depth.saturating_sub(1);
+                if let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) {
+                    dead.push(DeadLetter::new(
+                        key,
+                        attempts,
+                        error,
+                        columns.into_delivery(),
+                    ));
+                }
                 continue;
             }
             let row = self
@@ -811,7 +838,7 @@ impl Writer {
                 columns.into_delivery(),
             ));
         }
-        Ok(claimed)
+        Ok((claimed, dead))
     }
 
     fn stats(&self) -> rusqlite::Result<QueueStats> {
@@ -967,7 +994,7 @@ impl Backend for SqliteStore {
         limit: usize,
         lease: Duration,
         max_attempts: u32,
-    ) -> Result<(Vec<bool>, Vec<Claimed>), QueueError> {
+    ) -> Result<Settled, QueueError> {
         self.ask(|reply| Command::CompleteAndClaim {
             completed,
             limit,

@@ -103,19 +103,22 @@ pub trait Backend: Send + Sync + 'static {
     /// per flush.
     ///
     /// Returns, for each of `completed` in order, whether the lease was still this holder's
-    /// (what [`complete`](Self::complete) returns), and the claimed events. None of
-    /// `completed` is claimed again by the same call. On `Err` nothing happened.
+    /// (what [`complete`](Self::complete) returns), the claimed events, and the events the
+    /// claim dead-lettered because their attempts were used up, so that the workers report
+    /// them as they report an attempt that failed. None of `completed` is claimed again by
+    /// the same call. On `Err` nothing happened.
     ///
     /// The default calls [`complete`](Self::complete) for each and then
     /// [`claim`](Self::claim): one transaction each, and on `Err` some completions may have
-    /// happened (their retry then returns `false`). The crate's stores override it.
+    /// happened (their retry then returns `false`); it reports no dead letters. The crate's
+    /// stores override it.
     fn complete_and_claim(
         &self,
         completed: Vec<Lease>,
         limit: usize,
         lease: Duration,
         max_attempts: u32,
-    ) -> impl Future<Output = Result<(Vec<bool>, Vec<Claimed>), QueueError>> + Send {
+    ) -> impl Future<Output = Result<Settled, QueueError>> + Send {
         async move {
             let mut recorded = Vec::with_capacity(completed.len());
             for held in completed {
@@ -126,7 +129,7 @@ pub trait Backend: Send + Sync + 'static {
             } else {
                 self.claim(limit, lease, max_attempts).await?
             };
-            Ok((recorded, claimed))
+            Ok((recorded, claimed, Vec::new()))
         }
     }
 
@@ -191,6 +194,10 @@ pub enum Inserted {
     /// The depth limit is reached: nothing was written.
     Full,
 }
+
+/// What [`Backend::complete_and_claim`] returns: whether each completion was recorded, the
+/// claimed events, and the events the claim dead-lettered.
+pub type Settled = (Vec<bool>, Vec<Claimed>, Vec<DeadLetter>);
 
 /// One claimed event: its lease, the attempt the claim counted, and the delivery rebuilt
 /// from the store.

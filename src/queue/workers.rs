@@ -296,8 +296,13 @@ where
                     )
                     .await
                 {
-                    Ok((recorded, claimed)) => {
+                    Ok((recorded, claimed, dead)) => {
                         events.recorded(&recorded);
+                        // Their attempts were used up by processes that stopped or lost the
+                        // lease: reported as a last failed attempt is.
+                        for dead in &dead {
+                            report_dead_letter(on_dead_letter.as_ref(), dead);
+                        }
                         idle = claimed.len() < free;
                         // Before this call's events take them: a permit nobody waits for is
                         // a slot that idled while the store committed.
@@ -385,7 +390,7 @@ where
                 )
                 .await
             {
-                Ok((recorded, _)) => events.recorded(&recorded),
+                Ok((recorded, _, _)) => events.recorded(&recorded),
                 Err(error) => {
                     report_store_error("complete", &error);
                     tokio::time::sleep(wait).await;
@@ -509,6 +514,20 @@ fn report_store_error(_what: &str, _error: &QueueError) {
         source = ?std::error::Error::source(_error),
         "queue: the event store failed"
     );
+}
+
+/// Logs a new dead letter and calls the application's hook with it.
+fn report_dead_letter(hook: Option<&DeadLetterHook>, dead: &DeadLetter) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(
+        event_id = ?dead.delivery().event_id().map(crate::LogSafe::new),
+        attempts = dead.attempts(),
+        error = dead.error(),
+        "queue: an event is a dead letter"
+    );
+    if let Some(hook) = hook {
+        hook(dead);
+    }
 }
 
 /// What one handler run needs.
@@ -723,16 +742,7 @@ impl<S: EventStore> Run<S> {
                     error,
                     claimed.delivery().clone(),
                 );
-                #[cfg(feature = "tracing")]
-                tracing::error!(
-                    event_id = ?dead.delivery().event_id().map(crate::LogSafe::new),
-                    attempts = dead.attempts(),
-                    error = dead.error(),
-                    "queue: an event is a dead letter"
-                );
-                if let Some(hook) = &self.on_dead_letter {
-                    hook(&dead);
-                }
+                report_dead_letter(self.on_dead_letter.as_ref(), &dead);
             }
             Ok(_) => {}
             Err(error) => report_store_error("fail", &error),

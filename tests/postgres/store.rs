@@ -639,7 +639,7 @@ async fn completions_and_the_next_claim_are_one_statement_and_one_commit() {
         let event = delivery(&awkward_body(&format!("evt_settle_{n}"))).await;
         store.insert(key_of(&event), event, 10_000).await.unwrap();
     }
-    let (recorded, first) = store
+    let (recorded, first, _) = store
         .complete_and_claim(Vec::new(), 8, LEASE, MAX_ATTEMPTS)
         .await
         .unwrap();
@@ -653,7 +653,7 @@ async fn completions_and_the_next_claim_are_one_statement_and_one_commit() {
         store.complete(completed[7]).await.unwrap(),
         "completed alone first"
     );
-    let (recorded, rest) = store
+    let (recorded, rest, _) = store
         .complete_and_claim(completed.clone(), 8, LEASE, MAX_ATTEMPTS)
         .await
         .unwrap();
@@ -697,7 +697,7 @@ async fn a_completion_whose_lease_just_expired_is_recorded_and_not_claimed_again
     assert_eq!(claimed.len(), 1);
     // Its lease ended, nobody claimed it since: it is due, and still this holder's.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (recorded, again) = store
+    let (recorded, again, _) = store
         .complete_and_claim(vec![claimed[0].lease()], 8, LEASE, MAX_ATTEMPTS)
         .await
         .unwrap();
@@ -708,4 +708,40 @@ async fn a_completion_whose_lease_just_expired_is_recorded_and_not_claimed_again
     );
     let stats = store.stats().await.unwrap();
     assert_eq!((stats.waiting, stats.in_flight), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grouped_claim_returns_the_events_it_dead_lettered() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let body = awkward_body("evt_crashes_grouped");
+    let event = delivery(&body).await;
+    let key = key_of(&event);
+    store.insert(key, event, 1_000).await.unwrap();
+    // Two attempts, each holder dying with its lease.
+    for attempt in 1..=2 {
+        let (_, claimed, dead) = store
+            .complete_and_claim(Vec::new(), 1, Duration::from_millis(1), 2)
+            .await
+            .unwrap();
+        assert_eq!(claimed[0].attempt(), attempt);
+        assert!(dead.is_empty());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (_, claimed, dead) = store
+        .complete_and_claim(Vec::new(), 1, LEASE, 2)
+        .await
+        .unwrap();
+    assert!(claimed.is_empty());
+    assert_eq!(dead.len(), 1, "the dead letter was not returned");
+    assert_eq!(dead[0].key(), &key);
+    assert_eq!(dead[0].attempts(), 2);
+    assert_eq!(
+        dead[0].error(),
+        "attempt 2 of 2 never finished: its process stopped or lost the lease"
+    );
+    assert_eq!(dead[0].delivery().body().as_ref(), body.as_bytes());
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
 }

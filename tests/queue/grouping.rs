@@ -10,8 +10,8 @@ use axum::{Router, routing::post};
 use http::StatusCode;
 use openmail_webhooks::Delivery;
 use openmail_webhooks::queue::{
-    Backend, Claimed, DeadLetter, EventStore, Inserted, Lease, QueueError, QueueStats, SqliteStore,
-    Workers,
+    Backend, Claimed, DeadLetter, EventStore, Inserted, Lease, QueueError, QueueStats, Settled,
+    SqliteStore, Workers,
 };
 use tokio::sync::{Semaphore, mpsc, watch};
 
@@ -79,7 +79,7 @@ impl Backend for Counting {
         limit: usize,
         lease: Duration,
         max: u32,
-    ) -> Result<(Vec<bool>, Vec<Claimed>), QueueError> {
+    ) -> Result<Settled, QueueError> {
         let first = self.calls.lock().unwrap().is_empty();
         if !first {
             self.gate.acquire().await.unwrap().forget();
@@ -357,7 +357,7 @@ impl Backend for Paced {
         limit: usize,
         lease: Duration,
         max: u32,
-    ) -> Result<(Vec<bool>, Vec<Claimed>), QueueError> {
+    ) -> Result<Settled, QueueError> {
         for _ in 0..200 {
             let done = self.handled.load(Ordering::SeqCst) + self.released.load(Ordering::SeqCst);
             if done >= self.claimed.load(Ordering::SeqCst) {

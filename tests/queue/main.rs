@@ -462,6 +462,39 @@ async fn an_event_whose_last_attempt_never_finished_becomes_a_dead_letter() {
 }
 
 #[tokio::test]
+async fn the_grouped_claim_returns_the_events_it_dead_lettered() {
+    let dir = scratch("crashloop-grouped");
+    let store = open(&dir);
+    stored(&store, "evt_crashes").await;
+    let lease = Duration::from_millis(100);
+    for _ in 0..2 {
+        let (_, claimed, dead) = store
+            .complete_and_claim(Vec::new(), 8, lease, 2)
+            .await
+            .unwrap();
+        assert_eq!((claimed.len(), dead.len()), (1, 0));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, claimed, dead) = store
+        .complete_and_claim(Vec::new(), 8, lease, 2)
+        .await
+        .unwrap();
+    assert!(claimed.is_empty());
+    assert_eq!(dead.len(), 1, "the dead letter was not returned");
+    assert_eq!(dead[0].attempts(), 2);
+    assert_eq!(
+        dead[0].error(),
+        "attempt 2 of 2 never finished: its process stopped or lost the lease"
+    );
+    assert_eq!(
+        dead[0].delivery().event_id(),
+        Some("evt_crashes"),
+        "the dead letter carries its delivery"
+    );
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn completion_deletes_the_body_and_keeps_the_key_until_the_retention() {
     let dir = scratch("body");
     let store = open(&dir);
