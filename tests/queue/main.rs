@@ -24,6 +24,7 @@ use openmail_webhooks::{Channel, Delivery, Event, VerifyOpenMailLayer};
 use tokio::sync::{mpsc, watch};
 
 mod grouping;
+mod refund;
 mod throughput;
 
 const SECRET: &str = "whsec_queue_test";

@@ -1,0 +1,154 @@
+//! A crash refunds the attempts of prefetched events that never started: the SQLite store's
+//! side (the store reopened after a crash hands back the leases), and the migration of a
+//! file of schema version 1, which had no record of a start.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use openmail_webhooks::queue::{Backend, Durability, EventStore, SqliteStore};
+
+use super::{open, scratch, stored};
+
+const LEASE: Duration = Duration::from_secs(3600);
+
+/// Opens the store again once the dropped one let go of the file, as a restarted process.
+async fn reopen(dir: &Path) -> Arc<SqliteStore> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash) {
+            Ok(store) => return Arc::new(store),
+            Err(error) => {
+                assert!(Instant::now() < deadline, "{error}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_crash_refunds_the_attempts_of_prefetched_events_that_never_started() {
+    let dir = scratch("refund");
+    let store = open(&dir);
+    for id in ["evt_r1", "evt_r2", "evt_r3", "evt_r4"] {
+        stored(&store, id).await;
+    }
+    // One free slot: the first event in due order starts at the claim, the rest are a
+    // prefetch.
+    let (_, claimed) = store
+        .record_and_claim(Vec::new(), Vec::new(), 4, 1, LEASE, 8)
+        .await
+        .unwrap();
+    let started: Vec<bool> = claimed.iter().map(|claimed| claimed.started()).collect();
+    assert_eq!(started, [true, false, false, false]);
+    assert!(claimed.iter().all(|claimed| claimed.attempt() == 1));
+    // The second took a slot later: its start is recorded with the next call.
+    store
+        .record_and_claim(Vec::new(), vec![claimed[1].lease()], 0, 0, LEASE, 8)
+        .await
+        .unwrap();
+    let first: Vec<[u8; 32]> = claimed
+        .iter()
+        .map(|claimed| *claimed.lease().key())
+        .collect();
+    drop(store);
+
+    // As after a crash: the new process takes every lease back at once.
+    let store = reopen(&dir).await;
+    let again = store.claim(8, LEASE, 8).await.unwrap();
+    let attempts: HashMap<[u8; 32], u32> = again
+        .iter()
+        .map(|claimed| (*claimed.lease().key(), claimed.attempt()))
+        .collect();
+    let attempts: Vec<u32> = first.iter().map(|key| attempts[key]).collect();
+    assert_eq!(
+        attempts,
+        [2, 2, 1, 1],
+        "the started attempts stay counted, the prefetched ones that never started do not"
+    );
+}
+
+#[tokio::test]
+async fn a_prefetched_event_that_never_starts_is_never_dead_lettered_by_crashes() {
+    let dir = scratch("refund-loop");
+    let store = open(&dir);
+    stored(&store, "evt_refund_loop").await;
+    let max_attempts = 3;
+    let mut store = store;
+    for _ in 0..max_attempts + 2 {
+        let (_, claimed) = store
+            .record_and_claim(Vec::new(), Vec::new(), 1, 0, LEASE, max_attempts)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].attempt(), 1);
+        assert!(!claimed[0].started());
+        drop(store);
+        store = reopen(&dir).await;
+    }
+    assert_eq!(store.stats().await.unwrap().dead_letters, 0);
+}
+
+/// Version 1 of the SQLite schema, as the store created it before it recorded starts.
+const SCHEMA_V1: &str = "
+CREATE TABLE openmail_events (
+    id              INTEGER PRIMARY KEY,
+    key             BLOB NOT NULL UNIQUE,
+    state           INTEGER NOT NULL,
+    received_ms     INTEGER NOT NULL,
+    due_ms          INTEGER NOT NULL,
+    leased          INTEGER NOT NULL DEFAULT 0,
+    token           INTEGER NOT NULL DEFAULT 0,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    channel         INTEGER,
+    scope_inbox     TEXT,
+    timestamp       INTEGER,
+    secret_index    INTEGER,
+    event_id_header TEXT,
+    body            BLOB,
+    error           TEXT,
+    finished_ms     INTEGER
+);
+CREATE INDEX openmail_events_due ON openmail_events (due_ms) WHERE state = 0;
+CREATE INDEX openmail_events_finished ON openmail_events (finished_ms) WHERE state <> 0;
+PRAGMA user_version = 1;
+";
+
+#[tokio::test]
+async fn a_file_of_schema_version_1_is_migrated_and_its_leases_stay_counted() {
+    let dir = scratch("migrate-v1");
+    let path = dir.join("events.db");
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(SCHEMA_V1).unwrap();
+        // An event leased by a version 1 process that died, with three attempts counted.
+        db.execute(
+            "INSERT INTO openmail_events (key, state, received_ms, due_ms, leased, token,
+                 attempts, channel, body)
+             VALUES (?1, 0, 0, 4102444800000, 1, 3, 3, 1, ?2)",
+            rusqlite::params![&[7_u8; 32][..], &b"{}"[..]],
+        )
+        .unwrap();
+    }
+    let store = reopen(&dir).await;
+    let claimed = store.claim(8, LEASE, 8).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        claimed[0].attempt(),
+        4,
+        "a version 1 lease counts as started"
+    );
+    drop(store);
+    let store = reopen(&dir).await;
+    drop(store);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 2);
+    let started: i64 = db
+        .query_row("SELECT started FROM openmail_events", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(started, 1);
+}
