@@ -543,7 +543,7 @@ async fn a_store_of_a_newer_schema_is_refused() {
             error,
             QueueError::Schema {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{error:?}"
