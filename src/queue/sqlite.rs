@@ -244,12 +244,14 @@ fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Resu
         connection
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(locked)?;
-        // No other process can hold a lease: hand them all back. A prefetched event that
-        // never started gets back the attempt its claim counted.
+        // No other process can hold a lease: hand them all back, due at once in the order
+        // they arrived (not behind the events that arrived while they were leased), so that
+        // a restart claims them before later events. A prefetched event that never started
+        // gets back the attempt its claim counted.
         connection
             .execute(
                 "UPDATE openmail_events
-                 SET leased = 0, due_ms = ?1,
+                 SET leased = 0, due_ms = min(received_ms, ?1),
                      attempts = CASE WHEN started THEN attempts ELSE max(attempts - 1, 0) END
                  WHERE state = 0 AND leased = 1",
                 params![now_ms()],

@@ -152,3 +152,19 @@ async fn a_file_of_schema_version_1_is_migrated_and_its_leases_stay_counted() {
         .unwrap();
     assert_eq!(started, 1);
 }
+
+#[tokio::test]
+async fn the_reopen_hands_leases_back_due_in_the_order_their_events_arrived() {
+    let dir = scratch("refund-order");
+    let store = open(&dir);
+    stored(&store, "evt_order_first").await;
+    let claimed = store.claim(1, LEASE, 8).await.unwrap();
+    let first = *claimed[0].lease().key();
+    // Arrives while the first is leased: before the reopen, but after the first.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    stored(&store, "evt_order_second").await;
+    drop(store);
+    let store = reopen(&dir).await;
+    let claimed = store.claim(1, LEASE, 8).await.unwrap();
+    assert_eq!(claimed[0].lease().key(), &first);
+}
