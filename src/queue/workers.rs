@@ -194,8 +194,8 @@ where
     /// How many events are claimed ahead of free slots, to wait here (their leases renewed)
     /// until a handler run ends; `0` for none. With instant handlers they keep every slot
     /// busy while the store commits the next group; with slow handlers they wait here
-    /// instead of on another replica, and a crash of this process counts an attempt for
-    /// each of them.
+    /// instead of on another replica. A crash of this process gives back the attempt of
+    /// each that had not started (the claim counted it).
     ///
     /// Unset, it adapts: as many as the [`concurrency`](Self::concurrency) at first;
     /// doubled when two claims in a row came back full and a slot idled while the second
