@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use openmail_webhooks::queue::{Backend, Durability, EventStore, SqliteStore};
+use openmail_webhooks::queue::{Backend, Durability, EventStore, SqliteStore, Workers};
 
 use super::{open, scratch, stored};
 
@@ -167,4 +167,87 @@ async fn the_reopen_hands_leases_back_due_in_the_order_their_events_arrived() {
     let store = reopen(&dir).await;
     let claimed = store.claim(1, LEASE, 8).await.unwrap();
     assert_eq!(claimed[0].lease().key(), &first);
+}
+
+/// The workers record the start of a prefetched event that took a slot: when the process
+/// dies while it runs, its attempt stays counted, and the events still waiting in the
+/// prefetch get theirs back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_workers_record_the_start_of_a_prefetched_event_that_took_a_slot() {
+    use axum::{Extension, Router, routing::post};
+    use openmail_webhooks::Delivery;
+    use std::sync::Mutex;
+
+    let dir = scratch("refund-workers");
+    let store = open(&dir);
+    // The first completes at once; the others hang, so the one that takes the freed slot
+    // runs until the "crash" and the rest wait in the prefetch.
+    for id in ["evt_w0", "evt_w1", "evt_w2", "evt_w3"] {
+        stored(&store, id).await;
+    }
+    let ran: Arc<Mutex<Vec<String>>> = Arc::default();
+    let handler = {
+        let ran = Arc::clone(&ran);
+        Router::new().route(
+            "/webhooks",
+            post(move |Extension(delivery): Extension<Delivery>| {
+                let ran = Arc::clone(&ran);
+                async move {
+                    let id = delivery.event_id().unwrap_or_default().to_owned();
+                    ran.lock().unwrap().push(id.clone());
+                    if id != "evt_w0" {
+                        std::future::pending::<()>().await;
+                    }
+                }
+            }),
+        )
+    };
+    let workers = tokio::spawn(
+        Workers::new(Arc::clone(&store), handler)
+            .concurrency(1)
+            .prefetch(3)
+            .run(std::future::pending()),
+    );
+    // Until the store holds the completion of the first and the start of the second.
+    let path = dir.join("events.db");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let counts = rusqlite::Connection::open(&path).and_then(|db| {
+            db.query_row(
+                "SELECT sum(state = 1), sum(state = 0 AND leased = 1 AND started = 1)
+                 FROM openmail_events",
+                [],
+                |row| Ok((row.get::<_, i64>(0)?, row.get::<_, i64>(1)?)),
+            )
+        });
+        if let Ok((1, 1)) = counts {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{counts:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The crash: nothing is released.
+    workers.abort();
+    let _ = workers.await;
+    drop(store);
+    let running = ran.lock().unwrap()[1].clone();
+    assert_eq!(ran.lock().unwrap().len(), 2);
+
+    let store = reopen(&dir).await;
+    let again = store.claim(8, LEASE, 8).await.unwrap();
+    let mut attempts: Vec<(String, u32)> = again
+        .iter()
+        .map(|claimed| {
+            (
+                claimed.delivery().event_id().unwrap_or_default().to_owned(),
+                claimed.attempt(),
+            )
+        })
+        .collect();
+    attempts.sort();
+    assert_eq!(attempts.len(), 3);
+    for (id, attempt) in attempts {
+        let expected = if id == running { 2 } else { 1 };
+        assert_eq!(attempt, expected, "{id}");
+    }
 }
