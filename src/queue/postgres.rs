@@ -85,7 +85,7 @@ const DEPTH: &str = "SELECT count(*) FROM openmail_events WHERE state = 0";
 /// an event that never started first gets back the attempt its claim counted.
 const CLAIM: &str = "\
 WITH picked AS MATERIALIZED (
-    SELECT key, due_at,
+    SELECT key, due_at, leased,
         CASE WHEN leased AND NOT started THEN greatest(attempts - 1, 0) ELSE attempts END
             AS attempts
     FROM openmail_events
@@ -101,7 +101,7 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE e.key = picked.key AND picked.attempts >= $3::int4
 ), ranked AS (
-    SELECT key, attempts, row_number() OVER (ORDER BY due_at, key) AS place
+    SELECT key, attempts, leased, row_number() OVER (ORDER BY due_at, key) AS place
     FROM picked WHERE attempts < $3::int4
 )
 UPDATE openmail_events AS e
@@ -111,7 +111,7 @@ SET leased = true, token = e.token + 1, attempts = ranked.attempts + 1,
 FROM ranked
 WHERE e.key = ranked.key
 RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
-    e.secret_index, e.event_id_header, e.body, e.started";
+    e.secret_index, e.event_id_header, e.body, e.started, ranked.leased";
 
 /// Records that the leases of the arrays `$7` (keys) and `$8` (tokens) started, then
 /// [`COMPLETE`] for each lease of the arrays `$4` (keys) and `$5` (tokens), then [`CLAIM`]
@@ -136,7 +136,7 @@ WITH began AS (
     WHERE e.key = d.key AND e.token = d.token AND e.state = 0 AND e.leased
     RETURNING e.key
 ), picked AS MATERIALIZED (
-    SELECT key, due_at,
+    SELECT key, due_at, leased,
         CASE WHEN leased AND NOT started THEN greatest(attempts - 1, 0) ELSE attempts END
             AS attempts
     FROM openmail_events
@@ -153,7 +153,7 @@ WITH began AS (
     FROM picked
     WHERE e.key = picked.key AND picked.attempts >= $3::int4
 ), ranked AS (
-    SELECT key, attempts, row_number() OVER (ORDER BY due_at, key) AS place
+    SELECT key, attempts, leased, row_number() OVER (ORDER BY due_at, key) AS place
     FROM picked WHERE attempts < $3::int4
 ), claimed AS (
     UPDATE openmail_events AS e
@@ -163,14 +163,14 @@ WITH began AS (
     FROM ranked
     WHERE e.key = ranked.key
     RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
-        e.secret_index, e.event_id_header, e.body, e.started
+        e.secret_index, e.event_id_header, e.body, e.started, ranked.leased AS taken_over
 )
 SELECT true, key, NULL::int8, NULL::int4, NULL::int2, NULL::text, NULL::int8, NULL::int8,
-    NULL::text, NULL::bytea, NULL::bool
+    NULL::text, NULL::bytea, NULL::bool, NULL::bool
 FROM done
 UNION ALL
 SELECT false, key, token, attempts, channel, scope_inbox, timestamp, secret_index,
-    event_id_header, body, started
+    event_id_header, body, started, taken_over
 FROM claimed";
 
 const RENEW: &str = "\
@@ -593,11 +593,13 @@ fn claimed_of(row: &Row, first: usize) -> Result<Option<Claimed>, QueueError> {
         return Ok(None);
     };
     let started: bool = row.try_get(column(9)).map_err(QueueError::unavailable)?;
+    let taken_over: bool = row.try_get(column(10)).map_err(QueueError::unavailable)?;
     Ok(Some(Claimed::new(
         Lease { key, token },
         u32::try_from(attempts).unwrap_or(0),
         columns.into_delivery(),
         started,
+        taken_over,
     )))
 }
 

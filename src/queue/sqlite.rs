@@ -77,7 +77,8 @@ const MIGRATE_V2: &str =
 ///   do not write to it.) Since no other store can hold a lease, opening hands every
 ///   lease of the previous process back at once: after
 ///   a crash, its events run again as soon as the store reopens, with the attempt that
-///   crashed counted.
+///   crashed counted (an event that waited in the prefetch and never started gets its
+///   attempt back).
 /// - **Write-ahead log**, and `synchronous` as the [`Durability`] says: `NORMAL` (the
 ///   default) survives the process's crash, `FULL` a power loss too.
 /// - **Completed bodies erased from the files**, not only from their rows:
@@ -244,15 +245,14 @@ fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Resu
         connection
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(locked)?;
-        // No other process can hold a lease: hand them all back, due at once in the order
-        // they arrived (not behind the events that arrived while they were leased), so that
-        // a restart claims them before later events. A prefetched event that never started
-        // gets back the attempt its claim counted.
+        // No other process can hold a lease: every lease of the previous process ends now,
+        // due at once in the order the events arrived (not behind the events that arrived
+        // while they were leased), so that a restart claims them before later events. The
+        // claim that takes one over sees an expired lease, as after a holder's death on a
+        // shared store: it gives back the attempt of an event that never started.
         connection
             .execute(
-                "UPDATE openmail_events
-                 SET leased = 0, due_ms = min(received_ms, ?1),
-                     attempts = CASE WHEN started THEN attempts ELSE max(attempts - 1, 0) END
+                "UPDATE openmail_events SET due_ms = min(received_ms, ?1)
                  WHERE state = 0 AND leased = 1",
                 params![now_ms()],
             )
@@ -867,6 +867,7 @@ impl Writer {
                 attempt,
                 columns.into_delivery(),
                 starts,
+                leased,
             ));
         }
         Ok(claimed)

@@ -224,17 +224,25 @@ pub struct Claimed {
     pub(crate) attempt: u32,
     pub(crate) delivery: Delivery,
     pub(crate) started: bool,
+    pub(crate) taken_over: bool,
 }
 
 impl Claimed {
     // Only the stores build one.
     #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-    pub(crate) fn new(lease: Lease, attempt: u32, delivery: Delivery, started: bool) -> Self {
+    pub(crate) fn new(
+        lease: Lease,
+        attempt: u32,
+        delivery: Delivery,
+        started: bool,
+        taken_over: bool,
+    ) -> Self {
         Self {
             lease,
             attempt,
             delivery,
             started,
+            taken_over,
         }
     }
 
@@ -243,6 +251,14 @@ impl Claimed {
     /// records the start.
     pub fn started(&self) -> bool {
         self.started
+    }
+
+    /// Whether the claim took the event over from a holder that died holding its lease
+    /// (the lease expired; SQLite: the store reopened). [`Workers`](super::Workers) record
+    /// the start of such an event before its handler runs, so that an event whose run
+    /// kills the process is refunded at most once in a row.
+    pub fn taken_over(&self) -> bool {
+        self.taken_over
     }
 
     /// The lease, which [`complete`](Backend::complete), [`fail`](Backend::fail),

@@ -667,7 +667,27 @@ impl<S: EventStore> Run<S> {
                 }
             },
         };
-        if !claimed.started() {
+        if claimed.taken_over() && !claimed.started() {
+            // Its last holder died holding it. If it is what kills the process, a start
+            // recorded lazily may never commit and the attempt would be refunded at every
+            // crash: record it before the handler runs (one commit, only for events taken
+            // over from a dead holder).
+            let recorded = self
+                .store
+                .record_and_claim(
+                    Vec::new(),
+                    vec![lease],
+                    0,
+                    0,
+                    self.settings.lease,
+                    self.settings.max_attempts,
+                )
+                .await;
+            if let Err(error) = recorded {
+                report_store_error("record a start", &error);
+                let _ = self.began.send(lease);
+            }
+        } else if !claimed.started() {
             // Recorded with the loop's next call, not waited for: waiting would idle the
             // slot for a commit, which is what the prefetch is there to avoid.
             let _ = self.began.send(lease);

@@ -60,7 +60,9 @@ async fn an_expired_lease_of_a_prefetched_event_that_never_started_gets_its_atte
         .unwrap();
     drop(dying);
 
+    assert!(claimed.iter().all(|claimed| !claimed.taken_over()));
     let again = claim_expired(&surviving, 4).await;
+    assert!(again.iter().all(Claimed::taken_over), "their holder died");
     let attempts: HashMap<[u8; 32], u32> = again
         .iter()
         .map(|claimed| (*claimed.lease().key(), claimed.attempt()))

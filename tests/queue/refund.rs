@@ -57,6 +57,10 @@ async fn a_crash_refunds_the_attempts_of_prefetched_events_that_never_started() 
     // As after a crash: the new process takes every lease back at once.
     let store = reopen(&dir).await;
     let again = store.claim(8, LEASE, 8).await.unwrap();
+    assert!(
+        again.iter().all(|claimed| claimed.taken_over()),
+        "their holder died"
+    );
     let attempts: HashMap<[u8; 32], u32> = again
         .iter()
         .map(|claimed| (*claimed.lease().key(), claimed.attempt()))
@@ -250,4 +254,71 @@ async fn the_workers_record_the_start_of_a_prefetched_event_that_took_a_slot() {
         let expected = if id == running { 2 } else { 1 };
         assert_eq!(attempt, expected, "{id}");
     }
+}
+
+/// A prefetched event taken over from a dead holder may be what killed it: the workers
+/// record its start before its handler runs, not with their next call, so that its next
+/// crash counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prefetched_event_taken_over_from_a_dead_holder_starts_recorded() {
+    use axum::{Extension, Router, routing::post};
+    use openmail_webhooks::Delivery;
+
+    let dir = scratch("refund-taken-over");
+    let store = open(&dir);
+    stored(&store, "evt_t0").await;
+    stored(&store, "evt_t1").await;
+    // A process claims both as a prefetch and dies.
+    let (_, claimed) = store
+        .record_and_claim(Vec::new(), Vec::new(), 2, 0, LEASE, 8)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    drop(store);
+    let store = reopen(&dir).await;
+
+    let path = dir.join("events.db");
+    let (seen, mut sightings) = tokio::sync::mpsc::unbounded_channel();
+    let handler = Router::new().route(
+        "/webhooks",
+        post(move |Extension(delivery): Extension<Delivery>| {
+            let (seen, path) = (seen.clone(), path.clone());
+            async move {
+                if delivery.event_id() == Some("evt_t1") {
+                    // What the store holds while the handler runs.
+                    let unstarted: i64 = rusqlite::Connection::open(&path)
+                        .and_then(|db| {
+                            db.query_row(
+                                "SELECT count(*) FROM openmail_events
+                                 WHERE state = 0 AND leased = 1 AND NOT started",
+                                [],
+                                |row| row.get(0),
+                            )
+                        })
+                        .unwrap();
+                    let _ = seen.send(unstarted);
+                }
+            }
+        }),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    // One slot: the first starts at the claim, the second waits in the prefetch.
+    let workers = tokio::spawn(
+        Workers::new(Arc::clone(&store), handler)
+            .concurrency(1)
+            .prefetch(1)
+            .run(async {
+                let _ = stopped.await;
+            }),
+    );
+    let unstarted = tokio::time::timeout(Duration::from_secs(30), sightings.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        unstarted, 0,
+        "its start was recorded before its handler ran"
+    );
+    let _ = stop.send(());
+    workers.await.unwrap();
 }
