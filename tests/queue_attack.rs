@@ -174,10 +174,6 @@ fn stored_events(store: &std::path::Path) -> Vec<(bool, i64, i64)> {
 /// 8 runs: after 8 crashes, at most 8 events (those that were running each time) may be
 /// dead letters.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails: a prefetched claim counts its attempt, so each crash counts one for \
-            the 8 events waiting for a slot too (16 per crash), and after 8 crashes all 16 \
-            events are dead letters, 8 of which never started; see docs/durable.md, How the \
-            workers use the store"]
 async fn a_crash_loop_does_not_dead_letter_events_that_never_started() {
     const EVENTS: usize = 16;
     const CONCURRENCY: i64 = 8;

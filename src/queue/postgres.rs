@@ -16,7 +16,7 @@ use super::store::{Claimed, DeadLetter, Settled};
 use crate::Delivery;
 
 /// The schema version this build creates and expects, in `openmail_schema`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The advisory lock that makes replicas starting together create the schema one after
 /// the other: "openmail" in ASCII. Held for the creating transaction only.
@@ -53,6 +53,15 @@ CREATE INDEX openmail_events_dead ON openmail_events (finished_at) WHERE state =
 INSERT INTO openmail_schema (component, version) VALUES ('events', 1);
 ";
 
+/// From version 1 to 2, in the same transaction as version 1 when creating: whether a
+/// leased event's attempt started (a claim that takes over an expired lease of an event
+/// that never started refunds its attempt). Leases taken by version 1 count as started, as
+/// they did. docs/durable.md shows it too.
+const MIGRATE_V2: &str = "\
+ALTER TABLE openmail_events ADD COLUMN started boolean NOT NULL DEFAULT true;
+UPDATE openmail_schema SET version = 2 WHERE component = 'events';
+";
+
 /// New events, one row per element of the arrays; a key already there is left alone.
 const INSERT: &str = "\
 INSERT INTO openmail_events
@@ -71,39 +80,55 @@ const DEPTH: &str = "SELECT count(*) FROM openmail_events WHERE state = 0";
 /// Locks up to `$1` due events that no other claim holds (`SKIP LOCKED`: concurrent claims
 /// from other replicas pass over each other's rows instead of waiting), dead-letters those
 /// whose attempts reached `$3`, and leases the rest for `$2` ms of the database's clock,
-/// counting the attempt and the claim.
+/// counting the attempt and the claim. The first `$4` leased, in due order, are marked
+/// started (they take a free slot at once); the others are a prefetch. An expired lease of
+/// an event that never started first gets back the attempt its claim counted.
 const CLAIM: &str = "\
 WITH picked AS MATERIALIZED (
-    SELECT key, attempts FROM openmail_events
+    SELECT key, due_at, leased,
+        CASE WHEN leased AND NOT started THEN greatest(attempts - 1, 0) ELSE attempts END
+            AS attempts
+    FROM openmail_events
     WHERE state = 0 AND due_at <= now()
     ORDER BY due_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), exhausted AS (
     UPDATE openmail_events AS e
-    SET state = 2, leased = false, finished_at = now(),
+    SET state = 2, leased = false, finished_at = now(), attempts = picked.attempts,
         error = format('attempt %s of %s never finished: its process stopped or lost the lease',
             picked.attempts, $3::int4)
     FROM picked
     WHERE e.key = picked.key AND picked.attempts >= $3::int4
+), ranked AS (
+    SELECT key, attempts, leased, row_number() OVER (ORDER BY due_at, key) AS place
+    FROM picked WHERE attempts < $3::int4
 )
 UPDATE openmail_events AS e
-SET leased = true, token = e.token + 1, attempts = e.attempts + 1,
+SET leased = true, token = e.token + 1, attempts = ranked.attempts + 1,
+    started = ranked.place <= $4::int8,
     due_at = now() + $2::int8 * interval '1 millisecond'
-FROM picked
-WHERE e.key = picked.key AND picked.attempts < $3::int4
+FROM ranked
+WHERE e.key = ranked.key
 RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
-    e.secret_index, e.event_id_header, e.body";
+    e.secret_index, e.event_id_header, e.body, e.started, ranked.leased";
 
+/// Records that the leases of the arrays `$7` (keys) and `$8` (tokens) started, then
 /// [`COMPLETE`] for each lease of the arrays `$4` (keys) and `$5` (tokens), then [`CLAIM`]
-/// (`$1` to `$3`), in one statement: one commit, one WAL flush. The claim passes over the
-/// keys being completed, since both parts see the same snapshot (where those events may
-/// look due, their lease expired) and one statement must not change a row twice. The rows:
-/// `1` and the key of each completion recorded, `0` and each claimed event as [`CLAIM`]
-/// returns it, and `2`, each event dead-lettered instead (its attempts used up) as a claimed
-/// one, with its error last.
+/// (`$1` to `$3`, and `$6` started at the claim), in one statement: one commit, one WAL
+/// flush. The claim passes over the keys being completed or recorded, since all parts see
+/// the same snapshot (where those events may look due, their lease expired) and one
+/// statement must not change a row twice. The rows: `1` and the key of each completion
+/// recorded, `0` and each claimed event as [`CLAIM`] returns it, and `2`, each event
+/// dead-lettered instead (its attempts used up) as a claimed one, with its error last.
 const COMPLETE_AND_CLAIM: &str = "\
-WITH done AS (
+WITH began AS (
+    UPDATE openmail_events AS e
+    SET started = true
+    FROM unnest($7::bytea[], $8::int8[]) AS s(key, token)
+    WHERE e.key = s.key AND e.token = s.token AND e.state = 0 AND e.leased
+        AND e.key <> ALL($4::bytea[])
+), done AS (
     UPDATE openmail_events AS e
     SET state = 1, leased = false, finished_at = now(), body = NULL, channel = NULL,
         scope_inbox = NULL, timestamp = NULL, secret_index = NULL, event_id_header = NULL,
@@ -112,39 +137,47 @@ WITH done AS (
     WHERE e.key = d.key AND e.token = d.token AND e.state = 0 AND e.leased
     RETURNING e.key
 ), picked AS MATERIALIZED (
-    SELECT key, attempts FROM openmail_events
+    SELECT key, due_at, leased,
+        CASE WHEN leased AND NOT started THEN greatest(attempts - 1, 0) ELSE attempts END
+            AS attempts
+    FROM openmail_events
     WHERE state = 0 AND due_at <= now() AND key <> ALL($4::bytea[])
+        AND key <> ALL($7::bytea[])
     ORDER BY due_at
     LIMIT $1
     FOR UPDATE SKIP LOCKED
 ), exhausted AS (
     UPDATE openmail_events AS e
-    SET state = 2, leased = false, finished_at = now(),
+    SET state = 2, leased = false, finished_at = now(), attempts = picked.attempts,
         error = format('attempt %s of %s never finished: its process stopped or lost the lease',
             picked.attempts, $3::int4)
     FROM picked
     WHERE e.key = picked.key AND picked.attempts >= $3::int4
     RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
         e.secret_index, e.event_id_header, e.body, e.error
+), ranked AS (
+    SELECT key, attempts, leased, row_number() OVER (ORDER BY due_at, key) AS place
+    FROM picked WHERE attempts < $3::int4
 ), claimed AS (
     UPDATE openmail_events AS e
-    SET leased = true, token = e.token + 1, attempts = e.attempts + 1,
+    SET leased = true, token = e.token + 1, attempts = ranked.attempts + 1,
+        started = ranked.place <= $6::int8,
         due_at = now() + $2::int8 * interval '1 millisecond'
-    FROM picked
-    WHERE e.key = picked.key AND picked.attempts < $3::int4
+    FROM ranked
+    WHERE e.key = ranked.key
     RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
-        e.secret_index, e.event_id_header, e.body
+        e.secret_index, e.event_id_header, e.body, e.started, ranked.leased AS taken_over
 )
 SELECT 1::int2, key, NULL::int8, NULL::int4, NULL::int2, NULL::text, NULL::int8, NULL::int8,
-    NULL::text, NULL::bytea, NULL::text
+    NULL::text, NULL::bytea, NULL::bool, NULL::bool, NULL::text
 FROM done
 UNION ALL
 SELECT 0::int2, key, token, attempts, channel, scope_inbox, timestamp, secret_index,
-    event_id_header, body, NULL::text
+    event_id_header, body, started, taken_over, NULL::text
 FROM claimed
 UNION ALL
 SELECT 2::int2, key, token, attempts, channel, scope_inbox, timestamp, secret_index,
-    event_id_header, body, error
+    event_id_header, body, false, false, error
 FROM exhausted";
 
 const RENEW: &str = "\
@@ -385,7 +418,7 @@ impl Backend for PostgresStore {
         let lease = milliseconds(lease);
         let max_attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
         let rows = self
-            .query(|s| &s.claim, &[&limit, &lease, &max_attempts])
+            .query(|s| &s.claim, &[&limit, &lease, &max_attempts, &limit])
             .await?;
         rows.iter()
             .filter_map(|row| claimed_of(row, 0).transpose())
@@ -399,7 +432,23 @@ impl Backend for PostgresStore {
         lease: Duration,
         max_attempts: u32,
     ) -> Result<Settled, QueueError> {
+        self.record_and_claim(completed, Vec::new(), limit, limit, lease, max_attempts)
+            .await
+    }
+
+    async fn record_and_claim(
+        &self,
+        completed: Vec<Lease>,
+        started: Vec<Lease>,
+        limit: usize,
+        start: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Settled, QueueError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let start = i64::try_from(start).unwrap_or(i64::MAX);
+        let started_keys: Vec<&[u8]> = started.iter().map(|held| &held.key[..]).collect();
+        let started_tokens: Vec<i64> = started.iter().map(|held| held.token).collect();
         let lease = milliseconds(lease);
         let max_attempts = i32::try_from(max_attempts).unwrap_or(i32::MAX);
         let keys: Vec<&[u8]> = completed.iter().map(|held| &held.key[..]).collect();
@@ -407,7 +456,16 @@ impl Backend for PostgresStore {
         let rows = self
             .query(
                 |s| &s.complete_and_claim,
-                &[&limit, &lease, &max_attempts, &keys, &tokens],
+                &[
+                    &limit,
+                    &lease,
+                    &max_attempts,
+                    &keys,
+                    &tokens,
+                    &start,
+                    &started_keys,
+                    &started_tokens,
+                ],
             )
             .await?;
         let mut recorded_keys = HashSet::new();
@@ -422,7 +480,7 @@ impl Backend for PostgresStore {
                 }
                 0 => claimed.extend(claimed_of(row, 1)?),
                 _ => {
-                    let error: Option<String> = row.try_get(10).map_err(QueueError::unavailable)?;
+                    let error: Option<String> = row.try_get(12).map_err(QueueError::unavailable)?;
                     if let Some(event) = claimed_of(row, 1)? {
                         dead.push(DeadLetter::new(
                             event.lease.key,
@@ -554,10 +612,14 @@ fn claimed_of(row: &Row, first: usize) -> Result<Option<Claimed>, QueueError> {
     let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
         return Ok(None);
     };
+    let started: bool = row.try_get(column(9)).map_err(QueueError::unavailable)?;
+    let taken_over: bool = row.try_get(column(10)).map_err(QueueError::unavailable)?;
     Ok(Some(Claimed::new(
         Lease { key, token },
         u32::try_from(attempts).unwrap_or(0),
         columns.into_delivery(),
+        started,
+        taken_over,
     )))
 }
 
@@ -989,6 +1051,13 @@ async fn create_schema(client: &mut Client) -> Result<(), QueueError> {
     };
     match version {
         Some(SCHEMA_VERSION) => return Ok(()),
+        Some(1) => {
+            transaction
+                .batch_execute(MIGRATE_V2)
+                .await
+                .map_err(QueueError::unavailable)?;
+            return transaction.commit().await.map_err(QueueError::unavailable);
+        }
         Some(found) => {
             return Err(QueueError::Schema {
                 found,
@@ -1007,6 +1076,10 @@ async fn create_schema(client: &mut Client) -> Result<(), QueueError> {
         .batch_execute(SCHEMA_V1)
         .await
         .map_err(QueueError::unavailable)?;
+    transaction
+        .batch_execute(MIGRATE_V2)
+        .await
+        .map_err(QueueError::unavailable)?;
     transaction.commit().await.map_err(QueueError::unavailable)
 }
 
@@ -1020,6 +1093,10 @@ mod tests {
         assert!(
             guide.contains(SCHEMA_V1),
             "docs/durable.md: update the schema"
+        );
+        assert!(
+            guide.contains(MIGRATE_V2),
+            "docs/durable.md: update the migration to version 2"
         );
         assert!(
             guide.contains(COMPLETE),

@@ -15,7 +15,7 @@ use crate::Delivery;
 
 /// The schema version this build writes, in SQLite's `user_version`. A file of a newer
 /// version is refused at open ([`QueueError::Schema`]); an older one is migrated.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// The most commands one transaction commits together. Concurrent inserts arriving while
 /// a commit is under way wait for the next one and share it: one `fsync` (or one WAL
@@ -46,6 +46,7 @@ CREATE TABLE IF NOT EXISTS openmail_events (
     leased          INTEGER NOT NULL DEFAULT 0,
     token           INTEGER NOT NULL DEFAULT 0, -- claims so far, never reset
     attempts        INTEGER NOT NULL DEFAULT 0,
+    started         INTEGER NOT NULL DEFAULT 1, -- leased: the attempt began (else refunded)
     channel         INTEGER,                -- the Delivery, until completed
     scope_inbox     TEXT,
     timestamp       INTEGER,
@@ -60,6 +61,11 @@ CREATE INDEX IF NOT EXISTS openmail_events_finished ON openmail_events (finished
     WHERE state <> 0;
 ";
 
+/// From version 1 to 2: whether a leased event's attempt started. Leases taken by version
+/// 1 count as started, as they did.
+const MIGRATE_V2: &str =
+    "ALTER TABLE openmail_events ADD COLUMN started INTEGER NOT NULL DEFAULT 1;";
+
 /// The embedded [`EventStore`](super::EventStore): one SQLite file, no server, for one machine.
 ///
 /// - **Created with mode `0600`** when missing (SQLite gives its WAL and shared-memory
@@ -71,7 +77,8 @@ CREATE INDEX IF NOT EXISTS openmail_events_finished ON openmail_events (finished
 ///   do not write to it.) Since no other store can hold a lease, opening hands every
 ///   lease of the previous process back at once: after
 ///   a crash, its events run again as soon as the store reopens, with the attempt that
-///   crashed counted.
+///   crashed counted (an event that waited in the prefetch and never started gets its
+///   attempt back).
 /// - **Write-ahead log**, and `synchronous` as the [`Durability`] says: `NORMAL` (the
 ///   default) survives the process's crash, `FULL` a power loss too.
 /// - **Completed bodies erased from the files**, not only from their rows:
@@ -230,13 +237,23 @@ fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Resu
                 supported: SCHEMA_VERSION,
             });
         }
-        connection.execute_batch(SCHEMA).map_err(locked)?;
+        if version == 1 {
+            connection.execute_batch(MIGRATE_V2).map_err(locked)?;
+        } else {
+            connection.execute_batch(SCHEMA).map_err(locked)?;
+        }
         connection
             .pragma_update(None, "user_version", SCHEMA_VERSION)
             .map_err(locked)?;
+        // No other process can hold a lease: every lease of the previous process ends now,
+        // due at once in the order the events arrived (not behind the events that arrived
+        // while they were leased), so that a restart claims them before later events. The
+        // claim that takes one over sees an expired lease, as after a holder's death on a
+        // shared store: it gives back the attempt of an event that never started.
         connection
             .execute(
-                "UPDATE openmail_events SET leased = 0, due_ms = ?1 WHERE state = 0 AND leased = 1",
+                "UPDATE openmail_events SET due_ms = min(received_ms, ?1)
+                 WHERE state = 0 AND leased = 1",
                 params![now_ms()],
             )
             .map_err(locked)?;
@@ -306,13 +323,16 @@ enum Command {
     },
     Claim {
         limit: usize,
+        start: usize,
         lease: Duration,
         max_attempts: u32,
         reply: Reply<Vec<Claimed>>,
     },
     CompleteAndClaim {
         completed: Vec<Lease>,
+        started: Vec<Lease>,
         limit: usize,
+        start: usize,
         lease: Duration,
         max_attempts: u32,
         reply: Reply<Settled>,
@@ -509,13 +529,14 @@ impl Writer {
             }
             Command::Claim {
                 limit,
+                start,
                 lease,
                 max_attempts,
                 reply,
             } => {
                 // The dead letters are reported by the workers' grouped call alone.
                 let result = self
-                    .claim(limit, lease, max_attempts)
+                    .claim(limit, start, lease, max_attempts)
                     .map(|(claimed, _dead)| claimed);
                 pending(reply, result)
             }
@@ -546,12 +567,15 @@ impl Writer {
             }
             Command::CompleteAndClaim {
                 completed,
+                started,
                 limit,
+                start,
                 lease,
                 max_attempts,
                 reply,
             } => {
-                let result = self.complete_and_claim(completed, limit, lease, max_attempts);
+                let result =
+                    self.complete_and_claim(completed, &started, limit, start, lease, max_attempts);
                 pending(reply, result)
             }
             Command::Fail {
@@ -714,22 +738,29 @@ impl Writer {
     fn complete_and_claim(
         &mut self,
         completed: Vec<Lease>,
+        started: &[Lease],
         limit: usize,
+        start: usize,
         lease: Duration,
         max_attempts: u32,
     ) -> rusqlite::Result<Settled> {
         let (depth, erased) = (self.depth, self.erased);
         self.connection
             .execute_batch("SAVEPOINT complete_and_claim")?;
-        let result = completed
-            .into_iter()
-            .map(|held| self.complete(held))
-            .collect::<rusqlite::Result<Vec<bool>>>()
+        let result = started
+            .iter()
+            .try_for_each(|held| self.record_started(*held))
+            .and_then(|()| {
+                completed
+                    .into_iter()
+                    .map(|held| self.complete(held))
+                    .collect::<rusqlite::Result<Vec<bool>>>()
+            })
             .and_then(|recorded| {
                 let (claimed, dead) = if limit == 0 {
                     (Vec::new(), Vec::new())
                 } else {
-                    self.claim(limit, lease, max_attempts)?
+                    self.claim(limit, start, lease, max_attempts)?
                 };
                 Ok((recorded, claimed, dead))
             });
@@ -749,35 +780,54 @@ impl Writer {
         }
     }
 
-    /// Claims up to `limit` due events; also returns those it dead-lettered instead, their
-    /// attempts used up.
+    /// Records that a prefetched event's attempt started: a crash now leaves it counted.
+    fn record_started(&mut self, lease: Lease) -> rusqlite::Result<()> {
+        self.connection
+            .prepare_cached(
+                "UPDATE openmail_events SET started = 1
+                 WHERE key = ?1 AND token = ?2 AND state = 0 AND leased = 1",
+            )?
+            .execute(params![&lease.key[..], lease.token])?;
+        Ok(())
+    }
+
+    /// Claims up to `limit` due events in due order; the first `start` claimed are marked
+    /// started. An expired lease of an event that never started gets its attempt back.
+    /// Also returns the events it dead-lettered instead, their attempts used up.
     fn claim(
         &mut self,
         limit: usize,
+        start: usize,
         lease: Duration,
         max_attempts: u32,
     ) -> rusqlite::Result<(Vec<Claimed>, Vec<DeadLetter>)> {
         let now = now_ms();
-        let due: Vec<(i64, u32)> = self
+        let due: Vec<(i64, u32, bool, bool)> = self
             .connection
             .prepare_cached(
-                "SELECT id, attempts FROM openmail_events
-                 WHERE state = 0 AND due_ms <= ?1 ORDER BY due_ms LIMIT ?2",
+                "SELECT id, attempts, leased, started FROM openmail_events
+                 WHERE state = 0 AND due_ms <= ?1 ORDER BY due_ms, id LIMIT ?2",
             )?
             .query_map(
                 params![now, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |row| Ok((row.get(0)?, row.get(1)?)),
+                |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?)),
             )?
             .collect::<rusqlite::Result<_>>()?;
         let mut claimed = Vec::with_capacity(due.len());
         let mut dead = Vec::new();
-        for (id, attempts) in due {
+        for (id, attempts, leased, started) in due {
+            // The holder died before this claim's attempt started: it never ran.
+            let attempts = if leased && !started {
+                attempts.saturating_sub(1)
+            } else {
+                attempts
+            };
             if attempts >= max_attempts {
                 let (key, attempts, error, columns) = self
                     .connection
                     .prepare_cached(
                         "UPDATE openmail_events SET state = 2, leased = 0, finished_ms = ?2,
-                             error = ?3
+                             error = ?3, attempts = ?4
                          WHERE id = ?1
                          RETURNING key, attempts, error, channel, scope_inbox, timestamp,
                              secret_index, event_id_header, body",
@@ -789,7 +839,8 @@ impl Writer {
                             format!(
                                 "attempt {attempts} of {max_attempts} never finished: its \
                                  process stopped or lost the lease"
-                            )
+                            ),
+                            attempts
                         ],
                         |row| {
                             Ok((
@@ -811,23 +862,29 @@ impl Writer {
                 }
                 continue;
             }
+            // Straight into a free slot: it starts at once.
+            let starts = claimed.len() < start;
             let row = self
                 .connection
                 .prepare_cached(
                     "UPDATE openmail_events
-                     SET leased = 1, token = token + 1, attempts = attempts + 1, due_ms = ?2
+                     SET leased = 1, token = token + 1, attempts = ?3 + 1, due_ms = ?2,
+                        started = ?4
                      WHERE id = ?1
                      RETURNING key, token, attempts, channel, scope_inbox, timestamp,
                          secret_index, event_id_header, body",
                 )?
-                .query_row(params![id, now.saturating_add(ms(lease))], |row| {
-                    Ok((
-                        row.get::<_, Vec<u8>>(0)?,
-                        row.get::<_, i64>(1)?,
-                        row.get::<_, u32>(2)?,
-                        columns_of(row)?,
-                    ))
-                })?;
+                .query_row(
+                    params![id, now.saturating_add(ms(lease)), attempts, starts],
+                    |row| {
+                        Ok((
+                            row.get::<_, Vec<u8>>(0)?,
+                            row.get::<_, i64>(1)?,
+                            row.get::<_, u32>(2)?,
+                            columns_of(row)?,
+                        ))
+                    },
+                )?;
             let (key, token, attempt, columns) = row;
             let Ok(key) = <[u8; 32]>::try_from(key.as_slice()) else {
                 continue;
@@ -836,6 +893,8 @@ impl Writer {
                 Lease { key, token },
                 attempt,
                 columns.into_delivery(),
+                starts,
+                leased,
             ));
         }
         Ok((claimed, dead))
@@ -981,6 +1040,7 @@ impl Backend for SqliteStore {
     ) -> Result<Vec<Claimed>, QueueError> {
         self.ask(|reply| Command::Claim {
             limit,
+            start: limit,
             lease,
             max_attempts,
             reply,
@@ -997,7 +1057,30 @@ impl Backend for SqliteStore {
     ) -> Result<Settled, QueueError> {
         self.ask(|reply| Command::CompleteAndClaim {
             completed,
+            started: Vec::new(),
             limit,
+            start: limit,
+            lease,
+            max_attempts,
+            reply,
+        })
+        .await
+    }
+
+    async fn record_and_claim(
+        &self,
+        completed: Vec<Lease>,
+        started: Vec<Lease>,
+        limit: usize,
+        start: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> Result<Settled, QueueError> {
+        self.ask(|reply| Command::CompleteAndClaim {
+            completed,
+            started,
+            limit,
+            start,
             lease,
             max_attempts,
             reply,

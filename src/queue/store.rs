@@ -65,7 +65,7 @@ impl<S: Backend> EventStore for S {}
 /// | state | how it gets there | leaves by |
 /// |---|---|---|
 /// | waiting (due now or at a retry time) | [`insert`](Self::insert), [`fail`](Self::fail) with a retry, [`release`](Self::release), a lease that expired, [`requeue_dead_letter`](Backend::requeue_dead_letter) | [`claim`](Self::claim) |
-/// | leased (in flight) | [`claim`](Self::claim), which counts the attempt | [`complete`](Self::complete), [`fail`](Self::fail), [`release`](Self::release), the lease expiring |
+/// | leased (in flight) | [`claim`](Self::claim), which counts the attempt (refunded when a later claim finds the lease ended and the event never started) | [`complete`](Self::complete), [`fail`](Self::fail), [`release`](Self::release), the lease expiring |
 /// | completed: the key alone | [`complete`](Self::complete) | [`purge`](Self::purge) after the retention |
 /// | dead letter: kept with its body | [`fail`](Self::fail) without a retry, or a claim of an event whose last attempt's lease expired | [`requeue_dead_letter`](Backend::requeue_dead_letter) |
 ///
@@ -131,6 +131,30 @@ pub trait Backend: Send + Sync + 'static {
             };
             Ok((recorded, claimed, Vec::new()))
         }
+    }
+
+    /// [`complete_and_claim`](Self::complete_and_claim), and also records that the events
+    /// of `started` (prefetched events that took a slot since) started, and marks the
+    /// first `start` claimed events, in due order, started at the claim (they take a free
+    /// slot at once); the others are claimed as a prefetch, not started. A claim that takes
+    /// over an event whose lease ended (its holder died) or was handed back at a reopen,
+    /// while it was not started, refunds the attempt that event's claim counted: it never
+    /// ran. [`Claimed::started`] says which were marked.
+    ///
+    /// The default ignores `started` and `start`: every claimed event counts as started,
+    /// and nothing is refunded. The crate's stores override it.
+    #[allow(clippy::too_many_arguments)]
+    fn record_and_claim(
+        &self,
+        completed: Vec<Lease>,
+        started: Vec<Lease>,
+        limit: usize,
+        start: usize,
+        lease: Duration,
+        max_attempts: u32,
+    ) -> impl Future<Output = Result<Settled, QueueError>> + Send {
+        let _ = (started, start);
+        self.complete_and_claim(completed, limit, lease, max_attempts)
     }
 
     /// Extends `lease` to `lease_for` from now. `Ok(false)`: the lease is no longer this
@@ -206,17 +230,42 @@ pub struct Claimed {
     pub(crate) lease: Lease,
     pub(crate) attempt: u32,
     pub(crate) delivery: Delivery,
+    pub(crate) started: bool,
+    pub(crate) taken_over: bool,
 }
 
 impl Claimed {
     // Only the stores build one.
     #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
-    pub(crate) fn new(lease: Lease, attempt: u32, delivery: Delivery) -> Self {
+    pub(crate) fn new(
+        lease: Lease,
+        attempt: u32,
+        delivery: Delivery,
+        started: bool,
+        taken_over: bool,
+    ) -> Self {
         Self {
             lease,
             attempt,
             delivery,
+            started,
+            taken_over,
         }
+    }
+
+    /// Whether the claim recorded the event as started (its attempt stays counted if the
+    /// holder dies); `false`: claimed as a prefetch, refunded if the holder dies before it
+    /// records the start.
+    pub fn started(&self) -> bool {
+        self.started
+    }
+
+    /// Whether the claim took the event over from a holder that died holding its lease
+    /// (the lease expired; SQLite: the store reopened). [`Workers`](super::Workers) record
+    /// the start of such an event before its handler runs, so that an event whose run
+    /// kills the process is refunded at most once in a row.
+    pub fn taken_over(&self) -> bool {
+        self.taken_over
     }
 
     /// The lease, which [`complete`](Backend::complete), [`fail`](Backend::fail),

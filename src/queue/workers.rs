@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, Uri};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
 use tower::{BoxError, Service};
@@ -194,8 +194,8 @@ where
     /// How many events are claimed ahead of free slots, to wait here (their leases renewed)
     /// until a handler run ends; `0` for none. With instant handlers they keep every slot
     /// busy while the store commits the next group; with slow handlers they wait here
-    /// instead of on another replica, and a crash of this process counts an attempt for
-    /// each of them.
+    /// instead of on another replica. A crash of this process gives back the attempt of
+    /// each that had not started (the claim counted it).
     ///
     /// Unset, it adapts: as many as the [`concurrency`](Self::concurrency) at first;
     /// doubled when two claims in a row came back full and a slot idled while the second
@@ -276,37 +276,67 @@ where
         let mut running = JoinSet::new();
         let mut purge = tokio::time::interval(Duration::from_secs(3600));
         let mut events = Events::default();
+        // Prefetched events that took a slot, for the next call to record as started.
+        let (began, mut beginnings) = mpsc::unbounded_channel();
         tokio::pin!(shutdown);
         loop {
             while let Some(finished) = running.try_join_next_with_id() {
                 events.finished(finished);
             }
+            while let Ok(lease) = beginnings.try_recv() {
+                events.started.push(lease);
+            }
             let capacity = settings.concurrency.saturating_add(prefetch.events);
             let free = capacity.saturating_sub(events.held.len());
             // Nothing to claim or record: wait for a run to end.
             let mut idle = true;
-            if free > 0 || !events.completed.is_empty() {
+            if free > 0 || !events.completed.is_empty() || !events.started.is_empty() {
+                // The free slots are taken before the call, for its first events in due
+                // order, which the store marks started: they start at once, with their
+                // attempt counted even if the process dies. (A slot is free here only when
+                // no prefetched event waits for it, so this takes none from them.)
+                let mut slots = Vec::new();
+                while slots.len() < free {
+                    match Arc::clone(&permits).try_acquire_owned() {
+                        Ok(permit) => slots.push(permit),
+                        Err(_) => break,
+                    }
+                }
+                let start = slots.len();
+                let completed = events.completed.clone();
+                events.started.retain(|lease| !completed.contains(lease));
                 let claimed_at = Instant::now();
                 match store
-                    .complete_and_claim(
-                        events.completed.clone(),
+                    .record_and_claim(
+                        completed,
+                        events.started.clone(),
                         free,
+                        start,
                         settings.lease,
                         settings.max_attempts,
                     )
                     .await
                 {
-                    Ok((recorded, claimed, dead)) => {
+                    Ok((recorded, mut claimed, dead)) => {
                         events.recorded(&recorded);
+                        events.started.clear();
                         // Their attempts were used up by processes that stopped or lost the
                         // lease: reported as a last failed attempt is.
                         for dead in &dead {
                             report_dead_letter(on_dead_letter.as_ref(), dead);
                         }
                         idle = claimed.len() < free;
-                        // Before this call's events take them: a permit nobody waits for is
-                        // a slot that idled while the store committed.
-                        prefetch.adapt(free, claimed.len(), permits.available_permits() > 0);
+                        // Before this call's events take them: a slot taken for the call, or
+                        // a permit nobody waits for, is a slot that idled while the store
+                        // committed.
+                        prefetch.adapt(
+                            free,
+                            claimed.len(),
+                            start > 0 || permits.available_permits() > 0,
+                        );
+                        // The events marked started get the slots first (a stable sort: due
+                        // order stays).
+                        claimed.sort_by_key(|claimed| !claimed.started());
                         for claimed in claimed {
                             let key = *claimed.lease().key();
                             if events.unrecorded.contains(&key) {
@@ -327,18 +357,21 @@ where
                                 settings: Arc::clone(&settings),
                                 on_dead_letter: on_dead_letter.clone(),
                                 permits: Arc::clone(&permits),
+                                began: began.clone(),
                                 stopping: stopping.clone(),
                                 cancelled: cancelled.clone(),
                             };
                             let service = service.clone();
-                            let task = running.spawn(run.attempt(service, claimed, claimed_at));
+                            let slot = slots.pop();
+                            let task =
+                                running.spawn(run.attempt(service, claimed, slot, claimed_at));
                             events.held.insert(task.id(), key);
                         }
                     }
                     Err(error) => report_store_error("claim", &error),
                 }
             }
-            let polling = free > 0 || !events.completed.is_empty();
+            let polling = free > 0 || !events.completed.is_empty() || !events.started.is_empty();
             // Shutdown first, also while every call fills the slots (then the loop goes on
             // at once): runs end while the store commits, so there may always be more.
             tokio::select! {
@@ -357,6 +390,8 @@ where
                 Some(finished) = running.join_next_with_id(), if !running.is_empty() => {
                     events.finished(finished);
                 }
+                // The loop holds a sender: this never ends.
+                Some(lease) = beginnings.recv() => events.started.push(lease),
                 () = tokio::time::sleep(settings.poll_interval), if polling => {}
             }
         }
@@ -462,6 +497,11 @@ struct Events {
     /// The key of each claimed event whose task has not ended, waiting for a slot or
     /// running: what counts against the capacity, and what a new claim must not run again.
     held: HashMap<Id, [u8; 32]>,
+    /// Prefetched events that took a slot and started, not recorded as started yet:
+    /// recorded with the next call (and retried with each one after while the store fails),
+    /// never waited for before the handler runs. A crash before that record commits
+    /// refunds their attempt.
+    started: Vec<Lease>,
     /// Handled here with a `2xx`, their completion not recorded yet: recorded with the next
     /// claim, and retried with each one after until the store answers.
     completed: Vec<Lease>,
@@ -536,6 +576,8 @@ struct Run<S> {
     settings: Arc<Settings>,
     on_dead_letter: Option<DeadLetterHook>,
     permits: Arc<Semaphore>,
+    /// Where a prefetched event says that it took a slot, for the loop to record.
+    began: mpsc::UnboundedSender<Lease>,
     /// Shutdown began: an event still waiting for a slot is released, not started.
     stopping: watch::Receiver<bool>,
     /// The grace is over: a running handler is cancelled and its event released.
@@ -610,6 +652,7 @@ impl<S: EventStore> Run<S> {
         self,
         mut service: H,
         claimed: Claimed,
+        slot: Option<OwnedSemaphorePermit>,
         claimed_at: Instant,
     ) -> Option<Lease>
     where
@@ -623,23 +666,51 @@ impl<S: EventStore> Run<S> {
         let mut stopping = self.stopping.clone();
         let mut cancelled = self.cancelled.clone();
         // A prefetched event waits here for a slot, its lease renewed.
-        let _permit = loop {
-            let give_up_at = held.give_up_at();
-            tokio::select! {
-                biased;
-                true = raised(&mut stopping) => {
-                    self.release(lease).await;
-                    return None;
-                }
-                Ok(permit) = Arc::clone(&self.permits).acquire_owned() => break permit,
-                _ = held.renew.tick() => {
-                    if !held.renew(self.store.as_ref()).await {
+        let _permit = match slot {
+            Some(permit) => permit,
+            None => loop {
+                let give_up_at = held.give_up_at();
+                tokio::select! {
+                    biased;
+                    true = raised(&mut stopping) => {
+                        self.release(lease).await;
                         return None;
                     }
+                    Ok(permit) = Arc::clone(&self.permits).acquire_owned() => break permit,
+                    _ = held.renew.tick() => {
+                        if !held.renew(self.store.as_ref()).await {
+                            return None;
+                        }
+                    }
+                    () = tokio::time::sleep_until(give_up_at) => return None,
                 }
-                () = tokio::time::sleep_until(give_up_at) => return None,
-            }
+            },
         };
+        if claimed.taken_over() && !claimed.started() {
+            // Its last holder died holding it. If it is what kills the process, a start
+            // recorded lazily may never commit and the attempt would be refunded at every
+            // crash: record it before the handler runs (one commit, only for events taken
+            // over from a dead holder).
+            let recorded = self
+                .store
+                .record_and_claim(
+                    Vec::new(),
+                    vec![lease],
+                    0,
+                    0,
+                    self.settings.lease,
+                    self.settings.max_attempts,
+                )
+                .await;
+            if let Err(error) = recorded {
+                report_store_error("record a start", &error);
+                let _ = self.began.send(lease);
+            }
+        } else if !claimed.started() {
+            // Recorded with the loop's next call, not waited for: waiting would idle the
+            // slot for a commit, which is what the prefetch is there to avoid.
+            let _ = self.began.send(lease);
+        }
         let attempt = WorkerAttempt {
             number: claimed.attempt(),
             last: claimed.attempt() >= self.settings.max_attempts,

@@ -532,7 +532,7 @@ async fn replicas_creating_the_schema_at_the_same_moment_all_succeed() {
         .await
         .unwrap()
         .get(0);
-    assert_eq!(version, 1);
+    assert_eq!(version, 2);
     let rows = sql
         .query("SELECT count(*) FROM openmail_schema", &[])
         .await
@@ -547,7 +547,7 @@ async fn a_schema_of_a_newer_version_is_refused() {
     };
     drop(replica(&url).await);
     let sql = inspect(&url).await;
-    sql.execute("UPDATE openmail_schema SET version = 2", &[])
+    sql.execute("UPDATE openmail_schema SET version = 3", &[])
         .await
         .unwrap();
     let error = PostgresStore::connect(&url, Durability::ProcessCrash)
@@ -557,8 +557,8 @@ async fn a_schema_of_a_newer_version_is_refused() {
         matches!(
             error,
             QueueError::Schema {
-                found: 2,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         ),
         "{error:?}"

@@ -24,6 +24,7 @@ use openmail_webhooks::{Channel, Delivery, Event, VerifyOpenMailLayer};
 use tokio::sync::{mpsc, watch};
 
 mod grouping;
+mod refund;
 mod throughput;
 
 const SECRET: &str = "whsec_queue_test";
@@ -575,7 +576,7 @@ async fn a_store_of_a_newer_schema_is_refused() {
             error,
             QueueError::Schema {
                 found: 99,
-                supported: 1
+                supported: 2
             }
         ),
         "{error:?}"
