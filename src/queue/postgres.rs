@@ -119,8 +119,10 @@ RETURNING e.key, e.token, e.attempts, e.channel, e.scope_inbox, e.timestamp,
 /// flush. The claim passes over the keys being completed or recorded, since all parts see
 /// the same snapshot (where those events may look due, their lease expired) and one
 /// statement must not change a row twice. The rows: `1` and the key of each completion
-/// recorded, `0` and each claimed event as [`CLAIM`] returns it, and `2`, each event
-/// dead-lettered instead (its attempts used up) as a claimed one, with its error last.
+/// recorded, or of one already completed before the statement (by the handler's own
+/// transaction: the workers need not remember it), `0` and each claimed event as [`CLAIM`]
+/// returns it, and `2`, each event dead-lettered instead (its attempts used up) as a
+/// claimed one, with its error last.
 const COMPLETE_AND_CLAIM: &str = "\
 WITH began AS (
     UPDATE openmail_events AS e
@@ -136,6 +138,8 @@ WITH began AS (
     FROM unnest($4::bytea[], $5::int8[]) AS d(key, token)
     WHERE e.key = d.key AND e.token = d.token AND e.state = 0 AND e.leased
     RETURNING e.key
+), already AS (
+    SELECT key FROM openmail_events WHERE key = ANY($4::bytea[]) AND state = 1
 ), picked AS MATERIALIZED (
     SELECT key, due_at, leased,
         CASE WHEN leased AND NOT started THEN greatest(attempts - 1, 0) ELSE attempts END
@@ -171,6 +175,10 @@ WITH began AS (
 SELECT 1::int2, key, NULL::int8, NULL::int4, NULL::int2, NULL::text, NULL::int8, NULL::int8,
     NULL::text, NULL::bytea, NULL::bool, NULL::bool, NULL::text
 FROM done
+UNION ALL
+SELECT 1::int2, key, NULL::int8, NULL::int4, NULL::int2, NULL::text, NULL::int8, NULL::int8,
+    NULL::text, NULL::bytea, NULL::bool, NULL::bool, NULL::text
+FROM already
 UNION ALL
 SELECT 0::int2, key, token, attempts, channel, scope_inbox, timestamp, secret_index,
     event_id_header, body, started, taken_over, NULL::text

@@ -97,13 +97,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// [`complete`](Self::complete)s each of `completed`, then [`claim`](Self::claim)s up to
     /// `limit` due events (`0`: none), in **one transaction**: one commit, so one WAL flush,
-    /// for the whole group. It is what [`Workers`](super::Workers) call, with the
-    /// completions that gathered while their previous call committed and a claim for every
-    /// free slot, so that a store whose commit waits for a flush still drains many events
-    /// per flush.
+    /// for the whole group. [`Workers`](super::Workers) call it (through
+    /// [`record_and_claim`](Self::record_and_claim)) with the completions that gathered
+    /// while their previous call committed and a claim for every free slot, so that a store
+    /// whose commit waits for a flush still drains many events per flush.
     ///
     /// Returns, for each of `completed` in order, whether the lease was still this holder's
-    /// (what [`complete`](Self::complete) returns), the claimed events, and the events the
+    /// (what [`complete`](Self::complete) returns; PostgreSQL also answers `true` for an
+    /// event completed before, by the handler's own transaction), the claimed events, and the events the
     /// claim dead-lettered because their attempts were used up, so that the workers report
     /// them as they report an attempt that failed. None of `completed` is claimed again by
     /// the same call. On `Err` nothing happened.

@@ -293,8 +293,9 @@ where
             if free > 0 || !events.completed.is_empty() || !events.started.is_empty() {
                 // The free slots are taken before the call, for its first events in due
                 // order, which the store marks started: they start at once, with their
-                // attempt counted even if the process dies. (A slot is free here only when
-                // no prefetched event waits for it, so this takes none from them.)
+                // attempt counted even if the process dies. (A prefetched event whose task
+                // has not begun to wait for a slot may find it taken and wait for the next
+                // one, its lease renewed meanwhile: it waits longer, nothing is lost.)
                 let mut slots = Vec::new();
                 while slots.len() < free {
                     match Arc::clone(&permits).try_acquire_owned() {
@@ -444,8 +445,8 @@ where
 /// store committed) doubles it, up to 8 × the concurrency; a claim that came back short
 /// (the backlog is drained) halves it, down to the concurrency again. Slow handlers never
 /// grow it: their slots are busy and the prefetched events wait for them. (The first full
-/// claim after an idle spell does not count: its slots idled for want of events.) A store whose commit waits for a flush drains at most
-/// `concurrency + prefetch` events per flush, so this is what lets it keep up with instant
+/// claim after an idle spell does not count: its slots idled for want of events.) A store
+/// whose commit waits for a flush drains at most `concurrency + prefetch` events per flush, so this is what lets it keep up with instant
 /// handlers.
 struct Prefetch {
     events: usize,
@@ -509,8 +510,10 @@ struct Events {
     /// unreachable, as during a PostgreSQL restart, or the lease expired meanwhile). When
     /// such an event is claimed here again, its completion is recorded without running the
     /// handler a second time: without a crash of this process, an event is handled once.
-    /// A key leaves once its completion is recorded; one whose lease another process took
-    /// stays (32 bytes each, only ever after a store failure).
+    /// A key leaves once its completion is recorded, or once the store says the event was
+    /// completed already (the handler's own transaction, on PostgreSQL); one whose lease
+    /// another process took stays (32 bytes each, only ever after a store failure or an
+    /// expired lease).
     unrecorded: HashSet<[u8; 32]>,
 }
 

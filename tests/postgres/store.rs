@@ -745,3 +745,59 @@ async fn the_grouped_claim_returns_the_events_it_dead_lettered() {
     assert_eq!(dead[0].delivery().body().as_ref(), body.as_bytes());
     assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
 }
+
+/// The documented pattern of completing in the handler's own transaction: the workers'
+/// grouped completion that follows finds the event completed, and says so (`true`), so
+/// that the workers need not remember its key (they would, forever, one key per event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completion_the_handler_committed_itself_counts_as_recorded() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let event = delivery(&awkward_body("evt_completed_by_handler")).await;
+    store.insert(key_of(&event), event, 1_000).await.unwrap();
+    let claimed = store.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let lease = claimed[0].lease();
+    // docs/durable.md, "Completing in your own transaction".
+    let changed = inspect(&url)
+        .await
+        .execute(
+            "UPDATE openmail_events
+             SET state = 1, leased = false, finished_at = now(), body = NULL, channel = NULL,
+                 scope_inbox = NULL, timestamp = NULL, secret_index = NULL,
+                 event_id_header = NULL, error = NULL
+             WHERE key = $1 AND token = $2 AND state = 0 AND leased",
+            &[&&lease.key()[..], &lease.token()],
+        )
+        .await
+        .unwrap();
+    assert_eq!(changed, 1);
+    let (recorded, claimed, _) = store
+        .complete_and_claim(vec![lease], 8, LEASE, MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    assert_eq!(
+        recorded,
+        [true],
+        "an event completed before was not reported"
+    );
+    assert!(claimed.is_empty());
+    // A lease another claim took over, of an event still waiting, stays unrecorded.
+    let event = delivery(&awkward_body("evt_taken_over")).await;
+    store.insert(key_of(&event), event, 1_000).await.unwrap();
+    let first = store
+        .claim(1, Duration::from_millis(1), MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    assert_eq!(first.len(), 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = store.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert_eq!(second.len(), 1);
+    let (recorded, _, _) = store
+        .complete_and_claim(vec![first[0].lease()], 0, LEASE, MAX_ATTEMPTS)
+        .await
+        .unwrap();
+    assert_eq!(recorded, [false]);
+}
