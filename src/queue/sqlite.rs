@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -70,11 +70,16 @@ const MIGRATE_V2: &str =
 ///
 /// - **Created with mode `0600`** when missing (SQLite gives its WAL and shared-memory
 ///   files the same mode): the bodies are users' email.
-/// - **One process at a time.** Opening takes an advisory lock on the file (`flock` on
-///   Unix, `LockFileEx` on Windows), held until the store is dropped; a second store, in
-///   this process or another, gets [`QueueError::Locked`] from [`open`](Self::open).
-///   (Other programs that ignore the lock, such as the `sqlite3` shell, may read the file;
-///   do not write to it.) Since no other store can hold a lease, opening hands every
+/// - **One process at a time.** Opening takes advisory locks (`flock` on Unix,
+///   `LockFileEx` on Windows) on a file of its own beside the database, `<path>-lock`
+///   (mode `0600`, left in place), and on the database file, and checks that no other
+///   connection holds a write lock; a second store, in this process or another, gets
+///   [`QueueError::Locked`] from [`open`](Self::open). The locks are held until the
+///   store's two threads have closed their connections, shortly after the store is
+///   dropped (the last commands and a final checkpoint finish first): a store reopened
+///   at once in the same process may get `Locked` for that moment. (Other programs that
+///   ignore the locks, such as the `sqlite3` shell, may read the file; do not write to
+///   it.) Since no other store can hold a lease, opening hands every
 ///   lease of the previous process back at once: after
 ///   a crash, its events run again as soon as the store reopens, with the attempt that
 ///   crashed counted (an event that waited in the prefetch and never started gets its
@@ -131,7 +136,7 @@ impl SqliteStore {
     pub fn open(path: impl AsRef<Path>, durability: Durability) -> Result<Self, QueueError> {
         let path = path.as_ref().to_path_buf();
         create_private(&path)?;
-        let lock = lock_file(&path)?;
+        let locks = Arc::new(lock_file(&path)?);
         let connection = Connection::open(&path).map_err(|error| opening(&path, error))?;
         prepare(&connection, durability, &path)?;
         let depth = Writer::count_depth(&connection).map_err(|error| opening(&path, error))?;
@@ -146,11 +151,12 @@ impl SqliteStore {
             erased: None,
             wrote,
             long_log,
+            _locks: Arc::clone(&locks),
         };
         let checkpointer = Checkpointer {
             connection: checkpoints,
             too_long,
-            _lock: lock,
+            _locks: locks,
         };
         std::thread::Builder::new()
             .name("openmail-sqlite-checkpoint".to_owned())
@@ -189,22 +195,63 @@ fn create_private(path: &Path) -> Result<(), QueueError> {
     }
 }
 
-/// Takes the advisory lock that keeps other processes' stores out of the file, for as long
-/// as the returned file is open.
-fn lock_file(path: &Path) -> Result<std::fs::File, QueueError> {
-    let file = std::fs::OpenOptions::new()
+/// The advisory locks that keep other stores out of the file. Both threads hold them after
+/// their connection (a struct drops its fields in order), so they are released only once
+/// both connections are closed: closing a descriptor of the database file while SQLite's
+/// own (POSIX) locks on it are held would release those too.
+struct Locks {
+    /// On `<path>-lock`, a file of the store's own that SQLite never opens.
+    _own: std::fs::File,
+    /// On the database file itself, so that a process that locks the file with `flock`
+    /// keeps the store out too.
+    _database: std::fs::File,
+}
+
+/// Takes the advisory locks that keep other stores, in this process or another, out of
+/// the file, for as long as the returned locks live.
+fn lock_file(path: &Path) -> Result<Locks, QueueError> {
+    let mut own_path = path.as_os_str().to_owned();
+    own_path.push("-lock");
+    let own_path = PathBuf::from(own_path);
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true).write(true).create(true).truncate(false);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let own = options.open(&own_path).map_err(|error| {
+        QueueError::unavailable(format!("cannot open {}: {error}", own_path.display()))
+    })?;
+    // A store of this process on the same path is refused here, before anything opens
+    // the database file again.
+    try_lock(&own, path)?;
+    let database = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|error| {
             QueueError::unavailable(format!("cannot open {}: {error}", path.display()))
         })?;
+    match try_lock(&database, path) {
+        Ok(()) => Ok(Locks {
+            _own: own,
+            _database: database,
+        }),
+        Err(error) => {
+            // Held elsewhere, possibly by a store of this process under another name of
+            // the same file (a link): closing this descriptor would release that store's
+            // SQLite locks on the file. One descriptor per refused open is kept instead.
+            std::mem::forget(database);
+            Err(error)
+        }
+    }
+}
+
+fn try_lock(file: &std::fs::File, path: &Path) -> Result<(), QueueError> {
     // The `sqlite` feature needs Rust 1.89 anyway (rusqlite 0.43, as Cargo.toml says), the
     // release that made `File::try_lock` stable; the crate's 1.85 is for the other features.
     #[allow(clippy::incompatible_msrv)]
     let locked = file.try_lock();
     match locked {
-        Ok(()) => Ok(file),
+        Ok(()) => Ok(()),
         Err(std::fs::TryLockError::WouldBlock) => Err(QueueError::Locked {
             what: path.display().to_string(),
         }),
@@ -424,6 +471,8 @@ struct Writer {
     wrote: mpsc::Sender<()>,
     /// The checkpointer found the log past [`LOG_LIMIT_FRAMES`].
     long_log: mpsc::Receiver<()>,
+    /// After the connection: see [`Locks`].
+    _locks: Arc<Locks>,
 }
 
 impl Writer {
@@ -967,7 +1016,8 @@ impl Writer {
 struct Checkpointer {
     connection: Connection,
     too_long: mpsc::Sender<()>,
-    _lock: std::fs::File,
+    /// After the connection: see [`Locks`].
+    _locks: Arc<Locks>,
 }
 
 impl Checkpointer {

@@ -563,6 +563,49 @@ async fn a_store_in_use_is_refused_at_open_and_the_file_is_private() {
     drop(store);
 }
 
+/// The store's own lock file refuses a second store on the same path; the lock on the
+/// database file refuses one through another name of the file (a hard link) and while
+/// another program holds `flock` on it; the first store works on after each refusal.
+#[tokio::test]
+async fn a_store_is_refused_through_a_link_and_under_a_foreign_flock() {
+    let dir = scratch("links");
+    let path = dir.join("events.db");
+    let store = SqliteStore::open(&path, Durability::ProcessCrash).unwrap();
+    let own = dir.join("events.db-lock");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&own).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let link = dir.join("linked.db");
+    std::fs::hard_link(&path, &link).unwrap();
+    let error = SqliteStore::open(&link, Durability::ProcessCrash).unwrap_err();
+    assert!(matches!(error, QueueError::Locked { .. }), "{error:?}");
+    let store = Arc::new(store);
+    stored(&store, "evt_after_link").await;
+    assert_eq!(store.stats().await.unwrap().waiting, 1);
+    drop(store);
+
+    // Another program's `flock` on the database file.
+    let other = dir.join("other.db");
+    drop(SqliteStore::open(&other, Durability::ProcessCrash).unwrap());
+    let held = std::fs::File::open(&other).unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        // The dropped store's threads release their locks shortly after the drop.
+        if held.try_lock().is_ok() {
+            let error = SqliteStore::open(&other, Durability::ProcessCrash).unwrap_err();
+            assert!(matches!(error, QueueError::Locked { .. }), "{error:?}");
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refused, "the dropped store kept its lock");
+    held.unlock().unwrap();
+}
+
 #[tokio::test]
 async fn a_store_of_a_newer_schema_is_refused() {
     let dir = scratch("schema");
