@@ -72,7 +72,7 @@ const MIGRATE_V2: &str =
 ///   files the same mode): the bodies are users' email.
 /// - **One process at a time.** Opening takes advisory locks (`flock` on Unix,
 ///   `LockFileEx` on Windows) on a file of its own beside the database, `<path>-lock`
-///   (mode `0600`, left in place), and on the database file, and checks that no other
+///   (mode `0600`, left in place), and on Unix on the database file, and checks that no other
 ///   connection holds a write lock; a second store, in this process or another, gets
 ///   [`QueueError::Locked`] from [`open`](Self::open). The locks are held until the
 ///   store's two threads have closed their connections, shortly after the store is
@@ -203,7 +203,9 @@ struct Locks {
     /// On `<path>-lock`, a file of the store's own that SQLite never opens.
     _own: std::fs::File,
     /// On the database file itself, so that a process that locks the file with `flock`
-    /// keeps the store out too.
+    /// keeps the store out too. Unix only: elsewhere (Windows) a lock on a file's bytes is
+    /// mandatory, and would refuse SQLite's own reads and writes.
+    #[cfg(unix)]
     _database: std::fs::File,
 }
 
@@ -223,6 +225,9 @@ fn lock_file(path: &Path) -> Result<Locks, QueueError> {
     // A store of this process on the same path is refused here, before anything opens
     // the database file again.
     try_lock(&own, path)?;
+    #[cfg(not(unix))]
+    return Ok(Locks { _own: own });
+    #[cfg(unix)]
     let database = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -230,6 +235,7 @@ fn lock_file(path: &Path) -> Result<Locks, QueueError> {
         .map_err(|error| {
             QueueError::unavailable(format!("cannot open {}: {error}", path.display()))
         })?;
+    #[cfg(unix)]
     match try_lock(&database, path) {
         Ok(()) => Ok(Locks {
             _own: own,

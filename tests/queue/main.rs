@@ -566,6 +566,7 @@ async fn a_store_in_use_is_refused_at_open_and_the_file_is_private() {
 /// The store's own lock file refuses a second store on the same path; the lock on the
 /// database file refuses one through another name of the file (a hard link) and while
 /// another program holds `flock` on it; the first store works on after each refusal.
+#[cfg(unix)]
 #[tokio::test]
 async fn a_store_is_refused_through_a_link_and_under_a_foreign_flock() {
     let dir = scratch("links");
