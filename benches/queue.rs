@@ -29,6 +29,9 @@
 //!   answers `200` at once: drained alone for `DURATION`, then again while the load runs,
 //!   to see whether they keep up with the acknowledgements.
 //!
+//! - **Selection.** `STORES=normal,full,postgres` (any of them) runs only those stores;
+//!   `WORKERS=0` skips the workers' runs.
+//!
 //! It prints one table per depth and a line per goal. It is not part of `cargo test`: CI
 //! only builds it.
 
@@ -184,6 +187,21 @@ impl Store {
     }
 }
 
+impl Store {
+    /// `STORES=normal,full,postgres` (any of them) runs only those; all by default.
+    fn chosen(self) -> bool {
+        let Ok(list) = std::env::var("STORES") else {
+            return true;
+        };
+        let short = match self {
+            Self::Sqlite(Durability::ProcessCrash) => "normal",
+            Self::Sqlite(_) => "full",
+            Self::Postgres(_) => "postgres",
+        };
+        list.split(',').any(|name| name.trim() == short)
+    }
+}
+
 const STORES: [Store; 3] = [
     Store::Sqlite(Durability::ProcessCrash),
     Store::Sqlite(Durability::PowerLoss),
@@ -209,7 +227,7 @@ impl Bench {
         let inline_before = self.load_inline(self.settings.connections);
         let inline_single = self.load_inline(1);
         let mut stores = Vec::new();
-        for store in STORES {
+        for store in STORES.into_iter().filter(|store| store.chosen()) {
             let loaded = self.load_store(store, self.settings.connections);
             let single = self.load_store(store, 1);
             stores.push((store.name(), loaded, single));
@@ -226,7 +244,10 @@ impl Bench {
         for store in [
             Store::Sqlite(Durability::ProcessCrash),
             Store::Postgres(Durability::ProcessCrash),
-        ] {
+        ]
+        .into_iter()
+        .filter(|store| store.chosen() && env_or("WORKERS", 1u8) == 1)
+        {
             drains.push((store.name(), self.drain(store)));
             keep_up.push(self.keep_up(store));
         }
@@ -381,6 +402,7 @@ impl Bench {
                 .await
         });
         let before = handled.map_or(0, |handled| handled.load(Ordering::Relaxed));
+        let cpu_before = thread_cpu();
         let load = self.client.block_on(run_load(
             address,
             requests,
@@ -388,6 +410,7 @@ impl Bench {
             self.settings.duration,
         ));
         let during = handled.map_or(0, |handled| handled.load(Ordering::Relaxed)) - before;
+        report_cpu(&cpu_before, &thread_cpu(), load.requests, connections);
         let _ = stop.send(());
         let _ = self.server.block_on(served);
         (load, during)
@@ -511,6 +534,66 @@ async fn run_workers<S: EventStore>(
         None => workers,
     };
     workers.run(shutdown).await;
+}
+
+/// CPU time so far of each of this process's threads by name, in clock ticks (user and
+/// system), from `/proc` (Linux only; empty elsewhere).
+fn thread_cpu() -> std::collections::BTreeMap<String, u64> {
+    let mut threads = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return threads;
+    };
+    for task in tasks.flatten() {
+        let path = task.path();
+        let (Ok(name), Ok(stat)) = (
+            std::fs::read_to_string(path.join("comm")),
+            std::fs::read_to_string(path.join("stat")),
+        ) else {
+            continue;
+        };
+        // The fields after the parenthesised name: utime and stime are the 12th and 13th.
+        let Some((_, fields)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = fields.split_whitespace().collect();
+        let ticks = |index: usize| {
+            fields
+                .get(index)
+                .and_then(|field| field.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        let name = match name.trim() {
+            "bench-server" => "server",
+            name if name.starts_with("openmail-sqlite") => "SQLite threads",
+            name if name.starts_with("queue-") => "client",
+            _ => "other",
+        };
+        *threads.entry(name.to_owned()).or_insert(0) += ticks(11) + ticks(12);
+    }
+    threads
+}
+
+/// Prints the CPU time per request of each kind of thread over one load run (the threads
+/// that ended in between are not counted, nor are PostgreSQL's processes).
+fn report_cpu(
+    before: &std::collections::BTreeMap<String, u64>,
+    after: &std::collections::BTreeMap<String, u64>,
+    requests: u64,
+    connections: usize,
+) {
+    // Clock ticks are 1/100 s on Linux.
+    let per_request = |ticks: u64| ticks as f64 * 10_000.0 / requests.max(1) as f64;
+    let parts: Vec<String> = after
+        .iter()
+        .map(|(name, ticks)| {
+            let spent = ticks.saturating_sub(before.get(name).copied().unwrap_or(0));
+            format!("{name} {:.1} µs", per_request(spent))
+        })
+        .collect();
+    eprintln!(
+        "CPU per request ({connections} connections, {requests} requests): {}",
+        parts.join(", ")
+    );
 }
 
 /// Opens the SQLite store, waiting for the previous opener's thread to let go of the
