@@ -564,7 +564,8 @@ fn thread_cpu() -> std::collections::BTreeMap<String, u64> {
         };
         let name = match name.trim() {
             "bench-server" => "server",
-            name if name.starts_with("openmail-sqlite") => "SQLite threads",
+            "openmail-sqlite" => "SQLite writer",
+            "openmail-ckpt" => "SQLite checkpointer",
             name if name.starts_with("queue-") => "client",
             _ => "other",
         };

@@ -22,18 +22,38 @@ const SCHEMA_VERSION: i64 = 2;
 /// append) for the whole group.
 const GROUP_LIMIT: usize = 512;
 
-/// How long after an event completed the writer checkpoints the write-ahead log into the
-/// file and truncates it: the log's older frames hold the body until then.
-const ERASE_WITHIN: Duration = Duration::from_secs(1);
+/// How long the writer waits without a command, once a body was deleted, before it
+/// checkpoints the write-ahead log into the file and truncates it: the log's older frames
+/// hold the body until then. A truncation stops the writer for as long as it copies what
+/// the checkpointer has not, and makes every later frame an append that the file system
+/// must allocate, so it waits for a pause in the commits.
+const ERASE_WHEN_QUIET_FOR: Duration = Duration::from_millis(250);
+
+/// The longest a deleted body stays in the write-ahead log while commits never pause for
+/// [`ERASE_WHEN_QUIET_FOR`]: then the writer truncates between two groups.
+const ERASE_WITHIN: Duration = Duration::from_secs(5);
 
 /// How often, at most, the checkpointer copies the write-ahead log into the file while
-/// commits arrive: often enough that the writer's truncation finds little left to copy.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(100);
+/// commits arrive. A page written several times in between is copied once: a longer wait
+/// copies fewer pages (an insert dirties a page of the key's index at random), a shorter
+/// one leaves less to copy when the log must start over or be truncated.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+
+/// How often, at most, the writer tells the checkpointer that groups committed: a signal
+/// wakes the checkpointer's thread, which only needs to know once per
+/// [`CHECKPOINT_EVERY`] that there is something to copy.
+const SIGNAL_EVERY: Duration = Duration::from_millis(20);
+
+/// The writer's page cache, in KiB (SQLite's unit for a negative `cache_size`): the index
+/// of a million events' keys is about 45 MiB, of a hundred thousand about 5.
+const CACHE_KIB: i64 = 32 * 1024;
 
 /// How long the write-ahead log may grow (in frames, a page each: 64 MiB of 4 KiB pages)
-/// before the writer truncates it even without a completed body in it: the checkpointer
-/// copies the log without stopping the writer, but the log only starts over when a copy
-/// catches up between two commits, which a steady load may never allow.
+/// before the writer copies the rest of it into the file itself, so that the log starts
+/// over from its first frame at the next commit, in place, in pages the file system has
+/// already allocated: the checkpointer copies the log without stopping the writer, but the
+/// log only starts over when a copy catches up between two commits, which a steady load
+/// may never allow.
 const LOG_LIMIT_FRAMES: i64 = 16_384;
 
 const SCHEMA: &str = "
@@ -144,22 +164,26 @@ impl SqliteStore {
         tune(&checkpoints, durability).map_err(|error| opening(&path, error))?;
         let (commands, receiver) = mpsc::channel();
         let (wrote, written) = mpsc::channel();
-        let (too_long, long_log) = mpsc::channel();
+        let (caught_up, copied) = mpsc::channel();
         let writer = Writer {
             connection,
             depth,
             erased: None,
             wrote,
-            long_log,
+            signalled: None,
+            unsignalled: false,
+            copied,
+            erase_asked: false,
             _locks: Arc::clone(&locks),
         };
         let checkpointer = Checkpointer {
             connection: checkpoints,
-            too_long,
-            _locks: locks,
+            caught_up,
+            locks,
         };
         std::thread::Builder::new()
-            .name("openmail-sqlite-checkpoint".to_owned())
+            // Linux keeps 15 bytes of a thread's name: both names stay whole.
+            .name("openmail-ckpt".to_owned())
             .spawn(move || checkpointer.run(&written))
             .map_err(QueueError::unavailable)?;
         std::thread::Builder::new()
@@ -206,7 +230,20 @@ struct Locks {
     /// keeps the store out too. Unix only: elsewhere (Windows) a lock on a file's bytes is
     /// mandatory, and would refuse SQLite's own reads and writes.
     #[cfg(unix)]
-    _database: std::fs::File,
+    database: std::fs::File,
+}
+
+impl Locks {
+    /// Flushes the database file's written pages to the disk, as the checkpoint that
+    /// completes a copy of the log would (SQLite skips it while commits keep the log
+    /// ahead of the copy): the checkpointer does it beside the writer, so that the
+    /// writer's own checkpoint between two groups does not wait for seconds' worth of
+    /// pages. Elsewhere than on Unix the store holds no descriptor of the file, and the
+    /// writer's checkpoint flushes them.
+    fn flush_database(&self) {
+        #[cfg(unix)]
+        let _ = self.database.sync_data();
+    }
 }
 
 /// Takes the advisory locks that keep other stores, in this process or another, out of
@@ -239,7 +276,7 @@ fn lock_file(path: &Path) -> Result<Locks, QueueError> {
     match try_lock(&database, path) {
         Ok(()) => Ok(Locks {
             _own: own,
-            _database: database,
+            database,
         }),
         Err(error) => {
             // Held elsewhere, possibly by a store of this process under another name of
@@ -276,6 +313,11 @@ fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Resu
     // The checkpointer copies the log into the file; the writer only truncates it.
     connection
         .pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(locked)?;
+    // Every insert reads a page of the key's index at random: with SQLite's default
+    // of 2 MiB, most of them are read from the file again at a hundred thousand events.
+    connection
+        .pragma_update(None, "cache_size", -CACHE_KIB)
         .map_err(locked)?;
     connection
         .execute_batch("BEGIN IMMEDIATE")
@@ -473,10 +515,18 @@ struct Writer {
     /// When a body was first deleted since the last checkpoint: its bytes are still in the
     /// write-ahead log, in the frame that stored it.
     erased: Option<std::time::Instant>,
-    /// Tells the checkpointer that a group committed.
-    wrote: mpsc::Sender<()>,
-    /// The checkpointer found the log past [`LOG_LIMIT_FRAMES`].
-    long_log: mpsc::Receiver<()>,
+    /// Tells the checkpointer that groups committed, at most once per [`SIGNAL_EVERY`], and
+    /// when a deleted body is due to leave the log.
+    wrote: mpsc::Sender<Wrote>,
+    /// When the checkpointer was last told.
+    signalled: Option<std::time::Instant>,
+    /// Groups committed since the checkpointer was last told.
+    unsignalled: bool,
+    /// The checkpointer copied nearly all of the log, because it was past
+    /// [`LOG_LIMIT_FRAMES`] or because the writer asked ([`Wrote::EraseDue`]).
+    copied: mpsc::Receiver<()>,
+    /// [`Wrote::EraseDue`] was sent and not answered yet.
+    erase_asked: bool,
     /// After the connection: see [`Locks`].
     _locks: Arc<Locks>,
 }
@@ -491,8 +541,22 @@ impl Writer {
 
     fn serve(&mut self, commands: &mpsc::Receiver<Command>) {
         loop {
-            let first = match commands.recv_timeout(ERASE_WITHIN) {
+            let received = if self.unsignalled {
+                commands.recv_timeout(SIGNAL_EVERY)
+            } else if self.erased.is_some() {
+                // A body waits in the log for a pause in the commits.
+                commands.recv_timeout(ERASE_WHEN_QUIET_FOR)
+            } else {
+                commands
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            };
+            let first = match received {
                 Ok(command) => command,
+                Err(mpsc::RecvTimeoutError::Timeout) if self.unsignalled => {
+                    self.signal();
+                    continue;
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     self.checkpoint_erased(Duration::ZERO);
                     continue;
@@ -507,21 +571,63 @@ impl Writer {
                 }
             }
             self.commit_group(group);
-            let _ = self.wrote.send(());
-            if self.long_log.try_iter().count() > 0 {
-                self.erased.get_or_insert_with(std::time::Instant::now);
-                self.checkpoint_erased(Duration::ZERO);
-            } else {
-                self.checkpoint_erased(ERASE_WITHIN);
+            self.unsignalled = true;
+            if self
+                .signalled
+                .is_none_or(|signalled| signalled.elapsed() >= SIGNAL_EVERY)
+            {
+                self.signal();
             }
+            self.after_group();
         }
+    }
+
+    /// Between two groups under load: a deleted body due to leave the log, or a long log,
+    /// is dealt with once the checkpointer has copied nearly all of the log, so that the
+    /// writer itself copies only the last few groups.
+    fn after_group(&mut self) {
+        let erase_due = self
+            .erased
+            .is_some_and(|erased| erased.elapsed() >= ERASE_WITHIN);
+        if erase_due && !self.erase_asked {
+            self.erase_asked = true;
+            let _ = self.wrote.send(Wrote::EraseDue);
+        }
+        if self.copied.try_iter().count() > 0 {
+            if erase_due {
+                self.checkpoint_erased(ERASE_WITHIN);
+            } else {
+                self.restart_log();
+            }
+        } else {
+            // The checkpointer did not answer in time (its thread is gone, or its copies
+            // never caught up): truncate all the same.
+            self.checkpoint_erased(ERASE_WITHIN.saturating_mul(2));
+        }
+    }
+
+    /// Tells the checkpointer that groups committed since it was last told.
+    fn signal(&mut self) {
+        let _ = self.wrote.send(Wrote::Groups);
+        self.signalled = Some(std::time::Instant::now());
+        self.unsignalled = false;
+    }
+
+    /// Copies what the checkpointer has not yet copied of the log into the file
+    /// (`PASSIVE`), so that the next commit starts the log over in place: neither
+    /// truncated nor grown. Busy (the checkpointer is copying again): it will say again
+    /// while the log is long.
+    fn restart_log(&mut self) {
+        let _ = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
     }
 
     /// When a body was deleted at least `after` ago: copies the log into the file (where
     /// `secure_delete` zeroed the body) and truncates the log, so that the deleted bodies
-    /// are in neither. At most one per [`ERASE_WITHIN`] under load, and short: the
-    /// checkpointer has copied most of the log already. Busy (the checkpointer is copying):
-    /// tried again after the next group.
+    /// are in neither. Short when commits pause, since the checkpointer has copied most of
+    /// the log already. Busy (the checkpointer is copying): tried again after the next
+    /// group or pause.
     fn checkpoint_erased(&mut self, after: Duration) {
         if self.erased.is_none_or(|erased| erased.elapsed() < after) {
             return;
@@ -534,12 +640,13 @@ impl Writer {
         // `0`: not blocked, so the log is empty.
         if let Ok(0) = checkpointed {
             self.erased = None;
+            self.erase_asked = false;
         }
     }
 
     fn commit_group(&mut self, group: Vec<Command>) {
         let before = self.depth;
-        if let Err(error) = self.connection.execute_batch("BEGIN IMMEDIATE") {
+        if let Err(error) = self.run_cached("BEGIN IMMEDIATE") {
             let error = error.to_string();
             for command in group {
                 command.refuse(&error);
@@ -550,15 +657,24 @@ impl Writer {
         for command in group {
             answers.push(self.execute(command));
         }
-        let committed = self.connection.execute_batch("COMMIT");
+        let committed = self.run_cached("COMMIT");
         let error = committed.err().map(|error| {
-            let _ = self.connection.execute_batch("ROLLBACK");
+            let _ = self.run_cached("ROLLBACK");
             self.depth = Self::count_depth(&self.connection).unwrap_or(before);
             error.to_string()
         });
         for answer in answers {
             answer(error.as_deref());
         }
+    }
+
+    /// Runs a statement without parameters or rows, prepared once: a group's `BEGIN` and
+    /// `COMMIT` are parsed once per connection, not once per group.
+    fn run_cached(&self, sql: &str) -> rusqlite::Result<()> {
+        self.connection
+            .prepare_cached(sql)?
+            .execute([])
+            .map(|_changed| ())
     }
 
     fn count_depth(connection: &Connection) -> rusqlite::Result<u64> {
@@ -800,8 +916,7 @@ impl Writer {
         max_attempts: u32,
     ) -> rusqlite::Result<Settled> {
         let (depth, erased) = (self.depth, self.erased);
-        self.connection
-            .execute_batch("SAVEPOINT complete_and_claim")?;
+        self.run_cached("SAVEPOINT complete_and_claim")?;
         let result = started
             .iter()
             .try_for_each(|held| self.record_started(*held))
@@ -821,8 +936,7 @@ impl Writer {
             });
         match result {
             Ok(settled) => {
-                self.connection
-                    .execute_batch("RELEASE complete_and_claim")?;
+                self.run_cached("RELEASE complete_and_claim")?;
                 Ok(settled)
             }
             Err(error) => {
@@ -1021,40 +1135,82 @@ impl Writer {
 /// thousand pages inside a commit, every thousand pages). It holds the file's lock.
 struct Checkpointer {
     connection: Connection,
-    too_long: mpsc::Sender<()>,
+    /// Tells the writer that nearly all of the log is copied.
+    caught_up: mpsc::Sender<()>,
     /// After the connection: see [`Locks`].
-    _locks: Arc<Locks>,
+    locks: Arc<Locks>,
 }
 
+/// What the writer tells the checkpointer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wrote {
+    /// Groups committed: copy them within [`CHECKPOINT_EVERY`].
+    Groups,
+    /// A deleted body is due to leave the log: copy nearly all of it now, then say so.
+    EraseDue,
+}
+
+/// How many copies in a row the checkpointer makes to catch up with the writer, each
+/// shorter than the last since it only copies what committed during the one before.
+const CATCH_UP_COPIES: usize = 8;
+
+/// A copy that took at most this many frames was short enough that the writer may copy
+/// what committed meanwhile itself, between two groups: a few groups' frames.
+const CATCH_UP_LEFT: i64 = 64;
+
 impl Checkpointer {
-    fn run(self, wrote: &mpsc::Receiver<()>) {
+    fn run(self, wrote: &mpsc::Receiver<Wrote>) {
         loop {
-            match wrote.recv() {
-                Ok(()) => {}
+            let mut catch_up = match wrote.recv() {
+                Ok(signal) => signal == Wrote::EraseDue,
                 // The writer is gone, its connection closed: so is this one, then the lock.
                 Err(_) => return,
-            }
+            };
             // Let commits gather, then copy them all; a writer that went meanwhile is not
             // kept waiting for the lock.
             let now = std::time::Instant::now();
             let until = now.checked_add(CHECKPOINT_EVERY).unwrap_or(now);
-            loop {
+            while !catch_up {
                 let left = until.saturating_duration_since(std::time::Instant::now());
                 match wrote.recv_timeout(left) {
-                    Ok(()) => {}
+                    Ok(signal) => catch_up = signal == Wrote::EraseDue,
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
-            let log = self
-                .connection
-                .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                    row.get::<_, i64>(1)
-                });
-            if log.is_ok_and(|frames| frames > LOG_LIMIT_FRAMES) {
-                let _ = self.too_long.send(());
+            let Ok(mut log) = self.copy() else {
+                continue;
+            };
+            if catch_up || log > LOG_LIMIT_FRAMES {
+                // Each copy takes the frames committed during the one before: once a copy
+                // had few to take, it was short, and few committed meanwhile.
+                for _ in 0..CATCH_UP_COPIES {
+                    match self.copy() {
+                        Ok(now) => {
+                            let copied = now.saturating_sub(log);
+                            log = now;
+                            if copied <= CATCH_UP_LEFT {
+                                break;
+                            }
+                        }
+                        Err(_) => break,
+                    }
+                }
+                let _ = self.caught_up.send(());
             }
         }
+    }
+
+    /// One `PASSIVE` checkpoint: the frames in the log when it began, all copied unless a
+    /// reader held some back.
+    fn copy(&self) -> rusqlite::Result<i64> {
+        let log = self
+            .connection
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                row.get::<_, i64>(1)
+            });
+        self.locks.flush_database();
+        log
     }
 }
 
