@@ -71,6 +71,16 @@ SELECT * FROM unnest($1::bytea[], $2::int2[], $3::text[], $4::int8[], $5::int8[]
 ON CONFLICT (key) DO NOTHING
 RETURNING key";
 
+// Statements that find events by key test their state as `state + 0 = N`, never
+// `state = N`: no partial index's predicate (`WHERE state = 0`, `= 1`, `= 2`) follows from
+// it, so the primary key is the only index that can serve them, whatever the statistics
+// say. With `state = N` the plan depended on them: after `ANALYZE` saw few waiting events
+// (a quiet day) and a backlog came, or saw no completed ones (a bulk load) and the workers
+// completed many, the planner thought the partial index nearly empty and read all of it
+// for every completion, renewal or claim's check: a full scan of the backlog (or of what
+// the workers had completed so far) per statement, until autovacuum analysed the table
+// again. Only the claim's scan of the due events uses a partial index, on purpose.
+
 /// Which of these keys are stored, in any state.
 const EXISTING: &str = "SELECT key FROM openmail_events WHERE key = ANY($1::bytea[])";
 
@@ -128,7 +138,7 @@ WITH began AS (
     UPDATE openmail_events AS e
     SET started = true
     FROM unnest($7::bytea[], $8::int8[]) AS s(key, token)
-    WHERE e.key = s.key AND e.token = s.token AND e.state = 0 AND e.leased
+    WHERE e.key = s.key AND e.token = s.token AND e.state + 0 = 0 AND e.leased
         AND e.key <> ALL($4::bytea[])
 ), done AS (
     UPDATE openmail_events AS e
@@ -136,10 +146,10 @@ WITH began AS (
         scope_inbox = NULL, timestamp = NULL, secret_index = NULL, event_id_header = NULL,
         error = NULL
     FROM unnest($4::bytea[], $5::int8[]) AS d(key, token)
-    WHERE e.key = d.key AND e.token = d.token AND e.state = 0 AND e.leased
+    WHERE e.key = d.key AND e.token = d.token AND e.state + 0 = 0 AND e.leased
     RETURNING e.key
 ), already AS (
-    SELECT key FROM openmail_events WHERE key = ANY($4::bytea[]) AND state = 1
+    SELECT key FROM openmail_events WHERE key = ANY($4::bytea[]) AND state + 0 = 1
 ), picked AS MATERIALIZED (
     SELECT key, due_at, leased,
         CASE WHEN leased AND NOT started THEN greatest(attempts - 1, 0) ELSE attempts END
@@ -190,28 +200,28 @@ FROM exhausted";
 
 const RENEW: &str = "\
 UPDATE openmail_events SET due_at = now() + $3::int8 * interval '1 millisecond'
-WHERE key = $1 AND token = $2 AND state = 0 AND leased";
+WHERE key = $1 AND token = $2 AND state + 0 = 0 AND leased";
 
 const COMPLETE: &str = "\
 UPDATE openmail_events
 SET state = 1, leased = false, finished_at = now(), body = NULL, channel = NULL,
     scope_inbox = NULL, timestamp = NULL, secret_index = NULL, event_id_header = NULL,
     error = NULL
-WHERE key = $1 AND token = $2 AND state = 0 AND leased";
+WHERE key = $1 AND token = $2 AND state + 0 = 0 AND leased";
 
 const RETRY: &str = "\
 UPDATE openmail_events
 SET leased = false, due_at = now() + $3::int8 * interval '1 millisecond', error = $4
-WHERE key = $1 AND token = $2 AND state = 0 AND leased";
+WHERE key = $1 AND token = $2 AND state + 0 = 0 AND leased";
 
 const DEAD_LETTER: &str = "\
 UPDATE openmail_events SET state = 2, leased = false, finished_at = now(), error = $3
-WHERE key = $1 AND token = $2 AND state = 0 AND leased";
+WHERE key = $1 AND token = $2 AND state + 0 = 0 AND leased";
 
 const RELEASE: &str = "\
 UPDATE openmail_events
 SET leased = false, due_at = now(), attempts = greatest(attempts - 1, 0)
-WHERE key = $1 AND token = $2 AND state = 0 AND leased";
+WHERE key = $1 AND token = $2 AND state + 0 = 0 AND leased";
 
 const STATS: &str = "\
 SELECT
@@ -229,7 +239,7 @@ FROM openmail_events WHERE state = 2 ORDER BY finished_at LIMIT $1";
 const RETRY_DEAD_LETTER: &str = "\
 UPDATE openmail_events
 SET state = 0, leased = false, attempts = 0, due_at = now(), finished_at = NULL
-WHERE key = $1 AND state = 2";
+WHERE key = $1 AND state + 0 = 2";
 
 const PURGE: &str = "\
 DELETE FROM openmail_events

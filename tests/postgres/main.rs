@@ -24,6 +24,8 @@ mod postgres_support;
 #[cfg(feature = "postgres")]
 mod guide;
 #[cfg(feature = "postgres")]
+mod plans;
+#[cfg(feature = "postgres")]
 mod refund;
 #[cfg(feature = "postgres")]
 mod restart;

@@ -769,7 +769,7 @@ async fn a_completion_the_handler_committed_itself_counts_as_recorded() {
              SET state = 1, leased = false, finished_at = now(), body = NULL, channel = NULL,
                  scope_inbox = NULL, timestamp = NULL, secret_index = NULL,
                  event_id_header = NULL, error = NULL
-             WHERE key = $1 AND token = $2 AND state = 0 AND leased",
+             WHERE key = $1 AND token = $2 AND state + 0 = 0 AND leased",
             &[&&lease.key()[..], &lease.token()],
         )
         .await
