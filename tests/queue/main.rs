@@ -666,3 +666,54 @@ async fn reopening_the_store_takes_back_the_leases_of_the_process_before() {
     assert_eq!(claimed.len(), 1);
     assert_eq!(claimed[0].attempt(), 2, "the crashed attempt stays counted");
 }
+
+/// Under a steady load with no body to erase, the write-ahead log is never truncated: once
+/// it passes its limit (64 MiB), the checkpointer catches up and the log starts over in
+/// place, in pages the file system already allocated, so the file stays bounded without
+/// shrinking. (A truncation stops the writer for as long as it copies and flushes what
+/// is left, and makes every later frame an append.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_log_starts_over_in_place_instead_of_being_truncated() {
+    let dir = scratch("in-place");
+    let store = open(&dir);
+    let wal = dir.join("events.db-wal");
+    let app = Router::new()
+        .route_service("/webhooks", Ingest::new(Arc::clone(&store)))
+        .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
+    // 1,600 events of 64 KiB each: about 100 MiB of log written, half as much again as
+    // the limit.
+    let filler: String = (0..64 * 1024)
+        .map(|index| char::from(b'a' + (index % 26) as u8))
+        .collect();
+    let mut largest = 0;
+    let mut shrank = None;
+    for index in 0..1_600 {
+        let body = serde_json::json!({
+            "event": "message.received",
+            "event_id": format!("evt_in_place_{index}"),
+            "inbox_id": "inb_1",
+            "message": { "body_text": format!("{index}{filler}") },
+        })
+        .to_string();
+        let request = openmail_webhooks::test_util::TestDelivery::new(SECRET, body).request();
+        let response = tower::ServiceExt::oneshot(app.clone(), request)
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let size = std::fs::metadata(&wal).map_or(0, |metadata| metadata.len());
+        if size < largest && shrank.is_none() {
+            shrank = Some((index, largest, size));
+        }
+        largest = largest.max(size);
+    }
+    assert_eq!(shrank, None, "the log was truncated: (event, from, to)");
+    assert!(
+        largest <= 96 * 1024 * 1024,
+        "the log grew to {largest} bytes: it did not start over"
+    );
+    assert!(
+        largest >= 60 * 1024 * 1024,
+        "the log never reached its limit: {largest} bytes"
+    );
+    assert_eq!(stats(&*store).await.waiting, 1_600);
+}
