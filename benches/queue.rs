@@ -246,7 +246,7 @@ impl Bench {
             Store::Postgres(Durability::ProcessCrash),
         ]
         .into_iter()
-        .filter(|store| store.chosen() && env_or("WORKERS", 1u8) == 1)
+        .filter(|store| store.chosen() && env_or("WORKERS", 1u8) != 0)
         {
             drains.push((store.name(), self.drain(store)));
             keep_up.push(self.keep_up(store));

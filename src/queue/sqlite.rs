@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use rusqlite::{Connection, ErrorCode, OptionalExtension, params};
@@ -43,6 +43,9 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// wakes the checkpointer's thread, which only needs to know once per
 /// [`CHECKPOINT_EVERY`] that there is something to copy.
 const SIGNAL_EVERY: Duration = Duration::from_millis(20);
+
+/// The writer's prepared statements: about 20 different ones.
+const STATEMENTS: usize = 32;
 
 /// The writer's page cache, in KiB (SQLite's unit for a negative `cache_size`): the index
 /// of a million events' keys is about 45 MiB, of a hundred thousand about 5.
@@ -109,15 +112,16 @@ const MIGRATE_V2: &str =
 /// - **Completed bodies erased from the files**, not only from their rows:
 ///   `secure_delete` zeroes the bytes a completion deletes, and the write-ahead log (whose
 ///   older frames still hold the body as it was stored) is checkpointed into the file and
-///   truncated once commits pause for 250 ms after a completion, or at the latest about 5 s
-///   after it under a load that never pauses.
+///   truncated once writes pause for 250 ms after a completion (the workers' claims that
+///   find nothing are not writes), or about 5 s after it under a load whose writes never
+///   pause.
 /// - **Group commit.** One thread owns the connection. Commands that arrive while it
 ///   commits wait for the next transaction and share it, so concurrent acknowledgements
 ///   cost one commit together, not one each. It keeps up to 32 MiB of the file's pages in
 ///   memory.
 /// - **Checkpoints beside the writer.** A second thread copies the write-ahead log into
-///   the file every 250 ms while commits arrive, on a connection of its own, without
-///   stopping the writer (`PASSIVE`), and flushes the file; SQLite's automatic checkpoint,
+///   the file every 250 ms while commits write, on a connection of its own, without
+///   stopping the writer (`PASSIVE`), and flushes what it copied; SQLite's automatic checkpoint,
 ///   which runs inside a commit and holds every command queued behind it, is off. When
 ///   the log passes 16,384 pages (64 MiB), or a deleted body is due to leave it, that
 ///   thread copies again until little is left, and the writer copies the rest between two
@@ -162,6 +166,8 @@ impl SqliteStore {
         create_private(&path)?;
         let locks = Arc::new(lock_file(&path)?);
         let connection = Connection::open(&path).map_err(|error| opening(&path, error))?;
+        // Room for every statement the writer prepares (rusqlite keeps 16 by default).
+        connection.set_prepared_statement_cache_capacity(STATEMENTS);
         prepare(&connection, durability, &path)?;
         let depth = Writer::count_depth(&connection).map_err(|error| opening(&path, error))?;
         let checkpoints = Connection::open(&path).map_err(|error| opening(&path, error))?;
@@ -176,6 +182,8 @@ impl SqliteStore {
             wrote,
             signalled: None,
             unsignalled: false,
+            last_write: Instant::now(),
+            retry_erase: Instant::now(),
             copied,
             erase_asked: false,
             _locks: Arc::clone(&locks),
@@ -183,6 +191,7 @@ impl SqliteStore {
         let checkpointer = Checkpointer {
             connection: checkpoints,
             caught_up,
+            last_copy: (0, 0),
             locks,
         };
         std::thread::Builder::new()
@@ -239,14 +248,16 @@ struct Locks {
 
 impl Locks {
     /// Flushes the database file's written pages to the disk, as the checkpoint that
-    /// completes a copy of the log would (SQLite skips it while commits keep the log
-    /// ahead of the copy): the checkpointer does it beside the writer, so that the
-    /// writer's own checkpoint between two groups does not wait for seconds' worth of
-    /// pages. Elsewhere than on Unix the store holds no descriptor of the file, and the
-    /// writer's checkpoint flushes them.
-    fn flush_database(&self) {
-        #[cfg(unix)]
-        let _ = self.database.sync_data();
+    /// completes a copy of the log would: the checkpointer does it beside the writer, so
+    /// that the writer's own checkpoint between two groups does not wait for seconds'
+    /// worth of pages. Where the store holds no descriptor of the file (Windows), or
+    /// where flushing is a full flush of the device's cache (Apple's `F_FULLFSYNC`, much
+    /// more than SQLite's own), the writer's checkpoint flushes them.
+    fn flush_database(&self) -> std::io::Result<()> {
+        #[cfg(all(unix, not(target_vendor = "apple")))]
+        return self.database.sync_data();
+        #[cfg(not(all(unix, not(target_vendor = "apple"))))]
+        Ok(())
     }
 }
 
@@ -518,14 +529,19 @@ struct Writer {
     depth: u64,
     /// When a body was first deleted since the last checkpoint: its bytes are still in the
     /// write-ahead log, in the frame that stored it.
-    erased: Option<std::time::Instant>,
+    erased: Option<Instant>,
     /// Tells the checkpointer that groups committed, at most once per [`SIGNAL_EVERY`], and
     /// when a deleted body is due to leave the log.
     wrote: mpsc::Sender<Wrote>,
     /// When the checkpointer was last told.
-    signalled: Option<std::time::Instant>,
-    /// Groups committed since the checkpointer was last told.
+    signalled: Option<Instant>,
+    /// Groups that wrote committed since the checkpointer was last told.
     unsignalled: bool,
+    /// When the last group that changed rows committed: the log is truncated once writes
+    /// pause for [`ERASE_WHEN_QUIET_FOR`].
+    last_write: Instant,
+    /// Not before then: the last truncation found the checkpointer copying.
+    retry_erase: Instant,
     /// The checkpointer copied nearly all of the log, because it was past
     /// [`LOG_LIMIT_FRAMES`] or because the writer asked ([`Wrote::EraseDue`]).
     copied: mpsc::Receiver<()>,
@@ -538,31 +554,30 @@ struct Writer {
 impl Writer {
     fn run(mut self, commands: &mpsc::Receiver<Command>) {
         self.serve(commands);
-        // The last truncation may have to wait for a copy under way.
-        let _ = self.connection.busy_timeout(Duration::from_secs(2));
-        self.checkpoint_erased(Duration::ZERO);
+        // The last truncation, unless the checkpointer is copying at this moment (its lock
+        // is not waited for): then SQLite's close of the last connection checkpoints the
+        // log and deletes it.
+        for _ in 0..10 {
+            self.checkpoint_erased(Duration::ZERO);
+            if self.erased.is_none() {
+                break;
+            }
+            std::thread::sleep(SIGNAL_EVERY);
+        }
     }
 
     fn serve(&mut self, commands: &mpsc::Receiver<Command>) {
         loop {
-            let received = if self.unsignalled {
-                commands.recv_timeout(SIGNAL_EVERY)
-            } else if self.erased.is_some() {
-                // A body waits in the log for a pause in the commits.
-                commands.recv_timeout(ERASE_WHEN_QUIET_FOR)
-            } else {
-                commands
+            let received = match self.next_timer() {
+                Some(at) => commands.recv_timeout(at.saturating_duration_since(Instant::now())),
+                None => commands
                     .recv()
-                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             };
             let first = match received {
                 Ok(command) => command,
-                Err(mpsc::RecvTimeoutError::Timeout) if self.unsignalled => {
-                    self.signal();
-                    continue;
-                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
-                    self.checkpoint_erased(Duration::ZERO);
+                    self.on_timers();
                     continue;
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => return,
@@ -574,15 +589,55 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let before = self.connection.total_changes();
             self.commit_group(group);
-            self.unsignalled = true;
-            if self
-                .signalled
-                .is_none_or(|signalled| signalled.elapsed() >= SIGNAL_EVERY)
-            {
-                self.signal();
+            // Only a group that wrote has frames to copy, or ends a pause: the workers'
+            // claims that find nothing come every 100 ms and would otherwise keep the
+            // store from ever being quiet, and wake the checkpointer for nothing.
+            if self.connection.total_changes() != before {
+                self.last_write = Instant::now();
+                self.unsignalled = true;
             }
+            self.on_timers();
             self.after_group();
+        }
+    }
+
+    /// When the writer must act without a command: tell the checkpointer of the groups
+    /// committed since it was last told, or truncate the log after a pause in the writes.
+    fn next_timer(&self) -> Option<Instant> {
+        let signal = self
+            .unsignalled
+            .then(|| self.signalled.map(|signalled| signalled + SIGNAL_EVERY))
+            .flatten()
+            .or(self.unsignalled.then(Instant::now));
+        let erase = self
+            .erased
+            .map(|_| (self.last_write + ERASE_WHEN_QUIET_FOR).max(self.retry_erase));
+        match (signal, erase) {
+            (Some(signal), Some(erase)) => Some(signal.min(erase)),
+            (signal, erase) => signal.or(erase),
+        }
+    }
+
+    fn on_timers(&mut self) {
+        let now = Instant::now();
+        if self.unsignalled
+            && self
+                .signalled
+                .is_none_or(|signalled| now >= signalled + SIGNAL_EVERY)
+        {
+            self.signal();
+        }
+        if self.erased.is_some()
+            && now >= self.last_write + ERASE_WHEN_QUIET_FOR
+            && now >= self.retry_erase
+        {
+            self.checkpoint_erased(Duration::ZERO);
+            if self.erased.is_some() {
+                // Busy: the checkpointer is copying, briefly since nothing is written.
+                self.retry_erase = now + SIGNAL_EVERY;
+            }
         }
     }
 
@@ -600,6 +655,8 @@ impl Writer {
         if self.copied.try_iter().count() > 0 {
             if erase_due {
                 self.checkpoint_erased(ERASE_WITHIN);
+                // Done, or busy: then asked again after the next group.
+                self.erase_asked = false;
             } else {
                 self.restart_log();
             }
@@ -613,7 +670,7 @@ impl Writer {
     /// Tells the checkpointer that groups committed since it was last told.
     fn signal(&mut self) {
         let _ = self.wrote.send(Wrote::Groups);
-        self.signalled = Some(std::time::Instant::now());
+        self.signalled = Some(Instant::now());
         self.unsignalled = false;
     }
 
@@ -903,7 +960,7 @@ impl Writer {
             .execute(params![&lease.key[..], lease.token, now_ms()])?;
         if changed == 1 {
             self.depth = self.depth.saturating_sub(1);
-            self.erased.get_or_insert_with(std::time::Instant::now);
+            self.erased.get_or_insert_with(Instant::now);
         }
         Ok(changed == 1)
     }
@@ -1141,6 +1198,9 @@ struct Checkpointer {
     connection: Connection,
     /// Tells the writer that nearly all of the log is copied.
     caught_up: mpsc::Sender<()>,
+    /// The frames in the log and copied after the last copy: a copy that moved none is
+    /// not flushed.
+    last_copy: (i64, i64),
     /// After the connection: see [`Locks`].
     locks: Arc<Locks>,
 }
@@ -1163,7 +1223,7 @@ const CATCH_UP_COPIES: usize = 8;
 const CATCH_UP_LEFT: i64 = 64;
 
 impl Checkpointer {
-    fn run(self, wrote: &mpsc::Receiver<Wrote>) {
+    fn run(mut self, wrote: &mpsc::Receiver<Wrote>) {
         loop {
             let mut catch_up = match wrote.recv() {
                 Ok(signal) => signal == Wrote::EraseDue,
@@ -1172,49 +1232,77 @@ impl Checkpointer {
             };
             // Let commits gather, then copy them all; a writer that went meanwhile is not
             // kept waiting for the lock.
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             let until = now.checked_add(CHECKPOINT_EVERY).unwrap_or(now);
             while !catch_up {
-                let left = until.saturating_duration_since(std::time::Instant::now());
+                let left = until.saturating_duration_since(Instant::now());
                 match wrote.recv_timeout(left) {
                     Ok(signal) => catch_up = signal == Wrote::EraseDue,
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
-            let Ok(mut log) = self.copy() else {
+            let copied = self.copy();
+            let long = copied.is_some_and(|log| log > LOG_LIMIT_FRAMES);
+            if !(catch_up || long) {
                 continue;
-            };
-            if catch_up || log > LOG_LIMIT_FRAMES {
-                // Each copy takes the frames committed during the one before: once a copy
-                // had few to take, it was short, and few committed meanwhile.
+            }
+            // Each copy takes the frames committed during the one before: once a copy had
+            // few to take, it was short, and few committed meanwhile.
+            if let Some(mut log) = copied {
                 for _ in 0..CATCH_UP_COPIES {
-                    match self.copy() {
-                        Ok(now) => {
-                            let copied = now.saturating_sub(log);
-                            log = now;
-                            if copied <= CATCH_UP_LEFT {
-                                break;
-                            }
-                        }
-                        Err(_) => break,
+                    let Some(now) = self.copy() else {
+                        break;
+                    };
+                    let taken = now.saturating_sub(log);
+                    log = now;
+                    if taken <= CATCH_UP_LEFT {
+                        break;
                     }
                 }
-                let _ = self.caught_up.send(());
             }
+            // Answered even when a copy failed: the writer then copies and flushes the
+            // rest itself, through SQLite, which reports what failed.
+            let _ = self.caught_up.send(());
         }
     }
 
     /// One `PASSIVE` checkpoint: the frames in the log when it began, all copied unless a
-    /// reader held some back.
-    fn copy(&self) -> rusqlite::Result<i64> {
-        let log = self
+    /// reader held some back; `None` when it could not copy (busy, or an error).
+    ///
+    /// A copy that moved frames is then flushed to the disk: SQLite flushes the file only
+    /// after a copy that reached the end of the log, which commits arriving meanwhile
+    /// keep it from, so the writer's own checkpoint would flush all of it at once.
+    fn copy(&mut self) -> Option<i64> {
+        let row = self
             .connection
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
-                row.get::<_, i64>(1)
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, i64>(1)?,
+                    row.get::<_, i64>(2)?,
+                ))
             });
-        self.locks.flush_database();
-        log
+        let (busy, log, done) = match row {
+            Ok(row) => row,
+            Err(_error) => {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(error = %_error, "queue: SQLite checkpoint failed");
+                return None;
+            }
+        };
+        if busy != 0 || log < 0 {
+            return None;
+        }
+        if (log, done) != self.last_copy {
+            self.last_copy = (log, done);
+            if let Err(_error) = self.locks.flush_database() {
+                #[cfg(feature = "tracing")]
+                tracing::warn!(error = %_error, "queue: flushing the SQLite file failed");
+                return None;
+            }
+        }
+        Some(log)
     }
 }
 
