@@ -241,8 +241,10 @@ struct Locks {
     _own: std::fs::File,
     /// On the database file itself, so that a process that locks the file with `flock`
     /// keeps the store out too. Unix only: elsewhere (Windows) a lock on a file's bytes is
-    /// mandatory, and would refuse SQLite's own reads and writes.
+    /// mandatory, and would refuse SQLite's own reads and writes. Held for its lock; also
+    /// flushed through (see [`Locks::flush_database`]), except on Apple's systems.
     #[cfg(unix)]
+    #[cfg_attr(target_vendor = "apple", allow(dead_code))]
     database: std::fs::File,
 }
 
