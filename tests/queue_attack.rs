@@ -762,3 +762,41 @@ async fn kill_while_large_bodies_fill_the_log_loses_nothing() {
         }
     }
 }
+
+/// A graceful stop right after a completion: the process exits before the writer's
+/// truncation after a pause in the commits, and must not leave the completed body in the
+/// write-ahead log (where it would stay for as long as the receiver is down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_body_does_not_outlive_a_graceful_stop_in_the_log() {
+    let binary = receiver_binary(&[]);
+    let dir = TempDir::new("erase-stop");
+    let store = dir.0.join("events.db");
+    let client = client();
+    for round in 0..3 {
+        let mut receiver = Receiver::start(
+            &binary,
+            &format!("sqlite:{}", store.display()),
+            free_port(),
+            0,
+        );
+        let id = format!("evt_stop_{round}");
+        let body = serde_json::json!({
+            "event": "message.received",
+            "event_id": id,
+            "inbox_id": "inb_1",
+            "message": { "body_text": format!("PRIVATE-STOP-{}", "s".repeat(10_000)) },
+        })
+        .to_string();
+        assert_eq!(
+            support::post(&client, receiver.address(), &body).await,
+            StatusCode::OK
+        );
+        receiver.wait_handled(&id, Duration::from_secs(30)).await;
+        assert_eq!(receiver.terminate(), Some(0));
+        let found = files_contain(&dir.0, b"PRIVATE-STOP-");
+        assert!(
+            found.is_empty(),
+            "round {round}: a completed body left after a graceful stop in {found:?}"
+        );
+    }
+}

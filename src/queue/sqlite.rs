@@ -95,9 +95,10 @@ const MIGRATE_V2: &str =
 ///   (mode `0600`, left in place), and on Unix on the database file, and checks that no other
 ///   connection holds a write lock; a second store, in this process or another, gets
 ///   [`QueueError::Locked`] from [`open`](Self::open). The locks are held until the
-///   store's two threads have closed their connections, shortly after the store is
-///   dropped (the last commands and a final checkpoint finish first): a store reopened
-///   at once in the same process may get `Locked` for that moment. (Other programs that
+///   store's two threads have closed their connections: dropping the store waits for
+///   that (the last commands and a final checkpoint, which truncates the log, finish
+///   first), so a store reopens at once once the drop returned, and a process that exits
+///   after dropping its store leaves no completed body in the log. (Other programs that
 ///   ignore the locks, such as the `sqlite3` shell, may read the file; do not write to
 ///   it.) Since no other store can hold a lease, opening hands every
 ///   lease of the previous process back at once: after
@@ -131,6 +132,23 @@ const MIGRATE_V2: &str =
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     path: PathBuf,
+    /// The writer's thread, joined when the store is dropped: see [`Drop`].
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    /// Waits for the writer's thread to commit the last commands and truncate the log.
+    /// A process that exits once its store is dropped (a graceful stop) would otherwise
+    /// end that thread before its last truncation, leaving the bodies completed since the
+    /// last one in the write-ahead log for as long as the process is down. The wait is
+    /// the queued commands plus one checkpoint of what the checkpointer had not copied.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.commands, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 // Two connections share the file (the writer's, and the checkpointer's, which copies the
@@ -186,11 +204,15 @@ impl SqliteStore {
             .name("openmail-ckpt".to_owned())
             .spawn(move || checkpointer.run(&written))
             .map_err(QueueError::unavailable)?;
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("openmail-sqlite".to_owned())
             .spawn(move || writer.run(&receiver))
             .map_err(QueueError::unavailable)?;
-        Ok(Self { commands, path })
+        Ok(Self {
+            commands,
+            path,
+            writer: Some(writer),
+        })
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, QueueError> {
@@ -534,7 +556,14 @@ struct Writer {
 impl Writer {
     fn run(mut self, commands: &mpsc::Receiver<Command>) {
         self.serve(commands);
-        // The last truncation may have to wait for a copy under way.
+        // The last truncation must not meet a copy under way: SQLite answers a checkpoint
+        // that finds another one running with "busy" at once, without calling the busy
+        // handler, which would leave the deleted bodies in the log. So the checkpointer
+        // is stopped first (the end of `wrote` ends its loop), and its end awaited (the
+        // end of `copied`, which it drops after closing its connection).
+        let (stopped, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.wrote, stopped));
+        while self.copied.recv().is_ok() {}
         let _ = self.connection.busy_timeout(Duration::from_secs(2));
         self.checkpoint_erased(Duration::ZERO);
     }

@@ -235,3 +235,39 @@ async fn the_log_stays_bounded_under_a_sustained_load_of_large_bodies() {
     );
     assert!(largest < BOUND, "the log grew to {largest} bytes");
 }
+
+/// A store dropped while its checkpointer catches up with a long log (past 64 MiB), then
+/// stores opened and dropped in a loop: the drop waits for both threads, so the file is
+/// free (and its log truncated) once the drop returns, and a store opens on it again at
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_dropped_while_its_checkpointer_catches_up_frees_the_file_at_once() {
+    let dir = scratch("log-drop");
+    let path = dir.join("events.db");
+    for round in 0..20 {
+        let store = Arc::new(SqliteStore::open(&path, Durability::ProcessCrash).unwrap());
+        let (count, size) = if round == 0 {
+            (280, 256 * 1024)
+        } else {
+            (4, 10_000)
+        };
+        fill(&store, &format!("drop{round}"), "DROP-", count, size).await;
+        assert_eq!(complete_all(&store).await, count);
+        let store = Arc::into_inner(store).unwrap();
+        let dropping = tokio::task::spawn_blocking(move || drop(store));
+        tokio::time::timeout(Duration::from_secs(30), dropping)
+            .await
+            .expect("the drop ends")
+            .unwrap();
+        // No wait: the file is free.
+        let reopened = SqliteStore::open(&path, Durability::ProcessCrash)
+            .unwrap_or_else(|error| panic!("round {round}: {error}"));
+        assert_eq!(
+            wal_len(&dir),
+            0,
+            "round {round}: the log outlived the store"
+        );
+        drop(reopened);
+    }
+    assert!(files_containing(&dir, b"DROP-").is_empty());
+}
