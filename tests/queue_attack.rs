@@ -659,7 +659,7 @@ async fn kill_while_large_bodies_fill_the_log_loses_nothing() {
     let cycles: usize = std::env::var("OPENMAIL_ATTACK_CYCLES")
         .ok()
         .and_then(|cycles| cycles.parse().ok())
-        .unwrap_or(3);
+        .unwrap_or(2);
     let binary = receiver_binary(&[]);
     let dir = TempDir::new("kill-long-log");
     let store = dir.0.join("events.db");
@@ -709,7 +709,7 @@ async fn kill_while_large_bodies_fill_the_log_loses_nothing() {
                 outcomes
             }));
         }
-        tokio::time::sleep(Duration::from_millis(1000 + random(3000))).await;
+        tokio::time::sleep(Duration::from_millis(1000 + random(2000))).await;
         let wal = std::fs::metadata(dir.0.join("events.db-wal")).map_or(0, |meta| meta.len());
         let mut killed = receiver;
         let _ = killed.child.kill();

@@ -56,6 +56,18 @@ const CACHE_KIB: i64 = 32 * 1024;
 /// may never allow.
 const LOG_LIMIT_FRAMES: i64 = 16_384;
 
+/// The write-ahead log's file may grow to this many bytes (128 MiB, twice
+/// [`LOG_LIMIT_FRAMES`]) before the writer holds commits until the log is copied and
+/// truncated: a load of large bodies can commit faster than the checkpointer's copies
+/// (which include an `fsync` of the file) take them, and each copy then takes longer than
+/// the last while the log grows. Only the writer can stop the growth, by not committing.
+const LOG_HOLD_BYTES: u64 = 128 * 1024 * 1024;
+
+/// The longest the writer holds commits for a long log at once: a reader outside the
+/// store (the `sqlite3` shell in a transaction) can keep the log from being truncated,
+/// and then only another [`LOG_HOLD_BYTES`] of growth makes the writer wait again.
+const LOG_HOLD_AT_MOST: Duration = Duration::from_secs(2);
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS openmail_events (
     id              INTEGER PRIMARY KEY,
@@ -119,7 +131,10 @@ const MIGRATE_V2: &str =
 ///   stopping the writer (`PASSIVE`); SQLite's automatic checkpoint, which runs inside a
 ///   commit and holds every command queued behind it, is off. The writer itself only
 ///   truncates the log: about a second after a completion (see above), or when the log
-///   passed 16,384 pages because the copies never caught up with a steady load.
+///   passed 16,384 pages because the copies never caught up with a steady load. A load
+///   that commits faster than the copies can take it (large bodies on a slow disk) is
+///   held: once the log's file passes 128 MiB, the writer waits for the copy under way
+///   and truncates the log before it commits again.
 /// - **Versioned schema** in `user_version`; the tables are created on first open. The SQL
 ///   is in the module's source, table `openmail_events`.
 ///
@@ -192,6 +207,12 @@ impl SqliteStore {
             unsignalled: false,
             copied,
             erase_asked: false,
+            log_file: {
+                let mut log = path.as_os_str().to_owned();
+                log.push("-wal");
+                PathBuf::from(log)
+            },
+            hold_past: LOG_HOLD_BYTES,
             _locks: Arc::clone(&locks),
         };
         let checkpointer = Checkpointer {
@@ -549,6 +570,11 @@ struct Writer {
     copied: mpsc::Receiver<()>,
     /// [`Wrote::EraseDue`] was sent and not answered yet.
     erase_asked: bool,
+    /// The write-ahead log's file, whose length the writer checks after each group.
+    log_file: PathBuf,
+    /// The log's length past which the writer holds commits: [`LOG_HOLD_BYTES`], or more
+    /// after a hold that could not truncate the log.
+    hold_past: u64,
     /// After the connection: see [`Locks`].
     _locks: Arc<Locks>,
 }
@@ -615,6 +641,7 @@ impl Writer {
     /// is dealt with once the checkpointer has copied nearly all of the log, so that the
     /// writer itself copies only the last few groups.
     fn after_group(&mut self) {
+        self.hold_long_log();
         let erase_due = self
             .erased
             .is_some_and(|erased| erased.elapsed() >= ERASE_WITHIN);
@@ -632,6 +659,35 @@ impl Writer {
             // The checkpointer did not answer in time (its thread is gone, or its copies
             // never caught up): truncate all the same.
             self.checkpoint_erased(ERASE_WITHIN.saturating_mul(2));
+        }
+    }
+
+    /// When the log's file grew past [`LOG_HOLD_BYTES`] (a long log started over in place
+    /// does not grow it), holds commits until the checkpointer's copy under way ends and
+    /// the writer copied the rest and truncated the log, for at most [`LOG_HOLD_AT_MOST`].
+    fn hold_long_log(&mut self) {
+        let length = std::fs::metadata(&self.log_file).map_or(0, |file| file.len());
+        if length <= self.hold_past {
+            return;
+        }
+        let start = std::time::Instant::now();
+        loop {
+            let checkpointed =
+                self.connection
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                        row.get::<_, i64>(0)
+                    });
+            if let Ok(0) = checkpointed {
+                self.erased = None;
+                self.erase_asked = false;
+                self.hold_past = LOG_HOLD_BYTES;
+                return;
+            }
+            if start.elapsed() >= LOG_HOLD_AT_MOST {
+                self.hold_past = length.saturating_add(LOG_HOLD_BYTES);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

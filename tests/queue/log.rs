@@ -143,9 +143,10 @@ async fn fill(store: &Arc<SqliteStore>, prefix: &str, marker: &str, count: usize
     }
 }
 
-/// Far above what the log reaches (about 64 MiB, plus what commits during a catch-up:
-/// 70 to 150 MiB measured with large bodies), far below a log that never starts over.
-const BOUND: u64 = 256 << 20;
+/// Above what the log's file reaches (about 64 MiB, plus what commits during a catch-up,
+/// and never much past 128 MiB, where the writer holds commits until it is truncated),
+/// below a log that outgrows the checkpointer's copies.
+const BOUND: u64 = 192 << 20;
 
 /// Samples the log's size until `stop`, returning the largest seen.
 fn watch_wal(dir: &Path, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
@@ -201,7 +202,7 @@ async fn completed_bodies_leave_a_long_log_that_started_over_in_place() {
 /// A sustained load of large bodies, none completed: the log starts over in place at about
 /// 64 MiB, and grows past that only by what commits while the checkpointer catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fills hundreds of MiB (tens of seconds in a debug build): cargo test --test queue log:: -- --ignored --nocapture"]
+#[ignore = "writes a GiB: cargo test --release --all-features --test queue log:: -- --ignored --nocapture"]
 async fn the_log_stays_bounded_under_a_sustained_load_of_large_bodies() {
     let dir = scratch("log-bound");
     let store =
@@ -209,7 +210,10 @@ async fn the_log_stays_bounded_under_a_sustained_load_of_large_bodies() {
     let watching = Arc::new(AtomicBool::new(false));
     let largest = watch_wal(&dir, &watching);
     let start = Instant::now();
-    let total: usize = 160;
+    // An optimised build commits faster than the checkpointer's copies take the frames on
+    // a shared machine's disk (a debug one seldom does): the log grew to 330, 630 and
+    // 1,119 MiB in three runs before the writer held commits past 128 MiB of log.
+    let total: usize = if cfg!(debug_assertions) { 160 } else { 1000 };
     let done = Arc::new(AtomicBool::new(false));
     let completing = {
         let store = Arc::clone(&store);
@@ -270,4 +274,18 @@ async fn a_store_dropped_while_its_checkpointer_catches_up_frees_the_file_at_onc
         drop(reopened);
     }
     assert!(files_containing(&dir, b"DROP-").is_empty());
+}
+
+/// Many small bodies, stored inside their rows: inserts split and rebalance the table's
+/// pages, moving the rows (bodies included) from page to page before they complete. No
+/// completed body may stay in the free space of a page it once lived in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_bodies_moved_by_page_splits_leave_the_files_once_completed() {
+    let dir = scratch("log-small");
+    let store =
+        Arc::new(SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash).unwrap());
+    fill(&store, "small", "SMALL-SECRET-", 1500, 300).await;
+    assert_eq!(complete_all(&store).await, 1500);
+    let took = gone(&dir, b"SMALL-SECRET-", Duration::from_secs(30)).await;
+    eprintln!("erased after {took:?}");
 }
