@@ -289,3 +289,83 @@ async fn small_bodies_moved_by_page_splits_leave_the_files_once_completed() {
     let took = gone(&dir, b"SMALL-SECRET-", Duration::from_secs(30)).await;
     eprintln!("erased after {took:?}");
 }
+
+/// The longest acknowledgement under a steady load that the disk sustains (a 64 KiB body
+/// every 5 ms, about 13 MB/s, each completed at once), over 12 s: the log starts over in
+/// place and is truncated under load every 5 s. A measurement: the numbers depend on the
+/// machine.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: cargo test --release --all-features --test queue log::the_longest -- --ignored --nocapture"]
+async fn the_longest_acknowledgement_under_a_steady_load() {
+    let dir = scratch("log-stall");
+    let store =
+        Arc::new(SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash).unwrap());
+    let done = Arc::new(AtomicBool::new(false));
+    let completing = {
+        let store = Arc::clone(&store);
+        let done = Arc::clone(&done);
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                complete_all(&store).await;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let text = format!("STALL-{}", "v".repeat(64 * 1024));
+    let start = Instant::now();
+    let mut latencies = Vec::new();
+    let mut index = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        let sent = Instant::now();
+        store_text(&store, &format!("evt_stall_{index}"), &text).await;
+        latencies.push(sent.elapsed());
+        index += 1;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    done.store(true, Ordering::Relaxed);
+    completing.await.unwrap();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
+    eprintln!(
+        "{} acknowledgements: median {:?}, p99 {:?}, p99.9 {:?}, longest {:?}",
+        latencies.len(),
+        at(0.5),
+        at(0.99),
+        at(0.999),
+        latencies.last().unwrap()
+    );
+}
+
+/// Another program reading the file (the `sqlite3` shell, which the store's locks do not
+/// keep out) with a transaction open pins the log: nothing can truncate it while the
+/// reader's snapshot, which still holds the body, lives. Once the reader ends, the
+/// completed body leaves the files within the usual bound, under a steady load too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_body_leaves_the_files_once_an_outside_reader_ends() {
+    let dir = scratch("log-reader");
+    let path = dir.join("events.db");
+    let store = Arc::new(SqliteStore::open(&path, Durability::ProcessCrash).unwrap());
+    store_text(
+        &store,
+        "evt_private",
+        &format!("PRIVATE-READER-{}", "r".repeat(10_000)),
+    )
+    .await;
+    let reader = rusqlite::Connection::open(&path).unwrap();
+    reader.execute_batch("BEGIN").unwrap();
+    let count: i64 = reader
+        .query_row("SELECT count(*) FROM openmail_events", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(count, 1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady(&store, Duration::from_millis(100), &stop);
+    assert!(complete_all(&store).await >= 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The reader's snapshot holds the body: the log cannot be truncated yet.
+    reader.execute_batch("COMMIT").unwrap();
+    drop(reader);
+    let took = gone(&dir, b"PRIVATE-READER-", Duration::from_secs(30)).await;
+    eprintln!("erased {took:?} after the reader ended");
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+}
