@@ -619,3 +619,184 @@ async fn a_completed_body_leaves_the_sqlite_files_under_a_steady_load() {
     }
     assert!(receiver.handled("evt_load_0_0") <= 1);
 }
+
+/// Sends `body` once; `None` when the receiver could not be reached or the exchange broke.
+async fn try_post(
+    client: &support::HttpClient,
+    address: std::net::SocketAddr,
+    body: String,
+) -> Option<StatusCode> {
+    let timestamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        .to_string();
+    let request = http::Request::builder()
+        .method(Method::POST)
+        .uri(format!("http://{address}/webhooks"))
+        .header("content-type", "application/json")
+        .header("x-timestamp", &timestamp)
+        .header(
+            "x-signature",
+            openmail_webhooks::sign(SECRET, &timestamp, body.as_bytes()),
+        )
+        .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    client
+        .request(request)
+        .await
+        .ok()
+        .map(|response| response.status())
+}
+
+/// Large bodies (256 KiB) from 8 connections fill the 64 MiB write-ahead log within a
+/// second or two, so that a SIGKILL at a random moment lands while the checkpointer
+/// catches up, just after the log started over in place, or while the writer truncates
+/// it. After each kill the file opens again, every acknowledged event is handled, and no
+/// process handles an event twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_while_large_bodies_fill_the_log_loses_nothing() {
+    let cycles: usize = std::env::var("OPENMAIL_ATTACK_CYCLES")
+        .ok()
+        .and_then(|cycles| cycles.parse().ok())
+        .unwrap_or(2);
+    let binary = receiver_binary(&[]);
+    let dir = TempDir::new("kill-long-log");
+    let store = dir.0.join("events.db");
+    let url = format!("sqlite:{}", store.display());
+    let port = free_port();
+    let client = client();
+    let filler = "f".repeat(256 * 1024);
+    let body = move |id: &str| {
+        format!(
+            r#"{{"event":"message.received","event_id":"{id}","inbox_id":"inb_1","message":{{"body_text":"{filler}"}}}}"#
+        )
+    };
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    let mut random = move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+    let mut acknowledged = std::collections::HashSet::new();
+    let mut unacknowledged: Vec<String> = Vec::new();
+    let mut finished: Vec<Receiver> = Vec::new();
+    for cycle in 0..cycles {
+        let receiver = Receiver::start(&binary, &url, port, 10);
+        let address = receiver.address();
+        let mut senders = Vec::new();
+        for connection in 0..8 {
+            let client = client.clone();
+            let body = body.clone();
+            senders.push(tokio::spawn(async move {
+                let mut outcomes = Vec::new();
+                for index in 0.. {
+                    let id = format!("evt_{cycle}_{connection}_{index}");
+                    let status = try_post(&client, address, body(&id)).await;
+                    if let Some(status) = status {
+                        assert_eq!(status, StatusCode::OK, "{id} while the store was reachable");
+                    }
+                    outcomes.push((id, status.is_some()));
+                    if status.is_none() {
+                        break;
+                    }
+                }
+                outcomes
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(1000 + random(2000))).await;
+        let wal = std::fs::metadata(dir.0.join("events.db-wal")).map_or(0, |meta| meta.len());
+        let mut killed = receiver;
+        let _ = killed.child.kill();
+        let _ = killed.child.wait();
+        for sender in senders {
+            for (id, acked) in sender.await.unwrap() {
+                if acked {
+                    acknowledged.insert(id);
+                } else {
+                    unacknowledged.push(id);
+                }
+            }
+        }
+        eprintln!(
+            "cycle {cycle}: log {} MiB at the kill, {} acknowledged",
+            wal >> 20,
+            acknowledged.len()
+        );
+        finished.push(killed);
+    }
+    let last = Receiver::start(&binary, &url, port, 0);
+    for id in std::mem::take(&mut unacknowledged) {
+        assert_eq!(
+            support::post(&client, last.address(), &body(&id)).await,
+            StatusCode::OK
+        );
+        acknowledged.insert(id);
+    }
+    let total = |id: &str| finished.iter().map(|r| r.handled(id)).sum::<usize>() + last.handled(id);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for id in &acknowledged {
+        while total(id) == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "{id} was acknowledged and never handled: {:?}",
+                last.stderr()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let mut last = last;
+    assert_eq!(last.terminate(), Some(0));
+    for (index, process) in finished.iter().chain(std::iter::once(&last)).enumerate() {
+        for id in &acknowledged {
+            assert!(
+                process.handled(id) <= 1,
+                "process {index} handled {id} {} times",
+                process.handled(id)
+            );
+        }
+    }
+}
+
+/// A graceful stop right after a completion: the process exits before the writer's
+/// truncation after a pause in the commits, and must not leave the completed body in the
+/// write-ahead log (where it would stay for as long as the receiver is down).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_body_does_not_outlive_a_graceful_stop_in_the_log() {
+    let binary = receiver_binary(&[]);
+    let dir = TempDir::new("erase-stop");
+    let store = dir.0.join("events.db");
+    let client = client();
+    for round in 0..3 {
+        let mut receiver = Receiver::start(
+            &binary,
+            &format!("sqlite:{}", store.display()),
+            free_port(),
+            0,
+        );
+        let id = format!("evt_stop_{round}");
+        let body = serde_json::json!({
+            "event": "message.received",
+            "event_id": id,
+            "inbox_id": "inb_1",
+            "message": { "body_text": format!("PRIVATE-STOP-{}", "s".repeat(10_000)) },
+        })
+        .to_string();
+        assert_eq!(
+            support::post(&client, receiver.address(), &body).await,
+            StatusCode::OK
+        );
+        receiver.wait_handled(&id, Duration::from_secs(30)).await;
+        assert_eq!(receiver.terminate(), Some(0));
+        let found = files_contain(&dir.0, b"PRIVATE-STOP-");
+        assert!(
+            found.is_empty(),
+            "round {round}: a completed body left after a graceful stop in {found:?}"
+        );
+    }
+}

@@ -59,6 +59,18 @@ const CACHE_KIB: i64 = 32 * 1024;
 /// may never allow.
 const LOG_LIMIT_FRAMES: i64 = 16_384;
 
+/// The write-ahead log's file may grow to this many bytes (128 MiB, twice
+/// [`LOG_LIMIT_FRAMES`]) before the writer holds commits until the log is copied and
+/// truncated: a load of large bodies can commit faster than the checkpointer's copies
+/// (which include an `fsync` of the file) take them, and each copy then takes longer than
+/// the last while the log grows. Only the writer can stop the growth, by not committing.
+const LOG_HOLD_BYTES: u64 = 128 * 1024 * 1024;
+
+/// The longest the writer holds commits for a long log at once: a reader outside the
+/// store (the `sqlite3` shell in a transaction) can keep the log from being truncated,
+/// and then only another [`LOG_HOLD_BYTES`] of growth makes the writer wait again.
+const LOG_HOLD_AT_MOST: Duration = Duration::from_secs(2);
+
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS openmail_events (
     id              INTEGER PRIMARY KEY,
@@ -98,9 +110,10 @@ const MIGRATE_V2: &str =
 ///   (mode `0600`, left in place), and on Unix on the database file, and checks that no other
 ///   connection holds a write lock; a second store, in this process or another, gets
 ///   [`QueueError::Locked`] from [`open`](Self::open). The locks are held until the
-///   store's two threads have closed their connections, shortly after the store is
-///   dropped (the last commands and a final checkpoint finish first): a store reopened
-///   at once in the same process may get `Locked` for that moment. (Other programs that
+///   store's two threads have closed their connections: dropping the store waits for
+///   that (the last commands and a final checkpoint, which truncates the log, finish
+///   first), so a store reopens at once once the drop returned, and a process that exits
+///   after dropping its store leaves no completed body in the log. (Other programs that
 ///   ignore the locks, such as the `sqlite3` shell, may read the file; do not write to
 ///   it.) Since no other store can hold a lease, opening hands every
 ///   lease of the previous process back at once: after
@@ -126,7 +139,10 @@ const MIGRATE_V2: &str =
 ///   the log passes 16,384 pages (64 MiB), or a deleted body is due to leave it, that
 ///   thread copies again until little is left, and the writer copies the rest between two
 ///   groups: the log then starts over in place (or is truncated, to erase a body), so the
-///   writer is held up for a few groups' pages, not for the whole log.
+///   writer is held up for a few groups' pages, not for the whole log. A load that
+///   commits faster than the copies can take it (large bodies on a slow disk) is held:
+///   once the log's file passes 128 MiB, the writer waits for the copy under way and
+///   truncates the log before it commits again.
 /// - **Versioned schema** in `user_version`; the tables are created on first open. The SQL
 ///   is in the module's source, table `openmail_events`.
 ///
@@ -139,6 +155,23 @@ const MIGRATE_V2: &str =
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
     path: PathBuf,
+    /// The writer's thread, joined when the store is dropped: see [`Drop`].
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for SqliteStore {
+    /// Waits for the writer's thread to commit the last commands and truncate the log.
+    /// A process that exits once its store is dropped (a graceful stop) would otherwise
+    /// end that thread before its last truncation, leaving the bodies completed since the
+    /// last one in the write-ahead log for as long as the process is down. The wait is
+    /// the queued commands plus one checkpoint of what the checkpointer had not copied.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.commands, closed));
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 // Two connections share the file (the writer's, and the checkpointer's, which copies the
@@ -186,6 +219,12 @@ impl SqliteStore {
             retry_erase: Instant::now(),
             copied,
             erase_asked: false,
+            log_file: {
+                let mut log = path.as_os_str().to_owned();
+                log.push("-wal");
+                PathBuf::from(log)
+            },
+            hold_past: LOG_HOLD_BYTES,
             _locks: Arc::clone(&locks),
         };
         let checkpointer = Checkpointer {
@@ -199,11 +238,15 @@ impl SqliteStore {
             .name("openmail-ckpt".to_owned())
             .spawn(move || checkpointer.run(&written))
             .map_err(QueueError::unavailable)?;
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("openmail-sqlite".to_owned())
             .spawn(move || writer.run(&receiver))
             .map_err(QueueError::unavailable)?;
-        Ok(Self { commands, path })
+        Ok(Self {
+            commands,
+            path,
+            writer: Some(writer),
+        })
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, QueueError> {
@@ -549,6 +592,11 @@ struct Writer {
     copied: mpsc::Receiver<()>,
     /// [`Wrote::EraseDue`] was sent and not answered yet.
     erase_asked: bool,
+    /// The write-ahead log's file, whose length the writer checks after each group.
+    log_file: PathBuf,
+    /// The log's length past which the writer holds commits: [`LOG_HOLD_BYTES`], or more
+    /// after a hold that could not truncate the log.
+    hold_past: u64,
     /// After the connection: see [`Locks`].
     _locks: Arc<Locks>,
 }
@@ -556,16 +604,16 @@ struct Writer {
 impl Writer {
     fn run(mut self, commands: &mpsc::Receiver<Command>) {
         self.serve(commands);
-        // The last truncation, unless the checkpointer is copying at this moment (its lock
-        // is not waited for): then SQLite's close of the last connection checkpoints the
-        // log and deletes it.
-        for _ in 0..10 {
-            self.checkpoint_erased(Duration::ZERO);
-            if self.erased.is_none() {
-                break;
-            }
-            std::thread::sleep(SIGNAL_EVERY);
-        }
+        // The last truncation must not meet a copy under way: SQLite answers a checkpoint
+        // that finds another one running with "busy" at once, without calling the busy
+        // handler, which would leave the deleted bodies in the log. So the checkpointer
+        // is stopped first (the end of `wrote` ends its loop), and its end awaited (the
+        // end of `copied`, which it drops after closing its connection).
+        let (stopped, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.wrote, stopped));
+        while self.copied.recv().is_ok() {}
+        let _ = self.connection.busy_timeout(Duration::from_secs(2));
+        self.checkpoint_erased(Duration::ZERO);
     }
 
     fn serve(&mut self, commands: &mpsc::Receiver<Command>) {
@@ -647,6 +695,7 @@ impl Writer {
     /// is dealt with once the checkpointer has copied nearly all of the log, so that the
     /// writer itself copies only the last few groups.
     fn after_group(&mut self) {
+        self.hold_long_log();
         let erase_due = self
             .erased
             .is_some_and(|erased| erased.elapsed() >= ERASE_WITHIN);
@@ -666,6 +715,35 @@ impl Writer {
             // The checkpointer did not answer in time (its thread is gone, or its copies
             // never caught up): truncate all the same.
             self.checkpoint_erased(ERASE_WITHIN.saturating_mul(2));
+        }
+    }
+
+    /// When the log's file grew past [`LOG_HOLD_BYTES`] (a long log started over in place
+    /// does not grow it), holds commits until the checkpointer's copy under way ends and
+    /// the writer copied the rest and truncated the log, for at most [`LOG_HOLD_AT_MOST`].
+    fn hold_long_log(&mut self) {
+        let length = std::fs::metadata(&self.log_file).map_or(0, |file| file.len());
+        if length <= self.hold_past {
+            return;
+        }
+        let start = std::time::Instant::now();
+        loop {
+            let checkpointed =
+                self.connection
+                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
+                        row.get::<_, i64>(0)
+                    });
+            if let Ok(0) = checkpointed {
+                self.erased = None;
+                self.erase_asked = false;
+                self.hold_past = LOG_HOLD_BYTES;
+                return;
+            }
+            if start.elapsed() >= LOG_HOLD_AT_MOST {
+                self.hold_past = length.saturating_add(LOG_HOLD_BYTES);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 

@@ -24,6 +24,7 @@ use openmail_webhooks::{Channel, Delivery, Event, VerifyOpenMailLayer};
 use tokio::sync::{mpsc, watch};
 
 mod grouping;
+mod log;
 mod refund;
 mod throughput;
 
