@@ -1276,13 +1276,15 @@ impl Writer {
 /// thousand pages inside a commit, every thousand pages). It holds the file's lock.
 struct Checkpointer {
     connection: Connection,
-    /// Tells the writer that nearly all of the log is copied.
-    caught_up: mpsc::Sender<()>,
+    /// After the connection: see [`Locks`].
+    locks: Arc<Locks>,
     /// The frames in the log and copied after the last copy: a copy that moved none is
     /// not flushed.
     last_copy: (i64, i64),
-    /// After the connection: see [`Locks`].
-    locks: Arc<Locks>,
+    /// Tells the writer that nearly all of the log is copied. Dropped last (fields drop in
+    /// order): the writer's final truncation, and the store's drop, wait for its end, by
+    /// which this thread's connection is closed and its share of the locks let go.
+    caught_up: mpsc::Sender<()>,
 }
 
 /// What the writer tells the checkpointer.
