@@ -134,7 +134,7 @@ const MIGRATE_V2: &str =
 ///   memory.
 /// - **Checkpoints beside the writer.** A second thread copies the write-ahead log into
 ///   the file every 250 ms while commits write, on a connection of its own, without
-///   stopping the writer (`PASSIVE`), and flushes what it copied; SQLite's automatic checkpoint,
+///   stopping the writer (`PASSIVE`), and (with `NORMAL`) flushes what it copied; SQLite's automatic checkpoint,
 ///   which runs inside a commit and holds every command queued behind it, is off. When
 ///   the log passes 16,384 pages (64 MiB), or a deleted body is due to leave it, that
 ///   thread copies again until little is left, and the writer copies the rest between two
@@ -231,6 +231,9 @@ impl SqliteStore {
             connection: checkpoints,
             caught_up,
             last_copy: (0, 0),
+            // With `FULL`, every commit flushes the log: a flush of the file beside them
+            // makes them wait for it (the p99 of the acknowledgement doubled).
+            flush: durability == Durability::ProcessCrash,
             locks,
         };
         std::thread::Builder::new()
@@ -1281,6 +1284,8 @@ struct Checkpointer {
     /// The frames in the log and copied after the last copy: a copy that moved none is
     /// not flushed.
     last_copy: (i64, i64),
+    /// Whether a copy is flushed here ([`Durability::ProcessCrash`] only).
+    flush: bool,
     /// Tells the writer that nearly all of the log is copied. Dropped last (fields drop in
     /// order): the writer's final truncation, and the store's drop, wait for its end, by
     /// which this thread's connection is closed and its share of the locks let go.
@@ -1376,7 +1381,7 @@ impl Checkpointer {
         if busy != 0 || log < 0 {
             return None;
         }
-        if (log, done) != self.last_copy {
+        if self.flush && (log, done) != self.last_copy {
             self.last_copy = (log, done);
             if let Err(_error) = self.locks.flush_database() {
                 #[cfg(feature = "tracing")]
