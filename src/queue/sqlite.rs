@@ -457,6 +457,11 @@ fn opening(path: &Path, error: rusqlite::Error) -> QueueError {
     }
 }
 
+/// `by` after `at`, or `at` itself past the clock's range.
+fn later(at: Instant, by: Duration) -> Instant {
+    at.checked_add(by).unwrap_or(at)
+}
+
 fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -661,12 +666,15 @@ impl Writer {
     fn next_timer(&self) -> Option<Instant> {
         let signal = self
             .unsignalled
-            .then(|| self.signalled.map(|signalled| signalled + SIGNAL_EVERY))
+            .then(|| {
+                self.signalled
+                    .map(|signalled| later(signalled, SIGNAL_EVERY))
+            })
             .flatten()
             .or(self.unsignalled.then(Instant::now));
         let erase = self
             .erased
-            .map(|_| (self.last_write + ERASE_WHEN_QUIET_FOR).max(self.retry_erase));
+            .map(|_| later(self.last_write, ERASE_WHEN_QUIET_FOR).max(self.retry_erase));
         match (signal, erase) {
             (Some(signal), Some(erase)) => Some(signal.min(erase)),
             (signal, erase) => signal.or(erase),
@@ -678,18 +686,18 @@ impl Writer {
         if self.unsignalled
             && self
                 .signalled
-                .is_none_or(|signalled| now >= signalled + SIGNAL_EVERY)
+                .is_none_or(|signalled| now.saturating_duration_since(signalled) >= SIGNAL_EVERY)
         {
             self.signal();
         }
         if self.erased.is_some()
-            && now >= self.last_write + ERASE_WHEN_QUIET_FOR
+            && now.saturating_duration_since(self.last_write) >= ERASE_WHEN_QUIET_FOR
             && now >= self.retry_erase
         {
             self.checkpoint_erased(Duration::ZERO);
             if self.erased.is_some() {
                 // Busy: the checkpointer is copying, briefly since nothing is written.
-                self.retry_erase = now + SIGNAL_EVERY;
+                self.retry_erase = later(now, SIGNAL_EVERY);
             }
         }
     }
