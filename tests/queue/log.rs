@@ -369,3 +369,67 @@ async fn a_completed_body_leaves_the_files_once_an_outside_reader_ends() {
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
 }
+
+/// Under a steady load with no body to erase, the write-ahead log is never truncated: once
+/// it passes its limit (64 MiB), the checkpointer catches up and the log starts over in
+/// place, in pages the file system already allocated, so the file stays bounded without
+/// shrinking. (A truncation stops the writer for as long as it copies and flushes what
+/// is left, and makes every later frame an append.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_log_starts_over_in_place_instead_of_being_truncated() {
+    let dir = scratch("in-place");
+    let store =
+        Arc::new(SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash).unwrap());
+    // 2,000 events of 64 KiB each: about 128 MiB of log written, twice the limit.
+    let filler: String = (0..64 * 1024)
+        .map(|index| char::from(b'a' + (index % 26) as u8))
+        .collect();
+    let mut largest = 0;
+    let mut shrank = None;
+    for index in 0..2_000 {
+        store_text(
+            &store,
+            &format!("evt_in_place_{index}"),
+            &format!("{index}{filler}"),
+        )
+        .await;
+        let size = wal_len(&dir);
+        if size < largest && shrank.is_none() {
+            shrank = Some((index, largest, size));
+        }
+        largest = largest.max(size);
+    }
+    assert_eq!(shrank, None, "the log was truncated: (event, from, to)");
+    assert!(
+        largest <= 112 * 1024 * 1024,
+        "the log grew to {largest} bytes: it did not start over"
+    );
+    assert!(
+        largest >= 60 * 1024 * 1024,
+        "the log never reached its limit: {largest} bytes"
+    );
+    assert_eq!(super::stats(&*store).await.waiting, 2_000);
+}
+
+/// The workers ask the store for events every 100 ms while a slot is free; those claims
+/// write nothing, so they do not keep the store from being quiet: a completed body leaves
+/// the write-ahead log about 250 ms after the writes pause, not only at the 5 s bound
+/// that holds under a load that never pauses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_body_leaves_the_log_soon_after_the_writes_pause_while_workers_poll() {
+    use super::{Behaviour, handler, start};
+    let dir = scratch("quiet-erase");
+    let store =
+        Arc::new(SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash).unwrap());
+    let (seen, mut runs) = tokio::sync::mpsc::unbounded_channel();
+    let (stop, running) = start(openmail_webhooks::queue::Workers::new(
+        Arc::clone(&store),
+        handler(seen, |_| Behaviour::Succeed),
+    ));
+    store_text(&store, "evt_quiet_erase", "PRIVATE-QUIET-ERASE").await;
+    assert_eq!(runs.recv().await.unwrap().event_id, "evt_quiet_erase");
+    // Generous against the 250 ms of the design, short of the 5 s bound under load.
+    gone(&dir, b"PRIVATE-QUIET-ERASE", Duration::from_secs(3)).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
