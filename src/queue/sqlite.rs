@@ -664,14 +664,10 @@ impl Writer {
     /// When the writer must act without a command: tell the checkpointer of the groups
     /// committed since it was last told, or truncate the log after a pause in the writes.
     fn next_timer(&self) -> Option<Instant> {
-        let signal = self
-            .unsignalled
-            .then(|| {
-                self.signalled
-                    .map(|signalled| later(signalled, SIGNAL_EVERY))
-            })
-            .flatten()
-            .or(self.unsignalled.then(Instant::now));
+        let signal = self.unsignalled.then(|| {
+            self.signalled
+                .map_or_else(Instant::now, |signalled| later(signalled, SIGNAL_EVERY))
+        });
         let erase = self
             .erased
             .map(|_| later(self.last_write, ERASE_WHEN_QUIET_FOR).max(self.retry_erase));
@@ -739,14 +735,7 @@ impl Writer {
         }
         let start = std::time::Instant::now();
         loop {
-            let checkpointed =
-                self.connection
-                    .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
-                        row.get::<_, i64>(0)
-                    });
-            if let Ok(0) = checkpointed {
-                self.erased = None;
-                self.erase_asked = false;
+            if self.truncate_log() {
                 self.hold_past = LOG_HOLD_BYTES;
                 return;
             }
@@ -784,16 +773,25 @@ impl Writer {
         if self.erased.is_none_or(|erased| erased.elapsed() < after) {
             return;
         }
+        self.truncate_log();
+    }
+
+    /// Copies the log into the file and truncates it: no deleted body is left in it.
+    /// False when the checkpointer was copying (SQLite does not wait for it) or SQLite
+    /// failed.
+    fn truncate_log(&mut self) -> bool {
         let checkpointed =
             self.connection
                 .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
                     row.get::<_, i64>(0)
                 });
         // `0`: not blocked, so the log is empty.
-        if let Ok(0) = checkpointed {
+        let truncated = matches!(checkpointed, Ok(0));
+        if truncated {
             self.erased = None;
             self.erase_asked = false;
         }
+        truncated
     }
 
     fn commit_group(&mut self, group: Vec<Command>) {
