@@ -562,11 +562,13 @@ fn thread_cpu() -> std::collections::BTreeMap<String, u64> {
                 .and_then(|field| field.parse::<u64>().ok())
                 .unwrap_or(0)
         };
+        // The client runs on the main thread, whose task id is the process id.
+        let main = task.file_name().to_str() == Some(std::process::id().to_string().as_str());
         let name = match name.trim() {
+            _ if main => "client",
             "bench-server" => "server",
             "openmail-sqlite" => "SQLite writer",
             "openmail-ckpt" => "SQLite checkpointer",
-            name if name.starts_with("queue-") => "client",
             _ => "other",
         };
         *threads.entry(name.to_owned()).or_insert(0) += ticks(11) + ticks(12);
