@@ -144,9 +144,9 @@ async fn fill(store: &Arc<SqliteStore>, prefix: &str, marker: &str, count: usize
 }
 
 /// Above what the log's file reaches (about 64 MiB, plus what commits during a catch-up,
-/// and never much past 128 MiB, where the writer holds commits until it is truncated),
+/// and never much past 256 MiB, where the writer holds commits until it is truncated),
 /// below a log that outgrows the checkpointer's copies.
-const BOUND: u64 = 192 << 20;
+const BOUND: u64 = 320 << 20;
 
 /// Samples the log's size until `stop`, returning the largest seen.
 fn watch_wal(dir: &Path, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
@@ -212,7 +212,8 @@ async fn the_log_stays_bounded_under_a_sustained_load_of_large_bodies() {
     let start = Instant::now();
     // An optimised build commits faster than the checkpointer's copies take the frames on
     // a shared machine's disk (a debug one seldom does): the log grew to 330, 630 and
-    // 1,119 MiB in three runs before the writer held commits past 128 MiB of log.
+    // 1,119 MiB in three runs before the writer held commits past a long log (now
+    // 256 MiB).
     let total: usize = if cfg!(debug_assertions) { 160 } else { 1000 };
     let done = Arc::new(AtomicBool::new(false));
     let completing = {
