@@ -10,7 +10,10 @@
 //!   event and none is answered as a duplicate. A run stops after `DURATION` seconds (5) or when
 //!   its deliveries (`REQUESTS`, 50,000) are sent; any answer but `200` aborts the bench.
 //!   Each configuration also runs over one connection, for the latency of one request
-//!   without queueing behind the others.
+//!   without queueing behind the others, and paced: `PACED` deliveries per second
+//!   (5,000 by default; 0 skips it) over the same connections for `DURATION`, the n-th
+//!   sent no earlier than n / `PACED` seconds after the start, for the latency at a load
+//!   that the server does not saturate.
 //! - **Servers.** axum with [`VerifyOpenMailLayer`] on the route, and behind it either an
 //!   instant handler (*inline*) or [`Ingest`] into the store. The server has one tokio
 //!   worker thread; the client runs on another thread. The SQLite store has its writer
@@ -61,6 +64,9 @@ use tokio::runtime::Runtime;
 
 const SECRET: &str = "whsec_bench_queue_41d7c9";
 
+/// Passed as the connections of a load: the paced run.
+const PACED: usize = usize::MAX;
+
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
         .ok()
@@ -73,6 +79,8 @@ struct Settings {
     requests: usize,
     connections: usize,
     single_requests: usize,
+    /// Deliveries per second of the paced runs; 0 skips them.
+    paced: f64,
     depths: Vec<u64>,
 }
 
@@ -96,6 +104,7 @@ fn main() {
         requests: env_or("REQUESTS", 50_000),
         connections: env_or("CONNECTIONS", 32),
         single_requests: env_or("SINGLE_REQUESTS", 1_000),
+        paced: env_or("PACED", 5_000.0),
         depths,
     };
     let server = tokio::runtime::Builder::new_multi_thread()
@@ -156,7 +165,9 @@ struct Block {
     depth: u64,
     inline: Load,
     inline_single: Load,
-    stores: Vec<(&'static str, Load, Load)>,
+    inline_paced: Load,
+    /// Each store's runs: under `connections`, over one, paced.
+    stores: Vec<(&'static str, Load, Load, Load)>,
     drains: Vec<(&'static str, f64)>,
     keep_up: Vec<(&'static str, f64, f64, u64, u64)>,
 }
@@ -226,11 +237,13 @@ impl Bench {
 
         let inline_before = self.load_inline(self.settings.connections);
         let inline_single = self.load_inline(1);
+        let inline_paced = self.load_inline(PACED);
         let mut stores = Vec::new();
         for store in STORES.into_iter().filter(|store| store.chosen()) {
             let loaded = self.load_store(store, self.settings.connections);
             let single = self.load_store(store, 1);
-            stores.push((store.name(), loaded, single));
+            let paced = self.load_store(store, PACED);
+            stores.push((store.name(), loaded, single, paced));
         }
         let inline_after = self.load_inline(self.settings.connections);
         let inline = Load {
@@ -271,7 +284,7 @@ impl Bench {
             inline_single.p50_ms,
             inline_single.p99_ms
         );
-        for (name, loaded, single) in &stores {
+        for (name, loaded, single, _) in &stores {
             println!(
                 "| {name} | {:.0} | {:.2} × | {:.2} ms | {:.2} ms | {:+.2} ms | {:+.2} ms | {:.2} ms | {:.2} ms | {:+.2} ms |",
                 loaded.per_second,
@@ -285,6 +298,27 @@ impl Bench {
                 single.p99_ms - inline_single.p99_ms,
             );
         }
+        if self.settings.paced > 0.0 {
+            println!(
+                "\n| paced: {:.0} deliveries/s over {} connections | deliveries/s | p50 | p99 | p50 added | p99 added |",
+                self.settings.paced, self.settings.connections
+            );
+            println!("|---|---:|---:|---:|---:|---:|");
+            println!(
+                "| inline | {:.0} | {:.2} ms | {:.2} ms | | |",
+                inline_paced.per_second, inline_paced.p50_ms, inline_paced.p99_ms
+            );
+            for (name, _, _, paced) in &stores {
+                println!(
+                    "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:+.2} ms | {:+.2} ms |",
+                    paced.per_second,
+                    paced.p50_ms,
+                    paced.p99_ms,
+                    paced.p50_ms - inline_paced.p50_ms,
+                    paced.p99_ms - inline_paced.p99_ms,
+                );
+            }
+        }
         println!(
             "\n| workers (8 at once, instant handler) | drained alone, events/s | with the load: handled/s | acknowledged/s | waiting before → after |"
         );
@@ -296,6 +330,7 @@ impl Bench {
             depth,
             inline,
             inline_single,
+            inline_paced,
             stores,
             drains,
             keep_up,
@@ -310,18 +345,22 @@ impl Bench {
                     .stores
                     .iter()
                     .find(|(store, ..)| *store == name)
-                    .map(|(_, loaded, single)| (*loaded, *single))
+                    .map(|(_, loaded, single, paced)| (*loaded, *single, *paced))
                     .unwrap_or_default()
             };
-            let (sqlite, sqlite_single) = find(Store::Sqlite(Durability::ProcessCrash).name());
-            let (postgres, _) = find(Store::Postgres(Durability::ProcessCrash).name());
+            let (sqlite, sqlite_single, sqlite_paced) =
+                find(Store::Sqlite(Durability::ProcessCrash).name());
+            let (postgres, ..) = find(Store::Postgres(Durability::ProcessCrash).name());
             println!(
-                "- depth {}: SQLite p99 added {:+.2} ms under {} connections, {:+.2} ms over 1 (goal ≤ 2 ms); \
+                "- depth {}: SQLite p99 added {:+.2} ms under {} connections, {:+.2} ms over 1, \
+                 {:+.2} ms paced at {:.0}/s (goal ≤ 2 ms); \
                  SQLite {:.2} × inline (goal ≥ 0.5 ×); PostgreSQL {:.2} × inline (goal ≥ 0.25 ×)",
                 block.depth,
                 sqlite.p99_ms - block.inline.p99_ms,
                 self.settings.connections,
                 sqlite_single.p99_ms - block.inline_single.p99_ms,
+                sqlite_paced.p99_ms - block.inline_paced.p99_ms,
+                self.settings.paced,
                 sqlite.per_second / block.inline.per_second,
                 postgres.per_second / block.inline.per_second,
             );
@@ -369,15 +408,22 @@ impl Bench {
         )
     }
 
-    /// Serves `app` on the server runtime, runs the load, stops the server.
+    /// Serves `app` on the server runtime, runs the load, stops the server. `PACED`:
+    /// the paced run, over the usual connections (skipped when `PACED=0`).
     fn load(&self, app: Router, connections: usize) -> Load {
-        let count = if connections == 1 {
-            self.settings.single_requests
-        } else {
-            self.settings.requests
+        let settings = &self.settings;
+        let (count, connections, rate) = match connections {
+            PACED if settings.paced <= 0.0 => return Load::default(),
+            PACED => (
+                (settings.paced * settings.duration.as_secs_f64()).ceil() as usize,
+                settings.connections,
+                Some(settings.paced),
+            ),
+            1 => (settings.single_requests, 1, None),
+            _ => (settings.requests, connections, None),
         };
-        self.load_signed(app, signed_requests(count), connections, None)
-            .0
+        let signed = signed_requests(count);
+        self.load_signed(app, signed, connections, rate, None).0
     }
 
     /// The load with deliveries signed beforehand; with `handled`, also how far that
@@ -387,6 +433,7 @@ impl Bench {
         app: Router,
         requests: Vec<Request<Full<Bytes>>>,
         connections: usize,
+        rate: Option<f64>,
         handled: Option<&AtomicU64>,
     ) -> (Load, u64) {
         let listener = StdListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind");
@@ -408,6 +455,7 @@ impl Bench {
             requests,
             connections,
             self.settings.duration,
+            rate,
         ));
         let during = handled.map_or(0, |handled| handled.load(Ordering::Relaxed)) - before;
         report_cpu(&cpu_before, &thread_cpu(), load.requests, connections);
@@ -475,6 +523,7 @@ impl Bench {
             ingest_app(Arc::clone(&store)),
             requests,
             self.settings.connections,
+            None,
             Some(&handled),
         );
         // The load's own wall time.
@@ -638,19 +687,25 @@ fn signed_requests(count: usize) -> Vec<Request<Full<Bytes>>> {
 }
 
 /// Sends `requests` over `connections` HTTP/1.1 connections until they run out or
-/// `duration` passes; every answer must be `200`.
+/// `duration` passes; every answer must be `200`. With a `rate` (deliveries per second),
+/// the n-th delivery is sent no earlier than n / `rate` seconds after the start, by
+/// whichever connection is free; without, each connection sends its next one as soon as
+/// it has its answer.
 async fn run_load(
     address: SocketAddr,
     requests: Vec<Request<Full<Bytes>>>,
     connections: usize,
     duration: Duration,
+    rate: Option<f64>,
 ) -> Load {
     let queue = Arc::new(Mutex::new(VecDeque::from(requests)));
+    let taken = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let queue = Arc::clone(&queue);
+        let taken = Arc::clone(&taken);
         tasks.spawn(async move {
             let stream = tokio::net::TcpStream::connect(address)
                 .await
@@ -666,6 +721,11 @@ async fn run_load(
                 let Some(request) = queue.lock().expect("queue").pop_front() else {
                     break;
                 };
+                if let Some(rate) = rate {
+                    let n = taken.fetch_add(1, Ordering::Relaxed);
+                    let due = started + Duration::from_secs_f64(n as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 let sent = Instant::now();
                 let response = sender.send_request(request).await.expect("request");
                 let status = response.status();
