@@ -351,16 +351,23 @@ impl Bench {
             let (sqlite, sqlite_single, sqlite_paced) =
                 find(Store::Sqlite(Durability::ProcessCrash).name());
             let (postgres, ..) = find(Store::Postgres(Durability::ProcessCrash).name());
+            let paced = if self.settings.paced > 0.0 {
+                format!(
+                    ", {:+.2} ms paced at {:.0}/s",
+                    sqlite_paced.p99_ms - block.inline_paced.p99_ms,
+                    self.settings.paced
+                )
+            } else {
+                String::new()
+            };
             println!(
-                "- depth {}: SQLite p99 added {:+.2} ms under {} connections, {:+.2} ms over 1, \
-                 {:+.2} ms paced at {:.0}/s (goal ≤ 2 ms); \
+                "- depth {}: SQLite p99 added {:+.2} ms under {} connections, {:+.2} ms over 1{paced} \
+                 (goal ≤ 2 ms); \
                  SQLite {:.2} × inline (goal ≥ 0.5 ×); PostgreSQL {:.2} × inline (goal ≥ 0.25 ×)",
                 block.depth,
                 sqlite.p99_ms - block.inline.p99_ms,
                 self.settings.connections,
                 sqlite_single.p99_ms - block.inline_single.p99_ms,
-                sqlite_paced.p99_ms - block.inline_paced.p99_ms,
-                self.settings.paced,
                 sqlite.per_second / block.inline.per_second,
                 postgres.per_second / block.inline.per_second,
             );
