@@ -11,9 +11,10 @@
 //!   its deliveries (`REQUESTS`, 50,000) are sent; any answer but `200` aborts the bench.
 //!   Each configuration also runs over one connection, for the latency of one request
 //!   without queueing behind the others, and paced: `PACED` deliveries per second
-//!   (5,000 by default; 0 skips it) over the same connections for `DURATION`, the n-th
-//!   sent no earlier than n / `PACED` seconds after the start, for the latency at a load
-//!   that the server does not saturate.
+//!   (5,000 by default, at most `REQUESTS` in all; 0 skips it) over the same connections
+//!   for `DURATION`, the n-th due n / `PACED` seconds after the connections opened and
+//!   its latency counted from then, for the latency at a load that the server does not
+//!   saturate.
 //! - **Servers.** axum with [`VerifyOpenMailLayer`] on the route, and behind it either an
 //!   instant handler (*inline*) or [`Ingest`] into the store. The server has one tokio
 //!   worker thread; the client runs on another thread. The SQLite store has its writer
@@ -64,8 +65,16 @@ use tokio::runtime::Runtime;
 
 const SECRET: &str = "whsec_bench_queue_41d7c9";
 
-/// Passed as the connections of a load: the paced run.
-const PACED: usize = usize::MAX;
+/// Which load a run puts on a server.
+#[derive(Debug, Clone, Copy)]
+enum Run {
+    /// `CONNECTIONS` connections, each sending as soon as it has its answer.
+    Loaded,
+    /// One connection: a request's latency without queueing.
+    Single,
+    /// This many deliveries per second over `CONNECTIONS` connections.
+    Paced(f64),
+}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -165,9 +174,9 @@ struct Block {
     depth: u64,
     inline: Load,
     inline_single: Load,
-    inline_paced: Load,
-    /// Each store's runs: under `connections`, over one, paced.
-    stores: Vec<(&'static str, Load, Load, Load)>,
+    inline_paced: Option<Load>,
+    /// Each store's runs: under `CONNECTIONS`, over one, paced (unless `PACED=0`).
+    stores: Vec<(&'static str, Load, Load, Option<Load>)>,
     drains: Vec<(&'static str, f64)>,
     keep_up: Vec<(&'static str, f64, f64, u64, u64)>,
 }
@@ -235,17 +244,18 @@ impl Bench {
         );
         eprintln!("load average: {}", load_average());
 
-        let inline_before = self.load_inline(self.settings.connections);
-        let inline_single = self.load_inline(1);
-        let inline_paced = self.load_inline(PACED);
+        let paced = (self.settings.paced > 0.0).then_some(Run::Paced(self.settings.paced));
+        let inline_before = self.load_inline(Run::Loaded);
+        let inline_single = self.load_inline(Run::Single);
+        let inline_paced = paced.map(|run| self.load_inline(run));
         let mut stores = Vec::new();
         for store in STORES.into_iter().filter(|store| store.chosen()) {
-            let loaded = self.load_store(store, self.settings.connections);
-            let single = self.load_store(store, 1);
-            let paced = self.load_store(store, PACED);
+            let loaded = self.load_store(store, Run::Loaded);
+            let single = self.load_store(store, Run::Single);
+            let paced = paced.map(|run| self.load_store(store, run));
             stores.push((store.name(), loaded, single, paced));
         }
-        let inline_after = self.load_inline(self.settings.connections);
+        let inline_after = self.load_inline(Run::Loaded);
         let inline = Load {
             requests: inline_before.requests + inline_after.requests,
             per_second: (inline_before.per_second + inline_after.per_second) / 2.0,
@@ -298,7 +308,7 @@ impl Bench {
                 single.p99_ms - inline_single.p99_ms,
             );
         }
-        if self.settings.paced > 0.0 {
+        if let Some(inline_paced) = inline_paced {
             println!(
                 "\n| paced: {:.0} deliveries/s over {} connections | deliveries/s | p50 | p99 | p50 added | p99 added |",
                 self.settings.paced, self.settings.connections
@@ -309,6 +319,7 @@ impl Bench {
                 inline_paced.per_second, inline_paced.p50_ms, inline_paced.p99_ms
             );
             for (name, _, _, paced) in &stores {
+                let Some(paced) = paced else { continue };
                 println!(
                     "| {name} | {:.0} | {:.2} ms | {:.2} ms | {:+.2} ms | {:+.2} ms |",
                     paced.per_second,
@@ -351,14 +362,13 @@ impl Bench {
             let (sqlite, sqlite_single, sqlite_paced) =
                 find(Store::Sqlite(Durability::ProcessCrash).name());
             let (postgres, ..) = find(Store::Postgres(Durability::ProcessCrash).name());
-            let paced = if self.settings.paced > 0.0 {
-                format!(
+            let paced = match (sqlite_paced, block.inline_paced) {
+                (Some(sqlite), Some(inline)) => format!(
                     ", {:+.2} ms paced at {:.0}/s",
-                    sqlite_paced.p99_ms - block.inline_paced.p99_ms,
+                    sqlite.p99_ms - inline.p99_ms,
                     self.settings.paced
-                )
-            } else {
-                String::new()
+                ),
+                _ => String::new(),
             };
             println!(
                 "- depth {}: SQLite p99 added {:+.2} ms under {} connections, {:+.2} ms over 1{paced} \
@@ -387,22 +397,22 @@ impl Bench {
         }
     }
 
-    fn load_inline(&self, connections: usize) -> Load {
+    fn load_inline(&self, run: Run) -> Load {
         let app = Router::new()
             .route("/webhooks", post(inline))
             .layer(VerifyOpenMailLayer::new(SECRET).expect("secret"));
-        self.load(app, connections)
+        self.load(app, run)
     }
 
-    fn load_store(&self, store: Store, connections: usize) -> Load {
+    fn load_store(&self, store: Store, run: Run) -> Load {
         match store {
             Store::Sqlite(durability) => {
                 let store = open_sqlite(&self.sqlite_path, durability);
-                self.load(ingest_app(store), connections)
+                self.load(ingest_app(store), run)
             }
             Store::Postgres(durability) => {
                 let store = self.connect_postgres(durability);
-                self.load(ingest_app(store), connections)
+                self.load(ingest_app(store), run)
             }
         }
     }
@@ -415,19 +425,18 @@ impl Bench {
         )
     }
 
-    /// Serves `app` on the server runtime, runs the load, stops the server. `PACED`:
-    /// the paced run, over the usual connections (skipped when `PACED=0`).
-    fn load(&self, app: Router, connections: usize) -> Load {
+    /// Serves `app` on the server runtime, runs the load, stops the server.
+    fn load(&self, app: Router, run: Run) -> Load {
         let settings = &self.settings;
-        let (count, connections, rate) = match connections {
-            PACED if settings.paced <= 0.0 => return Load::default(),
-            PACED => (
-                (settings.paced * settings.duration.as_secs_f64()).ceil() as usize,
+        let (count, connections, rate) = match run {
+            Run::Loaded => (settings.requests, settings.connections, None),
+            Run::Single => (settings.single_requests, 1, None),
+            Run::Paced(rate) => (
+                // At most `REQUESTS`, whatever the rate.
+                ((rate * settings.duration.as_secs_f64()).ceil() as usize).min(settings.requests),
                 settings.connections,
-                Some(settings.paced),
+                Some(rate),
             ),
-            1 => (settings.single_requests, 1, None),
-            _ => (settings.requests, connections, None),
         };
         let signed = signed_requests(count);
         self.load_signed(app, signed, connections, rate, None).0
@@ -465,7 +474,11 @@ impl Bench {
             rate,
         ));
         let during = handled.map_or(0, |handled| handled.load(Ordering::Relaxed)) - before;
-        report_cpu(&cpu_before, &thread_cpu(), load.requests, connections);
+        let label = match rate {
+            Some(rate) => format!("paced at {rate:.0}/s over {connections} connections"),
+            None => format!("{connections} connections"),
+        };
+        report_cpu(&cpu_before, &thread_cpu(), load.requests, &label);
         let _ = stop.send(());
         let _ = self.server.block_on(served);
         (load, during)
@@ -638,7 +651,7 @@ fn report_cpu(
     before: &std::collections::BTreeMap<String, u64>,
     after: &std::collections::BTreeMap<String, u64>,
     requests: u64,
-    connections: usize,
+    label: &str,
 ) {
     // Clock ticks are 1/100 s on Linux.
     let per_request = |ticks: u64| ticks as f64 * 10_000.0 / requests.max(1) as f64;
@@ -650,7 +663,7 @@ fn report_cpu(
         })
         .collect();
     eprintln!(
-        "CPU per request ({connections} connections, {requests} requests): {}",
+        "CPU per request ({label}, {requests} requests): {}",
         parts.join(", ")
     );
 }
@@ -695,9 +708,10 @@ fn signed_requests(count: usize) -> Vec<Request<Full<Bytes>>> {
 
 /// Sends `requests` over `connections` HTTP/1.1 connections until they run out or
 /// `duration` passes; every answer must be `200`. With a `rate` (deliveries per second),
-/// the n-th delivery is sent no earlier than n / `rate` seconds after the start, by
-/// whichever connection is free; without, each connection sends its next one as soon as
-/// it has its answer.
+/// the n-th delivery is due n / `rate` seconds after every connection is open, sent then
+/// by whichever connection is free, and its latency counts from when it was due (so a
+/// delivery that waited for a free connection counts that wait); without, each
+/// connection sends its next one as soon as it has its answer.
 async fn run_load(
     address: SocketAddr,
     requests: Vec<Request<Full<Bytes>>>,
@@ -705,14 +719,17 @@ async fn run_load(
     duration: Duration,
     rate: Option<f64>,
 ) -> Load {
-    let queue = Arc::new(Mutex::new(VecDeque::from(requests)));
-    let taken = Arc::new(AtomicU64::new(0));
+    // The deliveries left, and how many were taken.
+    let queue = Arc::new(Mutex::new((VecDeque::from(requests), 0u32)));
+    let open = Arc::new(tokio::sync::Barrier::new(connections));
+    let paced_from = Arc::new(std::sync::OnceLock::new());
     let started = Instant::now();
     let deadline = started + duration;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..connections {
         let queue = Arc::clone(&queue);
-        let taken = Arc::clone(&taken);
+        let open = Arc::clone(&open);
+        let paced_from = Arc::clone(&paced_from);
         tasks.spawn(async move {
             let stream = tokio::net::TcpStream::connect(address)
                 .await
@@ -723,17 +740,31 @@ async fn run_load(
                     .await
                     .expect("handshake");
             let connection = tokio::spawn(connection);
+            let pace = match rate {
+                Some(rate) => {
+                    open.wait().await;
+                    Some((rate, *paced_from.get_or_init(Instant::now)))
+                }
+                None => None,
+            };
             let mut latencies = Vec::new();
             while Instant::now() < deadline {
-                let Some(request) = queue.lock().expect("queue").pop_front() else {
-                    break;
+                let (request, n) = {
+                    let mut queue = queue.lock().expect("queue");
+                    let Some(request) = queue.0.pop_front() else {
+                        break;
+                    };
+                    queue.1 += 1;
+                    (request, queue.1 - 1)
                 };
-                if let Some(rate) = rate {
-                    let n = taken.fetch_add(1, Ordering::Relaxed);
-                    let due = started + Duration::from_secs_f64(n as f64 / rate);
-                    tokio::time::sleep_until(due.into()).await;
-                }
-                let sent = Instant::now();
+                let sent = match pace {
+                    Some((rate, from)) => {
+                        let due = from + Duration::from_secs_f64(f64::from(n) / rate);
+                        tokio::time::sleep_until(due.into()).await;
+                        due
+                    }
+                    None => Instant::now(),
+                };
                 let response = sender.send_request(request).await.expect("request");
                 let status = response.status();
                 let body = response

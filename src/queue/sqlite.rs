@@ -49,11 +49,14 @@ const STATEMENTS: usize = 32;
 
 /// The writer's page cache, in KiB (SQLite's unit for a negative `cache_size`): the index
 /// of a hundred thousand events' keys (about 5 MiB) fits, that of a million (about
-/// 45 MiB) does not. A larger cache costs more than the reads it saves while the file is
-/// under 1 GiB: a page split in the keys' index renumbers a page through the page number
-/// at 1 GiB for a moment, and the commit then scans every slot of the cache's hash table
-/// (its size follows the pages cached). With 32 MiB, these scans took about 30 % of the
-/// writer's time at a hundred thousand events waiting; with 8 MiB, about 7 %.
+/// 45 MiB) does not. Not more, while the file is under 1 GiB: a page split in the keys'
+/// index that has to reorder its pages swaps them through the page number at 1 GiB, and
+/// the cache keeps that as the highest page it has held; the commit then drops the pages
+/// past the file's end by scanning every slot of the cache's hash table, whose size
+/// follows the most pages ever cached. At a hundred thousand events waiting, these scans
+/// took 21 and 30 % of the writer's time with 32 MiB (in two profiles), 7 % with 8 MiB,
+/// and no page was read from the file with either. At a million waiting (a file past
+/// 1 GiB, where the scan stops), two runs of each showed no difference.
 const CACHE_KIB: i64 = 8 * 1024;
 
 /// How long the write-ahead log may grow (in frames, a page each: 64 MiB of 4 KiB pages)
@@ -141,7 +144,7 @@ const MIGRATE_V2: &str =
 ///   pause.
 /// - **Group commit.** One thread owns the connection. Commands that arrive while it
 ///   commits wait for the next transaction and share it, so concurrent acknowledgements
-///   cost one commit together, not one each. It keeps up to 32 MiB of the file's pages in
+///   cost one commit together, not one each. It keeps up to 8 MiB of the file's pages in
 ///   memory.
 /// - **Checkpoints beside the writer.** A second thread copies the write-ahead log into
 ///   the file every 250 ms while commits write, on a connection of its own, without
@@ -1323,8 +1326,8 @@ enum Wrote {
 /// shorter than the last since it only copies what committed during the one before.
 const CATCH_UP_COPIES: usize = 8;
 
-/// A copy that took at most this many frames was short enough that the writer may copy
-/// what committed meanwhile itself, between two groups: a few groups' frames. Each copy
+/// A copy that took at most this many frames (1 MiB) was short enough that the writer may
+/// copy what committed meanwhile itself, between two groups. Each copy
 /// flushes the log and then the file, a few milliseconds in which a steady load commits
 /// more than a hundred frames (140 to 180 at 20,000 deliveries/s in a bench), so copies
 /// stop getting shorter near there: waiting for fewer only makes more copies.

@@ -143,10 +143,14 @@ async fn fill(store: &Arc<SqliteStore>, prefix: &str, marker: &str, count: usize
     }
 }
 
-/// Above what the log's file reaches (about 64 MiB, plus what commits during a catch-up,
-/// and never much past 256 MiB, where the writer holds commits until it is truncated),
-/// below a log that outgrows the checkpointer's copies.
-const BOUND: u64 = 320 << 20;
+/// Above what the log's file reaches while the copies keep up (about 64 MiB, plus what
+/// commits during a catch-up), below a log that outgrows the checkpointer's copies.
+const BOUND: u64 = 192 << 20;
+
+/// Above the 256 MiB past which the writer holds commits until the log is truncated (plus
+/// a group), below what a load that outgrows the copies reached without the hold (330 to
+/// 1,119 MiB in three runs).
+const HELD_BOUND: u64 = 288 << 20;
 
 /// Samples the log's size until `stop`, returning the largest seen.
 fn watch_wal(dir: &Path, stop: &Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
@@ -238,7 +242,7 @@ async fn the_log_stays_bounded_under_a_sustained_load_of_large_bodies() {
         start.elapsed(),
         largest >> 20
     );
-    assert!(largest < BOUND, "the log grew to {largest} bytes");
+    assert!(largest < HELD_BOUND, "the log grew to {largest} bytes");
 }
 
 /// A store dropped while its checkpointer catches up with a long log (past 64 MiB), then
