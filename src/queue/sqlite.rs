@@ -55,7 +55,7 @@ const STATEMENTS: usize = 32;
 /// past the file's end by scanning every slot of the cache's hash table, whose size
 /// follows the most pages ever cached. At a hundred thousand events waiting, these scans
 /// took 21 and 30 % of the writer's time with 32 MiB (in two profiles), 7 % with 8 MiB,
-/// and no page was read from the file with either. At a million waiting (a file past
+/// and hardly any page was read from the files with either. At a million waiting (a file past
 /// 1 GiB, where the scan stops), two runs of each showed no difference.
 const CACHE_KIB: i64 = 8 * 1024;
 
@@ -75,9 +75,9 @@ const LOG_LIMIT_FRAMES: i64 = 16_384;
 ///
 /// A steady load of ordinary bodies that the copies do keep up with grows the log to
 /// about twice [`LOG_LIMIT_FRAMES`] before it starts over: the catch-up takes what
-/// commits while it copies (in a bench at 20,000 deliveries/s, 31,000 to 32,600 frames,
-/// 128 to 134 MB). Held at 128 MiB, such a load truncated its log in place of starting
-/// it over, a stall of 73 to 90 ms, after which the file had to grow again.
+/// commits while it copies (in a bench at 20,000 deliveries/s, 21,800 to 35,300 frames,
+/// up to 145 MB). Held at 128 MiB, such a load truncated its log in place of starting it
+/// over, a stall of 73 to 90 ms, after which the file had to grow again.
 const LOG_HOLD_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The longest the writer holds commits for a long log at once: a reader outside the
