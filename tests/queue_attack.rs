@@ -11,21 +11,6 @@ use std::time::{Duration, Instant};
 use http::{Method, StatusCode};
 use support::{Receiver, SECRET, TempDir, client, deliver, free_port, receiver_binary};
 
-/// Whether `needle` occurs in any of the store's files (the database, its WAL).
-fn files_contain(dir: &std::path::Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        if bytes.windows(needle.len()).any(|window| window == needle) {
-            found.push(path.display().to_string());
-        }
-    }
-    found
-}
-
 /// The stored bodies are users' email, deleted once the event completes: not only from
 /// the row, but from the file's free pages and the write-ahead log too, where anyone who
 /// can read the file would find them.
@@ -75,8 +60,8 @@ async fn a_completed_events_body_does_not_stay_readable_in_the_sqlite_files() {
     // Both completed; within a generous bound, neither text is in any file of the store.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let large = files_contain(&dir.0, b"PRIVATE-LARGE-");
-        let small = files_contain(&dir.0, b"PRIVATE-SMALL");
+        let large = support::files::containing(&dir.0, b"PRIVATE-LARGE-");
+        let small = support::files::containing(&dir.0, b"PRIVATE-SMALL");
         if large.is_empty() && small.is_empty() {
             break;
         }
@@ -415,18 +400,7 @@ async fn kill_and_restart_under_load_loses_nothing_and_repeats_only_crashed_runs
     let body = |id: &str| {
         format!(r#"{{"event":"message.received","event_id":"{id}","inbox_id":"inb_1"}}"#)
     };
-    // A cheap pseudo-random sequence: the kill moments differ from run to run.
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
-    let mut random = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound
-    };
+    let mut random = kill_moments();
 
     let mut acknowledged = std::collections::HashSet::new();
     let mut unacknowledged: Vec<String> = Vec::new();
@@ -504,39 +478,16 @@ async fn kill_and_restart_under_load_loses_nothing_and_repeats_only_crashed_runs
         finished.push(killed);
     }
 
-    // The last process gets everything: the retries of unacknowledged deliveries, then
-    // every stored event.
     let last = Receiver::start(&binary, &url, port, 100);
-    for id in std::mem::take(&mut unacknowledged) {
-        assert_eq!(
-            support::post(&client, last.address(), &body(&id)).await,
-            StatusCode::OK
-        );
-        acknowledged.insert(id);
-    }
-    let total = |id: &str| finished.iter().map(|r| r.handled(id)).sum::<usize>() + last.handled(id);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for id in &acknowledged {
-        while total(id) == 0 {
-            assert!(
-                Instant::now() < deadline,
-                "{id} was acknowledged and never handled: {:?}",
-                last.stderr()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-    let mut last = last;
-    assert_eq!(last.terminate(), Some(0));
-    for (index, process) in finished.iter().chain(std::iter::once(&last)).enumerate() {
-        for id in &acknowledged {
-            assert!(
-                process.handled(id) <= 1,
-                "process {index} handled {id} {} times",
-                process.handled(id)
-            );
-        }
-    }
+    let last = handles_the_rest(
+        &client,
+        last,
+        &body,
+        &finished,
+        acknowledged,
+        unacknowledged,
+    )
+    .await;
     for (index, printed) in settled_before_kill.iter().enumerate() {
         for id in printed {
             let later: usize = finished[index + 1..]
@@ -608,7 +559,7 @@ async fn a_completed_body_leaves_the_sqlite_files_under_a_steady_load() {
         .await;
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
-        let found = files_contain(&dir.0, b"PRIVATE-UNDER-LOAD-");
+        let found = support::files::containing(&dir.0, b"PRIVATE-UNDER-LOAD-");
         if found.is_empty() {
             break;
         }
@@ -677,17 +628,7 @@ async fn kill_while_large_bodies_fill_the_log_loses_nothing() {
             r#"{{"event":"message.received","event_id":"{id}","inbox_id":"inb_1","message":{{"body_text":"{filler}"}}}}"#
         )
     };
-    let mut seed = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos() as u64
-        | 1;
-    let mut random = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound
-    };
+    let mut random = kill_moments();
     let mut acknowledged = std::collections::HashSet::new();
     let mut unacknowledged: Vec<String> = Vec::new();
     let mut finished: Vec<Receiver> = Vec::new();
@@ -736,9 +677,48 @@ async fn kill_while_large_bodies_fill_the_log_loses_nothing() {
         finished.push(killed);
     }
     let last = Receiver::start(&binary, &url, port, 0);
-    for id in std::mem::take(&mut unacknowledged) {
+    handles_the_rest(
+        &client,
+        last,
+        &body,
+        &finished,
+        acknowledged,
+        unacknowledged,
+    )
+    .await;
+}
+
+/// A cheap pseudo-random sequence below a bound, seeded from the clock: the kill moments
+/// differ from run to run.
+fn kill_moments() -> impl FnMut(u64) -> u64 {
+    let mut seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64
+        | 1;
+    move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    }
+}
+
+/// After the killed processes (`finished`), the `last` one gets everything: the retries
+/// of the deliveries never acknowledged, then every stored event. Each acknowledged event
+/// is handled by some process within 60 s, and no process handles one twice. Returns
+/// `last`, stopped.
+async fn handles_the_rest(
+    client: &support::HttpClient,
+    mut last: Receiver,
+    body: &dyn Fn(&str) -> String,
+    finished: &[Receiver],
+    mut acknowledged: std::collections::HashSet<String>,
+    unacknowledged: Vec<String>,
+) -> Receiver {
+    for id in unacknowledged {
         assert_eq!(
-            support::post(&client, last.address(), &body(&id)).await,
+            support::post(client, last.address(), &body(&id)).await,
             StatusCode::OK
         );
         acknowledged.insert(id);
@@ -755,7 +735,6 @@ async fn kill_while_large_bodies_fill_the_log_loses_nothing() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    let mut last = last;
     assert_eq!(last.terminate(), Some(0));
     for (index, process) in finished.iter().chain(std::iter::once(&last)).enumerate() {
         for id in &acknowledged {
@@ -766,6 +745,7 @@ async fn kill_while_large_bodies_fill_the_log_loses_nothing() {
             );
         }
     }
+    last
 }
 
 /// A graceful stop right after a completion: the process exits before the writer's
@@ -798,7 +778,7 @@ async fn a_completed_body_does_not_outlive_a_graceful_stop_in_the_log() {
         );
         receiver.wait_handled(&id, Duration::from_secs(30)).await;
         assert_eq!(receiver.terminate(), Some(0));
-        let found = files_contain(&dir.0, b"PRIVATE-STOP-");
+        let found = support::files::containing(&dir.0, b"PRIVATE-STOP-");
         assert!(
             found.is_empty(),
             "round {round}: a completed body left after a graceful stop in {found:?}"

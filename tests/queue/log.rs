@@ -33,21 +33,6 @@ async fn store_text(store: &Arc<SqliteStore>, id: &str, text: &str) {
     assert_eq!(response.status(), StatusCode::OK);
 }
 
-/// The files of the store in `dir` that contain `needle`.
-fn files_containing(dir: &Path, needle: &[u8]) -> Vec<String> {
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        let Ok(bytes) = std::fs::read(&path) else {
-            continue;
-        };
-        if bytes.windows(needle.len()).any(|window| window == needle) {
-            found.push(path.display().to_string());
-        }
-    }
-    found
-}
-
 fn wal_len(dir: &Path) -> u64 {
     std::fs::metadata(dir.join("events.db-wal")).map_or(0, |meta| meta.len())
 }
@@ -89,7 +74,7 @@ fn steady(
 async fn gone(dir: &Path, needle: &[u8], within: Duration) -> Duration {
     let start = Instant::now();
     loop {
-        let found = files_containing(dir, needle);
+        let found = super::files::containing(dir, needle);
         if found.is_empty() {
             return start.elapsed();
         }
@@ -278,7 +263,7 @@ async fn a_store_dropped_while_its_checkpointer_catches_up_frees_the_file_at_onc
         );
         drop(reopened);
     }
-    assert!(files_containing(&dir, b"DROP-").is_empty());
+    assert!(super::files::containing(&dir, b"DROP-").is_empty());
 }
 
 /// Many small bodies, stored inside their rows: inserts split and rebalance the table's

@@ -23,6 +23,8 @@ use openmail_webhooks::test_util::Sample;
 use openmail_webhooks::{Channel, Delivery, Event, VerifyOpenMailLayer};
 use tokio::sync::{mpsc, watch};
 
+#[path = "../queue_attack_support/files.rs"]
+mod files;
 mod grouping;
 mod log;
 mod refund;

@@ -16,6 +16,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
+pub mod files;
+
 pub const SECRET: &str = "whsec_attack_test";
 
 /// The receiver example's binary, built with `features` (once per test binary and
