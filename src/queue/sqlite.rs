@@ -700,6 +700,9 @@ impl Writer {
                 .is_none_or(|signalled| now.saturating_duration_since(signalled) >= SIGNAL_EVERY)
         {
             self.signal();
+            // Only writes grow the log: its length is looked at as often as the
+            // checkpointer is told of them, not after every group.
+            self.hold_long_log();
         }
         if self.erased.is_some()
             && now.saturating_duration_since(self.last_write) >= ERASE_WHEN_QUIET_FOR
@@ -717,7 +720,6 @@ impl Writer {
     /// is dealt with once the checkpointer has copied nearly all of the log, so that the
     /// writer itself copies only the last few groups.
     fn after_group(&mut self) {
-        self.hold_long_log();
         let erase_due = self
             .erased
             .is_some_and(|erased| erased.elapsed() >= ERASE_WITHIN);
@@ -741,7 +743,8 @@ impl Writer {
     }
 
     /// When the log's file grew past [`LOG_HOLD_BYTES`] (a long log started over in place
-    /// does not grow it), holds commits until the checkpointer's copy under way ends and
+    /// does not grow it; looked at when the writer tells the checkpointer of new groups,
+    /// at most every [`SIGNAL_EVERY`]), holds commits until the checkpointer's copy under way ends and
     /// the writer copied the rest and truncated the log, for at most [`LOG_HOLD_AT_MOST`].
     fn hold_long_log(&mut self) {
         let length = std::fs::metadata(&self.log_file).map_or(0, |file| file.len());
