@@ -8,6 +8,7 @@
 #![allow(dead_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 pub const KIB: usize = 1024;
@@ -17,6 +18,17 @@ struct Counting;
 
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    /// Bytes this thread has freed, for [`freed_by`]. A `Cell` of a plain integer: it
+    /// allocates nothing and has no destructor, so the allocator may touch it at any time.
+    static FREED_HERE: Cell<usize> = const { Cell::new(0) };
+}
+
+fn shrank(by: usize) {
+    LIVE.fetch_sub(by, Ordering::Relaxed);
+    let _ = FREED_HERE.try_with(|freed| freed.set(freed.get() + by));
+}
 
 fn grew(by: usize) {
     let live = LIVE.fetch_add(by, Ordering::Relaxed) + by;
@@ -44,13 +56,13 @@ unsafe impl GlobalAlloc for Counting {
 
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         unsafe { System.dealloc(pointer, layout) };
-        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+        shrank(layout.size());
     }
 
     unsafe fn realloc(&self, pointer: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         let moved = unsafe { System.realloc(pointer, layout, new_size) };
         if !moved.is_null() {
-            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            shrank(layout.size());
             grew(new_size);
         }
         moved
@@ -75,6 +87,15 @@ pub fn peak() -> usize {
 /// The bytes live now.
 pub fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
+}
+
+/// Runs `work` on this thread and returns the bytes this thread freed while it ran.
+/// Other threads' allocations do not count, so the figure is exact while other tests of
+/// the binary run: dropping a value here measures what it held and nothing else.
+pub fn freed_by(work: impl FnOnce()) -> usize {
+    let before = FREED_HERE.with(Cell::get);
+    work();
+    FREED_HERE.with(Cell::get) - before
 }
 
 /// How far the peak rose above `baseline`, a value [`reset_peak`] returned.

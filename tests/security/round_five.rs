@@ -580,40 +580,46 @@ async fn holding(
 }
 
 /// Sends each body signed with `secret`, one after the other, and returns what the held
-/// events keep beyond their bodies, per event. Each request is built before the
-/// measurement and freed once written, so a held body (one allocation of its size, which
-/// the layer hands on) weighs what its request weighed, and the figure is the rest.
+/// events keep beyond their bodies, per event, with the held events gone.
 ///
-/// The heap counts the whole process, and the server's connections free their buffers
-/// only once they have seen each client leave, which on a busy machine takes a while. So
-/// the figure is the least one seen while the live bytes settle: sampled every 50 ms
-/// until it is within [`HELD_EXTRA`], for at most 10 s. Transient allocations only ever
-/// add to a sample, and a copy the held events keep never goes, so a regression (1 MiB
-/// per event) still shows in every sample.
+/// The figure is what dropping them frees, counted on this thread only
+/// ([`crate::heap::freed_by`]), so other tests of the binary, which allocate at the same
+/// time, do not move it. Dropping them must free at least their bodies: that shows they
+/// were the last to hold them, and a copy they keep (1 MiB per event) is freed with them
+/// and counted.
 async fn held_per_event(
     addr: SocketAddr,
     held: &Mutex<Vec<(Arc<Event>, Delivery)>>,
     secret: &str,
     bodies: &[Vec<u8>],
+    check: impl FnOnce(&[(Arc<Event>, Delivery)]),
 ) -> usize {
-    // Requests built before the measurement; each one is freed as it is written.
-    let requests: Vec<Vec<u8>> = bodies.iter().map(|body| h1_signed(secret, body)).collect();
-    let before = crate::heap::live();
-    for request in requests {
+    for body in bodies {
+        let request = h1_signed(secret, body);
         assert_eq!(exchange_within(addr, &request, SLACK).await, Some(200));
     }
-    assert_eq!(held.lock().unwrap().len(), bodies.len());
-    let settle = Instant::now() + Duration::from_secs(10);
-    let mut least = usize::MAX;
-    loop {
-        // Let connections' buffers go.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let per_event = crate::heap::live().saturating_sub(before) / bodies.len();
-        least = least.min(per_event);
-        if least <= HELD_EXTRA || Instant::now() >= settle {
-            return least;
-        }
+    let events = std::mem::take(&mut *held.lock().unwrap());
+    assert_eq!(events.len(), bodies.len());
+    // The server lets go of its own handles once each exchange is over; wait for that.
+    // Two handles stay: the held one and the delivery's (a `Delivery` reads its ids from
+    // the event). If that ever changes, the check on what the drop frees below fails.
+    let settle = Instant::now() + SLACK;
+    while events.iter().any(|(event, _)| Arc::strong_count(event) > 2) {
+        assert!(
+            Instant::now() < settle,
+            "the server still holds a delivered event"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    check(&events);
+    let bodies_len: usize = bodies.iter().map(Vec::len).sum();
+    let freed = crate::heap::freed_by(|| drop(events));
+    assert!(
+        freed >= bodies_len,
+        "dropping the held events freed {freed} bytes, less than their bodies' {bodies_len}: \
+         something else still holds them"
+    );
+    (freed - bodies_len) / bodies.len()
 }
 
 /// What a held event may keep beyond its body: the event's and the delivery's fixed parts.
@@ -642,15 +648,18 @@ async fn a_held_event_with_a_long_event_id_costs_its_body_once() {
             VerifyOpenMailLayer::new(SECRET).unwrap()
         };
         let (addr, held) = holding(layer).await;
-        let extra = held_per_event(addr, &held, SECRET, &bodies).await;
+        let extra = held_per_event(addr, &held, SECRET, &bodies, |events| {
+            for (event, delivery) in events {
+                assert_eq!(delivery.event_id(), event.event_id());
+                assert_eq!(delivery.event_id().map(str::len), Some(long.len() + 2));
+            }
+        })
+        .await;
         eprintln!("resolver {resolver}: {extra} bytes per held event beyond its body");
         assert!(
             extra <= HELD_EXTRA,
             "resolver {resolver}: a held event keeps {extra} bytes beyond its 1 MiB body"
         );
-        let (event, delivery) = held.lock().unwrap().pop().unwrap();
-        assert_eq!(delivery.event_id(), event.event_id());
-        assert_eq!(delivery.event_id().map(str::len), Some(long.len() + 2));
     }
 }
 
@@ -691,7 +700,7 @@ async fn a_held_event_with_escaped_fields_costs_its_body_plus_a_constant() {
     for (name, make) in shapes {
         let (addr, held) = holding(VerifyOpenMailLayer::new(SECRET).unwrap()).await;
         let bodies: Vec<Vec<u8>> = (0..4).map(make).collect();
-        let extra = held_per_event(addr, &held, SECRET, &bodies).await;
+        let extra = held_per_event(addr, &held, SECRET, &bodies, |_| {}).await;
         assert!(
             extra <= HELD_EXTRA,
             "{name}: a held event keeps {extra} bytes beyond its 1 MiB body"
