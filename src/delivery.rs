@@ -182,7 +182,9 @@ impl Delivery {
     pub fn event_id(&self) -> Option<&str> {
         match &self.inner.event {
             Some(event) => event.event_id(),
-            None => self.claim().and_then(Claim::event_id),
+            None => self
+                .claim()
+                .and_then(|claim| claim.event_id(&self.inner.body)),
         }
     }
 
@@ -191,7 +193,9 @@ impl Delivery {
     pub fn inbox_id(&self) -> Option<&str> {
         match &self.inner.event {
             Some(event) => event.inbox_id(),
-            None => self.claim().and_then(Claim::inbox_id),
+            None => self
+                .claim()
+                .and_then(|claim| claim.inbox_id(&self.inner.body)),
         }
     }
 

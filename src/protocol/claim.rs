@@ -1,7 +1,7 @@
 use std::fmt;
 
 use crate::LogSafe;
-use crate::json::{Reader, Syntax, line_column};
+use crate::json::{Reader, Span, Syntax, line_column};
 
 /// The longest `inbox_id` a claim may route on, in bytes. OpenMail's ids are a few dozen
 /// bytes; a longer one never keys a lookup, a cache entry or a log line: the layer routes
@@ -12,7 +12,8 @@ pub(crate) const MAX_CLAIMED_ID_LEN: usize = 255;
 /// belongs to, read before (or without) a full parse.
 ///
 /// Only the top-level object is visited: no tree is built, other values are checked and
-/// skipped, and, unless the JSON escapes them, no string is copied twice. Until the
+/// skipped, and, unless the JSON escapes them, the ids are not copied: a claim holds where
+/// they are, and its accessors read them from the same body. Until the
 /// signature verifies under a secret whose [`Tenant`](crate::tenant::Tenant) covers it, a
 /// claim is untrusted.
 ///
@@ -26,8 +27,26 @@ pub(crate) const MAX_CLAIMED_ID_LEN: usize = 255;
 /// [the event docs](crate::event#json-and-lone-surrogates)).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Claim {
-    event_id: Option<String>,
-    inbox_id: Option<String>,
+    event_id: Option<Id>,
+    inbox_id: Option<Id>,
+}
+
+/// Where a claimed id is: in the body as it came, or decoded when the JSON escapes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Id {
+    InBody(Span),
+    Decoded(Box<str>),
+}
+
+impl Id {
+    fn text<'a>(&'a self, body: &'a [u8]) -> &'a str {
+        match self {
+            // The reader checked the body: the text is UTF-8. A claim read from another
+            // body would read as empty, never panic.
+            Self::InBody(span) => std::str::from_utf8(span.raw(body)).unwrap_or_default(),
+            Self::Decoded(text) => text,
+        }
+    }
 }
 
 /// Why a body's [`Claim`] could not be read.
@@ -99,7 +118,11 @@ impl Claim {
                     return reader.skip();
                 }
                 let span = reader.string()?;
-                *slot = Some(span.decode_id(body).into_owned());
+                *slot = Some(if span.escaped() {
+                    Id::Decoded(span.decode_id(body).into())
+                } else {
+                    Id::InBody(span)
+                });
                 Ok(())
             })
             .and_then(|()| reader.end())
@@ -112,14 +135,16 @@ impl Claim {
         Ok(claim)
     }
 
-    /// The top-level `event_id`, when it is a string.
-    pub(crate) fn event_id(&self) -> Option<&str> {
-        self.event_id.as_deref()
+    /// The top-level `event_id`, when it is a string. `body` is the one the claim was
+    /// read from.
+    pub(crate) fn event_id<'a>(&'a self, body: &'a [u8]) -> Option<&'a str> {
+        self.event_id.as_ref().map(|id| id.text(body))
     }
 
-    /// The top-level `inbox_id`, when it is a string (`null` on pod events).
-    pub(crate) fn inbox_id(&self) -> Option<&str> {
-        self.inbox_id.as_deref()
+    /// The top-level `inbox_id`, when it is a string (`null` on pod events). `body` is the
+    /// one the claim was read from.
+    pub(crate) fn inbox_id<'a>(&'a self, body: &'a [u8]) -> Option<&'a str> {
+        self.inbox_id.as_ref().map(|id| id.text(body))
     }
 }
 
@@ -129,20 +154,24 @@ mod tests {
 
     #[test]
     fn reads_only_the_top_level_fields() {
-        let claim = Claim::read(
-            br#"{"event":"message.received","message":{"inbox_id":"inb_nested"},"event_id":"evt_1","inbox_id":"inb_a","pod_id":null}"#,
-        )
-        .unwrap();
-        assert_eq!(claim.inbox_id(), Some("inb_a"));
-        assert_eq!(claim.event_id(), Some("evt_1"));
-        let pod =
-            Claim::read(br#"{"event":"pod.suspended","inbox_id":null,"pod_id":"pod_1"}"#).unwrap();
-        assert_eq!(pod.inbox_id(), None);
-        let escaped = Claim::read(br#"{"inbox_id":"inb_\u0041"}"#).unwrap();
-        assert_eq!(escaped.inbox_id(), Some("inb_A"));
+        let body = br#"{"event":"message.received","message":{"inbox_id":"inb_nested"},"event_id":"evt_1","inbox_id":"inb_a","pod_id":null}"#;
+        let claim = Claim::read(body).unwrap();
+        assert_eq!(claim.inbox_id(body), Some("inb_a"));
+        assert_eq!(claim.event_id(body), Some("evt_1"));
+        let pod = br#"{"event":"pod.suspended","inbox_id":null,"pod_id":"pod_1"}"#;
+        assert_eq!(Claim::read(pod).unwrap().inbox_id(pod), None);
+        let escaped = br#"{"inbox_id":"inb_\u0041"}"#;
+        assert_eq!(
+            Claim::read(escaped).unwrap().inbox_id(escaped),
+            Some("inb_A")
+        );
         // Not a string: absent.
-        let mistyped = Claim::read(br#"{"inbox_id":42,"event_id":["e"]}"#).unwrap();
-        assert_eq!((mistyped.event_id(), mistyped.inbox_id()), (None, None));
+        let mistyped = br#"{"inbox_id":42,"event_id":["e"]}"#;
+        let claim = Claim::read(mistyped).unwrap();
+        assert_eq!(
+            (claim.event_id(mistyped), claim.inbox_id(mistyped)),
+            (None, None)
+        );
         // A long id is read; the layer does not route on it.
         let long = format!(r#"{{"inbox_id":"{}"}}"#, "i".repeat(MAX_CLAIMED_ID_LEN + 1));
         assert!(Claim::read(long.as_bytes()).is_ok());
@@ -150,12 +179,23 @@ mod tests {
 
     #[test]
     fn lone_surrogates_keep_their_escape_in_ids_and_are_allowed_elsewhere() {
-        let claim = Claim::read(
-            br#"{"event":"x\ud800","event_id":"evt_\uD800","inbox_id":"inb_\udc00","note":"\ud83d"}"#,
-        )
-        .unwrap();
-        assert_eq!(claim.event_id(), Some(r"evt_\ud800"));
-        assert_eq!(claim.inbox_id(), Some(r"inb_\udc00"));
+        let body =
+            br#"{"event":"x\ud800","event_id":"evt_\uD800","inbox_id":"inb_\udc00","note":"\ud83d"}"#;
+        let claim = Claim::read(body).unwrap();
+        assert_eq!(claim.event_id(body), Some(r"evt_\ud800"));
+        assert_eq!(claim.inbox_id(body), Some(r"inb_\udc00"));
+    }
+
+    #[test]
+    fn ids_without_escapes_are_read_from_the_body_not_copied() {
+        let body = br#"{"event_id":"evt_1","inbox_id":"inb_\u0041"}"#;
+        let claim = Claim::read(body).unwrap();
+        assert!(matches!(claim.event_id, Some(Id::InBody(_))));
+        assert!(matches!(claim.inbox_id, Some(Id::Decoded(_))));
+        let event_id = claim.event_id(body).unwrap();
+        assert!(body.as_ptr_range().contains(&event_id.as_ptr()));
+        // Read with another body, an id reads as that body's bytes or empty; no panic.
+        assert_eq!(claim.event_id(b"{}"), Some(""));
     }
 
     #[test]

@@ -51,7 +51,7 @@ impl Tenant {
     /// ```
     pub fn claimed_by(body: &[u8]) -> Self {
         let claim = Claim::read(body).ok();
-        match claim.as_ref().and_then(Claim::inbox_id) {
+        match claim.as_ref().and_then(|claim| claim.inbox_id(body)) {
             Some(inbox) if inbox.len() <= MAX_CLAIMED_ID_LEN => Self::Inbox(inbox.to_owned()),
             _ => Self::Account,
         }

@@ -208,7 +208,7 @@ impl TenantVerifier {
         let timestamp = timestamp.as_ref();
         let head = self.freshness.check_head(timestamp, signature.as_ref())?;
         let claim = Claim::read(body).ok();
-        let inbox_id = claim.as_ref().and_then(Claim::inbox_id);
+        let inbox_id = claim.as_ref().and_then(|claim| claim.inbox_id(body));
         secrets
             .check(&head, timestamp, body, inbox_id)
             .map(|(verified, _)| verified)

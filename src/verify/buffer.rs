@@ -14,10 +14,13 @@ const CHUNK: usize = 16 * 1024;
 
 /// Collects a body's frames in memory the budget has leased, and joins them once.
 ///
-/// A body that arrives in one frame is kept as that frame: no copy at all. A frame is a
-/// slice of the buffer the server read it into, so a first frame under 4 KiB is copied out
-/// if the body then has to wait ([`BodyBuffer::settle`]): one byte of a stalled stream
-/// would otherwise hold the server's whole read buffer while the lease counts one byte.
+/// A body that arrives in one frame is kept as that frame while it is read and verified:
+/// a forgery is refused without a copy. A frame is a slice of the buffer the server read
+/// it into, so a first frame under 4 KiB is copied out if the body then has to wait
+/// ([`BodyBuffer::settle`]): one byte of a stalled stream would otherwise hold the
+/// server's whole read buffer while the lease counts one byte. Once verified, a body that
+/// is still its one frame is copied into an allocation of its own ([`own`]), since a
+/// handler may hold it for minutes.
 ///
 /// A body whose length was declared (`Content-Length`, or an exact size hint) and that
 /// arrives in several frames is copied, frame by frame as they arrive, into one buffer, and
@@ -152,9 +155,9 @@ impl BodyBuffer {
     /// declared-length buffer, or a chunk), because a frame is a slice of the buffer the
     /// server read it into: one byte kept while its stream stalls held the server's whole
     /// read buffer (8 KiB over HTTP/2, where the next frames go to a new one), and the
-    /// lease counted one byte. A body that arrives without waiting is still never copied,
-    /// nor is one that has sent all it declared. When the budget cannot lease the copy,
-    /// the frame stays as it is.
+    /// lease counted one byte. A body that arrives without waiting is not copied here,
+    /// nor is one that has sent all it declared (once verified, it is: see [`own`]). When
+    /// the budget cannot lease the copy, the frame stays as it is.
     pub(crate) fn settle(&mut self) {
         let small_first = matches!(&self.data, Data::One(first)
             if first.len() < SMALL_FRAME && self.declared != Some(first.len()));
@@ -240,6 +243,14 @@ impl BodyBuffer {
         Ok(())
     }
 
+    /// Whether [`finish`](Self::finish) will hand on the body's one frame as it came: a
+    /// slice of the buffer the server read it into, which may be much larger (hyper's
+    /// grows to hundreds of KiB on a connection that carried a large body). Every other
+    /// body is handed on in one allocation of its own, of exactly its size.
+    pub(crate) fn as_it_came(&self) -> bool {
+        matches!(self.data, Data::One(_))
+    }
+
     /// The whole body as one contiguous `Bytes`, and the lease that still covers it until
     /// the request is verified, cut to what the body holds now.
     pub(crate) fn finish(self) -> (Bytes, Lease) {
@@ -281,6 +292,13 @@ impl BodyBuffer {
 /// The smallest block glibc's allocator maps on its own: blocks under it come from its
 /// heaps whatever it has seen freed.
 const MAPPED: usize = 128 * 1024;
+
+/// A verified body that came as one frame, copied into an allocation of its own, so that
+/// a handler that holds it does not hold the server's read buffer with it. Only verified
+/// bodies are copied: a forgery is refused from the frame as it came.
+pub(crate) fn own(frame: &[u8]) -> Bytes {
+    hand_on(frame.to_vec())
+}
 
 /// The joined body as `Bytes`: a large one is given back to the allocator in two steps
 /// when its last handle goes ([`Released`]).

@@ -9,12 +9,12 @@ use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes};
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tower::{BoxError, Service};
 
-use super::buffer::BodyBuffer;
+use super::buffer::{self, BodyBuffer};
 use super::deadline::Deadline;
 use super::{Config, Rejection, SecretSource};
 use crate::body::{ResponseBody, VerifiedBody};
@@ -83,6 +83,8 @@ struct Read<S> {
     parts: Parts,
     head: SignedHead,
     body: Bytes,
+    /// The body is its one frame as it came: copied once verified (see [`accept`]).
+    as_it_came: bool,
     /// The inbox the body's claim names, for the scope check once the secrets arrive.
     inbox: ClaimedInbox,
     tenant: Tenant,
@@ -95,9 +97,8 @@ struct Read<S> {
 }
 
 /// The inbox a body's claim names, as kept while its lookup runs. Only a routable id is
-/// kept: the claim holds copies of the body's `event_id` and `inbox_id`, as long as the
-/// body, which the memory budget does not count, so it is not kept while an anonymous
-/// request waits. A longer id is read again from the body once the secrets arrive.
+/// kept: a claim holds decoded copies of ids the JSON escapes, as long as the body, which
+/// the memory budget does not count, so it is not kept while an anonymous request waits. A longer id is read again from the body once the secrets arrive.
 enum ClaimedInbox {
     /// No inbox: none named, or a claim that cannot be read.
     None,
@@ -319,6 +320,7 @@ impl<S> Reading<S> {
             mut deadline,
             ..
         } = self;
+        let as_it_came = buffer.as_it_came();
         let (body, lease) = buffer.finish();
         deadline.body_done();
         let resolver = match &config.secrets {
@@ -326,6 +328,7 @@ impl<S> Reading<S> {
                 return match ring.check(&head, timestamp_of(&parts), &body) {
                     Ok(verified) => {
                         drop(lease);
+                        let body = (body, as_it_came);
                         accept(parts, verified, Tenant::Account, body, inner, config)
                     }
                     Err(error) => Err((Rejection::Verify(error), config)),
@@ -333,7 +336,8 @@ impl<S> Reading<S> {
             }
             SecretSource::Resolver(resolver) => Arc::clone(resolver),
         };
-        let inbox = match Claim::read(&body).ok().as_ref().and_then(Claim::inbox_id) {
+        let claim = Claim::read(&body).ok();
+        let inbox = match claim.as_ref().and_then(|claim| claim.inbox_id(&body)) {
             None => ClaimedInbox::None,
             Some(inbox) if inbox.len() <= MAX_CLAIMED_ID_LEN => ClaimedInbox::Id(inbox.to_owned()),
             Some(_) => ClaimedInbox::Long,
@@ -354,6 +358,7 @@ impl<S> Reading<S> {
                 parts,
                 head,
                 body,
+                as_it_came,
                 inbox,
                 tenant,
                 resolver,
@@ -401,7 +406,7 @@ impl<S> Read<S> {
             ClaimedInbox::Id(inbox) => Some(inbox.as_str()),
             ClaimedInbox::Long => {
                 reread = Claim::read(&self.body).ok();
-                reread.as_ref().and_then(Claim::inbox_id)
+                reread.as_ref().and_then(|claim| claim.inbox_id(&self.body))
             }
         };
         match secrets.check(&self.head, timestamp_of(&self.parts), &self.body, inbox_id) {
@@ -411,11 +416,12 @@ impl<S> Read<S> {
                 let Self {
                     parts,
                     body,
+                    as_it_came,
                     inner,
                     config,
                     ..
                 } = self;
-                accept(parts, verified, scope, body, inner, config)
+                accept(parts, verified, scope, (body, as_it_came), inner, config)
             }
             Err(error) => Err(self.refuse(Rejection::Verify(error))),
         }
@@ -445,21 +451,33 @@ fn timestamp_of(parts: &Parts) -> &[u8] {
 /// The delivery verified: parse the event and build the request the inner service gets.
 /// Nothing about the body's content refuses it now: what the model cannot read is an
 /// [`Event::Malformed`](crate::Event::Malformed).
+///
+/// `body` comes with whether it is its one frame as it came ([`BodyBuffer::as_it_came`]):
+/// such a body is copied first, so that the delivery, the event and the inner request
+/// hold an allocation of the body's own size, never the server's read buffer, however
+/// long a handler keeps them.
 fn accept<S>(
     mut parts: Parts,
     verified: Verified,
     scope: Tenant,
-    body: Bytes,
+    (body, as_it_came): (Bytes, bool),
     inner: S,
     config: Arc<Config>,
 ) -> Result<Next<S>, Refusal> {
+    let body = if as_it_came { buffer::own(&body) } else { body };
     let event = config
         .parse_events
         .then(|| Arc::new(Event::parse(body.clone())));
-    let event_id_header = parts.headers.get(EVENT_ID_HEADER).cloned();
+    // A copy of its own: hyper hands header values on as slices of the connection's read
+    // buffer, which a held delivery would otherwise keep whole (OpenMail sends this header
+    // with every delivery). It was valid as it came, so the copy is too.
+    let event_id_header = parts
+        .headers
+        .get(EVENT_ID_HEADER)
+        .map(|value| HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone()));
     // No claim: the delivery reads its ids from the event when there is one, and from the
-    // body when asked otherwise. A claim's copies of them would be the body's ids held
-    // twice, for as long as a handler holds the delivery.
+    // body when asked otherwise. The routing claim's decoded copies of escaped ids would
+    // be held twice, for as long as a handler holds the delivery.
     let delivery = Delivery::webhook(
         verified,
         scope,

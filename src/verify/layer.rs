@@ -151,10 +151,12 @@ impl VerifyOpenMailLayer {
 
     /// Whether to parse the verified body into an [`Event`](crate::Event), on by default.
     ///
-    /// When on, a verified body that is not a JSON object with a string `event` is refused
-    /// with `400`, and the inner service finds an `Arc<Event>` in the request extensions.
-    /// Turn it off to parse the body yourself (for example into your own types); the
-    /// [`Delivery`](crate::Delivery) extension and the body are there either way.
+    /// When on, the inner service finds an `Arc<Event>` in the request extensions. A
+    /// verified body the event model cannot read (not JSON, not an object, no string
+    /// `event`) is still handed on, as [`Event::Malformed`](crate::Event::Malformed): what
+    /// is signed always reaches the inner service. Turn it off to parse the body yourself
+    /// (for example into your own types); the [`Delivery`](crate::Delivery) extension and
+    /// the body are there either way.
     pub fn parse_events(self, parse: bool) -> Self {
         self.map_config(|config| config.parse_events = parse)
     }

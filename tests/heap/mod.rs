@@ -3,7 +3,8 @@
 //!
 //! It counts the whole test process, server and clients alike, so the tests that use it
 //! run one at a time and send from shared buffers, in a test binary that holds nothing
-//! else (tests/security). Include it with `#[path = "../heap/mod.rs"] mod heap;` in that
+//! else (tests/security). [`freed_by`] counts one thread only, for a figure that other
+//! threads' allocations cannot move. Include it with `#[path = "../heap/mod.rs"] mod heap;` in that
 //! binary's `main.rs`; it installs itself as the binary's global allocator.
 #![allow(dead_code)]
 
@@ -19,15 +20,24 @@ struct Counting;
 static LIVE: AtomicUsize = AtomicUsize::new(0);
 static PEAK: AtomicUsize = AtomicUsize::new(0);
 
+/// A block at least this large counts as a large one in [`Freed::large`].
+pub const LARGE: usize = 128 * KIB;
+
 thread_local! {
-    /// Bytes this thread has freed, for [`freed_by`]. A `Cell` of a plain integer: it
-    /// allocates nothing and has no destructor, so the allocator may touch it at any time.
+    /// Bytes and large blocks this thread has freed, for [`freed_by`]. `Cell`s of plain
+    /// integers with a `const` initialiser: on the targets that have native thread-local
+    /// storage (every one these tests run on), they allocate nothing and have no
+    /// destructor, so the allocator may touch them at any time, thread teardown included.
     static FREED_HERE: Cell<usize> = const { Cell::new(0) };
+    static LARGE_FREED_HERE: Cell<usize> = const { Cell::new(0) };
 }
 
 fn shrank(by: usize) {
     LIVE.fetch_sub(by, Ordering::Relaxed);
     let _ = FREED_HERE.try_with(|freed| freed.set(freed.get() + by));
+    if by >= LARGE {
+        let _ = LARGE_FREED_HERE.try_with(|large| large.set(large.get() + 1));
+    }
 }
 
 fn grew(by: usize) {
@@ -89,13 +99,25 @@ pub fn live() -> usize {
     LIVE.load(Ordering::Relaxed)
 }
 
-/// Runs `work` on this thread and returns the bytes this thread freed while it ran.
-/// Other threads' allocations do not count, so the figure is exact while other tests of
-/// the binary run: dropping a value here measures what it held and nothing else.
-pub fn freed_by(work: impl FnOnce()) -> usize {
-    let before = FREED_HERE.with(Cell::get);
+/// What this thread freed while a piece of work ran: see [`freed_by`].
+#[derive(Debug, Clone, Copy)]
+pub struct Freed {
+    /// Bytes freed (a `realloc` counts the old block as freed).
+    pub bytes: usize,
+    /// Blocks of at least [`LARGE`] bytes among them.
+    pub large: usize,
+}
+
+/// Runs `work` on this thread and returns what this thread freed while it ran. Other
+/// threads' allocations do not count, so the figure is exact while other tests of the
+/// binary run: dropping a value here measures what it held and nothing else.
+pub fn freed_by(work: impl FnOnce()) -> Freed {
+    let before = (FREED_HERE.with(Cell::get), LARGE_FREED_HERE.with(Cell::get));
     work();
-    FREED_HERE.with(Cell::get) - before
+    Freed {
+        bytes: FREED_HERE.with(Cell::get) - before.0,
+        large: LARGE_FREED_HERE.with(Cell::get) - before.1,
+    }
 }
 
 /// How far the peak rose above `baseline`, a value [`reset_peak`] returned.
