@@ -295,7 +295,8 @@ const MAPPED: usize = 128 * 1024;
 
 /// A verified body that came as one frame, copied into an allocation of its own, so that
 /// a handler that holds it does not hold the server's read buffer with it. Only verified
-/// bodies are copied: a forgery is refused from the frame as it came.
+/// bodies are copied: a forgery is refused from the frame as it came. The WebSocket client
+/// copies each text message with it, for the same reason.
 pub(crate) fn own(frame: &[u8]) -> Bytes {
     hand_on(frame.to_vec())
 }

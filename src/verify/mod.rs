@@ -133,6 +133,8 @@ pub use future::ResponseFuture;
 pub use rejection::Rejection;
 pub use service::VerifyOpenMail;
 
+#[cfg(feature = "websocket")]
+pub(crate) use buffer::own;
 pub(crate) use layer::{Config, SecretSource, VerifyOpenMailLayer};
 
 #[cfg(doc)]

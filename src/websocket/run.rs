@@ -6,7 +6,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
 use http::{Request, Response, Uri};
 use tokio::sync::{Semaphore, watch};
@@ -416,7 +415,10 @@ where
         message: Message,
     ) -> Option<Ended> {
         let text = match message {
-            Message::Text(text) => Bytes::from(text),
+            // A copy of its own: tungstenite hands the text on as a slice of the
+            // connection's 128 KiB read buffer, which a handler that holds the event would
+            // otherwise hold whole.
+            Message::Text(text) => crate::verify::own(text.as_bytes()),
             Message::Binary(bytes) => {
                 self.report(ClientStatus::SkippedMessage {
                     reason: SkipReason::Binary { len: bytes.len() },

@@ -4,7 +4,8 @@
 //! It counts the whole test process, server and clients alike, so the tests that use it
 //! run one at a time and send from shared buffers, in a test binary that holds nothing
 //! else (tests/security). [`freed_by`] counts one thread only, for a figure that other
-//! threads' allocations cannot move. Include it with `#[path = "../heap/mod.rs"] mod heap;` in that
+//! threads' allocations cannot move: a binary whose tests run side by side may use it too
+//! (tests/websocket). Include it with `#[path = "../heap/mod.rs"] mod heap;` in that
 //! binary's `main.rs`; it installs itself as the binary's global allocator.
 #![allow(dead_code)]
 

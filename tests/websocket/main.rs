@@ -13,7 +13,12 @@
 //! the working directory. `secrets` installs the process's `log` logger and `tracing`
 //! subscriber, which capture what every test logs from then on; it looks only for its own
 //! API key, which no other test uses.
+//!
+//! [`heap`] is the binary's global allocator: `held` counts what dropping held events frees
+//! on its own thread, which the other tests' allocations do not move.
 
+#[path = "../heap/mod.rs"]
+mod heap;
 #[path = "../support/mod.rs"]
 mod support;
 #[path = "../websocket_support/mod.rs"]
@@ -38,6 +43,7 @@ mod client;
 mod devtools;
 mod exactly_once;
 mod example;
+mod held;
 mod queue;
 mod secrets;
 mod server;
