@@ -42,7 +42,7 @@ impl Id {
     fn text<'a>(&'a self, body: &'a [u8]) -> &'a str {
         match self {
             // The reader checked the body: the text is UTF-8. A claim read from another
-            // body would read as empty, never panic.
+            // body reads that body's bytes at the same offsets, or nothing; never a panic.
             Self::InBody(span) => std::str::from_utf8(span.raw(body)).unwrap_or_default(),
             Self::Decoded(text) => text,
         }

@@ -98,7 +98,8 @@ struct Read<S> {
 
 /// The inbox a body's claim names, as kept while its lookup runs. Only a routable id is
 /// kept: a claim holds decoded copies of ids the JSON escapes, as long as the body, which
-/// the memory budget does not count, so it is not kept while an anonymous request waits. A longer id is read again from the body once the secrets arrive.
+/// the memory budget does not count, so it is not kept while an anonymous request waits.
+/// A longer id is read again from the body once the secrets arrive.
 enum ClaimedInbox {
     /// No inbox: none named, or a claim that cannot be read.
     None,
@@ -327,9 +328,12 @@ impl<S> Reading<S> {
             SecretSource::Static(ring) => {
                 return match ring.check(&head, timestamp_of(&parts), &body) {
                     Ok(verified) => {
-                        drop(lease);
                         let body = (body, as_it_came);
-                        accept(parts, verified, Tenant::Account, body, inner, config)
+                        let next = accept(parts, verified, Tenant::Account, body, inner, config);
+                        // Let go once a one-frame body is copied, as with a resolver: the
+                        // budget counts the frame until then.
+                        drop(lease);
+                        next
                     }
                     Err(error) => Err((Rejection::Verify(error), config)),
                 };
@@ -470,11 +474,11 @@ fn accept<S>(
         .then(|| Arc::new(Event::parse(body.clone())));
     // A copy of its own: hyper hands header values on as slices of the connection's read
     // buffer, which a held delivery would otherwise keep whole (OpenMail sends this header
-    // with every delivery). It was valid as it came, so the copy is too.
+    // with every delivery). It was a valid value as it came, so the copy is one too.
     let event_id_header = parts
         .headers
         .get(EVENT_ID_HEADER)
-        .map(|value| HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone()));
+        .and_then(|value| HeaderValue::from_bytes(value.as_bytes()).ok());
     // No claim: the delivery reads its ids from the event when there is one, and from the
     // body when asked otherwise. The routing claim's decoded copies of escaped ids would
     // be held twice, for as long as a handler holds the delivery.

@@ -14,6 +14,9 @@ use serde_json::json;
 use crate::websocket_support::TestServer;
 use crate::websocket_support::harness::{Running, Statuses, fast_client};
 
+/// What the handler keeps: every event and delivery it was handed.
+type Held = Arc<Mutex<Vec<(Arc<Event>, Delivery)>>>;
+
 /// What a held event may keep beyond its body: the event's and the delivery's fixed parts.
 const HELD_EXTRA: usize = 4 * 1024;
 
@@ -29,7 +32,7 @@ async fn held_events_keep_no_read_buffer() {
     const EVENTS: usize = 8;
     let server = TestServer::start().await;
     let statuses = Statuses::default();
-    let held: Arc<Mutex<Vec<(Arc<Event>, Delivery)>>> = Arc::default();
+    let held: Held = Arc::default();
     let keep = Arc::clone(&held);
     let handle = move |Extension(event): Extension<Arc<Event>>,
                        Extension(delivery): Extension<Delivery>| {
