@@ -13,9 +13,8 @@ pub(crate) const MAX_CLAIMED_ID_LEN: usize = 255;
 ///
 /// Only the top-level object is visited: no tree is built, other values are checked and
 /// skipped, and, unless the JSON escapes them, the ids are not copied: a claim holds where
-/// they are, and its accessors read them from the same body. Until the
-/// signature verifies under a secret whose [`Tenant`](crate::tenant::Tenant) covers it, a
-/// claim is untrusted.
+/// they are, and its accessors read them from the same body. Until the signature verifies
+/// under a secret whose [`Tenant`](crate::tenant::Tenant) covers it, a claim is untrusted.
 ///
 /// A body that is not JSON, whose top level is not an object, or that names `event`,
 /// `event_id`, `inbox_id` or `pod_id` more than once, has no claim one can trust: two JSON

@@ -82,7 +82,8 @@
 //!   size; one that came in a single frame is copied into one once it verifies, so that a
 //!   handler that holds a delivery never holds the server's read buffer with it. A
 //!   declared `Content-Length` that cannot fit in what is free is refused before the body
-//!   is read, but reserves nothing: a head that never sends its body holds no memory. Bodies over 64 KiB share half the budget, so large uploads cannot crowd out
+//!   is read, but reserves nothing: a head that never sends its body holds no memory.
+//!   Bodies over 64 KiB share half the budget, so large uploads cannot crowd out
 //!   OpenMail's small deliveries. When the budget is full the answer is `503` with
 //!   `Retry-After`.
 //! - **Time:** a body must arrive within the
