@@ -594,10 +594,10 @@ async fn send_each(addr: SocketAddr, secret: &str, bodies: &[Vec<u8>]) {
     }
 }
 
-/// What the events that `held` took keep beyond their bodies (each at least
-/// [`crate::heap::LARGE`] bytes), per event, with the held events gone. `live_before` is
-/// the heap's live bytes before the bodies were sent; `check` looks at the held events
-/// first.
+/// Checks that the events that `held` took keep at most [`HELD_EXTRA`] beyond their bodies
+/// (each at least [`crate::heap::LARGE`] bytes), per event, and drops them. `what` names
+/// the case in messages; `live_before` is the heap's live bytes before the bodies were
+/// sent; `check` looks at the held events first.
 ///
 /// The figure is what dropping them frees, counted on this thread only
 /// ([`crate::heap::freed_by`]), so other tests of the binary, which allocate at the same
@@ -606,12 +606,13 @@ async fn send_each(addr: SocketAddr, secret: &str, bodies: &[Vec<u8>]) {
 /// a long field, a read buffer it keeps) fails the check whatever its size. A copy the
 /// server keeps elsewhere is not freed here: the process's heap, once the held events are
 /// gone, must be back within half a body per event of where it was.
-async fn held_beyond_bodies(
+async fn assert_held_beyond_bodies_is_small(
     held: &Mutex<Vec<Kept>>,
     bodies: &[Vec<u8>],
     live_before: usize,
+    what: &str,
     check: impl FnOnce(&[Kept]),
-) -> usize {
+) {
     assert!(bodies.iter().all(|body| body.len() >= crate::heap::LARGE));
     let events = std::mem::take(&mut *held.lock().unwrap());
     assert_eq!(events.len(), bodies.len());
@@ -656,7 +657,12 @@ async fn held_beyond_bodies(
         left <= allowed,
         "with the held events gone, the heap kept {left} bytes more than before they were sent"
     );
-    (freed.bytes - bodies_len) / bodies.len()
+    let extra = (freed.bytes - bodies_len) / bodies.len();
+    eprintln!("{what}: {extra} bytes per held event beyond its body");
+    assert!(
+        extra <= HELD_EXTRA,
+        "{what}: a held event keeps {extra} bytes beyond its body"
+    );
 }
 
 /// What a held event may keep beyond its body: the event's and the delivery's fixed parts.
@@ -712,7 +718,7 @@ async fn a_held_event_with_a_long_event_id_costs_its_body_once() {
         let (addr, held) = holding(layer).await;
         let before = crate::heap::live();
         send_each(addr, SECRET, &bodies).await;
-        let extra = held_beyond_bodies(&held, &bodies, before, |events| {
+        assert_held_beyond_bodies_is_small(&held, &bodies, before, mode, |events| {
             for (index, (event, delivery)) in events.iter().enumerate() {
                 assert_eq!(event.is_some(), parsed);
                 if let Some(event) = event {
@@ -724,11 +730,6 @@ async fn a_held_event_with_a_long_event_id_costs_its_body_once() {
             }
         })
         .await;
-        eprintln!("{mode}: {extra} bytes per held event beyond its body");
-        assert!(
-            extra <= HELD_EXTRA,
-            "{mode}: a held event keeps {extra} bytes beyond its 1 MiB body"
-        );
     }
 }
 
@@ -774,17 +775,12 @@ async fn a_held_delivery_keeps_no_read_buffer_through_its_event_id_header_or_bod
             assert_eq!(answer.map(|(status, _, _)| status), Some(200), "{mode}");
         }
         drop(stream);
-        let extra = held_beyond_bodies(&held, &bodies, before, |events| {
+        assert_held_beyond_bodies_is_small(&held, &bodies, before, mode, |events| {
             for (index, (_, delivery)) in events.iter().enumerate() {
                 assert_eq!(delivery.event_id_header(), Some(&*format!("evt_{index}")));
             }
         })
         .await;
-        eprintln!("{mode}: {extra} bytes per held delivery beyond its body");
-        assert!(
-            extra <= HELD_EXTRA,
-            "{mode}: a held delivery keeps {extra} bytes beyond its 256 KiB body"
-        );
     }
 }
 
@@ -827,11 +823,7 @@ async fn a_held_event_with_escaped_fields_costs_its_body_plus_a_constant() {
         let bodies: Vec<Vec<u8>> = (0..4).map(make).collect();
         let before = crate::heap::live();
         send_each(addr, SECRET, &bodies).await;
-        let extra = held_beyond_bodies(&held, &bodies, before, |_| {}).await;
-        assert!(
-            extra <= HELD_EXTRA,
-            "{name}: a held event keeps {extra} bytes beyond its 1 MiB body"
-        );
+        assert_held_beyond_bodies_is_small(&held, &bodies, before, name, |_| {}).await;
     }
 }
 
