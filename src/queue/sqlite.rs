@@ -44,6 +44,20 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// [`CHECKPOINT_EVERY`] that there is something to copy.
 const SIGNAL_EVERY: Duration = Duration::from_millis(20);
 
+/// The most keys one command of a purge forgets. A purge takes the writer's thread for a
+/// batch at a time, and the commands queued meanwhile go first: 256 keys took 2.7 ms
+/// (median) and a thousand 31 ms, in a file of 300,000 completed events.
+const PURGE_BATCH: usize = 256;
+
+/// Forgets up to `?2` keys of events completed before `?1` (Unix milliseconds), oldest
+/// first. `state <> 0` is the condition of the index of finished events, written out so
+/// that SQLite's planner reads that index: it does not infer it from `state = 1`, and
+/// without it each purge read the whole table.
+const PURGE: &str = "DELETE FROM openmail_events WHERE id IN (
+    SELECT id FROM openmail_events
+    WHERE state <> 0 AND state = 1 AND finished_ms < ?1
+    ORDER BY finished_ms LIMIT ?2)";
+
 /// The writer's prepared statements: about 20 different ones.
 const STATEMENTS: usize = 32;
 
@@ -124,7 +138,7 @@ const MIGRATE_V2: &str =
 ///   (mode `0600`, left in place), and on Unix on the database file, and checks that no other
 ///   connection holds a write lock; a second store, in this process or another, gets
 ///   [`QueueError::Locked`] from [`open`](Self::open). The locks are held until the
-///   store's two threads have closed their connections: dropping the store waits for
+///   store's three threads have closed their connections: dropping the store waits for
 ///   that (the last commands and a final checkpoint, which truncates the log, finish
 ///   first), so a store reopens at once once the drop returned, and a process that exits
 ///   after dropping its store leaves no completed body in the log. (Other programs that
@@ -157,6 +171,11 @@ const MIGRATE_V2: &str =
 ///   commits faster than the copies can take it (large bodies on a slow disk) is held:
 ///   once the log's file passes 256 MiB, the writer waits for the copy under way and
 ///   truncates the log before it commits again.
+/// - **An operator's questions beside the writer.** [`stats`](super::EventStore::stats) and
+///   [`dead_letters`](super::EventStore::dead_letters) read on a third thread and
+///   connection, what was committed when they began: counting the table takes tens of
+///   milliseconds at a hundred thousand events, which the acknowledgements would
+///   otherwise wait for.
 /// - **Versioned schema** in `user_version`; the tables are created on first open. The SQL
 ///   is in the module's source, table `openmail_events`.
 ///
@@ -168,9 +187,14 @@ const MIGRATE_V2: &str =
 /// ```
 pub struct SqliteStore {
     commands: mpsc::Sender<Command>,
+    /// To the reader's thread: what an operator asks, answered beside the writer.
+    reads: mpsc::Sender<Read>,
     path: PathBuf,
     /// The writer's thread, joined when the store is dropped: see [`Drop`].
     writer: Option<std::thread::JoinHandle<()>>,
+    /// The reader's thread, joined when the store is dropped, so that its connection is
+    /// closed (and its share of the locks let go) once the drop returns.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for SqliteStore {
@@ -182,16 +206,22 @@ impl Drop for SqliteStore {
     fn drop(&mut self) {
         let (closed, _) = mpsc::channel();
         drop(std::mem::replace(&mut self.commands, closed));
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.reads, closed));
+        if let Some(reader) = self.reader.take() {
+            let _ = reader.join();
+        }
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
         }
     }
 }
 
-// Two connections share the file (the writer's, and the checkpointer's, which copies the
-// log into the file without stopping the writer), so SQLite's own `locking_mode=EXCLUSIVE`
-// cannot keep other processes out; an advisory lock on the file, held by the checkpointer
-// thread until both connections are closed, does.
+// Three connections share the file (the writer's; the checkpointer's, which copies the log
+// into the file without stopping the writer; and the reader's, which answers an operator's
+// questions without stopping it either), so SQLite's own `locking_mode=EXCLUSIVE` cannot
+// keep other processes out; an advisory lock on the file, held until every connection is
+// closed, does.
 
 impl fmt::Debug for SqliteStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -219,6 +249,12 @@ impl SqliteStore {
         let depth = Writer::count_depth(&connection).map_err(|error| opening(&path, error))?;
         let checkpoints = Connection::open(&path).map_err(|error| opening(&path, error))?;
         tune(&checkpoints, durability).map_err(|error| opening(&path, error))?;
+        let reads = Connection::open(&path).map_err(|error| opening(&path, error))?;
+        tune_reader(&reads).map_err(|error| opening(&path, error))?;
+        let reader = Reader {
+            connection: reads,
+            _locks: Arc::clone(&locks),
+        };
         let (commands, receiver) = mpsc::channel();
         let (wrote, written) = mpsc::channel();
         let (caught_up, copied) = mpsc::channel();
@@ -259,17 +295,35 @@ impl SqliteStore {
             .name("openmail-sqlite".to_owned())
             .spawn(move || writer.run(&receiver))
             .map_err(QueueError::unavailable)?;
-        Ok(Self {
+        let (reads, read_receiver) = mpsc::channel();
+        let reader = std::thread::Builder::new()
+            .name("openmail-read".to_owned())
+            .spawn(move || reader.run(&read_receiver));
+        let mut store = Self {
             commands,
+            reads,
             path,
             writer: Some(writer),
-        })
+            reader: None,
+        };
+        // On failure the store is dropped, which stops and joins the writer.
+        store.reader = Some(reader.map_err(QueueError::unavailable)?);
+        Ok(store)
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, QueueError> {
         let (reply, answer) = oneshot::channel();
         self.commands
             .send(command(reply))
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)?
+    }
+
+    /// Asks the reader's thread, which reads beside the writer.
+    async fn read<T>(&self, read: impl FnOnce(Reply<T>) -> Read) -> Result<T, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.reads
+            .send(read(reply))
             .map_err(|_| QueueError::Closed)?;
         answer.await.map_err(|_| QueueError::Closed)?
     }
@@ -292,10 +346,10 @@ fn create_private(path: &Path) -> Result<(), QueueError> {
     }
 }
 
-/// The advisory locks that keep other stores out of the file. Both threads hold them after
-/// their connection (a struct drops its fields in order), so they are released only once
-/// both connections are closed: closing a descriptor of the database file while SQLite's
-/// own (POSIX) locks on it are held would release those too.
+/// The advisory locks that keep other stores out of the file. Each of the store's threads
+/// holds them after its connection (a struct drops its fields in order), so they are
+/// released only once every connection is closed: closing a descriptor of the database
+/// file while SQLite's own (POSIX) locks on it are held would release those too.
 struct Locks {
     /// On `<path>-lock`, a file of the store's own that SQLite never opens.
     _own: std::fs::File,
@@ -463,6 +517,13 @@ fn tune(connection: &Connection, durability: Durability) -> rusqlite::Result<()>
     connection.pragma_update(None, "synchronous", synchronous)
 }
 
+/// The reader's connection: it reads only, and waits briefly for the moments when the
+/// writer truncates the log, when no reader may begin.
+fn tune_reader(connection: &Connection) -> rusqlite::Result<()> {
+    connection.busy_timeout(Duration::from_secs(2))?;
+    connection.pragma_update(None, "query_only", "ON")
+}
+
 fn opening(path: &Path, error: rusqlite::Error) -> QueueError {
     match error.sqlite_error_code() {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => QueueError::Locked {
@@ -534,20 +595,23 @@ enum Command {
         lease: Lease,
         reply: Reply<bool>,
     },
-    Stats {
-        reply: Reply<QueueStats>,
-    },
-    DeadLetters {
-        limit: usize,
-        reply: Reply<Vec<DeadLetter>>,
-    },
     RetryDeadLetter {
         key: [u8; 32],
         reply: Reply<bool>,
     },
+    /// Forgets up to `limit` keys of events completed before `before_ms`, oldest first.
     Purge {
-        retention: Duration,
+        before_ms: i64,
+        limit: usize,
         reply: Reply<u64>,
+    },
+    /// Holds the writer's thread inside a transaction, after saying so on `holding`, until
+    /// `release` says or is dropped: shows a test what does not wait for the writer.
+    #[cfg(test)]
+    Hold {
+        holding: mpsc::Sender<()>,
+        release: mpsc::Receiver<()>,
+        reply: Reply<()>,
     },
 }
 
@@ -564,9 +628,9 @@ impl Command {
             | Self::Fail { reply, .. }
             | Self::Release { reply, .. }
             | Self::RetryDeadLetter { reply, .. } => drop(reply.send(Err(error()))),
-            Self::Stats { reply } => drop(reply.send(Err(error()))),
-            Self::DeadLetters { reply, .. } => drop(reply.send(Err(error()))),
             Self::Purge { reply, .. } => drop(reply.send(Err(error()))),
+            #[cfg(test)]
+            Self::Hold { reply, .. } => drop(reply.send(Err(error()))),
         }
     }
 }
@@ -970,14 +1034,6 @@ impl Writer {
                     .map(|changed| changed == 1);
                 pending(reply, result)
             }
-            Command::Stats { reply } => {
-                let result = self.stats();
-                pending(reply, result)
-            }
-            Command::DeadLetters { limit, reply } => {
-                let result = self.dead_letters(limit);
-                pending(reply, result)
-            }
             Command::RetryDeadLetter { key, reply } => {
                 let result = self
                     .connection
@@ -994,17 +1050,30 @@ impl Writer {
                 }
                 pending(reply, result)
             }
-            Command::Purge { retention, reply } => {
+            Command::Purge {
+                before_ms,
+                limit,
+                reply,
+            } => {
                 let result = self
                     .connection
-                    .prepare_cached(
-                        "DELETE FROM openmail_events WHERE state = 1 AND finished_ms < ?1",
-                    )
+                    .prepare_cached(PURGE)
                     .and_then(|mut statement| {
-                        statement.execute(params![now_ms().saturating_sub(ms(retention))])
+                        statement
+                            .execute(params![before_ms, i64::try_from(limit).unwrap_or(i64::MAX)])
                     })
                     .map(|deleted| u64::try_from(deleted).unwrap_or(u64::MAX));
                 pending(reply, result)
+            }
+            #[cfg(test)]
+            Command::Hold {
+                holding,
+                release,
+                reply,
+            } => {
+                let _ = holding.send(());
+                let _ = release.recv();
+                pending(reply, Ok(()))
             }
         }
     }
@@ -1235,6 +1304,48 @@ impl Writer {
             ));
         }
         Ok((claimed, dead))
+    }
+}
+
+/// What the reader's thread is asked.
+enum Read {
+    Stats {
+        reply: Reply<QueueStats>,
+    },
+    DeadLetters {
+        limit: usize,
+        reply: Reply<Vec<DeadLetter>>,
+    },
+}
+
+/// The thread that answers an operator's questions ([`EventStore::stats`],
+/// [`EventStore::dead_letters`]) on a connection of its own. Each answer reads what was
+/// committed when it began, beside the writer (a write-ahead log lets readers and the
+/// writer go on at once): counting the table takes tens of milliseconds at a hundred
+/// thousand events, and the acknowledgements queued behind it on the writer's thread
+/// would wait that long.
+///
+/// [`EventStore::stats`]: super::EventStore::stats
+/// [`EventStore::dead_letters`]: super::EventStore::dead_letters
+struct Reader {
+    connection: Connection,
+    /// After the connection: see [`Locks`].
+    _locks: Arc<Locks>,
+}
+
+impl Reader {
+    fn run(self, reads: &mpsc::Receiver<Read>) {
+        for read in reads {
+            match read {
+                Read::Stats { reply } => {
+                    let _ = reply.send(self.stats().map_err(QueueError::unavailable));
+                }
+                Read::DeadLetters { limit, reply } => {
+                    let listed = self.dead_letters(limit);
+                    let _ = reply.send(listed.map_err(QueueError::unavailable));
+                }
+            }
+        }
     }
 
     fn stats(&self) -> rusqlite::Result<QueueStats> {
@@ -1541,12 +1652,11 @@ impl Backend for SqliteStore {
     }
 
     async fn queue_stats(&self) -> Result<QueueStats, QueueError> {
-        self.ask(|reply| Command::Stats { reply }).await
+        self.read(|reply| Read::Stats { reply }).await
     }
 
     async fn list_dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, QueueError> {
-        self.ask(|reply| Command::DeadLetters { limit, reply })
-            .await
+        self.read(|reply| Read::DeadLetters { limit, reply }).await
     }
 
     async fn requeue_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
@@ -1555,6 +1665,161 @@ impl Backend for SqliteStore {
     }
 
     async fn purge(&self, retention: Duration) -> Result<u64, QueueError> {
-        self.ask(|reply| Command::Purge { retention, reply }).await
+        // In batches, each its own command: the commands queued meanwhile (the
+        // acknowledgements) wait for one batch, not for the whole purge.
+        let before_ms = now_ms().saturating_sub(ms(retention));
+        let mut purged: u64 = 0;
+        loop {
+            let deleted = self
+                .ask(|reply| Command::Purge {
+                    before_ms,
+                    limit: PURGE_BATCH,
+                    reply,
+                })
+                .await?;
+            purged = purged.saturating_add(deleted);
+            if deleted < PURGE_BATCH as u64 {
+                return Ok(purged);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::EventStore;
+
+    /// A fresh store in a directory of its own.
+    fn store(name: &str) -> (SqliteStore, PathBuf) {
+        let dir = std::env::temp_dir().join(format!(
+            "openmail-sqlite-unit-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash).unwrap();
+        (store, dir)
+    }
+
+    #[tokio::test]
+    async fn an_operators_questions_are_answered_while_the_writer_is_held() {
+        let (store, dir) = store("held-writer");
+        let delivery = Delivery::websocket(Bytes::from_static(br#"{"event_id":"evt_1"}"#), None);
+        let inserted = store.insert([7; 32], delivery, u64::MAX).await.unwrap();
+        assert_eq!(inserted, Inserted::Stored);
+
+        // The writer's thread waits, inside a transaction, until released.
+        let (holding, held) = mpsc::channel();
+        let (release, released) = mpsc::channel();
+        let (reply, hold_ended) = oneshot::channel();
+        store
+            .commands
+            .send(Command::Hold {
+                holding,
+                release: released,
+                reply,
+            })
+            .unwrap();
+        tokio::task::spawn_blocking(move || held.recv())
+            .await
+            .unwrap()
+            .unwrap();
+
+        // Answered from what was committed; a question queued behind the writer would
+        // wait until the release below, and the timeout would end the test first.
+        let within = Duration::from_secs(60);
+        let stats = tokio::time::timeout(within, store.stats())
+            .await
+            .expect("the statistics waited for the writer")
+            .unwrap();
+        assert_eq!(
+            (stats.waiting, stats.in_flight, stats.dead_letters),
+            (1, 0, 0)
+        );
+        assert!(stats.oldest_age.is_some());
+        let dead = tokio::time::timeout(within, store.dead_letters(10))
+            .await
+            .expect("the dead letters waited for the writer")
+            .unwrap();
+        assert!(dead.is_empty());
+
+        release.send(()).unwrap();
+        hold_ended.await.unwrap().unwrap();
+        drop(store);
+        // The reader's connection is closed with the store: it opens again at once.
+        drop(SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash).unwrap());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn a_purge_forgets_completed_keys_in_batches_through_the_index() {
+        let (store, dir) = store("purge");
+        let total = PURGE_BATCH * 2 + 88;
+        for n in 0..total {
+            let body = Bytes::from(format!(r#"{{"event_id":"evt_{n}"}}"#));
+            let mut key = [0; 32];
+            key[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            let inserted = store
+                .insert(key, Delivery::websocket(body, None), u64::MAX)
+                .await
+                .unwrap();
+            assert_eq!(inserted, Inserted::Stored);
+        }
+        // All but 40 complete; 40 wait.
+        let claimed = store
+            .claim(total - 40, Duration::from_secs(60), 8)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), total - 40);
+        for event in &claimed {
+            assert!(store.complete(event.lease()).await.unwrap());
+        }
+        let completed = (total - 40) as u64;
+
+        assert_eq!(store.purge(Duration::from_secs(3600)).await.unwrap(), 0);
+        // One command forgets one batch, the oldest completed first.
+        let before_ms = now_ms() + 1;
+        let batch = store
+            .ask(|reply| Command::Purge {
+                before_ms,
+                limit: PURGE_BATCH,
+                reply,
+            })
+            .await
+            .unwrap();
+        assert_eq!(batch, PURGE_BATCH as u64);
+        // A purge goes on until a batch comes back short.
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let purged = store.purge(Duration::ZERO).await.unwrap();
+        assert_eq!(purged, completed - PURGE_BATCH as u64);
+        let stats = store.stats().await.unwrap();
+        assert_eq!(stats.waiting, 40, "a waiting event was purged");
+
+        let path = dir.join("events.db");
+        let reader = Connection::open(&path).unwrap();
+        let left: i64 = reader
+            .query_row("SELECT count(*) FROM openmail_events", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(left, 40);
+        let plan: Vec<String> = reader
+            .prepare(&format!("EXPLAIN QUERY PLAN {PURGE}"))
+            .unwrap()
+            .query_map([0, 1], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX openmail_events_finished")),
+            "the purge reads the table instead of the index: {plan:?}"
+        );
+        assert!(
+            !plan.iter().any(|step| step.starts_with("SCAN")),
+            "the purge scans: {plan:?}"
+        );
+        drop(reader);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
