@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use openmail_webhooks::VerifyOpenMailLayer;
-use openmail_webhooks::queue::{Backend, Durability, Ingest, SqliteStore};
+use openmail_webhooks::queue::{Backend, Durability, EventStore, Ingest, SqliteStore};
 use openmail_webhooks::test_util::TestDelivery;
 
 use super::{SECRET, scratch};
@@ -70,6 +70,28 @@ fn steady(
     })
 }
 
+/// Asks for the statistics back to back, from `callers` tasks at once, until `stop`.
+fn polling(
+    store: &Arc<SqliteStore>,
+    callers: usize,
+    stop: &Arc<AtomicBool>,
+) -> Vec<tokio::task::JoinHandle<u64>> {
+    (0..callers)
+        .map(|_| {
+            let store = Arc::clone(store);
+            let stop = Arc::clone(stop);
+            tokio::spawn(async move {
+                let mut asked = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    store.stats().await.unwrap();
+                    asked += 1;
+                }
+                asked
+            })
+        })
+        .collect()
+}
+
 /// Waits until no file of the store holds `needle`; returns how long that took.
 async fn gone(dir: &Path, needle: &[u8], within: Duration) -> Duration {
     let start = Instant::now();
@@ -85,6 +107,59 @@ async fn gone(dir: &Path, needle: &[u8], within: Duration) -> Duration {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The events waiting (not due) in [`a_completed_body_leaves_the_files_while_the_statistics_are_asked_back_to_back`].
+const WAITING: u64 = 300_000;
+
+/// The same with the statistics asked back to back by four callers: each read holds the
+/// log open while it runs, and SQLite does not truncate a log that a read holds, so the
+/// reads must let the writer in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_completed_body_leaves_the_files_while_the_statistics_are_asked_back_to_back() {
+    let dir = scratch("log-polled");
+    let path = dir.join("events.db");
+    // Events that wait far in the future, so that each count takes a while: a read open
+    // on the log for most of the time.
+    drop(SqliteStore::open(&path, Durability::ProcessCrash).unwrap());
+    let started = Instant::now();
+    rusqlite::Connection::open(&path)
+        .unwrap()
+        .execute(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < ?1)
+             INSERT INTO openmail_events (key, state, received_ms, due_ms, body)
+             SELECT randomblob(32), 0, 0, 4102444800000, x'7b7d' FROM n",
+            [i64::try_from(WAITING).unwrap()],
+        )
+        .unwrap();
+    let store = Arc::new(SqliteStore::open(&path, Durability::ProcessCrash).unwrap());
+    let counted = Instant::now();
+    assert_eq!(store.stats().await.unwrap().waiting, WAITING);
+    eprintln!(
+        "filled in {:?}, one count took {:?}",
+        counted - started,
+        counted.elapsed()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = steady(&store, Duration::from_millis(100), &stop);
+    let pollers = polling(&store, 4, &stop);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    store_text(
+        &store,
+        "evt_private",
+        &format!("PRIVATE-POLLED-{}", "z".repeat(10_000)),
+    )
+    .await;
+    assert!(complete_all(&store).await >= 1);
+    let took = gone(&dir, b"PRIVATE-POLLED-", Duration::from_secs(30)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.unwrap();
+    let mut asked = 0;
+    for poller in pollers {
+        asked += poller.await.unwrap();
+    }
+    eprintln!("erased after {took:?}, {asked} statistics asked meanwhile");
+    assert!(asked > 0);
 }
 
 /// Commits every 200 ms: never a pause of 250 ms, so the body leaves the log only through

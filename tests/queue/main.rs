@@ -623,7 +623,7 @@ async fn a_store_of_a_newer_schema_is_refused() {
             error,
             QueueError::Schema {
                 found: 99,
-                supported: 2
+                supported: 3
             }
         ),
         "{error:?}"

@@ -150,11 +150,29 @@ async fn a_file_of_schema_version_1_is_migrated_and_its_leases_stay_counted() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 2);
+    assert_eq!(version, 3);
     let started: i64 = db
         .query_row("SELECT started FROM openmail_events", [], |row| row.get(0))
         .unwrap();
     assert_eq!(started, 1);
+    // Version 3: the completed events and the dead letters each have an index of their
+    // own, in place of one for both.
+    let mut indexes: Vec<String> = db
+        .prepare("SELECT name FROM sqlite_schema WHERE type = 'index' AND sql IS NOT NULL")
+        .unwrap()
+        .query_map([], |row| row.get(0))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    indexes.sort();
+    assert_eq!(
+        indexes,
+        [
+            "openmail_events_completed",
+            "openmail_events_dead",
+            "openmail_events_due"
+        ]
+    );
 }
 
 #[tokio::test]
@@ -321,4 +339,58 @@ async fn a_prefetched_event_taken_over_from_a_dead_holder_starts_recorded() {
     );
     let _ = stop.send(());
     workers.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_file_of_schema_version_2_gets_an_index_each_for_completed_and_dead_events() {
+    let dir = scratch("migrate-v2");
+    let path = dir.join("events.db");
+    {
+        let db = rusqlite::Connection::open(&path).unwrap();
+        db.execute_batch(SCHEMA_V1).unwrap();
+        db.execute_batch(
+            "ALTER TABLE openmail_events ADD COLUMN started INTEGER NOT NULL DEFAULT 1;
+             PRAGMA user_version = 2;",
+        )
+        .unwrap();
+        // A dead letter, then a completed event, both finished long ago.
+        db.execute(
+            "INSERT INTO openmail_events (key, state, received_ms, due_ms, attempts, error,
+                 finished_ms, channel, body)
+             VALUES (?1, 2, 0, 0, 8, 'gave up', 1000, 1, ?2)",
+            rusqlite::params![&[2_u8; 32][..], &b"{}"[..]],
+        )
+        .unwrap();
+        db.execute(
+            "INSERT INTO openmail_events (key, state, received_ms, due_ms, finished_ms)
+             VALUES (?1, 1, 0, 0, 2000)",
+            rusqlite::params![&[1_u8; 32][..]],
+        )
+        .unwrap();
+    }
+    let store = reopen(&dir).await;
+    let dead = store.dead_letters(10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].error(), "gave up");
+    assert_eq!(store.purge(Duration::from_secs(60)).await.unwrap(), 1);
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.dead_letters), (0, 1));
+    drop(store);
+    let db = rusqlite::Connection::open(&path).unwrap();
+    let version: i64 = db
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 3);
+    let finished: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'openmail_events_finished'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(finished, 0, "the index of both is dropped");
+    let keys: i64 = db
+        .query_row("SELECT count(*) FROM openmail_events", [], |row| row.get(0))
+        .unwrap();
+    assert_eq!(keys, 1, "the dead letter stays");
 }
