@@ -209,8 +209,9 @@ CREATE INDEX IF NOT EXISTS openmail_events_dead ON openmail_events (finished_ms)
 ///   connection, what was committed when they began, through the indexes of the waiting
 ///   and the dead events: counting a hundred thousand waiting events takes tens of
 ///   milliseconds, which the acknowledgements would otherwise wait for. A question waits
-///   (up to 0.5 s) while the writer starts the log over or truncates it, since SQLite does
-///   neither while a read is open on the log.
+///   while the writer copies the log's last frames and, while a truncation is due, until it
+///   succeeds (at most 0.5 s), since SQLite neither starts the log over nor truncates it
+///   while a read is open on it.
 /// - **Versioned schema** in `user_version`; the tables are created on first open. The SQL
 ///   is in the module's source, table `openmail_events`.
 ///
@@ -313,7 +314,6 @@ impl SqliteStore {
             },
             hold_past: LOG_HOLD_BYTES,
             gate,
-            restarting: false,
             _locks: Arc::clone(&locks),
         };
         let checkpointer = Checkpointer {
@@ -503,7 +503,7 @@ fn prepare(connection: &Connection, durability: Durability, path: &Path) -> Resu
                 supported: SCHEMA_VERSION,
             });
         }
-        if version == 0 {
+        if version < 1 {
             connection.execute_batch(SCHEMA).map_err(locked)?;
         }
         if (1..2).contains(&version) {
@@ -656,6 +656,11 @@ enum Command {
         release: mpsc::Receiver<()>,
         reply: Reply<()>,
     },
+    /// Runs [`Writer::restart_log`] and answers the reasons the gate holds after it.
+    #[cfg(test)]
+    RestartLog {
+        reply: Reply<u8>,
+    },
 }
 
 impl Command {
@@ -674,6 +679,8 @@ impl Command {
             Self::Purge { reply, .. } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::Hold { reply, .. } => drop(reply.send(Err(error()))),
+            #[cfg(test)]
+            Self::RestartLog { reply } => drop(reply.send(Err(error()))),
         }
     }
 }
@@ -727,12 +734,9 @@ struct Writer {
     /// The log's length past which the writer holds commits: [`LOG_HOLD_BYTES`], or more
     /// after a hold that could not truncate the log.
     hold_past: u64,
-    /// Keeps the reader's next reads waiting while the log must start over or be
-    /// truncated.
+    /// Keeps the reader's next reads waiting while the writer copies the rest of the log
+    /// or truncates it.
     gate: Arc<Gate>,
-    /// The writer copied the rest of the log: the next commit starts it over, unless a
-    /// read is open on it.
-    restarting: bool,
     /// After the connection: see [`Locks`].
     _locks: Arc<Locks>,
 }
@@ -777,11 +781,6 @@ impl Writer {
             }
             let before = self.connection.total_changes();
             self.commit_group(group);
-            if std::mem::take(&mut self.restarting) {
-                // The commit started the log over, or a read kept it from: either way
-                // the reads may go on, and the next catch-up tries again.
-                self.gate.want(Quiet::Restart, false);
-            }
             // Only a group that wrote has frames to copy, or ends a pause: the workers'
             // claims that find nothing come every 100 ms and would otherwise keep the
             // store from ever being quiet, and wake the checkpointer for nothing.
@@ -897,12 +896,16 @@ impl Writer {
     /// (`PASSIVE`), so that the next commit starts the log over in place: neither
     /// truncated nor grown. Busy (the checkpointer is copying again): it will say again
     /// while the log is long.
+    ///
+    /// A read that begins while this copies reads from the log, and one still open at the
+    /// next commit keeps the log from starting over; one that begins once every frame is
+    /// copied reads from the file alone and does not. So the reads wait for the copy only.
     fn restart_log(&mut self) {
         self.gate.want(Quiet::Restart, true);
-        self.restarting = true;
         let _ = self
             .connection
             .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+        self.gate.want(Quiet::Restart, false);
     }
 
     /// When a body was deleted at least `after` ago: copies the log into the file (where
@@ -1138,6 +1141,16 @@ impl Writer {
                 let _ = holding.send(());
                 let _ = release.recv();
                 pending(reply, Ok(()))
+            }
+            #[cfg(test)]
+            Command::RestartLog { reply } => {
+                self.restart_log();
+                let wanted = *self
+                    .gate
+                    .wanted
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner);
+                pending(reply, Ok(wanted))
             }
         }
     }
@@ -1460,17 +1473,20 @@ impl Reader {
     }
 }
 
-/// The longest a read waits at the [`Gate`]: the writer tries again after its next group,
-/// or within [`SIGNAL_EVERY`] when commits pause, so this is only reached when something
-/// outside the store (the `sqlite3` shell in a transaction) keeps the log from being
-/// truncated.
+/// The longest a read waits at the [`Gate`]. A read waits for the writer's copy of the
+/// log's last frames, or, while a truncation is due, until it succeeds: a truncation that
+/// found a read open or the checkpointer copying is tried again after the next group, or
+/// within [`SIGNAL_EVERY`] once commits pause, or once the checkpointer has caught up
+/// again under a load that never pauses. This bound is reached when that takes longer,
+/// or when something outside the store (the `sqlite3` shell in a transaction) keeps the
+/// log from being truncated.
 const READ_WAIT_AT_MOST: Duration = Duration::from_millis(500);
 
 /// Why the writer needs the log without readers for a moment.
 #[derive(Debug, Clone, Copy)]
 enum Quiet {
-    /// The writer copied the rest of the log, and its next commit starts it over from
-    /// its first frame, which SQLite does only if no read is open on the log.
+    /// The writer copies the rest of the log, so that its next commit starts it over
+    /// from its first frame, which SQLite does only if no read is open on the log.
     Restart = 1,
     /// The writer truncates the log (to erase deleted bodies, or to bound it), which
     /// SQLite refuses while a read is open on it.
@@ -1944,6 +1960,21 @@ mod tests {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap()
+    }
+
+    /// The writer's copy of the log's last frames does not leave the reads waiting once it
+    /// is done: a store whose commits stop right after one would otherwise answer every
+    /// question 0.5 s late until its next command.
+    #[tokio::test]
+    async fn the_reads_wait_for_the_writers_copy_of_the_log_only_while_it_copies() {
+        let (store, dir) = store("restart-gate");
+        let wanted = store
+            .ask(|reply| Command::RestartLog { reply })
+            .await
+            .unwrap();
+        assert_eq!(wanted, 0, "the gate still holds the reads");
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

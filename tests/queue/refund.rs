@@ -389,6 +389,15 @@ async fn a_file_of_schema_version_2_gets_an_index_each_for_completed_and_dead_ev
         )
         .unwrap();
     assert_eq!(finished, 0, "the index of both is dropped");
+    let new: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema
+             WHERE name IN ('openmail_events_completed', 'openmail_events_dead')",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(new, 2, "each has its own index");
     let keys: i64 = db
         .query_row("SELECT count(*) FROM openmail_events", [], |row| row.get(0))
         .unwrap();
