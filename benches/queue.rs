@@ -31,7 +31,8 @@
 //! - **Workers.** [`Workers`] with the receiver's concurrency (8, and the default prefetch
 //!   of as many events, growing with the backlog; `PREFETCH=N` fixes it) and a handler that
 //!   answers `200` at once: drained alone for `DURATION`, then again while the load runs,
-//!   to see whether they keep up with the acknowledgements.
+//!   to see whether they keep up with the acknowledgements, and what the acknowledgement's
+//!   latency is while they drain (their completions share the writer's commits).
 //!
 //! - **Selection.** `STORES=normal,full,postgres` (any of them) runs only those stores;
 //!   `WORKERS=0` skips the workers' runs.
@@ -178,7 +179,7 @@ struct Block {
     /// Each store's runs: under `CONNECTIONS`, over one, paced (unless `PACED=0`).
     stores: Vec<(&'static str, Load, Load, Option<Load>)>,
     drains: Vec<(&'static str, f64)>,
-    keep_up: Vec<(&'static str, f64, f64, u64, u64)>,
+    keep_up: Vec<(&'static str, f64, Load, u64, u64)>,
 }
 
 struct Bench {
@@ -331,11 +332,14 @@ impl Bench {
             }
         }
         println!(
-            "\n| workers (8 at once, instant handler) | drained alone, events/s | with the load: handled/s | acknowledged/s | waiting before → after |"
+            "\n| workers (8 at once, instant handler) | drained alone, events/s | with the load: handled/s | acknowledged/s | acknowledgement p50 | p99 | waiting before → after |"
         );
-        println!("|---|---:|---:|---:|---|");
-        for ((name, drained), (_, handled, acked, before, after)) in drains.iter().zip(&keep_up) {
-            println!("| {name} | {drained:.0} | {handled:.0} | {acked:.0} | {before} → {after} |");
+        println!("|---|---:|---:|---:|---:|---:|---|");
+        for ((name, drained), (_, handled, load, before, after)) in drains.iter().zip(&keep_up) {
+            println!(
+                "| {name} | {drained:.0} | {handled:.0} | {:.0} | {:.2} ms | {:.2} ms | {before} → {after} |",
+                load.per_second, load.p50_ms, load.p99_ms
+            );
         }
         self.results.push(Block {
             depth,
@@ -381,13 +385,15 @@ impl Bench {
                 sqlite.per_second / block.inline.per_second,
                 postgres.per_second / block.inline.per_second,
             );
-            for ((name, handled, acked, before, after), (_, drained)) in
+            for ((name, handled, load, before, after), (_, drained)) in
                 block.keep_up.iter().zip(&block.drains)
             {
+                let acked = load.per_second;
                 println!(
                     "  - workers on {name}: drained {drained:.0}/s alone; handled {handled:.0}/s while \
-                     {acked:.0}/s were acknowledged, waiting {before} → {after}: {}",
-                    if handled >= acked {
+                     {acked:.0}/s were acknowledged (p99 {:.2} ms), waiting {before} → {after}: {}",
+                    load.p99_ms,
+                    if *handled >= acked {
                         "kept up"
                     } else {
                         "fell behind"
@@ -505,9 +511,9 @@ impl Bench {
         handled.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
     }
 
-    /// Workers and the load at once: (name, handled/s, acknowledged/s, waiting before,
-    /// waiting after).
-    fn keep_up(&self, store: Store) -> (&'static str, f64, f64, u64, u64) {
+    /// Workers and the load at once: (name, handled/s, the load, waiting before, waiting
+    /// after).
+    fn keep_up(&self, store: Store) -> (&'static str, f64, Load, u64, u64) {
         match store {
             Store::Sqlite(durability) => {
                 let opened = open_sqlite(&self.sqlite_path, durability);
@@ -524,7 +530,7 @@ impl Bench {
         &self,
         name: &'static str,
         store: Arc<S>,
-    ) -> (&'static str, f64, f64, u64, u64) {
+    ) -> (&'static str, f64, Load, u64, u64) {
         let requests = signed_requests(self.settings.requests);
         let before = self.server.block_on(store.stats()).expect("stats").waiting;
         let handled = Arc::new(AtomicU64::new(0));
@@ -551,13 +557,7 @@ impl Bench {
         let _ = stop.send(());
         let _ = self.server.block_on(workers);
         let after = self.server.block_on(store.stats()).expect("stats").waiting;
-        (
-            name,
-            handled_during as f64 / elapsed,
-            load.per_second,
-            before,
-            after,
-        )
+        (name, handled_during as f64 / elapsed, load, before, after)
     }
 }
 
