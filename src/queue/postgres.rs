@@ -241,9 +241,22 @@ UPDATE openmail_events
 SET state = 0, leased = false, attempts = 0, due_at = now(), finished_at = NULL
 WHERE key = $1 AND state + 0 = 2";
 
+/// The end of the retention: events completed before it are forgotten.
+const PURGE_BEFORE: &str = "SELECT now() - $1::int8 * interval '1 millisecond'";
+
+/// Forgets up to `$2` keys of events completed before `$1`, oldest first, through the
+/// index of completed events; the rows another replica's purge holds are skipped.
 const PURGE: &str = "\
-DELETE FROM openmail_events
-WHERE state = 1 AND finished_at < now() - $1::int8 * interval '1 millisecond'";
+DELETE FROM openmail_events WHERE key IN (
+    SELECT key FROM openmail_events
+    WHERE state = 1 AND finished_at < $1
+    ORDER BY finished_at LIMIT $2
+    FOR UPDATE SKIP LOCKED)";
+
+/// The most keys one statement of a purge forgets: the purge shares the workers'
+/// connection, where their claims, renewals and completions wait behind each statement,
+/// and one statement may take at most [`TIMEOUT`].
+const PURGE_BATCH: i64 = 1_000;
 
 /// How long connecting, or one statement, may take before the call fails (and the
 /// delivery is answered `503`): well inside OpenMail's 15 s, with room for a statement
@@ -608,14 +621,30 @@ impl Backend for PostgresStore {
 
     async fn purge(&self, retention: Duration) -> Result<u64, QueueError> {
         let retention = milliseconds(retention);
-        self.work
-            .run(|session| async move {
-                session
-                    .client
-                    .execute(&session.statements.purge, &[&retention])
-                    .await
-            })
-            .await
+        // The end of the retention once, on the server's clock (which wrote
+        // `finished_at`), so that the batches below end.
+        let rows = self.query(|s| &s.purge_before, &[&retention]).await?;
+        let before: std::time::SystemTime = rows
+            .first()
+            .ok_or_else(|| QueueError::unavailable("the retention's end came back empty"))?
+            .try_get(0)
+            .map_err(QueueError::unavailable)?;
+        let mut purged: u64 = 0;
+        loop {
+            let deleted = self
+                .work
+                .run(|session| async move {
+                    session
+                        .client
+                        .execute(&session.statements.purge, &[&before, &PURGE_BATCH])
+                        .await
+                })
+                .await?;
+            purged = purged.saturating_add(deleted);
+            if deleted < PURGE_BATCH.unsigned_abs() {
+                return Ok(purged);
+            }
+        }
     }
 }
 
@@ -899,6 +928,7 @@ struct Statements {
     stats: Statement,
     dead_letters: Statement,
     retry_dead_letter: Statement,
+    purge_before: Statement,
     purge: Statement,
 }
 
@@ -918,6 +948,7 @@ impl Statements {
             stats: client.prepare(STATS).await?,
             dead_letters: client.prepare(DEAD_LETTERS).await?,
             retry_dead_letter: client.prepare(RETRY_DEAD_LETTER).await?,
+            purge_before: client.prepare(PURGE_BEFORE).await?,
             purge: client.prepare(PURGE).await?,
         })
     }

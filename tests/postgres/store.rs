@@ -452,6 +452,50 @@ async fn purge_forgets_completed_keys_past_the_retention_only() {
     );
 }
 
+/// More expired keys than one statement of the purge takes: it goes on batch after batch,
+/// and forgets no dead letter and no waiting event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_forgets_every_expired_key_in_batches_and_nothing_else() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let db = inspect(&url).await;
+    // 2,500 keys completed an hour ago (a statement takes 1,000), a dead letter older than
+    // all of them, and a key completed a minute ago.
+    db.batch_execute(
+        "INSERT INTO openmail_events (key, state, finished_at)
+         SELECT decode(md5(i::text) || md5('x' || i::text), 'hex'), 1,
+             now() - interval '1 hour' + i * interval '1 millisecond'
+         FROM generate_series(1, 2500) AS i;
+         INSERT INTO openmail_events (key, state, finished_at, attempts, error)
+         VALUES (decode(repeat('ab', 32), 'hex'), 2, now() - interval '2 hours', 8, 'gave up');
+         INSERT INTO openmail_events (key, state, finished_at)
+         VALUES (decode(repeat('cd', 32), 'hex'), 1, now() - interval '1 minute');",
+    )
+    .await
+    .unwrap();
+    let waiting = delivery(&awkward_body("evt_purge_waiting")).await;
+    store
+        .insert(key_of(&waiting), waiting.clone(), 10_000)
+        .await
+        .unwrap();
+
+    assert_eq!(store.purge(Duration::from_secs(600)).await.unwrap(), 2_500);
+    let left: Vec<(i16, i64)> = db
+        .query(
+            "SELECT state, count(*) FROM openmail_events GROUP BY state ORDER BY state",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(left, [(0, 1), (1, 1), (2, 1)]);
+    assert_eq!(store.stats().await.unwrap().dead_letters, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_claiming_at_once_never_get_the_same_event() {
     let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
