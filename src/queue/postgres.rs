@@ -244,19 +244,22 @@ WHERE key = $1 AND state + 0 = 2";
 /// The end of the retention: events completed before it are forgotten.
 const PURGE_BEFORE: &str = "SELECT now() - $1::int8 * interval '1 millisecond'";
 
-/// Forgets up to `$2` keys of events completed before `$1`, oldest first, through the
-/// index of completed events; the rows another replica's purge holds are skipped.
+/// Forgets up to [`PURGE_BATCH`] keys of events completed before `$1`, oldest first,
+/// through the index of completed events; the rows another replica's purge holds are
+/// skipped. The limit is written out, not a parameter: a generic plan guesses a
+/// parameter's limit at a tenth of the rows that match, and then reads the whole table
+/// for each batch.
 const PURGE: &str = "\
 DELETE FROM openmail_events WHERE key IN (
     SELECT key FROM openmail_events
     WHERE state = 1 AND finished_at < $1
-    ORDER BY finished_at LIMIT $2
+    ORDER BY finished_at LIMIT 1000
     FOR UPDATE SKIP LOCKED)";
 
-/// The most keys one statement of a purge forgets: the purge shares the workers'
-/// connection, where their claims, renewals and completions wait behind each statement,
-/// and one statement may take at most [`TIMEOUT`].
-const PURGE_BATCH: i64 = 1_000;
+/// The most keys one statement of a purge forgets ([`PURGE`] says it as a literal): the
+/// purge shares the workers' connection, where their claims, renewals and completions
+/// wait behind each statement, and one statement may take at most [`TIMEOUT`].
+const PURGE_BATCH: u64 = 1_000;
 
 /// How long connecting, or one statement, may take before the call fails (and the
 /// delivery is answered `503`): well inside OpenMail's 15 s, with room for a statement
@@ -636,12 +639,12 @@ impl Backend for PostgresStore {
                 .run(|session| async move {
                     session
                         .client
-                        .execute(&session.statements.purge, &[&before, &PURGE_BATCH])
+                        .execute(&session.statements.purge, &[&before])
                         .await
                 })
                 .await?;
             purged = purged.saturating_add(deleted);
-            if deleted < PURGE_BATCH.unsigned_abs() {
+            if deleted < PURGE_BATCH {
                 return Ok(purged);
             }
         }
@@ -1135,6 +1138,11 @@ async fn create_schema(client: &mut Client) -> Result<(), QueueError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_purge_statement_takes_as_many_keys_as_the_loop_expects() {
+        assert!(PURGE.contains(&format!("LIMIT {PURGE_BATCH}\n")), "{PURGE}");
+    }
 
     #[test]
     fn the_guide_shows_the_schema_and_the_completion_this_build_runs() {
