@@ -402,22 +402,30 @@ impl PostgresStore {
             .await
     }
 
-    /// Runs a statement that changes at most one row, and says whether it did.
-    async fn change_one(
+    /// Runs `statement` with `params` on the work connection, and returns how many rows it
+    /// changed.
+    async fn execute(
         &self,
         statement: fn(&Statements) -> &Statement,
         params: &[&(dyn ToSql + Sync)],
-    ) -> Result<bool, QueueError> {
-        let changed = self
-            .work
+    ) -> Result<u64, QueueError> {
+        self.work
             .run(|session| async move {
                 session
                     .client
                     .execute(statement(&session.statements), params)
                     .await
             })
-            .await?;
-        Ok(changed == 1)
+            .await
+    }
+
+    /// Runs a statement that changes at most one row, and says whether it did.
+    async fn change_one(
+        &self,
+        statement: fn(&Statements) -> &Statement,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<bool, QueueError> {
+        Ok(self.execute(statement, params).await? == 1)
     }
 }
 
@@ -634,15 +642,7 @@ impl Backend for PostgresStore {
             .map_err(QueueError::unavailable)?;
         let mut purged: u64 = 0;
         loop {
-            let deleted = self
-                .work
-                .run(|session| async move {
-                    session
-                        .client
-                        .execute(&session.statements.purge, &[&before])
-                        .await
-                })
-                .await?;
+            let deleted = self.execute(|s| &s.purge, &[&before]).await?;
             purged = purged.saturating_add(deleted);
             if deleted < PURGE_BATCH {
                 return Ok(purged);

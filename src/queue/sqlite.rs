@@ -351,21 +351,25 @@ impl SqliteStore {
     }
 
     async fn ask<T>(&self, command: impl FnOnce(Reply<T>) -> Command) -> Result<T, QueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.commands
-            .send(command(reply))
-            .map_err(|_| QueueError::Closed)?;
-        answer.await.map_err(|_| QueueError::Closed)?
+        call(&self.commands, command).await
     }
 
     /// Asks the reader's thread, which reads beside the writer.
     async fn read<T>(&self, read: impl FnOnce(Reply<T>) -> Read) -> Result<T, QueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.reads
-            .send(read(reply))
-            .map_err(|_| QueueError::Closed)?;
-        answer.await.map_err(|_| QueueError::Closed)?
+        call(&self.reads, read).await
     }
+}
+
+/// Sends what `message` makes of a reply to a store's thread, and waits for the answer.
+async fn call<M, T>(
+    thread: &mpsc::Sender<M>,
+    message: impl FnOnce(Reply<T>) -> M,
+) -> Result<T, QueueError> {
+    let (reply, answer) = oneshot::channel();
+    thread
+        .send(message(reply))
+        .map_err(|_| QueueError::Closed)?;
+    answer.await.map_err(|_| QueueError::Closed)?
 }
 
 /// Creates the file with mode `0600` unless it exists, so that SQLite never creates it
