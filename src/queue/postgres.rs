@@ -753,7 +753,10 @@ impl Inserter {
 
     /// Inserts the group and says what became of each request, in order.
     async fn insert_group(&mut self, group: &[InsertRequest]) -> Result<Vec<Inserted>, QueueError> {
-        let mut depth = self.depth().await?;
+        // `u64::MAX` is no limit: the depth is counted (a read of the due events' index)
+        // only for a group that some limit applies to.
+        let limited = group.iter().any(|request| request.depth_limit != u64::MAX);
+        let mut depth = if limited { self.depth().await? } else { 0 };
         // Which requests are sent: the first copy of each key, while the depth allows.
         let mut outcomes = Vec::with_capacity(group.len());
         let mut sent = HashSet::with_capacity(group.len());
