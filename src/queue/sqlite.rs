@@ -665,6 +665,12 @@ enum Command {
     RestartLog {
         reply: Reply<u8>,
     },
+    /// Stops the checkpointer's thread and waits for its end, as if it had died: shows a
+    /// test what the writer does without it.
+    #[cfg(test)]
+    StopCheckpointer {
+        reply: Reply<()>,
+    },
 }
 
 impl Command {
@@ -685,6 +691,8 @@ impl Command {
             Self::Hold { reply, .. } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::RestartLog { reply } => drop(reply.send(Err(error()))),
+            #[cfg(test)]
+            Self::StopCheckpointer { reply } => drop(reply.send(Err(error()))),
         }
     }
 }
@@ -1155,6 +1163,13 @@ impl Writer {
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner);
                 pending(reply, Ok(wanted))
+            }
+            #[cfg(test)]
+            Command::StopCheckpointer { reply } => {
+                let (stopped, _) = mpsc::channel();
+                drop(std::mem::replace(&mut self.wrote, stopped));
+                while self.copied.recv().is_ok() {}
+                pending(reply, Ok(()))
             }
         }
     }
@@ -1947,6 +1962,68 @@ mod tests {
             .query_row("SELECT count(*) FROM openmail_events", [], |row| row.get(0))
             .unwrap();
         assert_eq!(left, 41);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Whether any file in `dir` holds `needle`.
+    fn any_file_holds(dir: &Path, needle: &[u8]) -> bool {
+        std::fs::read_dir(dir).unwrap().any(|entry| {
+            std::fs::read(entry.unwrap().path())
+                .is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
+        })
+    }
+
+    /// Without the checkpointer (its thread gone), a body completed under commits that
+    /// never pause for [`ERASE_WHEN_QUIET_FOR`] still leaves the files: the writer copies
+    /// and truncates the log itself once the body has waited twice [`ERASE_WITHIN`].
+    #[tokio::test]
+    async fn a_completed_body_leaves_the_files_under_a_steady_load_without_the_checkpointer() {
+        let (store, dir) = store("no-checkpointer");
+        store
+            .ask(|reply| Command::StopCheckpointer { reply })
+            .await
+            .unwrap();
+        let marker = b"private-body-7f3a";
+        let mut body = br#"{"event_id":"evt_private","text":""#.to_vec();
+        body.extend_from_slice(marker);
+        body.extend_from_slice(&[b'z'; 10_000]);
+        body.extend_from_slice(br#""}"#);
+        let delivery = Delivery::websocket(Bytes::from(body), None);
+        assert_eq!(
+            store.insert([9; 32], delivery, u64::MAX).await.unwrap(),
+            Inserted::Stored
+        );
+        let claimed = store.claim(1, Duration::from_secs(60), 8).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert!(store.complete(claimed[0].lease()).await.unwrap());
+        let completed = Instant::now();
+        assert!(
+            any_file_holds(&dir, marker),
+            "the body was never in the log"
+        );
+
+        // A commit every 100 ms: the writes never pause for the 250 ms after which the
+        // log would be truncated anyway.
+        let mut n = 0u64;
+        while any_file_holds(&dir, marker) {
+            assert!(
+                completed.elapsed() < ERASE_WITHIN * 2 + Duration::from_secs(20),
+                "the completed body still readable after {:?}",
+                completed.elapsed()
+            );
+            let mut key = [0; 32];
+            key[..8].copy_from_slice(&n.to_be_bytes());
+            let tick = Bytes::from(format!(r#"{{"event_id":"evt_tick_{n}"}}"#));
+            let inserted = store
+                .insert(key, Delivery::websocket(tick, None), u64::MAX)
+                .await
+                .unwrap();
+            assert_eq!(inserted, Inserted::Stored);
+            n += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("erased {:?} after the completion", completed.elapsed());
         drop(store);
         let _ = std::fs::remove_dir_all(&dir);
     }
