@@ -203,7 +203,8 @@ CREATE INDEX IF NOT EXISTS openmail_events_dead ON openmail_events (finished_ms)
 ///   writer is held up for a few groups' pages, not for the whole log. A load that
 ///   commits faster than the copies can take it (large bodies on a slow disk) is held:
 ///   once the log's file passes 256 MiB, the writer waits for the copy under way and
-///   truncates the log before it commits again.
+///   truncates the log before it commits again, for at most 2 s at once (a reader outside
+///   the store can keep the log from being truncated).
 /// - **An operator's questions beside the writer.** [`stats`](super::EventStore::stats) and
 ///   [`dead_letters`](super::EventStore::dead_letters) read on a third thread and
 ///   connection, what was committed when they began, through the indexes of the waiting

@@ -385,7 +385,9 @@ pub enum Durability {
     #[default]
     ProcessCrash,
     /// A committed event survives a power loss too: every commit waits for `fsync`.
-    /// SQLite: WAL with `synchronous=FULL`. PostgreSQL: `synchronous_commit=on`.
+    /// SQLite: WAL with `synchronous=FULL`. PostgreSQL: `synchronous_commit=on`, or the
+    /// server's own level if it is not `off` (`local` and the `remote_*` levels flush
+    /// too); the same for both settings.
     PowerLoss,
 }
 

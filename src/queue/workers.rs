@@ -260,7 +260,8 @@ where
     }
 
     /// Runs until `shutdown` completes, then shuts down gracefully (see above) and
-    /// returns. Spawns one tokio task per claimed event.
+    /// returns. Spawns a tokio task for each attempt it starts, and runs the handler in a
+    /// task of its own inside it, so that a panic is caught as that task's outcome.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             store,
