@@ -22,7 +22,8 @@
 //! record the completion (PostgreSQL restarting) does not: the workers that ran the
 //! handler remember the event and, when they claim it again after its lease expired,
 //! record the completion without running it again. Only another process claiming it first
-//! (a replica) runs it again then.
+//! (a replica) runs it again then, or the next process if the store still fails when the
+//! workers stop (they retry the last completions for about 3 s).
 //!
 //! # Duplicates
 //!

@@ -94,7 +94,9 @@ type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 /// - **Graceful:** when the `shutdown` future given to [`run`](Self::run) completes, no
 ///   new event is claimed or started, the prefetched events are released, running handlers
 ///   get [`shutdown_grace`](Self::shutdown_grace) (10 s) to finish, the leases of the rest
-///   are released (their attempts uncounted), and the completions are recorded.
+///   are released (their attempts uncounted), and the completions are recorded, retried
+///   for about 3 s while the store fails. A completion still not recorded then runs its
+///   handler again once its lease expires, in the next process.
 /// - **Housekeeping:** completed keys older than [`retention`](Self::retention) (7 days)
 ///   are purged at start and hourly.
 ///
@@ -260,8 +262,9 @@ where
     }
 
     /// Runs until `shutdown` completes, then shuts down gracefully (see above) and
-    /// returns. Spawns a tokio task for each attempt it starts, and runs the handler in a
-    /// task of its own inside it, so that a panic is caught as that task's outcome.
+    /// returns. Spawns a tokio task for each event it claims (a prefetched one waits in it
+    /// for a slot), and runs the handler in a task of its own inside it, so that a panic is
+    /// caught as that task's outcome.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let Self {
             store,
@@ -510,7 +513,8 @@ struct Events {
     /// The keys of events handled here whose completion the store has not recorded (it was
     /// unreachable, as during a PostgreSQL restart, or the lease expired meanwhile). When
     /// such an event is claimed here again, its completion is recorded without running the
-    /// handler a second time: without a crash of this process, an event is handled once.
+    /// handler a second time: without a crash of this process, an event is handled once,
+    /// unless the store is still failing when the workers stop (see `run`'s shutdown).
     /// A key leaves once its completion is recorded, or once the store says the event was
     /// completed already (the handler's own transaction, on PostgreSQL); one whose lease
     /// another process took stays (32 bytes each, only ever after a store failure or an
