@@ -23,7 +23,7 @@
 //! handler remember the event and, when they claim it again after its lease expired,
 //! record the completion without running it again. Only another process claiming it first
 //! (a replica) runs it again then, or the next process if the store still fails when the
-//! workers stop (they retry the last completions for about 3 s).
+//! workers stop (they try the last completions five times, over 3 s or more).
 //!
 //! # Duplicates
 //!

@@ -94,9 +94,9 @@ type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 /// - **Graceful:** when the `shutdown` future given to [`run`](Self::run) completes, no
 ///   new event is claimed or started, the prefetched events are released, running handlers
 ///   get [`shutdown_grace`](Self::shutdown_grace) (10 s) to finish, the leases of the rest
-///   are released (their attempts uncounted), and the completions are recorded, retried
-///   for about 3 s while the store fails. A completion still not recorded then runs its
-///   handler again once its lease expires, in the next process.
+///   are released (their attempts uncounted), and the completions are recorded, tried
+///   five times, over 3 s or more, while the store fails. A completion still not recorded
+///   then runs its handler again once its lease expires, in whichever process claims it.
 /// - **Housekeeping:** completed keys older than [`retention`](Self::retention) (7 days)
 ///   are purged at start and hourly.
 ///
