@@ -496,6 +496,80 @@ async fn purge_forgets_every_expired_key_in_batches_and_nothing_else() {
     assert_eq!(store.stats().await.unwrap().dead_letters, 1);
 }
 
+/// An operator's questions do not wait behind the workers' statements: a completion that
+/// waits for a row lock holds up the connection the workers share, and the statistics and
+/// the dead letters still answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_questions_do_not_wait_behind_the_workers_statements() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = Arc::new(replica(&url).await);
+    let event = delivery(&awkward_body("evt_held_completion")).await;
+    let key = key_of(&event);
+    assert_eq!(
+        store.insert(key, event, 10_000).await.unwrap(),
+        Inserted::Stored
+    );
+    let claimed = store.claim(1, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let lease = claimed[0].lease();
+
+    // Another session locks the event's row: the completion waits for it, on the
+    // workers' connection.
+    let mut locker = inspect(&url).await;
+    let lock = locker.transaction().await.unwrap();
+    lock.execute(
+        "SELECT 1 FROM openmail_events WHERE key = $1 FOR UPDATE",
+        &[&&key[..]],
+    )
+    .await
+    .unwrap();
+    let completing = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.complete(lease).await }
+    });
+    let db = inspect(&url).await;
+    let started = Instant::now();
+    loop {
+        let waiting: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if waiting == 1 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "the completion never waited for the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Behind the completion, these would wait until the lock is let go below.
+    let within = Duration::from_secs(3);
+    let stats = tokio::time::timeout(within, store.stats())
+        .await
+        .expect("the statistics waited behind the workers' statement")
+        .unwrap();
+    assert_eq!((stats.waiting, stats.in_flight), (0, 1));
+    let letters = tokio::time::timeout(within, store.dead_letters(10))
+        .await
+        .expect("the dead letters waited behind the workers' statement")
+        .unwrap();
+    assert!(letters.is_empty());
+    assert!(!completing.is_finished(), "the completion did not wait");
+
+    lock.rollback().await.unwrap();
+    assert!(completing.await.unwrap().unwrap());
+    assert_eq!(store.stats().await.unwrap().depth(), 0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_claiming_at_once_never_get_the_same_event() {
     let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
