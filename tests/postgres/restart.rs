@@ -131,13 +131,23 @@ async fn a_hung_postgresql_fails_every_call_within_a_bound_and_the_store_recover
     let store = Arc::new(replica(&server.url("openmail")).await);
     let stored = delivery(&awkward_body("evt_before_the_hang")).await;
     store.insert(key_of(&stored), stored, 1_000).await.unwrap();
+    // Every connection of the store open: the workers', and the operator's (opened by the
+    // first question).
+    assert_eq!(store.stats().await.unwrap().waiting, 1);
+    assert!(!store.retry_dead_letter([0; 32]).await.unwrap());
 
     tokio::task::block_in_place(|| server.pause());
-    // A call on the open connection times out (5 s) and drops it.
-    assert!(matches!(
-        store.stats().await,
-        Err(QueueError::Unavailable(_))
-    ));
+    // A call on an open connection times out (5 s) and drops it: the operator's and the
+    // workers'.
+    let (stats, retried) = tokio::join!(store.stats(), store.retry_dead_letter([0; 32]));
+    assert!(
+        matches!(stats, Err(QueueError::Unavailable(_))),
+        "{stats:?}"
+    );
+    assert!(
+        matches!(retried, Err(QueueError::Unavailable(_))),
+        "{retried:?}"
+    );
     // Calls that come then each need a connection, which does not answer either: each
     // gets its error within the store's bound (5 s) instead of queueing behind the
     // attempts of the calls before it (20 x 5 s).
@@ -146,11 +156,13 @@ async fn a_hung_postgresql_fails_every_call_within_a_bound_and_the_store_recover
     for n in 0..20 {
         let store = Arc::clone(&store);
         calls.push(tokio::spawn(async move {
-            if n % 4 == 0 {
-                let event = delivery(&awkward_body(&format!("evt_hung_{n}"))).await;
-                store.insert(key_of(&event), event, 1_000).await.map(drop)
-            } else {
-                store.stats().await.map(drop)
+            match n % 4 {
+                0 => {
+                    let event = delivery(&awkward_body(&format!("evt_hung_{n}"))).await;
+                    store.insert(key_of(&event), event, 1_000).await.map(drop)
+                }
+                1 => store.retry_dead_letter([0; 32]).await.map(drop),
+                _ => store.stats().await.map(drop),
             }
         }));
     }
@@ -185,4 +197,6 @@ async fn a_hung_postgresql_fails_every_call_within_a_bound_and_the_store_recover
         (1..=6).contains(&stats.waiting),
         "the event stored before the hang, and at most the 5 sent during it: {stats:?}"
     );
+    // The workers' connection is back too.
+    assert!(!store.retry_dead_letter([0; 32]).await.unwrap());
 }

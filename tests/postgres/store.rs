@@ -515,10 +515,19 @@ async fn an_operators_questions_do_not_wait_behind_the_workers_statements() {
     assert_eq!(claimed.len(), 1);
     let lease = claimed[0].lease();
 
+    // The operator's connection opens at the first question.
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.waiting, stats.in_flight), (0, 1));
+
     // Another session locks the event's row: the completion waits for it, on the
-    // workers' connection.
+    // workers' connection, for at most the store's 5 s.
     let mut locker = inspect(&url).await;
     let lock = locker.transaction().await.unwrap();
+    let locker_pid: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
     lock.execute(
         "SELECT 1 FROM openmail_events WHERE key = $1 FOR UPDATE",
         &[&&key[..]],
@@ -529,30 +538,30 @@ async fn an_operators_questions_do_not_wait_behind_the_workers_statements() {
         let store = Arc::clone(&store);
         async move { store.complete(lease).await }
     });
+    let spawned = Instant::now();
     let db = inspect(&url).await;
-    let started = Instant::now();
     loop {
-        let waiting: i64 = db
+        let blocked: i64 = db
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-                &[],
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&locker_pid],
             )
             .await
             .unwrap()
             .get(0);
-        if waiting == 1 {
+        if blocked >= 1 {
             break;
         }
         assert!(
-            started.elapsed() < Duration::from_secs(4),
+            spawned.elapsed() < Duration::from_secs(2),
             "the completion never waited for the lock"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // Behind the completion, these would wait until the lock is let go below.
-    let within = Duration::from_secs(3);
+    // Behind the completion, these would wait until the lock is let go below (or the
+    // completion gave up).
+    let within = Duration::from_millis(1_000);
     let stats = tokio::time::timeout(within, store.stats())
         .await
         .expect("the statistics waited behind the workers' statement")
@@ -563,10 +572,73 @@ async fn an_operators_questions_do_not_wait_behind_the_workers_statements() {
         .expect("the dead letters waited behind the workers' statement")
         .unwrap();
     assert!(letters.is_empty());
-    assert!(!completing.is_finished(), "the completion did not wait");
+    assert!(
+        !completing.is_finished(),
+        "the completion ended before the lock was let go (after {:?})",
+        spawned.elapsed()
+    );
 
     lock.rollback().await.unwrap();
     assert!(completing.await.unwrap().unwrap());
+    assert_eq!(store.stats().await.unwrap().depth(), 0);
+}
+
+/// A question the store gave up on (after its 5 s) does not go on in the server: an
+/// operator who asks again while the database is slow does not pile up counts there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_question_the_store_gave_up_on_ends_in_the_server_too() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    assert_eq!(store.stats().await.unwrap().depth(), 0);
+
+    // Another session holds the table: the count waits for it.
+    let mut locker = inspect(&url).await;
+    let lock = locker.transaction().await.unwrap();
+    let locker_pid: i32 = lock
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    lock.batch_execute("LOCK TABLE openmail_events IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    let asked = Instant::now();
+    let outcome = store.stats().await;
+    assert!(
+        matches!(outcome, Err(QueueError::Unavailable(_))),
+        "{outcome:?}"
+    );
+    assert!(
+        asked.elapsed() >= Duration::from_secs(4),
+        "{:?}",
+        asked.elapsed()
+    );
+
+    // The server ended the count too: nothing waits for the lock any more, while the
+    // lock is still held.
+    let db = inspect(&url).await;
+    let started = Instant::now();
+    loop {
+        let blocked: i64 = db
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+                &[&locker_pid],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        if blocked == 0 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the abandoned count still waits in the server"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    lock.rollback().await.unwrap();
     assert_eq!(store.stats().await.unwrap().depth(), 0);
 }
 
