@@ -341,8 +341,8 @@ pub struct PostgresStore {
     work: Connection,
     /// An operator's questions ([`stats`](super::EventStore::stats),
     /// [`dead_letters`](super::EventStore::dead_letters)): opened at the first one, so that
-    /// a count that reads the whole index of waiting events does not hold up the workers'
-    /// statements, which would wait behind it on theirs.
+    /// a count that reads every waiting event does not hold up the workers' statements,
+    /// which would wait behind it on theirs.
     reads: Connection,
     inserts: mpsc::Sender<InsertRequest>,
     config: Config,
@@ -993,8 +993,8 @@ impl Connection {
 
     /// For the operator's questions: a count that outlasts [`TIMEOUT`] is abandoned by the
     /// store, and without this would go on in the server, one more with each question asked
-    /// again. (Not for the inserts, claims and completions, whose statements end on their
-    /// own.)
+    /// again. (The other connections' statements are short, and the callers of one that
+    /// the store gave up on are built for it having committed or not.)
     fn ending_abandoned_statements(mut self) -> Self {
         self.ends_abandoned = true;
         self
