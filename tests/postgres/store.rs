@@ -78,6 +78,26 @@ pub async fn inspect(url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// The id of the server process behind `session`.
+async fn backend_pid(session: &impl tokio_postgres::GenericClient) -> i32 {
+    session
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// How many sessions wait for a lock that the server process `pid` holds.
+async fn blocked_by(db: &tokio_postgres::Client, pid: i32) -> i64 {
+    db.query_one(
+        "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        &[&pid],
+    )
+    .await
+    .unwrap()
+    .get(0)
+}
+
 const LEASE: Duration = Duration::from_secs(60);
 const MAX_ATTEMPTS: u32 = 8;
 
@@ -523,59 +543,42 @@ async fn an_operators_questions_do_not_wait_behind_the_workers_statements() {
     // workers' connection, for at most the store's 5 s.
     let mut locker = inspect(&url).await;
     let lock = locker.transaction().await.unwrap();
-    let locker_pid: i32 = lock
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let locker_pid = backend_pid(&lock).await;
     lock.execute(
         "SELECT 1 FROM openmail_events WHERE key = $1 FOR UPDATE",
         &[&&key[..]],
     )
     .await
     .unwrap();
-    let completing = tokio::spawn({
+    let mut completing = tokio::spawn({
         let store = Arc::clone(&store);
         async move { store.complete(lease).await }
     });
-    let spawned = Instant::now();
     let db = inspect(&url).await;
-    loop {
-        let blocked: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&locker_pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if blocked >= 1 {
-            break;
-        }
+    while blocked_by(&db, locker_pid).await == 0 {
         assert!(
-            spawned.elapsed() < Duration::from_secs(2),
+            !completing.is_finished(),
             "the completion never waited for the lock"
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 
-    // Behind the completion, these would wait until the lock is let go below (or the
-    // completion gave up).
-    let within = Duration::from_millis(1_000);
-    let stats = tokio::time::timeout(within, store.stats())
-        .await
-        .expect("the statistics waited behind the workers' statement")
-        .unwrap();
+    // Behind the completion, these would answer only once it ended: when the lock is let
+    // go below, or when the store gave up on it (an error, after 5 s).
+    let questions = async { (store.stats().await, store.dead_letters(10).await) };
+    let (stats, letters) = tokio::select! {
+        biased;
+        answered = questions => answered,
+        ended = &mut completing => {
+            panic!("the questions waited behind the workers' statement, which ended: {ended:?}")
+        }
+    };
+    let stats = stats.unwrap();
     assert_eq!((stats.waiting, stats.in_flight), (0, 1));
-    let letters = tokio::time::timeout(within, store.dead_letters(10))
-        .await
-        .expect("the dead letters waited behind the workers' statement")
-        .unwrap();
-    assert!(letters.is_empty());
+    assert!(letters.unwrap().is_empty());
     assert!(
         !completing.is_finished(),
-        "the completion ended before the lock was let go (after {:?})",
-        spawned.elapsed()
+        "the completion ended before the lock was let go"
     );
 
     lock.rollback().await.unwrap();
@@ -590,48 +593,36 @@ async fn a_question_the_store_gave_up_on_ends_in_the_server_too() {
     let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
         return;
     };
-    let store = replica(&url).await;
+    let store = Arc::new(replica(&url).await);
     assert_eq!(store.stats().await.unwrap().depth(), 0);
 
-    // Another session holds the table: the count waits for it.
+    // Another session holds the table: the count waits for it, until the store gives up
+    // on it after its 5 s.
     let mut locker = inspect(&url).await;
     let lock = locker.transaction().await.unwrap();
-    let locker_pid: i32 = lock
-        .query_one("SELECT pg_backend_pid()", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let locker_pid = backend_pid(&lock).await;
     lock.batch_execute("LOCK TABLE openmail_events IN ACCESS EXCLUSIVE MODE")
         .await
         .unwrap();
-    let asked = Instant::now();
-    let outcome = store.stats().await;
+    let asking = tokio::spawn({
+        let store = Arc::clone(&store);
+        async move { store.stats().await }
+    });
+    let db = inspect(&url).await;
+    while blocked_by(&db, locker_pid).await == 0 {
+        assert!(!asking.is_finished(), "the count never waited for the lock");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outcome = asking.await.unwrap();
     assert!(
         matches!(outcome, Err(QueueError::Unavailable(_))),
         "{outcome:?}"
     );
-    assert!(
-        asked.elapsed() >= Duration::from_secs(4),
-        "{:?}",
-        asked.elapsed()
-    );
 
     // The server ended the count too: nothing waits for the lock any more, while the
     // lock is still held.
-    let db = inspect(&url).await;
     let started = Instant::now();
-    loop {
-        let blocked: i64 = db
-            .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
-                &[&locker_pid],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        if blocked == 0 {
-            break;
-        }
+    while blocked_by(&db, locker_pid).await != 0 {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "the abandoned count still waits in the server"
