@@ -49,9 +49,13 @@
 //! - Its jobs are serialized values (JSON by default) with ids it generates. The store
 //!   keeps the signed bytes as bytes (`BLOB`, `BYTEA`: PostgreSQL's `jsonb` and `text`
 //!   refuse the NUL and lone surrogate escapes a signed event may carry) under a unique
-//!   key on the scoped event id, so that the duplicate check and the insert are one
-//!   statement. With apalis that would be a second table and a second commit, and a crash
-//!   between them either loses the event or stores it twice.
+//!   key on the scoped event id, checked in the transaction that stores the event: on
+//!   PostgreSQL by the same statement; on SQLite by the writer's thread, which alone
+//!   writes the file, against the keys it holds and its index of keys, written later in
+//!   the commits that follow and completed at open after a crash from the rows
+//!   themselves. With apalis the event and its key would be in two stores committed
+//!   apart (its job, and a table of ours), and a crash between them either loses the
+//!   event or stores it twice.
 //! - Crash correctness is the product here: the attempt counted at claim, the lease token
 //!   that stops a stale holder, the body deleted at completion with the key kept, the
 //!   SQLite file locked to one process. Each is a few lines of SQL that the tests check;

@@ -26,6 +26,7 @@ use tokio::sync::{mpsc, watch};
 #[path = "../queue_attack_support/files.rs"]
 mod files;
 mod grouping;
+mod keys;
 mod log;
 mod refund;
 mod throughput;
@@ -258,8 +259,9 @@ enum Behaviour {
 }
 
 /// Stores `id` through the verification layer and Ingest, in process, leaving no server
-/// that holds the store.
-async fn stored(store: &Arc<SqliteStore>, id: &str) {
+/// that holds the store: whether it was stored (false: `Ingest` answered it as a
+/// duplicate).
+async fn stored(store: &Arc<SqliteStore>, id: &str) -> bool {
     let app = Router::new()
         .route_service("/webhooks", Ingest::new(Arc::clone(store)))
         .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
@@ -269,6 +271,9 @@ async fn stored(store: &Arc<SqliteStore>, id: &str) {
         .request();
     let response = tower::ServiceExt::oneshot(app, request).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    body.get("duplicate").is_none()
 }
 
 fn start<H>(workers: Workers<SqliteStore, H>) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>)
@@ -623,7 +628,7 @@ async fn a_store_of_a_newer_schema_is_refused() {
             error,
             QueueError::Schema {
                 found: 99,
-                supported: 3
+                supported: 4
             }
         ),
         "{error:?}"

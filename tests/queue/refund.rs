@@ -150,7 +150,7 @@ async fn a_file_of_schema_version_1_is_migrated_and_its_leases_stay_counted() {
     let version: i64 = db
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let started: i64 = db
         .query_row("SELECT started FROM openmail_events", [], |row| row.get(0))
         .unwrap();
@@ -380,7 +380,7 @@ async fn a_file_of_schema_version_2_gets_an_index_each_for_completed_and_dead_ev
     let version: i64 = db
         .pragma_query_value(None, "user_version", |row| row.get(0))
         .unwrap();
-    assert_eq!(version, 3);
+    assert_eq!(version, 4);
     let finished: i64 = db
         .query_row(
             "SELECT count(*) FROM sqlite_schema WHERE name = 'openmail_events_finished'",
