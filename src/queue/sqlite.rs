@@ -1235,10 +1235,10 @@ impl Writer {
         let Some(id) = self.id_of(key)? else {
             return Ok(0);
         };
-        let mut all: Vec<&dyn rusqlite::ToSql> = Vec::with_capacity(rest.len().saturating_add(1));
-        all.push(&id);
-        all.extend_from_slice(rest);
-        self.connection.prepare_cached(sql)?.execute(all.as_slice())
+        let all = std::iter::once(&id as &dyn rusqlite::ToSql).chain(rest.iter().copied());
+        self.connection
+            .prepare_cached(sql)?
+            .execute(rusqlite::params_from_iter(all))
     }
 
     /// Runs a statement without parameters or rows, prepared once: a group's `BEGIN` and
