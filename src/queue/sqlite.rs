@@ -196,7 +196,14 @@ CREATE INDEX IF NOT EXISTS openmail_events_dead ON openmail_events (finished_ms)
 /// the index of a `UNIQUE` column, so [`SCHEMA`] then creates the table again, without the
 /// unique index of its keys (whose entries [`KEYS_SCHEMA`]'s table holds, written later:
 /// see [`keys`]), and [`MIGRATE_V4_COPY`] copies the rows into it.
+///
+/// The tables of version 4 are dropped first: a file taken back to version 3 by hand may
+/// still have them, and a build of version 3 changes the events without them (its purge
+/// deletes rows whose keys stay in `openmail_keys`, and ids come round again). So the
+/// index of keys is written again from every row, and nothing recorded before is trusted.
 const MIGRATE_V4: &str = "
+DROP TABLE IF EXISTS openmail_keys;
+DROP TABLE IF EXISTS openmail_meta;
 DROP INDEX IF EXISTS openmail_events_due;
 DROP INDEX IF EXISTS openmail_events_completed;
 DROP INDEX IF EXISTS openmail_events_dead;
@@ -1278,10 +1285,11 @@ impl Writer {
                 max_attempts,
                 reply,
             } => {
-                // The dead letters are reported by the workers' grouped call alone.
+                // The dead letters are reported by the workers' grouped call alone. All or
+                // nothing (a savepoint): a claim that fails half-way leases nothing.
                 let result = self
-                    .claim(limit, start, lease, max_attempts)
-                    .map(|(claimed, _dead)| claimed);
+                    .complete_and_claim(Vec::new(), &[], limit, start, lease, max_attempts)
+                    .map(|(_completed, claimed, _dead)| claimed);
                 pending(reply, result)
             }
             Command::Renew {
@@ -1543,12 +1551,13 @@ impl Writer {
                     self.claim(limit, start, lease, max_attempts)?
                 };
                 Ok((recorded, claimed, dead))
+            })
+            .and_then(|settled| {
+                self.run_cached("RELEASE complete_and_claim")
+                    .map(|()| settled)
             });
         match result {
-            Ok(settled) => {
-                self.run_cached("RELEASE complete_and_claim")?;
-                Ok(settled)
-            }
+            Ok(settled) => Ok(settled),
             Err(error) => {
                 let _ = self
                     .connection

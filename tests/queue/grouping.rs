@@ -548,3 +548,31 @@ async fn slow_handlers_keep_the_prefetch_at_the_concurrency() {
     assert_eq!(calls[0].limit, 4, "{calls:?}");
     assert!(calls.iter().all(|call| call.limit <= 4), "{calls:?}");
 }
+
+#[tokio::test]
+async fn a_claim_that_fails_half_way_leases_nothing() {
+    let dir = scratch("claim-half-way");
+    let store = open(&dir);
+    for n in 0..3 {
+        assert!(stored(&store, &format!("evt_half_{n}")).await);
+    }
+    // The second event's lease fails: its statement is aborted, and SQLite keeps the
+    // transaction open (it rolls back that statement only).
+    let side = rusqlite::Connection::open(dir.join("events.db")).unwrap();
+    side.execute_batch(
+        "CREATE TRIGGER fail_second BEFORE UPDATE OF leased ON openmail_events
+         WHEN NEW.leased = 1 AND OLD.id = 2
+         BEGIN SELECT RAISE(ABORT, 'refused for the test'); END;",
+    )
+    .unwrap();
+    let lease = Duration::from_secs(3600);
+    assert!(store.claim(10, lease, 8).await.is_err());
+    side.execute_batch("DROP TRIGGER fail_second").unwrap();
+    drop(side);
+    // The first event's lease went with the failure: every event is claimed now, each at
+    // its first attempt.
+    let claimed = store.claim(10, lease, 8).await.unwrap();
+    let attempts: Vec<u32> = claimed.iter().map(Claimed::attempt).collect();
+    assert_eq!(attempts, [1, 1, 1]);
+    assert_eq!(stats(store.as_ref()).await.in_flight, 3);
+}

@@ -175,7 +175,7 @@ async fn a_purged_key_still_held_is_forgotten_and_its_event_can_be_stored_again(
 }
 
 /// Turns a file of the current schema back into version 3's: the keys unique in the
-/// table, no index of keys of their own.
+/// table. The tables of version 4 are left, as a build of version 3 would ignore them.
 const BACK_TO_V3: &str = "
 CREATE TABLE openmail_events_v3 (
     id              INTEGER PRIMARY KEY,
@@ -200,8 +200,6 @@ INSERT INTO openmail_events_v3 SELECT id, key, state, received_ms, due_ms, lease
     attempts, started, channel, scope_inbox, timestamp, secret_index, event_id_header, body,
     error, finished_ms FROM openmail_events;
 DROP TABLE openmail_events;
-DROP TABLE openmail_keys;
-DROP TABLE openmail_meta;
 ALTER TABLE openmail_events_v3 RENAME TO openmail_events;
 CREATE INDEX openmail_events_due ON openmail_events (due_ms) WHERE state = 0;
 CREATE INDEX openmail_events_completed ON openmail_events (finished_ms) WHERE state = 1;
@@ -223,10 +221,11 @@ async fn a_file_of_schema_version_3_keeps_every_key_without_the_unique_index() {
         assert!(store.complete(event.lease()).await.unwrap());
     }
     drop(store);
-    rusqlite::Connection::open(&path)
-        .unwrap()
-        .execute_batch(BACK_TO_V3)
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(BACK_TO_V3).unwrap();
+    db.execute_batch("DROP TABLE openmail_keys; DROP TABLE openmail_meta;")
         .unwrap();
+    drop(db);
     assert_eq!(
         count(
             &path,
@@ -260,4 +259,77 @@ async fn a_file_of_schema_version_3_keeps_every_key_without_the_unique_index() {
         ),
         3
     );
+}
+
+/// Rows whose key is missing from the index of keys, or in it under another row, and
+/// entries of the index with no row of that key.
+fn mismatched_keys(path: &Path) -> (i64, i64) {
+    let rows = count(
+        path,
+        "SELECT count(*) FROM openmail_events e WHERE NOT EXISTS
+             (SELECT 1 FROM openmail_keys k WHERE k.key = e.key AND k.id = e.id)",
+    );
+    let entries = count(
+        path,
+        "SELECT count(*) FROM openmail_keys k WHERE NOT EXISTS
+             (SELECT 1 FROM openmail_events e WHERE e.id = k.id AND e.key = k.key)",
+    );
+    (rows, entries)
+}
+
+#[tokio::test]
+async fn a_file_taken_back_to_version_3_by_hand_gets_its_index_of_keys_written_again() {
+    let dir = scratch("keys-v3-kept-tables");
+    let path = dir.join("events.db");
+    // Version 4: three events completed; the drop writes their keys into the index and
+    // records the third row as the last indexed.
+    let store = open(&dir);
+    for n in 0..3 {
+        assert!(stored(&store, &format!("evt_before_{n}")).await);
+    }
+    assert_eq!(complete_all(&store).await, 3);
+    drop(store);
+    // The row a build of version 3 would store for a new event: taken from another file.
+    let other = scratch("keys-v3-kept-tables-other");
+    let other_store = open(&other);
+    assert!(stored(&other_store, "evt_under_v3").await);
+    drop(other_store);
+    // Back to version 3 by hand, leaving the tables of version 4 (which a build of
+    // version 3 does not see). That build purges the completed events, which leaves their
+    // keys in `openmail_keys`, and stores a new event, whose row id comes round to 1.
+    let db = rusqlite::Connection::open(&path).unwrap();
+    db.execute_batch(BACK_TO_V3).unwrap();
+    db.execute_batch("DELETE FROM openmail_events WHERE state = 1")
+        .unwrap();
+    db.execute(
+        "ATTACH DATABASE ?1 AS other",
+        [other.join("events.db").to_str().expect("a UTF-8 path")],
+    )
+    .unwrap();
+    db.execute_batch(
+        "INSERT INTO openmail_events (key, state, received_ms, due_ms, leased, token,
+             attempts, started, channel, scope_inbox, timestamp, secret_index,
+             event_id_header, body)
+         SELECT key, state, received_ms, due_ms, leased, token, attempts, started, channel,
+             scope_inbox, timestamp, secret_index, event_id_header, body
+         FROM other.openmail_events;
+         DETACH DATABASE other;",
+    )
+    .unwrap();
+    drop(db);
+    assert_eq!(count(&path, "SELECT max(id) FROM openmail_events"), 1);
+    assert_eq!(count(&path, "SELECT count(*) FROM openmail_keys"), 3);
+
+    // Version 4 again: the event stored under version 3 is known, and runs once.
+    let store = open(&dir);
+    assert!(
+        !stored(&store, "evt_under_v3").await,
+        "the event stored under version 3 is a duplicate"
+    );
+    assert_eq!(complete_all(&store).await, 1);
+    assert_eq!(complete_all(&store).await, 0);
+    // The purged events are forgotten, as under version 3.
+    assert!(stored(&store, "evt_before_0").await);
+    drop(store);
+    assert_eq!(mismatched_keys(&path), (0, 0));
 }
