@@ -72,7 +72,11 @@
 //!   `OPENMAIL_QUEUE_URL` is refused at start (exit code 2).
 //! - Workers run the handler, 8 at once, and print its stdout line when it finishes; one
 //!   process never prints an event twice. A receiver killed (even with `SIGKILL`) and
-//!   restarted on the same store runs every stored event that had not completed.
+//!   restarted on the same store runs every stored event that had not completed. An
+//!   event is tried at most 8 times, and an attempt cut short by a crash counts: one
+//!   whose handler ran through 8 crashes in a row is set aside as a dead letter instead
+//!   of looping, kept in the store and reported on stderr
+//!   (`queue: dead letter <event_id> after <n> attempts: <reason>`).
 //!   Completed events are remembered for 7 days: a replay with a fresh signature gets `200`
 //!   and is not handled again. `SIGTERM` or Ctrl-C stops taking events, lets running
 //!   handlers finish for 10 s, and hands the rest back to the store.
