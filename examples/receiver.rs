@@ -59,7 +59,8 @@
 //! - `OPENMAIL_QUEUE_URL` unset: the handler runs inside the request, as above.
 //! - `OPENMAIL_QUEUE_URL=sqlite:/absolute/path`: the embedded store, a SQLite file created
 //!   (mode 0600) when missing, used by one process at a time: a file another process uses
-//!   stops the receiver at start with a message on stderr and exit code 1.
+//!   stops the receiver at start with a message on stderr and exit code 1 (so does a full
+//!   disk that keeps the store from opening; what it stored is kept for the next start).
 //! - `OPENMAIL_QUEUE_URL=postgres://USER@HOST:PORT/DB`: the PostgreSQL store, shared by
 //!   replicas (needs `--features postgres`), committing with the server's
 //!   `synchronous_commit` (`on` if it is `off`), so that an acknowledged event survives a

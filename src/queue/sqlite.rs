@@ -700,6 +700,14 @@ fn opening(path: &Path, error: rusqlite::Error) -> QueueError {
         Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked) => QueueError::Locked {
             what: path.display().to_string(),
         },
+        // Opening writes (the leases handed back, the keys a crash left out of their
+        // index), and the log may hold what filled the disk: nothing stored is lost, but
+        // the store opens only once there is room.
+        Some(ErrorCode::DiskFull) => QueueError::unavailable(format!(
+            "{}: {error}: free some space; the events already stored are kept in the file \
+             and its `-wal` log, and run once the store opens",
+            path.display()
+        )),
         _ => QueueError::unavailable(format!("{}: {error}", path.display())),
     }
 }
@@ -2126,6 +2134,30 @@ impl Backend for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_at_open_says_what_to_do_and_that_nothing_is_lost() {
+        let full = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_FULL),
+            None,
+        );
+        let error = opening(Path::new("/srv/events.db"), full);
+        // The cause, which the receiver prints after the error.
+        let message = std::error::Error::source(&error)
+            .map(ToString::to_string)
+            .unwrap_or_default();
+        assert!(message.contains("/srv/events.db"), "{message}");
+        assert!(message.contains("free some space"), "{message}");
+        assert!(message.contains("kept"), "{message}");
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(matches!(
+            opening(Path::new("/srv/events.db"), busy),
+            QueueError::Locked { .. }
+        ));
+    }
     use crate::queue::EventStore;
 
     /// A fresh store in a directory of its own.
