@@ -2134,6 +2134,7 @@ impl Backend for SqliteStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::queue::EventStore;
 
     #[test]
     fn a_full_disk_at_open_says_what_to_do_and_that_nothing_is_lost() {
@@ -2158,7 +2159,6 @@ mod tests {
             QueueError::Locked { .. }
         ));
     }
-    use crate::queue::EventStore;
 
     /// A fresh store in a directory of its own.
     fn store(name: &str) -> (SqliteStore, PathBuf) {
