@@ -803,6 +803,13 @@ enum Command {
     Erasures {
         reply: Reply<Vec<Duration>>,
     },
+    /// Keeps the file from growing past the pages it has (`PRAGMA max_page_count` on the
+    /// writer's connection), as a full disk would; `false` lifts the limit.
+    #[cfg(test)]
+    FillDisk {
+        full: bool,
+        reply: Reply<()>,
+    },
     /// Runs [`Writer::restart_log`] and answers the reasons the gate holds after it.
     #[cfg(test)]
     RestartLog {
@@ -837,6 +844,8 @@ impl Command {
             Self::RollBack { reply } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::Erasures { reply } => drop(reply.send(Err(error()))),
+            #[cfg(test)]
+            Self::FillDisk { reply, .. } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::RestartLog { reply } => drop(reply.send(Err(error()))),
             #[cfg(test)]
@@ -1415,6 +1424,21 @@ impl Writer {
             }
             #[cfg(test)]
             Command::Erasures { reply } => pending(reply, Ok(self.erasures.clone())),
+            #[cfg(test)]
+            Command::FillDisk { full, reply } => {
+                let result = self
+                    .connection
+                    .query_row("PRAGMA page_count", [], |row| row.get::<_, i64>(0))
+                    .and_then(|pages| {
+                        let limit = if full { pages } else { i64::from(u32::MAX - 1) };
+                        self.connection.query_row(
+                            &format!("PRAGMA max_page_count = {limit}"),
+                            [],
+                            |_| Ok(()),
+                        )
+                    });
+                pending(reply, result)
+            }
             #[cfg(test)]
             Command::RestartLog { reply } => {
                 self.restart_log();
@@ -2158,6 +2182,65 @@ mod tests {
             opening(Path::new("/srv/events.db"), busy),
             QueueError::Locked { .. }
         ));
+    }
+
+    /// A full disk refuses the deliveries that need room, and loses nothing stored:
+    /// copies of a stored event are still recognised, and it runs once there is room.
+    #[tokio::test]
+    async fn a_full_disk_refuses_new_events_and_keeps_every_stored_one() {
+        let (store, dir) = store("full-disk");
+        let delivery = |id: &str, padding: usize| {
+            let body = format!(r#"{{"event_id":"{id}","text":"{}"}}"#, "x".repeat(padding));
+            Delivery::websocket(Bytes::from(body), None)
+        };
+        assert_eq!(
+            store
+                .insert([1; 32], delivery("evt_kept", 10), u64::MAX)
+                .await
+                .unwrap(),
+            Inserted::Stored
+        );
+        store
+            .ask(|reply| Command::FillDisk { full: true, reply })
+            .await
+            .unwrap();
+        // A body of 64 KiB needs pages the file does not have.
+        let error = store
+            .insert([2; 32], delivery("evt_large", 64 * 1024), u64::MAX)
+            .await
+            .expect_err("no room for the large event");
+        let cause = std::error::Error::source(&error).map(ToString::to_string);
+        assert!(
+            cause.as_deref().is_some_and(|cause| cause.contains("full")),
+            "{cause:?}"
+        );
+        assert_eq!(
+            store
+                .insert([1; 32], delivery("evt_kept", 10), u64::MAX)
+                .await
+                .unwrap(),
+            Inserted::Duplicate
+        );
+        store
+            .ask(|reply| Command::FillDisk { full: false, reply })
+            .await
+            .unwrap();
+        // The sender's retry, once there is room.
+        assert_eq!(
+            store
+                .insert([2; 32], delivery("evt_large", 64 * 1024), u64::MAX)
+                .await
+                .unwrap(),
+            Inserted::Stored
+        );
+        let claimed = store.claim(10, Duration::from_secs(60), 8).await.unwrap();
+        let ids: Vec<Option<&str>> = claimed
+            .iter()
+            .map(|event| event.delivery().event_id())
+            .collect();
+        assert_eq!(ids, [Some("evt_kept"), Some("evt_large")]);
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// A fresh store in a directory of its own.
