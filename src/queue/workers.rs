@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, Response, Uri};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Uri};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, watch};
 use tokio::task::{Id, JoinSet};
 use tokio::time::Instant;
@@ -602,6 +602,19 @@ enum Ending {
     Cancelled,
 }
 
+impl Ending {
+    /// What the handler's task came to, once it ended.
+    fn of(outcome: Result<Result<StatusCode, BoxError>, tokio::task::JoinError>) -> Self {
+        match outcome {
+            Ok(Ok(status)) if status.is_success() => Self::Handled,
+            Ok(Ok(status)) => Self::Failed(format!("the handler answered {status}")),
+            Ok(Err(error)) => Self::Failed(format!("the handler failed: {error}")),
+            Err(error) if error.is_panic() => Self::Failed("the handler panicked".to_owned()),
+            Err(_) => Self::Failed("the handler was cancelled".to_owned()),
+        }
+    }
+}
+
 /// A lease held by a run, renewed every third of it. `until` is where it ends at the
 /// latest on this clock: the store counts it from when it ran the claim or the renewal,
 /// and this from just before asking.
@@ -738,36 +751,33 @@ impl<S: EventStore> Run<S> {
         tokio::pin!(deadline);
         let ending = loop {
             let give_up_at = held.give_up_at();
+            // Each way of stopping the handler first looks at whether it finished meanwhile
+            // (`stop` returns its outcome then): a handler that answered `2xx` as its time
+            // ran out, or as the workers shut down, did its work, and running it again would
+            // repeat it without a crash.
             tokio::select! {
                 // The outcome first: a handler that finished is never cancelled or released.
                 biased;
-                outcome = &mut handler => break match outcome {
-                    Ok(Ok(status)) if status.is_success() => Ending::Handled,
-                    Ok(Ok(status)) => Ending::Failed(format!("the handler answered {status}")),
-                    Ok(Err(error)) => Ending::Failed(format!("the handler failed: {error}")),
-                    Err(error) if error.is_panic() => Ending::Failed("the handler panicked".to_owned()),
-                    Err(_) => Ending::Failed("the handler was cancelled".to_owned()),
-                },
+                outcome = &mut handler => break Ending::of(outcome),
                 () = &mut deadline => {
-                    stop(handler).await;
-                    break Ending::Failed(format!(
-                        "the handler did not finish within {:?}",
-                        self.settings.attempt_timeout
-                    ));
+                    break stop(handler).await.map_or_else(
+                        || Ending::Failed(format!(
+                            "the handler did not finish within {:?}",
+                            self.settings.attempt_timeout
+                        )),
+                        Ending::of,
+                    );
                 }
                 true = raised(&mut cancelled) => {
-                    stop(handler).await;
-                    break Ending::Cancelled;
+                    break stop(handler).await.map_or(Ending::Cancelled, Ending::of);
                 }
                 _ = held.renew.tick() => {
                     if !held.renew(self.store.as_ref()).await {
-                        stop(handler).await;
-                        break Ending::LeaseLost;
+                        break stop(handler).await.map_or(Ending::LeaseLost, Ending::of);
                     }
                 }
                 () = tokio::time::sleep_until(give_up_at) => {
-                    stop(handler).await;
-                    break Ending::LeaseLost;
+                    break stop(handler).await.map_or(Ending::LeaseLost, Ending::of);
                 }
             }
         };
@@ -835,10 +845,17 @@ async fn raised(flag: &mut watch::Receiver<bool>) -> bool {
 }
 
 /// Cancels the handler and waits until it has stopped (its future dropped), so that
-/// nothing of this run is still running when its event may be claimed again.
-async fn stop<T>(mut handler: tokio::task::JoinHandle<T>) {
+/// nothing of this run is still running when its event may be claimed again. Returns the
+/// handler's outcome when it finished before the cancellation took effect (it was being
+/// polled, or had just ended), `None` when it was cancelled.
+async fn stop<T>(
+    mut handler: tokio::task::JoinHandle<T>,
+) -> Option<Result<T, tokio::task::JoinError>> {
     handler.abort();
-    let _ = (&mut handler).await;
+    match (&mut handler).await {
+        Err(error) if error.is_cancelled() => None,
+        finished => Some(finished),
+    }
 }
 
 /// The request the service gets: what [`VerifyOpenMailLayer`](crate::VerifyOpenMailLayer)

@@ -29,6 +29,7 @@ mod grouping;
 mod keys;
 mod log;
 mod refund;
+mod running;
 mod throughput;
 
 const SECRET: &str = "whsec_queue_test";

@@ -1,0 +1,277 @@
+//! A handler's run under the workers: a run that ends as its time or the workers' grace
+//! runs out, a lease renewed while a long run goes on, a copy that arrives meanwhile, and
+//! the backoff between attempts. Durations here are lower bounds or limits on waiting,
+//! never a comparison of two timings.
+
+use std::sync::Mutex;
+
+use super::*;
+
+/// A handler that reports each run's attempt, then blocks its thread for `busy` (as a
+/// handler doing blocking work does) and answers `status`: the workers cannot cancel it
+/// while it blocks, so it ends after whatever stopped it.
+fn blocking(
+    seen: mpsc::UnboundedSender<u32>,
+    busy: Duration,
+    status: fn(u32) -> StatusCode,
+) -> Router {
+    Router::new().route(
+        "/webhooks",
+        post(
+            move |Extension(attempt): Extension<WorkerAttempt>| async move {
+                let _ = seen.send(attempt.number());
+                std::thread::sleep(busy);
+                status(attempt.number())
+            },
+        ),
+    )
+}
+
+async fn until_completed(store: &SqliteStore) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let now = stats(store).await;
+        if now.depth() == 0 && now.in_flight == 0 {
+            return;
+        }
+        assert!(Instant::now() < deadline, "never completed: {now:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_answers_as_its_time_runs_out_is_not_run_again() {
+    let dir = scratch("late-answer");
+    let store = open(&dir);
+    stored(&store, "evt_late").await;
+    let (seen, mut runs) = mpsc::unbounded_channel();
+    let workers = Workers::new(
+        Arc::clone(&store),
+        blocking(seen, Duration::from_millis(400), |_| StatusCode::OK),
+    )
+    .attempt_timeout(Duration::from_millis(100))
+    .backoff(Duration::from_millis(10));
+    let (stop, running) = start(workers);
+    assert_eq!(runs.recv().await, Some(1));
+    until_completed(&store).await;
+    // A retry would have come 10 ms after the failure was recorded.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(runs.try_recv().is_err(), "run again after it answered 200");
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert_eq!(stats(&*store).await.dead_letters, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_answers_as_the_grace_runs_out_is_completed_not_handed_back() {
+    let dir = scratch("late-at-shutdown");
+    let store = open(&dir);
+    stored(&store, "evt_late_shutdown").await;
+    let (seen, mut runs) = mpsc::unbounded_channel();
+    let workers = Workers::new(
+        Arc::clone(&store),
+        blocking(seen, Duration::from_millis(400), |_| StatusCode::OK),
+    )
+    .shutdown_grace(Duration::from_millis(50));
+    let (stop, running) = start(workers);
+    assert_eq!(runs.recv().await, Some(1));
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    let after = stats(&*store).await;
+    assert_eq!(
+        (after.waiting, after.in_flight),
+        (0, 0),
+        "handed back after it answered 200: {after:?}"
+    );
+    // Nothing is left to run.
+    assert!(
+        store
+            .claim(8, Duration::from_secs(30), 8)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_fails_as_its_time_runs_out_is_retried() {
+    let dir = scratch("late-failure");
+    let store = open(&dir);
+    stored(&store, "evt_late_failure").await;
+    let (seen, mut runs) = mpsc::unbounded_channel();
+    let workers = Workers::new(
+        Arc::clone(&store),
+        blocking(seen, Duration::from_millis(200), |attempt| {
+            if attempt == 1 {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            }
+        }),
+    )
+    .attempt_timeout(Duration::from_millis(50))
+    .backoff(Duration::from_millis(10));
+    let (stop, running) = start(workers);
+    assert_eq!(runs.recv().await, Some(1));
+    assert_eq!(runs.recv().await, Some(2));
+    until_completed(&store).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
+#[tokio::test]
+async fn the_lease_is_renewed_while_a_run_outlasts_it() {
+    let dir = scratch("renewed");
+    let store = open(&dir);
+    stored(&store, "evt_long").await;
+    let lease = Duration::from_millis(300);
+    let (seen, mut runs) = mpsc::unbounded_channel();
+    let (finish, finished) = watch::channel(false);
+    let app = Router::new().route(
+        "/webhooks",
+        post(move |Extension(attempt): Extension<WorkerAttempt>| {
+            let seen = seen.clone();
+            let mut finished = finished.clone();
+            async move {
+                let _ = seen.send(attempt.number());
+                let _ = finished.wait_for(|done| *done).await;
+                StatusCode::OK
+            }
+        }),
+    );
+    let (stop, running) = start(Workers::new(Arc::clone(&store), app).lease(lease));
+    assert_eq!(runs.recv().await, Some(1));
+    // Four leases long, another holder asks for it: renewed every third of the lease, it
+    // is never free to take.
+    let until = Instant::now() + lease * 4;
+    while Instant::now() < until {
+        let taken = store.claim(8, lease, 8).await.unwrap();
+        assert!(taken.is_empty(), "taken while its run went on");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    finish.send(true).unwrap();
+    until_completed(&store).await;
+    assert!(runs.try_recv().is_err(), "run twice");
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_copy_that_arrives_while_its_handler_runs_gets_200_and_is_not_run_again() {
+    let dir = scratch("copy-while-running");
+    let store = open(&dir);
+    let addr = serve(Ingest::new(Arc::clone(&store))).await;
+    let (seen, mut runs) = mpsc::unbounded_channel();
+    let (finish, finished) = watch::channel(false);
+    let app = Router::new().route(
+        "/webhooks",
+        post(move |Extension(event): Extension<Arc<Event>>| {
+            let seen = seen.clone();
+            let mut finished = finished.clone();
+            async move {
+                let _ = seen.send(event.event_id().unwrap_or_default().to_owned());
+                let _ = finished.wait_for(|done| *done).await;
+                StatusCode::OK
+            }
+        }),
+    );
+    let (stop, running) = start(Workers::new(Arc::clone(&store), app));
+    let body = event("evt_running");
+    let (status, _, answer) = deliver(addr, &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(runs.recv().await.as_deref(), Some("evt_running"));
+    // Signed again, as OpenMail's retry is, while the handler still runs.
+    let (status, _, answer) = deliver(addr, &body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(answer["duplicate"], true);
+    assert_eq!(stats(&*store).await.in_flight, 1);
+    finish.send(true).unwrap();
+    until_completed(&store).await;
+    // And once it completed, a copy is still answered and not run.
+    let (status, _, _) = deliver(addr, &body).await;
+    assert_eq!(status, StatusCode::OK);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(runs.try_recv().is_err(), "run twice without a crash");
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
+#[tokio::test]
+async fn attempts_back_off_doubling_from_the_first_delay() {
+    let dir = scratch("backoff");
+    let store = open(&dir);
+    stored(&store, "evt_backoff").await;
+    let first = Duration::from_millis(150);
+    let starts = Arc::new(Mutex::new(Vec::new()));
+    let app = Router::new().route(
+        "/webhooks",
+        post({
+            let starts = Arc::clone(&starts);
+            move |Extension(attempt): Extension<WorkerAttempt>| {
+                let starts = Arc::clone(&starts);
+                async move {
+                    starts.lock().unwrap().push(Instant::now());
+                    if attempt.number() < 3 {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::OK
+                    }
+                }
+            }
+        }),
+    );
+    let (stop, running) = start(Workers::new(Arc::clone(&store), app).backoff(first));
+    until_completed(&store).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    let starts = starts.lock().unwrap().clone();
+    assert_eq!(starts.len(), 3, "two failures, then the success");
+    // Lower bounds only: a slow machine makes the gaps longer, never shorter. (Less a
+    // millisecond or two: the store keeps due times in whole milliseconds of its clock.)
+    let slack = Duration::from_millis(2);
+    assert!(
+        starts[1] - starts[0] >= first - slack,
+        "{:?}",
+        starts[1] - starts[0]
+    );
+    assert!(
+        starts[2] - starts[1] >= first * 2 - slack,
+        "the second delay doubles: {:?}",
+        starts[2] - starts[1]
+    );
+}
+
+#[tokio::test]
+async fn a_failed_attempt_is_not_due_before_its_retry_time() {
+    let dir = scratch("retry-due");
+    let store = open(&dir);
+    stored(&store, "evt_not_yet").await;
+    let lease = Duration::from_secs(30);
+    let claimed = store.claim(8, lease, 8).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let retry_in = Duration::from_millis(400);
+    let asked = Instant::now();
+    assert!(
+        store
+            .fail(claimed[0].lease(), Some(retry_in), "failed".to_owned())
+            .await
+            .unwrap()
+    );
+    // Claimed as soon as it is due, and not before.
+    let again = loop {
+        let again = store.claim(8, lease, 8).await.unwrap();
+        if !again.is_empty() {
+            break again;
+        }
+        assert!(asked.elapsed() < Duration::from_secs(20), "never due again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    // Less the store's rounding to whole milliseconds.
+    assert!(
+        asked.elapsed() >= retry_in - Duration::from_millis(2),
+        "{:?}",
+        asked.elapsed()
+    );
+    assert_eq!(again[0].attempt(), 2);
+}
