@@ -64,7 +64,9 @@
 //! - `OPENMAIL_QUEUE_URL=postgres://USER@HOST:PORT/DB`: the PostgreSQL store, shared by
 //!   replicas (needs `--features postgres`), committing with the server's
 //!   `synchronous_commit` (`on` if it is `off`), so that an acknowledged event survives a
-//!   crash of PostgreSQL too. Any other value: exit code 2.
+//!   crash of PostgreSQL too. A database that cannot be reached at start (within 5 s)
+//!   stops the receiver with the cause on stderr and exit code 1; once running, an
+//!   unreachable database answers `503`. Any other value: exit code 2.
 //! - A verified delivery gets `200` with `{"ok":true,"event":"<type>","event_id":"<id>"}`
 //!   once the event is committed to the store, and every copy of it, concurrent or while
 //!   its handler runs or after it completed, gets `200` with `"duplicate":true` added: no
@@ -75,9 +77,10 @@
 //!   process never prints an event twice. A receiver killed (even with `SIGKILL`) and
 //!   restarted on the same store runs every stored event that had not completed. An
 //!   event is tried at most 8 times, and an attempt cut short by a crash counts: one
-//!   whose handler ran through 8 crashes in a row is set aside as a dead letter instead
-//!   of looping, kept in the store and reported on stderr
-//!   (`queue: dead letter <event_id> after <n> attempts: <reason>`).
+//!   whose handler crashes the process every time is set aside as a dead letter after 8
+//!   crashes (9 at most, when its first crash came as it left the prefetch, before its
+//!   start was recorded: see docs/durable.md) instead of looping, kept in the store and
+//!   reported on stderr (`queue: dead letter <event_id> after <n> attempts: <reason>`).
 //!   Completed events are remembered for 7 days: a replay with a fresh signature gets `200`
 //!   and is not handled again. `SIGTERM` or Ctrl-C stops taking events, lets running
 //!   handlers finish for 10 s, and hands the rest back to the store.

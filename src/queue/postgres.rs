@@ -361,8 +361,9 @@ impl fmt::Debug for PostgresStore {
 
 impl PostgresStore {
     /// Connects to the database at `url` (`postgres://USER[:PASSWORD]@HOST:PORT/DB`, or a
-    /// libpq key-value string), creates the schema when it is missing, and sets
-    /// `synchronous_commit` as `durability` says.
+    /// libpq key-value string), creates the schema when it is missing, and makes its
+    /// connections wait for the WAL flush (`synchronous_commit = on`, unless the server's
+    /// own level waits as long) whatever `durability` says: see [`Durability`].
     ///
     /// Fails with [`QueueError::Unavailable`] when the URL is malformed or the database
     /// cannot be reached within 5 s, and with [`QueueError::Schema`] when a newer build

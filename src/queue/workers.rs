@@ -99,6 +99,13 @@ type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 ///   then runs its handler again once its lease expires, in whichever process claims it.
 /// - **Housekeeping:** completed keys older than [`retention`](Self::retention) (7 days)
 ///   are purged at start and hourly.
+/// - **Watched:** with the `tracing` feature, the queue's [`EventStore::stats`] are logged
+///   at start and every [`stats_every`](Self::stats_every) (60 s).
+///
+/// A handler stopped at its time limit, at the end of the grace or because its lease could
+/// not be kept is cancelled at its next `.await`. One that answered before the cancel took
+/// effect (it blocked its thread, or ended just then) is taken at its answer: a `2xx`
+/// completes its event, so that its work is not done again.
 ///
 /// ```
 /// # #[cfg(feature = "sqlite")] {
@@ -141,6 +148,7 @@ struct Settings {
     shutdown_grace: Duration,
     retention: Duration,
     poll_interval: Duration,
+    stats_every: Duration,
 }
 
 impl<S, H> fmt::Debug for Workers<S, H> {
@@ -176,6 +184,7 @@ where
                 shutdown_grace: Duration::from_secs(10),
                 retention: Duration::from_secs(7 * 24 * 3600),
                 poll_interval: Duration::from_millis(100),
+                stats_every: Duration::from_secs(60),
             },
             on_dead_letter: None,
         }
@@ -255,6 +264,16 @@ where
         self
     }
 
+    /// With the `tracing` feature, how often the workers log the queue's
+    /// [`stats`](EventStore::stats) at `info` ("queue: stats", with the fields `waiting`,
+    /// `in_flight`, `dead_letters` and `oldest_age_ms`), from a task of their own so that
+    /// a slow count never holds up a claim; the first at start. Every 60 s by default;
+    /// [`Duration::ZERO`] logs none. Without the feature it does nothing.
+    pub fn stats_every(mut self, every: Duration) -> Self {
+        self.settings.stats_every = every;
+        self
+    }
+
     /// Called with each new dead letter (also logged with `tracing`, when on).
     pub fn on_dead_letter(mut self, hook: impl Fn(&DeadLetter) + Send + Sync + 'static) -> Self {
         self.on_dead_letter = Some(Arc::new(hook));
@@ -282,6 +301,7 @@ where
         let mut events = Events::default();
         // Prefetched events that took a slot, for the next call to record as started.
         let (began, mut beginnings) = mpsc::unbounded_channel();
+        let reporting = report_stats(&store, settings.stats_every);
         tokio::pin!(shutdown);
         loop {
             while let Some(finished) = running.try_join_next_with_id() {
@@ -415,6 +435,7 @@ where
                 events.finished(finished);
             }
         }
+        drop(reporting);
         // Record the last completions, retrying a failing store a few times.
         let mut wait = Duration::from_millis(100);
         for _ in 0..5 {
@@ -552,6 +573,50 @@ impl Events {
     fn is_held(&self, key: &[u8; 32]) -> bool {
         self.held.values().any(|held| held == key)
     }
+}
+
+/// A task aborted when this is dropped: with [`Workers::run`]'s end, or with its future
+/// when that is dropped first, so that nothing keeps the store open after the workers.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Logs the store's stats every `every` (the first at once) until dropped; `None` when
+/// nothing would be logged.
+#[cfg(feature = "tracing")]
+fn report_stats<S: EventStore>(store: &Arc<S>, every: Duration) -> Option<AbortOnDrop> {
+    if every.is_zero() {
+        return None;
+    }
+    let store = Arc::clone(store);
+    Some(AbortOnDrop(tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            match store.stats().await {
+                Ok(stats) => tracing::info!(
+                    waiting = stats.waiting,
+                    in_flight = stats.in_flight,
+                    dead_letters = stats.dead_letters,
+                    oldest_age_ms = stats
+                        .oldest_age
+                        .map(|age| u64::try_from(age.as_millis()).unwrap_or(u64::MAX)),
+                    "queue: stats"
+                ),
+                Err(error) => report_store_error("read the stats", &error),
+            }
+        }
+    })))
+}
+
+#[cfg(not(feature = "tracing"))]
+fn report_stats<S>(_store: &Arc<S>, _every: Duration) -> Option<AbortOnDrop> {
+    None
 }
 
 fn report_store_error(_what: &str, _error: &QueueError) {

@@ -28,6 +28,8 @@ mod files;
 mod grouping;
 mod keys;
 mod log;
+#[path = "../webhooks/logs.rs"]
+mod logs;
 mod refund;
 mod running;
 mod throughput;

@@ -275,3 +275,71 @@ async fn a_failed_attempt_is_not_due_before_its_retry_time() {
     );
     assert_eq!(again[0].attempt(), 2);
 }
+
+#[tokio::test]
+async fn the_workers_log_the_queues_stats_at_start_and_then_at_their_interval() {
+    let dir = scratch("stats-logged");
+    let store = open(&dir);
+    stored(&store, "evt_logged").await;
+    let captured = crate::logs::capture(tracing_subscriber::filter::LevelFilter::INFO);
+    let (finish, finished) = watch::channel(false);
+    let app = Router::new().route(
+        "/webhooks",
+        post(move || {
+            let mut finished = finished.clone();
+            async move {
+                let _ = finished.wait_for(|done| *done).await;
+                StatusCode::OK
+            }
+        }),
+    );
+    let workers = Workers::new(Arc::clone(&store), app).stats_every(Duration::from_millis(100));
+    let (stop, running) = start(workers);
+    let lines = |text: String| {
+        text.lines()
+            .filter(|line| line.contains("queue: stats"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    // One at start (the event may not be claimed yet), then one while it runs.
+    while !lines(captured.text())
+        .iter()
+        .any(|line| line.contains("in_flight=1"))
+    {
+        assert!(Instant::now() < deadline, "{}", captured.text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let line = lines(captured.text())
+        .into_iter()
+        .find(|line| line.contains("in_flight=1"))
+        .unwrap();
+    for field in ["waiting=0", "dead_letters=0", "oldest_age_ms="] {
+        assert!(line.contains(field), "{field} in {line}");
+    }
+    finish.send(true).unwrap();
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    // None after the workers stopped.
+    let logged = lines(captured.text()).len();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(lines(captured.text()).len(), logged);
+}
+
+#[tokio::test]
+async fn stats_every_zero_logs_no_stats() {
+    let dir = scratch("stats-off");
+    let store = open(&dir);
+    let captured = crate::logs::capture(tracing_subscriber::filter::LevelFilter::INFO);
+    let app = Router::new().route("/webhooks", post(|| async { StatusCode::OK }));
+    let workers = Workers::new(Arc::clone(&store), app).stats_every(Duration::ZERO);
+    let (stop, running) = start(workers);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    assert!(
+        !captured.text().contains("queue: stats"),
+        "{}",
+        captured.text()
+    );
+}
