@@ -515,6 +515,52 @@ mod send {
         assert_eq!(signatures.len(), 3);
     }
 
+    /// OpenMail's 15 s wait is not scaled by `--speedup`: a receiver that does not answer
+    /// the first attempt in time sees the next one after the wait and the scaled delay.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn as_openmail_counts_an_answer_not_given_within_15_s_as_failed_and_retries() {
+        let seen = Arc::new(Mutex::new(0_usize));
+        let app = {
+            let seen = Arc::clone(&seen);
+            Router::new().route(
+                "/webhooks",
+                post(move || {
+                    let seen = Arc::clone(&seen);
+                    async move {
+                        let first = {
+                            let mut seen = seen.lock().unwrap();
+                            *seen += 1;
+                            *seen == 1
+                        };
+                        if first {
+                            // Longer than OpenMail waits.
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                        }
+                        (StatusCode::OK, "ok")
+                    }
+                }),
+            )
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let url = format!("http://{addr}/webhooks");
+        let (run, elapsed) = send_async(&["--as-openmail", "--speedup", "100", &url]).await;
+        assert_eq!(run.code, 0, "{}{}", run.stdout, run.stderr);
+        assert_eq!(*seen.lock().unwrap(), 2);
+        let exchanges = run.exchanges();
+        assert_eq!(exchanges.len(), 2, "{}", run.stdout);
+        assert!(
+            exchanges[0].status.starts_with("no answer:")
+                && exchanges[0].status.contains("did not answer within 15 s"),
+            "{}",
+            run.stdout
+        );
+        assert_eq!(exchanges[1].status, "200 OK");
+        // The wait itself is not scaled: 15 s, then the first delay (30 s / 100).
+        assert!(elapsed >= Duration::from_millis(15_300), "{elapsed:?}");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn as_openmail_gives_up_after_five_attempts() {
         let (url, seen) = failing_receiver(usize::MAX).await;
