@@ -45,9 +45,10 @@
 //!   [`CONNECTION_LIMIT`] connections are served at once; HTTP/1.1 heads must arrive within
 //!   [`HEADER_READ_TIMEOUT`], and HTTP/2 (also over cleartext, h2c) gets small flow-control
 //!   windows, so a connection holds at most [`H2_CONNECTION_WINDOW`] of unread body outside
-//!   the layer. When every connection slot is taken, the connection idle longest is
-//!   closed to make room, and one idle for [`IDLE_TIMEOUT`] is closed anyway, so sockets
-//!   that send nothing cannot hold the slots deliveries need.
+//!   the layer. When every connection slot is taken, a connection that has had no request
+//!   answered below `400` for [`EVICTION_GRACE`] is closed to make room (idle ones first),
+//!   and one idle for [`IDLE_TIMEOUT`] is closed anyway, so sockets that send nothing, or
+//!   keep stalled requests in flight, cannot hold the slots deliveries need.
 //! - Every value from a delivery printed to stdout or stderr is escaped and cut short
 //!   (`openmail_webhooks::LogSafe`), so a hostile `event_id` cannot forge a line of this
 //!   contract.
@@ -186,11 +187,20 @@ pub fn handler() -> Router {
 /// Serves `app` on `listener` until the listener fails, with the connection limit, the
 /// HTTP/1.1 head timeout and the HTTP/2 windows above.
 ///
-/// Connections are what the layer cannot bound, so the server does: when every one of the
-/// [`CONNECTION_LIMIT`] slots is taken, the connection that has had no request in flight
-/// for longest is closed to make room, and any connection idle for [`IDLE_TIMEOUT`] is
-/// closed. Sockets that send nothing (or half an HTTP/2 preface) therefore cannot hold
-/// the slots that deliveries need.
+/// Connections are what the layer cannot bound, so the server does: any connection idle
+/// for [`IDLE_TIMEOUT`] is closed, and when every one of the [`CONNECTION_LIMIT`] slots is
+/// taken, one connection is closed to make room, among those that have not had a request
+/// answered below `400` for [`EVICTION_GRACE`] (nor been opened in that time):
+///
+/// 1. the one with no request in flight for longest;
+/// 2. else the oldest of those that never had a request answered below `400`, whatever
+///    they have in flight;
+/// 3. else the one whose last such answer is oldest.
+///
+/// Only a verified delivery is answered below `400`, so sockets that send nothing (or half
+/// an HTTP/2 preface), and connections that keep stalled requests in flight, cannot hold
+/// the slots that deliveries need, and a delivery's new connection is never the one
+/// closed before it had [`EVICTION_GRACE`] to be answered.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTION_LIMIT));
     let connections = Arc::new(Connections::default());
@@ -211,11 +221,19 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::R
         .keep_alive_timeout(Duration::from_secs(10));
     let builder = Arc::new(builder);
     loop {
-        if permits.available_permits() == 0 {
-            connections.close_longest_idle();
-        }
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
-            return Ok(());
+        // When the slots are full, one connection is closed to make room, and looked for
+        // again while none frees: connections age into candidates as they wait.
+        let permit = loop {
+            if let Ok(permit) = Arc::clone(&permits).try_acquire_owned() {
+                break permit;
+            }
+            connections.close_one();
+            let free = Arc::clone(&permits).acquire_owned();
+            match tokio::time::timeout(Duration::from_millis(250), free).await {
+                Ok(Ok(permit)) => break permit,
+                Ok(Err(_closed)) => return Ok(()),
+                Err(_elapsed) => {}
+            }
         };
         let (stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -259,19 +277,34 @@ pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::R
 /// How long a connection may stay open with no request in flight.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The connections being served, to find the one idle longest when the slots run out.
+/// How long a connection is kept, when the slots are full, after it was opened or last had
+/// a request answered below `400`: the layer's own grace before it cuts off a slow body.
+pub const EVICTION_GRACE: Duration = Duration::from_secs(2);
+
+/// The connections being served, to choose the one to close when the slots run out.
 #[derive(Default)]
 struct Connections {
     open: std::sync::Mutex<std::collections::HashMap<u64, Arc<Connection>>>,
     next: std::sync::atomic::AtomicU64,
 }
 
-/// One connection: its requests in flight, since when it has had none, and a way to close
-/// it.
+/// One connection: its requests in flight, since when it has had none, when it was opened
+/// or last had a request answered below `400` (and whether it ever had), and a way to
+/// close it.
 struct Connection {
     in_flight: std::sync::atomic::AtomicUsize,
     idle_since: std::sync::Mutex<std::time::Instant>,
+    answered: std::sync::Mutex<Answered>,
     closing: tokio::sync::Notify,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+/// When a connection was opened or last had a request answered below `400`, and whether
+/// it ever had one.
+#[derive(Clone, Copy)]
+struct Answered {
+    at: std::time::Instant,
+    ever: bool,
 }
 
 impl Connections {
@@ -283,10 +316,16 @@ impl Connections {
 
     fn open(&self) -> (u64, Arc<Connection>) {
         let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let now = std::time::Instant::now();
         let connection = Arc::new(Connection {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
-            idle_since: std::sync::Mutex::new(std::time::Instant::now()),
+            idle_since: std::sync::Mutex::new(now),
+            answered: std::sync::Mutex::new(Answered {
+                at: now,
+                ever: false,
+            }),
             closing: tokio::sync::Notify::new(),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         self.lock().insert(id, Arc::clone(&connection));
         (id, connection)
@@ -296,20 +335,58 @@ impl Connections {
         self.lock().remove(&id);
     }
 
-    /// Closes the connection that has had no request in flight for longest, if any.
-    fn close_longest_idle(&self) {
+    /// Closes one connection to make room, as [`serve`] says, if any is past its grace.
+    fn close_one(&self) {
         let open = self.lock();
-        let idlest = open
+        let chosen = open
             .values()
-            .filter(|connection| connection.idle_for() > Duration::ZERO)
-            .max_by_key(|connection| connection.idle_for());
-        if let Some(connection) = idlest {
+            .filter_map(|connection| Some((connection.rank()?, connection)))
+            .max_by_key(|(rank, _)| *rank);
+        if let Some((_, connection)) = chosen {
+            connection
+                .closed
+                .store(true, std::sync::atomic::Ordering::Release);
             connection.closing.notify_one();
         }
     }
 }
 
 impl Connection {
+    /// Where the connection stands among those to close to make room (the greatest
+    /// first), or `None` while it is within its [`EVICTION_GRACE`] or already closing.
+    fn rank(&self) -> Option<(u8, Duration)> {
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let answered = *self
+            .answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let since = answered.at.elapsed();
+        if since < EVICTION_GRACE {
+            return None;
+        }
+        let idle = self.idle_for();
+        Some(if idle > Duration::ZERO {
+            (3, idle)
+        } else if !answered.ever {
+            (2, since)
+        } else {
+            (1, since)
+        })
+    }
+
+    /// A request was answered below `400`: only a verified delivery is.
+    fn answered(&self) {
+        *self
+            .answered
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Answered {
+            at: std::time::Instant::now(),
+            ever: true,
+        };
+    }
+
     /// How long the connection has had no request in flight; zero while it has one.
     fn idle_for(&self) -> Duration {
         if self.in_flight.load(std::sync::atomic::Ordering::Acquire) > 0 {
@@ -374,8 +451,12 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Tracked {
     fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
         let in_flight = InFlight::start(&self.connection);
         let response = tower::Service::call(&mut self.app, request);
+        let connection = Arc::clone(&self.connection);
         Box::pin(async move {
             let response = response.await;
+            if matches!(&response, Ok(response) if response.status().as_u16() < 400) {
+                connection.answered();
+            }
             drop(in_flight);
             response
         })
