@@ -27,6 +27,27 @@ fn blocking(
     )
 }
 
+/// A handler that reports each run (its event id and attempt), then waits until `finish`
+/// is raised and answers `200`: a run that goes on as long as the test wants.
+fn held_until(seen: mpsc::UnboundedSender<(String, u32)>, finish: watch::Receiver<bool>) -> Router {
+    Router::new().route(
+        "/webhooks",
+        post(
+            move |Extension(event): Extension<Arc<Event>>,
+                  Extension(attempt): Extension<WorkerAttempt>| {
+                let seen = seen.clone();
+                let mut finish = finish.clone();
+                async move {
+                    let id = event.event_id().unwrap_or_default().to_owned();
+                    let _ = seen.send((id, attempt.number()));
+                    let _ = finish.wait_for(|done| *done).await;
+                    StatusCode::OK
+                }
+            },
+        ),
+    )
+}
+
 async fn until_completed(store: &SqliteStore) {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
@@ -127,20 +148,9 @@ async fn the_lease_is_renewed_while_a_run_outlasts_it() {
     let lease = Duration::from_millis(300);
     let (seen, mut runs) = mpsc::unbounded_channel();
     let (finish, finished) = watch::channel(false);
-    let app = Router::new().route(
-        "/webhooks",
-        post(move |Extension(attempt): Extension<WorkerAttempt>| {
-            let seen = seen.clone();
-            let mut finished = finished.clone();
-            async move {
-                let _ = seen.send(attempt.number());
-                let _ = finished.wait_for(|done| *done).await;
-                StatusCode::OK
-            }
-        }),
-    );
+    let app = held_until(seen, finished);
     let (stop, running) = start(Workers::new(Arc::clone(&store), app).lease(lease));
-    assert_eq!(runs.recv().await, Some(1));
+    assert_eq!(runs.recv().await, Some(("evt_long".to_owned(), 1)));
     // Four leases long, another holder asks for it: renewed every third of the lease, it
     // is never free to take.
     let until = Instant::now() + lease * 4;
@@ -163,23 +173,11 @@ async fn a_copy_that_arrives_while_its_handler_runs_gets_200_and_is_not_run_agai
     let addr = serve(Ingest::new(Arc::clone(&store))).await;
     let (seen, mut runs) = mpsc::unbounded_channel();
     let (finish, finished) = watch::channel(false);
-    let app = Router::new().route(
-        "/webhooks",
-        post(move |Extension(event): Extension<Arc<Event>>| {
-            let seen = seen.clone();
-            let mut finished = finished.clone();
-            async move {
-                let _ = seen.send(event.event_id().unwrap_or_default().to_owned());
-                let _ = finished.wait_for(|done| *done).await;
-                StatusCode::OK
-            }
-        }),
-    );
-    let (stop, running) = start(Workers::new(Arc::clone(&store), app));
+    let (stop, running) = start(Workers::new(Arc::clone(&store), held_until(seen, finished)));
     let body = event("evt_running");
     let (status, _, answer) = deliver(addr, &body).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
-    assert_eq!(runs.recv().await.as_deref(), Some("evt_running"));
+    assert_eq!(runs.recv().await, Some(("evt_running".to_owned(), 1)));
     // Signed again, as OpenMail's retry is, while the handler still runs.
     let (status, _, answer) = deliver(addr, &body).await;
     assert_eq!(status, StatusCode::OK, "{answer}");
@@ -283,17 +281,9 @@ async fn the_workers_log_the_queues_stats_at_start_and_then_at_their_interval() 
     stored(&store, "evt_logged").await;
     let captured = crate::logs::capture(tracing_subscriber::filter::LevelFilter::INFO);
     let (finish, finished) = watch::channel(false);
-    let app = Router::new().route(
-        "/webhooks",
-        post(move || {
-            let mut finished = finished.clone();
-            async move {
-                let _ = finished.wait_for(|done| *done).await;
-                StatusCode::OK
-            }
-        }),
-    );
-    let workers = Workers::new(Arc::clone(&store), app).stats_every(Duration::from_millis(100));
+    let (seen, _runs) = mpsc::unbounded_channel();
+    let workers = Workers::new(Arc::clone(&store), held_until(seen, finished))
+        .stats_every(Duration::from_millis(100));
     let (stop, running) = start(workers);
     let lines = |text: String| {
         text.lines()

@@ -1101,29 +1101,8 @@ async fn stalled_streams_keep_no_connection_slot_from_a_genuine_delivery() {
         .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
     tokio::spawn(crate::receiver::serve(listener, app));
 
-    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let attackers: Vec<_> = (0..crate::receiver::CONNECTION_LIMIT + 16)
-        .map(|_| {
-            let stopped = Arc::clone(&stopped);
-            let connects = Arc::clone(&connects);
-            tokio::spawn(async move { stall_h2_streams(addr, &stopped, &connects).await })
-        })
-        .collect();
-    // Past the 2 s grace: the first streams were cut off and replaced, and every slot is
-    // taken.
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let opened = connects.load(Ordering::SeqCst);
-    let answered = genuine_deliveries_while_attacked(addr, "evt_h2_slot", 3).await;
-    stopped.store(true, Ordering::SeqCst);
-    for attacker in attackers {
-        attacker.abort();
-    }
-    eprintln!(
-        "{opened} attacking connections opened before the deliveries, {} by the end; \
-         genuine deliveries: {answered:?}",
-        connects.load(Ordering::SeqCst)
-    );
+    let (opened, answered) = deliver_under_attack(addr, Attack::H2Streams, "evt_h2_slot", 3).await;
+    eprintln!("{opened} attacking connections opened before the deliveries; {answered:?}");
     assert!(
         opened > crate::receiver::CONNECTION_LIMIT,
         "the attack never filled the slots: {opened} connections"
@@ -1135,40 +1114,94 @@ async fn stalled_streams_keep_no_connection_slot_from_a_genuine_delivery() {
     );
 }
 
-/// One attacking HTTP/2 connection after another (a new one when the server closes it),
-/// each keeping stalled streams open: a HEADERS frame every half second, no body.
-async fn stall_h2_streams(
+/// How the attacking connections stall, each opened again when the server closes it.
+#[derive(Clone, Copy)]
+enum Attack {
+    /// HTTP/2, keeping stalled streams open: a HEADERS frame every half second, no body.
+    H2Streams,
+    /// HTTP/1.1, a request head declaring a body that never comes.
+    H1Heads,
+}
+
+/// Starts `CONNECTION_LIMIT + 16` attacking connections, waits 4 s (past the 2 s grace:
+/// the first stalled requests were cut off and replaced, and every slot is taken), then
+/// tries `count` genuine deliveries while the attack goes on. The connections the attack
+/// opened before the deliveries, and each delivery's tries.
+async fn deliver_under_attack(
     addr: SocketAddr,
-    stopped: &std::sync::atomic::AtomicBool,
-    connects: &std::sync::atomic::AtomicUsize,
-) {
-    while !stopped.load(Ordering::SeqCst) {
-        let Ok(tcp) = TcpStream::connect(addr).await else {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            continue;
-        };
-        let Ok((mut client, connection)) = h2::client::handshake(tcp).await else {
-            continue;
-        };
-        connects.fetch_add(1, Ordering::SeqCst);
-        let driver = tokio::spawn(connection);
-        let mut open = std::collections::VecDeque::new();
-        while !stopped.load(Ordering::SeqCst) {
-            let Ok(ready) = client.ready().await else {
-                break;
-            };
-            client = ready;
-            let Ok(stream) = client.send_request(h2_head(SECRET, b"{}", Some(100)), false) else {
-                break;
-            };
-            open.push_back(stream);
-            if open.len() > 5 {
-                open.pop_front();
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-        driver.abort();
+    attack: Attack,
+    prefix: &str,
+    count: usize,
+) -> (usize, Vec<Vec<Try>>) {
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let attackers: Vec<_> = (0..crate::receiver::CONNECTION_LIMIT + 16)
+        .map(|_| {
+            let stopped = Arc::clone(&stopped);
+            let connects = Arc::clone(&connects);
+            tokio::spawn(async move {
+                while !stopped.load(Ordering::SeqCst) {
+                    let Ok(tcp) = TcpStream::connect(addr).await else {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    };
+                    match attack {
+                        Attack::H2Streams => stall_h2_streams(tcp, &stopped, &connects).await,
+                        Attack::H1Heads => stall_h1_head(tcp, &connects).await,
+                    }
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let opened = connects.load(Ordering::SeqCst);
+    let answered = genuine_deliveries_while_attacked(addr, prefix, count).await;
+    stopped.store(true, Ordering::SeqCst);
+    for attacker in attackers {
+        attacker.abort();
     }
+    (opened, answered)
+}
+
+/// Keeps stalled HTTP/2 streams open on `tcp` until the server closes it.
+async fn stall_h2_streams(
+    tcp: TcpStream,
+    stopped: &std::sync::atomic::AtomicBool,
+    connects: &AtomicUsize,
+) {
+    let Ok((mut client, connection)) = h2::client::handshake(tcp).await else {
+        return;
+    };
+    connects.fetch_add(1, Ordering::SeqCst);
+    let driver = tokio::spawn(connection);
+    let mut open = std::collections::VecDeque::new();
+    while !stopped.load(Ordering::SeqCst) {
+        let Ok(ready) = client.ready().await else {
+            break;
+        };
+        client = ready;
+        let Ok(stream) = client.send_request(h2_head(SECRET, b"{}", Some(100)), false) else {
+            break;
+        };
+        open.push_back(stream);
+        if open.len() > 5 {
+            open.pop_front();
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    driver.abort();
+}
+
+/// Sends a head declaring a body that never comes, and waits until the server answers or
+/// closes the connection.
+async fn stall_h1_head(mut tcp: TcpStream, connects: &AtomicUsize) {
+    connects.fetch_add(1, Ordering::SeqCst);
+    let head = h1_head(SECRET, b"{}", "content-length: 100\r\n");
+    if tcp.write_all(&head).await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 1024];
+    while matches!(tcp.read(&mut sink).await, Ok(read) if read > 0) {}
 }
 
 /// What one try of a genuine delivery came to.
@@ -1250,37 +1283,7 @@ async fn stalled_heads_never_get_a_new_delivery_closed_unanswered() {
         .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
     tokio::spawn(crate::receiver::serve(listener, app));
 
-    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let connects = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let attackers: Vec<_> = (0..crate::receiver::CONNECTION_LIMIT + 16)
-        .map(|_| {
-            let stopped = Arc::clone(&stopped);
-            let connects = Arc::clone(&connects);
-            tokio::spawn(async move {
-                let head = h1_head(SECRET, b"{}", "content-length: 100\r\n");
-                while !stopped.load(Ordering::SeqCst) {
-                    let Ok(mut tcp) = TcpStream::connect(addr).await else {
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    };
-                    connects.fetch_add(1, Ordering::SeqCst);
-                    if tcp.write_all(&head).await.is_err() {
-                        continue;
-                    }
-                    // Until the server answers or closes it.
-                    let mut sink = [0u8; 1024];
-                    while matches!(tcp.read(&mut sink).await, Ok(read) if read > 0) {}
-                }
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    let opened = connects.load(Ordering::SeqCst);
-    let answered = genuine_deliveries_while_attacked(addr, "evt_h1_slot", 8).await;
-    stopped.store(true, Ordering::SeqCst);
-    for attacker in attackers {
-        attacker.abort();
-    }
+    let (opened, answered) = deliver_under_attack(addr, Attack::H1Heads, "evt_h1_slot", 8).await;
     eprintln!("{opened} attacking connections opened before the deliveries; {answered:?}");
     assert!(
         opened > crate::receiver::CONNECTION_LIMIT,
