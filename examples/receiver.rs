@@ -46,9 +46,10 @@
 //!   [`HEADER_READ_TIMEOUT`], and HTTP/2 (also over cleartext, h2c) gets small flow-control
 //!   windows, so a connection holds at most [`H2_CONNECTION_WINDOW`] of unread body outside
 //!   the layer. When every connection slot is taken, a connection that has had no request
-//!   answered below `400` for [`EVICTION_GRACE`] is closed to make room (idle ones first),
-//!   and one idle for [`IDLE_TIMEOUT`] is closed anyway, so sockets that send nothing, or
-//!   keep stalled requests in flight, cannot hold the slots deliveries need.
+//!   answered below `400` for [`EVICTION_GRACE`] is closed to make room (idle ones first,
+//!   then those waiting for a body that has not come), and one idle for [`IDLE_TIMEOUT`]
+//!   is closed anyway, so sockets that send nothing, or keep stalled requests in flight,
+//!   cannot hold the slots deliveries need.
 //! - Every value from a delivery printed to stdout or stderr is escaped and cut short
 //!   (`openmail_webhooks::LogSafe`), so a hostile `event_id` cannot forge a line of this
 //!   contract.
@@ -193,14 +194,15 @@ pub fn handler() -> Router {
 /// answered below `400` for [`EVICTION_GRACE`] (nor been opened in that time):
 ///
 /// 1. the one with no request in flight for longest;
-/// 2. else the oldest of those that never had a request answered below `400`, whatever
-///    they have in flight;
-/// 3. else the one whose last such answer is oldest.
+/// 2. else the oldest of those that never had a request answered below `400` and wait for
+///    the body of a request in flight.
 ///
 /// Only a verified delivery is answered below `400`, so sockets that send nothing (or half
-/// an HTTP/2 preface), and connections that keep stalled requests in flight, cannot hold
-/// the slots that deliveries need, and a delivery's new connection is never the one
-/// closed before it had [`EVICTION_GRACE`] to be answered.
+/// an HTTP/2 preface), and connections that keep requests whose body never comes, cannot
+/// hold the slots that deliveries need. A request whose body has all arrived (it is being
+/// verified or handled, however long that takes), and any request on a connection that
+/// carried a verified delivery, is never cut off; a new connection has [`EVICTION_GRACE`]
+/// for its delivery's body to arrive.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTION_LIMIT));
     let connections = Arc::new(Connections::default());
@@ -288,11 +290,13 @@ struct Connections {
     next: std::sync::atomic::AtomicU64,
 }
 
-/// One connection: its requests in flight, since when it has had none, when it was opened
-/// or last had a request answered below `400` (and whether it ever had), and a way to
-/// close it.
+/// One connection: its requests in flight (and how many of them still receive their
+/// body), since when it has had none, when it was opened or last had a request answered
+/// below `400` (and whether it ever had), and a way to close it.
 struct Connection {
     in_flight: std::sync::atomic::AtomicUsize,
+    /// Requests in flight whose body has not all arrived.
+    receiving: std::sync::atomic::AtomicUsize,
     idle_since: std::sync::Mutex<std::time::Instant>,
     answered: std::sync::Mutex<Answered>,
     closing: tokio::sync::Notify,
@@ -319,6 +323,7 @@ impl Connections {
         let now = std::time::Instant::now();
         let connection = Arc::new(Connection {
             in_flight: std::sync::atomic::AtomicUsize::new(0),
+            receiving: std::sync::atomic::AtomicUsize::new(0),
             idle_since: std::sync::Mutex::new(now),
             answered: std::sync::Mutex::new(Answered {
                 at: now,
@@ -353,7 +358,8 @@ impl Connections {
 
 impl Connection {
     /// Where the connection stands among those to close to make room (the greatest
-    /// first), or `None` while it is within its [`EVICTION_GRACE`] or already closing.
+    /// first), or `None` while it is within its [`EVICTION_GRACE`], already closing, or
+    /// has a request in flight that is being answered (see [`serve`]).
     fn rank(&self) -> Option<(u8, Duration)> {
         if self.closed.load(std::sync::atomic::Ordering::Acquire) {
             return None;
@@ -367,13 +373,16 @@ impl Connection {
             return None;
         }
         let idle = self.idle_for();
-        Some(if idle > Duration::ZERO {
-            (3, idle)
-        } else if !answered.ever {
-            (2, since)
-        } else {
-            (1, since)
-        })
+        if idle > Duration::ZERO {
+            return Some((2, idle));
+        }
+        // A request in flight on a connection that carried a verified delivery, or whose
+        // body has all arrived (it is being verified or handled), is being answered.
+        let receiving = self.receiving.load(std::sync::atomic::Ordering::Acquire);
+        if answered.ever || receiving == 0 {
+            return None;
+        }
+        Some((1, since))
     }
 
     /// A request was answered below `400`: only a verified delivery is.
@@ -450,6 +459,7 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Tracked {
 
     fn call(&mut self, request: http::Request<hyper::body::Incoming>) -> Self::Future {
         let in_flight = InFlight::start(&self.connection);
+        let request = request.map(|body| Receiving::new(body, &self.connection));
         let response = tower::Service::call(&mut self.app, request);
         let connection = Arc::clone(&self.connection);
         Box::pin(async move {
@@ -460,6 +470,68 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Tracked {
             drop(in_flight);
             response
         })
+    }
+}
+
+/// A request's body, counted in its connection's `receiving` until it has all arrived,
+/// failed, or been dropped.
+struct Receiving {
+    body: hyper::body::Incoming,
+    connection: Option<Arc<Connection>>,
+}
+
+impl Receiving {
+    fn new(body: hyper::body::Incoming, connection: &Arc<Connection>) -> Self {
+        let connection = (!http_body::Body::is_end_stream(&body)).then(|| {
+            connection
+                .receiving
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            Arc::clone(connection)
+        });
+        Self { body, connection }
+    }
+
+    fn arrived(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            connection
+                .receiving
+                .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        self.arrived();
+    }
+}
+
+impl http_body::Body for Receiving {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        let polled = std::pin::Pin::new(&mut self.body).poll_frame(cx);
+        let ended = match &polled {
+            std::task::Poll::Ready(None | Some(Err(_))) => true,
+            std::task::Poll::Ready(Some(Ok(_))) => http_body::Body::is_end_stream(&self.body),
+            std::task::Poll::Pending => false,
+        };
+        if ended {
+            self.arrived();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -435,7 +435,9 @@ where
                 events.finished(finished);
             }
         }
-        drop(reporting);
+        if let Some(reporting) = reporting {
+            reporting.stop().await;
+        }
         // Record the last completions, retrying a failing store a few times.
         let mut wait = Duration::from_millis(100);
         for _ in 0..5 {
@@ -575,9 +577,17 @@ impl Events {
     }
 }
 
-/// A task aborted when this is dropped: with [`Workers::run`]'s end, or with its future
-/// when that is dropped first, so that nothing keeps the store open after the workers.
+/// A task aborted when this is dropped (with [`Workers::run`]'s future, when that is
+/// dropped before it ends), or stopped, and waited for, with `stop`.
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl AbortOnDrop {
+    /// Aborts the task and waits until it is gone, so that what it held is dropped too.
+    async fn stop(mut self) {
+        self.0.abort();
+        let _ = (&mut self.0).await;
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -585,19 +595,23 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Logs the store's stats every `every` (the first at once) until dropped; `None` when
-/// nothing would be logged.
+/// Logs the store's stats every `every` (the first at once) until stopped or dropped;
+/// `None` when nothing would be logged. The task holds the store only while it asks: when
+/// [`Workers::run`] returns, or its future is dropped, the store can close at once.
 #[cfg(feature = "tracing")]
 fn report_stats<S: EventStore>(store: &Arc<S>, every: Duration) -> Option<AbortOnDrop> {
     if every.is_zero() {
         return None;
     }
-    let store = Arc::clone(store);
+    let store = Arc::downgrade(store);
     Some(AbortOnDrop(tokio::spawn(async move {
         let mut ticks = tokio::time::interval(every);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            let Some(store) = store.upgrade() else {
+                return;
+            };
             match store.stats().await {
                 Ok(stats) => tracing::info!(
                     waiting = stats.waiting,

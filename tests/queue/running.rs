@@ -68,9 +68,9 @@ async fn a_handler_that_answers_as_its_time_runs_out_is_not_run_again() {
     let (seen, mut runs) = mpsc::unbounded_channel();
     let workers = Workers::new(
         Arc::clone(&store),
-        blocking(seen, Duration::from_millis(400), |_| StatusCode::OK),
+        blocking(seen, Duration::from_millis(1500), |_| StatusCode::OK),
     )
-    .attempt_timeout(Duration::from_millis(100))
+    .attempt_timeout(Duration::from_millis(500))
     .backoff(Duration::from_millis(10));
     let (stop, running) = start(workers);
     assert_eq!(runs.recv().await, Some(1));
@@ -91,9 +91,9 @@ async fn a_handler_that_answers_as_the_grace_runs_out_is_completed_not_handed_ba
     let (seen, mut runs) = mpsc::unbounded_channel();
     let workers = Workers::new(
         Arc::clone(&store),
-        blocking(seen, Duration::from_millis(400), |_| StatusCode::OK),
+        blocking(seen, Duration::from_millis(1500), |_| StatusCode::OK),
     )
-    .shutdown_grace(Duration::from_millis(50));
+    .shutdown_grace(Duration::from_millis(100));
     let (stop, running) = start(workers);
     assert_eq!(runs.recv().await, Some(1));
     stop.send(true).unwrap();
@@ -122,7 +122,7 @@ async fn a_handler_that_fails_as_its_time_runs_out_is_retried() {
     let (seen, mut runs) = mpsc::unbounded_channel();
     let workers = Workers::new(
         Arc::clone(&store),
-        blocking(seen, Duration::from_millis(200), |attempt| {
+        blocking(seen, Duration::from_millis(1000), |attempt| {
             if attempt == 1 {
                 StatusCode::INTERNAL_SERVER_ERROR
             } else {
@@ -130,7 +130,7 @@ async fn a_handler_that_fails_as_its_time_runs_out_is_retried() {
             }
         }),
     )
-    .attempt_timeout(Duration::from_millis(50))
+    .attempt_timeout(Duration::from_millis(500))
     .backoff(Duration::from_millis(10));
     let (stop, running) = start(workers);
     assert_eq!(runs.recv().await, Some(1));
@@ -145,15 +145,16 @@ async fn the_lease_is_renewed_while_a_run_outlasts_it() {
     let dir = scratch("renewed");
     let store = open(&dir);
     stored(&store, "evt_long").await;
-    let lease = Duration::from_millis(300);
+    // The shortest lease the workers take.
+    let lease = Duration::from_secs(1);
     let (seen, mut runs) = mpsc::unbounded_channel();
     let (finish, finished) = watch::channel(false);
     let app = held_until(seen, finished);
     let (stop, running) = start(Workers::new(Arc::clone(&store), app).lease(lease));
     assert_eq!(runs.recv().await, Some(("evt_long".to_owned(), 1)));
-    // Four leases long, another holder asks for it: renewed every third of the lease, it
+    // Three leases long, another holder asks for it: renewed every third of the lease, it
     // is never free to take.
-    let until = Instant::now() + lease * 4;
+    let until = Instant::now() + lease * 3;
     while Instant::now() < until {
         let taken = store.claim(8, lease, 8).await.unwrap();
         assert!(taken.is_empty(), "taken while its run went on");
@@ -332,4 +333,34 @@ async fn stats_every_zero_logs_no_stats() {
         "{}",
         captured.text()
     );
+}
+
+#[tokio::test]
+async fn the_store_opens_again_at_once_after_the_workers_returned() {
+    let dir = scratch("reopen-after-run");
+    let store = open(&dir);
+    stored(&store, "evt_before_reopen").await;
+    let (seen, mut runs) = mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/webhooks",
+        post(move || {
+            let seen = seen.clone();
+            async move {
+                let _ = seen.send(());
+                StatusCode::OK
+            }
+        }),
+    );
+    // Awaited here, as an application's `main` does; stats logged often, so that a report
+    // is under way when the workers stop.
+    Workers::new(Arc::clone(&store), app)
+        .stats_every(Duration::from_millis(1))
+        .run(async move {
+            let _ = runs.recv().await;
+        })
+        .await;
+    drop(store);
+    // No retry: nothing the workers started still holds the store.
+    let again = SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash);
+    assert!(again.is_ok(), "{:?}", again.err());
 }

@@ -1299,3 +1299,70 @@ async fn stalled_heads_never_get_a_new_delivery_closed_unanswered() {
          the slots: {answered:?}"
     );
 }
+
+/// HELD (connection slots, the receiver). Making room must never cut off a delivery that
+/// is being handled: with the slots full of fresh connections (each within its grace), a
+/// delivery whose handler takes 3 s on a new connection, and another on a connection that
+/// carried a delivery 2.5 s before, are both answered. (A first version of the policy
+/// above closed both: neither had had a request answered in the last 2 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_being_handled_is_never_cut_off_to_make_room() {
+    let _serial = crate::heap::serial().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route(
+            "/webhooks",
+            post(
+                |Extension(event): Extension<Arc<openmail_webhooks::Event>>| async move {
+                    if event
+                        .event_id()
+                        .is_some_and(|id| id.starts_with("evt_slow"))
+                    {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    "ok"
+                },
+            ),
+        )
+        .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
+    tokio::spawn(crate::receiver::serve(listener, app));
+
+    let mut reused = TcpStream::connect(addr).await.unwrap();
+    reused
+        .write_all(&h1_signed(SECRET, &event_body("evt_quick", "inb_1")))
+        .await
+        .unwrap();
+    let first = read_response(&mut reused)
+        .await
+        .map(|(status, _, _)| status);
+    assert_eq!(first, Some(200));
+    // Quiet for longer than the grace, as between two deliveries.
+    tokio::time::sleep(crate::receiver::EVICTION_GRACE + Duration::from_millis(500)).await;
+    reused
+        .write_all(&h1_signed(SECRET, &event_body("evt_slow_reused", "inb_1")))
+        .await
+        .unwrap();
+    let mut fresh = TcpStream::connect(addr).await.unwrap();
+    fresh
+        .write_all(&h1_signed(SECRET, &event_body("evt_slow_fresh", "inb_1")))
+        .await
+        .unwrap();
+    // Both past the grace, then every slot taken, and more waiting.
+    tokio::time::sleep(crate::receiver::EVICTION_GRACE + Duration::from_millis(300)).await;
+    let mut others = Vec::new();
+    for _ in 0..crate::receiver::CONNECTION_LIMIT {
+        others.push(TcpStream::connect(addr).await.unwrap());
+    }
+    for (name, stream) in [("reused", &mut reused), ("fresh", &mut fresh)] {
+        let answer = tokio::time::timeout(Duration::from_secs(10), read_response(stream))
+            .await
+            .map(|answer| answer.map(|(status, _, _)| status));
+        assert_eq!(
+            answer,
+            Ok(Some(200)),
+            "the delivery on the {name} connection was cut off"
+        );
+    }
+    drop(others);
+}
