@@ -194,15 +194,15 @@ pub fn handler() -> Router {
 /// answered below `400` for [`EVICTION_GRACE`] (nor been opened in that time):
 ///
 /// 1. the one with no request in flight for longest;
-/// 2. else the oldest of those that never had a request answered below `400` and wait for
-///    the body of a request in flight.
+/// 2. else the oldest of those that never had a request answered below `400` and whose
+///    requests in flight all still wait for their body.
 ///
 /// Only a verified delivery is answered below `400`, so sockets that send nothing (or half
 /// an HTTP/2 preface), and connections that keep requests whose body never comes, cannot
 /// hold the slots that deliveries need. A request whose body has all arrived (it is being
-/// verified or handled, however long that takes), and any request on a connection that
-/// carried a verified delivery, is never cut off; a new connection has [`EVICTION_GRACE`]
-/// for its delivery's body to arrive.
+/// verified or handled, however long that takes), with the other requests of its
+/// connection, and any request on a connection that carried a verified delivery, is never
+/// cut off; a new connection has [`EVICTION_GRACE`] for its delivery's body to arrive.
 pub async fn serve(listener: tokio::net::TcpListener, app: Router) -> std::io::Result<()> {
     let permits = Arc::new(tokio::sync::Semaphore::new(CONNECTION_LIMIT));
     let connections = Arc::new(Connections::default());
@@ -376,10 +376,11 @@ impl Connection {
         if idle > Duration::ZERO {
             return Some((2, idle));
         }
-        // A request in flight on a connection that carried a verified delivery, or whose
+        // A connection that carried a verified delivery, or has a request in flight whose
         // body has all arrived (it is being verified or handled), is being answered.
         let receiving = self.receiving.load(std::sync::atomic::Ordering::Acquire);
-        if answered.ever || receiving == 0 {
+        let in_flight = self.in_flight.load(std::sync::atomic::Ordering::Acquire);
+        if answered.ever || in_flight > receiving {
             return None;
         }
         Some((1, since))

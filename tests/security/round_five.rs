@@ -1366,3 +1366,79 @@ async fn a_delivery_being_handled_is_never_cut_off_to_make_room() {
     }
     drop(others);
 }
+
+/// HELD (connection slots, the receiver, HTTP/2). One new HTTP/2 connection carries two
+/// genuine deliveries: the first whole, its handler taking 3 s, the second a 512 KiB body
+/// still arriving (at more than the layer's minimum rate). With the slots full of fresh
+/// connections, the connection is not closed for the body still arriving: the first
+/// delivery is answered. (The policy before counted the connection as waiting for a body,
+/// and closed it.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_being_handled_keeps_its_http2_connection_while_another_body_arrives() {
+    let _serial = crate::heap::serial().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new()
+        .route(
+            "/webhooks",
+            post(
+                |Extension(event): Extension<Arc<openmail_webhooks::Event>>| async move {
+                    if event.event_id() == Some("evt_slow_h2") {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                    }
+                    "ok"
+                },
+            ),
+        )
+        .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
+    tokio::spawn(crate::receiver::serve(listener, app));
+
+    let mut client = h2_connect(addr).await;
+    let whole = event_body("evt_slow_h2", "inb_1");
+    let (handled, mut stream) = client
+        .send_request(h2_head(SECRET, &whole, Some(whole.len())), false)
+        .unwrap();
+    stream.send_data(Bytes::from(whole), true).unwrap();
+    let arriving = format!(
+        r#"{{"event":"message.received","event_id":"evt_big_h2","inbox_id":"inb_1","pad":"{}"}}"#,
+        "x".repeat(512 * 1024)
+    )
+    .into_bytes();
+    client = client.ready().await.unwrap();
+    let (_uploaded, mut upload) = client
+        .send_request(h2_head(SECRET, &arriving, Some(arriving.len())), false)
+        .unwrap();
+    // 16 KiB every 100 ms: 160 KiB/s, about 3.3 s for the whole body.
+    let uploading = tokio::spawn(async move {
+        for chunk in arriving.chunks(16 * 1024) {
+            upload.reserve_capacity(chunk.len());
+            if upload
+                .send_data(Bytes::copy_from_slice(chunk), false)
+                .is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = upload.send_data(Bytes::new(), true);
+    });
+    // Past the grace, then every slot taken, and more waiting.
+    tokio::time::sleep(crate::receiver::EVICTION_GRACE + Duration::from_millis(300)).await;
+    let mut others = Vec::new();
+    for _ in 0..crate::receiver::CONNECTION_LIMIT {
+        others.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(10), handled).await;
+    let status = answer
+        .as_ref()
+        .ok()
+        .and_then(|response| response.as_ref().ok())
+        .map(|response| response.status());
+    assert_eq!(
+        status,
+        Some(StatusCode::OK),
+        "the delivery being handled was cut off: {answer:?}"
+    );
+    uploading.abort();
+    drop(others);
+}
