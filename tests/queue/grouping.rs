@@ -26,12 +26,14 @@ struct Call {
     claimed: usize,
 }
 
-/// The SQLite store, with the workers' calls counted. From the second
-/// `complete_and_claim` on, each call waits for a permit of `gate`, which stands in for a
-/// slow commit. `renew_fails` makes every renewal fail as an unreachable store's would.
-struct Counting {
+/// The SQLite store, with the workers' calls counted (and the retry delays they ask for
+/// recorded). From the second `complete_and_claim` on, each call waits for a permit of
+/// `gate`, which stands in for a slow commit. `renew_fails` makes every renewal fail as an
+/// unreachable store's would.
+pub(super) struct Counting {
     inner: Arc<SqliteStore>,
     calls: Mutex<Vec<Call>>,
+    retries: Mutex<Vec<Option<Duration>>>,
     completes: AtomicUsize,
     claims: AtomicUsize,
     gate: Semaphore,
@@ -39,10 +41,11 @@ struct Counting {
 }
 
 impl Counting {
-    fn new(inner: Arc<SqliteStore>, gated: bool, renew_fails: bool) -> Self {
+    pub(super) fn new(inner: Arc<SqliteStore>, gated: bool, renew_fails: bool) -> Self {
         Self {
             inner,
             calls: Mutex::new(Vec::new()),
+            retries: Mutex::new(Vec::new()),
             completes: AtomicUsize::new(0),
             claims: AtomicUsize::new(0),
             gate: Semaphore::new(if gated { 0 } else { Semaphore::MAX_PERMITS }),
@@ -52,6 +55,11 @@ impl Counting {
 
     fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
+    }
+
+    /// The retry delay of each failed attempt, in order (`None`: its last).
+    pub(super) fn retries(&self) -> Vec<Option<Duration>> {
+        self.retries.lock().unwrap().clone()
     }
 }
 
@@ -112,6 +120,7 @@ impl Backend for Counting {
         retry: Option<Duration>,
         error: String,
     ) -> Result<bool, QueueError> {
+        self.retries.lock().unwrap().push(retry);
         self.inner.fail(lease, retry, error).await
     }
     async fn release(&self, lease: Lease) -> Result<bool, QueueError> {
@@ -131,7 +140,7 @@ impl Backend for Counting {
     }
 }
 
-fn run<S: EventStore, H>(
+pub(super) fn run<S: EventStore, H>(
     workers: Workers<S, H>,
 ) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>)
 where

@@ -7,23 +7,25 @@ use std::sync::Mutex;
 
 use super::*;
 
-/// A handler that reports each run's attempt, then blocks its thread for `busy` (as a
-/// handler doing blocking work does) and answers `status`: the workers cannot cancel it
-/// while it blocks, so it ends after whatever stopped it.
+/// A handler that reports each run as it starts (numbered from 1), then blocks its thread
+/// for `busy` (as a handler doing blocking work does) and answers what `status` says for
+/// that run: the workers cannot cancel it while it blocks, so it ends after whatever
+/// stopped it. Runs are counted rather than attempts: on a busy machine an attempt may be
+/// cancelled before its handler was first polled, which starts no run.
 fn blocking(
     seen: mpsc::UnboundedSender<u32>,
     busy: Duration,
     status: fn(u32) -> StatusCode,
 ) -> Router {
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
     Router::new().route(
         "/webhooks",
-        post(
-            move |Extension(attempt): Extension<WorkerAttempt>| async move {
-                let _ = seen.send(attempt.number());
-                std::thread::sleep(busy);
-                status(attempt.number())
-            },
-        ),
+        post(move || {
+            let run = runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            let _ = seen.send(run);
+            std::thread::sleep(busy);
+            std::future::ready(status(run))
+        }),
     )
 }
 
@@ -122,8 +124,8 @@ async fn a_handler_that_fails_as_its_time_runs_out_is_retried() {
     let (seen, mut runs) = mpsc::unbounded_channel();
     let workers = Workers::new(
         Arc::clone(&store),
-        blocking(seen, Duration::from_millis(1000), |attempt| {
-            if attempt == 1 {
+        blocking(seen, Duration::from_millis(1000), |run| {
+            if run == 1 {
                 StatusCode::INTERNAL_SERVER_ERROR
             } else {
                 StatusCode::OK
@@ -145,16 +147,17 @@ async fn the_lease_is_renewed_while_a_run_outlasts_it() {
     let dir = scratch("renewed");
     let store = open(&dir);
     stored(&store, "evt_long").await;
-    // The shortest lease the workers take.
-    let lease = Duration::from_secs(1);
+    // Renewed every third of it: a renewal may come up to 1.3 s late on a busy machine
+    // before the lease ends.
+    let lease = Duration::from_secs(2);
     let (seen, mut runs) = mpsc::unbounded_channel();
     let (finish, finished) = watch::channel(false);
     let app = held_until(seen, finished);
     let (stop, running) = start(Workers::new(Arc::clone(&store), app).lease(lease));
     assert_eq!(runs.recv().await, Some(("evt_long".to_owned(), 1)));
-    // Three leases long, another holder asks for it: renewed every third of the lease, it
-    // is never free to take.
-    let until = Instant::now() + lease * 3;
+    // Two and a half leases long, another holder asks for it: renewed every third of the
+    // lease, it is never free to take.
+    let until = Instant::now() + lease * 5 / 2;
     while Instant::now() < until {
         let taken = store.claim(8, lease, 8).await.unwrap();
         assert!(taken.is_empty(), "taken while its run went on");
@@ -220,14 +223,23 @@ async fn attempts_back_off_doubling_from_the_first_delay() {
             }
         }),
     );
-    let (stop, running) = start(Workers::new(Arc::clone(&store), app).backoff(first));
+    let counting = Arc::new(super::grouping::Counting::new(
+        Arc::clone(&store),
+        false,
+        false,
+    ));
+    let (stop, running) =
+        super::grouping::run(Workers::new(Arc::clone(&counting), app).backoff(first));
     until_completed(&store).await;
     stop.send(true).unwrap();
     running.await.unwrap();
+    // What the workers asked of the store, exactly: the first delay, then twice it.
+    assert_eq!(counting.retries(), [Some(first), Some(first * 2)]);
     let starts = starts.lock().unwrap().clone();
     assert_eq!(starts.len(), 3, "two failures, then the success");
-    // Lower bounds only: a slow machine makes the gaps longer, never shorter. (Less a
-    // millisecond or two: the store keeps due times in whole milliseconds of its clock.)
+    // And the store kept them. Lower bounds only: a slow machine makes the gaps longer,
+    // never shorter. (Less a millisecond or two: the store keeps due times in whole
+    // milliseconds of its clock.)
     let slack = Duration::from_millis(2);
     assert!(
         starts[1] - starts[0] >= first - slack,

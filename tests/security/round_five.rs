@@ -1300,14 +1300,9 @@ async fn stalled_heads_never_get_a_new_delivery_closed_unanswered() {
     );
 }
 
-/// HELD (connection slots, the receiver). Making room must never cut off a delivery that
-/// is being handled: with the slots full of fresh connections (each within its grace), a
-/// delivery whose handler takes 3 s on a new connection, and another on a connection that
-/// carried a delivery 2.5 s before, are both answered. (A first version of the policy
-/// above closed both: neither had had a request answered in the last 2 s.)
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_being_handled_is_never_cut_off_to_make_room() {
-    let _serial = crate::heap::serial().await;
+/// `receiver::serve` on a loopback port, with a handler that takes 3 s for the events whose
+/// id starts with `evt_slow` and answers the others at once.
+async fn serve_slow_deliveries() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let app = Router::new()
@@ -1327,6 +1322,30 @@ async fn a_delivery_being_handled_is_never_cut_off_to_make_room() {
         )
         .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
     tokio::spawn(crate::receiver::serve(listener, app));
+    addr
+}
+
+/// Waits until the connections opened so far are past their grace, then opens as many
+/// connections as there are slots (fresh, so within theirs): every slot is taken and more
+/// wait, so the server looks for one to close.
+async fn fill_the_slots_past_the_grace(addr: SocketAddr) -> Vec<TcpStream> {
+    tokio::time::sleep(crate::receiver::EVICTION_GRACE + Duration::from_millis(300)).await;
+    let mut others = Vec::new();
+    for _ in 0..crate::receiver::CONNECTION_LIMIT {
+        others.push(TcpStream::connect(addr).await.unwrap());
+    }
+    others
+}
+
+/// HELD (connection slots, the receiver). Making room must never cut off a delivery that
+/// is being handled: with the slots full of fresh connections (each within its grace), a
+/// delivery whose handler takes 3 s on a new connection, and another on a connection that
+/// carried a delivery 2.5 s before, are both answered. (A first version of the policy
+/// above closed both: neither had had a request answered in the last 2 s.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_being_handled_is_never_cut_off_to_make_room() {
+    let _serial = crate::heap::serial().await;
+    let addr = serve_slow_deliveries().await;
 
     let mut reused = TcpStream::connect(addr).await.unwrap();
     reused
@@ -1349,11 +1368,7 @@ async fn a_delivery_being_handled_is_never_cut_off_to_make_room() {
         .await
         .unwrap();
     // Both past the grace, then every slot taken, and more waiting.
-    tokio::time::sleep(crate::receiver::EVICTION_GRACE + Duration::from_millis(300)).await;
-    let mut others = Vec::new();
-    for _ in 0..crate::receiver::CONNECTION_LIMIT {
-        others.push(TcpStream::connect(addr).await.unwrap());
-    }
+    let others = fill_the_slots_past_the_grace(addr).await;
     for (name, stream) in [("reused", &mut reused), ("fresh", &mut fresh)] {
         let answer = tokio::time::timeout(Duration::from_secs(10), read_response(stream))
             .await
@@ -1376,22 +1391,7 @@ async fn a_delivery_being_handled_is_never_cut_off_to_make_room() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_being_handled_keeps_its_http2_connection_while_another_body_arrives() {
     let _serial = crate::heap::serial().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new()
-        .route(
-            "/webhooks",
-            post(
-                |Extension(event): Extension<Arc<openmail_webhooks::Event>>| async move {
-                    if event.event_id() == Some("evt_slow_h2") {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
-                    }
-                    "ok"
-                },
-            ),
-        )
-        .layer(VerifyOpenMailLayer::new(SECRET).unwrap());
-    tokio::spawn(crate::receiver::serve(listener, app));
+    let addr = serve_slow_deliveries().await;
 
     let mut client = h2_connect(addr).await;
     let whole = event_body("evt_slow_h2", "inb_1");
@@ -1423,11 +1423,7 @@ async fn a_delivery_being_handled_keeps_its_http2_connection_while_another_body_
         let _ = upload.send_data(Bytes::new(), true);
     });
     // Past the grace, then every slot taken, and more waiting.
-    tokio::time::sleep(crate::receiver::EVICTION_GRACE + Duration::from_millis(300)).await;
-    let mut others = Vec::new();
-    for _ in 0..crate::receiver::CONNECTION_LIMIT {
-        others.push(TcpStream::connect(addr).await.unwrap());
-    }
+    let others = fill_the_slots_past_the_grace(addr).await;
     let answer = tokio::time::timeout(Duration::from_secs(10), handled).await;
     let status = answer
         .as_ref()
