@@ -462,11 +462,10 @@ impl tower::Service<http::Request<hyper::body::Incoming>> for Tracked {
         let in_flight = InFlight::start(&self.connection);
         let request = request.map(|body| Receiving::new(body, &self.connection));
         let response = tower::Service::call(&mut self.app, request);
-        let connection = Arc::clone(&self.connection);
         Box::pin(async move {
             let response = response.await;
             if matches!(&response, Ok(response) if response.status().as_u16() < 400) {
-                connection.answered();
+                in_flight.0.answered();
             }
             drop(in_flight);
             response
