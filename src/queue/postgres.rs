@@ -241,6 +241,14 @@ UPDATE openmail_events
 SET state = 0, leased = false, attempts = 0, due_at = now(), finished_at = NULL
 WHERE key = $1 AND state + 0 = 2";
 
+/// A dead letter given up on: completed without a run, as `COMPLETE` leaves an event.
+const DISCARD_DEAD_LETTER: &str = "\
+UPDATE openmail_events
+SET state = 1, leased = false, finished_at = now(), body = NULL, channel = NULL,
+    scope_inbox = NULL, timestamp = NULL, secret_index = NULL, event_id_header = NULL,
+    error = NULL
+WHERE key = $1 AND state + 0 = 2";
+
 /// The end of the retention: events completed before it are forgotten.
 const PURGE_BEFORE: &str = "SELECT now() - $1::int8 * interval '1 millisecond'";
 
@@ -635,6 +643,11 @@ impl Backend for PostgresStore {
         self.change_one(|s| &s.retry_dead_letter, &[&key]).await
     }
 
+    async fn settle_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+        let key = &key[..];
+        self.change_one(|s| &s.discard_dead_letter, &[&key]).await
+    }
+
     async fn purge(&self, retention: Duration) -> Result<u64, QueueError> {
         let retention = milliseconds(retention);
         // The end of the retention once, on the server's clock (which wrote
@@ -939,6 +952,7 @@ struct Statements {
     stats: Statement,
     dead_letters: Statement,
     retry_dead_letter: Statement,
+    discard_dead_letter: Statement,
     purge_before: Statement,
     purge: Statement,
 }
@@ -959,6 +973,7 @@ impl Statements {
             stats: client.prepare(STATS).await?,
             dead_letters: client.prepare(DEAD_LETTERS).await?,
             retry_dead_letter: client.prepare(RETRY_DEAD_LETTER).await?,
+            discard_dead_letter: client.prepare(DISCARD_DEAD_LETTER).await?,
             purge_before: client.prepare(PURGE_BEFORE).await?,
             purge: client.prepare(PURGE).await?,
         })

@@ -778,6 +778,10 @@ enum Command {
         key: [u8; 32],
         reply: Reply<bool>,
     },
+    DiscardDeadLetter {
+        key: [u8; 32],
+        reply: Reply<bool>,
+    },
     /// Forgets up to `limit` keys of events completed before `before_ms`, oldest first.
     Purge {
         before_ms: i64,
@@ -836,7 +840,8 @@ impl Command {
             | Self::Complete { reply, .. }
             | Self::Fail { reply, .. }
             | Self::Release { reply, .. }
-            | Self::RetryDeadLetter { reply, .. } => drop(reply.send(Err(error()))),
+            | Self::RetryDeadLetter { reply, .. }
+            | Self::DiscardDeadLetter { reply, .. } => drop(reply.send(Err(error()))),
             Self::Purge { reply, .. } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::Hold { reply, .. } => drop(reply.send(Err(error()))),
@@ -1394,6 +1399,23 @@ impl Writer {
                     .map(|changed| changed == 1);
                 if let Ok(true) = result {
                     self.depth = self.depth.saturating_add(1);
+                }
+                pending(reply, result)
+            }
+            Command::DiscardDeadLetter { key, reply } => {
+                let result = self
+                    .change_by_key(
+                        &key,
+                        "UPDATE openmail_events
+                         SET state = 1, leased = 0, finished_ms = ?2, body = NULL,
+                             channel = NULL, scope_inbox = NULL, timestamp = NULL,
+                             secret_index = NULL, event_id_header = NULL, error = NULL
+                         WHERE id = ?1 AND state = 2",
+                        params![now_ms()],
+                    )
+                    .map(|changed| changed == 1);
+                if let Ok(true) = result {
+                    self.erased.get_or_insert_with(Instant::now);
                 }
                 pending(reply, result)
             }
@@ -2131,6 +2153,11 @@ impl Backend for SqliteStore {
 
     async fn requeue_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
         self.ask(|reply| Command::RetryDeadLetter { key, reply })
+            .await
+    }
+
+    async fn settle_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+        self.ask(|reply| Command::DiscardDeadLetter { key, reply })
             .await
     }
 

@@ -47,6 +47,21 @@ pub trait EventStore: Backend {
     ) -> impl Future<Output = Result<bool, QueueError>> + Send {
         Backend::requeue_dead_letter(self, key)
     }
+
+    /// Gives up on the dead letter `key` ([`DeadLetter::key`]): its body is deleted, as a
+    /// completed event's is, and its key is kept for the workers' retention, so that a
+    /// replay of it is still answered `200` as a duplicate and not handled. Its handler is
+    /// not run. `Ok(false)`: no dead letter has that key (it was retried, discarded, or
+    /// never dead).
+    ///
+    /// A dead letter is otherwise kept with its body, which is a user's email, until it is
+    /// retried or discarded.
+    fn discard_dead_letter(
+        &self,
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send {
+        Backend::settle_dead_letter(self, key)
+    }
 }
 
 impl<S: Backend> EventStore for S {}
@@ -66,8 +81,8 @@ impl<S: Backend> EventStore for S {}
 /// |---|---|---|
 /// | waiting (due now or at a retry time) | [`insert`](Self::insert), [`fail`](Self::fail) with a retry, [`release`](Self::release), a lease that expired, [`requeue_dead_letter`](Backend::requeue_dead_letter) | [`claim`](Self::claim) |
 /// | leased (in flight) | [`claim`](Self::claim), which counts the attempt (refunded when a later claim finds the lease ended and the event never started) | [`complete`](Self::complete), [`fail`](Self::fail), [`release`](Self::release), the lease expiring |
-/// | completed: the key alone | [`complete`](Self::complete) | [`purge`](Self::purge) after the retention |
-/// | dead letter: kept with its body | [`fail`](Self::fail) without a retry, or a claim of an event whose last attempt's lease expired | [`requeue_dead_letter`](Backend::requeue_dead_letter) |
+/// | completed: the key alone | [`complete`](Self::complete), [`settle_dead_letter`](Self::settle_dead_letter) | [`purge`](Self::purge) after the retention |
+/// | dead letter: kept with its body | [`fail`](Self::fail) without a retry, or a claim of an event whose last attempt's lease expired | [`requeue_dead_letter`](Backend::requeue_dead_letter), [`settle_dead_letter`](Self::settle_dead_letter) |
 ///
 /// The key of an event in any state makes a later insert of the same key a
 /// [`Inserted::Duplicate`].
@@ -198,6 +213,14 @@ pub trait Backend: Send + Sync + 'static {
     /// Makes the dead letter `key` due again, with its attempts reset. `Ok(false)`: no dead
     /// letter has that key.
     fn requeue_dead_letter(
+        &self,
+        key: [u8; 32],
+    ) -> impl Future<Output = Result<bool, QueueError>> + Send;
+
+    /// Completes the dead letter `key` without running it: its body is deleted and its key
+    /// kept, as [`complete`](Self::complete) does. `Ok(false)`: no dead letter has that
+    /// key.
+    fn settle_dead_letter(
         &self,
         key: [u8; 32],
     ) -> impl Future<Output = Result<bool, QueueError>> + Send;
@@ -352,7 +375,8 @@ impl DeadLetter {
         }
     }
 
-    /// The key, for [`EventStore::retry_dead_letter`].
+    /// The key, for [`EventStore::retry_dead_letter`] and
+    /// [`EventStore::discard_dead_letter`].
     pub fn key(&self) -> &[u8; 32] {
         &self.key
     }

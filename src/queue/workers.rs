@@ -90,7 +90,8 @@ type DeadLetterHook = Arc<dyn Fn(&DeadLetter) + Send + Sync>;
 ///   [`backoff`](Self::backoff) (10 s) up to 10 min, until
 ///   [`max_attempts`](Self::max_attempts) (8). The last failure makes it a dead letter:
 ///   reported to [`on_dead_letter`](Self::on_dead_letter) and `tracing`, and kept with its
-///   body for [`EventStore::dead_letters`] and [`EventStore::retry_dead_letter`].
+///   body for [`EventStore::dead_letters`], [`EventStore::retry_dead_letter`] and
+///   [`EventStore::discard_dead_letter`].
 /// - **Graceful:** when the `shutdown` future given to [`run`](Self::run) completes, no
 ///   new event is claimed or started, the prefetched events are released, running handlers
 ///   get [`shutdown_grace`](Self::shutdown_grace) (10 s) to finish, the leases of the rest

@@ -370,6 +370,96 @@ async fn failures_retry_then_dead_letter_with_the_body_and_a_dead_letter_can_be_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discarded_dead_letter_loses_its_body_and_keeps_its_key_for_the_retention() {
+    let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
+        return;
+    };
+    let store = replica(&url).await;
+    let event = delivery(&awkward_body("evt_discarded")).await;
+    let key = key_of(&event);
+    let waiting = delivery(&awkward_body("evt_still_waiting")).await;
+    store.insert(key, event.clone(), 1_000).await.unwrap();
+    assert!(
+        !store.discard_dead_letter(key).await.unwrap(),
+        "a waiting event is not a dead letter"
+    );
+    let claimed = store.claim(1, LEASE, 1).await.unwrap();
+    assert!(
+        !store.discard_dead_letter(key).await.unwrap(),
+        "a leased event is not a dead letter"
+    );
+    assert!(
+        store
+            .fail(claimed[0].lease(), None, "gave up".into())
+            .await
+            .unwrap()
+    );
+    store
+        .insert(key_of(&waiting), waiting, 1_000)
+        .await
+        .unwrap();
+    let sql = inspect(&url).await;
+    let finished = || async {
+        sql.query_one(
+            "SELECT state, finished_at,
+                    num_nonnulls(body, channel, scope_inbox, timestamp, secret_index,
+                                 event_id_header, error)
+             FROM openmail_events WHERE key = $1",
+            &[&&key[..]],
+        )
+        .await
+        .map(|row| {
+            (
+                row.get::<_, i16>(0),
+                row.get::<_, std::time::SystemTime>(1),
+                row.get::<_, i32>(2),
+            )
+        })
+        .unwrap()
+    };
+    let (state, died_at, _) = finished().await;
+    assert_eq!(state, 2);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    assert!(store.discard_dead_letter(key).await.unwrap());
+    assert!(!store.discard_dead_letter(key).await.unwrap(), "once");
+    assert!(
+        !store.retry_dead_letter(key).await.unwrap(),
+        "no longer a dead letter to retry"
+    );
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.waiting, stats.in_flight, stats.dead_letters),
+        (1, 0, 0),
+        "the other event still waits"
+    );
+    let (state, discarded_at, kept) = finished().await;
+    assert_eq!(state, 1, "completed");
+    assert!(
+        discarded_at > died_at,
+        "the retention runs from the discard, not from the death"
+    );
+    assert_eq!(kept, 0, "the body and the delivery's columns are deleted");
+    assert_eq!(
+        store.insert(key, event.clone(), 1_000).await.unwrap(),
+        Inserted::Duplicate,
+        "a replay within the retention"
+    );
+    let next = store.claim(8, LEASE, MAX_ATTEMPTS).await.unwrap();
+    assert_eq!(next.len(), 1, "only the other event runs");
+    assert_ne!(next[0].lease().key(), &key);
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge(Duration::from_millis(10)).await.unwrap(), 1);
+    assert_eq!(
+        store.insert(key, event, 1_000).await.unwrap(),
+        Inserted::Stored,
+        "forgotten after the retention, as a completed event's key"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_last_attempt_never_finished_is_dead_lettered_at_the_next_claim() {
     let Some(url) = postgres_support::database("a PostgreSQL store test").await else {
         return;

@@ -135,6 +135,9 @@ impl Backend for Counting {
     async fn requeue_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
         self.inner.retry_dead_letter(key).await
     }
+    async fn settle_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+        self.inner.discard_dead_letter(key).await
+    }
     async fn purge(&self, retention: Duration) -> Result<u64, QueueError> {
         self.inner.purge(retention).await
     }
@@ -409,6 +412,9 @@ impl Backend for Paced {
     }
     async fn requeue_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
         self.inner.retry_dead_letter(key).await
+    }
+    async fn settle_dead_letter(&self, key: [u8; 32]) -> Result<bool, QueueError> {
+        self.inner.discard_dead_letter(key).await
     }
     async fn purge(&self, retention: Duration) -> Result<u64, QueueError> {
         self.inner.purge(retention).await

@@ -503,3 +503,89 @@ async fn a_completed_body_leaves_the_log_soon_after_the_writes_pause_while_worke
     stop.send(true).unwrap();
     running.await.unwrap();
 }
+
+/// A dead letter given up on ([`EventStore::discard_dead_letter`]) loses its body from every
+/// file of the store, as a completed event does, and keeps its key: a replay is a
+/// duplicate, not run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discarded_dead_letter_leaves_the_files_and_its_replay_is_a_duplicate() {
+    let dir = scratch("discard");
+    let store =
+        Arc::new(SqliteStore::open(dir.join("events.db"), Durability::ProcessCrash).unwrap());
+    store_text(&store, "evt_discard", "PRIVATE-DISCARDED-LETTER").await;
+    let key = |claimed: &openmail_webhooks::queue::Claimed| *claimed.lease().key();
+    let claimed = store.claim(1, Duration::from_secs(60), 1).await.unwrap();
+    let discarded = key(&claimed[0]);
+    assert!(
+        !store.discard_dead_letter(discarded).await.unwrap(),
+        "a leased event is not a dead letter"
+    );
+    assert!(
+        store
+            .fail(claimed[0].lease(), None, "gave up".into())
+            .await
+            .unwrap()
+    );
+    store_text(&store, "evt_waits", "public").await;
+    assert_eq!(store.dead_letters(10).await.unwrap().len(), 1);
+    assert!(
+        !super::files::containing(&dir, b"PRIVATE-DISCARDED-LETTER").is_empty(),
+        "the dead letter's body is in the files before the discard"
+    );
+    let died_ms = finished(&dir, 2).0;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    assert!(store.discard_dead_letter(discarded).await.unwrap());
+    assert!(!store.discard_dead_letter(discarded).await.unwrap(), "once");
+    assert!(
+        !store.retry_dead_letter(discarded).await.unwrap(),
+        "no longer a dead letter to retry"
+    );
+    assert!(store.dead_letters(10).await.unwrap().is_empty());
+    let stats = store.stats().await.unwrap();
+    assert_eq!(
+        (stats.waiting, stats.in_flight, stats.dead_letters),
+        (1, 0, 0),
+        "the other event still waits"
+    );
+    let (completed_ms, cleared) = finished(&dir, 1);
+    assert!(
+        completed_ms > died_ms,
+        "the retention runs from the discard ({completed_ms}), not from the death ({died_ms})"
+    );
+    assert!(cleared, "the body and the delivery's columns are deleted");
+    gone(&dir, b"PRIVATE-DISCARDED-LETTER", Duration::from_secs(3)).await;
+
+    // A replay: answered 200, and the store holds no new event for it.
+    store_text(&store, "evt_discard", "PRIVATE-DISCARDED-LETTER").await;
+    let next = store.claim(8, Duration::from_secs(60), 8).await.unwrap();
+    assert_eq!(next.len(), 1, "only the other event runs");
+    assert_ne!(key(&next[0]), discarded);
+    assert_eq!(next[0].delivery().event_id(), Some("evt_waits"));
+
+    // Its key goes with the retention, as a completed event's does: a replay is then
+    // stored again.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    assert_eq!(store.purge(Duration::from_millis(10)).await.unwrap(), 1);
+    store_text(&store, "evt_discard", "again").await;
+    let replayed = store.claim(8, Duration::from_secs(60), 8).await.unwrap();
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0].delivery().event_id(), Some("evt_discard"));
+}
+
+/// The one event in `state`, read by a connection of its own (closed before returning, so
+/// that it pins no log): when it finished, and whether its body and its delivery's columns
+/// are all deleted.
+fn finished(dir: &Path, state: i64) -> (i64, bool) {
+    let reader = rusqlite::Connection::open(dir.join("events.db")).unwrap();
+    reader
+        .query_row(
+            "SELECT finished_ms, body IS NULL AND channel IS NULL AND scope_inbox IS NULL
+                 AND timestamp IS NULL AND secret_index IS NULL
+                 AND event_id_header IS NULL AND error IS NULL
+             FROM openmail_events WHERE state = ?1",
+            [state],
+            |row| Ok((row.get(0)?, row.get(1)?)),
+        )
+        .unwrap()
+}

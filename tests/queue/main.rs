@@ -180,6 +180,9 @@ impl Backend for Unreachable {
     async fn requeue_dead_letter(&self, _: [u8; 32]) -> Result<bool, QueueError> {
         down()
     }
+    async fn settle_dead_letter(&self, _: [u8; 32]) -> Result<bool, QueueError> {
+        down()
+    }
     async fn purge(&self, _: Duration) -> Result<u64, QueueError> {
         down()
     }
