@@ -4,8 +4,8 @@
 //!
 //! `cargo bench --features sqlite,postgres --bench queue`
 //!
-//! - **Load.** A client of its own (hyper's HTTP/1.1 connections, `CONNECTIONS` of them,
-//!   32 by default) posts pre-signed deliveries, each a different event (`Sample`'s
+//! - **Load.** A client of its own (`CONNECTIONS` HTTP/1.1 connections, 32 by default)
+//!   posts pre-signed deliveries, each a different event (`Sample`'s
 //!   `message.received` with a fresh `event_id`, under 1 KiB), so every request is a new
 //!   event and none is answered as a duplicate. A run stops after `DURATION` seconds (5) or when
 //!   its deliveries (`REQUESTS`, 50,000) are sent; any answer but `200` aborts the bench.
@@ -15,6 +15,12 @@
 //!   for `DURATION`, the n-th due n / `PACED` seconds after the connections opened and
 //!   its latency counted from then, for the latency at a load that the server does not
 //!   saturate.
+//! - **Client.** Each connection is one task that writes a request's bytes and reads the
+//!   answer by its `Content-Length`, without an HTTP library: the client stands in for
+//!   OpenMail, which runs on other machines, and here it shares the two cores with the
+//!   server, so the less CPU it takes, the less it weighs on the server with the more
+//!   threads. `CLIENT=hyper` uses hyper's client connections instead (a task for the
+//!   request and one driving the connection), as the bench did until December 7, 2026.
 //! - **Servers.** axum with [`VerifyOpenMailLayer`] on the route, and behind it either an
 //!   instant handler (*inline*) or [`Ingest`] into the store. The server has one tokio
 //!   worker thread; the client runs on another thread. The SQLite store has its writer
@@ -719,8 +725,17 @@ async fn run_load(
     duration: Duration,
     rate: Option<f64>,
 ) -> Load {
+    let hyper = std::env::var("CLIENT").as_deref() == Ok("hyper");
+    let mut outgoing = VecDeque::with_capacity(requests.len());
+    for request in requests {
+        outgoing.push_back(if hyper {
+            Outgoing::Request(request)
+        } else {
+            Outgoing::Wire(on_the_wire(request).await)
+        });
+    }
     // The deliveries left, and how many were taken.
-    let queue = Arc::new(Mutex::new((VecDeque::from(requests), 0u32)));
+    let queue = Arc::new(Mutex::new((outgoing, 0u32)));
     let open = Arc::new(tokio::sync::Barrier::new(connections));
     let paced_from = Arc::new(std::sync::OnceLock::new());
     let started = Instant::now();
@@ -731,15 +746,7 @@ async fn run_load(
         let open = Arc::clone(&open);
         let paced_from = Arc::clone(&paced_from);
         tasks.spawn(async move {
-            let stream = tokio::net::TcpStream::connect(address)
-                .await
-                .expect("connect");
-            stream.set_nodelay(true).expect("nodelay");
-            let (mut sender, connection) =
-                hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                    .await
-                    .expect("handshake");
-            let connection = tokio::spawn(connection);
+            let mut connection = Connection::open(address, hyper).await;
             let pace = match rate {
                 Some(rate) => {
                     open.wait().await;
@@ -765,14 +772,7 @@ async fn run_load(
                     }
                     None => Instant::now(),
                 };
-                let response = sender.send_request(request).await.expect("request");
-                let status = response.status();
-                let body = response
-                    .into_body()
-                    .collect()
-                    .await
-                    .expect("body")
-                    .to_bytes();
+                let (status, body) = connection.send(request).await;
                 assert_eq!(
                     status,
                     StatusCode::OK,
@@ -781,8 +781,7 @@ async fn run_load(
                 );
                 latencies.push(sent.elapsed());
             }
-            drop(sender);
-            let _ = connection.await;
+            connection.close().await;
             latencies
         });
     }
@@ -804,6 +803,124 @@ async fn run_load(
         p50_ms: percentile(0.50),
         p99_ms: percentile(0.99),
     }
+}
+
+/// A delivery as the client sends it.
+enum Outgoing {
+    /// For hyper's client.
+    Request(Request<Full<Bytes>>),
+    /// The bytes on the wire, for the client without an HTTP library.
+    Wire(Vec<u8>),
+}
+
+/// One connection of the load's client.
+enum Connection {
+    /// hyper's HTTP/1.1 client: a task sends, another drives the connection.
+    Hyper(
+        hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+        tokio::task::JoinHandle<hyper::Result<()>>,
+    ),
+    /// Writes a request's bytes and reads the answer by its `Content-Length`, in the
+    /// connection's one task; the buffer holds what was read past the last answer.
+    Raw(tokio::net::TcpStream, Vec<u8>),
+}
+
+impl Connection {
+    async fn open(address: SocketAddr, hyper: bool) -> Self {
+        let stream = tokio::net::TcpStream::connect(address)
+            .await
+            .expect("connect");
+        stream.set_nodelay(true).expect("nodelay");
+        if !hyper {
+            return Self::Raw(stream, Vec::with_capacity(4096));
+        }
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        Self::Hyper(sender, tokio::spawn(connection))
+    }
+
+    /// Sends one delivery; its answer's status and body.
+    async fn send(&mut self, outgoing: Outgoing) -> (StatusCode, Bytes) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        match (self, outgoing) {
+            (Self::Hyper(sender, _), Outgoing::Request(request)) => {
+                let response = sender.send_request(request).await.expect("request");
+                let status = response.status();
+                let body = response
+                    .into_body()
+                    .collect()
+                    .await
+                    .expect("body")
+                    .to_bytes();
+                (status, body)
+            }
+            (Self::Raw(stream, buffer), Outgoing::Wire(request)) => {
+                stream.write_all(&request).await.expect("request");
+                let (status, head) = loop {
+                    if let Some(head) = buffer.windows(4).position(|four| four == b"\r\n\r\n") {
+                        break (answer_head(&buffer[..head]), head + 4);
+                    }
+                    let read = stream.read_buf(buffer).await.expect("read");
+                    assert!(read > 0, "the server closed the connection");
+                };
+                let end = head + status.1;
+                while buffer.len() < end {
+                    let read = stream.read_buf(buffer).await.expect("read");
+                    assert!(read > 0, "the server closed the connection");
+                }
+                let body = Bytes::copy_from_slice(&buffer[head..end]);
+                buffer.drain(..end);
+                (status.0, body)
+            }
+            _ => unreachable!("a delivery prepared for the other client"),
+        }
+    }
+
+    async fn close(self) {
+        if let Self::Hyper(sender, connection) = self {
+            drop(sender);
+            let _ = connection.await;
+        }
+    }
+}
+
+/// The status and `Content-Length` of an answer's head (without its blank line).
+fn answer_head(head: &[u8]) -> (StatusCode, usize) {
+    let head = std::str::from_utf8(head).expect("an answer's head in ASCII");
+    let status = head
+        .get(9..12)
+        .and_then(|code| code.parse::<u16>().ok())
+        .and_then(|code| StatusCode::from_u16(code).ok())
+        .expect("a status line");
+    let length = head
+        .lines()
+        .find_map(|line| {
+            let (name, value) = line.split_once(':')?;
+            name.eq_ignore_ascii_case("content-length")
+                .then(|| value.trim().parse().ok())?
+        })
+        .expect("an answer with a Content-Length");
+    (status, length)
+}
+
+/// A request as the bytes an HTTP/1.1 client writes.
+async fn on_the_wire(request: Request<Full<Bytes>>) -> Vec<u8> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    let mut wire = format!("{} {} HTTP/1.1\r\n", parts.method, parts.uri).into_bytes();
+    for (name, value) in &parts.headers {
+        wire.extend_from_slice(name.as_str().as_bytes());
+        wire.extend_from_slice(b": ");
+        wire.extend_from_slice(value.as_bytes());
+        wire.extend_from_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(http::header::CONTENT_LENGTH) {
+        wire.extend_from_slice(format!("content-length: {}\r\n", body.len()).as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    wire.extend_from_slice(&body);
+    wire
 }
 
 fn now_ms() -> i64 {
