@@ -23,8 +23,8 @@
 //!   request and one driving the connection), as the bench did until December 7, 2026.
 //! - **Servers.** axum with [`VerifyOpenMailLayer`] on the route, and behind it either an
 //!   instant handler (*inline*) or [`Ingest`] into the store. The server has one tokio
-//!   worker thread; the client runs on another thread. The SQLite store has its writer
-//!   thread; PostgreSQL its own processes.
+//!   worker thread (`SERVER_THREADS=N` for more); the client runs on another thread. The
+//!   SQLite store has its writer thread; PostgreSQL its own processes.
 //! - **Stores.** SQLite with `synchronous=NORMAL` ([`Durability::ProcessCrash`], the
 //!   default) and `FULL` ([`Durability::PowerLoss`]), in a temporary directory; a
 //!   PostgreSQL started for the bench (`initdb` in a temporary directory, on a free
@@ -124,7 +124,7 @@ fn main() {
         depths,
     };
     let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
+        .worker_threads(env_or("SERVER_THREADS", 1))
         .thread_name("bench-server")
         .enable_all()
         .build()
