@@ -124,7 +124,7 @@ fn main() {
         depths,
     };
     let server = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(env_or("SERVER_THREADS", 1))
+        .worker_threads(env_or("SERVER_THREADS", 1usize).max(1))
         .thread_name("bench-server")
         .enable_all()
         .build()
