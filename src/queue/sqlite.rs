@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, PoisonError, mpsc};
 
 #[cfg(all(test, openmail_loom))]
@@ -52,9 +53,15 @@ const ERASE_WITHIN: Duration = Duration::from_secs(5);
 
 /// How often, at most, the checkpointer copies the write-ahead log into the file while
 /// commits arrive. A page written several times in between is copied once: a longer wait
-/// copies fewer pages (the pages of the index of keys that a commit's slice wrote), a shorter
-/// one leaves less to copy when the log must start over or be truncated.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
+/// copies fewer pages (the pages of the index of keys that a commit's slice wrote), and
+/// each copy takes CPU from the threads that answer the requests, in bursts. So it copies
+/// seldom: once a second, or when the log passes [`COPY_AT_FRAMES`], or once the commits
+/// pause for [`PAUSED_AFTER`], so that a truncation after the pause has little to copy.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+
+/// How long the checkpointer waits without hearing of new groups before it copies: the
+/// commits paused (the writer tells it at most every [`SIGNAL_EVERY`] while they go on).
+const PAUSED_AFTER: Duration = Duration::from_millis(100);
 
 /// How often, at most, the writer tells the checkpointer that groups committed: a signal
 /// wakes the checkpointer's thread, which only needs to know once per
@@ -113,17 +120,23 @@ const CACHE_KIB: i64 = 8 * 1024;
 /// may never allow.
 const LOG_LIMIT_FRAMES: i64 = 16_384;
 
+/// The log's length (in frames: 160 MiB of 4 KiB pages) at which the writer asks the
+/// checkpointer to copy at once, not at the end of its [`CHECKPOINT_EVERY`]: the log then
+/// grows past it only by what commits while the copies catch up, however fast the commits
+/// (large bodies) fill it.
+const COPY_AT_FRAMES: i64 = 40_960;
+
 /// The write-ahead log's file may grow to this many bytes (256 MiB, four times
 /// [`LOG_LIMIT_FRAMES`]) before the writer holds commits until the log is copied and
 /// truncated: a load of large bodies can commit faster than the checkpointer's copies
 /// (which include an `fsync` of the file) take them, and each copy then takes longer than
 /// the last while the log grows. Only the writer can stop the growth, by not committing.
 ///
-/// A steady load of ordinary bodies that the copies do keep up with grows the log to
-/// about twice [`LOG_LIMIT_FRAMES`] before it starts over: the catch-up takes what
-/// commits while it copies (in a bench at 20,000 deliveries/s, 21,800 to 35,300 frames,
-/// up to 145 MB). Held at 128 MiB, such a load truncated its log in place of starting it
-/// over, a stall of 73 to 90 ms, after which the file had to grow again.
+/// A steady load of ordinary bodies that the copies do keep up with grows the log by a
+/// second of commits, or to [`COPY_AT_FRAMES`], before a copy, and by what commits during
+/// the catch-up before it starts over (in a bench at 45,000 deliveries/s, up to 188 MiB).
+/// Held at 128 MiB, such a load (then copied every 250 ms) truncated its log in place of
+/// starting it over, a stall of 73 to 90 ms, after which the file had to grow again.
 const LOG_HOLD_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The longest the writer holds commits for a long log at once: a copy of the
@@ -254,11 +267,14 @@ DROP TABLE openmail_events_v3;
 ///   cost one commit together, not one each. It keeps up to 8 MiB of the file's pages in
 ///   memory.
 /// - **Checkpoints beside the writer.** A second thread copies the write-ahead log into
-///   the file every 250 ms while commits write, on a connection of its own, without
-///   stopping the writer (`PASSIVE`), and (with `NORMAL`) flushes what it copied; SQLite's automatic checkpoint,
-///   which runs inside a commit and holds every command queued behind it, is off. When
-///   the log passes 16,384 pages (64 MiB), or a deleted body is due to leave it, that
-///   thread copies again until little is left, and the writer copies the rest between two
+///   the file once a second while commits write (sooner when the log passes 40,960 pages,
+///   160 MiB, or when the commits pause for 100 ms), on a connection of its own, without
+///   stopping the writer (`PASSIVE`), and (with `NORMAL`) flushes what it copied; SQLite's
+///   automatic checkpoint, which runs inside a commit and holds every command queued
+///   behind it, is off. Each copy takes CPU from the threads that answer the requests, so
+///   they come seldom, and a page written many times in between is copied once. When a
+///   copy finds the log past 16,384 pages (64 MiB), or a deleted body is due to leave it,
+///   that thread copies again until little is left, and the writer copies the rest between two
 ///   groups: the log then starts over in place (or is truncated, to erase a body), so the
 ///   writer is held up for a few groups' pages, not for the whole log. A load that
 ///   commits faster than the copies can take it (large bodies on a slow disk) is held:
@@ -352,10 +368,21 @@ impl SqliteStore {
         let path = path.as_ref().to_path_buf();
         create_private(&path)?;
         let locks = Arc::new(lock_file(&path)?);
-        let connection = Connection::open(&path).map_err(|error| opening(&path, error))?;
+        let mut connection = Connection::open(&path).map_err(|error| opening(&path, error))?;
         // Room for every statement the writer prepares (rusqlite keeps 16 by default).
         connection.set_prepared_statement_cache_capacity(STATEMENTS);
         prepare(&connection, durability, &path)?;
+        // After `prepare`, whose `wal_autocheckpoint` would replace it.
+        let log_frames = Arc::new(AtomicI64::new(0));
+        {
+            let log_frames = Arc::clone(&log_frames);
+            connection
+                .wal_hook(Some(move |_: &mut rusqlite::hooks::Wal, frames| {
+                    log_frames.store(i64::from(frames), Ordering::Relaxed);
+                    Ok(())
+                }))
+                .map_err(|error| opening(&path, error))?;
+        }
         let depth = Writer::count_depth(&connection).map_err(|error| opening(&path, error))?;
         let (next_id, remembered) = connection
             .query_row(
@@ -391,6 +418,8 @@ impl SqliteStore {
             retry_erase: Instant::now(),
             copied,
             erase_asked: false,
+            log_frames,
+            copy_asked: false,
             log_file: {
                 let mut log = path.as_os_str().to_owned();
                 log.push("-wal");
@@ -807,6 +836,12 @@ enum Command {
     Erasures {
         reply: Reply<Vec<Duration>>,
     },
+    /// Answers the log's length as the last commit left it, and whether a copy of it was
+    /// asked for.
+    #[cfg(test)]
+    LogFrames {
+        reply: Reply<(i64, bool)>,
+    },
     /// Keeps the file from growing past the pages it has (`PRAGMA max_page_count` on the
     /// writer's connection), as a full disk would; `false` lifts the limit.
     #[cfg(test)]
@@ -849,6 +884,8 @@ impl Command {
             Self::RollBack { reply } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::Erasures { reply } => drop(reply.send(Err(error()))),
+            #[cfg(test)]
+            Self::LogFrames { reply } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::FillDisk { reply, .. } => drop(reply.send(Err(error()))),
             #[cfg(test)]
@@ -903,6 +940,10 @@ struct Writer {
     copied: mpsc::Receiver<()>,
     /// [`Wrote::EraseDue`] was sent and not answered yet.
     erase_asked: bool,
+    /// The frames in the log after the last commit, as SQLite's hook on it reports them.
+    log_frames: Arc<AtomicI64>,
+    /// [`Wrote::LongLog`] was sent for the log as it is: asked again once it starts over.
+    copy_asked: bool,
     /// The write-ahead log's file, whose length the writer checks after each group.
     log_file: PathBuf,
     /// The log's length past which the writer holds commits: [`LOG_HOLD_BYTES`], or more
@@ -984,6 +1025,7 @@ impl Writer {
             if self.connection.total_changes() != before {
                 self.last_write = Instant::now();
                 self.unsignalled = true;
+                self.ask_copy_of_long_log();
             }
             self.on_timers();
             self.after_group();
@@ -1079,6 +1121,17 @@ impl Writer {
                 return;
             }
             std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Asks the checkpointer to copy at once when the log passed [`COPY_AT_FRAMES`], once
+    /// for each time it does.
+    fn ask_copy_of_long_log(&mut self) {
+        if self.log_frames.load(Ordering::Relaxed) < COPY_AT_FRAMES {
+            self.copy_asked = false;
+        } else if !self.copy_asked {
+            self.copy_asked = true;
+            let _ = self.wrote.send(Wrote::LongLog);
         }
     }
 
@@ -1446,6 +1499,11 @@ impl Writer {
             }
             #[cfg(test)]
             Command::Erasures { reply } => pending(reply, Ok(self.erasures.clone())),
+            #[cfg(test)]
+            Command::LogFrames { reply } => {
+                let frames = self.log_frames.load(Ordering::Relaxed);
+                pending(reply, Ok((frames, self.copy_asked)))
+            }
             #[cfg(test)]
             Command::FillDisk { full, reply } => {
                 let result = self
@@ -1924,6 +1982,8 @@ struct Checkpointer {
 enum Wrote {
     /// Groups committed: copy them within [`CHECKPOINT_EVERY`].
     Groups,
+    /// The log passed [`COPY_AT_FRAMES`]: copy it now, and catch up.
+    LongLog,
     /// A deleted body is due to leave the log: copy nearly all of it now, then say so.
     EraseDue,
 }
@@ -1944,23 +2004,25 @@ const CATCH_UP_LEFT: i64 = 64;
 impl Checkpointer {
     fn run(mut self, wrote: &mpsc::Receiver<Wrote>) {
         loop {
-            let mut catch_up = match wrote.recv() {
-                Ok(signal) => signal == Wrote::EraseDue,
+            let mut signal = match wrote.recv() {
+                Ok(signal) => signal,
                 // The writer is gone, its connection closed: so is this one, then the lock.
                 Err(_) => return,
             };
-            // Let commits gather, then copy them all; a writer that went meanwhile is not
-            // kept waiting for the lock.
-            let now = Instant::now();
-            let until = now.checked_add(CHECKPOINT_EVERY).unwrap_or(now);
-            while !catch_up {
+            // Let commits gather, then copy them all, unless the log is long or a deleted
+            // body is due to leave it; a writer that went meanwhile is not kept waiting
+            // for the lock.
+            let until = later(Instant::now(), CHECKPOINT_EVERY);
+            while signal == Wrote::Groups {
                 let left = until.saturating_duration_since(Instant::now());
-                match wrote.recv_timeout(left) {
-                    Ok(signal) => catch_up = signal == Wrote::EraseDue,
+                match wrote.recv_timeout(left.min(PAUSED_AFTER)) {
+                    Ok(next) => signal = next,
+                    // The end of the wait, or a pause in the commits.
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
+            let catch_up = signal == Wrote::EraseDue;
             let copied = self.copy();
             let long = copied.is_some_and(|log| log > LOG_LIMIT_FRAMES);
             if !(catch_up || long) {
@@ -2554,6 +2616,80 @@ mod tests {
             std::fs::read(entry.unwrap().path())
                 .is_ok_and(|bytes| bytes.windows(needle.len()).any(|window| window == needle))
         })
+    }
+
+    /// Each commit tells the writer the log's length (through SQLite's hook on the log,
+    /// which `wal_autocheckpoint` would replace), and the writer asks the checkpointer for
+    /// a copy once the log passes [`COPY_AT_FRAMES`], once until it starts over. The
+    /// checkpointer is stopped, so that the log only grows until the writer truncates it.
+    #[tokio::test]
+    async fn the_writer_asks_for_a_copy_once_the_log_passes_its_length() {
+        let (store, dir) = store("copy-at");
+        store
+            .ask(|reply| Command::StopCheckpointer { reply })
+            .await
+            .unwrap();
+        let frames = || store.ask(|reply| Command::LogFrames { reply });
+        let mut stored = 0_u32;
+        let mut store_one = async |padding: usize| {
+            stored += 1;
+            let mut key = [0; 32];
+            key[..4].copy_from_slice(&stored.to_be_bytes());
+            let mut body = format!(r#"{{"event_id":"evt_copy_at_{stored}","text":""#);
+            body.extend(std::iter::repeat_n('x', padding));
+            body.push_str(r#""}"#);
+            let delivery = Delivery::websocket(Bytes::from(body), None);
+            assert_eq!(
+                store.insert(key, delivery, u64::MAX).await.unwrap(),
+                Inserted::Stored
+            );
+        };
+        store_one(0).await;
+        let (first, asked) = frames().await.unwrap();
+        assert!(
+            first > 0 && !asked,
+            "after one commit: {first} frames, asked {asked}"
+        );
+        // A MiB a commit, 257 pages or so: the log passes its length within 160.
+        let mut previous = first;
+        for _ in 0..200 {
+            store_one(1024 * 1024).await;
+            let (now, asked) = frames().await.unwrap();
+            assert!(
+                now > previous,
+                "the log went from {previous} to {now} frames"
+            );
+            assert_eq!(asked, now >= COPY_AT_FRAMES, "{now} frames, asked {asked}");
+            previous = now;
+            if now >= COPY_AT_FRAMES + 1024 {
+                break;
+            }
+        }
+        assert!(
+            previous >= COPY_AT_FRAMES,
+            "the log stopped at {previous} frames"
+        );
+        // A completed body makes the writer truncate the log once the writes pause; a copy
+        // is asked for again only once the log is long again.
+        let claimed = store.claim(1, Duration::from_secs(60), 8).await.unwrap();
+        assert!(store.complete(claimed[0].lease()).await.unwrap());
+        let log = dir.join("events.db-wal");
+        let paused = Instant::now();
+        while std::fs::metadata(&log).unwrap().len() > 0 {
+            assert!(
+                paused.elapsed() < Duration::from_secs(30),
+                "the log was never truncated"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        store_one(0).await;
+        let (after, asked) = frames().await.unwrap();
+        assert!(
+            after < 16 && !asked,
+            "after the truncation: {after} frames, asked {asked}"
+        );
+        drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Without the checkpointer (its thread gone), a body completed under commits that

@@ -207,9 +207,10 @@ async fn fill(store: &Arc<SqliteStore>, prefix: &str, marker: &str, count: usize
     }
 }
 
-/// Above what the log's file reaches while the copies keep up (about 64 MiB, plus what
-/// commits during a catch-up), below a log that outgrows the checkpointer's copies.
-const BOUND: u64 = 192 << 20;
+/// Above what the log's file reaches while the copies keep up (at most 160 MiB before a
+/// copy, plus what commits during the catch-up), below the 256 MiB where the writer holds
+/// commits for a log that outgrows the checkpointer's copies.
+const BOUND: u64 = 240 << 20;
 
 /// Above the 256 MiB past which the writer holds commits until the log is truncated (plus
 /// a group), below what a load that outgrows the copies reached without the hold (330 to
@@ -267,8 +268,9 @@ async fn completed_bodies_leave_a_long_log_that_started_over_in_place() {
     load.await.unwrap();
 }
 
-/// A sustained load of large bodies, none completed: the log starts over in place at about
-/// 64 MiB, and grows past that only by what commits while the checkpointer catches up.
+/// A sustained load of large bodies, none completed: the log starts over in place once a
+/// copy finds it past 64 MiB (copies come at least every second, and at once past
+/// 160 MiB), and grows past that only by what commits while the checkpointer catches up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "writes a GiB: cargo test --release --all-features --test queue log:: -- --ignored --nocapture"]
 async fn the_log_stays_bounded_under_a_sustained_load_of_large_bodies() {
@@ -440,9 +442,9 @@ async fn a_completed_body_leaves_the_files_once_an_outside_reader_ends() {
 }
 
 /// Under a steady load with no body to erase, the write-ahead log is never truncated: once
-/// it passes its limit (64 MiB), the checkpointer catches up and the log starts over in
-/// place, in pages the file system already allocated, so the file stays bounded without
-/// shrinking. (A truncation stops the writer for as long as it copies and flushes what
+/// a copy (at least every second) finds it past its limit (64 MiB), the checkpointer
+/// catches up and the log starts over in place, in pages the file system already
+/// allocated, so the file stays bounded without shrinking. (A truncation stops the writer for as long as it copies and flushes what
 /// is left, and makes every later frame an append.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_long_log_starts_over_in_place_instead_of_being_truncated() {
@@ -470,8 +472,9 @@ async fn a_long_log_starts_over_in_place_instead_of_being_truncated() {
         largest = largest.max(size);
     }
     assert_eq!(shrank, None, "the log was truncated: (event, from, to)");
+    // A log that never started over would hold all 128 MiB written.
     assert!(
-        largest <= 112 * 1024 * 1024,
+        largest <= 120 * 1024 * 1024,
         "the log grew to {largest} bytes: it did not start over"
     );
     assert!(
