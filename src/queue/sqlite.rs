@@ -51,17 +51,24 @@ const ERASE_WHEN_QUIET_FOR: Duration = Duration::from_millis(250);
 /// [`ERASE_WHEN_QUIET_FOR`]: then the writer truncates between two groups.
 const ERASE_WITHIN: Duration = Duration::from_secs(5);
 
-/// How often, at most, the checkpointer copies the write-ahead log into the file while
-/// commits arrive. A page written several times in between is copied once: a longer wait
-/// copies fewer pages (the pages of the index of keys that a commit's slice wrote), and
-/// each copy takes CPU from the threads that answer the requests, in bursts. So it copies
-/// seldom: once a second, or when the log passes [`COPY_AT_FRAMES`], or once the commits
-/// pause for [`PAUSED_AFTER`], so that a truncation after the pause has little to copy.
+/// How long the checkpointer lets commits gather before it copies the write-ahead log into
+/// the file. A page written several times in between is copied once: a longer wait copies
+/// fewer pages (the pages of the index of keys that a commit's slice wrote), and each copy
+/// takes CPU from the threads that answer the requests, in bursts. So it copies seldom:
+/// a second after the first commit it has not copied, sooner when the log passes
+/// [`COPY_AT_FRAMES`] or a deleted body is due to leave it, or once the commits pause (see
+/// [`PAUSED_AFTER`]), so that the truncation after a pause has little to copy.
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 
-/// How long the checkpointer waits without hearing of new groups before it copies: the
-/// commits paused (the writer tells it at most every [`SIGNAL_EVERY`] while they go on).
+/// How long the checkpointer waits without hearing of new groups before it copies, once
+/// it has let commits gather for [`GATHER_AT_LEAST`]: the commits paused (the writer
+/// tells it at most every [`SIGNAL_EVERY`] while they go on).
 const PAUSED_AFTER: Duration = Duration::from_millis(100);
+
+/// The least time the checkpointer lets commits gather before a pause makes it copy: a
+/// light load, whose groups come further apart than [`PAUSED_AFTER`], is copied at most
+/// four times a second.
+const GATHER_AT_LEAST: Duration = Duration::from_millis(250);
 
 /// How often, at most, the writer tells the checkpointer that groups committed: a signal
 /// wakes the checkpointer's thread, which only needs to know once per
@@ -121,9 +128,11 @@ const CACHE_KIB: i64 = 8 * 1024;
 const LOG_LIMIT_FRAMES: i64 = 16_384;
 
 /// The log's length (in frames: 160 MiB of 4 KiB pages) at which the writer asks the
-/// checkpointer to copy at once, not at the end of its [`CHECKPOINT_EVERY`]: the log then
-/// grows past it only by what commits while the copies catch up, however fast the commits
-/// (large bodies) fill it.
+/// checkpointer to copy at once, not at the end of its [`CHECKPOINT_EVERY`]: while the
+/// copies keep up, the log then grows past it only by what commits during the catch-up,
+/// whatever the size of the bodies. (Commits faster than the copies are held at
+/// [`LOG_HOLD_BYTES`].) A copy that could not run or catch up is not asked for again until
+/// the log has started over: the checkpointer's next copies come at its usual times.
 const COPY_AT_FRAMES: i64 = 40_960;
 
 /// The write-ahead log's file may grow to this many bytes (256 MiB, four times
@@ -134,8 +143,8 @@ const COPY_AT_FRAMES: i64 = 40_960;
 ///
 /// A steady load of ordinary bodies that the copies do keep up with grows the log by a
 /// second of commits, or to [`COPY_AT_FRAMES`], before a copy, and by what commits during
-/// the catch-up before it starts over (in a bench at 45,000 deliveries/s, up to 188 MiB).
-/// Held at 128 MiB, such a load (then copied every 250 ms) truncated its log in place of
+/// the catch-up before it starts over (in a bench at 45,000 to 47,000 deliveries/s, up
+/// to 188 MiB). Held at 128 MiB, such a load (then copied every 250 ms) truncated its log in place of
 /// starting it over, a stall of 73 to 90 ms, after which the file had to grow again.
 const LOG_HOLD_BYTES: u64 = 256 * 1024 * 1024;
 
@@ -267,21 +276,22 @@ DROP TABLE openmail_events_v3;
 ///   cost one commit together, not one each. It keeps up to 8 MiB of the file's pages in
 ///   memory.
 /// - **Checkpoints beside the writer.** A second thread copies the write-ahead log into
-///   the file once a second while commits write (sooner when the log passes 40,960 pages,
-///   160 MiB, or when the commits pause for 100 ms), on a connection of its own, without
-///   stopping the writer (`PASSIVE`), and (with `NORMAL`) flushes what it copied; SQLite's
-///   automatic checkpoint, which runs inside a commit and holds every command queued
-///   behind it, is off. Each copy takes CPU from the threads that answer the requests, so
-///   they come seldom, and a page written many times in between is copied once. When a
-///   copy finds the log past 16,384 pages (64 MiB), or a deleted body is due to leave it,
-///   that thread copies again until little is left, and the writer copies the rest between two
-///   groups: the log then starts over in place (or is truncated, to erase a body), so the
-///   writer is held up for a few groups' pages, not for the whole log. A load that
-///   commits faster than the copies can take it (large bodies on a slow disk) is held:
-///   once the log's file passes 256 MiB, the writer waits for the copy under way and
-///   truncates the log before it commits again, for at most 2 s at once (a longer copy, or
-///   a reader outside the store, keeps the log from being truncated; the writer then waits
-///   again only after another 256 MiB).
+///   the file once a second while commits write (sooner when the log passes 40,960
+///   pages, 160 MiB, and when the commits pause for 100 ms after at least 250 ms of
+///   them), on a connection of its own, without stopping the writer (`PASSIVE`), and
+///   (with `NORMAL`) flushes what it copied; SQLite's automatic checkpoint, which runs
+///   inside a commit and holds every command queued behind it, is off. Each copy takes
+///   CPU from the threads that answer the requests, so they come seldom, and a page
+///   written many times in between is copied once. When a copy finds the log past
+///   16,384 pages (64 MiB), or a deleted body is due to leave it, that thread copies
+///   again until little is left, and the writer copies the rest between two groups: the
+///   log then starts over in place (or is truncated, to erase a body), so the writer is
+///   held up for a few groups' pages, not for the whole log. A load that commits faster
+///   than the copies can take it (large bodies on a slow disk) is held: once the log's
+///   file passes 256 MiB, the writer waits for the copy under way and truncates the log
+///   before it commits again, for at most 2 s at once (a longer copy, or a reader
+///   outside the store, keeps the log from being truncated; the writer then waits again
+///   only after another 256 MiB).
 /// - **An operator's questions beside the writer.** [`stats`](super::EventStore::stats) and
 ///   [`dead_letters`](super::EventStore::dead_letters) read on a third thread and
 ///   connection, what was committed when they began, through the indexes of the waiting
@@ -407,6 +417,8 @@ impl SqliteStore {
         let (commands, receiver) = mpsc::channel();
         let (wrote, written) = mpsc::channel();
         let (caught_up, copied) = mpsc::channel();
+        #[cfg(test)]
+        let copies = Arc::default();
         let writer = Writer {
             connection,
             depth,
@@ -420,6 +432,9 @@ impl SqliteStore {
             erase_asked: false,
             log_frames,
             copy_asked: false,
+            copy_at: COPY_AT_FRAMES,
+            #[cfg(test)]
+            copies: Arc::clone(&copies),
             log_file: {
                 let mut log = path.as_os_str().to_owned();
                 log.push("-wal");
@@ -437,6 +452,8 @@ impl SqliteStore {
         let checkpointer = Checkpointer {
             connection: checkpoints,
             caught_up,
+            #[cfg(test)]
+            copies,
             last_copy: (0, 0),
             // With `FULL`, every commit flushes the log: a flush of the file beside them
             // makes them wait for it (the p99 of the acknowledgement doubled).
@@ -842,6 +859,17 @@ enum Command {
     LogFrames {
         reply: Reply<(i64, bool)>,
     },
+    /// Sets the log's length at which the writer asks for a copy.
+    #[cfg(test)]
+    CopyAt {
+        frames: i64,
+        reply: Reply<()>,
+    },
+    /// Answers what started each of the checkpointer's copies so far.
+    #[cfg(test)]
+    Copies {
+        reply: Reply<Vec<CopiedOn>>,
+    },
     /// Keeps the file from growing past the pages it has (`PRAGMA max_page_count` on the
     /// writer's connection), as a full disk would; `false` lifts the limit.
     #[cfg(test)]
@@ -886,6 +914,10 @@ impl Command {
             Self::Erasures { reply } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::LogFrames { reply } => drop(reply.send(Err(error()))),
+            #[cfg(test)]
+            Self::CopyAt { reply, .. } => drop(reply.send(Err(error()))),
+            #[cfg(test)]
+            Self::Copies { reply } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::FillDisk { reply, .. } => drop(reply.send(Err(error()))),
             #[cfg(test)]
@@ -944,6 +976,11 @@ struct Writer {
     log_frames: Arc<AtomicI64>,
     /// [`Wrote::LongLog`] was sent for the log as it is: asked again once it starts over.
     copy_asked: bool,
+    /// The log's length at which a copy is asked for: [`COPY_AT_FRAMES`] (tests lower it).
+    copy_at: i64,
+    /// The checkpointer's copies, each with what started it.
+    #[cfg(test)]
+    copies: Arc<std::sync::Mutex<Vec<CopiedOn>>>,
     /// The write-ahead log's file, whose length the writer checks after each group.
     log_file: PathBuf,
     /// The log's length past which the writer holds commits: [`LOG_HOLD_BYTES`], or more
@@ -1125,9 +1162,9 @@ impl Writer {
     }
 
     /// Asks the checkpointer to copy at once when the log passed [`COPY_AT_FRAMES`], once
-    /// for each time it does.
+    /// until a commit finds it short again.
     fn ask_copy_of_long_log(&mut self) {
-        if self.log_frames.load(Ordering::Relaxed) < COPY_AT_FRAMES {
+        if self.log_frames.load(Ordering::Relaxed) < self.copy_at {
             self.copy_asked = false;
         } else if !self.copy_asked {
             self.copy_asked = true;
@@ -1503,6 +1540,20 @@ impl Writer {
             Command::LogFrames { reply } => {
                 let frames = self.log_frames.load(Ordering::Relaxed);
                 pending(reply, Ok((frames, self.copy_asked)))
+            }
+            #[cfg(test)]
+            Command::CopyAt { frames, reply } => {
+                self.copy_at = frames;
+                pending(reply, Ok(()))
+            }
+            #[cfg(test)]
+            Command::Copies { reply } => {
+                let copies = self
+                    .copies
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                pending(reply, Ok(copies))
             }
             #[cfg(test)]
             Command::FillDisk { full, reply } => {
@@ -1975,6 +2026,23 @@ struct Checkpointer {
     /// order): the writer's final truncation, and the store's drop, wait for its end, by
     /// which this thread's connection is closed and its share of the locks let go.
     caught_up: mpsc::Sender<()>,
+    /// Each copy's start, as [`Command::Copies`] answers them.
+    #[cfg(test)]
+    copies: Arc<std::sync::Mutex<Vec<CopiedOn>>>,
+}
+
+/// What started one of the checkpointer's copies.
+#[cfg(test)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CopiedOn {
+    /// [`CHECKPOINT_EVERY`] after the first commit not yet copied.
+    Interval,
+    /// A pause in the commits.
+    Pause,
+    /// [`Wrote::LongLog`].
+    LongLog,
+    /// [`Wrote::EraseDue`].
+    EraseDue,
 }
 
 /// What the writer tells the checkpointer.
@@ -2012,16 +2080,30 @@ impl Checkpointer {
             // Let commits gather, then copy them all, unless the log is long or a deleted
             // body is due to leave it; a writer that went meanwhile is not kept waiting
             // for the lock.
-            let until = later(Instant::now(), CHECKPOINT_EVERY);
+            let began = Instant::now();
+            let until = later(began, CHECKPOINT_EVERY);
+            let gathered = later(began, GATHER_AT_LEAST);
             while signal == Wrote::Groups {
-                let left = until.saturating_duration_since(Instant::now());
-                match wrote.recv_timeout(left.min(PAUSED_AFTER)) {
+                let now = Instant::now();
+                let left = until.saturating_duration_since(now);
+                let quiet = PAUSED_AFTER.max(gathered.saturating_duration_since(now));
+                match wrote.recv_timeout(left.min(quiet)) {
                     Ok(next) => signal = next,
                     // The end of the wait, or a pause in the commits.
                     Err(mpsc::RecvTimeoutError::Timeout) => break,
                     Err(mpsc::RecvTimeoutError::Disconnected) => return,
                 }
             }
+            #[cfg(test)]
+            self.copies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push(match signal {
+                    Wrote::Groups if Instant::now() < until => CopiedOn::Pause,
+                    Wrote::Groups => CopiedOn::Interval,
+                    Wrote::LongLog => CopiedOn::LongLog,
+                    Wrote::EraseDue => CopiedOn::EraseDue,
+                });
             let catch_up = signal == Wrote::EraseDue;
             let copied = self.copy();
             let long = copied.is_some_and(|log| log > LOG_LIMIT_FRAMES);
@@ -2618,57 +2700,63 @@ mod tests {
         })
     }
 
+    /// Stores one event under the key numbered `n`, its body padded with `padding` bytes.
+    async fn store_padded(store: &SqliteStore, n: u32, padding: usize) {
+        let mut key = [0; 32];
+        key[..4].copy_from_slice(&n.to_be_bytes());
+        let mut body = format!(r#"{{"event_id":"evt_padded_{n}","text":""#);
+        body.extend(std::iter::repeat_n('x', padding));
+        body.push_str(r#""}"#);
+        let delivery = Delivery::websocket(Bytes::from(body), None);
+        assert_eq!(
+            store.insert(key, delivery, u64::MAX).await.unwrap(),
+            Inserted::Stored
+        );
+    }
+
     /// Each commit tells the writer the log's length (through SQLite's hook on the log,
     /// which `wal_autocheckpoint` would replace), and the writer asks the checkpointer for
-    /// a copy once the log passes [`COPY_AT_FRAMES`], once until it starts over. The
-    /// checkpointer is stopped, so that the log only grows until the writer truncates it.
+    /// a copy once the log passes its length for that ([`COPY_AT_FRAMES`], lowered here),
+    /// once until a commit finds the log short again. The checkpointer is stopped, so that
+    /// the log only grows until the writer truncates it.
     #[tokio::test]
     async fn the_writer_asks_for_a_copy_once_the_log_passes_its_length() {
+        const COPY_AT: i64 = 2_048;
         let (store, dir) = store("copy-at");
         store
             .ask(|reply| Command::StopCheckpointer { reply })
             .await
             .unwrap();
+        store
+            .ask(|reply| Command::CopyAt {
+                frames: COPY_AT,
+                reply,
+            })
+            .await
+            .unwrap();
         let frames = || store.ask(|reply| Command::LogFrames { reply });
-        let mut stored = 0_u32;
-        let mut store_one = async |padding: usize| {
-            stored += 1;
-            let mut key = [0; 32];
-            key[..4].copy_from_slice(&stored.to_be_bytes());
-            let mut body = format!(r#"{{"event_id":"evt_copy_at_{stored}","text":""#);
-            body.extend(std::iter::repeat_n('x', padding));
-            body.push_str(r#""}"#);
-            let delivery = Delivery::websocket(Bytes::from(body), None);
-            assert_eq!(
-                store.insert(key, delivery, u64::MAX).await.unwrap(),
-                Inserted::Stored
-            );
-        };
-        store_one(0).await;
+        store_padded(&store, 0, 0).await;
         let (first, asked) = frames().await.unwrap();
         assert!(
             first > 0 && !asked,
             "after one commit: {first} frames, asked {asked}"
         );
-        // A MiB a commit, 257 pages or so: the log passes its length within 160.
+        // 64 KiB a commit, 17 pages or so: the log passes its length within 130.
         let mut previous = first;
-        for _ in 0..200 {
-            store_one(1024 * 1024).await;
+        for n in 1..300 {
+            store_padded(&store, n, 64 * 1024).await;
             let (now, asked) = frames().await.unwrap();
             assert!(
                 now > previous,
                 "the log went from {previous} to {now} frames"
             );
-            assert_eq!(asked, now >= COPY_AT_FRAMES, "{now} frames, asked {asked}");
+            assert_eq!(asked, now >= COPY_AT, "{now} frames, asked {asked}");
             previous = now;
-            if now >= COPY_AT_FRAMES + 1024 {
+            if now >= COPY_AT + 256 {
                 break;
             }
         }
-        assert!(
-            previous >= COPY_AT_FRAMES,
-            "the log stopped at {previous} frames"
-        );
+        assert!(previous >= COPY_AT, "the log stopped at {previous} frames");
         // A completed body makes the writer truncate the log once the writes pause; a copy
         // is asked for again only once the log is long again.
         let claimed = store.claim(1, Duration::from_secs(60), 8).await.unwrap();
@@ -2682,13 +2770,72 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        store_one(0).await;
+        store_padded(&store, 1_000, 0).await;
         let (after, asked) = frames().await.unwrap();
         assert!(
             after < 16 && !asked,
             "after the truncation: {after} frames, asked {asked}"
         );
         drop(store);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What started each of the checkpointer's copies so far.
+    async fn copies(store: &SqliteStore) -> Vec<CopiedOn> {
+        store.ask(|reply| Command::Copies { reply }).await.unwrap()
+    }
+
+    /// The checkpointer's copies, once there is one (at most 30 s).
+    async fn until_copied(store: &SqliteStore) -> Vec<CopiedOn> {
+        let waited = Instant::now();
+        loop {
+            let copies = copies(store).await;
+            if !copies.is_empty() {
+                return copies;
+            }
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "the checkpointer never copied"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// The checkpointer copies at once when the writer asks (the log past its length for
+    /// that, lowered here), and after a pause in the commits, each well before its usual
+    /// [`CHECKPOINT_EVERY`].
+    #[tokio::test]
+    async fn the_checkpointer_copies_a_long_log_at_once_and_after_a_pause() {
+        // One commit, then none: the copy comes once the commits have paused.
+        let (quiet, dir) = store("copy-pause");
+        store_padded(&quiet, 0, 0).await;
+        assert_eq!(until_copied(&quiet).await, [CopiedOn::Pause]);
+        drop(quiet);
+        let _ = std::fs::remove_dir_all(&dir);
+
+        // Commits without a pause, until the log passes 512 frames: the writer asks, and
+        // the checkpointer's first copy is the one asked for.
+        let (busy, dir) = store("copy-long");
+        busy.ask(|reply| Command::CopyAt { frames: 512, reply })
+            .await
+            .unwrap();
+        let mut n = 0;
+        while copies(&busy).await.is_empty() {
+            assert!(n < 1_000, "no copy after {n} commits");
+            store_padded(&busy, n, 64 * 1024).await;
+            n += 1;
+        }
+        let (frames, asked) = busy
+            .ask(|reply| Command::LogFrames { reply })
+            .await
+            .unwrap();
+        let copies = copies(&busy).await;
+        assert_eq!(
+            copies.first(),
+            Some(&CopiedOn::LongLog),
+            "{copies:?} after {n} commits, {frames} frames, asked {asked}"
+        );
+        drop(busy);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
