@@ -144,8 +144,9 @@ const COPY_AT_FRAMES: i64 = 40_960;
 /// A steady load of ordinary bodies that the copies do keep up with grows the log by a
 /// second of commits, or to [`COPY_AT_FRAMES`], before a copy, and by what commits during
 /// the catch-up before it starts over (in a bench at 45,000 to 47,000 deliveries/s, up
-/// to 188 MiB). Held at 128 MiB, such a load (then copied every 250 ms) truncated its log in place of
-/// starting it over, a stall of 73 to 90 ms, after which the file had to grow again.
+/// to 188 MiB). Held at 128 MiB, such a load (then copied every 250 ms) truncated its
+/// log in place of starting it over, a stall of 73 to 90 ms, after which the file had to
+/// grow again.
 const LOG_HOLD_BYTES: u64 = 256 * 1024 * 1024;
 
 /// The longest the writer holds commits for a long log at once: a copy of the
