@@ -419,7 +419,7 @@ impl SqliteStore {
         let (wrote, written) = mpsc::channel();
         let (caught_up, copied) = mpsc::channel();
         #[cfg(test)]
-        let copies = Arc::default();
+        let probe = Arc::default();
         let writer = Writer {
             connection,
             depth,
@@ -435,7 +435,7 @@ impl SqliteStore {
             copy_asked: false,
             copy_at: COPY_AT_FRAMES,
             #[cfg(test)]
-            copies: Arc::clone(&copies),
+            probe: Arc::clone(&probe),
             log_file: {
                 let mut log = path.as_os_str().to_owned();
                 log.push("-wal");
@@ -454,7 +454,7 @@ impl SqliteStore {
             connection: checkpoints,
             caught_up,
             #[cfg(test)]
-            copies,
+            probe,
             last_copy: (0, 0),
             // With `FULL`, every commit flushes the log: a flush of the file beside them
             // makes them wait for it (the p99 of the acknowledgement doubled).
@@ -871,6 +871,14 @@ enum Command {
     Copies {
         reply: Reply<Vec<CopiedOn>>,
     },
+    /// Sets the checkpointer's waits in place of [`CHECKPOINT_EVERY`] and
+    /// [`PAUSED_AFTER`].
+    #[cfg(test)]
+    CheckpointWaits {
+        every: Duration,
+        paused_after: Duration,
+        reply: Reply<()>,
+    },
     /// Keeps the file from growing past the pages it has (`PRAGMA max_page_count` on the
     /// writer's connection), as a full disk would; `false` lifts the limit.
     #[cfg(test)]
@@ -919,6 +927,8 @@ impl Command {
             Self::CopyAt { reply, .. } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::Copies { reply } => drop(reply.send(Err(error()))),
+            #[cfg(test)]
+            Self::CheckpointWaits { reply, .. } => drop(reply.send(Err(error()))),
             #[cfg(test)]
             Self::FillDisk { reply, .. } => drop(reply.send(Err(error()))),
             #[cfg(test)]
@@ -979,9 +989,9 @@ struct Writer {
     copy_asked: bool,
     /// The log's length at which a copy is asked for: [`COPY_AT_FRAMES`] (tests lower it).
     copy_at: i64,
-    /// The checkpointer's copies, each with what started it.
+    /// What the checkpointer's copies were started by, and its waits as a test set them.
     #[cfg(test)]
-    copies: Arc<std::sync::Mutex<Vec<CopiedOn>>>,
+    probe: Arc<std::sync::Mutex<Probe>>,
     /// The write-ahead log's file, whose length the writer checks after each group.
     log_file: PathBuf,
     /// The log's length past which the writer holds commits: [`LOG_HOLD_BYTES`], or more
@@ -1550,11 +1560,24 @@ impl Writer {
             #[cfg(test)]
             Command::Copies { reply } => {
                 let copies = self
-                    .copies
+                    .probe
                     .lock()
                     .unwrap_or_else(PoisonError::into_inner)
+                    .copies
                     .clone();
                 pending(reply, Ok(copies))
+            }
+            #[cfg(test)]
+            Command::CheckpointWaits {
+                every,
+                paused_after,
+                reply,
+            } => {
+                self.probe
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .waits = Some((every, paused_after));
+                pending(reply, Ok(()))
             }
             #[cfg(test)]
             Command::FillDisk { full, reply } => {
@@ -2027,9 +2050,20 @@ struct Checkpointer {
     /// order): the writer's final truncation, and the store's drop, wait for its end, by
     /// which this thread's connection is closed and its share of the locks let go.
     caught_up: mpsc::Sender<()>,
-    /// Each copy's start, as [`Command::Copies`] answers them.
+    /// Each copy's start, as [`Command::Copies`] answers them, and the waits a test set.
     #[cfg(test)]
-    copies: Arc<std::sync::Mutex<Vec<CopiedOn>>>,
+    probe: Arc<std::sync::Mutex<Probe>>,
+}
+
+/// What a test sees of the checkpointer, and sets.
+#[cfg(test)]
+#[derive(Debug, Default)]
+struct Probe {
+    /// What started each copy so far.
+    copies: Vec<CopiedOn>,
+    /// In place of [`CHECKPOINT_EVERY`] and [`PAUSED_AFTER`], from the next wait on: a
+    /// test leaves a copy one start only, whatever the machine's pace.
+    waits: Option<(Duration, Duration)>,
 }
 
 /// What started one of the checkpointer's copies.
@@ -2081,13 +2115,14 @@ impl Checkpointer {
             // Let commits gather, then copy them all, unless the log is long or a deleted
             // body is due to leave it; a writer that went meanwhile is not kept waiting
             // for the lock.
+            let (every, paused_after) = self.waits();
             let began = Instant::now();
-            let until = later(began, CHECKPOINT_EVERY);
+            let until = later(began, every);
             let gathered = later(began, GATHER_AT_LEAST);
             while signal == Wrote::Groups {
                 let now = Instant::now();
                 let left = until.saturating_duration_since(now);
-                let quiet = PAUSED_AFTER.max(gathered.saturating_duration_since(now));
+                let quiet = paused_after.max(gathered.saturating_duration_since(now));
                 match wrote.recv_timeout(left.min(quiet)) {
                     Ok(next) => signal = next,
                     // The end of the wait, or a pause in the commits.
@@ -2096,9 +2131,10 @@ impl Checkpointer {
                 }
             }
             #[cfg(test)]
-            self.copies
+            self.probe
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
+                .copies
                 .push(match signal {
                     Wrote::Groups if Instant::now() < until => CopiedOn::Pause,
                     Wrote::Groups => CopiedOn::Interval,
@@ -2129,6 +2165,21 @@ impl Checkpointer {
             // rest itself, through SQLite, which reports what failed.
             let _ = self.caught_up.send(());
         }
+    }
+
+    /// How long it lets commits gather, and the pause in them that ends the wait sooner
+    /// (once they gathered for [`GATHER_AT_LEAST`]).
+    fn waits(&self) -> (Duration, Duration) {
+        #[cfg(test)]
+        if let Some(waits) = self
+            .probe
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .waits
+        {
+            return waits;
+        }
+        (CHECKPOINT_EVERY, PAUSED_AFTER)
     }
 
     /// One `PASSIVE` checkpoint: the frames in the log when it began, all copied unless a
@@ -2802,21 +2853,45 @@ mod tests {
         }
     }
 
+    /// Sets the checkpointer's waits (see [`Probe::waits`]).
+    async fn checkpoint_waits(store: &SqliteStore, every: Duration, paused_after: Duration) {
+        store
+            .ask(|reply| Command::CheckpointWaits {
+                every,
+                paused_after,
+                reply,
+            })
+            .await
+            .unwrap();
+    }
+
     /// The checkpointer copies at once when the writer asks (the log past its length for
-    /// that, lowered here), and after a pause in the commits, each well before its usual
-    /// [`CHECKPOINT_EVERY`].
+    /// that, lowered here), and after a pause in the commits. Each part leaves its copy
+    /// one start only (the other waits an hour), so the test holds at any pace.
     #[tokio::test]
     async fn the_checkpointer_copies_a_long_log_at_once_and_after_a_pause() {
-        // One commit, then none: the copy comes once the commits have paused.
+        const HOUR: Duration = Duration::from_secs(3600);
+
+        // One commit, then none: with no interval, only the pause can start a copy, and
+        // not before the commits gathered for `GATHER_AT_LEAST` (a lower bound, which a
+        // slow machine only widens), so a light load is copied at most four times a second.
         let (quiet, dir) = store("copy-pause");
+        checkpoint_waits(&quiet, HOUR, PAUSED_AFTER).await;
+        let sent = Instant::now();
         store_padded(&quiet, 0, 0).await;
         assert_eq!(until_copied(&quiet).await, [CopiedOn::Pause]);
+        assert!(
+            sent.elapsed() >= GATHER_AT_LEAST,
+            "copied {:?} after the commit",
+            sent.elapsed()
+        );
         drop(quiet);
         let _ = std::fs::remove_dir_all(&dir);
 
-        // Commits without a pause, until the log passes 512 frames: the writer asks, and
-        // the checkpointer's first copy is the one asked for.
+        // Commits until the log passes 512 frames, with neither an interval nor a pause
+        // to start a copy: only the writer's ask can, and does.
         let (busy, dir) = store("copy-long");
+        checkpoint_waits(&busy, HOUR, HOUR).await;
         busy.ask(|reply| Command::CopyAt { frames: 512, reply })
             .await
             .unwrap();
@@ -2836,6 +2911,7 @@ mod tests {
             Some(&CopiedOn::LongLog),
             "{copies:?} after {n} commits, {frames} frames, asked {asked}"
         );
+        assert!(frames >= 512 && asked, "{frames} frames, asked {asked}");
         drop(busy);
         let _ = std::fs::remove_dir_all(&dir);
     }
